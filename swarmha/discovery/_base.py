@@ -1,0 +1,168 @@
+"""The abstract Discovery: TTL sessions, create-if-absent bound to a session, compare-and-delete, watch.
+
+This is the whole contract a backend implements; the election code uses nothing else.
+
+Keys are ``/``-separated relative paths (``"svc/leader"``); a backend puts its URL prefix in front.
+Values are text (the election stores the node address there).
+
+Guarantees every backend gives:
+
+* :meth:`Discovery.create` is atomic: among concurrent callers for an absent key exactly one succeeds.
+  The created key is bound to the session: it disappears when the session expires or is closed.
+* :attr:`Record.token` is the *fencing token* of the write that created the key: an int that strictly
+  increases every time the key is created anew (etcd: revision of the write; ZooKeeper: czxid;
+  Consul: index of the acquiring write; sqlite/memory: a stored counter).
+* :meth:`Discovery.delete` deletes only when the stored token equals the given one (compare-and-delete).
+* :meth:`Discovery.watch` never misses a change that happened after the ``seen`` state was read.
+* A session is never extended by anything but :meth:`Session.keepalive`; a session that expired in the
+  store stays expired (``keepalive`` raises :class:`SessionExpired`, it does not resurrect it).
+
+Failure modes: any operation may raise :class:`~swarmha.errors.DiscoveryUnavailable` (store down or slow:
+every call has a bounded time) or another :class:`~swarmha.errors.DiscoveryError`. None of them leave a
+half-done write behind that the caller could not see with :meth:`Discovery.get`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import types
+from collections.abc import Mapping
+
+import attrs
+
+from swarmha.discovery._url import DiscoveryURL
+from swarmha.errors import ConfigurationError
+
+__all__ = ["Discovery", "Record", "Session", "Watch", "check_key", "check_ttl"]
+
+
+@attrs.frozen
+class Record:
+    """One stored key: its value, the fencing token of its creation, and the owning session (if any)."""
+
+    value: str
+    token: int
+    session: str | None = None
+
+
+class Session(abc.ABC):
+    """A TTL lease in the store. Keys created with it live only as long as it does.
+
+    The store expires the session no sooner than ``ttl`` seconds after the last successful
+    :meth:`keepalive` was *sent* (a backend whose store adds grace, as Consul does, may expire it later).
+    """
+
+    id: str
+    ttl: float
+
+    @abc.abstractmethod
+    def keepalive(self) -> None:
+        """Extend the lease by ``ttl`` from now.
+
+        Raises :class:`~swarmha.errors.SessionExpired` if the store no longer has the session, and
+        :class:`~swarmha.errors.DiscoveryUnavailable` if the store did not answer in time.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Revoke the session (its keys go with it). Best effort and idempotent: never raises."""
+
+
+class Watch(abc.ABC):
+    """A watch on one key, armed at the state the caller last saw.
+
+    Use it as a context manager or call :meth:`close`. :meth:`close` may be called from any thread and wakes
+    a thread blocked in :meth:`wait`.
+    """
+
+    @abc.abstractmethod
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the key may differ from the ``seen`` state, the timeout passes, or :meth:`close`.
+
+        Returns True when the key changed (or may have: callers re-read with :meth:`Discovery.get`), False on
+        timeout or close. After it returned True, the watch is re-armed at the state it observed.
+        Raises :class:`~swarmha.errors.DiscoveryError` if the watch broke and could not be resumed.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop watching and release what the watch holds. Idempotent, thread-safe, never raises."""
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Discovery(abc.ABC):
+    """A connection to one discovery store under one key prefix. Safe to share between threads."""
+
+    url: DiscoveryURL
+
+    @abc.abstractmethod
+    def session(self, ttl: float) -> Session:
+        """Create a new session (lease) with the given TTL in seconds."""
+
+    @abc.abstractmethod
+    def create(self, key: str, value: str, session: Session) -> Record | None:
+        """Create ``key`` bound to ``session`` if it does not exist; return the new Record, or None if it exists."""
+
+    @abc.abstractmethod
+    def put(self, key: str, value: str, session: Session | None = None) -> Record:
+        """Create or overwrite ``key`` (bound to ``session`` if given). Used for registrations, not elections."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> Record | None:
+        """The current Record of ``key``, or None if absent."""
+
+    @abc.abstractmethod
+    def delete(self, key: str, token: int) -> bool:
+        """Delete ``key`` only if its token equals ``token``; True if deleted."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> Mapping[str, Record]:
+        """Every key below ``prefix/`` (keys returned relative to the URL prefix, like the ones passed in)."""
+
+    @abc.abstractmethod
+    def watch(self, key: str, seen: Record | None) -> Watch:
+        """A :class:`Watch` on ``key`` that fires once the key differs from ``seen`` (the caller's last read)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connection and every watch; idempotent."""
+
+    def __enter__(self) -> Discovery:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a valid relative key (``a/b``), else raise :class:`ConfigurationError`."""
+    if not isinstance(key, str) or not key or key.startswith("/") or key.endswith("/") or "//" in key:
+        raise ConfigurationError(f"invalid key {key!r}: expected a relative path like 'svc/leader'")
+    return key
+
+
+def check_ttl(ttl: float, what: str = "ttl") -> float:
+    """Return ``ttl`` as a float if it is a finite number > 0, else raise :class:`ConfigurationError`."""
+    try:
+        value = float(ttl)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{what} must be a number of seconds, not {ttl!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{what} must be a positive number of seconds, not {ttl!r}")
+    return value

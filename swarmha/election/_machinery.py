@@ -1,0 +1,484 @@
+"""The election state machines, shared by the sync and asyncio faces.
+
+A :class:`Campaign` runs one background thread per candidate::
+
+    WAITING ──key vacant, create() won──> LEADING ──stop()──────────────> STOPPED
+       ^                                     │
+       └──── resign() / key lost / session expired / renew deadline passed
+
+* LEADING renews the session every ``ttl/3`` and watches the key. It ends the term (self-demotion) when no
+  renewal succeeded within ``renew_deadline`` of being *sent*, when the session expired, or when the key
+  changed under it. Once the deadline has passed the term is over: a late renewal does not revive it.
+* WAITING holds no session and sends no periodic request: it watches the key and campaigns when it vanishes.
+* Store errors never end the campaign: every step is retried with jittered exponential backoff (tenacity).
+* ``stop()`` and ``resign()`` delete the key with compare-and-delete, so a waiting candidate wins within one
+  watch round trip instead of after the TTL.
+
+A :class:`Follow` runs one background thread that watches the key and publishes ``Leader | None`` on change.
+
+Subscribers get events on the worker thread; :class:`Transitions` turns them into the ``True``/``False``
+stream the public iterators yield, and also ends a term at its deadline on the consumer's side, so a
+worker blocked in a slow store call cannot make a consumer believe it still leads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextlib
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import attrs
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_never, wait_exponential_jitter
+
+from swarmha.discovery import Discovery, Record, Session, Watch
+from swarmha.discovery._base import check_key, check_ttl
+from swarmha.election._values import Leader, Term
+from swarmha.errors import ConfigurationError, DiscoveryError, SessionExpired
+
+__all__ = ["Campaign", "Event", "Follow", "Kind", "Transitions"]
+
+log = logging.getLogger("swarmha.election")
+
+#: Longest pause between retries of a failing store; keeps recovery after an outage well under a second.
+MAX_BACKOFF = 1.0
+
+
+class Kind(enum.Enum):
+    ELECTED = "elected"
+    LOST = "lost"
+    LEADER = "leader"  # follower: the leader seen in the store (payload Leader | None)
+    END = "end"
+
+
+@attrs.frozen
+class Event:
+    kind: Kind
+    term: Term | None = None
+    leader: Leader | None = None
+
+
+Subscriber = Callable[[Event], None]
+
+
+@attrs.define
+class _Lead:
+    term: Term
+    session: Session
+    record: Record
+    watch: Watch | None = None
+
+
+class _Worker:
+    """A background thread that repeats one step, retrying store errors with backoff, until stopped."""
+
+    name = "swarmha-worker"
+
+    def __init__(self, discovery: Discovery, key: str, backoff_cap: float) -> None:
+        self._d = discovery
+        self.key = check_key(key)
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._watch: Watch | None = None
+        self._thread: threading.Thread | None = None
+        self._subscribers: list[Subscriber] = []
+        self._backoff = wait_exponential_jitter(initial=0.02, max=backoff_cap, jitter=0.05)
+        self._ended = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background thread (once; later calls do nothing)."""
+        with self._lock:
+            if self._thread is not None or self._stopping:
+                return
+            self._thread = threading.Thread(target=self._main, name=f"{self.name}[{self.key}]", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the thread to finish, wake it, and wait for it (idempotent, callable from any thread)."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+            if thread is None and not self._ended:
+                self._ended = True
+                self._emit(Event(Kind.END))
+        self._interrupt()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._thread is not None and self._thread.is_alive()
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Deliver every later event to ``callback`` (on the worker thread); returns the unsubscriber."""
+        with self._lock:
+            self._subscribers.append(callback)
+            for event in self._current_events():
+                callback(event)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    # -- for subclasses ----------------------------------------------------------------------------
+
+    def _current_events(self) -> list[Event]:
+        """Events that describe the present state to a new subscriber. Caller holds the lock."""
+        return [Event(Kind.END)] if self._ended else []
+
+    def _step(self) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Runs once on the worker thread after the last step."""
+
+    def _on_error(self, error: BaseException) -> None:
+        """Runs after a failed step, before the backoff sleep."""
+
+    def _emit(self, event: Event) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            callback(event)
+
+    def _interrupt(self) -> None:
+        with self._lock:
+            watch = self._watch
+        self._wake.set()
+        if watch is not None:
+            watch.close()
+
+    def _interrupted(self) -> bool:
+        """True when stop (or a subclass's request) wants the current wait to end. Caller holds the lock."""
+        return self._stopping
+
+    def _wait_on(self, watch: Watch, timeout: float | None) -> bool:
+        """``watch.wait(timeout)``, but returns False at once if interrupted (also before it starts)."""
+        with self._lock:
+            if self._interrupted():
+                return False
+            self._watch = watch
+        try:
+            return watch.wait(timeout)
+        finally:
+            with self._lock:
+                self._watch = None
+
+    def _sleep(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+
+    def _main(self) -> None:
+        try:
+            while not self._stopping:
+                retrying = Retrying(
+                    retry=retry_if_exception_type(Exception),
+                    wait=self._backoff,
+                    stop=stop_never,
+                    sleep=self._sleep,
+                    before_sleep=self._before_sleep,
+                    reraise=True,
+                )
+                for attempt in retrying:
+                    with attempt:
+                        self._wake.clear()
+                        if not self._stopping:
+                            self._step()
+        finally:
+            try:
+                self._finish()
+            finally:
+                with self._lock:
+                    self._ended = True
+                self._emit(Event(Kind.END))
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        if error is None:
+            return
+        if isinstance(error, DiscoveryError):
+            log.warning("%s: store error (attempt %d): %s", self.key, state.attempt_number, error)
+        else:
+            log.error("%s: unexpected error (attempt %d)", self.key, state.attempt_number, exc_info=error)
+        self._on_error(error)
+
+
+class Campaign(_Worker):
+    """The candidate state machine (see the module docstring)."""
+
+    name = "swarmha-candidate"
+
+    def __init__(
+        self,
+        discovery: Discovery,
+        key: str,
+        node: str,
+        ttl: float,
+        renew_deadline: float | None = None,
+        resign_holdoff: float | None = None,
+    ) -> None:
+        ttl = check_ttl(ttl)
+        deadline = 2.0 * ttl / 3.0 if renew_deadline is None else check_ttl(renew_deadline, "renew_deadline")
+        if deadline >= ttl:
+            raise ConfigurationError(f"renew_deadline ({deadline}) must be shorter than ttl ({ttl})")
+        if deadline <= ttl / 3.0:
+            raise ConfigurationError(
+                f"renew_deadline ({deadline}) must be longer than the renew period ttl/3 ({ttl / 3.0:.3f})"
+            )
+        if not isinstance(node, str) or not node:
+            raise ConfigurationError(f"node must be a non-empty string, not {node!r}")
+        super().__init__(discovery, key, backoff_cap=min(MAX_BACKOFF, ttl / 6.0))
+        self.node = node
+        self.ttl = ttl
+        self.renew_deadline = deadline
+        self.resign_holdoff = min(1.0, ttl / 3.0) if resign_holdoff is None else float(resign_holdoff)
+        self._lead: _Lead | None = None
+        self._renew_sent = 0.0
+        self._deadline = 0.0
+        self._resign = False
+        self._holdoff_until = 0.0
+        self._stale: tuple[Session, int] | None = None
+
+    # -- what callers read ---------------------------------------------------------------------------
+
+    @property
+    def term(self) -> Term | None:
+        """The current term while the lease is valid by the local monotonic clock, else None."""
+        with self._lock:
+            if self._lead is not None and time.monotonic() < self._deadline:
+                return self._lead.term
+            return None
+
+    @property
+    def deadline(self) -> float:
+        """Monotonic time at which the current term ends unless a renewal succeeds first."""
+        with self._lock:
+            return self._deadline
+
+    def resign(self) -> None:
+        """Give up the current term (if any) and let a waiting candidate win before campaigning again."""
+        with self._lock:
+            if self._lead is None:
+                return
+            self._resign = True
+        self._interrupt()
+
+    # -- the steps -------------------------------------------------------------------------------------
+
+    def _current_events(self) -> list[Event]:
+        term = self.term
+        events = [Event(Kind.ELECTED, term)] if term is not None else []
+        return events + super()._current_events()
+
+    def _interrupted(self) -> bool:
+        return self._stopping or self._resign
+
+    def _step(self) -> None:
+        if self._lead is not None:
+            if self._resign:
+                self._release("resigned")
+                self._holdoff_until = time.monotonic() + self.resign_holdoff
+            else:
+                self._lead_step(self._lead)
+        else:
+            self._resign = False
+            self._campaign_step()
+
+    def _campaign_step(self) -> None:
+        if self._stale is not None:
+            session, token = self._stale
+            self._d.delete(self.key, token)
+            session.close()
+            self._stale = None
+        record = self._d.get(self.key)
+        now = time.monotonic()
+        if record is None and now >= self._holdoff_until:
+            sent = time.monotonic()
+            session = self._d.session(self.ttl)
+            try:
+                created = self._d.create(self.key, self.node, session)
+            except BaseException:
+                session.close()
+                raise
+            if created is not None:
+                self._become_leader(created, session, sent)
+                return
+            session.close()
+            record = self._d.get(self.key)
+        timeout = None if record is not None else max(0.0, self._holdoff_until - time.monotonic())
+        with self._d.watch(self.key, record) as watch:
+            self._wait_on(watch, timeout)
+
+    def _become_leader(self, record: Record, session: Session, sent: float) -> None:
+        term = Term(self.key, self.node, record.token)
+        with self._lock:
+            self._lead = _Lead(term, session, record)
+            self._renew_sent = sent
+            self._deadline = sent + self.renew_deadline
+            still_valid = time.monotonic() < self._deadline
+        if still_valid:
+            log.info("%s: leadership acquired by %s (token %d)", self.key, self.node, term.token)
+            self._emit(Event(Kind.ELECTED, term))
+        else:
+            self._demote("the store answered after the renew deadline", stale=True)
+
+    def _lead_step(self, lead: _Lead) -> None:
+        now = time.monotonic()
+        if now >= self._deadline:
+            self._demote(f"no renewal succeeded within renew_deadline={self.renew_deadline:.3f}s", stale=True)
+            return
+        next_renew = self._renew_sent + self.ttl / 3.0
+        if now < next_renew:
+            if lead.watch is None:
+                lead.watch = self._d.watch(self.key, lead.record)
+            if self._wait_on(lead.watch, min(next_renew, self._deadline) - now):
+                current = self._d.get(self.key)
+                if current is None or current.token != lead.term.token:
+                    self._demote("the leader key was deleted or replaced", stale=False)
+            return
+        sent = time.monotonic()
+        try:
+            lead.session.keepalive()
+        except SessionExpired:
+            self._demote("the session expired in the store", stale=False)
+            return
+        with self._lock:
+            if time.monotonic() < self._deadline:
+                self._renew_sent = sent
+                self._deadline = sent + self.renew_deadline
+                return
+        self._demote("the renewal succeeded only after the renew deadline", stale=True)
+
+    def _on_error(self, error: BaseException) -> None:
+        lead = self._lead
+        if lead is not None and lead.watch is not None:
+            lead.watch.close()
+            lead.watch = None
+
+    def _take_lead(self) -> _Lead | None:
+        with self._lock:
+            lead, self._lead = self._lead, None
+            self._deadline = 0.0
+        if lead is not None and lead.watch is not None:
+            lead.watch.close()
+        return lead
+
+    def _demote(self, reason: str, *, stale: bool) -> None:
+        """End the term without talking to the store; ``stale`` keeps the key for cleanup when it answers."""
+        lead = self._take_lead()
+        if lead is None:
+            return
+        log.warning("%s: leadership lost by %s (token %d): %s", self.key, self.node, lead.term.token, reason)
+        if stale:
+            self._stale = (lead.session, lead.term.token)
+        self._emit(Event(Kind.LOST, lead.term))
+
+    def _release(self, reason: str) -> None:
+        """End the term and hand the key over: compare-and-delete it, then close the session."""
+        lead = self._take_lead()
+        if lead is None:
+            return
+        log.info("%s: leadership released by %s (token %d): %s", self.key, self.node, lead.term.token, reason)
+        self._emit(Event(Kind.LOST, lead.term))
+        try:
+            self._d.delete(self.key, lead.term.token)
+        except DiscoveryError as e:
+            log.warning("%s: could not delete the leader key on release (it expires with the TTL): %s", self.key, e)
+        finally:
+            lead.session.close()
+
+    def _finish(self) -> None:
+        self._release("stopped")
+        if self._stale is not None:
+            session, token = self._stale
+            with contextlib.suppress(DiscoveryError):
+                self._d.delete(self.key, token)
+            session.close()
+
+
+class Follow(_Worker):
+    """The follower state machine: watch the key, publish the leader seen there (deduplicated)."""
+
+    name = "swarmha-follower"
+
+    def __init__(self, discovery: Discovery, key: str) -> None:
+        super().__init__(discovery, key, backoff_cap=MAX_BACKOFF)
+        self._seen = False
+        self._leader: Leader | None = None
+
+    @property
+    def leader(self) -> Leader | None:
+        """The last leader read from the store (None: vacant or not read yet)."""
+        with self._lock:
+            return self._leader
+
+    @property
+    def seen(self) -> bool:
+        with self._lock:
+            return self._seen
+
+    def _current_events(self) -> list[Event]:
+        events = [Event(Kind.LEADER, leader=self._leader)] if self._seen else []
+        return events + super()._current_events()
+
+    def _step(self) -> None:
+        record = self._d.get(self.key)
+        leader = None if record is None else Leader(record.value, record.token)
+        with self._lock:
+            changed = not self._seen or leader != self._leader
+            self._seen, self._leader = True, leader
+        if changed:
+            if leader is None:
+                log.info("%s: no leader", self.key)
+            else:
+                log.info("%s: new leader elected: %s (token %d)", self.key, leader.node, leader.token)
+            self._emit(Event(Kind.LEADER, leader=leader))
+        with self._d.watch(self.key, record) as watch:
+            self._wait_on(watch, None)
+
+
+class Transitions:
+    """Turns a candidate's events into the bool stream ``run_for_election`` yields.
+
+    Guarantees: values alternate (never True twice in a row), never True for a term that already ended,
+    and False is produced no later than the term's renew deadline even if the worker is stuck.
+    """
+
+    def __init__(self, campaign: Campaign) -> None:
+        self._campaign = campaign
+        self._term: Term | None = None
+
+    @property
+    def leading(self) -> bool:
+        return self._term is not None
+
+    def timeout(self) -> float | None:
+        """How long the consumer may block before it must call :meth:`on_timeout`."""
+        if self._term is None:
+            return None
+        return max(0.0, self._campaign.deadline - time.monotonic()) + 0.001
+
+    def on_timeout(self) -> list[bool]:
+        if self._term is not None and self._campaign.term != self._term:
+            self._term = None
+            return [False]
+        return []
+
+    def on_event(self, event: Event) -> list[bool]:
+        if event.kind is Kind.ELECTED and self._term is None and self._campaign.term == event.term:
+            self._term = event.term
+            return [True]
+        ends_term = event.kind is Kind.END or (event.kind is Kind.LOST and event.term == self._term)
+        if ends_term and self._term is not None:
+            self._term = None
+            return [False]
+        return []
