@@ -24,7 +24,6 @@ worker blocked in a slow store call cannot make a consumer believe it still lead
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import enum
 import logging
 import threading
