@@ -40,7 +40,8 @@ def store(request: pytest.FixtureRequest, stores: dict[str, StoreFixture]) -> It
 
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
-    """Fail a test that leaves a swarmha worker thread running after it ended."""
+    """Fail a test that leaves a candidate or follower thread running after it ended."""
     yield
-    leaked = [t.name for t in threading.enumerate() if t.name.startswith("swarmha-") and t.is_alive()]
+    prefixes = ("swarmha-candidate", "swarmha-follower")
+    leaked = [t.name for t in threading.enumerate() if t.name.startswith(prefixes) and t.is_alive()]
     assert not leaked, f"threads left running: {leaked}"

@@ -85,7 +85,7 @@ class _Worker:
         self._watch: Watch | None = None
         self._thread: threading.Thread | None = None
         self._subscribers: list[Subscriber] = []
-        self._backoff = wait_exponential_jitter(initial=0.02, max=backoff_cap, jitter=0.05)
+        self._backoff = wait_exponential_jitter(multiplier=0.02, max=backoff_cap, jitter=0.05)
         self._ended = False
 
     # -- lifecycle -------------------------------------------------------------------------------

@@ -1,0 +1,59 @@
+"""Small helpers for tests: wait for a condition with a deadline, collect iterator output in a thread."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str = "condition", poll: float = 0.002) -> float:
+    """Poll ``predicate`` until it is truthy; return the seconds it took. Fails the test after ``timeout``."""
+    start = time.monotonic()
+    deadline = start + timeout
+    while True:
+        if predicate():
+            return time.monotonic() - start
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.2f}s waiting for {what}")
+        time.sleep(poll)
+
+
+class Collector(Generic[T]):
+    """Consume an iterator on a thread; hand its items out with :meth:`next` (bounded waits)."""
+
+    def __init__(self, iterable: Iterable[T]) -> None:
+        self._items: queue.SimpleQueue[tuple[float, T] | None] = queue.SimpleQueue()
+        self.done = threading.Event()
+
+        def run() -> None:
+            try:
+                for item in iterable:
+                    self._items.put((time.monotonic(), item))
+            finally:
+                self._items.put(None)
+                self.done.set()
+
+        self._thread = threading.Thread(target=run, name="test-collector", daemon=True)
+        self._thread.start()
+
+    def next(self, timeout: float = 5.0) -> T:
+        return self.next_timed(timeout)[1]
+
+    def next_timed(self, timeout: float = 5.0) -> tuple[float, T]:
+        """The next item and the monotonic time it arrived; fails on timeout or end of iteration."""
+        try:
+            got = self._items.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no item within {timeout:.2f}s") from None
+        if got is None:
+            raise AssertionError("the iterator ended")
+        return got
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the iterator did not end"

@@ -1,0 +1,277 @@
+"""The election contract, run unchanged on every backend in ``tests.stores.BACKENDS``.
+
+Each test names the behaviour it pins. Times: ``LONG_TTL`` where the behaviour must not depend on the TTL
+(a handover that waited for expiry would fail), ``SHORT_TTL`` where expiry is the point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import swarmha
+from swarmha.errors import DiscoveryUnavailable, SessionExpired
+from tests.helpers import Collector, wait_for
+from tests.stores import StoreFixture
+
+LONG_TTL = 30.0
+SHORT_TTL = 3.0
+KEY = "svc/leader"
+
+
+def leaders(candidates: list[swarmha.Candidate]) -> list[swarmha.Candidate]:
+    return [c for c in candidates if c.is_leader]
+
+
+@pytest.fixture
+def discovery(store: StoreFixture) -> swarmha.Discovery:
+    d = swarmha.connect(store.url())
+    yield d
+    d.close()
+
+
+def test_discovery_create_is_exclusive_and_delete_compares_token(discovery: swarmha.Discovery) -> None:
+    s1 = discovery.session(LONG_TTL)
+    s2 = discovery.session(LONG_TTL)
+    try:
+        first = discovery.create(KEY, "a", s1)
+        assert first is not None and first.value == "a" and first.session == s1.id
+        assert discovery.create(KEY, "b", s2) is None
+        assert discovery.get(KEY) == first
+        assert not discovery.delete(KEY, first.token + 1)
+        assert discovery.get(KEY) == first
+        assert discovery.delete(KEY, first.token)
+        assert discovery.get(KEY) is None
+        second = discovery.create(KEY, "b", s2)
+        assert second is not None and second.token > first.token
+    finally:
+        s1.close()
+        s2.close()
+
+
+def test_closing_a_session_removes_its_keys_and_ends_it(discovery: swarmha.Discovery) -> None:
+    session = discovery.session(LONG_TTL)
+    assert discovery.create(KEY, "a", session) is not None
+    discovery.put("nodes/n1", "10.0.0.1:2375", session)
+    discovery.put("nodes/n2", "10.0.0.2:2375")
+    assert set(discovery.list("nodes")) == {"nodes/n1", "nodes/n2"}
+    session.close()
+    wait_for(lambda: discovery.get(KEY) is None, 5.0, "the key to go with its session")
+    assert set(discovery.list("nodes")) == {"nodes/n2"}
+    with pytest.raises(SessionExpired):
+        session.keepalive()
+
+
+def test_watch_fires_on_delete_and_close_wakes_a_waiter(discovery: swarmha.Discovery) -> None:
+    session = discovery.session(LONG_TTL)
+    try:
+        record = discovery.create(KEY, "a", session)
+        assert record is not None
+        with discovery.watch(KEY, record) as watch:
+            assert watch.wait(0.05) is False
+            assert discovery.delete(KEY, record.token)
+            assert watch.wait(5.0) is True
+        watch = discovery.watch(KEY, None)
+        closer = threading.Timer(0.05, watch.close)  # from another thread, while wait() blocks
+        start = time.monotonic()
+        closer.start()
+        assert watch.wait(10.0) is False
+        assert time.monotonic() - start < 5.0
+        closer.join()
+    finally:
+        session.close()
+
+
+def test_exactly_one_leader_among_many_candidates(discovery: swarmha.Discovery) -> None:
+    candidates = [swarmha.Candidate(discovery, KEY, node=f"n{i}", ttl=LONG_TTL).start() for i in range(5)]
+    try:
+        wait_for(lambda: leaders(candidates), 10.0, "a leader")
+        for _ in range(50):  # sampled over ~0.1 s: never two
+            assert len(leaders(candidates)) == 1
+            time.sleep(0.002)
+        (leader,) = leaders(candidates)
+        assert discovery.get(KEY) is not None and discovery.get(KEY).value == leader.node  # type: ignore[union-attr]
+    finally:
+        for c in candidates:
+            c.stop()
+
+
+def test_tokens_strictly_increase_across_terms(discovery: swarmha.Discovery) -> None:
+    candidates = [swarmha.Candidate(discovery, KEY, node=f"n{i}", ttl=LONG_TTL).start() for i in range(3)]
+    tokens: list[int] = []
+    try:
+        for _ in range(5):
+            wait_for(lambda: leaders(candidates), 10.0, "a leader")
+            (leader,) = leaders(candidates)
+            assert leader.term is not None
+            tokens.append(leader.term.token)
+            leader.resign()
+            wait_for(lambda ld=leader: not ld.is_leader, 5.0, "the resigning leader to step down")
+        assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens), tokens
+    finally:
+        for c in candidates:
+            c.stop()
+
+
+def test_stop_hands_over_within_one_watch_round_trip(discovery: swarmha.Discovery) -> None:
+    first = swarmha.Candidate(discovery, KEY, node="first", ttl=LONG_TTL).start()
+    wait_for(lambda: first.is_leader, 10.0, "the first leader")
+    second = swarmha.Candidate(discovery, KEY, node="second", ttl=LONG_TTL).start()
+    try:
+        first.stop()
+        assert not first.is_leader
+        took = wait_for(lambda: second.is_leader, 2.0, "the second candidate to lead")
+        assert took < 2.0  # far below the TTL: the key was deleted, not left to expire
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_resign_lets_a_waiting_candidate_win_first(discovery: swarmha.Discovery) -> None:
+    a = swarmha.Candidate(discovery, KEY, node="a", ttl=LONG_TTL).start()
+    wait_for(lambda: a.is_leader, 10.0, "a to lead")
+    b = swarmha.Candidate(discovery, KEY, node="b", ttl=LONG_TTL).start()
+    try:
+        a.resign()
+        wait_for(lambda: b.is_leader, 2.0, "b to lead after a resigned")
+        assert not a.is_leader
+        b.resign()  # a is still campaigning, so it wins back
+        wait_for(lambda: a.is_leader, 2.0, "a to lead again")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_run_for_election_yields_alternating_values_and_ends_after_stop(discovery: swarmha.Discovery) -> None:
+    c = swarmha.Candidate(discovery, KEY, node="n", ttl=LONG_TTL)
+    rival = swarmha.Candidate(discovery, KEY, node="rival", ttl=LONG_TTL)
+    events = Collector(c.run_for_election())
+    try:
+        assert events.next() is True
+        assert c.term is not None and c.term.node == "n" and c.term.key == KEY
+        rival.start()
+        c.resign()
+        assert events.next() is False
+        wait_for(lambda: rival.is_leader, 2.0, "the rival to lead")
+        rival.stop()
+        assert events.next() is True  # still campaigning after resign
+        c.stop()
+        assert events.next() is False
+        events.join()
+    finally:
+        c.stop()
+        rival.stop()
+
+
+def test_follower_reports_current_leader_changes_and_vacancy(discovery: swarmha.Discovery) -> None:
+    follower = swarmha.Follower(discovery, KEY)
+    seen = Collector(follower.follow_election())
+    c = swarmha.Candidate(discovery, KEY, node="10.0.0.1:4000", ttl=LONG_TTL)
+    try:
+        assert seen.next() is None
+        c.start()
+        leader = seen.next()
+        assert leader is not None and leader.node == "10.0.0.1:4000"
+        assert c.term is not None and leader.token == c.term.token
+        assert follower.leader == leader
+        c.stop()
+        assert seen.next() is None
+        follower.stop()
+        seen.join()
+    finally:
+        c.stop()
+        follower.stop()
+
+
+def test_crashed_leader_is_replaced_once_its_session_expires(discovery: swarmha.Discovery) -> None:
+    crashed = discovery.session(SHORT_TTL)  # a leader that will never renew again
+    record = discovery.create(KEY, "crashed", crashed)
+    assert record is not None
+    crash_time = time.monotonic()
+    c = swarmha.Candidate(discovery, KEY, node="next", ttl=SHORT_TTL).start()
+    try:
+        wait_for(lambda: c.is_leader, SHORT_TTL + 2.0, "the waiting candidate to take over")
+        took = time.monotonic() - crash_time
+        assert took <= SHORT_TTL + 1.0, f"failover took {took:.2f}s for ttl={SHORT_TTL}"
+        assert c.term is not None and c.term.token > record.token
+    finally:
+        c.stop()
+        crashed.close()
+
+
+def test_leader_demotes_when_its_key_is_deleted_behind_its_back(discovery: swarmha.Discovery) -> None:
+    c = swarmha.Candidate(discovery, KEY, node="n", ttl=LONG_TTL).start()
+    try:
+        wait_for(lambda: c.is_leader, 10.0, "a leader")
+        term = c.term
+        assert term is not None
+        assert discovery.delete(KEY, term.token)
+        wait_for(lambda: c.term != term, 2.0, "the leader to notice its key is gone")
+        wait_for(lambda: c.is_leader, 5.0, "a new term for the still-campaigning candidate")
+        assert c.term is not None and c.term.token > term.token
+    finally:
+        c.stop()
+
+
+def test_store_outage_demotes_within_renew_deadline_then_recovers(store: StoreFixture) -> None:
+    if not store.can_stop:
+        pytest.skip(f"the {store.name} test store cannot be stopped")
+    d = swarmha.connect(store.url())
+    c = swarmha.Candidate(d, KEY, node="n", ttl=SHORT_TTL)
+    events = Collector(c.run_for_election())
+    try:
+        assert events.next(10.0) is True
+        stopped_at = time.monotonic()
+        store.stop()
+        lost_at, value = events.next_timed(SHORT_TTL + 2.0)
+        assert value is False
+        assert lost_at - stopped_at <= c.renew_deadline + 0.1, f"demoted {lost_at - stopped_at:.2f}s after the stop"
+        store.start()
+        back_at = time.monotonic()
+        won_at, value = events.next_timed(SHORT_TTL + 5.0)
+        assert value is True
+        assert won_at - back_at <= SHORT_TTL + 1.0, f"re-elected {won_at - back_at:.2f}s after the store came back"
+        assert c.is_leader
+    finally:
+        store.start()
+        c.stop()
+        d.close()
+
+
+def test_store_errors_surface_as_discovery_errors(store: StoreFixture) -> None:
+    if not store.can_stop:
+        pytest.skip(f"the {store.name} test store cannot be stopped")
+    d = swarmha.connect(store.url())
+    try:
+        store.stop()
+        with pytest.raises(DiscoveryUnavailable):
+            d.session(SHORT_TTL)
+    finally:
+        store.start()
+        d.close()
+
+
+def test_asyncio_candidate_and_follower(store: StoreFixture) -> None:
+    async def scenario() -> None:
+        d = swarmha.connect(store.url())
+        try:
+            async with swarmha.aio.Follower(d, KEY) as follower, swarmha.aio.Candidate(d, KEY, "a", LONG_TTL) as c:
+                seen = follower.follow_election()
+                assert await asyncio.wait_for(anext(seen), 5) is None
+                elections = c.run_for_election()
+                assert await asyncio.wait_for(anext(elections), 10) is True
+                assert c.is_leader and c.term is not None
+                leader = await asyncio.wait_for(anext(seen), 5)
+                assert leader == swarmha.Leader("a", c.term.token)
+                await c.stop()
+                assert await asyncio.wait_for(anext(elections), 5) is False
+                with pytest.raises(StopAsyncIteration):
+                    await asyncio.wait_for(anext(elections), 5)
+                assert await asyncio.wait_for(anext(seen), 5) is None
+        finally:
+            d.close()
+
+    asyncio.run(scenario())
