@@ -1,0 +1,95 @@
+"""Run candidate processes (tests/candidate_proc.py) and read their observations."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CandidateProcess:
+    """One candidate process; its JSON observations are collected by a reader thread."""
+
+    def __init__(self, url: str, node: str, ttl: float, key: str = "svc/leader") -> None:
+        self.node = node
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.candidate_proc",
+                "--url",
+                url,
+                "--node",
+                node,
+                "--ttl",
+                str(ttl),
+                "--key",
+                key,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        self.lines: list[dict[str, Any]] = []
+        self._new: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name=f"reader-{node}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = json.loads(raw)
+            with self._lock:
+                self.lines.append(line)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.lines)
+
+    def last(self) -> dict[str, Any] | None:
+        with self._lock:
+            return self.lines[-1] if self.lines else None
+
+    def leading(self) -> bool:
+        last = self.last()
+        return bool(last and last.get("leader"))
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._reader.join(5)
+
+
+def first_line(
+    procs: list[CandidateProcess], predicate: Callable[[dict[str, Any]], bool], timeout: float
+) -> dict[str, Any]:
+    """Wait until some process reported a line matching ``predicate``; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            for line in p.snapshot():
+                if predicate(line):
+                    return line
+        time.sleep(0.005)
+    raise AssertionError(f"no matching observation within {timeout}s")

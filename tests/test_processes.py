@@ -1,0 +1,106 @@
+"""Elections among real processes on the embedded sqlite backend: crashes (SIGKILL) and pauses (SIGSTOP)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import wait_for
+from tests.procs import CandidateProcess, first_line
+
+TTL = 1.5
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite://{tmp_path / 'election.db'}"
+
+
+@pytest.fixture
+def spawn() -> Iterator[list[CandidateProcess]]:
+    procs: list[CandidateProcess] = []
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+def the_leader(procs: list[CandidateProcess]) -> CandidateProcess:
+    wait_for(lambda: sum(p.leading() for p in procs) == 1, 15.0, "exactly one leading process")
+    (leader,) = [p for p in procs if p.leading()]
+    return leader
+
+
+def overlapping_leaders(procs: list[CandidateProcess]) -> list[tuple[str, str]]:
+    """Pairs of processes whose leadership spans (first to last True observation, by start time) overlap.
+
+    Spans use ``t0`` (taken just before reading ``term``) only: a pause that lands after the read would
+    otherwise stretch an observation across the pause and report an overlap that did not happen.
+    """
+    spans: dict[tuple[str, int], tuple[float, float]] = {}
+    for p in procs:
+        for line in p.snapshot():
+            if line.get("leader"):
+                key = (p.node, line["token"])
+                lo, hi = spans.get(key, (line["t0"], line["t0"]))
+                spans[key] = (min(lo, line["t0"]), max(hi, line["t0"]))
+    items = sorted(spans.items(), key=lambda kv: kv[1][0])
+    return [
+        (f"{a[0]}#{a[1]}", f"{b[0]}#{b[1]}")
+        for i, (a, (_, a_hi)) in enumerate(items)
+        for b, (b_lo, _) in items[i + 1 :]
+        if b_lo < a_hi and a[0] != b[0]
+    ]
+
+
+def test_exactly_one_leader_among_processes(url: str, spawn: list[CandidateProcess]) -> None:
+    spawn.extend(CandidateProcess(url, f"n{i}", TTL) for i in range(4))
+    the_leader(spawn)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        assert sum(p.leading() for p in spawn) <= 1
+        time.sleep(0.01)
+    assert overlapping_leaders(spawn) == []
+
+
+def test_sigkill_of_the_leader_process_fails_over_within_ttl_plus_1s(url: str, spawn: list[CandidateProcess]) -> None:
+    spawn.extend(CandidateProcess(url, f"n{i}", TTL) for i in range(3))
+    leader = the_leader(spawn)
+    old_token = leader.last()["token"]  # type: ignore[index]
+    killed_at = time.monotonic()
+    leader.signal(signal.SIGKILL)
+    rest = [p for p in spawn if p is not leader]
+    line = first_line(rest, lambda ln: ln.get("leader") and ln["t0"] > killed_at, TTL + 3.0)
+    assert line["t1"] - killed_at <= TTL + 1.0, f"failover took {line['t1'] - killed_at:.2f}s"
+    assert line["token"] > old_token
+    assert overlapping_leaders(spawn) == []
+
+
+def test_graceful_exit_hands_over_without_waiting_for_the_ttl(url: str, spawn: list[CandidateProcess]) -> None:
+    spawn.extend(CandidateProcess(url, f"n{i}", 30.0) for i in range(2))
+    leader = the_leader(spawn)
+    stopped_at = time.monotonic()
+    leader.signal(signal.SIGTERM)
+    rest = [p for p in spawn if p is not leader]
+    line = first_line(rest, lambda ln: ln.get("leader") and ln["t0"] > stopped_at, 5.0)
+    assert line["t1"] - stopped_at < 2.0  # the TTL is 30 s: only a release explains this
+
+
+def test_sigstopped_leader_reads_not_leader_the_moment_it_resumes(url: str, spawn: list[CandidateProcess]) -> None:
+    spawn.extend(CandidateProcess(url, f"n{i}", TTL) for i in range(2))
+    paused = the_leader(spawn)
+    other = next(p for p in spawn if p is not paused)
+    paused.signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    first_line([other], lambda ln: ln.get("leader") and ln["t0"] > stopped_at, TTL + 3.0)
+    wait_for(lambda: time.monotonic() - stopped_at > 2 * TTL, 3 * TTL, "a pause longer than the ttl")
+    resumed_at = time.monotonic()
+    paused.signal(signal.SIGCONT)
+    wait_for(lambda: any(ln.get("t0", 0) > resumed_at for ln in paused.snapshot()), 5.0, "observations after resuming")
+    after = [ln for ln in paused.snapshot() if ln.get("t1", 0) > resumed_at]
+    assert after and not any(ln["leader"] for ln in after), after[:3]
+    assert other.leading()
+    assert overlapping_leaders(spawn) == []
