@@ -31,7 +31,7 @@ class DiscoveryURL:
     stores, the file path for sqlite), ``params`` holds the query string (last value wins).
     """
 
-    raw: str
+    raw: str = attrs.field(repr=lambda raw: repr(_redact(raw)))
     scheme: str
     hosts: tuple[tuple[str, int | None], ...]
     path: str
