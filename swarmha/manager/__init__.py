@@ -1,0 +1,10 @@
+"""The HA cluster manager: Docker Swarm classic's ``swarm manage --replication`` on top of swarmha.
+
+Run it with the ``swarmha`` command (:mod:`swarmha.manager.cli`); the design is in docs/manager.md.
+Layers: :mod:`~swarmha.manager.http` (h11 server) → :mod:`~swarmha.manager.manager` (roles, forwarding) →
+:mod:`~swarmha.manager.api` (the primary's Docker API) → :mod:`~swarmha.manager.cluster` (engines, placement).
+"""
+
+from swarmha.manager.manager import LEADER_KEY, Manager, ManagerConfig
+
+__all__ = ["LEADER_KEY", "Manager", "ManagerConfig"]

@@ -1,0 +1,227 @@
+"""The primary's Docker Engine API over the cluster: aggregate, place, or route each request to one engine.
+
+* ``/_ping``, ``/version``: answered by the manager (API version: the lowest among the engines).
+* ``/containers/json``, ``/images/json``: every healthy engine asked at once, lists concatenated; container
+  names carry the node name (``/node-name/container-name``), as Swarm did.
+* ``/events``: the engines' event streams merged line by line as they arrive (not buffered).
+* ``POST /containers/create``: placed by the strategy, honouring ``constraint:node==NAME`` in ``Env``.
+* ``/containers/{id}/...`` (ids, unique id prefixes, names, ``node-name/name``), ``/exec/{id}/...``,
+  ``/images/{name}/...``: forwarded to the engine that has it, streams and hijacked connections included.
+* Anything else: ``501 {"message": ...}`` naming the endpoint, at once (never a hang).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import platform
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from swarmha.manager.cluster import Cluster, Engine, NoEngine
+from swarmha.manager.forward import UpstreamBroken, UpstreamUnreachable, forward
+from swarmha.manager.http import ClientGone, Exchange
+from swarmha.manager.info import SERVER_VERSION
+
+__all__ = ["DEFAULT_API_VERSION", "PrimaryAPI"]
+
+DEFAULT_API_VERSION = "1.41"
+MIN_API_VERSION = "1.24"
+_SCOPED = re.compile(r"^/(containers|exec|images)/(.+?)(/[a-z]+)?$")
+_COLLECTION = {"json", "create", "prune", "load", "search", "get"}
+
+
+def _vkey(v: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in v.split("."))
+    except ValueError:
+        return (0,)
+
+
+class PrimaryAPI:
+    """Serves Docker API requests for ``cluster`` (see the module docstring)."""
+
+    def __init__(self, cluster: Cluster, info: Callable[[], dict[str, Any]]) -> None:
+        self.cluster = cluster
+        self._info = info
+
+    def api_version(self) -> str:
+        versions = [e.api_version for e in self.cluster.healthy() if e.api_version]
+        return min(versions, key=_vkey) if versions else DEFAULT_API_VERSION
+
+    def ping_headers(self) -> list[tuple[str, str]]:
+        return [
+            ("API-Version", self.api_version()),
+            ("Docker-Experimental", "false"),
+            ("OSType", "linux"),
+            ("Cache-Control", "no-cache, no-store, must-revalidate"),
+        ]
+
+    async def ping(self, ex: Exchange) -> None:
+        await ex.respond(200, b"OK", extra=self.ping_headers())
+
+    async def handle(self, ex: Exchange) -> None:
+        method, path = ex.method, ex.path
+        if path == "/_ping" and method in ("GET", "HEAD"):
+            return await self.ping(ex)
+        if path == "/info" and method == "GET":
+            return await ex.json(200, self._info())
+        if path == "/version" and method == "GET":
+            return await ex.json(200, self._version())
+        if path == "/containers/json" and method == "GET":
+            return await self._list(ex, "containers")
+        if path == "/images/json" and method == "GET":
+            return await self._list(ex, "images")
+        if path == "/events" and method == "GET":
+            return await self._events(ex)
+        if path == "/containers/create" and method == "POST":
+            return await self._create(ex)
+        m = _SCOPED.match(path)
+        if m and m.group(2) not in _COLLECTION:
+            return await self._scoped(ex, m.group(1), m.group(2), m.group(3) or "")
+        await ex.error(501, f"swarmha: {method} {path} is not supported by the cluster manager")
+
+    def _version(self) -> dict[str, Any]:
+        return {
+            "Version": SERVER_VERSION,
+            "ApiVersion": self.api_version(),
+            "MinAPIVersion": MIN_API_VERSION,
+            "GitCommit": "",
+            "GoVersion": "python" + platform.python_version(),
+            "Os": "linux",
+            "Arch": {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine()),
+            "KernelVersion": platform.release(),
+            "Components": [{"Name": "swarmha", "Version": SERVER_VERSION, "Details": {}}],
+        }
+
+    async def _gather(self, ex: Exchange, path: str) -> list[tuple[Engine, Any]]:
+        query = urlsplit(ex.target).query
+
+        async def one(e: Engine) -> tuple[Engine, Any] | None:
+            try:
+                r = await self.cluster.http.get(f"{e.url}{path}" + (f"?{query}" if query else ""))
+                r.raise_for_status()
+                return e, r.json()
+            except (httpx.HTTPError, ValueError):
+                return None
+
+        results = await asyncio.gather(*(one(e) for e in self.cluster.healthy()))
+        return [r for r in results if r is not None]
+
+    async def _list(self, ex: Exchange, kind: str) -> None:
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for e, items in await self._gather(ex, f"/{kind}/json"):
+            for item in items:
+                if kind == "containers":
+                    item["Names"] = [f"/{e.name}{n}" for n in item.get("Names") or []]
+                    self.cluster.remember(item["Id"], e)
+                elif item.get("Id") in seen:
+                    continue
+                seen.add(item.get("Id", ""))
+                out.append(item)
+        out.sort(key=lambda i: i.get("Created", 0), reverse=True)
+        await ex.json(200, out)
+
+    async def _events(self, ex: Exchange) -> None:
+        query = urlsplit(ex.target).query
+        engines = self.cluster.healthy()
+        lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def pump(e: Engine) -> None:
+            try:
+                async with self.cluster.http.stream(
+                    "GET", f"{e.url}/events" + (f"?{query}" if query else ""), timeout=httpx.Timeout(5.0, read=None)
+                ) as r:
+                    async for line in r.aiter_lines():
+                        if line.strip():
+                            await lines.put(line.encode() + b"\n")
+            except httpx.HTTPError:
+                pass
+            finally:
+                await lines.put(None)
+
+        await ex.start(200, [(b"content-type", b"application/json")])
+        tasks = [asyncio.ensure_future(pump(e)) for e in engines]
+        gone = asyncio.ensure_future(ex.client_closed())
+        try:
+            live = len(tasks)
+            while live:
+                getter = asyncio.ensure_future(lines.get())
+                done, _ = await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    raise ClientGone("client left the event stream")
+                item = getter.result()
+                if item is None:
+                    live -= 1
+                else:
+                    await ex.send(item)
+            await ex.end()
+        finally:
+            gone.cancel()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(gone, *tasks, return_exceptions=True)
+
+    async def _create(self, ex: Exchange) -> None:
+        try:
+            config = json.loads(await ex.body() or b"{}")
+            if not isinstance(config, dict):
+                raise ValueError("the body must be a JSON object")
+        except ValueError as e:
+            return await ex.error(400, f"swarmha: invalid container config: {e}")
+        try:
+            engine, env = self.cluster.place(config)
+        except NoEngine as e:
+            return await ex.error(500, f"swarmha: {e}")
+        config["Env"] = env
+        query = urlsplit(ex.target).query
+        try:
+            r = await self.cluster.http.post(
+                f"{engine.url}/containers/create" + (f"?{query}" if query else ""),
+                content=json.dumps(config).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.HTTPError as e:
+            return await ex.error(502, f"swarmha: node {engine.name} ({engine.addr}) failed: {e}")
+        if r.status_code == 201:
+            with contextlib.suppress(ValueError, KeyError):
+                self.cluster.placed(engine, r.json()["Id"], config)
+        await ex.respond(r.status_code, r.content, r.headers.get("content-type", "application/json"))
+
+    async def _scoped(self, ex: Exchange, kind: str, ident: str, action: str) -> None:
+        engine: Engine | None = None
+        real = ident
+        if kind == "containers" and "/" in ident:  # node-name/container-name, as listed
+            node, _, name = ident.partition("/")
+            engine = self.cluster.engine_named(node)
+            real = name
+        if engine is None:
+            engine = await self.cluster.locate(kind, ident)
+        if engine is None:
+            noun = {"containers": "container", "exec": "exec instance", "images": "image"}[kind]
+            return await ex.error(404, f"No such {noun}: {ident}")
+        target = ex.target
+        if real != ident:
+            parts = urlsplit(ex.target)
+            path = parts.path.replace(f"/{kind}/{ident}", f"/{kind}/{quote(real)}", 1)
+            target = path + (f"?{parts.query}" if parts.query else "")
+        created: list[int] = []
+
+        def on_head(status: int, headers: list[tuple[bytes, bytes]]) -> None:
+            created.append(status)
+
+        try:
+            await forward(ex, engine.upstream, target=target, on_head=on_head)
+        except (UpstreamUnreachable, UpstreamBroken) as e:
+            if not ex.started:
+                await ex.error(502, f"swarmha: node {engine.name} ({engine.addr}) failed: {e}")
+            return
+        if kind == "containers" and ex.method == "DELETE" and created and created[0] < 300:
+            self.cluster.forget(ident)

@@ -1,0 +1,315 @@
+"""The cluster of Docker engines a manager schedules on: who they are, whether they answer, where containers live.
+
+Engines come from the discovery store (``docker/swarm/nodes/<addr>``, written by ``swarmha join``) or from a
+static ``nodes://h:p,h:p`` list. :meth:`Cluster.refresh` re-reads the list and asks every engine for its
+``/info`` and containers; an engine that fails is kept, marked unhealthy (with the error), and skipped by
+placement until it answers again.
+
+Node names: an engine is called by its ``Name`` from ``/info`` (its host name), as Swarm did. When two engines
+report the same name (several engines on one host), each of them is called by its address instead, so names
+stay unique. ``constraint:node==X`` matches the name or the address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import fnmatch
+import logging
+import random
+import ssl
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+import httpx
+
+from swarmha import Discovery
+from swarmha.errors import DiscoveryError
+from swarmha.manager.forward import Upstream
+
+__all__ = ["NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine"]
+
+log = logging.getLogger("swarmha.manager.cluster")
+
+NODES_KEY = "docker/swarm/nodes"
+STRATEGIES = ("spread", "binpack", "random")
+
+
+class NoEngine(Exception):
+    """No healthy engine satisfies the request (the message says why)."""
+
+
+@attrs.define
+class Engine:
+    """What the manager knows of one engine; replaced field by field on each refresh."""
+
+    addr: str
+    upstream: Upstream
+    name: str = ""
+    id: str = ""
+    healthy: bool = False
+    error: str = ""
+    info: dict[str, Any] = attrs.field(factory=dict)
+    api_version: str = ""
+    containers: int = 0
+    running: int = 0
+    paused: int = 0
+    stopped: int = 0
+    reserved_cpus: float = 0.0
+    reserved_memory: int = 0
+    updated_at: datetime.datetime | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.upstream.ssl is not None else "http"
+        return f"{scheme}://{self.addr}"
+
+    @property
+    def ncpu(self) -> int:
+        return int(self.info.get("NCPU") or 0)
+
+    @property
+    def memory(self) -> int:
+        return int(self.info.get("MemTotal") or 0)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        out = {
+            "kernelversion": str(self.info.get("KernelVersion", "")),
+            "operatingsystem": str(self.info.get("OperatingSystem", "")),
+            "storagedriver": str(self.info.get("Driver", "")),
+        }
+        for label in self.info.get("Labels") or []:
+            k, _, v = str(label).partition("=")
+            out[k] = v
+        return out
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Cluster:
+    """Engines from ``discovery`` (under :data:`NODES_KEY`) or from ``static`` addresses."""
+
+    def __init__(
+        self,
+        discovery: Discovery | None = None,
+        static: Iterable[str] = (),
+        *,
+        strategy: str = "spread",
+        engine_ssl: ssl.SSLContext | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        self.strategy = strategy
+        self._discovery = discovery
+        self._static = list(static)
+        self._ssl = engine_ssl
+        self._engines: dict[str, Engine] = {}
+        self._owner: dict[str, str] = {}  # container or exec id -> engine addr
+        self._reservations: dict[str, tuple[float, int]] = {}  # container id -> (cpus, memory)
+        verify: ssl.SSLContext | bool = engine_ssl if engine_ssl is not None else False
+        self.http = httpx.AsyncClient(timeout=timeout, verify=verify, trust_env=False)
+        self._refreshing: asyncio.Lock = asyncio.Lock()
+
+    @property
+    def engines(self) -> list[Engine]:
+        return sorted(self._engines.values(), key=lambda e: e.name or e.addr)
+
+    def healthy(self) -> list[Engine]:
+        return [e for e in self.engines if e.healthy]
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def addresses(self) -> list[str]:
+        """The engine addresses registered now (raises DiscoveryError when the store does not answer)."""
+        if self._discovery is None:
+            return list(self._static)
+        records: Mapping[str, Any] = await asyncio.to_thread(self._discovery.list, NODES_KEY)
+        return sorted({(r.value or k.rpartition("/")[2]) for k, r in records.items()})
+
+    async def refresh(self) -> None:
+        """Re-read the engine list and the state of every engine (failures mark engines unhealthy)."""
+        async with self._refreshing:
+            try:
+                addrs = await self.addresses()
+            except DiscoveryError as e:
+                log.warning("cannot list the engines in the discovery store: %s", e)
+                addrs = list(self._engines)
+            for addr in list(self._engines):
+                if addr not in addrs:
+                    log.info("engine %s left the cluster", addr)
+                    del self._engines[addr]
+            for addr in addrs:
+                if addr not in self._engines:
+                    try:
+                        host, port = _split_addr(addr)
+                    except ValueError:
+                        log.warning("ignoring the malformed engine address %r", addr)
+                        continue
+                    self._engines[addr] = Engine(addr, Upstream(host, port, self._ssl), name=addr)
+            await asyncio.gather(*(self._refresh_engine(e) for e in list(self._engines.values())))
+            self._name_engines()
+
+    def _name_engines(self) -> None:
+        counts: dict[str, int] = {}
+        for e in self._engines.values():
+            n = str(e.info.get("Name") or "")
+            counts[n] = counts.get(n, 0) + 1
+        for e in self._engines.values():
+            n = str(e.info.get("Name") or "")
+            e.name = n if n and counts[n] == 1 else e.addr
+
+    async def _refresh_engine(self, e: Engine) -> None:
+        try:
+            info = (await self._get(e, "/info")).json()
+            if not e.api_version:
+                e.api_version = str((await self._get(e, "/version")).json().get("ApiVersion", ""))
+            listed = (await self._get(e, "/containers/json", params={"all": "1"})).json()
+            cpus, memory = 0.0, 0
+            for c in listed:
+                cid = c["Id"]
+                self._owner[cid] = e.addr
+                if cid not in self._reservations:
+                    self._reservations[cid] = await self._reservation(e, cid)
+                cpus += self._reservations[cid][0]
+                memory += self._reservations[cid][1]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
+            if e.healthy or not e.error:
+                log.warning("engine %s is unhealthy: %s", e.addr, err or type(err).__name__)
+            e.healthy, e.error = False, str(err) or type(err).__name__
+            e.updated_at = datetime.datetime.now(datetime.UTC)
+            return
+        if not e.healthy and e.error:
+            log.info("engine %s is healthy again", e.addr)
+        e.info, e.id, e.healthy, e.error = info, str(info.get("ID", "")), True, ""
+        e.containers = len(listed)
+        e.running = sum(1 for c in listed if c.get("State") == "running")
+        e.paused = sum(1 for c in listed if c.get("State") == "paused")
+        e.stopped = e.containers - e.running - e.paused
+        e.reserved_cpus, e.reserved_memory = cpus, memory
+        e.updated_at = datetime.datetime.now(datetime.UTC)
+
+    async def _reservation(self, e: Engine, cid: str) -> tuple[float, int]:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            r = await self._get(e, f"/containers/{cid}/json")
+            hc = r.json().get("HostConfig") or {}
+            return (float(hc.get("NanoCpus") or 0) / 1e9, int(hc.get("Memory") or 0))
+        return (0.0, 0)
+
+    async def _get(self, e: Engine, path: str, **kw: Any) -> httpx.Response:
+        r = await self.http.get(e.url + path, **kw)
+        r.raise_for_status()
+        return r
+
+    # -- finding what lives where ----------------------------------------------------------------------
+
+    def engine_named(self, name: str) -> Engine | None:
+        for e in self._engines.values():
+            if name in (e.name, e.addr):
+                return e
+        return None
+
+    def remember(self, ident: str, e: Engine) -> None:
+        self._owner[ident] = e.addr
+
+    def forget(self, ident: str) -> None:
+        self._owner.pop(ident, None)
+
+    async def locate(self, kind: str, ident: str) -> Engine | None:
+        """The healthy engine that has container/exec/image ``ident`` (``kind``: containers, exec, images).
+
+        Known ids answer from the cache; otherwise every healthy engine is asked at once. None: nobody has it.
+        """
+        addr = self._owner.get(ident)
+        if addr is None and kind == "containers" and len(ident) >= 4:
+            matches = {a for cid, a in self._owner.items() if cid.startswith(ident)}
+            addr = matches.pop() if len(matches) == 1 else None
+        if addr is not None and addr in self._engines and self._engines[addr].healthy:
+            return self._engines[addr]
+        candidates = self.healthy()
+
+        async def has(e: Engine) -> Engine | None:
+            try:
+                r = await self.http.get(f"{e.url}/{kind}/{ident}/json")
+            except httpx.HTTPError:
+                return None
+            return e if r.status_code == 200 else None
+
+        for e in await asyncio.gather(*(has(e) for e in candidates)):
+            if e is not None:
+                if kind != "images":
+                    self._owner[ident] = e.addr
+                return e
+        return None
+
+    # -- placement -------------------------------------------------------------------------------------
+
+    def place(self, config: Mapping[str, Any]) -> tuple[Engine, list[str]]:
+        """Choose the engine for a new container; returns it and the Env without ``constraint:`` entries.
+
+        Honours ``constraint:node==NAME`` / ``constraint:node!=NAME`` (globs allowed) in ``Env``; skips unhealthy
+        engines. Raises :class:`NoEngine` naming the reason when no engine fits.
+        """
+        env = [str(x) for x in (config.get("Env") or [])]
+        constraints = [x[len("constraint:") :] for x in env if x.startswith("constraint:")]
+        rest = [x for x in env if not x.startswith("constraint:")]
+        engines = self.healthy()
+        if not engines:
+            raise NoEngine("no healthy node available in the cluster")
+        for c in constraints:
+            negate = "!=" in c
+            key, _, pattern = c.partition("!=" if negate else "==")
+            if not pattern:
+                raise NoEngine(f"invalid constraint {c!r}: expected key==value or key!=value")
+            key = key.strip()
+
+            def value(e: Engine, key: str = key) -> list[str]:
+                if key == "node":
+                    return [e.name, e.addr]
+                return [e.labels.get(key, "")]
+
+            engines = [e for e in engines if any(fnmatch.fnmatchcase(v, pattern) for v in value(e)) != negate]
+            if not engines:
+                raise NoEngine(f"unable to find a node that satisfies the constraint {c}")
+        hc = config.get("HostConfig") or {}
+        cpus = float(hc.get("NanoCpus") or 0) / 1e9
+        memory = int(hc.get("Memory") or 0)
+        fit = [
+            e
+            for e in engines
+            if (not memory or not e.memory or e.reserved_memory + memory <= e.memory)
+            and (not cpus or not e.ncpu or e.reserved_cpus + cpus <= e.ncpu)
+        ]
+        if not fit:
+            raise NoEngine("no node has enough free CPU or memory for this container")
+        if self.strategy == "random":
+            return random.choice(fit), rest
+
+        def load(e: Engine) -> tuple[float, int]:
+            used = max(
+                (e.reserved_memory + memory) / e.memory if e.memory else 0.0,
+                (e.reserved_cpus + cpus) / e.ncpu if e.ncpu else 0.0,
+            )
+            return (used, e.containers)
+
+        ranked = sorted(fit, key=lambda e: (load(e), e.name))
+        chosen = ranked[-1] if self.strategy == "binpack" else ranked[0]
+        return chosen, rest
+
+    def placed(self, e: Engine, cid: str, config: Mapping[str, Any]) -> None:
+        """Account a container just created on ``e`` (so the next placement sees it before a refresh)."""
+        hc = config.get("HostConfig") or {}
+        res = (float(hc.get("NanoCpus") or 0) / 1e9, int(hc.get("Memory") or 0))
+        self._owner[cid] = e.addr
+        self._reservations[cid] = res
+        e.containers += 1
+        e.stopped += 1
+        e.reserved_cpus += res[0]
+        e.reserved_memory += res[1]
