@@ -1,0 +1,496 @@
+"""``zk://h1:2181,h2:2181/prefix``: the ZooKeeper backend (kazoo; ZooKeeper 3.5 or later).
+
+URL: ``zk://[user:password@]host[:port][,host[:port]...]/prefix[?timeout=SECONDS]``; the default port is 2181
+and the path is the znode prefix (keys live at ``/prefix/svc/leader``; parents are created as persistent
+znodes on first use, so the prefix need not exist, unlike a kazoo chroot). ``user:password@`` adds ZooKeeper
+``digest`` auth to every connection and creates znodes with an ACL granting that identity all rights.
+``timeout`` (default 5 s) bounds every request, including the wait for a connection.
+
+How the contract maps to ZooKeeper:
+
+* A ZooKeeper session belongs to a connection, so every :class:`~swarmha.discovery.Session` is **its own
+  KazooClient** with session timeout ``ttl``. Closing the Session closes that client, which ends the ZooKeeper
+  session: its ephemeral znodes (the leader key) vanish at once, and vanish ``timeout`` after the process dies.
+  The cost is one TCP connection and three kazoo threads per live Session, and a connection handshake (a few
+  ms on a LAN) in front of each campaign attempt. Sharing one connection would leave a leader key behind for
+  as long as the process lives whenever the key's explicit delete failed, which is the bug Swarm classic had.
+* The server clamps the requested session timeout to ``[minSessionTimeout, maxSessionTimeout]``, by default
+  ``[2 x tickTime, 20 x tickTime]`` = 4 s .. 40 s with the usual ``tickTime=2000``, and expires sessions in
+  ``tickTime`` buckets. A ``ttl`` below ``minSessionTimeout`` therefore keeps a crashed leader's key up to
+  ``minSessionTimeout`` (+ one tick); lower ``tickTime``/``minSessionTimeout`` on the server for short TTLs.
+* kazoo heartbeats the session on its own, so unlike etcd a live but stuck process keeps its session; the
+  election's renew deadline (measured locally) still demotes it. :meth:`Session.keepalive` confirms the session:
+  it raises :class:`~swarmha.errors.DiscoveryUnavailable` while the connection is SUSPENDED (so the renew
+  deadline clock runs) and :class:`~swarmha.errors.SessionExpired` once it was LOST/expired (the session id
+  changed or kazoo reported LOST); otherwise it makes one ``exists`` round trip.
+* ``create`` makes an **ephemeral** znode through the Session's client; the fencing token is its ``czxid``
+  (the zxid of the creating transaction; zxids strictly increase over the ensemble's history).
+* ``delete(key, token)`` reads the znode, compares ``czxid`` with ``token`` and deletes with the znode's data
+  version. ZooKeeper cannot compare a czxid atomically, so a delete *and* re-create of the key by someone else
+  between those two steps would go unnoticed; the election never does that (only an owner deletes its own key).
+* Reads, watches, ``delete``, ``list`` and ``put`` without a session use one shared KazooClient per Discovery.
+  Watches are ZooKeeper ``exists`` watches (they fire on create, delete and data change); kazoo re-registers
+  them after a reconnect, so changes made while disconnected fire then; if that client's session expires,
+  every watch fires (may have changed) and is re-armed by the next :meth:`Watch.wait`.
+
+Failure modes: connection loss, timeouts, a closed client → ``DiscoveryUnavailable``; an expired Session →
+``SessionExpired``; auth/ACL failures and other server errors → ``DiscoveryError``. No kazoo exception escapes.
+When a Session's ZooKeeper session expires, a short-lived ``swarmha-zk-session-close`` thread closes its client
+(kazoo would otherwise open a fresh, useless session); :meth:`Session.close` joins it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
+from kazoo.security import make_digest_acl
+
+from swarmha.discovery._base import Discovery, Record, Session, Watch, check_key, check_ttl
+from swarmha.discovery._url import DiscoveryURL
+from swarmha.errors import (
+    ConfigurationError,
+    DiscoveryError,
+    DiscoveryUnavailable,
+    InvalidDiscoveryURL,
+    SessionExpired,
+)
+
+__all__ = ["DEFAULT_PORT", "DEFAULT_TIMEOUT", "ZooKeeperDiscovery"]
+
+log = logging.getLogger("swarmha.discovery.zookeeper")
+
+DEFAULT_PORT = 2181
+DEFAULT_TIMEOUT = 5.0
+#: Session timeout of the shared client (it holds no ephemerals; expiry only costs a re-arm of the watches).
+SHARED_SESSION_TIMEOUT = 10.0
+_OPTIONS = {"timeout"}
+_CACHE_LIMIT = 1024
+_MAX_LIST_NODES = 100_000
+_T = TypeVar("_T")
+# Answers, not failures: callers handle them.
+_ANSWERS = (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError)
+_UNAVAILABLE = (ConnectionLoss, ConnectionClosedError, OperationTimeoutError, KazooTimeoutError)
+
+
+class _Conn:
+    """A KazooClient and what we track of it: connected now, the session id, whether that session was lost."""
+
+    def __init__(self, discovery: ZooKeeperDiscovery, session_timeout: float, what: str, *, sticky: bool) -> None:
+        self.what = what
+        self.sticky = sticky  # a lost session stays lost (Session) or is replaced by kazoo's next one (shared)
+        self.connected = threading.Event()
+        self.lost = False
+        self.session_id: int | None = None
+        self.on_lost: Callable[[], None] | None = None
+        self.client = KazooClient(
+            hosts=discovery._hosts,
+            timeout=session_timeout,
+            # Reconnect fast and forever; commands are never retried by kazoo (we bound and retry them).
+            connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=0.5),
+            command_retry=None,
+            randomize_hosts=False,
+            auth_data=discovery._auth_data,
+            default_acl=discovery._acl,
+            logger=logging.getLogger("swarmha.discovery.zookeeper.kazoo"),
+        )
+        self.client.add_listener(self._listen)
+
+    def _listen(self, state: str) -> None:
+        # Runs on kazoo's connection thread: must not block.
+        if state == KazooState.CONNECTED:
+            client_id = self.client.client_id
+            sid = client_id[0] if client_id else None
+            if self.session_id is None or not self.sticky:
+                self.session_id = sid
+            elif sid != self.session_id:
+                self.lost = True
+            if not self.lost:
+                self.connected.set()
+        else:
+            self.connected.clear()
+            if state == KazooState.LOST and self.session_id is not None and self.sticky:
+                self.lost = True
+        if self.lost and self.on_lost is not None:
+            self.connected.clear()
+            callback, self.on_lost = self.on_lost, None
+            callback()
+
+    def start(self) -> None:
+        self.client.start_async()
+
+    def stop(self) -> None:
+        """Close the ZooKeeper session and free the client; never raises."""
+        self.connected.clear()
+        try:
+            self.client.stop()
+        except Exception as e:
+            log.debug("stopping the %s client: %s", self.what, e)
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+
+def _record(data: bytes, stat: Any) -> Record:
+    owner = int(stat.ephemeralOwner)
+    return Record(data.decode(), int(stat.czxid), f"{owner:x}" if owner else None)
+
+
+def _children(client: Any, path: str) -> Any:
+    return client.get_children_async(path)
+
+
+def _get(client: Any, path: str) -> Any:
+    return client.get_async(path)
+
+
+def _set_data(client: Any, path: str, data: bytes, version: int) -> Any:
+    return client.set_data_async(path, data, version)
+
+
+class _ZkSession(Session):
+    """A ZooKeeper session on its own connection; see the module docstring."""
+
+    def __init__(self, discovery: ZooKeeperDiscovery, ttl: float) -> None:
+        self._d = discovery
+        self.ttl = ttl
+        self._closed = False
+        self._closer: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.conn = _Conn(discovery, ttl, "session", sticky=True)
+        self.conn.on_lost = self._expired
+        self.conn.start()
+        if not self.conn.connected.wait(discovery.timeout):
+            self.conn.stop()
+            raise DiscoveryUnavailable(f"ZooKeeper {discovery.url}: no connection within {discovery.timeout}s")
+        self.sid = self.conn.session_id or 0
+        self.id = f"{self.sid:x}"
+
+    def _expired(self) -> None:
+        """kazoo reported the session LOST: close the client off kazoo's thread (it would reconnect anew)."""
+        log.warning("ZooKeeper session %s expired", getattr(self, "id", "?"))
+        with self._lock:
+            if self._closed or self._closer is not None:
+                return
+            self._closer = threading.Thread(target=self.conn.stop, name="swarmha-zk-session-close", daemon=True)
+            self._closer.start()
+
+    def check(self) -> None:
+        """Raise SessionExpired if this session is closed or lost, DiscoveryUnavailable if not connected now."""
+        if self._closed or self.conn.lost:
+            raise SessionExpired(f"ZooKeeper session {self.id} expired or was closed")
+        if not self.conn.connected.is_set():
+            raise DiscoveryUnavailable(f"ZooKeeper session {self.id} is suspended (connection lost)")
+
+    def keepalive(self) -> None:
+        self.check()
+        self._d._op(self.conn, "keepalive", lambda c: c.exists_async("/"), session=self)
+        self.check()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            closer = self._closer
+        if closer is None:
+            self.conn.on_lost = None
+            self.conn.stop()
+        elif closer is not threading.current_thread():
+            closer.join(30.0)
+
+
+class _ZkWatch(Watch):
+    """An exists-watch on one znode, re-armed (and compared with the last state seen) by :meth:`wait`."""
+
+    def __init__(self, discovery: ZooKeeperDiscovery, path: str, seen: Record | None) -> None:
+        self._d = discovery
+        self._path = path
+        self._seen = seen
+        self._cond = threading.Condition()
+        self._fired = False
+        self._armed = False
+        self._closed = False
+
+    def _fire(self, event: Any) -> None:
+        with self._cond:
+            self._fired = True
+            self._cond.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cond:
+                if self._closed:
+                    return False
+                if self._fired:
+                    self._fired = False
+                    self._armed = False
+                armed = self._armed
+            if not armed:
+                current = self._d._arm(self._path, self._fire)
+                with self._cond:
+                    self._armed = True
+                    if current != self._seen:
+                        self._seen = current
+                        return True
+            with self._cond:
+                while not (self._closed or self._fired):
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._d._unwatch(self._path, self._fire)
+
+
+class ZooKeeperDiscovery(Discovery):
+    """Discovery over a ZooKeeper ensemble (see the module docstring for the URL, options and guarantees)."""
+
+    def __init__(self, url: DiscoveryURL) -> None:
+        if url.scheme != "zk":
+            raise InvalidDiscoveryURL(f"discovery URL {str(url)!r} is not a zk:// URL")
+        if not url.hosts:
+            raise InvalidDiscoveryURL(f"zk URL {str(url)!r} names no host: zk://host[:port][,host...]/prefix")
+        unknown = set(url.params) - _OPTIONS
+        if unknown:
+            raise InvalidDiscoveryURL(
+                f"zk URL {str(url)!r} has unknown option(s) {', '.join(sorted(unknown))}; known: timeout"
+            )
+        self.url = url
+        raw = url.params.get("timeout")
+        try:
+            self.timeout = DEFAULT_TIMEOUT if raw is None else check_ttl(float(raw), "timeout")
+        except (ValueError, ConfigurationError):
+            raise InvalidDiscoveryURL(f"zk URL {str(url)!r}: timeout must be seconds > 0, not {raw!r}") from None
+        if url.username is not None and url.password is None:
+            raise InvalidDiscoveryURL(f"zk URL {str(url)!r} needs user:password@ for digest auth")
+        self._auth_data: list[tuple[str, str]] | None = None
+        self._acl: list[Any] | None = None
+        if url.username is not None:
+            self._auth_data = [("digest", f"{url.username}:{url.password}")]
+            self._acl = [make_digest_acl(url.username, url.password or "", all=True)]
+        self._hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in url.endpoints(DEFAULT_PORT))
+        self._root = "/" + url.path if url.path else ""
+        self._lock = threading.Lock()
+        self._closed = False
+        self._reads: dict[str, tuple[Record, int]] = {}  # path -> (record, mzxid) of the last read
+        self._watches: weakref.WeakSet[_ZkWatch] = weakref.WeakSet()
+        self._shared = _Conn(self, SHARED_SESSION_TIMEOUT, "shared", sticky=False)
+        self._shared.start()
+
+    # -- plumbing ----------------------------------------------------------------------------------------------
+
+    def _path(self, key: str) -> str:
+        return f"{self._root}/{check_key(key)}"
+
+    def _op(self, conn: _Conn, what: str, fn: Callable[[Any], Any], session: _ZkSession | None = None) -> Any:
+        """Run ``fn(client).get(...)`` once connected, all within ``timeout``; translate kazoo errors."""
+        if self._closed:
+            raise DiscoveryError(f"ZooKeeper discovery {self.url} is closed")
+        deadline = time.monotonic() + self.timeout
+        if session is not None:
+            session.check()
+        elif not conn.connected.wait(self.timeout):
+            raise DiscoveryUnavailable(f"ZooKeeper {what} on {self.url}: not connected within {self.timeout}s")
+        try:
+            return fn(conn.client).get(timeout=max(0.01, deadline - time.monotonic()))
+        except _ANSWERS:
+            raise
+        except SessionExpiredError:
+            if session is not None:
+                raise SessionExpired(f"ZooKeeper session {session.id} expired") from None
+            raise DiscoveryUnavailable(f"ZooKeeper {what} on {self.url}: the shared session expired") from None
+        except _UNAVAILABLE as e:
+            raise DiscoveryUnavailable(f"ZooKeeper {what} on {self.url} failed: {type(e).__name__} {e}") from None
+        except KazooException as e:
+            raise DiscoveryError(f"ZooKeeper {what} on {self.url} failed: {type(e).__name__} {e}") from None
+
+    def _remember(self, path: str, record: Record | None, stat: Any) -> None:
+        with self._lock:
+            if record is None:
+                self._reads.pop(path, None)
+                return
+            if path not in self._reads and len(self._reads) >= _CACHE_LIMIT:
+                self._reads.pop(next(iter(self._reads)))
+            self._reads[path] = (record, int(stat.mzxid))
+
+    def _read(self, path: str) -> Record | None:
+        try:
+            data, stat = self._op(self._shared, "get", lambda c: c.get_async(path))
+        except NoNodeError:
+            self._remember(path, None, None)
+            return None
+        record = _record(data, stat)
+        self._remember(path, record, stat)
+        return record
+
+    def _arm(self, path: str, callback: Callable[[Any], None]) -> Record | None:
+        """Set an exists-watch on ``path`` and return its state at that moment."""
+        stat = self._op(self._shared, "watch", lambda c: c.exists_async(path, watch=callback))
+        if stat is None:
+            return None
+        with self._lock:
+            known = self._reads.get(path)
+        if known is not None and known[0].token == stat.czxid and known[1] == stat.mzxid:
+            return known[0]
+        return self._read(path)
+
+    def _unwatch(self, path: str, callback: Callable[[Any], None]) -> None:
+        """Forget a closed watch's callback (kazoo keeps one-shot watchers until they fire)."""
+        with contextlib.suppress(Exception):
+            self._shared.client._data_watchers[path].discard(callback)
+
+    @staticmethod
+    def _session(session: Session) -> _ZkSession:
+        if not isinstance(session, _ZkSession):
+            raise ConfigurationError(f"{session!r} is not a session of a ZooKeeper discovery")
+        return session
+
+    # -- the Discovery contract ----------------------------------------------------------------------------------
+
+    def session(self, ttl: float) -> Session:
+        """A new ZooKeeper session (its own connection) with session timeout ``ttl`` (clamped by the server)."""
+        if self._closed:
+            raise DiscoveryError(f"ZooKeeper discovery {self.url} is closed")
+        return _ZkSession(self, check_ttl(ttl))
+
+    def create(self, key: str, value: str, session: Session) -> Record | None:
+        """Create ``key`` as an ephemeral znode of ``session``; token = its czxid. None if it exists."""
+        path = self._path(key)
+        s = self._session(session)
+        try:
+            _, stat = self._op(
+                s.conn,
+                "create",
+                lambda c: c.create_async(path, value.encode(), ephemeral=True, makepath=True, include_data=True),
+                session=s,
+            )
+        except NodeExistsError:
+            return None
+        record = _record(value.encode(), stat)
+        self._remember(path, record, stat)
+        return record
+
+    def put(self, key: str, value: str, session: Session | None = None) -> Record:
+        """Create or overwrite ``key``: ephemeral of ``session`` if given, else persistent."""
+        path = self._path(key)
+        s = self._session(session) if session is not None else None
+        conn = s.conn if s is not None else self._shared
+        owner = s.sid if s is not None else 0
+        data = value.encode()
+        for _ in range(5):
+            stat = self._op(conn, "put", lambda c: c.exists_async(path), session=s)
+            try:
+                if stat is None:
+                    self._op(
+                        conn,
+                        "put",
+                        lambda c: c.create_async(path, data, ephemeral=s is not None, makepath=True),
+                        session=s,
+                    )
+                elif int(stat.ephemeralOwner) == owner:
+                    set_data = functools.partial(_set_data, path=path, data=data, version=int(stat.version))
+                    self._op(conn, "put", set_data, session=s)
+                else:  # owned by another session (or none): replace it in one transaction
+
+                    def replace(c: Any, v: int = stat.version) -> Any:
+                        t = c.transaction()
+                        t.delete(path, version=v)
+                        t.create(path, data, ephemeral=s is not None)
+                        return t.commit_async()
+
+                    results = self._op(conn, "put", replace, session=s)
+                    if any(isinstance(r, Exception) for r in results):
+                        continue
+            except (NodeExistsError, NoNodeError, BadVersionError):
+                continue
+            record = self._read(path)
+            if record is not None:
+                return record
+        raise DiscoveryError(f"ZooKeeper put of {path} lost the race with other writers 5 times")
+
+    def get(self, key: str) -> Record | None:
+        """The key's Record (token = its czxid), as the member the shared client talks to has it."""
+        return self._read(self._path(key))
+
+    def delete(self, key: str, token: int) -> bool:
+        """Delete ``key`` if its czxid equals ``token`` (see the module docstring for the one gap)."""
+        path = self._path(key)
+        try:
+            _, stat = self._op(self._shared, "delete", lambda c: c.get_async(path))
+            if int(stat.czxid) != token:
+                return False
+            self._op(self._shared, "delete", lambda c: c.delete_async(path, version=stat.version))
+        except (NoNodeError, BadVersionError, NotEmptyError):
+            return False
+        self._remember(path, None, None)
+        return True
+
+    def list(self, prefix: str) -> Mapping[str, Record]:
+        """Every znode below ``prefix/`` that is a key (has data, is ephemeral, or is a leaf)."""
+        top = self._path(prefix)
+        skip = len(self._root) + 1
+        found: dict[str, Record] = {}
+        pending = [top]
+        visited = 0
+        while pending and visited < _MAX_LIST_NODES:
+            parent = pending.pop()
+            try:
+                children = self._op(self._shared, "list", functools.partial(_children, path=parent))
+            except NoNodeError:
+                continue
+            for child in children:
+                path = f"{parent}/{child}"
+                visited += 1
+                try:
+                    data, stat = self._op(self._shared, "list", functools.partial(_get, path=path))
+                except NoNodeError:
+                    continue
+                if stat.numChildren:
+                    pending.append(path)
+                if data or stat.ephemeralOwner or not stat.numChildren:
+                    found[path[skip:]] = _record(data, stat)
+        return found
+
+    def watch(self, key: str, seen: Record | None) -> Watch:
+        """An exists-watch armed on the first :meth:`Watch.wait`, compared with ``seen`` then."""
+        watch = _ZkWatch(self, self._path(key), seen)
+        with self._lock:
+            self._watches.add(watch)
+            closed = self._closed
+        if closed:
+            watch.close()
+        return watch
+
+    def close(self) -> None:
+        """Close the shared connection (Sessions are closed by their owners). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            watches = list(self._watches)
+        for watch in watches:
+            watch.close()
+        self._shared.stop()

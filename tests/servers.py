@@ -1,0 +1,273 @@
+"""Real etcd and ZooKeeper servers for the tests: single members and 3-member clusters on loopback ports.
+
+Servers run as child processes of the test session with their data under a pytest temp dir:
+
+* etcd 3.4 from Debian ``etcd-server`` (``/usr/bin/etcd``, override with ``$SWARMHA_ETCD``);
+* ZooKeeper 3.8 from Debian ``zookeeper``, run as ``java -cp /usr/share/java/zookeeper.jar
+  org.apache.zookeeper.server.quorum.QuorumPeerMain zoo.cfg`` (what ``zkServer.sh start-foreground`` does,
+  without the wrapper; the jar's manifest carries the rest of the classpath). ``$SWARMHA_ZK_JAR`` and
+  ``$JAVA`` override the jar and the java binary.
+
+Every start waits for readiness by polling with a bounded deadline; ``kill()`` SIGKILLs the process (a crash)
+and ``start()`` brings the member back on the same ports with the same data. Tuning for tests: etcd keeps its
+default 100 ms heartbeat / 1 s election timeout; ZooKeeper runs with ``tickTime=200`` and
+``minSessionTimeout=400`` so sessions as short as the tests' TTLs are granted (the defaults would round a 1 s
+session up to 2 x tickTime = 4 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["Cluster", "EtcdMember", "ZkMember", "etcd_cluster", "free_ports", "zk_cluster"]
+
+ETCD = os.environ.get("SWARMHA_ETCD", "/usr/bin/etcd")
+ZK_JAR = os.environ.get("SWARMHA_ZK_JAR", "/usr/share/java/zookeeper.jar")
+JAVA = os.environ.get("JAVA", shutil.which("java") or "/usr/bin/java")
+
+READY_TIMEOUT = 30.0
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports that were free a moment ago."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class _Member:
+    """One server process: start/kill/stop with readiness polling. Subclasses say how to run and probe it."""
+
+    kind = "server"
+
+    def __init__(self, name: str, workdir: Path, client_port: int) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.client_port = client_port
+        self.proc: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        """True when the member serves client requests (one quick probe, never blocks long)."""
+        raise NotImplementedError
+
+    def spawn(self) -> None:
+        """Start the process without waiting (several cluster members must start together)."""
+        if self.running:
+            return
+        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - handed to the child process
+        try:
+            self.proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir
+            )
+        finally:
+            log.close()
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} {self.name} exited with {self.proc.returncode}: {self.log_tail()}")
+            if self.ready():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.kind} {self.name} not ready within {timeout}s: {self.log_tail()}")
+
+    def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def kill(self) -> None:
+        """SIGKILL the member (a crash); data stays for a later start()."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = (self.workdir / "server.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class EtcdMember(_Member):
+    kind = "etcd"
+
+    def __init__(self, name: str, workdir: Path, client_port: int, peer_port: int, initial_cluster: str) -> None:
+        super().__init__(name, workdir, client_port)
+        self.peer_port = peer_port
+        self.initial_cluster = initial_cluster
+
+    def command(self) -> list[str]:
+        client = f"http://127.0.0.1:{self.client_port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        return [
+            ETCD,
+            f"--name={self.name}",
+            f"--data-dir={self.workdir / 'data'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster={self.initial_cluster}",
+            "--initial-cluster-state=new",
+            f"--initial-cluster-token=swarmha-{os.getpid()}",
+            "--log-level=warn",
+            "--logger=zap",
+            "--enable-pprof=false",
+        ]
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.client_port}/health", timeout=0.5) as r:
+                return b'"true"' in r.read()
+        except OSError:
+            return False
+
+
+class ZkMember(_Member):
+    kind = "zookeeper"
+
+    def __init__(self, name: str, workdir: Path, client_port: int, myid: int, servers: Sequence[str]) -> None:
+        super().__init__(name, workdir, client_port)
+        self.myid = myid
+        data = workdir / "data"
+        data.mkdir(exist_ok=True)
+        lines = [
+            "tickTime=200",
+            "initLimit=20",
+            "syncLimit=10",
+            f"dataDir={data}",
+            f"clientPort={client_port}",
+            "clientPortAddress=127.0.0.1",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=srvr,ruok",
+            "minSessionTimeout=400",
+            "maxSessionTimeout=60000",
+            "forceSync=no",
+            *servers,
+        ]
+        if servers:
+            (data / "myid").write_text(f"{myid}\n")
+        (workdir / "zoo.cfg").write_text("\n".join(lines) + "\n")
+
+    def command(self) -> list[str]:
+        return [
+            JAVA,
+            "-Xmx128m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Dzookeeper.admin.enableServer=false",
+            "-Dzookeeper.jmx.log4j.disable=true",
+            "-cp",
+            ZK_JAR,
+            "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+            str(self.workdir / "zoo.cfg"),
+        ]
+
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.client_port), timeout=0.5) as s:
+                s.sendall(b"srvr")
+                s.settimeout(0.5)
+                chunks = []
+                while chunk := s.recv(4096):
+                    chunks.append(chunk)
+        except OSError:
+            return False
+        return b"Mode: " in b"".join(chunks)
+
+
+class Cluster:
+    """A running set of members (1 or 3) of one kind; ``hosts`` is the ``h:p,h:p`` part of a URL."""
+
+    def __init__(self, members: Sequence[_Member]) -> None:
+        self.members = list(members)
+
+    @property
+    def hosts(self) -> str:
+        return ",".join(m.address for m in self.members)
+
+    def start(self) -> None:
+        """Start every member not running and wait until all serve."""
+        for m in self.members:
+            m.spawn()
+        for m in self.members:
+            m.wait_ready()
+
+    def kill(self, index: int | None = None) -> None:
+        """SIGKILL one member (``index``) or all of them."""
+        for i, m in enumerate(self.members):
+            if index is None or i == index:
+                m.kill()
+
+    def restart(self, index: int) -> None:
+        self.members[index].start()
+
+    def close(self) -> None:
+        """Kill every member and delete its data."""
+        self.kill()
+        for m in self.members:
+            shutil.rmtree(m.workdir, ignore_errors=True)
+
+
+def etcd_cluster(workdir: Path, size: int = 1) -> Cluster:
+    """Start an etcd cluster of ``size`` members under ``workdir``; returns once every member is healthy."""
+    ports = free_ports(2 * size)
+    names = [f"m{i}" for i in range(size)]
+    initial = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names))
+    members = [EtcdMember(n, workdir / n, ports[2 * i], ports[2 * i + 1], initial) for i, n in enumerate(names)]
+    cluster = Cluster(members)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def zk_cluster(workdir: Path, size: int = 1) -> Cluster:
+    """Start a ZooKeeper ensemble of ``size`` members under ``workdir``; returns once every member serves."""
+    ports = free_ports(3 * size)
+    servers = (
+        [f"server.{i + 1}=127.0.0.1:{ports[3 * i + 1]}:{ports[3 * i + 2]}" for i in range(size)] if size > 1 else []
+    )
+    members = [ZkMember(f"z{i + 1}", workdir / f"z{i + 1}", ports[3 * i], i + 1, servers) for i in range(size)]
+    cluster = Cluster(members)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
