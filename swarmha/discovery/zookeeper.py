@@ -18,8 +18,9 @@ How the contract maps to ZooKeeper:
   ``[2 x tickTime, 20 x tickTime]`` = 4 s .. 40 s with the usual ``tickTime=2000``, and expires sessions in
   ``tickTime`` buckets. A ``ttl`` below ``minSessionTimeout`` therefore keeps a crashed leader's key up to
   ``minSessionTimeout`` (+ one tick); lower ``tickTime``/``minSessionTimeout`` on the server for short TTLs.
-* kazoo heartbeats the session on its own, so unlike etcd a live but stuck process keeps its session; the
-  election's renew deadline (measured locally) still demotes it. :meth:`Session.keepalive` confirms the session:
+* kazoo heartbeats the session on its own; to keep the contract that only ``keepalive`` extends a session, a
+  guard thread per Session closes it once ``ttl`` passed since the last keepalive was sent, so a stuck owner
+  loses its key after ``ttl`` as on etcd. :meth:`Session.keepalive` confirms the session:
   it raises :class:`~swarmha.errors.DiscoveryUnavailable` while the connection is SUSPENDED (so the renew
   deadline clock runs) and :class:`~swarmha.errors.SessionExpired` once it was LOST/expired (the session id
   changed or kazoo reported LOST); otherwise it makes one ``exists`` round trip.
@@ -35,8 +36,8 @@ How the contract maps to ZooKeeper:
 
 Failure modes: connection loss, timeouts, a closed client → ``DiscoveryUnavailable``; an expired Session →
 ``SessionExpired``; auth/ACL failures and other server errors → ``DiscoveryError``. No kazoo exception escapes.
-When a Session's ZooKeeper session expires, a short-lived ``swarmha-zk-session-close`` thread closes its client
-(kazoo would otherwise open a fresh, useless session); :meth:`Session.close` joins it.
+Threads: one ``swarmha-zk-session[ID]`` guard per open Session (see :class:`_ZkSession`), joined by its
+``close()``; kazoo runs its own connection and callback threads per client.
 """
 
 from __future__ import annotations
@@ -168,53 +169,75 @@ def _set_data(client: Any, path: str, data: bytes, version: int) -> Any:
 
 
 class _ZkSession(Session):
-    """A ZooKeeper session on its own connection; see the module docstring."""
+    """A ZooKeeper session on its own connection, closed by its guard thread when not renewed within ``ttl``.
+
+    kazoo heartbeats a session by itself, which would let a session outlive a stuck owner. The guard thread
+    (``swarmha-zk-session[ID]``) keeps the contract that only :meth:`keepalive` extends a session: once ``ttl``
+    has passed since the last successful keepalive was *sent*, or kazoo reported the session LOST, it marks the
+    session expired and closes the client (ZooKeeper then deletes the session's ephemerals at once, or after the
+    session timeout if the server cannot be reached). :meth:`close` stops and joins it.
+    """
 
     def __init__(self, discovery: ZooKeeperDiscovery, ttl: float) -> None:
         self._d = discovery
         self.ttl = ttl
         self._closed = False
-        self._closer: threading.Thread | None = None
+        self._expired = False
         self._lock = threading.Lock()
+        self._wake = threading.Event()
+        sent = time.monotonic()
+        self._deadline = sent + ttl
         self.conn = _Conn(discovery, ttl, "session", sticky=True)
-        self.conn.on_lost = self._expired
+        self.conn.on_lost = self._wake.set
         self.conn.start()
         if not self.conn.connected.wait(discovery.timeout):
             self.conn.stop()
             raise DiscoveryUnavailable(f"ZooKeeper {discovery.url}: no connection within {discovery.timeout}s")
         self.sid = self.conn.session_id or 0
         self.id = f"{self.sid:x}"
+        self._guard = threading.Thread(target=self._guard_main, name=f"swarmha-zk-session[{self.id}]", daemon=True)
+        self._guard.start()
 
-    def _expired(self) -> None:
-        """kazoo reported the session LOST: close the client off kazoo's thread (it would reconnect anew)."""
-        log.warning("ZooKeeper session %s expired", getattr(self, "id", "?"))
-        with self._lock:
-            if self._closed or self._closer is not None:
+    def _guard_main(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                remaining = self._deadline - time.monotonic()
+                lost = self.conn.lost
+                if lost or remaining <= 0:
+                    self._expired = True
+            if lost or remaining <= 0:
+                why = "ZooKeeper reported it lost" if lost else f"not renewed within ttl={self.ttl}s"
+                log.warning("ZooKeeper session %s expired: %s", self.id, why)
+                self.conn.stop()
                 return
-            self._closer = threading.Thread(target=self.conn.stop, name="swarmha-zk-session-close", daemon=True)
-            self._closer.start()
+            self._wake.wait(remaining)
+            self._wake.clear()
 
     def check(self) -> None:
         """Raise SessionExpired if this session is closed or lost, DiscoveryUnavailable if not connected now."""
-        if self._closed or self.conn.lost:
+        if self._closed or self._expired or self.conn.lost:
             raise SessionExpired(f"ZooKeeper session {self.id} expired or was closed")
         if not self.conn.connected.is_set():
             raise DiscoveryUnavailable(f"ZooKeeper session {self.id} is suspended (connection lost)")
 
     def keepalive(self) -> None:
+        sent = time.monotonic()
         self.check()
         self._d._op(self.conn, "keepalive", lambda c: c.exists_async("/"), session=self)
-        self.check()
+        with self._lock:
+            self.check()
+            self._deadline = max(self._deadline, sent + self.ttl)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            closer = self._closer
-        if closer is None:
-            self.conn.on_lost = None
-            self.conn.stop()
-        elif closer is not threading.current_thread():
-            closer.join(30.0)
+        self._wake.set()
+        if self._guard is not threading.current_thread():
+            self._guard.join(30.0)
+        self.conn.on_lost = None
+        self.conn.stop()
 
 
 class _ZkWatch(Watch):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from typing import Protocol
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "etcd", "zk"]
 
 _counter = itertools.count(1)
 
