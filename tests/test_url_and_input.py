@@ -78,7 +78,7 @@ def test_bad_urls_raise_value_errors_naming_the_bad_part(url: str, part: str) ->
 
 
 def test_unknown_scheme_lists_known_ones() -> None:
-    with pytest.raises(UnknownBackend, match="known: .*sqlite"):
+    with pytest.raises(UnknownBackend, match=r"known: .*sqlite"):
         swarmha.connect("nosuch://h/p")
 
 
