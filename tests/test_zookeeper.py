@@ -1,0 +1,110 @@
+"""ZooKeeper-specific behaviour against real ZooKeeper 3.8 servers: session states, watches, 3-member faults.
+
+The election contract itself runs on ZooKeeper in tests/test_contract.py; this file pins what only ZK has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import swarmha
+from swarmha.errors import DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
+from tests import cluster_scenarios
+from tests.helpers import wait_for
+from tests.servers import Cluster, zk_cluster
+from tests.stores import fresh_prefix
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cluster = zk_cluster(tmp_path_factory.mktemp("zk1"), 1)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cluster = zk_cluster(tmp_path_factory.mktemp("zk3"), 3)
+    yield cluster
+    cluster.close()
+
+
+def url_for(cluster: Cluster) -> cluster_scenarios.UrlFor:
+    prefix = fresh_prefix("zk")
+    return lambda order: f"zk://{','.join(cluster.members[i].address for i in order)}/{prefix}?timeout=2"
+
+
+def test_url_options_are_checked() -> None:
+    with pytest.raises(InvalidDiscoveryURL, match="unknown option"):
+        swarmha.connect("zk://127.0.0.1/p?bogus=1")
+    with pytest.raises(InvalidDiscoveryURL, match="timeout"):
+        swarmha.connect("zk://127.0.0.1/p?timeout=0")
+
+
+def test_token_is_the_czxid_and_keys_are_ephemeral(single: Cluster) -> None:
+    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}")
+    try:
+        session = d.session(5)
+        record = d.create("svc/leader", "n1", session)
+        assert record is not None and record.session == session.id
+        assert d.get("svc/leader") == record
+        session.close()
+        assert d.get("svc/leader") is None  # closing the session's connection removed the ephemeral at once
+        again = d.session(5)
+        second = d.create("svc/leader", "n2", again)
+        assert second is not None and second.token > record.token
+        again.close()
+    finally:
+        d.close()
+
+
+def test_a_session_not_renewed_within_ttl_expires_and_its_key_goes(single: Cluster) -> None:
+    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}")
+    try:
+        session = d.session(1.0)
+        record = d.create("k", "v", session)
+        assert record is not None
+        with d.watch("k", record) as watch:
+            assert watch.wait(3.0) is True
+        assert d.get("k") is None
+        with pytest.raises(SessionExpired):
+            session.keepalive()
+        session.close()
+    finally:
+        d.close()
+
+
+def test_suspended_connection_is_unavailable_not_expired(single: Cluster) -> None:
+    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}?timeout=1")
+    session = d.session(30.0)
+    try:
+        record = d.create("k", "v", session)
+        assert record is not None
+        single.kill()
+        wait_for(lambda: not session.conn.connected.is_set(), 5.0, "kazoo to notice")  # type: ignore[attr-defined]
+        with pytest.raises(DiscoveryUnavailable):
+            session.keepalive()
+        single.start()
+        wait_for(lambda: session.conn.connected.is_set(), 10.0, "the session to reconnect")  # type: ignore[attr-defined]
+        session.keepalive()  # the same session, confirmed again
+        assert d.get("k") == record
+    finally:
+        single.start()
+        session.close()
+        d.close()
+
+
+def test_watch_fires_for_a_change_made_while_its_member_was_down(trio: Cluster) -> None:
+    cluster_scenarios.watch_resumes_on_another_member(trio, url_for(trio))
+
+
+def test_killing_the_member_clients_talk_to_keeps_one_leader(trio: Cluster) -> None:
+    cluster_scenarios.kill_the_member_clients_talk_to(trio, url_for(trio))
+
+
+def test_whole_ensemble_down_demotes_then_recovers_without_restarts(trio: Cluster) -> None:
+    cluster_scenarios.whole_cluster_down_and_back(trio, url_for(trio))
