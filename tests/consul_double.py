@@ -676,7 +676,7 @@ class _Handler(BaseHTTPRequestHandler):
         if verb in ("get", "check-index", "check-session", "check-not-exists"):
             if verb == "check-not-exists":
                 if existing is not None:
-                    raise ValueError(f"failed to check key {key!r}, key exists")
+                    raise ValueError(f"key {key!r} exists")
                 return None
             if existing is None:
                 if verb == "get":

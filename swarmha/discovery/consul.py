@@ -31,9 +31,11 @@ How the Discovery contract maps onto Consul:
   into the same error.
 * :meth:`ConsulDiscovery.create` is Consul's acquire (the ``lock`` verb of ``PUT /v1/txn``, the same state
   change as ``PUT /v1/kv/KEY?acquire=SESSION``, but answered with the entry, so one round trip yields the
-  index). The fencing token is the key's ``ModifyIndex`` after the acquire: the Raft index of the acquiring
-  write, larger than every index of any earlier term on the key (``CreateIndex`` stays put when a key left
-  behind unlocked is acquired again, and ``LockIndex`` restarts at 1 when a key is deleted and re-created).
+  index), preceded in the same transaction by ``check-not-exists``: a key that exists without a lock (say, a
+  leader key Swarm classic left behind with ``behavior=release``) is not taken over; delete it once.
+* The fencing token is the key's ``ModifyIndex`` after the acquire: the Raft index of the acquiring write,
+  larger than every index of any earlier term on the key (``CreateIndex`` would stay put if a key left behind
+  unlocked were acquired again, and ``LockIndex`` restarts at 1 when a key is deleted and re-created).
   Any later write to the key changes it, so the token always names "the write that made the current state".
   An acquire refused because of Consul's lock-delay (set by some other client's session) raises
   :class:`~swarmha.errors.DiscoveryUnavailable` so that callers back off instead of spinning.
@@ -546,13 +548,19 @@ class ConsulDiscovery(Discovery):
             raise DiscoveryError(f"consul answered a transaction with {response.status_code}: {response.text[:200]}")
         return [self._entry(r["KV"]) for r in data.get("Results") or [] if isinstance(r, dict) and "KV" in r], []
 
-    def _write(self, k: str, value: str, session: Session | None) -> tuple[Record | None, list[str]]:
-        """Write ``k`` (locked by ``session`` if given) in one transaction; the Record has the write's index."""
+    def _write(
+        self, k: str, value: str, session: Session | None, *, absent: bool = False
+    ) -> tuple[Record | None, list[str]]:
+        """Write ``k`` (locked by ``session`` if given; only if absent if asked) in one transaction.
+
+        The Record carries the write's index. Errors: why Consul refused (the transaction then did nothing).
+        """
         op: dict[str, Any] = {"Key": k, "Value": base64.b64encode(value.encode("utf-8")).decode()}
         op["Verb"] = "set" if session is None else "lock"
         if session is not None:
             op["Session"] = session.id
-        records, errors = self._txn([op])
+        checks: list[dict[str, Any]] = [{"Verb": "check-not-exists", "Key": k}] if absent else []
+        records, errors = self._txn([*checks, op])
         if errors:
             return None, errors
         if len(records) != 1:
@@ -561,10 +569,10 @@ class ConsulDiscovery(Discovery):
         return Record(value, records[0].token, records[0].session), []
 
     def create(self, key: str, value: str, session: Session) -> Record | None:
-        """Lock ``key`` for ``session`` (Consul's acquire, as a one-op transaction that returns its index)."""
+        """Create ``key`` locked by ``session``: one transaction ``check-not-exists`` + ``lock`` (Consul's acquire)."""
         k = self._k(key)
         self._check_open()
-        record, errors = self._write(k, value, session)
+        record, errors = self._write(k, value, session, absent=True)
         if record is not None:
             if record.session != session.id:
                 raise SessionExpired(f"consul session {session.id} did not get {k!r}: {record}")
