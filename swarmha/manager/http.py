@@ -303,6 +303,10 @@ class Server:
                 return
             if not isinstance(event, h11.Request):
                 return
+            head = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers.raw_items())
+            if head > MAX_HEAD:
+                await self._bad_request(conn, f"request head larger than {MAX_HEAD} bytes")
+                return
             self._busy.add(task)
             exchange = Exchange(conn, event)
             try:

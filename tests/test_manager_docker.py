@@ -1,0 +1,296 @@
+"""The manager in front of real Docker engines, driven by the stock docker CLI and docker-py.
+
+Two dockerd engines (tests/docker_engines.py, once per session) are registered under docker/swarm/nodes/ in a
+sqlite store; a primary and a replica manager run as separate processes. Everything here talks to the replica
+unless it says otherwise, so every request crosses both hops (replica → primary → engine).
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+import swarmha
+from tests.docker_engines import IMAGE, DockerEngine, docker_cli, docker_engines
+from tests.helpers import wait_for
+from tests.manager_support import ManagerProc
+
+__all__ = ["docker_engines"]  # the session fixture, imported so pytest finds it
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
+
+LOOP = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"
+
+
+class Cluster:
+    def __init__(self, engines: list[DockerEngine], tmp: Path) -> None:
+        self.engines = engines
+        self.url = f"sqlite://{tmp}/swarmha.db"
+        self.discovery = swarmha.connect(self.url)
+        self.session = self.discovery.session(600)
+        for e in engines:
+            self.discovery.put(f"docker/swarm/nodes/{e.addr}", e.addr, self.session)
+        self.tmp = tmp
+        self.managers: list[ManagerProc] = []
+
+    def start_managers(self, *extra: str) -> tuple[ManagerProc, ManagerProc]:
+        first = ManagerProc(self.url, self.tmp, "--replication-ttl", "3s", *extra)
+        wait_for(lambda: first.role() == "Primary", 20, "a primary")
+        second = ManagerProc(self.url, self.tmp, "--replication-ttl", "3s", *extra)
+        self.managers += [first, second]
+
+        def ready() -> bool:
+            status = second.status()
+            healthy = [v for k, v in status.items() if k == "└ Status"]
+            return status.get("Primary") == first.addr and status.get("Nodes") == "2" and bool(healthy)
+
+        wait_for(ready, 20, "the replica to see the primary and both engines")
+        wait_for(lambda: first.logs().count("Status") >= 0 and _healthy(first) == 2, 20, "the primary's engines")
+        return first, second
+
+    def close(self) -> None:
+        for m in self.managers:
+            m.stop()
+        self.session.close()
+        self.discovery.close()
+
+
+def _healthy(m: ManagerProc) -> int:
+    code, info = m.get("/info")
+    if code != 200:
+        return 0
+    return sum(1 for k, v in info["SystemStatus"] if k.strip() == "└ Status" and v == "Healthy")
+
+
+@pytest.fixture(scope="module")
+def cluster(docker_engines: list[DockerEngine], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(docker_engines, tmp_path_factory.mktemp("cluster"))
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def pair(cluster: Cluster) -> tuple[ManagerProc, ManagerProc]:
+    return cluster.start_managers()
+
+
+def cli(m: ManagerProc, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return docker_cli(f"tcp://{m.addr}", *args, **kw)
+
+
+class Lines:
+    """Read a process's stdout lines on a thread; ``next(timeout)`` is bounded."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.q: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.q.put(line.rstrip("\n"))
+        self.q.put(None)
+
+    def next(self, timeout: float) -> str | None:
+        try:
+            return self.q.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line within {timeout}s") from None
+
+
+def popen_cli(m: ManagerProc, *args: str) -> subprocess.Popen[str]:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "DOCKER_HOST": f"tcp://{m.addr}"}
+    return subprocess.Popen(["docker", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+# -- docker info ----------------------------------------------------------------------------------------------
+
+
+def test_docker_info_shows_role_primary_and_every_node(cluster: Cluster, pair: tuple[ManagerProc, ManagerProc]) -> None:
+    primary, replica = pair
+    for m, role in ((primary, "Primary"), (replica, "Replica")):
+        out = cli(m, "info").stdout
+        assert f"Role: {role}" in out
+        assert f"Primary: {primary.addr}" in out
+        assert "Strategy: spread" in out
+        assert "Filters: health, constraint" in out
+        assert "Nodes: 2" in out
+        for e in cluster.engines:
+            assert f"{e.addr}" in out
+        assert "└ Status: Healthy" in out
+        assert "└ Reserved Memory: " in out
+        assert "└ Labels: " in out and "storagedriver=vfs" in out
+
+
+# -- run, exec, logs, events through the replica --------------------------------------------------------------
+
+
+def test_docker_run_rm_echo_through_a_replica(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    _, replica = pair
+    result = cli(replica, "run", "--rm", "--network", "none", IMAGE, "echo", "hi")
+    assert result.stdout == "hi\n", result.stderr
+    piped = cli(replica, "run", "--rm", "-i", "--network", "none", IMAGE, "cat", input="through stdin\n")
+    assert piped.stdout == "through stdin\n", piped.stderr  # stdin's end travels as a half-close, both hops
+
+
+def test_docker_exec_through_a_replica(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    _, replica = pair
+    cid = cli(replica, "run", "-d", "--network", "none", IMAGE, "sleep", "60").stdout.strip()
+    try:
+        assert cli(replica, "exec", cid, "echo", "exec-ok").stdout == "exec-ok\n"
+        assert cli(replica, "exec", "-i", cid[:12], "cat", input="via exec stdin\n").stdout == "via exec stdin\n"
+        assert cli(replica, "inspect", "-f", "{{.State.Running}}", cid).stdout.strip() == "true"
+    finally:
+        cli(replica, "rm", "-f", cid, check=False)
+
+
+def test_logs_follow_streams_through_a_replica_unbuffered(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    _, replica = pair
+    cid = cli(replica, "run", "-d", "--network", "none", IMAGE, "sh", "-c", LOOP).stdout.strip()
+    follow = popen_cli(replica, "logs", "-f", cid)
+    try:
+        lines = Lines(follow)
+        seen = [lines.next(10) for _ in range(4)]
+        assert seen[0] == "line 0"
+        assert seen[3] == "line 3"  # new lines keep arriving: the stream is live, not a buffered dump
+    finally:
+        follow.kill()
+        follow.wait(10)
+        cli(replica, "rm", "-f", cid, check=False)
+
+
+def test_events_stream_through_a_replica(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    _, replica = pair
+    client = docker.DockerClient(base_url=f"tcp://{replica.addr}", version="1.41", timeout=30)
+    events = client.events(decode=True, filters={"type": "container"})
+    got: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            for event in events:
+                got.put(event)
+        except Exception:  # the stream was closed by the test
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        out = client.containers.run(IMAGE, ["echo", "evt"], network_mode="none", remove=True)
+        assert out == b"evt\n"
+        deadline = time.monotonic() + 10
+        statuses = set()
+        while "start" not in statuses and time.monotonic() < deadline:
+            try:
+                statuses.add(got.get(timeout=max(0.01, deadline - time.monotonic())).get("status"))
+            except queue.Empty:
+                break
+        assert "start" in statuses
+    finally:
+        events.close()
+        client.close()
+        reader.join(10)
+
+
+# -- placement --------------------------------------------------------------------------------------------------
+
+
+def test_spread_places_across_both_engines_and_constraints_pin_the_node(
+    cluster: Cluster, pair: tuple[ManagerProc, ManagerProc]
+) -> None:
+    primary, replica = pair
+    direct = [docker.DockerClient(base_url=e.host, version="1.41", timeout=30) for e in cluster.engines]
+    client = docker.DockerClient(base_url=f"tcp://{replica.addr}", version="1.41", timeout=30)
+    created: list[str] = []
+    try:
+
+        def counts() -> list[int]:
+            return [len(d.containers.list(all=True)) for d in direct]
+
+        def in_sync() -> bool:
+            code, info = primary.get("/info")
+            return code == 200 and info["Containers"] == sum(counts())
+
+        wait_for(in_sync, 10, "the primary's container counts to match the engines", poll=0.1)
+        before = counts()
+        for _ in range(4):
+            created.append(client.containers.create(IMAGE, ["true"], network_mode="none").id)
+        after = counts()
+        added = [a - b for a, b in zip(after, before, strict=True)]
+        assert sum(added) == 4
+        assert abs(after[0] - after[1]) <= max(1, abs(before[0] - before[1]) - 4), (before, after)
+        assert all(n > 0 for n in added) or abs(before[0] - before[1]) >= 3
+
+        target = cluster.engines[1]
+        pinned = client.containers.create(
+            IMAGE, ["true"], network_mode="none", environment=[f"constraint:node=={target.addr}", "KEEP=1"]
+        )
+        created.append(pinned.id)
+        on_target = direct[1].containers.get(pinned.id)
+        assert "KEEP=1" in on_target.attrs["Config"]["Env"]
+        assert not any(x.startswith("constraint:") for x in on_target.attrs["Config"]["Env"])
+        listed = {c["Id"]: c["Names"][0] for c in client.api.containers(all=True)}
+        assert listed[pinned.id] == f"/{target.addr}/{pinned.name}"  # Swarm's /node-name/container-name
+
+        with pytest.raises(docker.errors.APIError, match="constraint"):
+            client.containers.create(IMAGE, ["true"], environment=["constraint:node==no-such-node"])
+    finally:
+        for cid in created:
+            with __import__("contextlib").suppress(docker.errors.APIError):
+                client.api.remove_container(cid, force=True)
+        client.close()
+        for d in direct:
+            d.close()
+
+
+# -- failover during a stream ----------------------------------------------------------------------------------
+
+
+def test_failover_during_a_stream(docker_engines: list[DockerEngine], tmp_path: Path) -> None:
+    own = Cluster(docker_engines, tmp_path)  # a store of its own: the module's managers lead the other one
+    try:
+        _failover_during_a_stream(own)
+    finally:
+        own.close()
+
+
+def _failover_during_a_stream(cluster: Cluster) -> None:
+    primary, replica = cluster.start_managers("--shutdown-timeout", "1s")
+    cid = cli(replica, "run", "-d", "--network", "none", IMAGE, "sh", "-c", LOOP).stdout.strip()
+    follow = popen_cli(replica, "logs", "-f", cid)
+    try:
+        lines = Lines(follow)
+        assert lines.next(10) == "line 0"
+        began = time.monotonic()
+        primary.signal(signal.SIGTERM)
+        took = wait_for(lambda: replica.role() == "Primary", 10, "the replica to take over", poll=0.005)
+        # the old primary drains for at most --shutdown-timeout, then the stream it carried ends: never a hang
+        while lines.next(10) is not None:
+            assert time.monotonic() - began < 15
+        assert primary.proc.wait(10) == 0
+        follow.wait(10)  # the CLI reports the cut stream (exit 1, "unexpected EOF"): honest, and no hang
+        # the new primary serves the same container at once, streams included
+        again = popen_cli(replica, "logs", "-f", "--tail", "1", cid)
+        try:
+            assert (Lines(again).next(10) or "").startswith("line ")
+        finally:
+            again.kill()
+            again.wait(10)
+        print(f"graceful failover under a stream: {took * 1000:.0f} ms")
+    finally:
+        follow.kill()
+        follow.wait(10)
+        cli(replica, "rm", "-f", cid, check=False)
+        primary.stop()
+        replica.stop()
