@@ -166,8 +166,8 @@ def test_destroyed_session_demotes_the_leader_promptly(double: ConsulDouble, dis
         c.stop()
 
 
-def test_crash_failover_is_within_ttl(discovery: ConsulDiscovery) -> None:
-    ttl = 1.0
+def test_crash_failover_is_within_ttl(consul: ConsulStoreFixture, discovery: ConsulDiscovery) -> None:
+    ttl = 1.0 if consul.double is not None else 3.0  # real servers: session_ttl_min of 1s or lower needed
     crashed = discovery.session(ttl)
     assert discovery.create(KEY, "crashed", crashed) is not None
     crashed_at = time.monotonic()
@@ -217,23 +217,23 @@ def test_idle_follower_sends_few_requests(double: ConsulDouble, discovery: Consu
 
 
 def test_graceful_handover_is_fast(discovery: ConsulDiscovery) -> None:
+    """stop() = one compare-and-delete, one blocking-query wake-up, one acquire (the issue's target: p50 <= 20 ms)."""
     durations = []
-    a = swarmha.Candidate(discovery, KEY, node="a", ttl=30.0).start()
-    b = swarmha.Candidate(discovery, KEY, node="b", ttl=30.0).start()
+    leader = swarmha.Candidate(discovery, KEY, node="n0", ttl=30.0).start()
     try:
-        wait_for(lambda: a.is_leader or b.is_leader, 10.0, "a leader")
-        for _ in range(9):
-            leader, other = (a, b) if a.is_leader else (b, a)
-            time.sleep(0.01)  # let the other candidate's blocking query reach the server
+        wait_for(lambda: leader.is_leader, 10.0, "a leader")
+        for i in range(9):
+            waiting = swarmha.Candidate(discovery, KEY, node=f"n{i + 1}", ttl=30.0).start()
+            time.sleep(0.03)  # let the waiting candidate's blocking query reach the server
             start = time.monotonic()
-            leader.resign()
-            wait_for(lambda o=other: o.is_leader, 2.0, "the other candidate to take over", poll=0.0005)
+            leader.stop()
+            wait_for(lambda w=waiting: w.is_leader, 2.0, "the waiting candidate to take over", poll=0.0005)
             durations.append(time.monotonic() - start)
+            leader = waiting
     finally:
-        a.stop()
-        b.stop()
+        leader.stop()
     durations.sort()
-    assert durations[len(durations) // 2] < 0.1, durations  # the issue's target is 20 ms; CI machines are slow
+    assert durations[len(durations) // 2] < 0.05, durations  # measured ~11 ms; slack for a busy 2-core machine
 
 
 # -- conformance of the double --------------------------------------------------------------------------------
