@@ -1,0 +1,211 @@
+"""The fault harness: N candidate processes on a real store, faults injected at random but reproducibly.
+
+    report = run_faults(store, workdir, faults=10, seed=7, ttl=1.0)
+
+Each worker (tests/fault/worker.py) reaches the store through its own :class:`FaultProxy` (networked
+backends), so a network fault can hit one candidate alone. Fault kinds (chosen by a ``random.Random(seed)``,
+bounded in count and time):
+
+* ``kill_leader`` / ``kill_any`` — SIGKILL, then a replacement process with the same node name;
+* ``pause_leader`` — SIGSTOP for 1.5 x ttl, then SIGCONT (the GC-pause case);
+* ``cut`` / ``blackhole`` / ``delay`` — one candidate's link to the store resets, goes silent, or slows;
+* ``store_outage`` — the whole store becomes unreachable for a while (server killed and restarted, or
+  the sqlite file locked), if the store fixture supports ``stop()``/``start()``;
+* ``member_loss`` — one member of a 3-member cluster is killed and restarted, if the fixture has
+  ``kill_member(i)``/``restart_member(i)``.
+
+Between faults the harness waits for a leader (bounded) so each fault's recovery can be measured. The
+observation logs are then merged and checked by :mod:`tests.fault.checker`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from swarmha.discovery import parse_url
+from tests.fault.checker import Fault, Report, check, load
+from tests.fault.proxy import FaultProxy
+
+ROOT = Path(__file__).resolve().parents[2]
+NETWORK_KINDS = ("cut", "blackhole", "delay")
+
+
+class Worker:
+    def __init__(self, node: str, url: str, ttl: float, log: Path, proxies: list[FaultProxy]) -> None:
+        self.node, self.url, self.ttl, self.log, self.proxies = node, url, ttl, log, proxies
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.spawn()
+
+    def spawn(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.fault.worker",
+                "--url",
+                self.url,
+                "--node",
+                self.node,
+                "--ttl",
+                str(self.ttl),
+                "--log",
+                str(self.log),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stderr=subprocess.DEVNULL,
+        )
+
+    def last_token(self, since: float) -> int | None:
+        """The token of this worker's latest observation if it started after ``since`` and was leading."""
+        try:
+            with self.log.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 400))
+                tail = f.read().decode(errors="replace").strip().splitlines()
+        except FileNotFoundError:
+            return None
+        for raw in reversed(tail):
+            if f'"n": "{self.node}"' in raw and raw.endswith("}"):
+                try:
+                    line = json.loads(raw)
+                except json.JSONDecodeError:
+                    continue
+                return line["tb"] if line["a"] > since and time.monotonic() - line["b"] < 0.2 else None
+        return None
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def _proxied_url(url: str) -> tuple[str, list[FaultProxy]]:
+    parsed = parse_url(url)
+    if not parsed.hosts or parsed.scheme in ("sqlite", "memory"):
+        return url, []
+    proxies = [FaultProxy((h, p)) for h, p in parsed.endpoints(0)]
+    netloc = ",".join(p.address for p in proxies)
+    scheme, rest = url.split("://", 1)
+    userinfo = rest.split("/", 1)[0].rpartition("@")[0]
+    tail = rest[len(rest.split("/", 1)[0]) :]
+    return f"{scheme}://{userinfo + '@' if userinfo else ''}{netloc}{tail}", proxies
+
+
+def run_faults(
+    store: Any,
+    workdir: Path,
+    *,
+    faults: int,
+    seed: int,
+    ttl: float,
+    workers: int = 3,
+    kinds: tuple[str, ...] | None = None,
+    budget: float = 600.0,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Run ``faults`` faults against ``store`` and return the checker's report (see the module docstring)."""
+    rng = random.Random(seed)
+    url = store.url()
+    networked = parse_url(url).scheme not in ("sqlite", "memory")
+    available = ["kill_leader", "kill_any", "pause_leader"]
+    if networked:
+        available += list(NETWORK_KINDS)
+    if getattr(store, "can_stop", False):
+        available.append("store_outage")
+    if hasattr(store, "kill_member"):
+        available.append("member_loss")
+    chosen = [k for k in (kinds or tuple(available)) if k in available]
+    assert chosen, f"no fault kind applies to this store (asked {kinds}, available {available})"
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    pool: list[Worker] = []
+    injected: list[Fault] = []
+    deadline = time.monotonic() + budget
+    try:
+        for i in range(workers):
+            wurl, proxies = _proxied_url(url)
+            pool.append(Worker(f"c{i}", wurl, ttl, workdir / f"c{i}.log", proxies))
+
+        def await_leader(limit: float, since: float) -> Worker | None:
+            """The one worker leading in observations made after ``since`` (None if none within ``limit``)."""
+            end = time.monotonic() + limit
+            while time.monotonic() < end:
+                leading = [w for w in pool if w.last_token(since) is not None]
+                if len(leading) == 1:
+                    return leading[0]
+                time.sleep(0.01)
+            return None
+
+        heal = time.monotonic()
+        await_leader(ttl + 20.0, heal)  # first election, server warm-up included
+        for n in range(faults):
+            if time.monotonic() > deadline:
+                break
+            kind = rng.choice(chosen)
+            victim = pool[rng.randrange(len(pool))]
+            current = await_leader(ttl + 3.0, heal)
+            if kind in ("kill_leader", "pause_leader") or (kind in NETWORK_KINDS and rng.random() < 0.6):
+                victim = current or victim
+            duration = rng.uniform(0.5, 2.0) * ttl
+            inject = time.monotonic()
+            if kind in ("kill_leader", "kill_any"):
+                victim.signal(signal.SIGKILL)
+                assert victim.proc is not None
+                victim.proc.wait(5)
+                heal = time.monotonic()
+                victim.spawn()
+            elif kind == "pause_leader":
+                victim.signal(signal.SIGSTOP)
+                time.sleep(1.5 * ttl)
+                victim.signal(signal.SIGCONT)
+                heal = time.monotonic()
+            elif kind in NETWORK_KINDS:
+                for p in victim.proxies:
+                    p.set_mode("delay" if kind == "delay" else ("drop" if kind == "cut" else kind), delay=0.2)
+                time.sleep(duration)
+                for p in victim.proxies:
+                    p.set_mode("pass")
+                heal = time.monotonic()
+            elif kind == "store_outage":
+                store.stop()
+                time.sleep(duration)
+                store.start()
+                heal = time.monotonic()
+            else:  # member_loss
+                member = rng.randrange(3)
+                store.kill_member(member)
+                time.sleep(duration)
+                store.restart_member(member)
+                heal = time.monotonic()
+            injected.append(Fault(kind, victim.node, inject, heal))
+            if progress is not None:
+                progress(f"fault {n + 1}/{faults}: {kind} on {victim.node} ({heal - inject:.2f}s)")
+            time.sleep(rng.uniform(0.05, 0.3))
+        await_leader(ttl + 3.0, heal)
+        time.sleep(0.2)
+    finally:
+        for w in pool:
+            w.stop()
+        for w in pool:
+            for p in w.proxies:
+                p.close()
+    return check(load(w.log for w in pool), injected, ttl)

@@ -1,0 +1,111 @@
+"""A loopback TCP proxy per candidate, to cut, blackhole or delay its traffic to the store.
+
+Modes (switch at any time with :meth:`FaultProxy.set_mode`):
+
+* ``pass`` — forward both ways.
+* ``drop`` — close every open connection and refuse new ones (a crashed link: the client sees resets).
+* ``blackhole`` — keep connections open but deliver nothing either way (a partition: the client sees
+  silence and must time out on its own).
+* ``delay`` — forward each chunk after ``delay`` seconds.
+
+Only 127.0.0.1 is ever listened on or connected to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+import time
+
+__all__ = ["FaultProxy"]
+
+
+class FaultProxy:
+    def __init__(self, target: tuple[str, int]) -> None:
+        assert target[0] in ("127.0.0.1", "localhost"), "the fault proxy only forwards to loopback"
+        self.target = target
+        self.mode = "pass"
+        self.delay = 0.0
+        self._lock = threading.Lock()
+        self._conns: list[tuple[socket.socket, socket.socket]] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+        self._spawn(self._accept_loop)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _spawn(self, target: object, *args: object) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True, name="fault-proxy")  # type: ignore[arg-type]
+        t.start()
+        self._threads.append(t)
+
+    def set_mode(self, mode: str, delay: float = 0.0) -> None:
+        assert mode in ("pass", "drop", "blackhole", "delay"), mode
+        with self._lock:
+            self.mode, self.delay = mode, delay
+            doomed = list(self._conns) if mode == "drop" else []
+            if doomed:
+                self._conns.clear()
+        for a, b in doomed:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                mode = self.mode
+            if mode == "drop":
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=2)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns.append((client, upstream))
+            self._spawn(self._pump, client, upstream)
+            self._spawn(self._pump, upstream, client)
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while not self._closed:
+                ready, _, _ = select.select([src], [], [], 0.2)
+                if not ready:
+                    continue
+                data = src.recv(65536)
+                if not data:
+                    break
+                with self._lock:
+                    mode, delay = self.mode, self.delay
+                if mode == "blackhole":
+                    continue
+                if mode == "delay" and delay > 0:
+                    time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        self.set_mode("drop")
+        for t in self._threads:
+            t.join(2)

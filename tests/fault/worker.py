@@ -1,0 +1,64 @@
+"""A candidate process for fault runs: appends an observation around each unit of "leader work" to a log.
+
+One JSON line per observation, written with one ``write`` syscall (so a SIGKILL loses at most the line in
+flight)::
+
+    {"n": "c1", "a": <monotonic before>, "ta": <token before or null>,
+                "b": <monotonic after>,  "tb": <token after or null>}
+
+Leader work counts as done in [a, b] only if ``ta == tb`` and both are set: the token read just before and
+just after the work agree. The checker (tests/fault/checker.py) merges every worker's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+import time
+
+import swarmha
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--ttl", type=float, required=True)
+    parser.add_argument("--log", required=True)
+    parser.add_argument("--interval", type=float, default=0.01)
+    parser.add_argument("--work", type=float, default=0.002, help="seconds of 'leader work' per observation")
+    args = parser.parse_args()
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    discovery = swarmha.connect(args.url)
+    candidate = swarmha.Candidate(discovery, "fault/leader", node=args.node, ttl=args.ttl).start()
+    try:
+        while not stopping.is_set():
+            a = time.monotonic()
+            before = candidate.term
+            if before is not None:
+                time.sleep(args.work)  # the leader's work: it must not overlap another leader's
+            after = candidate.term
+            b = time.monotonic()
+            line = {
+                "n": args.node,
+                "a": a,
+                "ta": None if before is None else before.token,
+                "b": b,
+                "tb": None if after is None else after.token,
+            }
+            os.write(fd, (json.dumps(line) + "\n").encode())
+            stopping.wait(args.interval)
+    finally:
+        candidate.stop()
+        discovery.close()
+        os.close(fd)
+
+
+if __name__ == "__main__":
+    main()
