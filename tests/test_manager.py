@@ -277,3 +277,22 @@ def test_demo_runs_without_docker_and_prints_both_failover_times() -> None:
     assert "killed (SIGKILL)" in result.stdout
     assert "failover times:" in result.stdout
     assert time.monotonic() - began < 45
+
+
+def test_a_request_during_a_crash_failover_waits_for_the_next_primary(url: str, tmp_path: Path) -> None:
+    first = ManagerProc(url, tmp_path, "--replication-ttl", "2s", "--primary-wait", "5s")
+    wait_for(lambda: first.role() == "Primary", 15, "the first manager to lead")
+    second = ManagerProc(url, tmp_path, "--replication-ttl", "2s", "--primary-wait", "5s")
+    try:
+        wait_for(lambda: second.status().get("Primary") == first.addr, 15, "the replica to see it")
+        first.signal(signal.SIGKILL)
+        first.proc.wait(10)
+        began = time.monotonic()
+        code, body = second.get("/v1.41/containers/json", timeout=15)  # refused by the dead primary: waits
+        took = time.monotonic() - began
+        assert (code, body) == (200, [])
+        assert took < 5  # the session TTL (2 s) plus one watch round trip, inside --primary-wait
+        assert second.role() == "Primary"
+    finally:
+        first.stop()
+        second.stop()

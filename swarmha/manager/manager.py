@@ -78,7 +78,8 @@ class Manager:
         server_ssl = config.tls.server_context()
         self._client_ssl = config.tls.client_context()
         self._server_ssl = server_ssl
-        self.cluster = Cluster(discovery, config.static_engines, strategy=config.strategy)
+        # as in Swarm, the --tls flags also apply to the engines: with TLS on, engines are reached over TLS
+        self.cluster = Cluster(discovery, config.static_engines, strategy=config.strategy, engine_ssl=self._client_ssl)
         self.api = PrimaryAPI(self.cluster, self._info)
         self.server = Server(self.handle)
         self._candidate: aio.Candidate | None = None
