@@ -44,9 +44,10 @@ class Cluster:
 
     def start_managers(self, *extra: str) -> tuple[ManagerProc, ManagerProc]:
         first = ManagerProc(self.url, self.tmp, "--replication-ttl", "3s", *extra)
+        self.managers.append(first)  # stopped by close() even if a wait below fails
         wait_for(lambda: first.role() == "Primary", 20, "a primary")
         second = ManagerProc(self.url, self.tmp, "--replication-ttl", "3s", *extra)
-        self.managers += [first, second]
+        self.managers.append(second)
 
         def ready() -> bool:
             status = second.status()
