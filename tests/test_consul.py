@@ -378,3 +378,12 @@ def test_session_destroyed_behind_our_back_raises_session_expired(
         assert discovery.get(KEY) is None
     finally:
         session.close()
+
+
+def test_candidate_refuses_a_ttl_consul_would_refuse_at_construction() -> None:
+    d = swarmha.connect("consul://127.0.0.1:1/prefix")  # never contacted: the check needs no server
+    try:
+        with pytest.raises(ConfigurationError, match="session_ttl_min"):
+            swarmha.Candidate(d, "svc/leader", node="n", ttl=15.0)
+    finally:
+        d.close()

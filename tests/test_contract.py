@@ -175,6 +175,7 @@ def test_follower_reports_current_leader_changes_and_vacancy(discovery: swarmha.
         c.start()
         leader = seen.next()
         assert leader is not None and leader.node == "10.0.0.1:4000"
+        wait_for(lambda: c.is_leader, 5.0, "the candidate to see its own election")  # the follower may be first
         assert c.term is not None and leader.token == c.term.token
         assert follower.leader == leader
         c.stop()

@@ -106,6 +106,14 @@ class Discovery(abc.ABC):
 
     url: DiscoveryURL
 
+    def check_ttl(self, ttl: float) -> None:
+        """Raise :class:`~swarmha.errors.ConfigurationError` if this store cannot grant sessions of ``ttl``.
+
+        Called when a Candidate is built, so a TTL the store would refuse fails at once, not on every retry
+        in the background. The default accepts any positive TTL; backends with limits (Consul) override it.
+        """
+        check_ttl(ttl)
+
     @abc.abstractmethod
     def session(self, ttl: float) -> Session:
         """Create a new session (lease) with the given TTL in seconds."""

@@ -526,6 +526,10 @@ class ConsulDiscovery(Discovery):
 
     # -- the contract --------------------------------------------------------------------------------
 
+    def check_ttl(self, ttl: float) -> None:
+        """Refuse a ttl whose session TTL (ttl/2) lies outside what the servers accept (see the module doc)."""
+        session_ttl_for(check_ttl(ttl), self.session_ttl_min)
+
     def session(self, ttl: float) -> Session:
         """A Consul session with TTL ``ttl/2`` (invalidated ~``ttl`` after the last renewal), behaviour delete."""
         session_ttl = session_ttl_for(ttl, self.session_ttl_min)

@@ -235,6 +235,7 @@ class Campaign(_Worker):
             )
         if not isinstance(node, str) or not node:
             raise ConfigurationError(f"node must be a non-empty string, not {node!r}")
+        discovery.check_ttl(ttl)
         super().__init__(discovery, key, backoff_cap=min(MAX_BACKOFF, ttl / 6.0))
         self.node = node
         self.ttl = ttl
@@ -372,14 +373,18 @@ class Campaign(_Worker):
         return lead
 
     def _demote(self, reason: str, *, stale: bool) -> None:
-        """End the term without talking to the store; ``stale`` keeps the key for cleanup when it answers."""
+        """End the term. ``stale``: the store may still hold our key (we could not reach it), so keep the
+        session and token to delete it once the store answers; otherwise the key is already gone and the
+        session is closed to free what it holds (a ZooKeeper connection, an etcd lease)."""
         lead = self._take_lead()
         if lead is None:
             return
         log.warning("%s: leadership lost by %s (token %d): %s", self.key, self.node, lead.term.token, reason)
+        self._emit(Event(Kind.LOST, lead.term))
         if stale:
             self._stale = (lead.session, lead.term.token)
-        self._emit(Event(Kind.LOST, lead.term))
+        else:
+            lead.session.close()
 
     def _release(self, reason: str) -> None:
         """End the term and hand the key over: compare-and-delete it, then close the session."""
