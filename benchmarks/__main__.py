@@ -1,0 +1,84 @@
+"""One entry point for every benchmark: ``python -m benchmarks {election,core,manager,all} [--quick] [--out DIR]``.
+
+* ``election``: swarmha on every backend and its peers (kazoo, the etcd lock, tooz) on the same servers
+  (``benchmarks/election.py``; writes ``DIR/benchmarks.md`` and plots under ``DIR/img/``).
+* ``core``: the embedded backends alone (``benchmarks/core.py``; writes ``DIR/benchmarks-core.md``).
+* ``manager``: the HA Docker manager (``benchmarks/manager.py``; writes ``DIR/benchmarks-manager.md``).
+* ``all``: the three in turn; a part that fails (or is missing) is reported and the others still run.
+
+``--quick`` is the CI smoke mode (each part under a minute, figures mean little); without it, the full runs.
+Other options go to the part: ``python -m benchmarks election --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+PARTS = ["election", "core", "manager"]
+
+
+def _runner(part: str) -> Callable[[list[str]], None]:
+    """The part's ``main(argv)``; raises SystemExit with a clear message if its module is missing."""
+    try:
+        module = importlib.import_module(f"benchmarks.{part}")
+    except ModuleNotFoundError as e:
+        if e.name != f"benchmarks.{part}":
+            raise
+        raise SystemExit(f"benchmarks: the {part} benchmark (benchmarks/{part}.py) is not in this checkout") from None
+    main = module.main
+    if part == "core":  # core.main() reads sys.argv itself
+
+        def run_core(argv: list[str]) -> None:
+            saved = sys.argv
+            sys.argv = ["python -m benchmarks.core", *argv]
+            try:
+                main()
+            finally:
+                sys.argv = saved
+
+        return run_core
+    return lambda argv: main(argv)
+
+
+def _argv(part: str, quick: bool, out: str | None, rest: list[str]) -> list[str]:
+    argv = ["--quick"] if quick else []
+    if out is not None:
+        target = Path(out) if part == "election" else Path(out) / f"benchmarks-{part}.md"
+        argv += ["--out", str(target)]
+    return argv + rest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("part", choices=[*PARTS, "all"], help="which benchmark to run")
+    parser.add_argument("--quick", action="store_true", help="CI smoke mode: under a minute per part")
+    parser.add_argument("--out", help="directory for the reports (default: each part's own, under docs/)")
+    args, rest = parser.parse_known_args(argv)
+    if args.part != "all":
+        _runner(args.part)(_argv(args.part, args.quick, args.out, rest))
+        return
+    failed = []
+    for part in PARTS:
+        print(f"== benchmarks {part} ==", flush=True)
+        try:
+            _runner(part)(_argv(part, args.quick, args.out, rest))
+        except SystemExit as e:
+            if e.code not in (None, 0):
+                print(f"benchmarks {part}: {e.code}", file=sys.stderr)
+                failed.append(part)
+        except Exception:
+            traceback.print_exc()
+            failed.append(part)
+    if failed:
+        raise SystemExit(f"benchmarks: failed or missing: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
