@@ -65,3 +65,16 @@ def test_checker_ignores_work_not_confirmed_after_it_was_done() -> None:
     # y read token 6 before its work but not after (it was deposed meanwhile): not counted as leader work
     history = [obs("x", 1.0, 2.0, 5), Observation("y", 1.5, 1.6, 6, None), obs("y", 3.0, 3.1, 6)]
     assert check(history, [], ttl=1.0).overlaps == []
+
+
+def test_checker_reports_a_missing_leader_even_when_the_next_fault_came_late() -> None:
+    # no leader after the heal at 1.2; the harness gave up waiting and injected the next fault at 5.0
+    history = [obs("x", 1.0, 1.1, 1), obs("y", 5.5, 5.6, 2)]
+    faults = [Fault("kill_leader", "x", 1.2, 1.2), Fault("cut", "y", 5.0, 5.1)]
+    report = check(history, faults, ttl=1.0)
+    assert (
+        len(report.slow_recoveries) == 1 and "no leader before the next fault 3.800s later" in report.slow_recoveries[0]
+    )
+    # a fault injected within ttl + 1 s of the heal, before anyone led, is measured instead
+    faults = [Fault("kill_leader", "x", 1.2, 1.2), Fault("cut", "y", 2.0, 5.1)]
+    assert check(history, faults, ttl=1.0).slow_recoveries == []

@@ -7,7 +7,8 @@ Fails on:
 (b) **token regression** — terms ordered by when their work started whose tokens do not strictly increase,
     or one token claimed by two nodes;
 (c) **slow recovery** — after a fault healed, no leader work observed within ``ttl + 1 s`` (unless another
-    fault was injected before a leader appeared; that one is measured instead).
+    fault was injected within ``ttl + 1 s`` of the heal, before a leader appeared; that one is measured
+    instead — a fault injected later does not excuse the missing leader).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Report:
     slow_recoveries: list[str] = attrs.field(factory=list)
     recovery_times: list[float] = attrs.field(factory=list)
     longest_gap: float = 0.0
+    longest_gap_at: float = 0.0  # when the longest gap started (monotonic)
+    injected: list[Fault] = attrs.field(factory=list)
 
     @property
     def ok(self) -> bool:
@@ -80,7 +83,7 @@ def load(paths: Iterable[Path]) -> list[Observation]:
 
 
 def check(observations: Sequence[Observation], faults: Sequence[Fault], ttl: float) -> Report:
-    report = Report(observations=len(observations), faults=len(faults))
+    report = Report(observations=len(observations), faults=len(faults), injected=list(faults))
     for f in faults:
         report.faults_by_kind[f.kind] = report.faults_by_kind.get(f.kind, 0) + 1
 
@@ -111,8 +114,8 @@ def check(observations: Sequence[Observation], faults: Sequence[Fault], ttl: flo
 
     work_starts = sorted(o.a for o in observations if o.did_leader_work)
     if work_starts:
-        gaps = [b - a for a, b in itertools.pairwise(work_starts)]
-        report.longest_gap = max(gaps, default=0.0)
+        gaps = [(b - a, a) for a, b in itertools.pairwise(work_starts)]
+        report.longest_gap, report.longest_gap_at = max(gaps, default=(0.0, 0.0))
     injects = sorted(f.inject for f in faults)
     for f in faults:
         after = next((t for t in work_starts if t >= f.heal), None)
@@ -121,7 +124,15 @@ def check(observations: Sequence[Observation], faults: Sequence[Fault], ttl: flo
             report.slow_recoveries.append(f"{f.kind} on {f.target} healed at {f.heal:.3f}: no leader afterwards")
             continue
         if after is None or (next_inject is not None and next_inject < after):
-            continue  # superseded by a later fault before anyone led: that one is measured instead
+            if next_inject is not None and next_inject <= f.heal + ttl + 1.0:
+                continue  # superseded by a later fault before anyone led: that one is measured instead
+            # nobody led between this heal and a fault injected more than ttl + 1 s later: as slow as it gets
+            assert next_inject is not None
+            report.slow_recoveries.append(
+                f"{f.kind} on {f.target} healed at {f.heal:.3f}: no leader before the next fault "
+                f"{next_inject - f.heal:.3f}s later"
+            )
+            continue
         took = after - f.heal
         report.recovery_times.append(took)
         if took > ttl + 1.0:

@@ -43,6 +43,8 @@ class Worker:
     def __init__(self, node: str, url: str, ttl: float, log: Path, proxies: list[FaultProxy]) -> None:
         self.node, self.url, self.ttl, self.log, self.proxies = node, url, ttl, log, proxies
         self.proc: subprocess.Popen[bytes] | None = None
+        # the worker's own log (swarmha's messages with monotonic stamps): evidence when a check fails
+        self.stderr = log.with_suffix(".err").open("ab")
         self.spawn()
 
     def spawn(self) -> None:
@@ -62,7 +64,7 @@ class Worker:
             ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stderr=subprocess.DEVNULL,
+            stderr=self.stderr,
         )
 
     def last_token(self, since: float) -> int | None:
@@ -96,6 +98,8 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+        finally:
+            self.stderr.close()
 
 
 def _proxied_url(url: str) -> tuple[str, list[FaultProxy]]:

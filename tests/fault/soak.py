@@ -24,6 +24,7 @@ lasted and, from the chunk's logs, the longest pause between two consecutive obs
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import datetime
 import fcntl
@@ -239,6 +240,8 @@ class Totals:
     slow: list[dict[str, Any]] = attrs.field(factory=list)
     recoveries: list[float] = attrs.field(factory=list)
     longest_gap: float = 0.0
+    by_kind_recovery: dict[str, list[float]] = attrs.field(factory=dict)
+    longest_gap_what: str = ""
     chunks: int = 0
     failed_chunks: list[dict[str, Any]] = attrs.field(factory=list)
 
@@ -252,7 +255,21 @@ class Totals:
         self.overlaps += report.overlaps
         self.regressions += report.token_regressions
         self.recoveries += report.recovery_times
-        self.longest_gap = max(self.longest_gap, report.longest_gap)
+        if report.longest_gap > self.longest_gap:
+            self.longest_gap = report.longest_gap
+            lo, hi = report.longest_gap_at, report.longest_gap_at + report.longest_gap
+            during = [f"{f.kind} ({f.heal - f.inject:.2f}s)" for f in report.injected if f.inject < hi and f.heal > lo]
+            self.longest_gap_what = f"chunk {self.chunks - 1}, during: " + (", ".join(during) or "no fault")
+
+    def add_recoveries(self, report: Report, logs: Sequence[Path]) -> None:
+        """Recovery time per fault kind (the checker's rule: first leader work after the heal)."""
+        starts = sorted(o.a for o in load(logs) if o.did_leader_work)
+        injects = sorted(f.inject for f in report.injected)
+        for f in report.injected:
+            i = bisect.bisect_left(starts, f.heal)
+            j = bisect.bisect_right(injects, f.heal)
+            if i < len(starts) and (j == len(injects) or injects[j] > starts[i]):
+                self.by_kind_recovery.setdefault(f.kind, []).append(starts[i] - f.heal)
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -266,7 +283,10 @@ def _say(text: str) -> None:
     print(f"{datetime.datetime.now():%H:%M:%S} {text}", flush=True)
 
 
-_SLOW = re.compile(r"^(\S+) on (\S+) healed at ([0-9.]+): (?:leader after ([0-9.]+)s|no leader afterwards)")
+_SLOW = re.compile(
+    r"^(\S+) on (\S+) healed at ([0-9.]+): "
+    r"(?:leader after ([0-9.]+)s|no leader before the next fault ([0-9.]+)s|no leader)"
+)
 
 
 def soak(args: argparse.Namespace) -> tuple[Totals, float, LagMonitor]:
@@ -294,12 +314,13 @@ def soak(args: argparse.Namespace) -> tuple[Totals, float, LagMonitor]:
                     store.start()  # a chunk interrupted mid-outage must not leave the store down
             totals.add(report)
             logs = sorted(workdir.glob("c*.log"))
+            totals.add_recoveries(report, logs)
             for text in report.slow_recoveries:
                 m = _SLOW.match(text)
                 entry: dict[str, Any] = {"chunk": index, "seed": seed, "what": text}
                 if m:
                     heal = float(m.group(3))
-                    took = float(m.group(4)) if m.group(4) else args.ttl + 1.0
+                    took = float(m.group(4) or m.group(5) or args.ttl + 1.0)
                     entry["worst_lag"] = round(monitor.worst_lag(heal, heal + took), 3)
                     entry["load1"] = monitor.load_at(heal)
                     entry["worker_pauses"] = worker_pauses(logs, heal, heal + took)
@@ -393,7 +414,8 @@ def section(args: argparse.Namespace, totals: Totals, wall: float, monitor: LagM
         f"- observations {totals.observations}, terms {totals.terms}",
         f"- overlapping terms: **{len(totals.overlaps)}**; token regressions: **{len(totals.regressions)}**; "
         f"recoveries slower than ttl + 1 s: **{len(totals.slow)}**",
-        f"- longest leaderless gap (any two consecutive units of leader work): {totals.longest_gap:.3f} s",
+        f"- longest leaderless gap (any two consecutive units of leader work): {totals.longest_gap:.3f} s "
+        f"({totals.longest_gap_what})",
         f"- recovery after a heal (n={len(rec)}): p50 {_fmt(percentile(rec, 50))} s, "
         f"p90 {_fmt(percentile(rec, 90))} s, "
         f"p99 {_fmt(percentile(rec, 99))} s, max {_fmt(max(rec, default=float('nan')))} s",
@@ -402,6 +424,11 @@ def section(args: argparse.Namespace, totals: Totals, wall: float, monitor: LagM
         f"{max((lag for _, lag in monitor.lags), default=0.0):.3f} s; load average at the end "
         f"{os.getloadavg()[0]:.2f}",
     ]
+    lines += ["", "| fault kind | injected | recovery p50 | p90 | p99 | max |", "|---|---|---|---|---|---|"]
+    for kind, n in sorted(totals.by_kind.items()):
+        r = totals.by_kind_recovery.get(kind, [])
+        cells = " | ".join(_fmt(percentile(r, p)) for p in (50, 90, 99)) + f" | {_fmt(max(r, default=math.nan))}"
+        lines.append(f"| {kind} | {n} | {cells} |")
     for title, items in (("Overlaps", totals.overlaps), ("Token regressions", totals.regressions)):
         if items:
             lines += ["", f"{title}:", ""] + [f"- {t}" for t in items[:20]]

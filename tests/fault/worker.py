@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import threading
@@ -32,6 +33,17 @@ def main() -> None:
     parser.add_argument("--work", type=float, default=0.002, help="seconds of 'leader work' per observation")
     args = parser.parse_args()
 
+    # swarmha's log on stderr (the harness keeps it next to the observation log), stamped with the same
+    # monotonic clock as the observations
+    factory = logging.getLogRecordFactory()
+
+    def stamped(*a: object, **k: object) -> logging.LogRecord:
+        record = factory(*a, **k)
+        record.mono = time.monotonic()
+        return record
+
+    logging.setLogRecordFactory(stamped)
+    logging.basicConfig(level=logging.INFO, format=f"%(mono).3f {args.node} %(levelname)s %(name)s: %(message)s")
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
