@@ -1,10 +1,4 @@
-"""Real Docker engines for the manager tests: dockerd processes on loopback, started once per test session.
-
-Each engine is ``dockerd --host tcp://127.0.0.1:PORT`` with its own data root, exec root (short path: the
-managed containerd's unix socket lives there) and pid file, ``--iptables=false --bridge=none
---storage-driver=vfs``; each starts its own managed containerd. Every engine gets the test image
-:data:`IMAGE`, made without a registry: a tar of Debian's static busybox with /bin/sh, /bin/echo, ... linked
-to it, loaded with ``docker import``.
+"""The session fixture with two real Docker engines for the manager tests (machinery: tests/dockerd.py).
 
 Tests using :func:`docker_engines` are skipped when dockerd, containerd, busybox or root are missing.
 Teardown kills each engine's whole process group (dockerd and its containerd) and removes its directories.
@@ -12,137 +6,32 @@ Teardown kills each engine's whole process group (dockerd and its containerd) an
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import subprocess
-import tarfile
-import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
-import attrs
 import pytest
 
-from tests.manager_support import free_port
+from tests.dockerd import IMAGE, DockerEngine, busybox_tar, docker_cli, missing, start_engine, stop_engine
 
-IMAGE = "swarmha-test:busybox"
-_APPLETS = ("sh", "echo", "cat", "sleep", "true", "false", "ls", "env", "head", "seq", "printf")
-
-
-@attrs.define
-class DockerEngine:
-    addr: str
-    root: Path
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def host(self) -> str:
-        return f"tcp://{self.addr}"
-
-    def docker(self, *args: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return docker_cli(self.host, *args, timeout=timeout, check=check)
-
-
-def docker_cli(
-    host: str, *args: str, timeout: float = 60.0, check: bool = True, input: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the stock docker CLI against ``host`` (tcp://...)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tempfile.gettempdir(), "DOCKER_HOST": host}
-    return subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, env=env, check=check, input=input
-    )
-
-
-def _missing() -> str | None:
-    for tool in ("dockerd", "containerd", "docker", "busybox"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    if os.geteuid() != 0:
-        return "dockerd needs root"
-    return None
-
-
-def _busybox_tar(directory: Path) -> Path:
-    path = directory / "busybox.tar"
-    busybox = shutil.which("busybox")
-    assert busybox is not None
-    with tarfile.open(path, "w") as tar:
-        info = tarfile.TarInfo("bin")
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(info)
-        tar.add(busybox, "bin/busybox")
-        for applet in _APPLETS:
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(link)
-    return path
-
-
-def _ping(addr: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{addr}/_ping", timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
-def _start(index: int) -> DockerEngine:
-    root = Path(tempfile.mkdtemp(prefix=f"shd{index}-", dir="/tmp"))
-    port = free_port()
-    addr = f"127.0.0.1:{port}"
-    cmd = [
-        "dockerd", "--host", f"tcp://{addr}", "--data-root", str(root / "d"), "--exec-root", str(root / "e"),
-        "--pidfile", str(root / "pid"), "--iptables=false", "--ip6tables=false", "--bridge=none",
-        "--storage-driver=vfs", "--log-level=warn",
-    ]  # fmt: skip
-    with open(root / "dockerd.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    engine = DockerEngine(addr, root, proc)
-    deadline = time.monotonic() + 60
-    while not _ping(addr):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(engine)
-            pytest.fail(f"dockerd did not start: {(root / 'dockerd.log').read_text(errors='replace')[-2000:]}")
-        time.sleep(0.1)
-    return engine
-
-
-def _stop(engine: DockerEngine) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(engine.proc.pid, signal.SIGTERM)
-    try:
-        engine.proc.wait(20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(engine.proc.pid, signal.SIGKILL)
-        engine.proc.wait(10)
-    with contextlib.suppress(ProcessLookupError):  # containerd and shims share the process group
-        os.killpg(engine.proc.pid, signal.SIGKILL)
-    with open("/proc/mounts") as mounts:
-        points = [line.split()[1] for line in mounts if line.split()[1].startswith(str(engine.root))]
-    for point in sorted(points, reverse=True):
-        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
-    shutil.rmtree(engine.root, ignore_errors=True)
+__all__ = ["IMAGE", "DockerEngine", "docker_cli", "docker_engines"]
 
 
 @pytest.fixture(scope="session")
 def docker_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[DockerEngine]]:
     """Two running engines, each holding :data:`IMAGE`; stopped and removed at the end of the session."""
-    reason = _missing()
+    reason = missing()
     if reason:
         pytest.skip(reason)
     engines: list[DockerEngine] = []
     try:
         for i in range(2):
-            engines.append(_start(i))
-        tar = _busybox_tar(tmp_path_factory.mktemp("image"))
+            try:
+                engines.append(start_engine(i))
+            except RuntimeError as err:
+                pytest.fail(str(err))
+        tar = busybox_tar(tmp_path_factory.mktemp("image"))
         for e in engines:
             e.docker("import", str(tar), IMAGE)
         yield engines
     finally:
         for e in engines:
-            _stop(e)
+            stop_engine(e)

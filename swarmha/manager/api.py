@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from swarmha.manager.cluster import Cluster, Engine, NoEngine
-from swarmha.manager.forward import UpstreamBroken, UpstreamUnreachable, forward
+from swarmha.manager.forward import UpstreamBroken, UpstreamUnreachable, fetch, forward
 from swarmha.manager.http import ClientGone, Exchange
 from swarmha.manager.info import SERVER_VERSION
 
@@ -101,16 +101,22 @@ class PrimaryAPI:
 
     async def _gather(self, ex: Exchange, path: str) -> list[tuple[Engine, Any]]:
         query = urlsplit(ex.target).query
+        target = path + (f"?{query}" if query else "")
 
         async def one(e: Engine) -> tuple[Engine, Any] | None:
             try:
-                r = await self.cluster.http.get(f"{e.url}{path}" + (f"?{query}" if query else ""))
-                r.raise_for_status()
-                return e, r.json()
-            except (httpx.HTTPError, ValueError):
+                r = await fetch(self.cluster.pool, e.upstream, target, timeout=self.cluster.timeout)
+                if r.status != 200:
+                    return None
+                return e, json.loads(r.body)
+            except (UpstreamUnreachable, UpstreamBroken, ValueError):
                 return None
 
-        results = await asyncio.gather(*(one(e) for e in self.cluster.healthy()))
+        engines = self.cluster.healthy()
+        if len(engines) == 1:  # the common case: no task, no gather
+            results = [await one(engines[0])]
+        else:
+            results = await asyncio.gather(*(one(e) for e in engines))
         return [r for r in results if r is not None]
 
     async def _list(self, ex: Exchange, kind: str) -> None:
@@ -218,7 +224,7 @@ class PrimaryAPI:
             created.append(status)
 
         try:
-            await forward(ex, engine.upstream, target=target, on_head=on_head)
+            await forward(ex, engine.upstream, pool=self.cluster.pool, target=target, on_head=on_head)
         except (UpstreamUnreachable, UpstreamBroken) as e:
             if not ex.started:
                 await ex.error(502, f"swarmha: node {engine.name} ({engine.addr}) failed: {e}")

@@ -27,7 +27,7 @@ import httpx
 
 from swarmha import Discovery
 from swarmha.errors import DiscoveryError
-from swarmha.manager.forward import Upstream
+from swarmha.manager.forward import Pool, Upstream
 
 __all__ = ["NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine"]
 
@@ -115,6 +115,9 @@ class Cluster:
         self._reservations: dict[str, tuple[float, int]] = {}  # container id -> (cpus, memory)
         verify: ssl.SSLContext | bool = engine_ssl if engine_ssl is not None else False
         self.http = httpx.AsyncClient(timeout=timeout, verify=verify, trust_env=False)
+        #: Kept-alive connections to the engines for the request path (forwarding, aggregation).
+        self.pool = Pool()
+        self.timeout = timeout
         self._refreshing: asyncio.Lock = asyncio.Lock()
 
     @property
@@ -125,6 +128,7 @@ class Cluster:
         return [e for e in self.engines if e.healthy]
 
     async def close(self) -> None:
+        self.pool.close()
         await self.http.aclose()
 
     async def addresses(self) -> list[str]:

@@ -1,10 +1,15 @@
-"""Forward one request to an upstream (the primary manager, or a Docker engine) over a fresh HTTP/1.1 connection.
+"""Forward one request to an upstream (the primary manager, or a Docker engine) and relay the answer.
 
 Guarantees:
 
-* One upstream connection per request: a keep-alive client connection is still routed request by request.
+* The caller picks the upstream per request, so a keep-alive client connection is still routed request by
+  request. Upstream connections are kept alive in a :class:`Pool` keyed by upstream address and reused only for
+  plain request/response exchanges; a hijacked request (``Upgrade``) or a request whose body is streamed gets a
+  dedicated connection, and a connection goes back to the pool only after a complete response that did not ask
+  to close.
 * Responses are streamed, never buffered: each chunk the upstream sends is written to the client at once
-  (``logs -f``, ``events``, ``stats`` and ``wait`` work through any number of hops).
+  (``logs -f``, ``events``, ``stats`` and ``wait`` work through any number of hops). Only a response with a
+  ``Content-Length`` up to :data:`SMALL` bytes is read whole and written in one piece.
 * A hijacked request (``Connection: Upgrade``, ``Upgrade: tcp``: attach, exec start) that the upstream
   switches with 101 is spliced both ways; end-of-input is propagated with a half-close (``shutdown(SHUT_WR)``)
   on plain TCP. TLS has no half-close: there the stream ends when either side closes.
@@ -13,10 +18,15 @@ Guarantees:
 Failure modes, so callers can decide about retrying:
 
 * :class:`UpstreamUnreachable`: the connection could not be opened; nothing was sent, any request may be retried.
+* A pooled connection that turns out closed (the upstream closed it while idle: it reads no request from an idle
+  connection it closes) is replaced by a fresh one and the request sent again, once, if its body is known.
 * :class:`UpstreamBroken`: the upstream failed before its response head arrived. ``retryable`` is True when the
   request is idempotent and carried no body (so sending it again is safe).
 * Once the response head was sent to the client, an upstream failure closes the client connection
   (:class:`~swarmha.manager.http.ClientGone`): the client sees a truncated response, never a made-up one.
+
+The upstream side is a small HTTP/1.1 client written for this (head parsing, Content-Length, chunked, until-close
+framing): it is on every forwarded request's path, and h11's generality cost more than the hop budget.
 """
 
 from __future__ import annotations
@@ -24,21 +34,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 
 import attrs
-import h11
 
 from swarmha.manager.http import READ_SIZE, ClientGone, Exchange
 
-__all__ = ["IDEMPOTENT", "Upstream", "UpstreamBroken", "UpstreamUnreachable", "forward", "splice"]
+__all__ = [
+    "IDEMPOTENT",
+    "Pool",
+    "Response",
+    "Upstream",
+    "UpstreamBroken",
+    "UpstreamUnreachable",
+    "fetch",
+    "forward",
+    "splice",
+]
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"})
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 #: After the upstream ended a hijacked stream, how long the client may still send before we close.
 HIJACK_GRACE = 2.0
-#: Responses up to this size with a Content-Length are pumped without watching for the client leaving.
+#: Responses up to this size with a Content-Length are read whole and written to the client in one piece;
+#: request bodies up to this size are read before forwarding (so the request can use a pooled connection).
 SMALL = 256 * 1024
+#: Largest upstream response head accepted.
+MAX_HEAD = 64 * 1024
 
 
 @attrs.frozen
@@ -65,6 +89,29 @@ class UpstreamBroken(Exception):
         self.retryable = retryable
 
 
+class _Stale(Exception):
+    """A reused connection was closed by the upstream before it answered anything."""
+
+
+class _Link:
+    """One upstream connection."""
+
+    __slots__ = ("idle_since", "reader", "reused", "up", "writer")
+
+    def __init__(self, up: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.up = up
+        self.reader = reader
+        self.writer = writer
+        self.reused = False
+        self.idle_since = 0.0
+
+    def usable(self, now: float, idle_timeout: float) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof() and now - self.idle_since < idle_timeout
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 async def connect(up: Upstream, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Open a connection to ``up``; raises :class:`UpstreamUnreachable`."""
     try:
@@ -73,10 +120,152 @@ async def connect(up: Upstream, timeout: float) -> tuple[asyncio.StreamReader, a
         raise UpstreamUnreachable(f"cannot connect to {up}: {e or type(e).__name__}") from e
 
 
+class Pool:
+    """Idle keep-alive connections per upstream (at most ``per_upstream`` each, closed after ``idle_timeout``).
+
+    asyncio keeps reading every connection, so an upstream's FIN on an idle connection is seen before reuse
+    (``at_eof``); such connections are dropped on acquire.
+    """
+
+    def __init__(self, per_upstream: int = 32, idle_timeout: float = 30.0) -> None:
+        self.per_upstream = per_upstream
+        self.idle_timeout = idle_timeout
+        self._idle: dict[Upstream, list[_Link]] = {}
+
+    async def acquire(self, up: Upstream, timeout: float, fresh: bool = False) -> _Link:
+        now = time.monotonic()
+        links = self._idle.get(up)
+        while links and not fresh:
+            link = links.pop()
+            if link.usable(now, self.idle_timeout):
+                link.reused = True
+                return link
+            link.close()
+        reader, writer = await connect(up, timeout)
+        return _Link(up, reader, writer)
+
+    def release(self, link: _Link) -> None:
+        links = self._idle.setdefault(link.up, [])
+        if len(links) >= self.per_upstream or link.writer.is_closing():
+            link.close()
+            return
+        link.idle_since = time.monotonic()
+        links.append(link)
+
+    def keep_only(self, up: Upstream | None) -> None:
+        """Close the idle connections to every upstream but ``up`` (the primary changed: drop the old one's)."""
+        for other in [u for u in self._idle if u != up]:
+            for link in self._idle.pop(other):
+                link.close()
+
+    def close(self) -> None:
+        self.keep_only(None)
+
+
+# -- the upstream side of an exchange: request out, response head and body in -------------------------------------
+
+
+@attrs.define
+class _Head:
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    version: bytes
+
+    def get(self, name: bytes) -> bytes | None:
+        for n, v in self.headers:
+            if n.lower() == name:
+                return v
+        return None
+
+
+def _request_head(method: str, target: str, headers: list[tuple[bytes, bytes]]) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1".encode("latin-1")]
+    lines += [n + b": " + v for n, v in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _parse_head(raw: bytes) -> _Head:
+    lines = raw[:-4].split(b"\r\n")
+    version, _, rest = lines[0].partition(b" ")
+    code, _, reason = rest.partition(b" ")
+    if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+        raise ValueError(f"bad status line {lines[0][:80]!r}")
+    headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip():
+            raise ValueError(f"bad header line {line[:80]!r}")
+        headers.append((name, value.strip()))
+    return _Head(int(code), reason, headers, version)
+
+
+async def _read_head(reader: asyncio.StreamReader) -> _Head:
+    while True:
+        try:
+            raw = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError as e:
+            raise ValueError(f"response head larger than {MAX_HEAD} bytes") from e
+        head = _parse_head(raw)
+        if 100 <= head.status < 200 and head.status != 101:
+            continue  # 100 Continue and friends: the real answer follows
+        return head
+
+
+def _framing(head: _Head, method: str) -> tuple[str, int]:
+    """("none"|"length"|"chunked"|"close", length) for the response body."""
+    if method == "HEAD" or head.status in (204, 304) or 100 <= head.status < 200:
+        return "none", 0
+    te = head.get(b"transfer-encoding")
+    if te is not None and b"chunked" in te.lower():
+        return "chunked", 0
+    length = head.get(b"content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ValueError(f"bad Content-Length {length[:40]!r}")
+        return "length", int(length)
+    return "close", 0
+
+
+def _keeps_alive(head: _Head, kind: str) -> bool:
+    conn = (head.get(b"connection") or b"").lower()
+    if kind == "close" or b"close" in conn:
+        return False
+    return head.version == b"HTTP/1.1" or b"keep-alive" in conn
+
+
+async def _body(reader: asyncio.StreamReader, kind: str, length: int) -> AsyncIterator[bytes]:
+    """The response body as it arrives (chunked decoded)."""
+    if kind == "length":
+        left = length
+        while left:
+            data = await reader.read(min(left, READ_SIZE))
+            if not data:
+                raise ConnectionError(f"connection closed with {left} body bytes missing")
+            left -= len(data)
+            yield data
+    elif kind == "chunked":
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            size = int(line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, dropped
+                    pass
+                return
+            yield await reader.readexactly(size)
+            await reader.readexactly(2)
+    elif kind == "close":
+        while data := await reader.read(READ_SIZE):
+            yield data
+
+
+_BROKEN = (OSError, ssl.SSLError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
+
+
 def _request_headers(ex: Exchange, body: bytes | None, host: str) -> list[tuple[bytes, bytes]]:
     headers = [(n, v) for n, v in ex.headers if n.lower() not in _HOP]
     if body is not None:
-        headers = [(n, v) for n, v in headers if n.lower() not in (b"content-length", b"transfer-encoding")]
+        headers = [(n, v) for n, v in headers if n.lower() not in _FRAMING]
         if body or ex.method in ("POST", "PUT", "PATCH"):
             headers.append((b"content-length", str(len(body)).encode()))
     if not any(n.lower() == b"host" for n, _ in headers):
@@ -86,10 +275,20 @@ def _request_headers(ex: Exchange, body: bytes | None, host: str) -> list[tuple[
     return headers
 
 
+async def _send_streamed_body(ex: Exchange, writer: asyncio.StreamWriter, chunked: bool) -> None:
+    async for chunk in ex.body_chunks():
+        if chunk:
+            writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await writer.drain()
+    if chunked:
+        writer.write(b"0\r\n\r\n")
+
+
 async def forward(
     ex: Exchange,
     up: Upstream,
     *,
+    pool: Pool | None = None,
     body: bytes | None = None,
     target: str | None = None,
     connect_timeout: float = 3.0,
@@ -97,70 +296,86 @@ async def forward(
 ) -> None:
     """Send ``ex``'s request to ``up`` and relay the answer (see the module docstring for the guarantees).
 
-    ``body`` replaces the request body (already read by the caller); ``target`` replaces the request target.
-    ``on_head`` sees the upstream's status and headers before they are relayed.
+    ``pool`` lends a kept-alive connection (None: a fresh connection, closed afterwards). ``body`` replaces the
+    request body (already read by the caller); ``target`` replaces the request target. ``on_head`` sees the
+    upstream's status and headers before they are relayed.
     """
-    reader, writer = await connect(up, connect_timeout)
+    if body is None and not ex.upgrade and ex.has_body:
+        length = ex.header("content-length")
+        if length.isdigit() and int(length) <= SMALL and not ex.header("transfer-encoding"):
+            body = await ex.body()  # small and known: forward it as bytes, so a pooled connection can carry it
+    dedicated = pool is None or ex.upgrade or (body is None and ex.has_body)
+    lender = pool if pool is not None else Pool(per_upstream=0)
+    link = await lender.acquire(up, connect_timeout, fresh=dedicated)
     try:
-        await _relay(ex, up, reader, writer, body, target, on_head)
-    finally:
-        writer.close()
+        try:
+            keep = await _relay(ex, link, body, target, on_head)
+        except _Stale:
+            link.close()
+            link = await lender.acquire(up, connect_timeout, fresh=True)
+            keep = await _relay(ex, link, body, target, on_head)
+    except BaseException:
+        link.close()
+        raise
+    if keep and not dedicated:
+        lender.release(link)
+    else:
+        link.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer.wait_closed(), 1.0)
+            await asyncio.wait_for(link.writer.wait_closed(), 1.0)
 
 
 async def _relay(
     ex: Exchange,
-    up: Upstream,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    link: _Link,
     body: bytes | None,
     target: str | None,
     on_head: Callable[[int, list[tuple[bytes, bytes]]], None] | None,
-) -> None:
-    conn = h11.Connection(h11.CLIENT)
+) -> bool:
+    """One exchange on ``link``; True when the connection may be reused."""
+    reader, writer, up = link.reader, link.writer, link.up
     retryable = ex.method in IDEMPOTENT and body in (None, b"") and not ex.has_body
+    headers = _request_headers(ex, body, str(up))
     try:
-        request = h11.Request(method=ex.method, target=target or ex.target, headers=_request_headers(ex, body, str(up)))
-        writer.write(conn.send(request))
+        head_bytes = _request_head(ex.method, target or ex.target, headers)
         if body is not None:
-            if body:
-                writer.write(conn.send(h11.Data(data=body)))
+            writer.write(head_bytes + body)
         else:
-            async for chunk in ex.body_chunks():
-                writer.write(conn.send(h11.Data(data=chunk)))
-                await writer.drain()
-        writer.write(conn.send(h11.EndOfMessage()))
+            writer.write(head_bytes)
+            if ex.has_body:
+                te = ex.header("transfer-encoding").lower()
+                await _send_streamed_body(ex, writer, "chunked" in te)
         await writer.drain()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await reader.read(READ_SIZE))
-                continue
-            if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
-                continue
-            break
+        head = await _read_head(reader)
     except ClientGone:
         raise
-    except (OSError, ssl.SSLError, h11.ProtocolError) as e:
+    except _BROKEN as e:
+        nothing = isinstance(e, ConnectionError) or (isinstance(e, asyncio.IncompleteReadError) and not e.partial)
+        if link.reused and nothing:  # closed while idle in the pool: the upstream read nothing of this request
+            raise _Stale() from e
         raise UpstreamBroken(f"{up} failed before answering: {e or type(e).__name__}", retryable) from e
-    if not isinstance(event, (h11.Response, h11.InformationalResponse)):
-        raise UpstreamBroken(f"{up} answered with {event!r}", retryable)
-    headers = [(n, v) for n, v in event.headers.raw_items() if n.lower() not in _HOP]
+    headers = [(n, v) for n, v in head.headers if n.lower() not in _HOP]
     if on_head is not None:
-        on_head(event.status_code, headers)
-    if isinstance(event, h11.InformationalResponse):  # 101: the upstream switched protocols
-        upstream_early, _ = conn.trailing_data
+        on_head(head.status, headers)
+    if head.status == 101:  # the upstream switched protocols
         headers += [(b"connection", b"Upgrade"), (b"upgrade", ex.header("upgrade", "tcp").encode("latin-1"))]
-        c_reader, c_writer, client_early = await ex.switch(headers, event.reason or b"UPGRADED")
-        await splice(c_reader, c_writer, client_early, reader, writer, bytes(upstream_early))
-        return
-    await ex.start(event.status_code, headers, event.reason)
-    length = next((int(v) for n, v in headers if n.lower() == b"content-length"), None)
-    if length is not None and length <= SMALL:
-        await _pump(ex, conn, reader, up)
-        return
-    pump = asyncio.ensure_future(_pump(ex, conn, reader, up))
+        c_reader, c_writer, client_early = await ex.switch(headers, head.reason or b"UPGRADED")
+        await splice(c_reader, c_writer, client_early, reader, writer, b"")
+        return False
+    try:
+        kind, length = _framing(head, ex.method)
+    except ValueError as e:
+        raise UpstreamBroken(f"{up} answered badly: {e}", retryable) from e
+    keep = _keeps_alive(head, kind)
+    if kind in ("none", "length") and length <= SMALL:
+        try:
+            data = await reader.readexactly(length) if length else b""
+        except _BROKEN as e:
+            raise UpstreamBroken(f"{up} broke during the response: {e or type(e).__name__}", retryable) from e
+        await ex.complete(head.status, headers, data, head.reason)
+        return keep
+    await ex.start(head.status, headers, head.reason)
+    pump = asyncio.ensure_future(_pump(ex, reader, kind, length, up))
     gone = asyncio.ensure_future(ex.client_closed())
     try:
         await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -175,24 +390,65 @@ async def _relay(
             await pump
         raise ClientGone("client closed the connection during a streamed response")
     pump.result()
+    return keep
 
 
-async def _pump(ex: Exchange, conn: h11.Connection, reader: asyncio.StreamReader, up: Upstream) -> None:
+async def _pump(ex: Exchange, reader: asyncio.StreamReader, kind: str, length: int, up: Upstream) -> None:
     try:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await reader.read(READ_SIZE))
-                continue
-            if isinstance(event, h11.Data):
-                await ex.send(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                await ex.end()
-                return
-            else:
-                raise ClientGone(f"{up} ended the response early: {event!r}")
-    except (OSError, ssl.SSLError, h11.ProtocolError) as e:
-        raise ClientGone(f"{up} broke during the response: {e}") from e
+        async for data in _body(reader, kind, length):
+            await ex.send(data)
+    except _BROKEN as e:
+        raise ClientGone(f"{up} broke during the response: {e or type(e).__name__}") from e
+    await ex.end()
+
+
+@attrs.frozen
+class Response:
+    """A whole upstream response (from :func:`fetch`)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+async def fetch(pool: Pool, up: Upstream, target: str, *, timeout: float = 5.0, limit: int = 64 << 20) -> Response:
+    """GET ``target`` from ``up`` over a pooled connection and read the whole answer (for aggregation).
+
+    Raises :class:`UpstreamUnreachable`, :class:`UpstreamBroken` (also on a timeout or a body over ``limit``).
+    """
+    request = _request_head("GET", target, [(b"host", str(up).encode())])
+    for attempt in (0, 1):
+        link = await pool.acquire(up, timeout, fresh=attempt == 1)
+        try:
+            async with asyncio.timeout(timeout):
+                link.writer.write(request)
+                await link.writer.drain()
+                try:
+                    head = await _read_head(link.reader)
+                except (OSError, asyncio.IncompleteReadError):
+                    if link.reused and attempt == 0:
+                        link.close()
+                        continue
+                    raise
+                kind, length = _framing(head, "GET")
+                chunks, size = [], 0
+                async for data in _body(link.reader, kind, length):
+                    size += len(data)
+                    if size > limit:
+                        raise ValueError(f"response larger than {limit} bytes")
+                    chunks.append(data)
+        except (*_BROKEN, TimeoutError) as e:
+            link.close()
+            raise UpstreamBroken(f"{up} failed: {e or type(e).__name__}", True) from e
+        except BaseException:
+            link.close()
+            raise
+        if _keeps_alive(head, kind):
+            pool.release(link)
+        else:
+            link.close()
+        return Response(head.status, head.headers, b"".join(chunks))
+    raise AssertionError("unreachable")
 
 
 async def _pipe(src: asyncio.StreamReader, early: bytes, dst: asyncio.StreamWriter) -> None:

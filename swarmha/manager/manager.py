@@ -37,7 +37,7 @@ import attrs
 from swarmha import Discovery, Leader, aio
 from swarmha.manager.api import PrimaryAPI
 from swarmha.manager.cluster import Cluster
-from swarmha.manager.forward import Upstream, UpstreamBroken, UpstreamUnreachable, forward
+from swarmha.manager.forward import Pool, Upstream, UpstreamBroken, UpstreamUnreachable, forward
 from swarmha.manager.http import Exchange, Server
 from swarmha.manager.info import cluster_info
 from swarmha.manager.tls import TLSConfig
@@ -89,6 +89,9 @@ class Manager:
             self._candidate = aio.Candidate(discovery, LEADER_KEY, config.advertise, ttl=config.ttl)
             self._follower = aio.Follower(discovery, LEADER_KEY)
         self._leader: Leader | None = None
+        #: Kept-alive connections to the primary; the upstream is chosen per request, never per connection.
+        self._pool = Pool()
+        self._upstreams: dict[str, Upstream] = {}
         self._leader_changed = asyncio.Event()
         self._announced = False
         self._stopping = asyncio.Event()
@@ -123,6 +126,8 @@ class Manager:
 
     def _set_leader(self, leader: Leader | None) -> None:
         self._leader = leader
+        current = self.primary
+        self._pool.keep_only(self._upstreams.get(current))  # connections to a deposed primary are dropped
         self._leader_changed.set()
         self._leader_changed = asyncio.Event()
 
@@ -181,10 +186,9 @@ class Manager:
                     return await ex.error(503, NO_PRIMARY)
                 await self._wait_leader_change(remaining)
                 continue
-            host, _, port = target.rpartition(":")
-            up = Upstream(host.strip("[]"), int(port), self._client_ssl)
+            up = self._upstream(target)
             try:
-                return await forward(ex, up, connect_timeout=max(0.5, min(3.0, remaining)))
+                return await forward(ex, up, pool=self._pool, connect_timeout=max(0.5, min(3.0, remaining)))
             except UpstreamUnreachable as e:
                 log.warning("primary %s unreachable: %s", target, e)
                 dead = target
@@ -195,6 +199,13 @@ class Manager:
                     return await ex.error(502, f"swarmha: the primary {target} failed: {e}")
                 log.warning("primary %s failed, retrying with the next one: %s", target, e)
                 retried, dead = True, target
+
+    def _upstream(self, target: str) -> Upstream:
+        up = self._upstreams.get(target)
+        if up is None:
+            host, _, port = target.rpartition(":")
+            up = self._upstreams[target] = Upstream(host.strip("[]"), int(port), self._client_ssl)
+        return up
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -227,6 +238,7 @@ class Manager:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._pool.close()
         await self.cluster.close()
         if self._discovery is not None:
             await asyncio.to_thread(self._discovery.close)

@@ -1,0 +1,598 @@
+"""Manager benchmarks: the cost of each forwarding hop next to nginx, stream latency, failover as a client sees it.
+
+    python -m benchmarks.manager [--quick] [--rounds 20] [--out docs/benchmarks-manager.md]
+
+Starts its own parts on loopback: one dockerd (tests/dockerd.py, busybox image, one idle container), an nginx
+reverse proxy to it (``daemon off``, one worker, upstream keep-alive: the reference proxy hop), and two
+``swarmha manage --replication`` processes over a sqlite discovery (the first is the primary, the second a
+replica). Then, side by side in one run (targets interleaved in blocks, so load changes hit all of them):
+
+* ``/_ping`` and ``/containers/json`` latency (p50/p90/p99, one keep-alive connection, sequential) and
+  throughput (closed loop, concurrency 1 and 8, keep-alive) direct to dockerd, through nginx, through the
+  primary, through replica → primary (the replica answers ``/_ping`` itself, as Swarm did);
+* ``logs -f``: the same container's log stream read directly and through the replica at once; per line, the
+  difference of the client-side arrival times;
+* failover: a client sends ``/containers/json`` to the replica back to back while the primary gets SIGTERM
+  (graceful) or SIGKILL (crash); per round, the time until the replica answers ``/info`` as Primary, the
+  failed requests and the longest request (the stall). The stopped manager comes back as a replica.
+
+The load generator is a small blocking-socket HTTP/1.1 client in this process (threads for concurrency 8),
+so every target pays the same client cost. Prints the tables and writes them to ``--out`` with the command,
+the machine and the load (``uptime``) before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+
+import swarmha
+from benchmarks.core import machine, percentiles
+from tests.dockerd import IMAGE, DockerEngine, busybox_tar, missing, start_engine, stop_engine
+from tests.manager_support import ManagerProc, free_port
+
+__all__ = ["main"]
+
+PATHS = ("/_ping", "/v1.41/containers/json")
+
+
+# -- a small HTTP/1.1 client: the same cost in front of every target ------------------------------------------
+
+
+class HTTPError(Exception):
+    """The target answered something unusable or the connection broke."""
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection (blocking socket, TCP_NODELAY)."""
+
+    def __init__(self, addr: str, timeout: float = 10.0) -> None:
+        host, _, port = addr.rpartition(":")
+        self.addr = addr
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise HTTPError("connection closed")
+        self.buf += data
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _line(self) -> bytes:
+        while (i := self.buf.find(b"\r\n")) < 0:
+            self._fill()
+        out, self.buf = self.buf[:i], self.buf[i + 2 :]
+        return out
+
+    def head(self, method: str, path: str) -> tuple[int, dict[str, str]]:
+        """Send a body-less request; read the status line and headers."""
+        self.sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {self.addr}\r\nUser-Agent: bench\r\n\r\n".encode())
+        while (i := self.buf.find(b"\r\n\r\n")) < 0:
+            self._fill()
+        raw, self.buf = self.buf[:i], self.buf[i + 4 :]
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers
+
+    def chunks(self, headers: dict[str, str]) -> Iterator[bytes]:
+        """The response body as it arrives (chunked or Content-Length)."""
+        if "chunked" in headers.get("transfer-encoding", ""):
+            while True:
+                size = int(self._line().split(b";")[0], 16)
+                if size == 0:
+                    self._line()
+                    return
+                yield self._take(size)
+                self._line()
+        length = int(headers.get("content-length", "0"))
+        if length:
+            yield self._take(length)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        status, headers = self.head("GET", path)
+        body = b"".join(self.chunks(headers))
+        if headers.get("connection", "").lower() == "close":
+            raise HTTPError("the server closed the connection")
+        return status, body
+
+
+def latency(addr: str, path: str, n: int) -> list[float]:
+    """``n`` sequential requests on one keep-alive connection; seconds each."""
+    conn = Conn(addr)
+    out = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            status, _ = conn.get(path)
+            out.append(time.perf_counter() - t0)
+            if status != 200:
+                raise HTTPError(f"{addr}{path}: status {status}")
+    finally:
+        conn.close()
+    return out
+
+
+def throughput(addr: str, path: str, concurrency: int, seconds: float) -> float:
+    """Completed requests per second with ``concurrency`` keep-alive connections in a closed loop."""
+    counts = [0] * concurrency
+    errors: list[BaseException] = []
+    start = threading.Barrier(concurrency + 1)
+    stop_at = [0.0]
+
+    def worker(i: int) -> None:
+        conn = Conn(addr)
+        try:
+            start.wait(10)
+            while time.perf_counter() < stop_at[0]:
+                status, _ = conn.get(path)
+                if status != 200:
+                    raise HTTPError(f"status {status}")
+                counts[i] += 1
+        except BaseException as e:  # reported by the caller
+            errors.append(e)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    stop_at[0] = t0 + seconds
+    start.wait(10)
+    for t in threads:
+        t.join(seconds + 30)
+    took = time.perf_counter() - t0
+    if errors:
+        raise HTTPError(f"{addr}{path}: {errors[0]!r}")
+    return sum(counts) / took
+
+
+# -- the parts: dockerd, nginx, managers ------------------------------------------------------------------------
+
+
+NGINX_CONF = """daemon off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 600s;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream engine {{ server {engine}; keepalive 32; keepalive_requests 10000000; keepalive_timeout 600s; }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://engine;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+        }}
+    }}
+}}
+"""
+
+
+@attrs.define
+class Nginx:
+    addr: str
+    proc: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, engine: str, directory: Path) -> Nginx:
+        directory.mkdir(parents=True, exist_ok=True)
+        addr = f"127.0.0.1:{free_port()}"
+        conf = directory / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=directory, engine=engine, listen=addr))
+        log = open(directory / "stderr.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            ["nginx", "-c", str(conf), "-p", str(directory)], stdout=log, stderr=log, start_new_session=True
+        )
+        nginx = cls(addr, proc)
+        _wait(lambda: _answers(addr), 10, "nginx to answer")
+        return nginx
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+def _answers(addr: str) -> bool:
+    try:
+        conn = Conn(addr, timeout=1.0)
+    except OSError:
+        return False
+    try:
+        return conn.get("/_ping")[0] == 200
+    except (OSError, HTTPError):
+        return False
+    finally:
+        conn.close()
+
+
+def _wait(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.005) -> float:
+    began = time.monotonic()
+    while not predicate():
+        if time.monotonic() - began > timeout:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(poll)
+    return time.monotonic() - began
+
+
+class Managers:
+    """A primary and a replica over one sqlite file, and the means to replace a stopped one."""
+
+    def __init__(self, engine: str, directory: Path, ttl: str) -> None:
+        self.dir = directory
+        self.url = f"sqlite://{directory}/swarmha.db"
+        self.ttl = ttl
+        self.discovery = swarmha.connect(self.url)
+        self.session = self.discovery.session(3600)
+        self.discovery.put(f"docker/swarm/nodes/{engine}", engine, self.session)
+        self.all: list[ManagerProc] = []
+        self.primary = self._start()
+        _wait(lambda: self.primary.role() == "Primary", 30, "a primary")
+        self.replica = self._start()
+        self._ready(self.replica, self.primary)
+
+    def _start(self) -> ManagerProc:
+        m = ManagerProc(self.url, self.dir, "--replication-ttl", self.ttl, "--engine-refresh", "5s")
+        self.all.append(m)
+        return m
+
+    def _ready(self, replica: ManagerProc, primary: ManagerProc) -> None:
+        def ok() -> bool:
+            s = replica.status()
+            return s.get("Primary") == primary.addr and s.get("Nodes") == "1" and s.get("Role") == "Replica"
+
+        _wait(ok, 30, "the replica to see the primary and the engine")
+        _wait(lambda: primary.get("/v1.41/containers/json")[0] == 200, 30, "the primary to serve")
+
+    def replace_primary(self) -> None:
+        """The old replica is the primary now; start a new replica in place of the stopped manager."""
+        self.primary, self.replica = self.replica, self._start()
+        self._ready(self.replica, self.primary)
+
+    def close(self) -> None:
+        for m in self.all:
+            with contextlib.suppress(Exception):
+                m.stop()
+        with contextlib.suppress(Exception):
+            self.session.close()
+        self.discovery.close()
+
+
+# -- measurements -------------------------------------------------------------------------------------------------
+
+
+def side_by_side(targets: dict[str, str], rounds: int, block: int) -> dict[tuple[str, str], list[float]]:
+    """Latency samples per (target, path), targets interleaved block by block."""
+    samples: dict[tuple[str, str], list[float]] = {(t, p): [] for t in targets for p in PATHS}
+    for addr in targets.values():  # warm up: connections, caches, the primary's engine view
+        for path in PATHS:
+            latency(addr, path, 50)
+    for _ in range(rounds):
+        for name, addr in targets.items():
+            for path in PATHS:
+                samples[(name, path)] += latency(addr, path, block)
+    return samples
+
+
+def rates(targets: dict[str, str], concurrency: int, seconds: float, repeats: int) -> dict[tuple[str, str], float]:
+    """Median requests/s per (target, path) over ``repeats`` interleaved runs of ``seconds`` each."""
+    runs: dict[tuple[str, str], list[float]] = {(t, p): [] for t in targets for p in PATHS}
+    for _ in range(repeats):
+        for name, addr in targets.items():
+            for path in PATHS:
+                runs[(name, path)].append(throughput(addr, path, concurrency, seconds))
+    return {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
+
+
+_LINE = re.compile(rb"tick (\d+)\n")
+
+
+def _follow(addr: str, cid: str, arrivals: dict[int, float], stop: threading.Event, ready: threading.Event) -> None:
+    conn = Conn(addr, timeout=30)
+    try:
+        status, headers = conn.head("GET", f"/v1.41/containers/{cid}/logs?follow=1&stdout=1&tail=0")
+        if status != 200:
+            raise HTTPError(f"logs via {addr}: status {status}")
+        ready.set()
+        pending = b""
+        for chunk in conn.chunks(headers):
+            now = time.perf_counter()
+            pending += chunk
+            for m in _LINE.finditer(pending):
+                arrivals.setdefault(int(m.group(1)), now)
+            pending = pending[pending.rfind(b"\n") + 1 :]
+            if stop.is_set():
+                return
+    finally:
+        conn.close()
+
+
+def logs_latency(engine: DockerEngine, replica: str, lines: int, period: float) -> list[float]:
+    """Per line: arrival through the replica minus arrival direct from the engine (same container, same time)."""
+    script = f"i=0; while [ $i -lt {lines + 20} ]; do echo tick $i; i=$((i+1)); sleep {period}; done"
+    cid = engine.docker("run", "-d", IMAGE, "sh", "-c", script).stdout.strip()
+    direct: dict[int, float] = {}
+    via: dict[int, float] = {}
+    stop = threading.Event()
+    readies = [threading.Event(), threading.Event()]
+    threads = [
+        threading.Thread(target=_follow, args=(engine.addr, cid, direct, stop, readies[0]), daemon=True),
+        threading.Thread(target=_follow, args=(replica, cid, via, stop, readies[1]), daemon=True),
+    ]
+    try:
+        for t in threads:
+            t.start()
+        for r in readies:
+            r.wait(10)
+        _wait(lambda: len(via) >= lines + 5 or not threads[1].is_alive(), (lines + 20) * period + 20, "log lines", 0.05)
+    finally:
+        stop.set()
+        engine.docker("rm", "-f", cid, check=False)
+        for t in threads:
+            t.join(10)
+    both = sorted(set(direct) & set(via))[3:]  # the first lines may predate one of the two streams
+    return [via[i] - direct[i] for i in both[:lines]]
+
+
+@attrs.frozen
+class Failover:
+    took: float  # signal -> the old replica answers /info as Primary
+    failed: int  # requests of the hammering client that did not get 200
+    stall: float  # the longest request of the hammering client around the switch
+    requests: int
+
+
+def failover(managers: Managers, sig: signal.Signals, timeout: float) -> Failover:
+    """Hammer the replica with /containers/json; stop the primary with ``sig``; see what the client saw."""
+    replica, primary = managers.replica, managers.primary
+    durations: list[float] = []
+    failed = [0]
+    stop = threading.Event()
+
+    def hammer() -> None:
+        conn: Conn | None = None
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                if conn is None:
+                    conn = Conn(replica.addr, timeout=timeout)
+                status, _ = conn.get("/v1.41/containers/json")
+                if status != 200:
+                    failed[0] += 1
+            except (OSError, HTTPError):
+                failed[0] += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+            durations.append(time.perf_counter() - t0)
+        if conn is not None:
+            conn.close()
+
+    thread = threading.Thread(target=hammer, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    primary.signal(sig)
+    took = _wait(lambda: replica.role() == "Primary", timeout, "the replica to take over", poll=0.002)
+    time.sleep(0.3)
+    stop.set()
+    thread.join(timeout)
+    primary.proc.wait(20)
+    managers.replace_primary()
+    return Failover(took, failed[0], max(durations), len(durations))
+
+
+# -- the report -------------------------------------------------------------------------------------------------
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1000:.2f}"
+
+
+def _ratio(hop: float, nginx: float) -> str:
+    return f"{hop / nginx:.1f}x" if nginx > 0 else "n/a"
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def report(
+    lat: dict[tuple[str, str], list[float]],
+    tput: dict[int, dict[tuple[str, str], float]],
+    logs: list[float],
+    fail: dict[str, list[Failover]],
+    targets: list[str],
+) -> str:
+    out = ["### Latency (one keep-alive connection, sequential requests)", ""]
+    out += ["| path | target | n | p50 ms | p90 ms | p99 ms | added p50 ms (vs the hop before) |", "|" + "---|" * 7]
+    before = {"engine": None, "nginx": "engine", "primary": "engine", "replica": "primary"}
+    for path in PATHS:
+        for t in targets:
+            p = percentiles(lat[(t, path)])
+            prev = before[t]
+            added = "" if prev is None else _ms(p["p50"] - percentiles(lat[(prev, path)])["p50"])
+            out.append(
+                f"| `{path}` | {t} | {int(p['n'])} | {_ms(p['p50'])} | {_ms(p['p90'])} | {_ms(p['p99'])} | {added} |"
+            )
+    out += ["", "### Throughput (closed loop, keep-alive; median of the interleaved runs)", ""]
+    conc = sorted(tput)
+    out += ["| path | target | " + " | ".join(f"c={c} req/s (% of engine)" for c in conc) + " |"]
+    out += ["|---|---|" + "---|" * len(conc)]
+    for path in PATHS:
+        for t in targets:
+            cells = []
+            for c in conc:
+                r, base = tput[c][(t, path)], tput[c][("engine", path)]
+                cells.append(f"{r:.0f} ({100 * r / base:.0f} %)")
+            out.append(f"| `{path}` | {t} | " + " | ".join(cells) + " |")
+    out += ["", "### Per-hop cost next to nginx (p50 added latency)", ""]
+    out += ["| path | nginx hop ms | primary hop ms | ratio | replica hop ms | ratio |", "|" + "---|" * 6]
+    for path in PATHS:
+        p50 = {t: percentiles(lat[(t, path)])["p50"] for t in targets}
+        ng, pr, rp = p50["nginx"] - p50["engine"], p50["primary"] - p50["engine"], p50["replica"] - p50["primary"]
+        out.append(f"| `{path}` | {_ms(ng)} | {_ms(pr)} | {_ratio(pr, ng)} | {_ms(rp)} | {_ratio(rp, ng)} |")
+    if logs:
+        p = percentiles(logs)
+        out += ["", "### `logs -f` through the replica (arrival via replica minus arrival direct, same line)", ""]
+        out += ["| n | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
+        out.append(f"| {int(p['n'])} | {_ms(p['p50'])} | {_ms(p['p90'])} | {_ms(p['p99'])} | {_ms(p['max'])} |")
+    if fail:
+        out += ["", "### Manager failover as a client of the replica sees it", ""]
+        out += [
+            "| stop | rounds | takeover p50 ms | takeover max ms | failed requests (total) | "
+            "longest request p50 ms | longest request max ms |",
+            "|" + "---|" * 7,
+        ]
+        for kind, runs in fail.items():
+            took = percentiles([r.took for r in runs])
+            stall = percentiles([r.stall for r in runs])
+            out.append(
+                f"| {kind} | {len(runs)} | {_ms(took['p50'])} | {_ms(took['max'])} | {sum(r.failed for r in runs)} "
+                f"of {sum(r.requests for r in runs)} | {_ms(stall['p50'])} | {_ms(stall['max'])} |"
+            )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.manager", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run under a minute (figures mean little)")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved latency blocks per target (default 20)")
+    parser.add_argument("--block", type=int, default=100, help="requests per latency block (default 100)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of one throughput run (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved throughput runs per target (default 3)")
+    parser.add_argument("--log-lines", type=int, default=100, help="logs -f lines compared (default 100)")
+    parser.add_argument("--failovers", type=int, default=10, help="graceful failover rounds (default 10)")
+    parser.add_argument("--crashes", type=int, default=3, help="crash failover rounds (default 3)")
+    parser.add_argument("--ttl", default="2s", help="--replication-ttl of the managers (default 2s)")
+    parser.add_argument("--out", default="docs/benchmarks-manager.md", help="where to write the markdown")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.block, args.seconds, args.repeats = 3, 50, 0.5, 1
+        args.log_lines, args.failovers, args.crashes = 20, 2, 1
+    reason = missing()
+    if reason:
+        sys.exit(f"benchmarks.manager: cannot run: {reason}")
+    if not _which("nginx"):
+        sys.exit("benchmarks.manager: cannot run: nginx is not installed")
+
+    load_before = _uptime()
+    began = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="swarmha-bench-mgr-"))
+    engine = start_engine(0)
+    nginx: Nginx | None = None
+    managers: Managers | None = None
+    try:
+        engine.docker("import", str(busybox_tar(tmp)), IMAGE)
+        parts = f"one dockerd ({_version(engine)}), nginx {_nginx_version()}"
+        engine.docker("run", "-d", "--name", "idle", IMAGE, "sleep", "100000")
+        nginx = Nginx.start(engine.addr, tmp / "nginx")
+        managers = Managers(engine.addr, tmp, args.ttl)
+        targets = {
+            "engine": engine.addr,
+            "nginx": nginx.addr,
+            "primary": managers.primary.addr,
+            "replica": managers.replica.addr,
+        }
+        print("measuring latency ...", flush=True)
+        lat = side_by_side(targets, args.rounds, args.block)
+        tput: dict[int, dict[tuple[str, str], float]] = {}
+        for c in (1, 8):
+            print(f"measuring throughput, concurrency {c} ...", flush=True)
+            tput[c] = rates(targets, c, args.seconds, args.repeats)
+        print("measuring logs -f ...", flush=True)
+        logs = logs_latency(engine, managers.replica.addr, args.log_lines, 0.05)
+        fail: dict[str, list[Failover]] = {"graceful (SIGTERM)": [], "crash (SIGKILL)": []}
+        ttl = float(args.ttl.rstrip("s"))
+        for i in range(args.failovers):
+            print(f"graceful failover {i + 1}/{args.failovers} ...", flush=True)
+            fail["graceful (SIGTERM)"].append(failover(managers, signal.SIGTERM, 10))
+        for i in range(args.crashes):
+            print(f"crash failover {i + 1}/{args.crashes} ...", flush=True)
+            fail["crash (SIGKILL)"].append(failover(managers, signal.SIGKILL, ttl + 10))
+    finally:
+        if managers is not None:
+            managers.close()
+        if nginx is not None:
+            nginx.stop()
+        stop_engine(engine)
+    table = report(lat, tput, logs, fail, list(targets))
+    print(table)
+    command = "python -m benchmarks.manager " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = (
+        "# Manager benchmarks\n\n"
+        f"Command: `{command.strip()}` ({time.monotonic() - began:.0f} s)  \n"
+        f"Machine: {machine()}  \nDate: {time.strftime('%Y-%m-%d %H:%M')}  \n"
+        f"Load before: `{load_before}`  \nLoad after: `{_uptime()}`\n\n"
+        f"Parts: {parts} (1 worker, upstream keep-alive), "
+        f"two `swarmha manage --replication --replication-ttl {args.ttl}` over sqlite, all on loopback; the client "
+        "is this process (blocking sockets, one thread per connection). `/_ping` through the replica is answered "
+        "by the replica itself (as Swarm did); `/containers/json` crosses both hops.\n\n"
+        f"{table}\n"
+    )
+    Path(args.out).write_text(text)
+    print(f"written to {args.out}")
+
+
+def _which(name: str) -> bool:
+    return shutil.which(name) is not None
+
+
+def _version(engine: DockerEngine) -> str:
+    r = engine.docker("version", "--format", "{{.Server.Version}}", check=False)
+    return "Docker " + (r.stdout.strip() or "?")
+
+
+def _nginx_version() -> str:
+    r = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
+    return r.stderr.strip().rpartition("/")[2] or "?"
+
+
+if __name__ == "__main__":
+    main()
