@@ -7,6 +7,7 @@ so a waiting candidate sees a crashed leader's key vanish exactly at its expiry,
 
 :attr:`MemoryStore.available` can be set to False to make every operation raise
 :class:`~swarmha.errors.DiscoveryUnavailable`: the in-process way to rehearse a store outage.
+:meth:`MemoryStore.stall` makes every operation block until :meth:`MemoryStore.resume`: a store that hangs.
 """
 
 from __future__ import annotations
@@ -40,11 +41,24 @@ class MemoryStore:
         self.kv: dict[str, Record] = {}
         self.sessions: dict[str, float] = {}  # id -> expiry on the monotonic clock
         self.available = True
+        self._stalled = False
         self._tokens = itertools.count(1)
         self._ids = itertools.count(1)
 
+    def stall(self) -> None:
+        """Make every operation block (as on a hung server) until :meth:`resume`."""
+        with self.cond:
+            self._stalled = True
+
+    def resume(self) -> None:
+        with self.cond:
+            self._stalled = False
+            self.cond.notify_all()
+
     def check(self) -> None:
         """Raise if the store is marked unavailable; expire what is due. Caller holds :attr:`cond`."""
+        while self._stalled:
+            self.cond.wait()
         if not self.available:
             raise DiscoveryUnavailable("memory store is marked unavailable")
         now = time.monotonic()

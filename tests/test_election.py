@@ -1,0 +1,96 @@
+"""Election machinery details that need a store misbehaving in ways only the in-process store can stage."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+
+import swarmha
+from swarmha.discovery.memory import MemoryDiscovery
+from tests.helpers import Collector, wait_for
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def discovery() -> MemoryDiscovery:
+    d = swarmha.connect(f"memory://election-{next(_names)}/p")
+    assert isinstance(d, MemoryDiscovery)
+    return d
+
+
+def test_a_hung_store_ends_the_term_at_the_renew_deadline(discovery: MemoryDiscovery) -> None:
+    c = swarmha.Candidate(discovery, "k", node="n", ttl=1.5)
+    events = Collector(c.run_for_election())
+    try:
+        assert events.next() is True
+        discovery.store.stall()  # the next renewal hangs inside the store call
+        stalled_at = time.monotonic()
+        lost_at, value = events.next_timed(3.0)
+        assert value is False
+        # the worker thread is stuck in keepalive(); the iterator ends the term on its own at the deadline
+        assert lost_at - stalled_at <= c.renew_deadline + 0.05
+        assert not c.is_leader and c.term is None
+    finally:
+        discovery.store.resume()
+        c.stop()
+
+
+def test_a_renewal_that_succeeds_after_the_deadline_does_not_revive_the_term(discovery: MemoryDiscovery) -> None:
+    c = swarmha.Candidate(discovery, "k", node="n", ttl=3.0)
+    events = Collector(c.run_for_election())
+    try:
+        assert events.next() is True
+        first = c.term
+        assert first is not None
+        discovery.store.stall()
+        assert events.next(4.0) is False
+        discovery.store.resume()  # the hung keepalive now succeeds, too late
+        assert events.next(5.0) is True
+        assert c.term is not None and c.term.token > first.token  # a new term, not the old one revived
+    finally:
+        discovery.store.resume()
+        c.stop()
+
+
+def test_a_leader_that_lost_the_store_cleans_up_its_stale_key_when_it_returns(discovery: MemoryDiscovery) -> None:
+    c = swarmha.Candidate(discovery, "k", node="n", ttl=3.0)
+    rival = swarmha.Candidate(discovery, "k", node="rival", ttl=3.0)
+    events = Collector(c.run_for_election())
+    try:
+        assert events.next() is True
+        stale = discovery.store.kv["p/k"]
+        assert stale.session is not None
+        discovery.store.available = False
+        assert events.next(5.0) is False  # demoted at its renew deadline; the store still holds the key
+        expires = discovery.store.sessions[stale.session]
+        rival.start()
+        discovery.store.available = True
+        wait_for(lambda: c.is_leader or rival.is_leader, 5.0, "a leader soon after the store returned")
+        assert time.monotonic() < expires, "the key was freed by its owner's cleanup, not by expiry"
+        assert stale.session not in discovery.store.sessions
+    finally:
+        discovery.store.available = True
+        c.stop()
+        rival.stop()
+
+
+def test_breaking_out_of_the_loop_keeps_campaigning_until_stop(discovery: MemoryDiscovery) -> None:
+    c = swarmha.Candidate(discovery, "k", node="n", ttl=5.0)
+    for elected in c.run_for_election():
+        assert elected
+        break
+    assert c.is_leader
+    c.stop()
+    assert not c.is_leader and discovery.get("k") is None
+
+
+def test_stop_twice_from_two_threads_is_safe(discovery: MemoryDiscovery) -> None:
+    c = swarmha.Candidate(discovery, "k", node="n", ttl=5.0).start()
+    wait_for(lambda: c.is_leader, 5.0, "a leader")
+    other = Collector(iter([c.stop]))
+    other.next()()
+    c.stop()
+    assert discovery.get("k") is None
