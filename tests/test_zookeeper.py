@@ -5,6 +5,7 @@ The election contract itself runs on ZooKeeper in tests/test_contract.py; this f
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -76,6 +77,31 @@ def test_a_session_not_renewed_within_ttl_expires_and_its_key_goes(single: Clust
         session.close()
     finally:
         d.close()
+
+
+def test_a_prepared_session_is_handed_out_and_its_ttl_runs_from_then(single: Cluster) -> None:
+    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}")
+    try:
+        d.prepare_session(1.0)
+        spare = d._spare  # type: ignore[attr-defined]
+        assert spare is not None
+        wait_for(lambda: spare.conn.connected.is_set(), 5.0, "the prepared session to connect")
+        d.prepare_session(1.0)  # one prepared session at most: a second hint keeps it
+        assert d._spare is spare  # type: ignore[attr-defined]
+        time.sleep(1.5)  # longer than ttl: kazoo's heartbeats keep it, and its ttl clock has not started
+        session = d.session(1.0)
+        assert session is spare and d._spare is None  # type: ignore[attr-defined]
+        record = d.create("k", "v", session)
+        assert record is not None
+        with d.watch("k", record) as watch:  # not renewed: the guard closes it ttl after the hand-out
+            assert watch.wait(3.0) is True
+        assert d.get("k") is None
+        session.close()
+        d.prepare_session(5.0)
+        other = d._spare  # type: ignore[attr-defined]
+    finally:
+        d.close()
+    assert d._spare is None and not other.conn.connected.is_set()  # type: ignore[attr-defined]
 
 
 def test_suspended_connection_is_unavailable_not_expired(single: Cluster) -> None:

@@ -118,6 +118,15 @@ class Discovery(abc.ABC):
     def session(self, ttl: float) -> Session:
         """Create a new session (lease) with the given TTL in seconds."""
 
+    def prepare_session(self, ttl: float) -> None:  # noqa: B027 - an optional hook, empty by default
+        """A hint that :meth:`session` with this ``ttl`` will probably be called soon (a candidate waits).
+
+        Backends whose sessions are slow to open (ZooKeeper: a connection handshake) may open one ahead, so
+        that the next :meth:`session` returns at once. A prepared session holds no key, and its ``ttl`` clock
+        starts only when :meth:`session` hands it out; :meth:`close` releases it. Must not block for long and
+        never raises. The default does nothing.
+        """
+
     @abc.abstractmethod
     def create(self, key: str, value: str, session: Session) -> Record | None:
         """Create ``key`` bound to ``session`` if it does not exist; return the new Record, or None if it exists."""

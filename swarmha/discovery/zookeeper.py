@@ -12,7 +12,12 @@ How the contract maps to ZooKeeper:
   KazooClient** with session timeout ``ttl``. Closing the Session closes that client, which ends the ZooKeeper
   session: its ephemeral znodes (the leader key) vanish at once, and vanish ``timeout`` after the process dies.
   The cost is one TCP connection and three kazoo threads per live Session, and a connection handshake (a few
-  ms on a LAN) in front of each campaign attempt. Sharing one connection would leave a leader key behind for
+  ms on a LAN, tens of ms on a busy host) in front of each campaign attempt, unless the session was
+  *prepared*: :meth:`ZooKeeperDiscovery.prepare_session` (called by a candidate that starts waiting for a
+  held key) opens one session ahead, so the handover after the leader's key vanishes costs no handshake.
+  A prepared session holds no key; its ``ttl`` clock starts when :meth:`~ZooKeeperDiscovery.session` hands it
+  out; meanwhile kazoo heartbeats it (a ping every ttl/3 or so): the one periodic cost of a waiting candidate
+  on ZooKeeper, besides the shared connection's own pings. Sharing one connection would leave a leader key behind for
   as long as the process lives whenever the key's explicit delete failed, which is the bug Swarm classic had.
 * The server clamps the requested session timeout to ``[minSessionTimeout, maxSessionTimeout]``, by default
   ``[2 x tickTime, 20 x tickTime]`` = 4 s .. 40 s with the usual ``tickTime=2000``, and expires sessions in
@@ -178,23 +183,38 @@ class _ZkSession(Session):
     session timeout if the server cannot be reached). :meth:`close` stops and joins it.
     """
 
-    def __init__(self, discovery: ZooKeeperDiscovery, ttl: float) -> None:
+    def __init__(self, discovery: ZooKeeperDiscovery, ttl: float, *, prepared: bool = False) -> None:
+        """Connect a new session; ``prepared``: only start connecting (see :meth:`activate`)."""
         self._d = discovery
         self.ttl = ttl
         self._closed = False
         self._expired = False
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._guard: threading.Thread | None = None
         sent = time.monotonic()
         self._deadline = sent + ttl
+        self.sid = 0
+        self.id = "(connecting)"
         self.conn = _Conn(discovery, ttl, "session", sticky=True)
         self.conn.on_lost = self._wake.set
         self.conn.start()
-        if not self.conn.connected.wait(discovery.timeout):
-            self.conn.stop()
-            raise DiscoveryUnavailable(f"ZooKeeper {discovery.url}: no connection within {discovery.timeout}s")
+        if not prepared:
+            self.activate(sent)
+
+    def activate(self, sent: float) -> None:
+        """Wait for the connection (within the discovery's timeout), then start the ttl clock at ``sent``.
+
+        A prepared session is activated when it is handed out, so its ``ttl`` runs from then, not from when
+        its connection was opened (kazoo's heartbeats kept the server-side session alive meanwhile).
+        """
+        if not self.conn.connected.wait(self._d.timeout) or self.conn.lost:
+            self.close()
+            raise DiscoveryUnavailable(f"ZooKeeper {self._d.url}: no connection within {self._d.timeout}s")
         self.sid = self.conn.session_id or 0
         self.id = f"{self.sid:x}"
+        with self._lock:
+            self._deadline = sent + self.ttl
         self._guard = threading.Thread(target=self._guard_main, name=f"swarmha-zk-session[{self.id}]", daemon=True)
         self._guard.start()
 
@@ -234,7 +254,7 @@ class _ZkSession(Session):
         with self._lock:
             self._closed = True
         self._wake.set()
-        if self._guard is not threading.current_thread():
+        if self._guard is not None and self._guard is not threading.current_thread():
             self._guard.join(30.0)
         self.conn.on_lost = None
         self.conn.stop()
@@ -320,6 +340,7 @@ class ZooKeeperDiscovery(Discovery):
         self._closed = False
         self._reads: dict[str, tuple[Record, int]] = {}  # path -> (record, mzxid) of the last read
         self._watches: weakref.WeakSet[_ZkWatch] = weakref.WeakSet()
+        self._spare: _ZkSession | None = None  # a prepared session (see prepare_session)
         self._shared = _Conn(self, SHARED_SESSION_TIMEOUT, "shared", sticky=False)
         self._shared.start()
 
@@ -397,7 +418,48 @@ class ZooKeeperDiscovery(Discovery):
         """A new ZooKeeper session (its own connection) with session timeout ``ttl`` (clamped by the server)."""
         if self._closed:
             raise DiscoveryError(f"ZooKeeper discovery {self.url} is closed")
-        return _ZkSession(self, check_ttl(ttl))
+        ttl = check_ttl(ttl)
+        sent = time.monotonic()
+        with self._lock:
+            spare = self._spare if self._spare is not None and self._spare.ttl == ttl else None
+            if spare is not None:
+                self._spare = None
+        if spare is not None:
+            if not spare.conn.lost:
+                spare.activate(sent)
+                return spare
+            spare.close()
+        return _ZkSession(self, ttl)
+
+    def prepare_session(self, ttl: float) -> None:
+        """Open a session of ``ttl`` ahead (connecting in the background), for the next :meth:`session`.
+
+        One prepared session per Discovery at most. Its cost while it waits: one more connection and
+        ZooKeeper session, heartbeated by kazoo (a ping every ttl/3 or so while idle).
+        """
+        try:
+            ttl = check_ttl(ttl)
+        except ConfigurationError:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            old = self._spare
+            if old is not None and old.ttl == ttl and not old.conn.lost:
+                return
+            self._spare = None
+        if old is not None:
+            old.close()
+        try:
+            spare: _ZkSession | None = _ZkSession(self, ttl, prepared=True)
+        except Exception as e:  # never raises: session() will open one itself
+            log.debug("preparing a ZooKeeper session: %s", e)
+            return
+        with self._lock:
+            if self._spare is None and not self._closed:
+                self._spare, spare = spare, None
+        if spare is not None:
+            spare.close()
 
     def create(self, key: str, value: str, session: Session) -> Record | None:
         """Create ``key`` as an ephemeral znode of ``session``; token = its czxid. None if it exists."""
@@ -514,6 +576,9 @@ class ZooKeeperDiscovery(Discovery):
                 return
             self._closed = True
             watches = list(self._watches)
+            spare, self._spare = self._spare, None
         for watch in watches:
             watch.close()
+        if spare is not None:
+            spare.close()
         self._shared.stop()

@@ -10,6 +10,8 @@ A :class:`Campaign` runs one background thread per candidate::
   renewal succeeded within ``renew_deadline`` of being *sent*, when the session expired, or when the key
   changed under it. Once the deadline has passed the term is over: a late renewal does not revive it.
 * WAITING holds no session and sends no periodic request: it watches the key and campaigns when it vanishes.
+  It calls ``Discovery.prepare_session`` first, so a backend whose sessions are slow to open (ZooKeeper) can
+  open one ahead; that prepared session is the backend's business (and cost), documented there.
 * Store errors never end the campaign: every step is retried with jittered exponential backoff (tenacity).
 * ``stop()`` and ``resign()`` delete the key with compare-and-delete, so a waiting candidate wins within one
   watch round trip instead of after the TTL.
@@ -315,6 +317,8 @@ class Campaign(_Worker):
             session.close()
             record = self._d.get(self.key)
         timeout = None if record is not None else max(0.0, self._holdoff_until - time.monotonic())
+        if record is not None:
+            self._d.prepare_session(self.ttl)  # so that winning after the leader goes costs no handshake
         with self._d.watch(self.key, record) as watch:
             self._wait_on(watch, timeout)
 

@@ -1,0 +1,36 @@
+"""CI smoke test of the benchmark harness: ``python -m benchmarks election --quick`` runs and writes its table.
+
+It asserts nothing about speed (the CI machine is shared); it pins that the harness starts its servers, runs
+swarmha and the peers, cleans up, and produces the report.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_election_benchmark_exits_0_and_writes_the_table(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "election", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "| swarmha @ etcd |" in report
+    assert "| kazoo-lock @ zk |" in report
+    assert "### Idle cost" in report
+    assert (tmp_path / "benchmarks-election.json").exists()
+    assert (tmp_path / "img" / "election-handover.png").exists()
