@@ -108,7 +108,7 @@ class PrimaryAPI:
                 r = await fetch(self.cluster.pool, e.upstream, target, timeout=self.cluster.timeout)
                 if r.status != 200:
                     return None
-                return e, json.loads(r.body)
+                return e, json.loads(r.body.decode())
             except (UpstreamUnreachable, UpstreamBroken, ValueError):
                 return None
 
@@ -122,7 +122,8 @@ class PrimaryAPI:
     async def _list(self, ex: Exchange, kind: str) -> None:
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
-        for e, items in await self._gather(ex, f"/{kind}/json"):
+        lists = await self._gather(ex, f"/{kind}/json")
+        for e, items in lists:
             for item in items:
                 if kind == "containers":
                     item["Names"] = [f"/{e.name}{n}" for n in item.get("Names") or []]
@@ -131,7 +132,8 @@ class PrimaryAPI:
                     continue
                 seen.add(item.get("Id", ""))
                 out.append(item)
-        out.sort(key=lambda i: i.get("Created", 0), reverse=True)
+        if len(lists) > 1:  # one engine's list is already newest first
+            out.sort(key=lambda i: i.get("Created", 0), reverse=True)
         await ex.json(200, out)
 
     async def _events(self, ex: Exchange) -> None:

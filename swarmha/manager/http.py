@@ -318,11 +318,11 @@ class Exchange:
         await self._conn.wait_closed_by_peer()
 
 
+_REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+
+
 def _reason(status: int) -> bytes:
-    try:
-        return http.HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+    return _REASONS.get(status, b"")
 
 
 class _Conn:
