@@ -163,6 +163,10 @@ def _on(
     return r.status, r.read()
 
 
+def _sees(m: ManagerProc, primary: str) -> Callable[[], bool]:
+    return lambda: m.status().get("Primary") == primary
+
+
 def test_keep_alive_client_gets_the_new_primary_while_the_deposed_one_holds_pooled_connections(
     tmp_path: Path,
 ) -> None:
@@ -175,7 +179,7 @@ def test_keep_alive_client_gets_the_new_primary_while_the_deposed_one_holds_pool
         managers += [ManagerProc(url, tmp_path, *extra), ManagerProc(url, tmp_path, *extra)]
         other, replica = managers[1], managers[2]
         for m in (other, replica):
-            wait_for(lambda m=m: m.status().get("Primary") == first.addr, 15, "the replicas to see the primary")
+            wait_for(_sees(m, first.addr), 15, "the replicas to see the primary")
         conn = http.client.HTTPConnection("127.0.0.1", replica.port, timeout=10)
         for _ in range(3):  # the replica now holds a kept-alive connection to the first primary
             assert _on(conn, "/v1.41/containers/json") == (200, b"[]\n")
