@@ -78,3 +78,16 @@ def test_checker_reports_a_missing_leader_even_when_the_next_fault_came_late() -
     # a fault injected within ttl + 1 s of the heal, before anyone led, is measured instead
     faults = [Fault("kill_leader", "x", 1.2, 1.2), Fault("cut", "y", 2.0, 5.1)]
     assert check(history, faults, ttl=1.0).slow_recoveries == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("zk" not in BACKENDS, reason="no ZooKeeper store")
+def test_zk_shared_client_recovers_when_kazoo_gives_up(stores: dict[str, StoreFixture], tmp_path: Path) -> None:
+    """Soak finding (zk, seed 70000): a link that loses bytes mid-stream made kazoo's connection thread die
+    ("xids do not match" escapes its connect loop); the shared client stayed CLOSED, so every candidate's
+    reads failed forever and no one led for 20 s, until a killed worker came back with a fresh client."""
+    report = run_faults(stores["zk"], tmp_path, faults=10, seed=1, ttl=1.0, kinds=("lossy", "kill_leader"), budget=120)
+    print(report.summary())
+    assert report.faults_by_kind.get("lossy", 0) >= 5
+    assert report.overlaps == [] and report.token_regressions == []
+    assert report.slow_recoveries == []

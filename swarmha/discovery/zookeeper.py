@@ -69,6 +69,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import EventType, KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import make_digest_acl
 
@@ -109,6 +110,8 @@ class _Conn:
         self.lost = False
         self.session_id: int | None = None
         self.on_lost: Callable[[], None] | None = None
+        self.on_revived: Callable[[], None] | None = None
+        self._stopping = False
         self.client = KazooClient(
             hosts=discovery._hosts,
             timeout=session_timeout,
@@ -135,18 +138,40 @@ class _Conn:
                 self.connected.set()
         else:
             self.connected.clear()
-            if state == KazooState.LOST and self.session_id is not None and self.sticky:
+            if state == KazooState.LOST and self.sticky and (self.session_id is not None or self._died()):
                 self.lost = True
+            elif state == KazooState.LOST and self._died():
+                # kazoo's connection thread ended without stop(): seen when a link delivered a reply out of
+                # order ("xids do not match" escapes kazoo's connect loop). kazoo never reconnects by itself
+                # then, and every later request fails, so the shared client is started again (off this thread).
+                threading.Thread(target=self._revive, name="swarmha-zk-revive", daemon=True).start()
         if self.lost and self.on_lost is not None:
             self.connected.clear()
             callback, self.on_lost = self.on_lost, None
             callback()
+
+    def _died(self) -> bool:
+        """True when the client is CLOSED although we did not stop it (its connection thread gave up)."""
+        return not self._stopping and self.client.client_state == KeeperState.CLOSED
+
+    def _revive(self) -> None:
+        log.warning("ZooKeeper %s client: its connection thread ended unexpectedly; starting it again", self.what)
+        time.sleep(0.1)  # let the dying thread finish (start_async joins it too)
+        try:
+            if not self._stopping:
+                self.client.start_async()
+        except Exception as e:  # the next request fails and is retried; a later LOST revives again
+            log.warning("ZooKeeper %s client: could not start it again: %s", self.what, e)
+            return
+        if self.on_revived is not None:
+            self.on_revived()
 
     def start(self) -> None:
         self.client.start_async()
 
     def stop(self) -> None:
         """Close the ZooKeeper session and free the client; never raises."""
+        self._stopping = True
         self.connected.clear()
         try:
             self.client.stop()
@@ -269,12 +294,14 @@ class _ZkWatch(Watch):
         self._seen = seen
         self._cond = threading.Condition()
         self._fired = False
+        self._deleted = False  # the last event that fired was the znode's deletion
         self._armed = False
         self._closed = False
 
     def _fire(self, event: Any) -> None:
         with self._cond:
             self._fired = True
+            self._deleted = getattr(event, "type", None) == EventType.DELETED
             self._cond.notify_all()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -286,6 +313,11 @@ class _ZkWatch(Watch):
                 if self._fired:
                     self._fired = False
                     self._armed = False
+                    if self._deleted and self._seen is not None:
+                        # The znode the caller saw is gone: that is a change, no need to read it back. The
+                        # next wait() re-arms at "absent" and compares, so nothing after this is missed.
+                        self._seen = None
+                        return True
                 armed = self._armed
             if not armed:
                 current = self._d._arm(self._path, self._fire)
@@ -342,6 +374,7 @@ class ZooKeeperDiscovery(Discovery):
         self._watches: weakref.WeakSet[_ZkWatch] = weakref.WeakSet()
         self._spare: _ZkSession | None = None  # a prepared session (see prepare_session)
         self._shared = _Conn(self, SHARED_SESSION_TIMEOUT, "shared", sticky=False)
+        self._shared.on_revived = self._rearm_watches
         self._shared.start()
 
     # -- plumbing ----------------------------------------------------------------------------------------------
@@ -400,6 +433,13 @@ class ZooKeeperDiscovery(Discovery):
         if known is not None and known[0].token == stat.czxid and known[1] == stat.mzxid:
             return known[0]
         return self._read(path)
+
+    def _rearm_watches(self) -> None:
+        """Wake every open watch so it re-arms on the shared client (after that client was started again)."""
+        with self._lock:
+            watches = list(self._watches)
+        for watch in watches:
+            watch._fire(None)
 
     def _unwatch(self, path: str, callback: Callable[[Any], None]) -> None:
         """Forget a closed watch's callback (kazoo keeps one-shot watchers until they fire)."""

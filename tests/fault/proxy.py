@@ -5,8 +5,12 @@ Modes (switch at any time with :meth:`FaultProxy.set_mode`):
 * ``pass`` — forward both ways.
 * ``drop`` — close every open connection and refuse new ones (a crashed link: the client sees resets).
 * ``blackhole`` — keep connections open but deliver nothing either way (a partition: the client sees
-  silence and must time out on its own).
+  silence and must time out on its own). Bytes already sent are held, not lost, and delivered in order once
+  the link passes again, as TCP's retransmissions would after a partition heals.
 * ``delay`` — forward each chunk after ``delay`` seconds.
+* ``lossy`` — like ``blackhole``, but the bytes sent meanwhile are discarded and the streams resume after
+  the gap: something TCP itself never does, only a broken middlebox. Clients see garbage (a response to
+  a request they never got an answer for, a frame cut in half). The harness injects it only when asked.
 
 Only 127.0.0.1 is ever listened on or connected to.
 """
@@ -46,7 +50,7 @@ class FaultProxy:
         self._threads.append(t)
 
     def set_mode(self, mode: str, delay: float = 0.0) -> None:
-        assert mode in ("pass", "drop", "blackhole", "delay"), mode
+        assert mode in ("pass", "drop", "blackhole", "delay", "lossy"), mode
         with self._lock:
             self.mode, self.delay = mode, delay
             doomed = list(self._conns) if mode == "drop" else []
@@ -83,6 +87,11 @@ class FaultProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while not self._closed:
+                with self._lock:
+                    holding = self.mode == "blackhole"
+                if holding:  # read nothing: the bytes wait in the kernel buffers (and the sender's)
+                    time.sleep(0.02)
+                    continue
                 ready, _, _ = select.select([src], [], [], 0.2)
                 if not ready:
                     continue
@@ -91,8 +100,11 @@ class FaultProxy:
                     break
                 with self._lock:
                     mode, delay = self.mode, self.delay
-                if mode == "blackhole":
+                if mode == "lossy":
                     continue
+                if mode == "blackhole":  # switched while this chunk was read: hold it until the link passes
+                    while not self._closed and self.mode == "blackhole":
+                        time.sleep(0.02)
                 if mode == "delay" and delay > 0:
                     time.sleep(delay)
                 dst.sendall(data)
