@@ -495,7 +495,43 @@ def report(
                 f"| {kind} | {len(runs)} | {_ms(took['p50'])} | {_ms(took['max'])} | {sum(r.failed for r in runs)} "
                 f"of {sum(r.requests for r in runs)} | {_ms(stall['p50'])} | {_ms(stall['max'])} |"
             )
+    out += ["", "### Goals (issues 5 and 6), from the figures above", ""]
+    out += ["| goal | measured | met |", "|---|---|---|"]
+    out += _goals(lat, tput, logs, fail)
     return "\n".join(out)
+
+
+def _goals(
+    lat: dict[tuple[str, str], list[float]],
+    tput: dict[int, dict[tuple[str, str], float]],
+    logs: list[float],
+    fail: dict[str, list[Failover]],
+) -> list[str]:
+    rows = []
+
+    def row(goal: str, measured: str, ok: bool) -> None:
+        rows.append(f"| {goal} | {measured} | {'yes' if ok else '**no**'} |")
+
+    p50 = {k: percentiles(v)["p50"] for k, v in lat.items()}
+    path = "/v1.41/containers/json"
+    for hop, (a, b) in {"primary": ("primary", "engine"), "replica": ("replica", "primary")}.items():
+        added = p50[(a, path)] - p50[(b, path)]
+        row(f"{hop} hop adds <= 1 ms p50 to `{path}`", f"{_ms(added)} ms", added <= 0.001)
+        nginx = p50[("nginx", path)] - p50[("engine", path)]
+        row(f"{hop} hop <= 3x nginx's added p50 (`{path}`)", _ratio(added, nginx), nginx > 0 and added <= 3 * nginx)
+    for c, r in sorted(tput.items()):
+        share = r[("primary", path)] / r[("engine", path)]
+        row(f"primary >= 50 % of the engine's throughput, c={c}", f"{share * 100:.0f} %", share >= 0.5)
+        share = r[("replica", path)] / r[("primary", path)]
+        row(f"replica >= 50 % of the primary's throughput, c={c}", f"{share * 100:.0f} %", share >= 0.5)
+    if logs:
+        worst = percentiles(logs)["p99"]
+        row("a `logs -f` line through a replica within 10 ms of the engine (p99)", f"{_ms(worst)} ms", worst <= 0.010)
+    graceful = fail.get("graceful (SIGTERM)")
+    if graceful:
+        took = percentiles([r.took for r in graceful])["p50"]
+        row("graceful manager failover p50 <= 100 ms", f"{_ms(took)} ms", took <= 0.100)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
