@@ -76,6 +76,11 @@ class Watch(abc.ABC):
     a thread blocked in :meth:`wait`.
     """
 
+    #: True right after :meth:`wait` returned True because the watch *saw* the key deleted (and nothing newer):
+    #: a caller may then try to create the key without reading it back first. False means "read it".
+    #: Backends that cannot tell leave it False.
+    known_absent: bool = False
+
     @abc.abstractmethod
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the key may differ from the ``seen`` state, the timeout passes, or :meth:`close`.

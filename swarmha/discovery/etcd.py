@@ -221,6 +221,7 @@ class _EtcdWatch(Watch):
                     return False
                 if self._changed:
                     self._changed = False
+                    self.known_absent = self._seen is None
                     return True
                 if self._error is not None:
                     raise self._error

@@ -317,6 +317,7 @@ class _ZkWatch(Watch):
                         # The znode the caller saw is gone: that is a change, no need to read it back. The
                         # next wait() re-arms at "absent" and compares, so nothing after this is missed.
                         self._seen = None
+                        self.known_absent = True
                         return True
                 armed = self._armed
             if not armed:
@@ -325,6 +326,7 @@ class _ZkWatch(Watch):
                     self._armed = True
                     if current != self._seen:
                         self._seen = current
+                        self.known_absent = current is None
                         return True
             with self._cond:
                 while not (self._closed or self._fired):

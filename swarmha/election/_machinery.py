@@ -249,6 +249,7 @@ class Campaign(_Worker):
         self._resign = False
         self._holdoff_until = 0.0
         self._stale: tuple[Session, int] | None = None
+        self._vacant = False  # the last watch saw the key deleted: campaign without reading it back
 
     # -- what callers read ---------------------------------------------------------------------------
 
@@ -301,7 +302,8 @@ class Campaign(_Worker):
             self._d.delete(self.key, token)
             session.close()
             self._stale = None
-        record = self._d.get(self.key)
+        record = None if self._vacant else self._d.get(self.key)
+        self._vacant = False
         now = time.monotonic()
         if record is None and now >= self._holdoff_until:
             sent = time.monotonic()
@@ -320,7 +322,7 @@ class Campaign(_Worker):
         if record is not None:
             self._d.prepare_session(self.ttl)  # so that winning after the leader goes costs no handshake
         with self._d.watch(self.key, record) as watch:
-            self._wait_on(watch, timeout)
+            self._vacant = self._wait_on(watch, timeout) and watch.known_absent
 
     def _become_leader(self, record: Record, session: Session, sent: float) -> None:
         term = Term(self.key, self.node, record.token)
