@@ -104,6 +104,17 @@ def test_a_prepared_session_is_handed_out_and_its_ttl_runs_from_then(single: Clu
     assert d._spare is None and not other.conn.connected.is_set()  # type: ignore[attr-defined]
 
 
+def test_prepare_0_in_the_url_opens_no_session_ahead(single: Cluster) -> None:
+    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}?prepare=0")
+    try:
+        d.prepare_session(1.0)
+        assert d._spare is None  # type: ignore[attr-defined]
+    finally:
+        d.close()
+    with pytest.raises(InvalidDiscoveryURL, match="prepare"):
+        swarmha.connect("zk://127.0.0.1/p?prepare=yes")
+
+
 def test_suspended_connection_is_unavailable_not_expired(single: Cluster) -> None:
     d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}?timeout=1")
     session = d.session(30.0)

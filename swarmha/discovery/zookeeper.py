@@ -1,10 +1,11 @@
 """``zk://h1:2181,h2:2181/prefix``: the ZooKeeper backend (kazoo; ZooKeeper 3.5 or later).
 
-URL: ``zk://[user:password@]host[:port][,host[:port]...]/prefix[?timeout=SECONDS]``; the default port is 2181
-and the path is the znode prefix (keys live at ``/prefix/svc/leader``; parents are created as persistent
+URL: ``zk://[user:password@]host[:port][,host[:port]...]/prefix[?timeout=SECONDS&prepare=0|1]``; the default
+port is 2181 and the path is the znode prefix (keys live at ``/prefix/svc/leader``; parents are created as persistent
 znodes on first use, so the prefix need not exist, unlike a kazoo chroot). ``user:password@`` adds ZooKeeper
 ``digest`` auth to every connection and creates znodes with an ACL granting that identity all rights.
-``timeout`` (default 5 s) bounds every request, including the wait for a connection.
+``timeout`` (default 5 s) bounds every request, including the wait for a connection. ``prepare=0`` turns off
+prepared sessions (below; default on).
 
 How the contract maps to ZooKeeper:
 
@@ -91,7 +92,7 @@ DEFAULT_PORT = 2181
 DEFAULT_TIMEOUT = 5.0
 #: Session timeout of the shared client (it holds no ephemerals; expiry only costs a re-arm of the watches).
 SHARED_SESSION_TIMEOUT = 10.0
-_OPTIONS = {"timeout"}
+_OPTIONS = {"timeout", "prepare"}
 _CACHE_LIMIT = 1024
 _MAX_LIST_NODES = 100_000
 _T = TypeVar("_T")
@@ -353,7 +354,7 @@ class ZooKeeperDiscovery(Discovery):
         unknown = set(url.params) - _OPTIONS
         if unknown:
             raise InvalidDiscoveryURL(
-                f"zk URL {str(url)!r} has unknown option(s) {', '.join(sorted(unknown))}; known: timeout"
+                f"zk URL {str(url)!r} has unknown option(s) {', '.join(sorted(unknown))}; known: prepare, timeout"
             )
         self.url = url
         raw = url.params.get("timeout")
@@ -361,6 +362,10 @@ class ZooKeeperDiscovery(Discovery):
             self.timeout = DEFAULT_TIMEOUT if raw is None else check_ttl(float(raw), "timeout")
         except (ValueError, ConfigurationError):
             raise InvalidDiscoveryURL(f"zk URL {str(url)!r}: timeout must be seconds > 0, not {raw!r}") from None
+        prepare = url.params.get("prepare", "1")
+        if prepare not in ("0", "1"):
+            raise InvalidDiscoveryURL(f"zk URL {str(url)!r}: prepare must be 0 or 1, not {prepare!r}")
+        self._prepare = prepare == "1"
         if url.username is not None and url.password is None:
             raise InvalidDiscoveryURL(f"zk URL {str(url)!r} needs user:password@ for digest auth")
         self._auth_data: list[tuple[str, str]] | None = None
@@ -477,8 +482,11 @@ class ZooKeeperDiscovery(Discovery):
         """Open a session of ``ttl`` ahead (connecting in the background), for the next :meth:`session`.
 
         One prepared session per Discovery at most. Its cost while it waits: one more connection and
-        ZooKeeper session, heartbeated by kazoo (a ping every ttl/3 or so while idle).
+        ZooKeeper session, heartbeated by kazoo (a ping every ttl/3 or so while idle). ``?prepare=0`` in the
+        URL turns it off (waiting candidates then hold only the shared connection; a handover pays a handshake).
         """
+        if not self._prepare:
+            return
         try:
             ttl = check_ttl(ttl)
         except ConfigurationError:
