@@ -48,12 +48,17 @@ def _runner(part: str) -> Callable[[list[str]], None]:
 def _argv(part: str, quick: bool, out: str | None, rest: list[str]) -> list[str]:
     argv = ["--quick"] if quick else []
     if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
         target = Path(out) if part == "election" else Path(out) / f"benchmarks-{part}.md"
         argv += ["--out", str(target)]
     return argv + rest
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) > 1 and argv[0] in PARTS and ("-h" in argv[1:] or "--help" in argv[1:]):
+        _runner(argv[0])(argv[1:])  # the part's own help
+        return
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
