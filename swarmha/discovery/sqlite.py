@@ -197,7 +197,12 @@ class SqliteDiscovery(Discovery):
         if not Path(path).parent.is_dir():
             raise InvalidDiscoveryURL(f"sqlite URL {str(url)!r}: directory {str(Path(path).parent)!r} does not exist")
         self._conn = self._connect()
-        self._init_schema()
+        self._schema_ready = False
+        # A file locked by another writer right now is a store error like any other: the first operation
+        # creates the schema instead (and raises DiscoveryUnavailable, which a campaign retries), so a
+        # process started during an outage does not die in connect().
+        with contextlib.suppress(DiscoveryUnavailable):
+            self._init_schema()
         self._wake_r, self._wake_w = os.pipe()
 
     # -- connections and transactions ----------------------------------------------------------------
@@ -210,6 +215,11 @@ class SqliteDiscovery(Discovery):
         except sqlite3.Error as e:
             raise DiscoveryUnavailable(f"cannot open sqlite file {self.path!r}: {e}") from e
         return conn
+
+    def _ready(self) -> None:
+        """Create the schema now if the constructor could not (the file was locked then)."""
+        if not self._schema_ready:
+            self._init_schema()
 
     def _init_schema(self) -> None:
         with self._write(purge=False) as conn:
@@ -224,10 +234,13 @@ class SqliteDiscovery(Discovery):
                 conn.execute("DELETE FROM kv WHERE session IS NOT NULL")
                 conn.execute("DELETE FROM sessions")
                 conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('boot_id', ?)", (boot,))
+        self._schema_ready = True
 
     @contextlib.contextmanager
     def _write(self, purge: bool = True) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction that first purges expired sessions and their keys."""
+        if purge:
+            self._ready()
         with self._lock:
             if self._closed:
                 raise DiscoveryError(f"sqlite discovery {self.path!r} is closed")
@@ -264,6 +277,7 @@ class SqliteDiscovery(Discovery):
             pass
 
     def _query(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
+        self._ready()
         with self._lock:
             if self._closed:
                 raise DiscoveryError(f"sqlite discovery {self.path!r} is closed")

@@ -57,16 +57,19 @@ class Report:
     longest_gap: float = 0.0
     longest_gap_at: float = 0.0  # when the longest gap started (monotonic)
     injected: list[Fault] = attrs.field(factory=list)
+    crashes: list[str] = attrs.field(factory=list)  # workers that exited without being killed (set by the harness)
 
     @property
     def ok(self) -> bool:
-        return not (self.overlaps or self.token_regressions or self.slow_recoveries) and self.terms > 0
+        failed = self.overlaps or self.token_regressions or self.slow_recoveries or self.crashes
+        return not failed and self.terms > 0
 
     def summary(self) -> str:
         return (
             f"{self.faults} faults {self.faults_by_kind}, {self.observations} observations, {self.terms} terms, "
             f"{len(self.overlaps)} overlaps, {len(self.token_regressions)} token regressions, "
-            f"{len(self.slow_recoveries)} slow recoveries, longest leaderless gap {self.longest_gap:.3f}s"
+            f"{len(self.slow_recoveries)} slow recoveries, {len(self.crashes)} worker crashes, "
+            f"longest leaderless gap {self.longest_gap:.3f}s"
         )
 
 

@@ -149,6 +149,18 @@ def run_faults(
     workdir.mkdir(parents=True, exist_ok=True)
     pool: list[Worker] = []
     injected: list[Fault] = []
+    crashes: list[str] = []
+
+    def revive_crashed() -> None:
+        """A worker that exited on its own is a finding (a candidate must survive store errors): note it
+        and start it again so the run goes on."""
+        for w in pool:
+            if w.proc is not None and w.proc.poll() is not None:
+                crashes.append(
+                    f"{w.node} exited with {w.proc.returncode} at {time.monotonic():.3f} (see {w.log.name[:-4]}.err)"
+                )
+                w.spawn()
+
     deadline = time.monotonic() + budget
     try:
         for i in range(workers):
@@ -170,6 +182,7 @@ def run_faults(
         for n in range(faults):
             if time.monotonic() > deadline:
                 break
+            revive_crashed()
             kind = rng.choice(chosen)
             victim = pool[rng.randrange(len(pool))]
             current = await_leader(ttl + 3.0, heal)
@@ -212,10 +225,13 @@ def run_faults(
             time.sleep(rng.uniform(0.05, 0.3))
         await_leader(ttl + 3.0, heal)
         time.sleep(0.2)
+        revive_crashed()
     finally:
         for w in pool:
             w.stop()
         for w in pool:
             for p in w.proxies:
                 p.close()
-    return check(load(w.log for w in pool), injected, ttl)
+    report = check(load(w.log for w in pool), injected, ttl)
+    report.crashes = crashes
+    return report

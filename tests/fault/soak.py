@@ -237,6 +237,7 @@ class Totals:
     terms: int = 0
     overlaps: list[str] = attrs.field(factory=list)
     regressions: list[str] = attrs.field(factory=list)
+    crashes: list[str] = attrs.field(factory=list)
     slow: list[dict[str, Any]] = attrs.field(factory=list)
     recoveries: list[float] = attrs.field(factory=list)
     longest_gap: float = 0.0
@@ -254,6 +255,7 @@ class Totals:
         self.terms += report.terms
         self.overlaps += report.overlaps
         self.regressions += report.token_regressions
+        self.crashes += [f"chunk {self.chunks - 1}: {c}" for c in report.crashes]
         self.recoveries += report.recovery_times
         if report.longest_gap > self.longest_gap:
             self.longest_gap = report.longest_gap
@@ -325,7 +327,7 @@ def soak(args: argparse.Namespace) -> tuple[Totals, float, LagMonitor]:
                     entry["load1"] = monitor.load_at(heal)
                     entry["worker_pauses"] = worker_pauses(logs, heal, heal + took)
                 totals.slow.append(entry)
-            bad = bool(report.overlaps or report.token_regressions or report.slow_recoveries or report.terms == 0)
+            bad = not report.ok
             if bad:
                 totals.failed_chunks.append({"chunk": index, "seed": seed, "faults": n, "logs": str(workdir)})
             else:
@@ -334,7 +336,7 @@ def soak(args: argparse.Namespace) -> tuple[Totals, float, LagMonitor]:
                 f"{args.backend} chunk {index} seed {seed}: {report.summary()} "
                 f"[{time.monotonic() - t0:.0f}s, total {totals.faults} faults, load {os.getloadavg()[0]:.2f}]"
             )
-            for text in report.overlaps + report.token_regressions + report.slow_recoveries:
+            for text in report.overlaps + report.token_regressions + report.slow_recoveries + report.crashes:
                 _say(f"  !! {text}")
             index += 1
     finally:
@@ -388,6 +390,7 @@ def section(args: argparse.Namespace, totals: Totals, wall: float, monitor: LagM
         "overlaps": len(totals.overlaps),
         "regressions": len(totals.regressions),
         "slow": len(totals.slow),
+        "crashes": len(totals.crashes),
         "longest_gap": round(totals.longest_gap, 3),
         "p50": round(percentile(rec, 50), 3) if rec else None,
         "p90": round(percentile(rec, 90), 3) if rec else None,
@@ -413,7 +416,7 @@ def section(args: argparse.Namespace, totals: Totals, wall: float, monitor: LagM
         f"- faults injected: **{totals.faults}** ({kinds})",
         f"- observations {totals.observations}, terms {totals.terms}",
         f"- overlapping terms: **{len(totals.overlaps)}**; token regressions: **{len(totals.regressions)}**; "
-        f"recoveries slower than ttl + 1 s: **{len(totals.slow)}**",
+        f"recoveries slower than ttl + 1 s: **{len(totals.slow)}**; worker crashes: **{len(totals.crashes)}**",
         f"- longest leaderless gap (any two consecutive units of leader work): {totals.longest_gap:.3f} s "
         f"({totals.longest_gap_what})",
         f"- recovery after a heal (n={len(rec)}): p50 {_fmt(percentile(rec, 50))} s, "
@@ -429,7 +432,11 @@ def section(args: argparse.Namespace, totals: Totals, wall: float, monitor: LagM
         r = totals.by_kind_recovery.get(kind, [])
         cells = " | ".join(_fmt(percentile(r, p)) for p in (50, 90, 99)) + f" | {_fmt(max(r, default=math.nan))}"
         lines.append(f"| {kind} | {n} | {cells} |")
-    for title, items in (("Overlaps", totals.overlaps), ("Token regressions", totals.regressions)):
+    for title, items in (
+        ("Overlaps", totals.overlaps),
+        ("Token regressions", totals.regressions),
+        ("Worker crashes", totals.crashes),
+    ):
         if items:
             lines += ["", f"{title}:", ""] + [f"- {t}" for t in items[:20]]
     if totals.slow:
@@ -472,9 +479,10 @@ soak; the rest is written by hand.
 
 def summary_table(text: str) -> str:
     rows = [
-        "| backend | ttl | faults | by kind | overlaps | token regressions | slow (> ttl+1 s) | longest gap | "
+        "| backend | ttl | faults | by kind | overlaps | token regressions | slow (> ttl+1 s) | crashes | "
+        "longest gap | "
         "recovery p50 / p90 / p99 / max | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for raw in DATA.findall(text):
         d = json.loads(raw)
@@ -482,7 +490,7 @@ def summary_table(text: str) -> str:
         rec = " / ".join("-" if d[k] is None else f"{d[k]:.2f}" for k in ("p50", "p90", "p99", "max"))
         rows.append(
             f"| {d['backend']} | {d['ttl']:g} s | {d['faults']} | {kinds} | {d['overlaps']} | {d['regressions']} | "
-            f"{d['slow']} | {d['longest_gap']:.2f} s | {rec} s | {d['wall_min']} min |"
+            f"{d['slow']} | {d.get('crashes', 0)} | {d['longest_gap']:.2f} s | {rec} s | {d['wall_min']} min |"
         )
     return "\n".join(rows)
 
@@ -552,7 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(body)
     if args.out is not None:
         update_document(args.out, args.backend, body)
-    clean = not (totals.overlaps or totals.regressions or totals.slow) and totals.faults >= args.faults
+    clean = (
+        not (totals.overlaps or totals.regressions or totals.slow or totals.crashes) and totals.faults >= args.faults
+    )
     return 0 if clean else 1
 
 
