@@ -329,6 +329,8 @@ def soak(args: argparse.Namespace) -> tuple[Totals, float, LagMonitor]:
                 totals.slow.append(entry)
             bad = not report.ok
             if bad:
+                timeline = [attrs.asdict(f) for f in report.injected]
+                (workdir / "faults.json").write_text(json.dumps({"seed": seed, "faults": timeline}, indent=0))
                 totals.failed_chunks.append({"chunk": index, "seed": seed, "faults": n, "logs": str(workdir)})
             else:
                 shutil.rmtree(workdir, ignore_errors=True)
