@@ -25,6 +25,7 @@ the rest of an existing file is kept), ``<out>/benchmarks-election.json`` (every
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -76,6 +77,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.001)
             return False
         time.sleep(step)
     return True
+
+
+def missing(system: str, ttl: float = 0.0) -> dict[str, Any] | None:
+    """A result saying the peer's library is not installed (so the run goes on without it), or None."""
+    module = {"kazoo-lock": "kazoo", "kazoo-election": "kazoo", "tooz": "tooz", "etcd-lock": "pyetcd"}.get(system)
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None
+    print(f"  {system}: {module} is not installed (pip install -e '.[bench]'); skipped", flush=True)
+    return {"samples": [], "failures": 0, "ttl": ttl, "missing": f"{module} not installed"}
 
 
 # -- graceful handover ------------------------------------------------------------------------------------------
@@ -354,6 +364,9 @@ def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
                 mine = percentiles(ho.get(f"swarmha @ {backend}", {}).get("samples", []))
                 if mine.get("n") and p.get("n"):
                     ratio = f" {mine['p50'] / p['p50']:.2f} |"
+            if r.get("missing"):
+                lines.append(f"| {name} | - | {r['missing']} | | | | |")
+                continue
             lines.append(_row(name, p, _ms, ratio or " |"))
             if r["failures"]:
                 lines.append(f"| ↳ {r['failures']} rounds without a handover within {ROUND_TIMEOUT} s | | | | | | |")
@@ -385,6 +398,9 @@ def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for name, r in results["crash"].items():
+            if r.get("missing"):
+                lines.append(f"| {name} | - | - | {r['missing']} | | | | |")
+                continue
             p = percentiles(r["samples"])
             ttl = r["ttl"]
             if p.get("n"):
@@ -475,6 +491,9 @@ def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
 
 
 def plots(results: dict[str, Any], img: Path) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no plots", flush=True)
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -594,7 +613,7 @@ def main(argv: list[str] | None = None) -> None:
                 name = f"{system} @ {backend}"
                 print(f"handover: {name} ...", flush=True)
                 url = stores.url(backend, fresh(system))
-                results["handover"][name] = handover(system, url, args.rounds, settle)
+                results["handover"][name] = missing(system) or handover(system, url, args.rounds, settle)
         if "crash" in args.parts:
             results["crash"] = {}
             crash_pairs = [(s, b) for s, b in pairs if b != "memory"]
@@ -604,7 +623,9 @@ def main(argv: list[str] | None = None) -> None:
                 name = f"{system} @ {backend}"
                 print(f"crash: {name} ...", flush=True)
                 url = stores.url(backend, fresh(system))
-                results["crash"][name] = crash(system, url, args.crash_ttl, args.crash_rounds)
+                results["crash"][name] = missing(system, args.crash_ttl) or crash(
+                    system, url, args.crash_ttl, args.crash_rounds
+                )
         if "elect" in args.parts and "swarmha" in args.systems:
             results["elect"] = {}
             for backend in args.backends:

@@ -1,11 +1,13 @@
 """CI smoke test of the benchmark harness: ``python -m benchmarks election --quick`` runs and writes its table.
 
 It asserts nothing about speed (the CI machine is shared); it pins that the harness starts its servers, runs
-swarmha and the peers, cleans up, and produces the report.
+swarmha and the peers, cleans up, and produces the report. Peers whose library is not installed (tooz and
+matplotlib come with the ``bench`` extra) are reported as such and the run goes on.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -33,4 +35,5 @@ def test_quick_election_benchmark_exits_0_and_writes_the_table(tmp_path: Path) -
     assert "| kazoo-lock @ zk |" in report
     assert "### Idle cost" in report
     assert (tmp_path / "benchmarks-election.json").exists()
-    assert (tmp_path / "img" / "election-handover.png").exists()
+    if importlib.util.find_spec("matplotlib") is not None:  # the bench extra; without it the run has no plots
+        assert (tmp_path / "img" / "election-handover.png").exists()
