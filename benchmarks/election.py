@@ -88,6 +88,15 @@ def missing(system: str, ttl: float = 0.0) -> dict[str, Any] | None:
     return {"samples": [], "failures": 0, "ttl": ttl, "missing": f"{module} not installed"}
 
 
+def guarded(what: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``fn(*args)``, or a result carrying the error: one failing measurement must not lose the whole run."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        print(f"  {what} FAILED: {type(e).__name__}: {e}", flush=True)
+        return {"samples": [], "failures": 0, "error": f"{type(e).__name__}: {e}"[:200]}
+
+
 # -- graceful handover ------------------------------------------------------------------------------------------
 
 
@@ -209,6 +218,19 @@ def crash(system: str, url: str, ttl: float, rounds: int) -> dict[str, Any]:
     return {"samples": samples, "failures": failures, "ttl": ttl}
 
 
+def warm_up(d: Any, timeout: float = 60.0) -> None:
+    """Read once through ``d`` so its connection is up before a measurement (retried: many connect at once)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            d.get("warm-up")
+            return
+        except swarmha.errors.DiscoveryError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 # -- election among N -------------------------------------------------------------------------------------------
 
 
@@ -219,7 +241,7 @@ def elect_among(url: str, n: int, rounds: int) -> dict[str, Any]:
     failures = 0
     try:
         for d in discoveries:
-            d.get("warm-up")
+            warm_up(d)
         for r in range(rounds):
             key = f"among/{r}"
             candidates = [swarmha.Candidate(d, key, node=f"n{i}", ttl=10.0) for i, d in enumerate(discoveries)]
@@ -364,8 +386,8 @@ def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
                 mine = percentiles(ho.get(f"swarmha @ {backend}", {}).get("samples", []))
                 if mine.get("n") and p.get("n"):
                     ratio = f" {mine['p50'] / p['p50']:.2f} |"
-            if r.get("missing"):
-                lines.append(f"| {name} | - | {r['missing']} | | | | |")
+            if r.get("missing") or r.get("error"):
+                lines.append(f"| {name} | - | {r.get('missing') or 'error: ' + r['error']} | | | | |")
                 continue
             lines.append(_row(name, p, _ms, ratio or " |"))
             if r["failures"]:
@@ -398,8 +420,8 @@ def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for name, r in results["crash"].items():
-            if r.get("missing"):
-                lines.append(f"| {name} | - | - | {r['missing']} | | | | |")
+            if r.get("missing") or r.get("error"):
+                lines.append(f"| {name} | - | - | {r.get('missing') or 'error: ' + r['error']} | | | | |")
                 continue
             p = percentiles(r["samples"])
             ttl = r["ttl"]
@@ -429,6 +451,9 @@ def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
         for name, r in results["elect"].items():
             backend, _, n = name.partition(" N=")
             p = percentiles(r["samples"])
+            if r.get("error"):
+                lines.append(f"| {backend} | {n} | error: {r['error']} | | | | |")
+                continue
             lines.append(_row(f"{backend} | {n}", p, _ms))
         lines.append("")
     if "idle" in results:
@@ -474,6 +499,8 @@ def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
                     f"{per:.3f} req/s each | {'met' if per < 0.01 else 'MISSED (see below)'} |"
                 )
         lines.append("")
+    for error in results.get("errors", []):
+        lines.append(f"- measurement failed: {error}")
     if goals:
         lines = [
             "### Goals (issues 3 and 6), evaluated from the figures below",
@@ -613,7 +640,7 @@ def main(argv: list[str] | None = None) -> None:
                 name = f"{system} @ {backend}"
                 print(f"handover: {name} ...", flush=True)
                 url = stores.url(backend, fresh(system))
-                results["handover"][name] = missing(system) or handover(system, url, args.rounds, settle)
+                results["handover"][name] = missing(system) or guarded(name, handover, system, url, args.rounds, settle)
         if "crash" in args.parts:
             results["crash"] = {}
             crash_pairs = [(s, b) for s, b in pairs if b != "memory"]
@@ -623,9 +650,10 @@ def main(argv: list[str] | None = None) -> None:
                 name = f"{system} @ {backend}"
                 print(f"crash: {name} ...", flush=True)
                 url = stores.url(backend, fresh(system))
-                results["crash"][name] = missing(system, args.crash_ttl) or crash(
-                    system, url, args.crash_ttl, args.crash_rounds
+                results["crash"][name] = missing(system, args.crash_ttl) or guarded(
+                    name, crash, system, url, args.crash_ttl, args.crash_rounds
                 )
+                results["crash"][name].setdefault("ttl", args.crash_ttl)
         if "elect" in args.parts and "swarmha" in args.systems:
             results["elect"] = {}
             for backend in args.backends:
@@ -633,16 +661,22 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"elect: {backend} N={n} ...", flush=True)
                     url = stores.url(backend, fresh("elect"))
                     rounds = max(2, args.elect_rounds // (2 if n >= 100 else 1))
-                    results["elect"][f"{backend} N={n}"] = elect_among(url, n, rounds)
+                    results["elect"][f"{backend} N={n}"] = guarded(f"{backend} N={n}", elect_among, url, n, rounds)
         if "idle" in args.parts and "swarmha" in args.systems:
             results["idle"] = {}
             results["idle_ttl"], results["idle_seconds"] = args.idle_ttl, args.idle_seconds
+            idle_settle = 0.3 if args.quick else 1.0
             for backend in [b for b in args.backends if b != "memory"]:
                 results["idle"][backend] = []
                 for n in ns:
                     print(f"idle: {backend} N={n} ...", flush=True)
-                    row = idle(stores, backend, n, args.idle_ttl, args.idle_seconds, 0.3 if args.quick else 1.0)
-                    results["idle"][backend].append(row)
+                    row = guarded(
+                        f"idle {backend} N={n}", idle, stores, backend, n, args.idle_ttl, args.idle_seconds, idle_settle
+                    )
+                    if "error" in row:
+                        results.setdefault("errors", []).append(f"idle {backend} N={n}: {row['error']}")
+                    else:
+                        results["idle"][backend].append(row)
     results["elapsed"] = time.monotonic() - started
     results["load_end"] = load()
     results["tooz_interval"] = TOOZ_INTERVAL

@@ -102,7 +102,8 @@ class Stores:
             if "etcd" in self.backends:
                 self.etcd = etcd_cluster(self.tmp / "etcd", 1)
             if "zk" in self.backends:
-                self.zk = zk_cluster(self.tmp / "zk", 1)
+                # hundreds of clients from one address in the idle and N=100 runs (ZooKeeper allows 60 by default)
+                self.zk = zk_cluster(self.tmp / "zk", 1, extra=["maxClientCnxns=0"])
             if "consul" in self.backends:
                 self.consul = ConsulDouble(session_ttl_min=0.001).start()
             if "sqlite" in self.backends:

@@ -159,7 +159,9 @@ class EtcdMember(_Member):
 class ZkMember(_Member):
     kind = "zookeeper"
 
-    def __init__(self, name: str, workdir: Path, client_port: int, myid: int, servers: Sequence[str]) -> None:
+    def __init__(
+        self, name: str, workdir: Path, client_port: int, myid: int, servers: Sequence[str], extra: Sequence[str] = ()
+    ) -> None:
         super().__init__(name, workdir, client_port)
         self.myid = myid
         data = workdir / "data"
@@ -177,6 +179,7 @@ class ZkMember(_Member):
             "maxSessionTimeout=60000",
             "forceSync=no",
             *servers,
+            *extra,
         ]
         if servers:
             (data / "myid").write_text(f"{myid}\n")
@@ -257,13 +260,17 @@ def etcd_cluster(workdir: Path, size: int = 1) -> Cluster:
     return cluster
 
 
-def zk_cluster(workdir: Path, size: int = 1) -> Cluster:
-    """Start a ZooKeeper ensemble of ``size`` members under ``workdir``; returns once every member serves."""
+def zk_cluster(workdir: Path, size: int = 1, extra: Sequence[str] = ()) -> Cluster:
+    """Start a ZooKeeper ensemble of ``size`` members under ``workdir``; returns once every member serves.
+
+    ``extra``: more ``zoo.cfg`` lines (a later line wins), e.g. ``maxClientCnxns=0`` for the benchmarks' hundreds
+    of connections from one address (ZooKeeper's default allows 60).
+    """
     ports = free_ports(3 * size)
     servers = (
         [f"server.{i + 1}=127.0.0.1:{ports[3 * i + 1]}:{ports[3 * i + 2]}" for i in range(size)] if size > 1 else []
     )
-    members = [ZkMember(f"z{i + 1}", workdir / f"z{i + 1}", ports[3 * i], i + 1, servers) for i in range(size)]
+    members = [ZkMember(f"z{i + 1}", workdir / f"z{i + 1}", ports[3 * i], i + 1, servers, extra) for i in range(size)]
     cluster = Cluster(members)
     try:
         cluster.start()
