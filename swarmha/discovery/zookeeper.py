@@ -90,7 +90,11 @@ log = logging.getLogger("swarmha.discovery.zookeeper")
 
 DEFAULT_PORT = 2181
 DEFAULT_TIMEOUT = 5.0
-#: Session timeout of the shared client (it holds no ephemerals; expiry only costs a re-arm of the watches).
+#: Longest session timeout of the shared client (it holds no ephemerals; expiry only costs a re-arm of the
+#: watches). It is also ``timeout`` when that is shorter: kazoo waits up to the requested session timeout
+#: (divided by the number of hosts) for a connection handshake, so a handshake the server never answers
+#: (seen in the fault soak right after a server restart) would otherwise stall reads, watches and
+#: therefore every election for up to 10 s after the store is back.
 SHARED_SESSION_TIMEOUT = 10.0
 _OPTIONS = {"timeout", "prepare"}
 _CACHE_LIMIT = 1024
@@ -380,7 +384,7 @@ class ZooKeeperDiscovery(Discovery):
         self._reads: dict[str, tuple[Record, int]] = {}  # path -> (record, mzxid) of the last read
         self._watches: weakref.WeakSet[_ZkWatch] = weakref.WeakSet()
         self._spare: _ZkSession | None = None  # a prepared session (see prepare_session)
-        self._shared = _Conn(self, SHARED_SESSION_TIMEOUT, "shared", sticky=False)
+        self._shared = _Conn(self, min(SHARED_SESSION_TIMEOUT, self.timeout), "shared", sticky=False)
         self._shared.on_revived = self._rearm_watches
         self._shared.start()
 
