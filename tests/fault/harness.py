@@ -6,7 +6,8 @@ Each worker (tests/fault/worker.py) reaches the store through its own :class:`Fa
 backends), so a network fault can hit one candidate alone. Fault kinds (chosen by a ``random.Random(seed)``,
 bounded in count and time):
 
-* ``kill_leader`` / ``kill_any`` — SIGKILL, then a replacement process with the same node name;
+* ``kill_leader`` / ``kill_any`` — SIGKILL, then a replacement process with the same node name (the fault
+  heals at once, or, if no other candidate process has started yet, when the first one has);
 * ``pause_leader`` — SIGSTOP for 1.5 x ttl, then SIGCONT (the GC-pause case);
 * ``cut`` / ``blackhole`` / ``delay`` — one candidate's link to the store resets, goes silent, or slows;
 * ``lossy`` (only when asked for in ``kinds``) — one candidate's link loses the bytes sent for a while;
@@ -53,6 +54,10 @@ class Worker:
         self.spawn()
 
     def spawn(self) -> None:
+        try:
+            self._spawned_at_size = self.log.stat().st_size
+        except FileNotFoundError:
+            self._spawned_at_size = 0
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -71,6 +76,15 @@ class Worker:
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stderr=self.stderr,
         )
+
+    def started(self) -> bool:
+        """True once the process spawned last has logged an observation (it runs as a candidate)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        try:
+            return self.log.stat().st_size > self._spawned_at_size
+        except FileNotFoundError:
+            return False
 
     def last_token(self, since: float) -> int | None:
         """The token of this worker's latest observation if it started after ``since`` and was leading."""
@@ -196,6 +210,14 @@ def run_faults(
                 victim.proc.wait(5)
                 heal = time.monotonic()
                 victim.spawn()
+                if not any(w.started() for w in pool if w is not victim):
+                    # no candidate left running (the others are still starting, after earlier kills): the
+                    # election can only begin once one runs, and a Python start under CPU starvation takes
+                    # seconds, so the fault heals when the first candidate process is up
+                    end = heal + 30.0
+                    while not any(w.started() for w in pool) and time.monotonic() < end:
+                        time.sleep(0.01)
+                    heal = time.monotonic()
             elif kind == "pause_leader":
                 victim.signal(signal.SIGSTOP)
                 time.sleep(1.5 * ttl)

@@ -242,6 +242,7 @@ class Totals:
     recoveries: list[float] = attrs.field(factory=list)
     longest_gap: float = 0.0
     by_kind_recovery: dict[str, list[float]] = attrs.field(factory=dict)
+    starts_waited: list[float] = attrs.field(factory=list)  # kills that left no candidate running: wait for one
     longest_gap_what: str = ""
     chunks: int = 0
     failed_chunks: list[dict[str, Any]] = attrs.field(factory=list)
@@ -257,6 +258,9 @@ class Totals:
         self.regressions += report.token_regressions
         self.crashes += [f"chunk {self.chunks - 1}: {c}" for c in report.crashes]
         self.recoveries += report.recovery_times
+        self.starts_waited += [
+            f.heal - f.inject for f in report.injected if f.kind.startswith("kill") and f.heal - f.inject > 0.05
+        ]
         if report.longest_gap > self.longest_gap:
             self.longest_gap = report.longest_gap
             lo, hi = report.longest_gap_at, report.longest_gap_at + report.longest_gap
@@ -429,6 +433,13 @@ def section(args: argparse.Namespace, totals: Totals, wall: float, monitor: LagM
         f"{max((lag for _, lag in monitor.lags), default=0.0):.3f} s; load average at the end "
         f"{os.getloadavg()[0]:.2f}",
     ]
+    if totals.starts_waited:
+        w = totals.starts_waited
+        lines.append(
+            f"- kills that left no candidate process running (the others still starting after earlier kills): "
+            f"{len(w)}; the harness waited for a Python process start: p50 {_fmt(percentile(w, 50))} s, "
+            f"max {_fmt(max(w))} s (an idle machine starts one in ~0.45 s)"
+        )
     lines += ["", "| fault kind | injected | recovery p50 | p90 | p99 | max |", "|---|---|---|---|---|---|"]
     for kind, n in sorted(totals.by_kind.items()):
         r = totals.by_kind_recovery.get(kind, [])
