@@ -6,10 +6,13 @@ The checker's own tests below show it does catch each kind of violation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import swarmha
+from swarmha.discovery import Record
 from tests.fault.checker import Fault, Observation, check
 from tests.fault.harness import run_faults
 from tests.stores import BACKENDS, StoreFixture
@@ -107,3 +110,39 @@ def test_sqlite_candidate_started_during_an_outage_survives(stores: dict[str, St
     print(report.summary())
     assert report.crashes == []
     assert report.overlaps == [] and report.token_regressions == [] and report.slow_recoveries == []
+
+
+@pytest.mark.skipif("zk" not in BACKENDS, reason="no ZooKeeper store")
+def test_zk_deposed_leaders_late_delete_spares_its_successors_key(
+    stores: dict[str, StoreFixture], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Soak finding (zk, seed 70000, overlap of 1.6 ms): the deposed leader c0 (link delayed) read its key
+    (czxid = its token) for a stale-key delete; its session ended meanwhile, c2 created the key anew, and
+    c0's delete *by data version* (0 in every new znode) arrived and removed c2's key while c2 still led;
+    c1 won the free key at once. This replays that interleaving deterministically."""
+    url = stores["zk"].url()
+    deposed, successor = swarmha.connect(url), swarmha.connect(url)
+    try:
+        old_session = deposed.session(1.0)
+        old = deposed.create("svc/leader", "c0", old_session)
+        assert old is not None
+        real_op = deposed._op  # type: ignore[attr-defined]
+        replaced: list[Record] = []
+        new_session = successor.session(1.0)
+
+        def op(conn: object, what: str, fn: Callable[[object], object], session: object = None) -> object:
+            result = real_op(conn, what, fn, session=session)
+            if what == "delete" and not replaced:  # the read is done; now the old session ends, c2 takes over
+                old_session.close()
+                record = successor.create("svc/leader", "c2", new_session)
+                assert record is not None
+                replaced.append(record)
+            return result
+
+        monkeypatch.setattr(deposed, "_op", op)
+        assert deposed.delete("svc/leader", old.token) is False
+        assert replaced and successor.get("svc/leader") == replaced[0]
+        new_session.close()
+    finally:
+        deposed.close()
+        successor.close()

@@ -32,9 +32,16 @@ How the contract maps to ZooKeeper:
   changed or kazoo reported LOST); otherwise it makes one ``exists`` round trip.
 * ``create`` makes an **ephemeral** znode through the Session's client; the fencing token is its ``czxid``
   (the zxid of the creating transaction; zxids strictly increase over the ensemble's history).
-* ``delete(key, token)`` reads the znode, compares ``czxid`` with ``token`` and deletes with the znode's data
-  version. ZooKeeper cannot compare a czxid atomically, so a delete *and* re-create of the key by someone else
-  between those two steps would go unnoticed; the election never does that (only an owner deletes its own key).
+* ``delete(key, token)`` reads the znode and compares ``czxid`` with ``token``. ZooKeeper cannot compare a
+  czxid atomically, and the data version it can compare starts at 0 in every new znode, so a delete sent by
+  version through any connection may remove a *later* znode of the same key (found by the fault soak: a
+  deposed leader's delayed delete removed its successor's key, and a third candidate took over while the
+  successor still led). So an ephemeral key is deleted only through the connection of the Session of this
+  Discovery that owns it, while that session is alive: ZooKeeper runs one session's requests in order and
+  refuses them once the session ended, and the session's own ephemeral cannot be replaced while it lives.
+  An ephemeral key owned by any other session (or by a Session already closed or expired here) is left to
+  that session's end: ``delete`` returns False. A persistent key is deleted by version through the shared
+  connection, with the gap above (a delete and re-create between the read and the delete goes unnoticed).
 * Reads, watches, ``delete``, ``list`` and ``put`` without a session use one shared KazooClient per Discovery.
   Watches are ZooKeeper ``exists`` watches (they fire on create, delete and data change); kazoo re-registers
   them after a reconnect, so changes made while disconnected fire then; if that client's session expires,
@@ -245,6 +252,7 @@ class _ZkSession(Session):
         self.id = f"{self.sid:x}"
         with self._lock:
             self._deadline = sent + self.ttl
+        self._d._own(self)
         self._guard = threading.Thread(target=self._guard_main, name=f"swarmha-zk-session[{self.id}]", daemon=True)
         self._guard.start()
 
@@ -280,9 +288,15 @@ class _ZkSession(Session):
             self.check()
             self._deadline = max(self._deadline, sent + self.ttl)
 
+    @property
+    def alive(self) -> bool:
+        """Not closed, not expired here, and not reported lost by kazoo."""
+        return not (self._closed or self._expired or self.conn.lost)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
+        self._d._disown(self)
         self._wake.set()
         if self._guard is not None and self._guard is not threading.current_thread():
             self._guard.join(30.0)
@@ -383,6 +397,7 @@ class ZooKeeperDiscovery(Discovery):
         self._closed = False
         self._reads: dict[str, tuple[Record, int]] = {}  # path -> (record, mzxid) of the last read
         self._watches: weakref.WeakSet[_ZkWatch] = weakref.WeakSet()
+        self._owned: dict[int, _ZkSession] = {}  # session id -> this Discovery's active Session (see delete)
         self._spare: _ZkSession | None = None  # a prepared session (see prepare_session)
         self._shared = _Conn(self, min(SHARED_SESSION_TIMEOUT, self.timeout), "shared", sticky=False)
         self._shared.on_revived = self._rearm_watches
@@ -444,6 +459,15 @@ class ZooKeeperDiscovery(Discovery):
         if known is not None and known[0].token == stat.czxid and known[1] == stat.mzxid:
             return known[0]
         return self._read(path)
+
+    def _own(self, session: _ZkSession) -> None:
+        with self._lock:
+            self._owned[session.sid] = session
+
+    def _disown(self, session: _ZkSession) -> None:
+        with self._lock:
+            if self._owned.get(session.sid) is session:
+                del self._owned[session.sid]
 
     def _rearm_watches(self) -> None:
         """Wake every open watch so it re-arms on the shared client (after that client was started again)."""
@@ -575,14 +599,27 @@ class ZooKeeperDiscovery(Discovery):
         return self._read(self._path(key))
 
     def delete(self, key: str, token: int) -> bool:
-        """Delete ``key`` if its czxid equals ``token`` (see the module docstring for the one gap)."""
+        """Delete ``key`` if its czxid equals ``token``; an ephemeral key only through its owning Session's own
+        connection while that Session lives (see the module docstring: versions cannot tell znodes apart)."""
         path = self._path(key)
         try:
             _, stat = self._op(self._shared, "delete", lambda c: c.get_async(path))
             if int(stat.czxid) != token:
                 return False
-            self._op(self._shared, "delete", lambda c: c.delete_async(path, version=stat.version))
-        except (NoNodeError, BadVersionError, NotEmptyError):
+            owner = int(stat.ephemeralOwner)
+            if owner:
+                with self._lock:
+                    session = self._owned.get(owner)
+                if session is None or not session.alive:
+                    return False  # another session's key, or ours already ended: it goes with that session
+                # In order behind everything this session sent; refused by the server once the session ended.
+                _, stat = self._op(session.conn, "delete", lambda c: c.get_async(path), session=session)
+                if int(stat.czxid) != token or int(stat.ephemeralOwner) != owner:
+                    return False
+                self._op(session.conn, "delete", lambda c: c.delete_async(path, version=stat.version), session=session)
+            else:
+                self._op(self._shared, "delete", lambda c: c.delete_async(path, version=stat.version))
+        except (NoNodeError, BadVersionError, NotEmptyError, SessionExpired):
             return False
         self._remember(path, None, None)
         return True
