@@ -607,6 +607,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS)
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=BACKENDS)
     parser.add_argument("--systems", nargs="+", choices=["swarmha", *PEERS], default=["swarmha", *PEERS])
+    parser.add_argument("--zk-query", default="", help="query string for swarmha's zk:// URLs, e.g. prepare=0")
     parser.add_argument("--out", default="docs", help="directory (or .md file) for the report (default docs)")
     args = parser.parse_args(argv)
     command = "python -m benchmarks election " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -632,7 +633,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     need = set(args.backends)
     need |= {backend_of(s) for s in args.systems if backend_of(s)} & set(BACKENDS)
-    with Stores(sorted(need)) as stores:
+    with Stores(sorted(need), args.zk_query) as stores:
         pairs = [(s, b) for s in args.systems for b in args.backends if backend_of(s) in ("", b)]
         if "handover" in args.parts:
             results["handover"] = {}

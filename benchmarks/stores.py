@@ -89,8 +89,9 @@ def _cpu_seconds(pid: int) -> float:
 class Stores:
     """Starts the stores named in ``backends``; ``url(backend, prefix)`` gives a swarmha discovery URL."""
 
-    def __init__(self, backends: list[str]) -> None:
+    def __init__(self, backends: list[str], zk_query: str = "") -> None:
         self.backends = backends
+        self.zk_query = zk_query  # appended to swarmha's zk:// URLs, e.g. "prepare=0"
         self.tmp = Path(tempfile.mkdtemp(prefix="swarmha-bench-"))
         self.etcd: Cluster | None = None
         self.zk: Cluster | None = None
@@ -137,7 +138,7 @@ class Stores:
             return f"etcd://{self.etcd.hosts}/{prefix}"
         if backend == "zk":
             assert self.zk is not None
-            return f"zk://{self.zk.hosts}/{prefix}"
+            return f"zk://{self.zk.hosts}/{prefix}" + (f"?{self.zk_query}" if self.zk_query else "")
         if backend == "consul":
             assert self.consul is not None
             return self.consul.url(prefix, session_ttl_min="1ms")
