@@ -1,26 +1,29 @@
-"""A small asyncio HTTP/1.1 server with the one extra a Docker API front needs: hijacking.
+"""A small asyncio HTTP/1.1 server on h11, with the one extra a Docker API front needs: hijacking.
+
+h11 does the HTTP/1.1 framing both ways (request heads and bodies in, response framing out): this server
+reads requests from untrusted clients, and malformed input and request smuggling are what h11 is for.
 
 Guarantees:
 
 * Every request is handed to the handler on its own (keep-alive connections are parsed request by request,
   so a replica decides per request whether to answer or forward).
-* Malformed HTTP (bad request line, header without a colon, obsolete line folding, a bad or doubled
-  Content-Length, Content-Length with Transfer-Encoding, a transfer coding other than chunked, no Host on
-  HTTP/1.1), a request head larger than :data:`MAX_HEAD` bytes, or a head not complete within
-  :data:`HEAD_TIMEOUT` seconds of its first byte gets ``400 {"message": ...}`` and the connection is closed;
-  the server keeps serving others. A handler that raises gets a 500 JSON error if no response was started,
-  else the connection is closed.
+* Whatever h11 rejects (a bad request line or header line, a bad or conflicting Content-Length, a transfer
+  coding other than chunked, a missing or doubled Host on HTTP/1.1, bad chunk framing, ...), a request head
+  larger than :data:`MAX_HEAD` bytes, or a head not complete within :data:`HEAD_TIMEOUT` seconds of its first
+  byte gets ``400 {"message": ...}`` and the connection is closed; the server keeps serving others. On top of
+  h11 one check (:func:`_check_framing`) refuses Transfer-Encoding together with Content-Length, and
+  Transfer-Encoding on HTTP/1.0 (RFC 9112 §6.1: both are smuggling vectors; h11 would use the chunked
+  framing and keep the connection open). A handler that raises gets a 500 JSON error if no response was
+  started, else the connection is closed.
 * A request that asks for ``Connection: Upgrade`` can be switched with :meth:`Exchange.switch`, which sends the
-  101 and returns the raw byte stream (including bytes the client sent early) for splicing.
-* Responses are framed by their headers: ``Content-Length`` as given, otherwise chunked (HTTP/1.1 clients) or
-  delimited by closing (HTTP/1.0). A whole response (:meth:`Exchange.complete`) is one write; each streamed
-  chunk is written at once (asyncio sets TCP_NODELAY on its TCP sockets, so nothing waits for an ACK).
+  101 and returns the raw byte stream (including bytes the client sent early: h11's ``trailing_data``) for
+  splicing.
+* Responses are framed by h11 from their headers: ``Content-Length`` as given, otherwise chunked (HTTP/1.1
+  clients) or delimited by closing (HTTP/1.0). A whole response (:meth:`Exchange.complete`) is one write (h11's
+  head, body and end bytes concatenated); each streamed chunk is written at once (asyncio sets TCP_NODELAY on
+  its TCP sockets, so nothing waits for an ACK).
 * :meth:`Server.close` stops accepting at once; :meth:`Server.drain` waits (bounded) for in-flight exchanges,
   then cancels what is left. Idle keep-alive connections are closed at once on close.
-
-The parser is written for this server (it replaced h11, whose per-request cost was most of a hop's budget);
-it accepts what h11 accepted for the Docker API's requests and is strict where request smuggling lives
-(framing headers).
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ import contextlib
 import http
 import json
 import logging
-import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import h11
 
 __all__ = ["HEAD_TIMEOUT", "MAX_HEAD", "BadRequest", "ClientGone", "Exchange", "Handler", "Server", "strip_version"]
 
@@ -50,9 +54,6 @@ READ_SIZE = 64 * 1024
 
 Handler = Callable[["Exchange"], Awaitable[None]]
 
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+")
-_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -73,48 +74,46 @@ class BadRequest(Exception):
     """The client sent something that is not an acceptable HTTP/1.1 request (answered with 400)."""
 
 
-class _Request:
-    __slots__ = ("headers", "method", "target", "version")
+def _check_framing(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> tuple[bool, int]:
+    """The request body's framing, (chunked, length), after h11 validated it; BadRequest where h11 is lenient.
 
-    def __init__(self, method: bytes, target: bytes, version: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers
-
-
-def _parse_head(raw: bytes) -> _Request:
-    """Parse a request head (without the final blank line)."""
-    lines = raw.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3:
-        raise BadRequest("malformed request line")
-    method, target, version = parts
-    if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
-        raise BadRequest("malformed request line")
-    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise BadRequest(f"unsupported HTTP version {version[:20]!r}")
-    headers = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.fullmatch(name):
-            raise BadRequest("malformed header line" if line[:1] not in (b" ", b"\t") else "obsolete line folding")
-        value = value.strip(b" \t")
-        if _VALUE_BAD.search(value):
-            raise BadRequest("illegal character in a header value")
-        headers.append((name, value))
-    return _Request(method, target, version[5:], headers)
+    h11 accepts Transfer-Encoding with Content-Length (it uses the chunked framing and ignores the length) and
+    Transfer-Encoding on HTTP/1.0. RFC 9112 §6.1 allows rejecting the first and requires treating the second as
+    faulty framing, and requires closing the connection after either (h11 would keep it open): both are how
+    request smuggling desynchronises two parsers, so both get 400 here. The rest (one chunked coding only,
+    numeric and non-conflicting Content-Length, Host) is h11's.
+    """
+    chunked = False
+    length: int | None = None
+    for name, value in headers:
+        key = name.lower()
+        if key == b"transfer-encoding":
+            chunked = True
+        elif key == b"content-length" and length is None:  # h11 checked: digits, all values equal
+            length = int(next(v for v in value.split(b",") if v.strip()))
+    if chunked and length is not None:
+        raise BadRequest("both Transfer-Encoding and Content-Length")
+    if chunked and request.http_version < b"1.1":
+        raise BadRequest("Transfer-Encoding on an HTTP/1.0 request")
+    return chunked, length or 0
 
 
 class Exchange:
     """One request and the means to answer it (or to switch protocols and get the raw stream)."""
 
-    def __init__(self, conn: _Conn, request: _Request) -> None:
+    def __init__(self, conn: _Conn, request: h11.Request) -> None:
         self._conn = conn
         self.method: str = request.method.decode("ascii", "replace").upper()
         self.target: str = request.target.decode("latin-1")
-        self.http_version: bytes = request.version
-        self.headers: list[tuple[bytes, bytes]] = request.headers
+        self.http_version: bytes = request.http_version
+        self.headers: list[tuple[bytes, bytes]] = request.headers.raw_items()
+        if len(request.target) + sum(len(n) + len(v) + 4 for n, v in self.headers) > MAX_HEAD:
+            raise BadRequest(f"request head larger than {MAX_HEAD} bytes")
+        chunked, length = _check_framing(request, self.headers)
+        #: True when the body is chunked (its length is not known in advance).
+        self.chunked: bool = chunked
+        #: The declared body length (0 for none or for a chunked body).
+        self.content_length: int = length
         parts = urlsplit(self.target)
         #: Path without the ``/vX.Y`` API version prefix.
         self.path: str = strip_version(parts.path)
@@ -123,28 +122,15 @@ class Exchange:
         self.upgrade: bool = self._wants_upgrade()
         self.started = False
         self.finished = False
-        self._framing = ""  # the response's: "length", "chunked", "close" or "none"
-        self._body_kind, self._body_left = self._request_framing()
-        self._body_done = self._body_kind == "none"
+        self._no_body = False  # the response's: HEAD, 204, 304
+        self._body_done = False
+        if not chunked and not length:  # h11 has the EndOfMessage ready: take it now
+            self._body_done = True
+            if type(conn.h11.next_event()) is not h11.EndOfMessage:
+                raise BadRequest("request without a body not followed by its end")
 
     def _wants_upgrade(self) -> bool:
         return any(n.lower() == b"upgrade" for n, _ in self.headers) and "upgrade" in self.header("connection").lower()
-
-    def _request_framing(self) -> tuple[str, int]:
-        te = [v for n, v in self.headers if n.lower() == b"transfer-encoding"]
-        cl = {v for n, v in self.headers if n.lower() == b"content-length"}
-        if te:
-            if cl:
-                raise BadRequest("both Transfer-Encoding and Content-Length")
-            if len(te) != 1 or te[0].lower() != b"chunked":
-                raise BadRequest("unsupported transfer coding (only chunked)")
-            return "chunked", 0
-        if cl:
-            if len(cl) != 1 or not next(iter(cl)).isdigit():
-                raise BadRequest("invalid Content-Length")
-            length = int(next(iter(cl)))
-            return ("length", length) if length else ("none", 0)
-        return "none", 0
 
     @property
     def query(self) -> dict[str, list[str]]:
@@ -170,38 +156,20 @@ class Exchange:
 
     @property
     def has_body(self) -> bool:
-        return self._body_kind != "none"
+        return self.chunked or self.content_length > 0
 
     async def body_chunks(self) -> AsyncIterator[bytes]:
         """The request body as it arrives (empty for a body already read)."""
         conn = self._conn
-        try:
-            while not self._body_done:
-                if self._body_kind == "length":
-                    data = await conn.take_some(self._body_left)
-                    self._body_left -= len(data)
-                    self._body_done = not self._body_left
-                    yield data
-                else:
-                    line = await conn.take_line()
-                    try:
-                        size = int(line.split(b";", 1)[0].strip(), 16)
-                    except ValueError:
-                        raise BadRequest("malformed chunk size") from None
-                    if size == 0:
-                        while await conn.take_line():  # trailers, dropped
-                            pass
-                        self._body_done = True
-                        return
-                    while size:
-                        data = await conn.take_some(size)
-                        size -= len(data)
-                        yield data
-                    if await conn.take_line():
-                        raise BadRequest("chunk not followed by CRLF")
-        except BadRequest:
-            conn.keep_alive = False
-            raise
+        while not self._body_done:
+            event = await conn.next_event()
+            if type(event) is h11.Data:
+                if event.data:
+                    yield bytes(event.data)
+            elif type(event) is h11.EndOfMessage:
+                self._body_done = True
+            else:
+                raise ClientGone(f"unexpected {event!r} while reading the request body")
 
     async def body(self, limit: int = 64 * 1024 * 1024) -> bytes:
         """The whole request body; raises ValueError when it is larger than ``limit`` bytes."""
@@ -219,50 +187,22 @@ class Exchange:
             async for _ in self.body_chunks():
                 pass
 
-    def _head(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes, length: int | None) -> bytes:
-        """The response head; decides the framing. ``length``: add a Content-Length if the headers lack one."""
-        conn = self._conn
-        names = {n.lower() for n, _ in headers}
-        out = list(headers)
-        if b"connection" in names and any(n.lower() == b"connection" and b"close" in v.lower() for n, v in headers):
-            conn.keep_alive = False
-        if self.method == "HEAD" or status in _NO_BODY_STATUS or status < 200:
-            self._framing = "none"
-        elif b"content-length" in names:
-            self._framing = "length"
-        elif length is not None:
-            self._framing = "length"
-            out.append((b"content-length", str(length).encode()))
-        elif self.http_version == b"1.1":
-            self._framing = "chunked"
-            if b"transfer-encoding" not in names:
-                out.append((b"transfer-encoding", b"chunked"))
-        else:
-            self._framing = "close"
-            conn.keep_alive = False
-            out = [(n, v) for n, v in out if n.lower() != b"transfer-encoding"]
-        if not conn.keep_alive and b"connection" not in names and status >= 200:
-            out.append((b"connection", b"close"))
-        if self.http_version == b"1.0" and conn.keep_alive and b"connection" not in names:
-            out.append((b"connection", b"keep-alive"))
-        phrase = reason or _reason(status)
-        lines = [b"HTTP/1.1 %d %s" % (status, phrase)]
-        lines += [n + b": " + v for n, v in out]
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+    def _response(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes) -> h11.Response:
+        self._no_body = self.method == "HEAD" or status in _NO_BODY_STATUS
+        return h11.Response(status_code=status, headers=headers, reason=reason or _reason(status))
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes = b"") -> None:
         """Send the response head; the body follows with :meth:`send` and :meth:`end`."""
         await self._drain_body()
         self.started = True
-        await self._conn.write(self._head(status, headers, reason, None))
+        await self._conn.write(self._conn.send(self._response(status, headers, reason)))
 
     async def send(self, data: bytes) -> None:
-        if data and self._framing != "none":
-            await self._conn.write(b"%x\r\n%b\r\n" % (len(data), data) if self._framing == "chunked" else data)
+        if data and not self._no_body:
+            await self._conn.write(self._conn.send(h11.Data(data=data)))
 
     async def end(self) -> None:
-        if self._framing == "chunked":
-            await self._conn.write(b"0\r\n\r\n")
+        await self._conn.write(self._conn.send(h11.EndOfMessage()))
         self.finished = True
 
     async def complete(
@@ -271,19 +211,22 @@ class Exchange:
         """A whole response (head, body, end) written at once: one write, one packet for small answers."""
         await self._drain_body()
         self.started = True
-        head = self._head(status, headers, reason, len(body))
-        if self._framing == "none":
-            body = b""
-        elif self._framing == "chunked":
-            body = (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
-        await self._conn.write(head + body)
+        conn = self._conn
+        no_body = self.method == "HEAD" or status in _NO_BODY_STATUS
+        if not no_body and not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers):
+            headers = [*headers, (b"content-length", b"%d" % len(body))]
+        data = conn.send(self._response(status, headers, reason))
+        if body and not self._no_body:
+            data += conn.send(h11.Data(data=body))
+        data += conn.send(h11.EndOfMessage())
+        await conn.write(data)
         self.finished = True
 
     async def respond(
         self, status: int, body: bytes = b"", content_type: str = "text/plain; charset=utf-8", extra: Any = ()
     ) -> None:
         """A complete response with a fixed body."""
-        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        headers = [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))]
         headers += [
             (k.encode() if isinstance(k, str) else k, v.encode() if isinstance(v, str) else v) for k, v in extra
         ]
@@ -302,13 +245,12 @@ class Exchange:
         """Answer 101 and hand over the raw connection: (reader, writer, bytes already received)."""
         await self._drain_body()
         self.started = True
-        lines = [b"HTTP/1.1 101 " + (reason or b"Switching Protocols")] + [n + b": " + v for n, v in headers]
-        await self._conn.write(b"\r\n".join(lines) + b"\r\n\r\n")
-        self.finished = True
         conn = self._conn
+        await conn.write(conn.send(h11.InformationalResponse(status_code=101, headers=headers, reason=reason)))
+        self.finished = True
         conn.switched = True
-        early, conn.buf = bytes(conn.buf), bytearray()
-        return conn.reader, conn.writer, early
+        early, _closed = conn.h11.trailing_data
+        return conn.reader, conn.writer, bytes(early)
 
     async def client_closed(self) -> None:
         """Return when the client closes its side (used to stop streaming to a client that left).
@@ -326,21 +268,20 @@ def _reason(status: int) -> bytes:
 
 
 class _Conn:
-    """One client connection: the socket and the bytes received but not consumed yet."""
+    """One client connection: the socket and its h11 state machine."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.buf = bytearray()
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.switched = False
         self.eof = False
-        self.keep_alive = True
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._reading: asyncio.Lock = asyncio.Lock()
 
     async def _read(self, timeout: float | None = None) -> None:
-        """Append what arrives to ``buf``; sets ``eof`` at the end of the stream (TimeoutError after ``timeout``)."""
+        """Feed what arrives to h11 (b"" at the end of the stream; TimeoutError after ``timeout``)."""
         async with self._reading:
             if self.eof:
                 return
@@ -349,70 +290,70 @@ class _Conn:
                     data = await self.reader.read(READ_SIZE)
             except (ConnectionError, ssl.SSLError, OSError):
                 data = b""
-            if data:
-                self.buf += data
-            else:
+            if not data:
                 self.eof = True
+            elif data[0] in b"\r\n" and self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
+                # empty lines before a request line are ignored (RFC 9112 §2.2); h11 would reject them
+                data = data.lstrip(b"\r\n")
+                if not data:
+                    return
+            self.h11.receive_data(data)
 
-    async def read_request(self) -> _Request | None:
-        """The next request head; None when the client closed cleanly between requests."""
-        while self.buf[:2] == b"\r\n":  # stray CRLFs between requests are allowed
-            del self.buf[:2]
-        if not self.buf:
-            await self._read(IDLE_TIMEOUT)
-            if not self.buf:
-                return None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + HEAD_TIMEOUT
-        searched = 0
+    async def next_event(self) -> Any:
+        """The next h11 event, reading as needed; BadRequest for what h11 rejects, ClientGone at a cut."""
+        h = self.h11
         while True:
-            end = self.buf.find(b"\r\n\r\n", max(0, searched - 3))
-            if end >= 0:
-                break
-            searched = len(self.buf)
-            if searched > MAX_HEAD:
-                raise BadRequest(f"request head larger than {MAX_HEAD} bytes")
-            if self.eof:
-                raise BadRequest("connection closed inside a request head")
-            await self._read(max(0.0, deadline - loop.time()))
-        if end > MAX_HEAD:
-            raise BadRequest(f"request head larger than {MAX_HEAD} bytes")
-        raw = bytes(self.buf[:end]).lstrip(b"\r\n")
-        del self.buf[: end + 4]
-        request = _parse_head(raw)
-        if request.version == b"1.1" and not any(n.lower() == b"host" for n, _ in request.headers):
-            raise BadRequest("missing Host header")
-        conn = b",".join(v for n, v in request.headers if n.lower() == b"connection").lower()
-        self.keep_alive = b"close" not in conn if request.version == b"1.1" else b"keep-alive" in conn
-        return request
-
-    async def take_some(self, most: int) -> bytes:
-        """Up to ``most`` bytes (at least one); ClientGone at the end of the stream."""
-        while not self.buf:
-            if self.eof:
-                raise ClientGone("client closed the connection inside a request body")
+            try:
+                event = h.next_event()
+            except h11.RemoteProtocolError as e:
+                if self.eof:
+                    raise ClientGone(f"client closed the connection inside a request: {e}") from e
+                raise BadRequest(str(e) or "malformed request") from e
+            if event is not h11.NEED_DATA:
+                return event
             await self._read()
-        data = bytes(self.buf[:most])
-        del self.buf[:most]
-        return data
 
-    async def take_line(self) -> bytes:
-        """One CRLF-terminated line, without the CRLF (BadRequest when it grows past MAX_HEAD)."""
-        while (i := self.buf.find(b"\r\n")) < 0:
-            if len(self.buf) > MAX_HEAD:
-                raise BadRequest("chunk header line too long")
-            if self.eof:
-                raise ClientGone("client closed the connection inside a request body")
-            await self._read()
-        line = bytes(self.buf[:i])
-        del self.buf[: i + 2]
-        return line
+    async def read_request(self) -> h11.Request | None:
+        """The next request head; None when the client closed (or stayed idle too long) between requests."""
+        h = self.h11
+        try:
+            event = h.next_event()
+            if event is h11.NEED_DATA:
+                while event is h11.NEED_DATA and not h.trailing_data[0]:  # idle: nothing of a request yet
+                    try:
+                        await self._read(IDLE_TIMEOUT)
+                    except TimeoutError:
+                        return None
+                    event = h.next_event()
+                if event is h11.NEED_DATA:  # a head has begun: HEAD_TIMEOUT from here
+                    try:
+                        async with asyncio.timeout(HEAD_TIMEOUT):
+                            while event is h11.NEED_DATA:
+                                await self._read()
+                                event = h.next_event()
+                    except TimeoutError:
+                        raise BadRequest("request head not received in time") from None
+        except h11.RemoteProtocolError as e:
+            raise BadRequest(str(e) or "malformed request") from e
+        if type(event) is h11.Request:
+            return event
+        return None  # ConnectionClosed
 
     async def wait_closed_by_peer(self) -> None:
         while not self.eof:
             await self._read(None)
+        # the EOF is left for the next next_event() to notice
+
+    def send(self, event: Any) -> bytes:
+        """h11's bytes for ``event``; ClientGone if h11 refuses it (the connection cannot go on)."""
+        try:
+            return self.h11.send(event) or b""
+        except h11.LocalProtocolError as e:
+            raise ClientGone(f"cannot send this response: {e}") from e
 
     async def write(self, data: bytes) -> None:
+        if not data:
+            return
         try:
             self.writer.write(data)
             await self.writer.drain()
@@ -477,6 +418,7 @@ class Server:
                 writer.close()
 
     async def _serve(self, conn: _Conn, task: asyncio.Task[None]) -> None:
+        h = conn.h11
         while not self._closing:
             self._idle.add(task)
             try:
@@ -484,10 +426,6 @@ class Server:
                 exchange = Exchange(conn, request) if request is not None else None
             except BadRequest as e:
                 await self._bad_request(conn, str(e))
-                return
-            except TimeoutError:
-                if conn.buf:
-                    await self._bad_request(conn, "request head not received in time")
                 return
             finally:
                 self._idle.discard(task)
@@ -512,10 +450,12 @@ class Server:
                 return
             finally:
                 self._busy.discard(task)
-            if conn.switched or not conn.keep_alive or not exchange.finished or not exchange._body_done:
-                return
+            if conn.switched or h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+                return  # switched, closing (MUST_CLOSE), or the exchange did not finish
+            h.start_next_cycle()
 
     async def _bad_request(self, conn: _Conn, message: str) -> None:
+        """400 and close (raw bytes: h11 may be in its ERROR state by now)."""
         body = json.dumps({"message": f"bad request: {message}"}).encode() + b"\n"
         head = (
             b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"

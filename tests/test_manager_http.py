@@ -1,0 +1,170 @@
+"""The manager's HTTP/1.1 front (h11 underneath): 400 for malformed and smuggling-style framing, the rest served.
+
+In-process: :class:`swarmha.manager.http.Server` on loopback, raw sockets as clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from swarmha.manager import http as front
+from swarmha.manager.http import Exchange, Server
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _handle(ex: Exchange) -> None:
+    if ex.path == "/switch":
+        _reader, writer, early = await ex.switch([(b"connection", b"Upgrade"), (b"upgrade", b"tcp")])
+        writer.write(b"early:" + early)
+        await writer.drain()
+        writer.close()
+        return
+    body = await ex.body()
+    if ex.path == "/stream":
+        await ex.start(200, [(b"content-type", b"text/plain")])
+        for part in (b"a", b"bc"):
+            await ex.send(part)
+        await ex.end()
+        return
+    await ex.json(200, {"method": ex.method, "path": ex.path, "body": body.decode(), "x": ex.header("x-a")})
+
+
+def serve(client: Callable[[int], Any]) -> Any:
+    """Run the front with the echo handler and ``client(port)`` in a thread; return what the client returns."""
+
+    async def main() -> Any:
+        server = Server(_handle)
+        port = (await server.listen("127.0.0.1", 0))[0][1]
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(client, port), 30)
+        finally:
+            server.close()
+            await server.drain(1)
+
+    return asyncio.run(main())
+
+
+def exchange(payload: bytes) -> Callable[[int], bytes]:
+    """Send ``payload``, half-close, read everything the server sends until it closes.
+
+    A server that closes with request bytes unread resets the connection: what arrived before counts.
+    """
+
+    def client(port: int) -> bytes:
+        out = b""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            try:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+                while data := s.recv(65536):
+                    out += data
+            except ConnectionResetError:
+                pass
+        return out
+
+    return client
+
+
+H = b"Host: x\r\n"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # framing: what request smuggling is made of
+        b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n",
+        b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"POST / HTTP/1.1\r\n" + H + b"Content-Length: +1\r\n\r\na",
+        b"POST / HTTP/1.1\r\n" + H + b"Content-Length: nope\r\n\r\n",
+        b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nz\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n1\r\nzX0\r\n\r\n",
+        # heads
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        b"GET / HTTP/1.1\r\n" + H + b"X-A: a\rb\r\n\r\n",
+        b"GET / HTTP/1.1\r\n" + H + b"X-A: a\x00b\r\n\r\n",
+        b"GET /a b HTTP/1.1\r\n" + H + b"\r\n",
+        b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n",  # complete, but over MAX_HEAD
+        b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 200_000,  # never complete
+        b"GET / HTTP/1.1\r\n" + H,  # cut inside the head
+    ],
+    ids=lambda p: repr(p[:48])[2:-1],
+)
+def test_malformed_or_ambiguous_requests_get_400_and_a_close(payload: bytes) -> None:
+    out = serve(exchange(payload))
+    assert out.startswith(b"HTTP/1.1 400 "), (payload[:60], out[:200])
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower()
+    assert json.loads(body)["message"].startswith("bad request: ")
+
+
+def _responses(out: bytes) -> list[dict[str, Any]]:
+    bodies = []
+    while out:
+        head, _, rest = out.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-l")))
+        bodies.append(json.loads(rest[:length]))
+        out = rest[length:]
+    return bodies
+
+
+def test_pipelined_keep_alive_requests_are_answered_one_by_one_in_order() -> None:
+    payload = (
+        b"\r\nGET /v1.41/one HTTP/1.1\r\n" + H + b"\r\n"  # an empty line before a request line is ignored
+        b"POST /two HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nT: x\r\n\r\n"
+        b"POST /three HTTP/1.1\r\n" + H + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\nde"
+        b"GET /four HTTP/1.1\r\n" + H + b"X-A: a\r\n b\r\n\r\n"  # obsolete folding: h11 unfolds it (RFC 9112 5.2)
+    )
+    got = _responses(serve(exchange(payload)))
+    assert [(r["path"], r["body"]) for r in got] == [("/one", ""), ("/two", "abc"), ("/three", "de"), ("/four", "")]
+    assert got[3]["x"] == "a b"
+
+
+def test_streamed_responses_are_chunked_for_http11_and_close_delimited_for_http10() -> None:
+    out = serve(exchange(b"GET /stream HTTP/1.1\r\n" + H + b"\r\n"))
+    assert out.lower().endswith(b"transfer-encoding: chunked\r\n\r\n1\r\na\r\n2\r\nbc\r\n0\r\n\r\n")
+    out = serve(exchange(b"GET /stream HTTP/1.0\r\n\r\n"))
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert (b"connection: close" in head.lower(), b"transfer-encoding" in head.lower(), body) == (True, False, b"abc")
+
+
+def test_head_gets_the_headers_without_a_body() -> None:
+    out = serve(exchange(b"HEAD /x HTTP/1.1\r\n" + H + b"\r\nGET /y HTTP/1.1\r\n" + H + b"\r\n"))
+    first, _, rest = out.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 OK") and b"content-length" in first.lower()
+    assert rest.startswith(b"HTTP/1.1 200 OK")  # no body bytes in between
+    assert _responses(rest)[0]["path"] == "/y"
+
+
+def test_switch_answers_101_and_hands_over_the_bytes_sent_early() -> None:
+    upgrade = b"Connection: Upgrade\r\nUpgrade: tcp\r\n"
+    payload = b"POST /switch HTTP/1.1\r\n" + H + upgrade + b"Content-Length: 2\r\n\r\n{}raw"
+    out = serve(exchange(payload))
+    head, _, rest = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 UPGRADED")
+    assert rest == b"early:raw"
+
+
+def test_a_head_not_complete_in_time_gets_400(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(front, "HEAD_TIMEOUT", 0.3)
+
+    def client(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\n")
+            return s.recv(4096)
+
+    assert serve(client).startswith(b"HTTP/1.1 400 ")
