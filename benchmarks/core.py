@@ -155,7 +155,7 @@ def main() -> None:
         "",
         "| idle cost (leader + waiting candidate + follower in one process) | CPU, share of one core |",
         "|---|---|",
-        f"| sqlite (inotify wake-up, 0.1 s safety poll) | {idle_sql['cpu_share'] * 100:.2f} % |",
+        f"| sqlite (inotify wake-up on key changes, 1 s safety poll) | {idle_sql['cpu_share'] * 100:.2f} % |",
         f"| memory | {idle_mem['cpu_share'] * 100:.2f} % |",
     ]
     table = "\n".join(lines)

@@ -9,14 +9,14 @@ Several processes on one host elect a leader through one file. What makes that s
   a reboot drops every session of the previous boot (their clock readings mean nothing any more).
 * A key bound to an expired session is invisible to every read at once, before any write purges it; the
   next write transaction purges it. So expiry needs no reaper process.
-* Change detection: every committed write touches a companion file ``<db>-notify``; on Linux one thread
-  per :class:`SqliteDiscovery` waits on it with inotify while at least one watch is open, checks
-  ``PRAGMA data_version`` (a shared-memory read) and wakes the watches. The touch comes after the commit,
-  so the change is visible when the event arrives: a graceful handover is noticed within a millisecond or
-  so, with no periodic work. ``data_version`` is also polled every ``poll`` seconds as a safety net
-  (default 0.1 s with inotify, 5 ms without it, e.g. off Linux). A watch also wakes by itself at the
-  expiry of the session that holds its key, so a crash is noticed at the expiry, not a poll later.
-  No fixed sleep decides failover time. With no watch open, no thread runs.
+* Change detection: triggers count every change to a key in ``meta.kv_version``, and every commit that
+  changed a key touches a companion file ``<db>-notify`` after the commit. One thread per process and file
+  (shared by every :class:`SqliteDiscovery` on it) waits on that file with inotify while at least one watch
+  is open, reads ``kv_version`` and wakes the watches when it moved. So a graceful handover is noticed
+  within a millisecond or so, and a session renewal (no key changed) wakes nobody. ``kv_version`` is also
+  read every ``poll`` seconds as a safety net (default 1 s with inotify, 5 ms without it, e.g. off Linux).
+  A watch also wakes by itself at the expiry of the session that holds its key, so a crash is noticed at
+  the expiry, not a poll later. No fixed sleep decides failover time. With no watch open, no thread runs.
 
 Paths: ``sqlite:///var/lib/x.db`` is absolute, ``sqlite://x.db`` relative to the working directory.
 The directory must exist; the file is created on first use. ``timeout`` (default 5 s) bounds how long one
@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -45,17 +46,18 @@ from swarmha.errors import DiscoveryError, DiscoveryUnavailable, InvalidDiscover
 
 __all__ = ["SqliteDiscovery"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, ttl REAL NOT NULL, expires REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS kv (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL,
-    token INTEGER NOT NULL,
-    session TEXT
-);
-CREATE INDEX IF NOT EXISTS kv_session ON kv (session);
-"""
+_BUMP = "BEGIN UPDATE meta SET value = value + 1 WHERE name = 'kv_version'; END"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, ttl REAL NOT NULL, expires REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, token INTEGER NOT NULL, session TEXT)",
+    "CREATE INDEX IF NOT EXISTS kv_session ON kv (session)",
+    f"CREATE TRIGGER IF NOT EXISTS kv_inserted AFTER INSERT ON kv {_BUMP}",
+    f"CREATE TRIGGER IF NOT EXISTS kv_updated AFTER UPDATE ON kv {_BUMP}",
+    f"CREATE TRIGGER IF NOT EXISTS kv_deleted AFTER DELETE ON kv {_BUMP}",
+    "INSERT OR IGNORE INTO meta (name, value) VALUES ('token', '0')",
+    "INSERT OR IGNORE INTO meta (name, value) VALUES ('kv_version', '0')",
+)
 
 # A row is live if it has no session or its session has not expired by the caller's clock reading.
 _LIVE_SELECT = """
@@ -81,6 +83,9 @@ def _float_param(url: DiscoveryURL, name: str, default: float) -> float:
     if not value > 0:
         raise InvalidDiscoveryURL(f"sqlite URL {str(url)!r}: {name}={raw!r} must be a positive number of seconds")
     return value
+
+
+_INOTIFY = sys.platform.startswith("linux")
 
 
 class _Inotify:
@@ -119,19 +124,19 @@ class _SqliteSession(Session):
         self._owner = owner
         self.ttl = ttl
         self.id = uuid.uuid4().hex
-        with owner._write() as conn:
+        with owner._write(changes_keys=False) as conn:
             conn.execute(
                 "INSERT INTO sessions (id, ttl, expires) VALUES (?, ?, ?)", (self.id, ttl, time.monotonic() + ttl)
             )
 
     def keepalive(self) -> None:
-        with self._owner._write() as conn:
+        with self._owner._write(changes_keys=False) as conn:
             cur = conn.execute("UPDATE sessions SET expires = ? WHERE id = ?", (time.monotonic() + self.ttl, self.id))
             if cur.rowcount == 0:
                 raise SessionExpired(f"session {self.id} expired")
 
     def close(self) -> None:
-        with contextlib.suppress(DiscoveryError), self._owner._write() as conn:
+        with contextlib.suppress(DiscoveryError), self._owner._write(changes_keys=True) as conn:
             conn.execute("DELETE FROM kv WHERE session = ?", (self.id,))
             conn.execute("DELETE FROM sessions WHERE id = ?", (self.id,))
 
@@ -142,17 +147,19 @@ class _SqliteWatch(Watch):
         self._key = key
         self._seen = seen
         self._closed = False
-        owner._watch_opened()
+        self._feed = owner._feed
+        self._feed.opened()
+        owner._watches.add(self)
 
     def wait(self, timeout: float | None = None) -> bool:
-        owner = self._owner
+        feed = self._feed
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with owner._changed:
-                generation = owner._generation
+            with feed.cond:
+                generation = feed.generation
                 if self._closed:
                     return False
-            current, expires = owner._read(self._key)
+            current, expires = self._owner._read(self._key)
             if current != self._seen:
                 self._seen = current
                 return True
@@ -160,17 +167,18 @@ class _SqliteWatch(Watch):
             if deadline is not None and now >= deadline:
                 return False
             wake = [t for t in (deadline, expires) if t is not None]
-            with owner._changed:
-                if owner._generation == generation and not self._closed:
-                    owner._changed.wait(max(0.0, min(wake) - now) if wake else None)
+            with feed.cond:
+                if feed.generation == generation and not self._closed:
+                    feed.cond.wait(max(0.0, min(wake) - now) if wake else None)
 
     def close(self) -> None:
-        with self._owner._changed:
+        with self._feed.cond:
             if self._closed:
                 return
             self._closed = True
-            self._owner._changed.notify_all()
-        self._owner._watch_closed()
+            self._feed.cond.notify_all()
+        self._owner._watches.discard(self)
+        self._feed.closed()
 
 
 class SqliteDiscovery(Discovery):
@@ -186,14 +194,10 @@ class SqliteDiscovery(Discovery):
         self._prefix = prefix + "/" if prefix else ""
         self._timeout = _float_param(url, "timeout", 5.0)
         self._notify_path = path + "-notify"
-        self._inotify_ok = sys.platform.startswith("linux")
-        self._poll = _float_param(url, "poll", 0.1 if self._inotify_ok else 0.005)
+        poll = _float_param(url, "poll", 1.0 if _INOTIFY else 0.005)
         self._lock = threading.Lock()
-        self._changed = threading.Condition()
-        self._generation = 0
-        self._watchers = 0
-        self._poller: threading.Thread | None = None
         self._closed = False
+        self._watches: weakref.WeakSet[_SqliteWatch] = weakref.WeakSet()
         if not Path(path).parent.is_dir():
             raise InvalidDiscoveryURL(f"sqlite URL {str(url)!r}: directory {str(Path(path).parent)!r} does not exist")
         self._conn = self._connect()
@@ -203,7 +207,7 @@ class SqliteDiscovery(Discovery):
         # process started during an outage does not die in connect().
         with contextlib.suppress(DiscoveryUnavailable):
             self._init_schema()
-        self._wake_r, self._wake_w = os.pipe()
+        self._feed = _ChangeFeed.for_file(path, poll)
 
     # -- connections and transactions ----------------------------------------------------------------
 
@@ -222,11 +226,9 @@ class SqliteDiscovery(Discovery):
             self._init_schema()
 
     def _init_schema(self) -> None:
-        with self._write(purge=False) as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('token', '0')")
+        with self._write(changes_keys=False, purge=False) as conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
             boot = _boot_id()
             row = conn.execute("SELECT value FROM meta WHERE name = 'boot_id'").fetchone()
             if row is None or row[0] != boot:
@@ -237,8 +239,12 @@ class SqliteDiscovery(Discovery):
         self._schema_ready = True
 
     @contextlib.contextmanager
-    def _write(self, purge: bool = True) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction that first purges expired sessions and their keys."""
+    def _write(self, *, changes_keys: bool, purge: bool = True) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction that first purges expired sessions and their keys.
+
+        Watchers in every process are told after the commit if keys changed (``changes_keys``, or the purge
+        removed some); a transaction that only touched sessions (a renewal) wakes nobody.
+        """
         if purge:
             self._ready()
         with self._lock:
@@ -252,8 +258,11 @@ class SqliteDiscovery(Discovery):
             try:
                 if purge:
                     now = time.monotonic()
-                    conn.execute("DELETE FROM kv WHERE session IN (SELECT id FROM sessions WHERE expires <= ?)", (now,))
+                    purged = conn.execute(
+                        "DELETE FROM kv WHERE session IN (SELECT id FROM sessions WHERE expires <= ?)", (now,)
+                    ).rowcount
                     conn.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
+                    changes_keys = changes_keys or purged > 0
                 yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -264,7 +273,8 @@ class SqliteDiscovery(Discovery):
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise DiscoveryUnavailable(f"sqlite commit to {self.path!r} failed: {e}") from e
-            self._touch_notify()
+            if changes_keys:
+                self._touch_notify()
 
     def _touch_notify(self) -> None:
         """Tell the change-detection threads of every process that a commit is visible now."""
@@ -312,7 +322,7 @@ class SqliteDiscovery(Discovery):
 
     def create(self, key: str, value: str, session: Session) -> Record | None:
         k = self._k(key)
-        with self._write() as conn:
+        with self._write(changes_keys=True) as conn:
             if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session.id,)).fetchone() is None:
                 raise SessionExpired(f"session {session.id} expired")
             if conn.execute("SELECT 1 FROM kv WHERE key = ?", (k,)).fetchone() is not None:
@@ -331,7 +341,7 @@ class SqliteDiscovery(Discovery):
     def put(self, key: str, value: str, session: Session | None = None) -> Record:
         k = self._k(key)
         sid = None if session is None else session.id
-        with self._write() as conn:
+        with self._write(changes_keys=True) as conn:
             if sid is not None and conn.execute("SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone() is None:
                 raise SessionExpired(f"session {sid} expired")
             row = conn.execute("SELECT token FROM kv WHERE key = ?", (k,)).fetchone()
@@ -346,7 +356,7 @@ class SqliteDiscovery(Discovery):
 
     def delete(self, key: str, token: int) -> bool:
         k = self._k(key)
-        with self._write() as conn:
+        with self._write(changes_keys=True) as conn:
             return conn.execute("DELETE FROM kv WHERE key = ? AND token = ?", (k, token)).rowcount > 0
 
     def list(self, prefix: str) -> Mapping[str, Record]:
@@ -365,64 +375,105 @@ class SqliteDiscovery(Discovery):
         return _SqliteWatch(self, self._k(key), seen)
 
     def close(self) -> None:
-        with self._changed:
-            self._closed = True
-            self._changed.notify_all()
-            poller = self._poller
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-        if poller is not None and poller is not threading.current_thread():
-            poller.join()
+        """Close every watch opened here (waking their waiters) and the connection. Idempotent."""
+        for watch in list(self._watches):
+            watch.close()
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             self._conn.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._feed.join_if_idle()
 
-    # -- change detection ----------------------------------------------------------------------------------
 
-    def _watch_opened(self) -> None:
-        with self._changed:
+class _ChangeFeed:
+    """Wakes the watches of every :class:`SqliteDiscovery` of this process on one file when a key changed.
+
+    One per (file, poll period), shared; its thread runs while at least one watch is open (see the module
+    docstring) and never dies of a transient error: an unreadable file counts as a change, so the watches
+    re-read and see for themselves.
+    """
+
+    _feeds: dict[tuple[str, float], _ChangeFeed] = {}
+    _feeds_lock = threading.Lock()
+
+    @classmethod
+    def for_file(cls, path: str, poll: float) -> _ChangeFeed:
+        key = (os.path.realpath(path), poll)
+        with cls._feeds_lock:
+            feed = cls._feeds.get(key)
+            if feed is None:
+                feed = cls._feeds[key] = cls(key[0], poll)
+            return feed
+
+    def __init__(self, path: str, poll: float) -> None:
+        self.path = path
+        self.notify_path = path + "-notify"
+        self.poll = poll
+        self.cond = threading.Condition()
+        self.generation = 0
+        self._watchers = 0
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+
+    def opened(self) -> None:
+        with self.cond:
             self._watchers += 1
-            if self._poller is None and not self._closed:
-                self._poller = threading.Thread(target=self._poll_loop, name="swarmha-sqlite-poller", daemon=True)
-                self._poller.start()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="swarmha-sqlite-feed", daemon=True)
+                self._thread.start()
 
-    def _watch_closed(self) -> None:
-        with self._changed:
+    def closed(self) -> None:
+        with self.cond:
             self._watchers -= 1
+            idle = self._watchers <= 0
+        if idle:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")  # let the thread notice at once
 
-    def _poll_loop(self) -> None:
-        """Wake the watches on every commit until no watch is open. Never dies of a transient error."""
+    def join_if_idle(self) -> None:
+        """Wait for the thread to end if no watch is open any more (bounded; a new watch may restart it)."""
+        with self.cond:
+            thread = self._thread if self._watchers <= 0 else None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)
+
+    def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         inotify: _Inotify | None = None
-        version = None
+        version: object = None
         try:
             while True:
-                with self._changed:
-                    if self._closed or self._watchers <= 0:
-                        self._poller = None
+                with self.cond:
+                    if self._watchers <= 0:
+                        self._thread = None
                         return
                 try:
                     if conn is None:
-                        conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
-                        Path(self._notify_path).touch(exist_ok=True)
-                        inotify = _open_inotify(self._notify_path) if self._inotify_ok else None
-                    current = conn.execute("PRAGMA data_version").fetchone()[0]
+                        conn = sqlite3.connect(self.path, isolation_level=None)
+                        Path(self.notify_path).touch(exist_ok=True)
+                        inotify = _open_inotify(self.notify_path) if _INOTIFY else None
+                    row = conn.execute("SELECT value FROM meta WHERE name = 'kv_version'").fetchone()
+                    current: object = None if row is None else row[0]
                 except (sqlite3.Error, OSError):
-                    current = None  # treated as a change below: the watches re-read and see for themselves
+                    current = None
                 if current is None or current != version:
                     version = current
-                    with self._changed:
-                        self._generation += 1
-                        self._changed.notify_all()
+                    with self.cond:
+                        self.generation += 1
+                        self.cond.notify_all()
                 waitables = [self._wake_r] + ([inotify.fd] if inotify is not None else [])
-                ready, _, _ = select.select(waitables, [], [], self._poll)
+                ready, _, _ = select.select(waitables, [], [], self.poll)
                 if inotify is not None and inotify.fd in ready:
                     inotify.drain()
+                if self._wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
         finally:
-            with self._changed:
-                if self._poller is threading.current_thread():
-                    self._poller = None
+            with self.cond:
+                if self._thread is threading.current_thread():
+                    self._thread = None
             if inotify is not None:
                 inotify.close()
             if conn is not None:
