@@ -67,7 +67,9 @@ def test_ipv6_user_password_and_params() -> None:
         ("nosuch://h1/p", "unknown scheme 'nosuch'"),
         ("sqlite://", "names no file"),
         ("sqlite:///no/such/dir/x.db", "does not exist"),
-        ("sqlite:///tmp/x.db?poll=-1", "poll='-1'"),
+        ("sqlite:///tmp/x.db?poll=-1", "poll must be seconds > 0, not '-1'"),
+        ("sqlite:///tmp/x.db?timeout=soon", "timeout must be seconds > 0, not 'soon'"),
+        ("sqlite:///tmp/x.db?prefx=a", "unknown option.*prefx.*known: poll, prefix, timeout"),
         ("memory://a,b/p", "must name one store"),
     ],
 )

@@ -9,8 +9,10 @@ Every error is an :class:`~swarmha.errors.InvalidDiscoveryURL` whose message nam
 
 from __future__ import annotations
 
+import math
 import re
 import urllib.parse
+from collections.abc import Iterable
 
 import attrs
 
@@ -45,6 +47,29 @@ class DiscoveryURL:
 
     def __str__(self) -> str:
         return _redact(self.raw)
+
+    def check_options(self, known: Iterable[str]) -> None:
+        """Refuse query options not in ``known`` (a typo must not silently turn TLS or a bound off)."""
+        allowed = set(known)
+        unknown = set(self.params) - allowed
+        if unknown:
+            raise InvalidDiscoveryURL(
+                f"{self.scheme} URL {str(self)!r} has unknown option(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(allowed)) or 'none'}"
+            )
+
+    def seconds(self, name: str, default: float) -> float:
+        """Query option ``name`` as a positive, finite number of seconds; ``default`` when absent."""
+        raw = self.params.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise InvalidDiscoveryURL(f"{self.scheme} URL {str(self)!r}: {name} must be seconds > 0, not {raw!r}")
+        return value
 
 
 def _redact(raw: str) -> str:

@@ -351,14 +351,9 @@ class EtcdDiscovery(Discovery):
             raise InvalidDiscoveryURL(f"discovery URL {str(url)!r} is not an etcd:// URL")
         if not url.hosts:
             raise InvalidDiscoveryURL(f"etcd URL {str(url)!r} names no host: etcd://host[:port][,host...]/prefix")
-        unknown = set(url.params) - _OPTIONS
-        if unknown:
-            raise InvalidDiscoveryURL(
-                f"etcd URL {str(url)!r} has unknown option(s) {', '.join(sorted(unknown))}; known: "
-                f"{', '.join(sorted(_OPTIONS))}"
-            )
+        url.check_options(_OPTIONS)
         self.url = url
-        self.timeout = self._timeout_option(url)
+        self.timeout = url.seconds("timeout", DEFAULT_TIMEOUT)
         if (url.username is None) != (url.password is None):
             raise InvalidDiscoveryURL(f"etcd URL {str(url)!r} needs both user and password (user:password@host)")
         self._user = url.username
@@ -372,16 +367,6 @@ class EtcdDiscovery(Discovery):
         self._closed = False
         self._watches: set[_EtcdWatch] = set()
         self._reads: dict[bytes, tuple[Record | None, int]] = {}
-
-    @staticmethod
-    def _timeout_option(url: DiscoveryURL) -> float:
-        raw = url.params.get("timeout")
-        if raw is None:
-            return DEFAULT_TIMEOUT
-        try:
-            return check_ttl(float(raw), "timeout")
-        except (ValueError, ConfigurationError):
-            raise InvalidDiscoveryURL(f"etcd URL {str(url)!r}: timeout must be seconds > 0, not {raw!r}") from None
 
     @staticmethod
     def _credentials(url: DiscoveryURL) -> Any:

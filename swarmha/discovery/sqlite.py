@@ -72,19 +72,6 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def _float_param(url: DiscoveryURL, name: str, default: float) -> float:
-    raw = url.params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise InvalidDiscoveryURL(f"sqlite URL {str(url)!r}: {name}={raw!r} must be a positive number of seconds")
-    return value
-
-
 _INOTIFY = sys.platform.startswith("linux")
 
 
@@ -192,9 +179,10 @@ class SqliteDiscovery(Discovery):
         self.path = path
         prefix = url.params.get("prefix", "").strip("/")
         self._prefix = prefix + "/" if prefix else ""
-        self._timeout = _float_param(url, "timeout", 5.0)
+        url.check_options({"prefix", "timeout", "poll"})
+        self._timeout = url.seconds("timeout", 5.0)
         self._notify_path = path + "-notify"
-        poll = _float_param(url, "poll", 1.0 if _INOTIFY else 0.005)
+        poll = url.seconds("poll", 1.0 if _INOTIFY else 0.005)
         self._lock = threading.Lock()
         self._closed = False
         self._watches: weakref.WeakSet[_SqliteWatch] = weakref.WeakSet()

@@ -369,17 +369,9 @@ class ZooKeeperDiscovery(Discovery):
             raise InvalidDiscoveryURL(f"discovery URL {str(url)!r} is not a zk:// URL")
         if not url.hosts:
             raise InvalidDiscoveryURL(f"zk URL {str(url)!r} names no host: zk://host[:port][,host...]/prefix")
-        unknown = set(url.params) - _OPTIONS
-        if unknown:
-            raise InvalidDiscoveryURL(
-                f"zk URL {str(url)!r} has unknown option(s) {', '.join(sorted(unknown))}; known: prepare, timeout"
-            )
+        url.check_options(_OPTIONS)
         self.url = url
-        raw = url.params.get("timeout")
-        try:
-            self.timeout = DEFAULT_TIMEOUT if raw is None else check_ttl(float(raw), "timeout")
-        except (ValueError, ConfigurationError):
-            raise InvalidDiscoveryURL(f"zk URL {str(url)!r}: timeout must be seconds > 0, not {raw!r}") from None
+        self.timeout = url.seconds("timeout", DEFAULT_TIMEOUT)
         prepare = url.params.get("prepare", "1")
         if prepare not in ("0", "1"):
             raise InvalidDiscoveryURL(f"zk URL {str(url)!r}: prepare must be 0 or 1, not {prepare!r}")
