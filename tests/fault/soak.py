@@ -388,8 +388,9 @@ def _fmt(x: float) -> str:
 
 def section(args: argparse.Namespace, totals: Totals, wall: float, monitor: LagMonitor, command: str) -> str:
     rec = totals.recoveries
+    name = args.section or args.backend
     data = {
-        "backend": args.backend,
+        "backend": name,
         "ttl": args.ttl,
         "faults": totals.faults,
         "by_kind": dict(sorted(totals.by_kind.items())),
@@ -406,8 +407,8 @@ def section(args: argparse.Namespace, totals: Totals, wall: float, monitor: LagM
     }
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(totals.by_kind.items()))
     lines = [
-        f"<!-- soak:section:{args.backend}:begin -->",
-        f"### {args.backend} (ttl {args.ttl:g} s)",
+        f"<!-- soak:section:{name}:begin -->",
+        f"### {name} (ttl {args.ttl:g} s)",
         f"<!-- soak:data {json.dumps(data)} -->",
         "",
         f"- command: `{command}`",
@@ -469,7 +470,7 @@ def section(args: argparse.Namespace, totals: Totals, wall: float, monitor: LagM
             "Chunks with findings (logs kept): "
             + ", ".join(f"{c['chunk']} seed {c['seed']}" for c in totals.failed_chunks),
         ]
-    lines.append(f"<!-- soak:section:{args.backend}:end -->")
+    lines.append(f"<!-- soak:section:{name}:end -->")
     return "\n".join(lines) + "\n"
 
 
@@ -547,6 +548,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=50, help="faults per chunk (fresh workers and logs; default 50)")
     p.add_argument("--out", type=Path, default=None, help="markdown file whose backend section to write")
     p.add_argument("--workdir", default=None, help="where stores and chunk logs go (default: a new temp dir)")
+    p.add_argument(
+        "--section",
+        default=None,
+        help="name of the report section to write (default: the backend's name), e.g. for a replay of one chunk",
+    )
     p.add_argument("--kinds", default=None, help="comma-separated fault kinds (default: all the store supports)")
     p.add_argument("--max-minutes", type=float, default=100.0, help="stop starting chunks after this long")
     p.add_argument(
@@ -572,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     body = section(args, totals, wall, monitor, command)
     print(body)
     if args.out is not None:
-        update_document(args.out, args.backend, body)
+        update_document(args.out, args.section or args.backend, body)
     clean = (
         not (totals.overlaps or totals.regressions or totals.slow or totals.crashes) and totals.faults >= args.faults
     )
