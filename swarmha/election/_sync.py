@@ -138,7 +138,10 @@ class Follower:
 
     @property
     def leader(self) -> Leader | None:
-        """The current leader: the last one seen if following, else read from the store now."""
+        """The current leader: the last one seen if following, else read from the store now.
+
+        Reading from the store (not following) may raise :class:`~swarmha.errors.DiscoveryError`.
+        """
         if self._follow.running and self._follow.seen:
             return self._follow.leader
         record = self._discovery.get(self._follow.key)
