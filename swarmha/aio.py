@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import types
 from collections.abc import AsyncIterator, Callable
 
+from swarmha._context import AsyncStopsOnExit
 from swarmha.discovery import Discovery
 from swarmha.election import _sync
 from swarmha.election._machinery import Event, Kind, Transitions
@@ -31,7 +31,7 @@ def _bridge(loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Event]) -> Callabl
     return deliver
 
 
-class Candidate:
+class Candidate(AsyncStopsOnExit):
     """asyncio version of :class:`swarmha.Candidate` (same arguments, guarantees and failure modes)."""
 
     def __init__(
@@ -84,19 +84,8 @@ class Candidate:
         """Stop campaigning, release the key if held, wait for the background thread. Idempotent."""
         await asyncio.to_thread(self._sync.stop)
 
-    async def __aenter__(self) -> Candidate:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-
-class Follower:
+class Follower(AsyncStopsOnExit):
     """asyncio version of :class:`swarmha.Follower`."""
 
     def __init__(self, discovery: Discovery, key: str) -> None:
@@ -128,14 +117,3 @@ class Follower:
     async def stop(self) -> None:
         """Stop following and wait for the background thread. Idempotent."""
         await asyncio.to_thread(self._sync.stop)
-
-    async def __aenter__(self) -> Follower:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        await self.stop()

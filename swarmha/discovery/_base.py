@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import abc
 import math
-import types
 from collections.abc import Mapping
 
 import attrs
 
+from swarmha._context import ClosesOnExit
 from swarmha.discovery._url import DiscoveryURL
 from swarmha.errors import ConfigurationError
 
@@ -69,7 +69,7 @@ class Session(abc.ABC):
         """Revoke the session (its keys go with it). Best effort and idempotent: never raises."""
 
 
-class Watch(abc.ABC):
+class Watch(ClosesOnExit, abc.ABC):
     """A watch on one key, armed at the state the caller last saw.
 
     Use it as a context manager or call :meth:`close`. :meth:`close` may be called from any thread and wakes
@@ -94,19 +94,8 @@ class Watch(abc.ABC):
     def close(self) -> None:
         """Stop watching and release what the watch holds. Idempotent, thread-safe, never raises."""
 
-    def __enter__(self) -> Watch:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Discovery(abc.ABC):
+class Discovery(ClosesOnExit, abc.ABC):
     """A connection to one discovery store under one key prefix. Safe to share between threads."""
 
     url: DiscoveryURL
@@ -123,7 +112,7 @@ class Discovery(abc.ABC):
     def session(self, ttl: float) -> Session:
         """Create a new session (lease) with the given TTL in seconds."""
 
-    def prepare_session(self, ttl: float) -> None:  # noqa: B027 - an optional hook, empty by default
+    def prepare_session(self, ttl: float) -> None:
         """A hint that :meth:`session` with this ``ttl`` will probably be called soon (a candidate waits).
 
         Backends whose sessions are slow to open (ZooKeeper: a connection handshake) may open one ahead, so
@@ -159,17 +148,6 @@ class Discovery(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Close the connection and every watch; idempotent."""
-
-    def __enter__(self) -> Discovery:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def check_key(key: str) -> str:

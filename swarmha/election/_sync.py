@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import queue
-import types
 from collections.abc import Iterator
 
+from swarmha._context import StopsOnExit
 from swarmha.discovery import Discovery
 from swarmha.election._machinery import Campaign, Event, Follow, Kind, Transitions
 from swarmha.election._values import Leader, Term
@@ -13,7 +13,7 @@ from swarmha.election._values import Leader, Term
 __all__ = ["Candidate", "Follower"]
 
 
-class Candidate:
+class Candidate(StopsOnExit):
     """Campaign for leadership of ``key`` in ``discovery`` as ``node``.
 
     Guarantees:
@@ -108,22 +108,11 @@ class Candidate:
         """Stop campaigning, release the key if held, and wait for the background thread. Idempotent."""
         self._campaign.stop(timeout)
 
-    def __enter__(self) -> Candidate:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         return f"<Candidate key={self._campaign.key!r} node={self.node!r} term={self.term!r}>"
 
 
-class Follower:
+class Follower(StopsOnExit):
     """Watch who leads ``key`` in ``discovery``, without campaigning.
 
     Guarantees: it never reports a leader it has not read from the store; it reports each change once (no
@@ -172,17 +161,6 @@ class Follower:
     def stop(self, timeout: float | None = None) -> None:
         """Stop following and wait for the background thread. Idempotent."""
         self._follow.stop(timeout)
-
-    def __enter__(self) -> Follower:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<Follower key={self._follow.key!r} leader={self._follow.leader!r}>"
