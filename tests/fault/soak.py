@@ -28,6 +28,7 @@ import bisect
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import itertools
 import json
 import math
@@ -498,8 +499,10 @@ def summary_table(text: str) -> str:
         "recovery p50 / p90 / p99 / max | wall |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for raw in DATA.findall(text):
-        d = json.loads(raw)
+    found = [json.loads(raw) for raw in DATA.findall(text)]
+    order = {name: i for i, name in enumerate(BACKENDS)}
+    found.sort(key=lambda d: (order.get(d["backend"].split()[0], len(order)), d["backend"]))
+    for d in found:
         kinds = ", ".join(f"{k} {v}" for k, v in d["by_kind"].items())
         rec = " / ".join("-" if d[k] is None else f"{d[k]:.2f}" for k in ("p50", "p90", "p99", "max"))
         rows.append(
@@ -512,7 +515,10 @@ def summary_table(text: str) -> str:
 def update_document(path: Path, backend: str, body: str) -> None:
     """Replace ``backend``'s section of ``path`` (or add it) and rebuild the summary table, under a flock."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
+    # the lock file lives in the temp dir, not next to the document
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]  # same file, same lock in every process
+    lock_path = Path(tempfile.gettempdir()) / f"swarmha-soak-{digest}.lock"
+    with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         text = path.read_text() if path.exists() else SKELETON
         begin, end = f"<!-- soak:section:{backend}:begin -->", f"<!-- soak:section:{backend}:end -->"
