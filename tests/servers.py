@@ -124,10 +124,19 @@ class _Member:
 class EtcdMember(_Member):
     kind = "etcd"
 
-    def __init__(self, name: str, workdir: Path, client_port: int, peer_port: int, initial_cluster: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        client_port: int,
+        peer_port: int,
+        initial_cluster: str,
+        extra: Sequence[str] = (),
+    ) -> None:
         super().__init__(name, workdir, client_port)
         self.peer_port = peer_port
         self.initial_cluster = initial_cluster
+        self.extra = list(extra)
 
     def command(self) -> list[str]:
         client = f"http://127.0.0.1:{self.client_port}"
@@ -146,6 +155,7 @@ class EtcdMember(_Member):
             "--log-level=warn",
             "--logger=zap",
             "--enable-pprof=false",
+            *self.extra,
         ]
 
     def ready(self) -> bool:
@@ -245,12 +255,15 @@ class Cluster:
             shutil.rmtree(m.workdir, ignore_errors=True)
 
 
-def etcd_cluster(workdir: Path, size: int = 1) -> Cluster:
-    """Start an etcd cluster of ``size`` members under ``workdir``; returns once every member is healthy."""
+def etcd_cluster(workdir: Path, size: int = 1, extra: Sequence[str] = ()) -> Cluster:
+    """Start an etcd cluster of ``size`` members under ``workdir``; returns once every member is healthy.
+
+    ``extra``: more etcd flags for every member (a later flag wins), e.g. a shorter election timeout.
+    """
     ports = free_ports(2 * size)
     names = [f"m{i}" for i in range(size)]
     initial = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names))
-    members = [EtcdMember(n, workdir / n, ports[2 * i], ports[2 * i + 1], initial) for i, n in enumerate(names)]
+    members = [EtcdMember(n, workdir / n, ports[2 * i], ports[2 * i + 1], initial, extra) for i, n in enumerate(names)]
     cluster = Cluster(members)
     try:
         cluster.start()

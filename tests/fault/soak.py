@@ -53,7 +53,8 @@ import attrs
 
 from tests.fault.checker import Report, load
 from tests.fault.harness import run_faults
-from tests.servers import ETCD, Cluster, EtcdMember, free_ports, zk_cluster
+from tests.servers import ETCD, Cluster, etcd_cluster, zk_cluster
+from tests.stores.cluster import ClusterStore, MemberClusterStore
 
 BACKENDS = ("sqlite", "etcd", "zk", "consul", "etcd-cluster", "zk-cluster")
 SUMMARY_BEGIN, SUMMARY_END = "<!-- soak:summary:begin -->", "<!-- soak:summary:end -->"
@@ -82,57 +83,9 @@ class _TmpPathFactory:
         return path
 
 
-class _FastEtcdMember(EtcdMember):
-    def command(self) -> list[str]:
-        return [*super().command(), *FAST_ETCD_FLAGS]
-
-
 def _etcd_cluster(workdir: Path, size: int, fast: bool) -> Cluster:
-    """Like tests.servers.etcd_cluster, optionally with the fast election timeout (FAST_ETCD_FLAGS)."""
-    ports = free_ports(2 * size)
-    names = [f"m{i}" for i in range(size)]
-    initial = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names))
-    kind = _FastEtcdMember if fast else EtcdMember
-    cluster = Cluster([kind(n, workdir / n, ports[2 * i], ports[2 * i + 1], initial) for i, n in enumerate(names)])
-    try:
-        cluster.start()
-    except BaseException:
-        cluster.close()
-        raise
-    return cluster
-
-
-class ClusterStore:
-    """A store fixture over a tests.servers Cluster: stop() kills every member, start() brings them back."""
-
-    can_stop = True
-
-    def __init__(self, name: str, scheme: str, cluster: Cluster) -> None:
-        self.name, self.scheme, self.cluster = name, scheme, cluster
-        self._n = 0
-
-    def url(self) -> str:
-        self._n += 1
-        return f"{self.scheme}://{self.cluster.hosts}/soak{self._n}?timeout=2"
-
-    def stop(self) -> None:
-        self.cluster.kill()
-
-    def start(self) -> None:
-        self.cluster.start()
-
-    def close(self) -> None:
-        self.cluster.close()
-
-
-class MemberClusterStore(ClusterStore):
-    """A 3-member cluster: also loses and regains one member (the harness's ``member_loss`` fault)."""
-
-    def kill_member(self, index: int) -> None:
-        self.cluster.kill(index)
-
-    def restart_member(self, index: int) -> None:
-        self.cluster.restart(index)
+    """tests.servers.etcd_cluster, optionally with the fast election timeout (FAST_ETCD_FLAGS)."""
+    return etcd_cluster(workdir, size, FAST_ETCD_FLAGS if fast else ())
 
 
 def open_store(backend: str, base: Path, fast_etcd: bool) -> Any:

@@ -1,0 +1,37 @@
+"""A test store over a tests.servers Cluster (etcd or ZooKeeper, one or three members)."""
+
+from __future__ import annotations
+
+from tests.servers import Cluster
+from tests.stores import fresh_prefix
+
+
+class ClusterStore:
+    """``stop()`` kills every member, ``start()`` brings them back with their data; ``url()`` names all members."""
+
+    can_stop = True
+
+    def __init__(self, name: str, scheme: str, cluster: Cluster) -> None:
+        self.name, self.scheme, self.cluster = name, scheme, cluster
+
+    def url(self) -> str:
+        return f"{self.scheme}://{self.cluster.hosts}/{fresh_prefix(self.name)}?timeout=2"
+
+    def stop(self) -> None:
+        self.cluster.kill()
+
+    def start(self) -> None:
+        self.cluster.start()
+
+    def close(self) -> None:
+        self.cluster.close()
+
+
+class MemberClusterStore(ClusterStore):
+    """A 3-member cluster that can also lose and regain one member (the fault harness's ``member_loss``)."""
+
+    def kill_member(self, index: int) -> None:
+        self.cluster.kill(index)
+
+    def restart_member(self, index: int) -> None:
+        self.cluster.restart(index)
