@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import swarmha
-from tests.helpers import Collector, wait_for
+from tests.helpers import outage_demotes_then_recovers, wait_for
 from tests.servers import Cluster
 
 KEY = "svc/leader"
@@ -107,22 +107,4 @@ def watch_resumes_on_another_member(cluster: Cluster, url: UrlFor) -> None:
 
 def whole_cluster_down_and_back(cluster: Cluster, url: UrlFor) -> None:
     """All members down: the leader demotes within renew_deadline; a leader is back within ttl + 1 s of the restart."""
-    d = swarmha.connect(url([0, 1, 2]))
-    c = swarmha.Candidate(d, KEY, node="n", ttl=TTL)
-    events = Collector(c.run_for_election())
-    try:
-        assert events.next(10.0) is True
-        stopped_at = time.monotonic()
-        cluster.kill()
-        lost_at, value = events.next_timed(TTL + 2.0)
-        assert value is False
-        assert lost_at - stopped_at <= c.renew_deadline + 0.1, f"demoted {lost_at - stopped_at:.2f}s after the stop"
-        cluster.start()
-        back_at = time.monotonic()
-        won_at, value = events.next_timed(TTL + 5.0)
-        assert value is True
-        assert won_at - back_at <= TTL + 1.0, f"re-elected {won_at - back_at:.2f}s after the cluster came back"
-    finally:
-        cluster.start()
-        c.stop()
-        d.close()
+    outage_demotes_then_recovers(url([0, 1, 2]), cluster.kill, cluster.start, TTL, what="cluster")

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
+import swarmha
+
 T = TypeVar("T")
 
 
@@ -57,3 +59,30 @@ class Collector(Generic[T]):
     def join(self, timeout: float = 5.0) -> None:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the iterator did not end"
+
+
+def outage_demotes_then_recovers(
+    url: str, stop: Callable[[], None], start: Callable[[], None], ttl: float, what: str = "store"
+) -> None:
+    """The outage contract: with the store down (``stop``) the leader demotes within renew_deadline; once it is
+    back (``start``) a leader is elected within ttl + 1 s, without restarting anything."""
+    d = swarmha.connect(url)
+    c = swarmha.Candidate(d, "svc/leader", node="n", ttl=ttl)
+    events = Collector(c.run_for_election())
+    try:
+        assert events.next(10.0) is True
+        stopped_at = time.monotonic()
+        stop()
+        lost_at, value = events.next_timed(ttl + 2.0)
+        assert value is False
+        assert lost_at - stopped_at <= c.renew_deadline + 0.1, f"demoted {lost_at - stopped_at:.2f}s after the stop"
+        start()
+        back_at = time.monotonic()
+        won_at, value = events.next_timed(ttl + 5.0)
+        assert value is True
+        assert won_at - back_at <= ttl + 1.0, f"re-elected {won_at - back_at:.2f}s after the {what} came back"
+        assert c.is_leader
+    finally:
+        start()
+        c.stop()
+        d.close()

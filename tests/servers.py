@@ -255,6 +255,16 @@ class Cluster:
             shutil.rmtree(m.workdir, ignore_errors=True)
 
 
+def _started(cluster: Cluster) -> Cluster:
+    """Start every member of ``cluster``; on failure stop those that did start, then re-raise."""
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
 def etcd_cluster(workdir: Path, size: int = 1, extra: Sequence[str] = ()) -> Cluster:
     """Start an etcd cluster of ``size`` members under ``workdir``; returns once every member is healthy.
 
@@ -264,13 +274,7 @@ def etcd_cluster(workdir: Path, size: int = 1, extra: Sequence[str] = ()) -> Clu
     names = [f"m{i}" for i in range(size)]
     initial = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names))
     members = [EtcdMember(n, workdir / n, ports[2 * i], ports[2 * i + 1], initial, extra) for i, n in enumerate(names)]
-    cluster = Cluster(members)
-    try:
-        cluster.start()
-    except BaseException:
-        cluster.close()
-        raise
-    return cluster
+    return _started(Cluster(members))
 
 
 def zk_cluster(workdir: Path, size: int = 1, extra: Sequence[str] = ()) -> Cluster:
@@ -284,10 +288,4 @@ def zk_cluster(workdir: Path, size: int = 1, extra: Sequence[str] = ()) -> Clust
         [f"server.{i + 1}=127.0.0.1:{ports[3 * i + 1]}:{ports[3 * i + 2]}" for i in range(size)] if size > 1 else []
     )
     members = [ZkMember(f"z{i + 1}", workdir / f"z{i + 1}", ports[3 * i], i + 1, servers, extra) for i in range(size)]
-    cluster = Cluster(members)
-    try:
-        cluster.start()
-    except BaseException:
-        cluster.close()
-        raise
-    return cluster
+    return _started(Cluster(members))

@@ -14,7 +14,7 @@ import pytest
 
 import swarmha
 from swarmha.errors import DiscoveryUnavailable, SessionExpired
-from tests.helpers import Collector, wait_for
+from tests.helpers import Collector, outage_demotes_then_recovers, wait_for
 from tests.stores import StoreFixture
 
 LONG_TTL = 30.0
@@ -220,26 +220,7 @@ def test_leader_demotes_when_its_key_is_deleted_behind_its_back(discovery: swarm
 def test_store_outage_demotes_within_renew_deadline_then_recovers(store: StoreFixture) -> None:
     if not store.can_stop:
         pytest.skip(f"the {store.name} test store cannot be stopped")
-    d = swarmha.connect(store.url())
-    c = swarmha.Candidate(d, KEY, node="n", ttl=SHORT_TTL)
-    events = Collector(c.run_for_election())
-    try:
-        assert events.next(10.0) is True
-        stopped_at = time.monotonic()
-        store.stop()
-        lost_at, value = events.next_timed(SHORT_TTL + 2.0)
-        assert value is False
-        assert lost_at - stopped_at <= c.renew_deadline + 0.1, f"demoted {lost_at - stopped_at:.2f}s after the stop"
-        store.start()
-        back_at = time.monotonic()
-        won_at, value = events.next_timed(SHORT_TTL + 5.0)
-        assert value is True
-        assert won_at - back_at <= SHORT_TTL + 1.0, f"re-elected {won_at - back_at:.2f}s after the store came back"
-        assert c.is_leader
-    finally:
-        store.start()
-        c.stop()
-        d.close()
+    outage_demotes_then_recovers(store.url(), store.stop, store.start, SHORT_TTL)
 
 
 def test_store_errors_surface_as_discovery_errors(store: StoreFixture) -> None:
