@@ -40,6 +40,8 @@ import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
+
 from swarmha.discovery._base import Discovery, Record, Session, Watch, check_key, check_ttl
 from swarmha.discovery._url import DiscoveryURL
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
@@ -168,6 +170,11 @@ class _SqliteWatch(Watch):
         self._feed.closed()
 
 
+def _is_busy(error: BaseException) -> bool:
+    """True for SQLite's "database is locked" / "database is busy" (SQLITE_BUSY, SQLITE_LOCKED)."""
+    return isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error))
+
+
 class SqliteDiscovery(Discovery):
     """Discovery over one SQLite file shared by the processes of one host (see the module docstring)."""
 
@@ -200,12 +207,32 @@ class SqliteDiscovery(Discovery):
     # -- connections and transactions ----------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        """Open the file and switch it to WAL, retrying a busy file for up to ``timeout`` seconds.
+
+        SQLite's busy timeout does not cover every case here: when two processes open a new file at once,
+        one switches it to WAL (holding a write lock) while the other, holding a read lock, wants to write
+        too, and SQLite fails the second at once ("database is locked") instead of waiting, to avoid a
+        deadlock. That connection is closed and the open tried again after a short jittered sleep.
+        """
+        retrying = Retrying(
+            retry=retry_if_exception(_is_busy),
+            stop=stop_after_delay(self._timeout),
+            wait=wait_random(0.001, 0.02),
+            reraise=True,
+        )
         try:
-            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            return retrying(self._open_wal)
         except sqlite3.Error as e:
             raise DiscoveryUnavailable(f"cannot open sqlite file {self.path!r}: {e}") from e
+
+    def _open_wal(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _ready(self) -> None:
