@@ -21,12 +21,19 @@ import time
 import swarmha
 
 
+def say(line: str) -> None:
+    """Print one whole line in one write: the children share this stdout, and with PYTHONUNBUFFERED
+    ``print`` writes the text and its newline separately, so another process's line could land between."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def child(url: str, node: str, ttl: float) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with swarmha.Candidate(swarmha.connect(url), "demo/leader", node=node, ttl=ttl) as candidate:
         for elected in candidate.run_for_election():
             term = candidate.term
-            print(f"  [{node}] elected, token {term.token}" if elected and term else f"  [{node}] lost", flush=True)
+            say(f"  [{node}] elected, token {term.token}" if elected and term else f"  [{node}] lost")
 
 
 def main() -> None:
@@ -41,7 +48,7 @@ def main() -> None:
 
     db = args.db or os.path.join(tempfile.mkdtemp(prefix="swarmha-"), "election.db")
     url = f"sqlite://{db}"
-    print(f"discovery: {url}, ttl={args.ttl}s")
+    say(f"discovery: {url}, ttl={args.ttl}s")
     procs = {
         node: subprocess.Popen([sys.executable, __file__, "--ttl", str(args.ttl), "--child", url, node])
         for node in ("node-1", "node-2", "node-3")
@@ -51,14 +58,14 @@ def main() -> None:
     changes = follower.follow_election()
     try:
         leader = next(ld for ld in changes if ld is not None)
-        print(f"leader: {leader.node} (token {leader.token})")
+        say(f"leader: {leader.node} (token {leader.token})")
         for how, sig in (("stopped gracefully (SIGTERM)", signal.SIGTERM), ("killed (SIGKILL)", signal.SIGKILL)):
             start = time.monotonic()
             procs[leader.node].send_signal(sig)
-            print(f"{leader.node} {how}")
+            say(f"{leader.node} {how}")
             new = next(ld for ld in changes if ld is not None and ld.node != leader.node)
             took = time.monotonic() - start
-            print(f"new leader: {new.node} (token {new.token}) after {took * 1000:.1f} ms")
+            say(f"new leader: {new.node} (token {new.token}) after {took * 1000:.1f} ms")
             leader = new
     finally:
         follower.stop()

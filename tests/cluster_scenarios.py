@@ -11,14 +11,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import swarmha
+from swarmha.errors import DiscoveryUnavailable
 from tests.helpers import outage_demotes_then_recovers, wait_for
 from tests.servers import Cluster
 
 KEY = "svc/leader"
 TTL = 3.0
 UrlFor = Callable[[list[int]], str]
+T = TypeVar("T")
 
 
 class TwoLeaderMonitor:
@@ -81,6 +84,22 @@ def kill_the_member_clients_talk_to(cluster: Cluster, url: UrlFor) -> None:
         assert monitor.most <= 1, f"{monitor.most} candidates led at the same time"
 
 
+def until_the_store_answers(call: Callable[[], T], timeout: float = 15.0) -> T:
+    """``call()``, retried while it raises DiscoveryUnavailable, as a campaign would (bounded by ``timeout``).
+
+    A write right after a member was killed can time out while the rest elect a new raft leader (CI finding:
+    etcd's election took more than the URL's 2 s request timeout on a loaded machine).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except DiscoveryUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 def watch_resumes_on_another_member(cluster: Cluster, url: UrlFor) -> None:
     """A watch whose member dies fires for a change made (through another member) while it was cut off."""
     watcher = swarmha.connect(url([0, 1, 2]))
@@ -93,8 +112,12 @@ def watch_resumes_on_another_member(cluster: Cluster, url: UrlFor) -> None:
             with watcher.watch(KEY, seen) as watch:
                 assert watch.wait(0.05) is False
                 cluster.kill(0)
-                created = writer.create(KEY, "written-while-cut-off", session)
-                assert created is not None
+                # A timed-out create may still have been applied: then the key is there, bound to our session.
+                created = until_the_store_answers(
+                    lambda: writer.create(KEY, "written-while-cut-off", session) or writer.get(KEY)
+                )
+                assert created is not None and created.value == "written-while-cut-off"
+                assert created.session == session.id
                 assert watch.wait(TTL * 2) is True, "the watch missed a change made while its member was down"
             assert watcher.get(KEY) == created
         finally:
