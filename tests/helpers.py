@@ -5,10 +5,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 import swarmha
+from swarmha.discovery import Record, Session, Watch
 
 T = TypeVar("T")
 
@@ -59,6 +60,57 @@ class Collector(Generic[T]):
     def join(self, timeout: float = 5.0) -> None:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the iterator did not end"
+
+
+class WaitSpy(swarmha.Discovery):
+    """Another face of a shared Discovery that records whom its user waits behind (the ``seen`` of each watch).
+
+    Lets a test act only once a candidate is really waiting behind a leader, instead of hoping it got there
+    (a resign before the rival waits lets the resigner take the key back after its holdoff). ``close`` does
+    not close the shared discovery.
+    """
+
+    def __init__(self, inner: swarmha.Discovery) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self._behind: list[str] = []
+        self._lock = threading.Lock()
+
+    def waiting_behind(self, node: str) -> bool:
+        """True once a watch was opened on a key held by ``node``."""
+        with self._lock:
+            return node in self._behind
+
+    def session(self, ttl: float) -> Session:
+        return self.inner.session(ttl)
+
+    def prepare_session(self, ttl: float) -> None:
+        self.inner.prepare_session(ttl)
+
+    def create(self, key: str, value: str, session: Session) -> Record | None:
+        return self.inner.create(key, value, session)
+
+    def put(self, key: str, value: str, session: Session | None = None) -> Record:
+        return self.inner.put(key, value, session)
+
+    def get(self, key: str) -> Record | None:
+        return self.inner.get(key)
+
+    def delete(self, key: str, token: int) -> bool:
+        return self.inner.delete(key, token)
+
+    def list(self, prefix: str) -> Mapping[str, Record]:
+        return self.inner.list(prefix)
+
+    def watch(self, key: str, seen: Record | None) -> Watch:
+        watch = self.inner.watch(key, seen)
+        if seen is not None:
+            with self._lock:
+                self._behind.append(seen.value)
+        return watch
+
+    def close(self) -> None:
+        pass
 
 
 def outage_demotes_then_recovers(

@@ -14,7 +14,7 @@ import pytest
 
 import swarmha
 from swarmha.errors import DiscoveryUnavailable, SessionExpired
-from tests.helpers import Collector, outage_demotes_then_recovers, wait_for
+from tests.helpers import Collector, WaitSpy, outage_demotes_then_recovers, wait_for
 from tests.stores import StoreFixture
 
 LONG_TTL = 30.0
@@ -131,13 +131,16 @@ def test_stop_hands_over_within_one_watch_round_trip(discovery: swarmha.Discover
 
 
 def test_resign_lets_a_waiting_candidate_win_first(discovery: swarmha.Discovery) -> None:
-    a = swarmha.Candidate(discovery, KEY, node="a", ttl=LONG_TTL).start()
+    a_face, b_face = WaitSpy(discovery), WaitSpy(discovery)
+    a = swarmha.Candidate(a_face, KEY, node="a", ttl=LONG_TTL).start()
     wait_for(lambda: a.is_leader, 10.0, "a to lead")
-    b = swarmha.Candidate(discovery, KEY, node="b", ttl=LONG_TTL).start()
+    b = swarmha.Candidate(b_face, KEY, node="b", ttl=LONG_TTL).start()
     try:
+        wait_for(lambda: b_face.waiting_behind("a"), 10.0, "b to wait behind a")
         a.resign()
         wait_for(lambda: b.is_leader, 2.0, "b to lead after a resigned")
         assert not a.is_leader
+        wait_for(lambda: a_face.waiting_behind("b"), 10.0, "a to wait behind b")
         b.resign()  # a is still campaigning, so it wins back
         wait_for(lambda: a.is_leader, 2.0, "a to lead again")
     finally:
@@ -147,12 +150,14 @@ def test_resign_lets_a_waiting_candidate_win_first(discovery: swarmha.Discovery)
 
 def test_run_for_election_yields_alternating_values_and_ends_after_stop(discovery: swarmha.Discovery) -> None:
     c = swarmha.Candidate(discovery, KEY, node="n", ttl=LONG_TTL)
-    rival = swarmha.Candidate(discovery, KEY, node="rival", ttl=LONG_TTL)
+    rival_face = WaitSpy(discovery)
+    rival = swarmha.Candidate(rival_face, KEY, node="rival", ttl=LONG_TTL)
     events = Collector(c.run_for_election())
     try:
         assert events.next() is True
         assert c.term is not None and c.term.node == "n" and c.term.key == KEY
         rival.start()
+        wait_for(lambda: rival_face.waiting_behind("n"), 10.0, "the rival to wait behind n")
         c.resign()
         assert events.next() is False
         wait_for(lambda: rival.is_leader, 2.0, "the rival to lead")
