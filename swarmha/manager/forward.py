@@ -438,12 +438,16 @@ async def fetch(pool: Pool, up: Upstream, target: str, *, timeout: float = 5.0, 
                         continue
                     raise
                 kind, length = _framing(head, "GET")
-                chunks, size = [], 0
-                async for data in _body(link.reader, kind, length):
-                    size += len(data)
-                    if size > limit:
-                        raise ValueError(f"response larger than {limit} bytes")
-                    chunks.append(data)
+                if kind == "length" and length <= limit:  # the common case: one read, no generator
+                    body = await link.reader.readexactly(length) if length else b""
+                else:
+                    chunks, size = [], 0
+                    async for data in _body(link.reader, kind, length):
+                        size += len(data)
+                        if size > limit:
+                            raise ValueError(f"response larger than {limit} bytes")
+                        chunks.append(data)
+                    body = b"".join(chunks)
         except (*_BROKEN, TimeoutError) as e:
             link.close()
             raise UpstreamBroken(f"{up} failed: {e or type(e).__name__}", True) from e
@@ -454,7 +458,7 @@ async def fetch(pool: Pool, up: Upstream, target: str, *, timeout: float = 5.0, 
             pool.release(link)
         else:
             link.close()
-        return Response(head.status, head.headers, b"".join(chunks))
+        return Response(head.status, head.headers, body)
     raise AssertionError("unreachable")
 
 
