@@ -65,6 +65,32 @@ def test_closing_a_session_removes_its_keys_and_ends_it(discovery: swarmha.Disco
         session.keepalive()
 
 
+def test_release_removes_the_key_and_ends_the_session_but_never_a_successors_key(
+    discovery: swarmha.Discovery,
+) -> None:
+    s1, s2, s3 = (discovery.session(LONG_TTL) for _ in range(3))
+    try:
+        first = discovery.create(KEY, "a", s1)
+        assert first is not None
+        with discovery.watch(KEY, first) as watch:
+            discovery.release(KEY, first.token, s1)
+            assert watch.wait(5.0) is True
+        assert discovery.get(KEY) is None
+        with pytest.raises(SessionExpired):
+            s1.keepalive()
+        # a deposed holder releasing late (its key already gone, a successor's in place) spares the successor's
+        second = discovery.create(KEY, "b", s2)
+        assert second is not None
+        discovery.delete(KEY, second.token)
+        third = discovery.create(KEY, "c", s3)
+        assert third is not None
+        discovery.release(KEY, second.token, s2)
+        assert discovery.get(KEY) == third
+    finally:
+        for s in (s1, s2, s3):
+            s.close()
+
+
 def test_watch_fires_on_delete_and_close_wakes_a_waiter(discovery: swarmha.Discovery) -> None:
     session = discovery.session(LONG_TTL)
     try:

@@ -13,6 +13,7 @@ Guarantees every backend gives:
   increases every time the key is created anew (etcd: revision of the write; ZooKeeper: czxid;
   Consul: index of the acquiring write; sqlite/memory: a stored counter).
 * :meth:`Discovery.delete` deletes only when the stored token equals the given one (compare-and-delete).
+* :meth:`Discovery.release` removes a key only through the session that created it, never a successor's.
 * :meth:`Discovery.watch` never misses a change that happened after the ``seen`` state was read.
 * A session is never extended by anything but :meth:`Session.keepalive`; a session that expired in the
   store stays expired (``keepalive`` raises :class:`SessionExpired`, it does not resurrect it).
@@ -136,6 +137,21 @@ class Discovery(ClosesOnExit, abc.ABC):
     @abc.abstractmethod
     def delete(self, key: str, token: int) -> bool:
         """Delete ``key`` only if its token equals ``token``; True if deleted."""
+
+    def release(self, key: str, token: int, session: Session) -> None:
+        """Hand over ``key``, created with ``token`` through ``session``: remove it and close the session.
+
+        What a leader calls on a graceful exit. Never removes a key another session created (a successor's),
+        and closes ``session`` in every case. Raises :class:`~swarmha.errors.DiscoveryError` when the store
+        was not reached: the key may then still exist, and goes when the session expires (within its ttl).
+        The default is :meth:`delete` (compare-and-delete), then :meth:`Session.close`; a backend whose store
+        removes a session's keys when the session ends (ZooKeeper, etcd) may end the session alone, one
+        round trip instead of two.
+        """
+        try:
+            self.delete(key, token)
+        finally:
+            session.close()
 
     @abc.abstractmethod
     def list(self, prefix: str) -> Mapping[str, Record]:

@@ -42,6 +42,8 @@ How the contract maps to ZooKeeper:
   An ephemeral key owned by any other session (or by a Session already closed or expired here) is left to
   that session's end: ``delete`` returns False. A persistent key is deleted by version through the shared
   connection, with the gap above (a delete and re-create between the read and the delete goes unnoticed).
+* ``release`` (a leader's graceful exit) only closes the Session: the server removes the session's ephemerals
+  as it ends it, one round trip, and never a znode of another session.
 * Reads, watches, ``delete``, ``list`` and ``put`` without a session use one shared KazooClient per Discovery.
   Watches are ZooKeeper ``exists`` watches (they fire on create, delete and data change); kazoo re-registers
   them after a reconnect, so changes made while disconnected fire then; if that client's session expires,
@@ -58,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import threading
 import time
 import weakref
@@ -230,12 +233,15 @@ class _ZkSession(Session):
         self._wake = threading.Event()
         self._guard: threading.Thread | None = None
         sent = time.monotonic()
-        self._deadline = sent + ttl
+        self._deadline = math.inf  # the ttl clock starts in activate()
         self.sid = 0
         self.id = "(connecting)"
         self.conn = _Conn(discovery, ttl, "session", sticky=True)
         self.conn.on_lost = self._wake.set
         self.conn.start()
+        # Started now, so that handing out a prepared session starts no thread on the handover's path.
+        self._guard = threading.Thread(target=self._guard_main, name="swarmha-zk-session[prepared]", daemon=True)
+        self._guard.start()
         if not prepared:
             self.activate(sent)
 
@@ -253,8 +259,9 @@ class _ZkSession(Session):
         with self._lock:
             self._deadline = sent + self.ttl
         self._d._own(self)
-        self._guard = threading.Thread(target=self._guard_main, name=f"swarmha-zk-session[{self.id}]", daemon=True)
-        self._guard.start()
+        if self._guard is not None:
+            self._guard.name = f"swarmha-zk-session[{self.id}]"
+        self._wake.set()  # the guard now waits for the deadline
 
     def _guard_main(self) -> None:
         while True:
@@ -270,7 +277,7 @@ class _ZkSession(Session):
                 log.warning("ZooKeeper session %s expired: %s", self.id, why)
                 self.conn.stop()
                 return
-            self._wake.wait(remaining)
+            self._wake.wait(None if remaining == math.inf else remaining)
             self._wake.clear()
 
     def check(self) -> None:
@@ -615,6 +622,27 @@ class ZooKeeperDiscovery(Discovery):
             return False
         self._remember(path, None, None)
         return True
+
+    def release(self, key: str, token: int, session: Session) -> None:
+        """Hand over ``key`` by closing ``session``: ZooKeeper removes the session's ephemerals as it ends it.
+
+        One round trip (kazoo's close of the session) instead of a compare-and-delete (a read and a delete
+        through the owning connection) followed by that close: the handover's critical path on ZooKeeper.
+        Safe by construction: closing a session removes only that session's own ephemerals, never a znode
+        another session created, whatever happened since (even a session kazoo opened anew after the old one
+        expired holds no key). Raises :class:`~swarmha.errors.DiscoveryUnavailable` when the session's
+        connection was down (suspended): the key then goes when the server expires the session, within its
+        timeout; the session is closed in every case.
+        """
+        s = self._session(session)
+        path = self._path(key)
+        reachable = s.conn.connected.is_set() or not s.alive  # an expired session's key is already gone
+        s.close()
+        self._remember(path, None, None)
+        if not reachable:
+            raise DiscoveryUnavailable(
+                f"ZooKeeper session {s.id} was not connected when released: {path} goes when the session expires"
+            )
 
     def list(self, prefix: str) -> Mapping[str, Record]:
         """Every znode below ``prefix/`` that is a key (has data, is ephemeral, or is a leaf)."""

@@ -250,6 +250,7 @@ class Campaign(_Worker):
         self._holdoff_until = 0.0
         self._stale: tuple[Session, int] | None = None
         self._vacant = False  # the last watch saw the key deleted: campaign without reading it back
+        self._spent: Watch | None = None  # that watch, closed after the campaign attempt (off the handover path)
 
     # -- what callers read ---------------------------------------------------------------------------
 
@@ -297,6 +298,14 @@ class Campaign(_Worker):
             self._campaign_step()
 
     def _campaign_step(self) -> None:
+        spent, self._spent = self._spent, None
+        try:
+            self._campaign_attempt()
+        finally:
+            if spent is not None:
+                spent.close()
+
+    def _campaign_attempt(self) -> None:
         if self._stale is not None:
             session, token = self._stale
             self._d.delete(self.key, token)
@@ -321,8 +330,14 @@ class Campaign(_Worker):
         timeout = None if record is not None else max(0.0, self._holdoff_until - time.monotonic())
         if record is not None:
             self._d.prepare_session(self.ttl)  # so that winning after the leader goes costs no handshake
-        with self._d.watch(self.key, record) as watch:
+        watch = self._d.watch(self.key, record)
+        try:
             self._vacant = self._wait_on(watch, timeout) and watch.known_absent
+        finally:
+            if self._vacant:
+                self._spent = watch  # closing it (an etcd watch joins its thread) waits until after the create
+            else:
+                watch.close()
 
     def _become_leader(self, record: Record, session: Session, sent: float) -> None:
         term = Term(self.key, self.node, record.token)
@@ -370,11 +385,11 @@ class Campaign(_Worker):
             lead.watch.close()
             lead.watch = None
 
-    def _take_lead(self) -> _Lead | None:
+    def _take_lead(self, *, close_watch: bool = True) -> _Lead | None:
         with self._lock:
             lead, self._lead = self._lead, None
             self._deadline = 0.0
-        if lead is not None and lead.watch is not None:
+        if close_watch and lead is not None and lead.watch is not None:
             lead.watch.close()
         return lead
 
@@ -393,20 +408,26 @@ class Campaign(_Worker):
             lead.session.close()
 
     def _release(self, reason: str) -> None:
-        """End the term and hand the key over: compare-and-delete it, then close the session."""
-        lead = self._take_lead()
+        """End the term and hand the key over (``Discovery.release``: removed through our own session, which
+        is closed). The term ends before the key goes; the lead's watch is closed only after the key went, so
+        joining a watch thread is not on the handover's path."""
+        lead = self._take_lead(close_watch=False)
         if lead is None:
             return
         log.info("%s: leadership released by %s (token %d): %s", self.key, self.node, lead.term.token, reason)
         self._emit(Event(Kind.LOST, lead.term))
         try:
-            self._d.delete(self.key, lead.term.token)
+            self._d.release(self.key, lead.term.token, lead.session)
         except DiscoveryError as e:
             log.warning("%s: could not delete the leader key on release (it expires with the TTL): %s", self.key, e)
         finally:
-            lead.session.close()
+            if lead.watch is not None:
+                lead.watch.close()
 
     def _finish(self) -> None:
+        if self._spent is not None:
+            self._spent.close()
+            self._spent = None
         self._release("stopped")
         if self._stale is not None:
             session, token = self._stale
