@@ -43,6 +43,41 @@ def _vkey(v: str) -> tuple[int, ...]:
         return (0,)
 
 
+_NAMES_KEY = b'"Names":['
+
+
+def _rename_in_place(raw: bytes, renamed: list[Any], node: str) -> bytes | None:
+    """An engine's ``/containers/json`` bytes with each ``Names`` array replaced by its renamed one, or None.
+
+    ``renamed`` is the parsed list of ``raw`` after renaming (``/node/name``). Each ``"Names":[...]`` in
+    ``raw`` is replaced only if the occurrences are exactly one per container, in order, and each array's
+    bytes are exactly the compact JSON of the container's original names; anything else (another
+    encoder's escaping, a ``Names`` key elsewhere, a container without names) returns None and the
+    caller re-encodes the whole list. So the result always decodes to ``renamed``.
+    """
+    parts: list[bytes] = []
+    pos = 0
+    prefix = f"/{node}"
+    for item in renamed:
+        names = item.get("Names") if isinstance(item, dict) else None
+        if not isinstance(names, list) or not names:
+            return None
+        start = raw.find(_NAMES_KEY, pos)
+        if start < 0:
+            return None
+        start += len(_NAMES_KEY) - 1  # at the '['
+        end = raw.find(b"]", start) + 1
+        original = [n[len(prefix) :] if isinstance(n, str) else n for n in names]
+        if end <= 0 or raw[start:end] != json.dumps(original, separators=(",", ":")).encode():
+            return None
+        parts += [raw[pos:start], json.dumps(names, separators=(",", ":")).encode()]
+        pos = end
+    if raw.find(_NAMES_KEY, pos) >= 0:
+        return None
+    parts.append(raw[pos:])
+    return b"".join(parts)
+
+
 class PrimaryAPI:
     """Serves Docker API requests for ``cluster`` (see the module docstring)."""
 
@@ -99,16 +134,17 @@ class PrimaryAPI:
             "Components": [{"Name": "swarmha", "Version": SERVER_VERSION, "Details": {}}],
         }
 
-    async def _gather(self, ex: Exchange, path: str) -> list[tuple[Engine, Any]]:
+    async def _gather(self, ex: Exchange, path: str) -> list[tuple[Engine, Any, bytes]]:
+        """Every healthy engine's answer to ``GET path`` (with the request's query): (engine, parsed, raw)."""
         query = urlsplit(ex.target).query
         target = path + (f"?{query}" if query else "")
 
-        async def one(e: Engine) -> tuple[Engine, Any] | None:
+        async def one(e: Engine) -> tuple[Engine, Any, bytes] | None:
             try:
                 r = await fetch(self.cluster.pool, e.upstream, target, timeout=self.cluster.timeout)
                 if r.status != 200:
                     return None
-                return e, json.loads(r.body.decode())
+                return e, json.loads(r.body), r.body
             except (UpstreamUnreachable, UpstreamBroken, ValueError):
                 return None
 
@@ -123,7 +159,7 @@ class PrimaryAPI:
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
         lists = await self._gather(ex, f"/{kind}/json")
-        for e, items in lists:
+        for e, items, _raw in lists:
             for item in items:
                 if kind == "containers":
                     item["Names"] = [f"/{e.name}{n}" for n in item.get("Names") or []]
@@ -132,6 +168,11 @@ class PrimaryAPI:
                     continue
                 seen.add(item.get("Id", ""))
                 out.append(item)
+        if len(lists) == 1:  # one engine: its own bytes, names renamed in place (no re-encoding), when that is exact
+            e, items, raw = lists[0]
+            body = raw if kind == "images" else _rename_in_place(raw, items, e.name)
+            if body is not None:
+                return await ex.respond(200, body, "application/json")
         if len(lists) > 1:  # one engine's list is already newest first
             out.sort(key=lambda i: i.get("Created", 0), reverse=True)
         await ex.json(200, out)
