@@ -18,10 +18,14 @@ import pytest
 
 from swarmha.manager.forward import Pool, Upstream, fetch, forward
 from swarmha.manager.http import Exchange, Server
+from swarmha.manager.manager import loop_factory
 from tests.helpers import wait_for
 from tests.manager_support import ManagerProc
 
 pytestmark = pytest.mark.timeout(90)
+
+# the manager runs on uvloop when it is installed (loop_factory): the in-process tests run on both loops
+LOOPS = ["asyncio", *(["uvloop"] if loop_factory() is not None else [])]
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
 
@@ -53,8 +57,11 @@ class Scripted:
             writer.close()
 
 
-def run_front(upstream: Scripted, client: Callable[[int], None], pool: Pool) -> None:
-    """Serve a front (our Server + forward through ``pool``) and the upstream; run ``client(front_port)``."""
+def run_front(upstream: Scripted, client: Callable[[int], None], pool: Pool, loop: str = "asyncio") -> None:
+    """Serve a front (our Server + forward through ``pool``) and the upstream; run ``client(front_port)``.
+
+    ``loop``: "asyncio" or "uvloop" (the event loop the manager runs on when it is installed).
+    """
 
     async def main() -> None:
         up_server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
@@ -79,7 +86,8 @@ def run_front(upstream: Scripted, client: Callable[[int], None], pool: Pool) -> 
             pool.close()
             up_server.close()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory() if loop == "uvloop" else None) as runner:
+        runner.run(main())
 
 
 def get_n(n: int, method: str = "GET") -> Callable[[int], None]:
@@ -96,19 +104,21 @@ def get_n(n: int, method: str = "GET") -> Callable[[int], None]:
     return client
 
 
-def test_forwarded_requests_reuse_one_upstream_connection_and_every_socket_has_nodelay() -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_forwarded_requests_reuse_one_upstream_connection_and_every_socket_has_nodelay(loop: str) -> None:
     upstream = Scripted()
-    run_front(upstream, get_n(20), Pool())
+    run_front(upstream, get_n(20), Pool(), loop)
     assert upstream.requests == 20
     assert upstream.connections == 1
     assert upstream.nodelay and all(upstream.nodelay)
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("method", ["GET", "POST"])
-def test_a_pooled_connection_the_upstream_closed_is_replaced_and_the_request_sent_again(method: str) -> None:
+def test_a_pooled_connection_the_upstream_closed_is_replaced_and_the_request_sent_again(method: str, loop: str) -> None:
     # the upstream drops the 2nd request on its first connection without answering (an idle close racing it)
     upstream = Scripted(drop=lambda conn, req: conn == 1 and req == 2)
-    run_front(upstream, get_n(3, method), Pool())
+    run_front(upstream, get_n(3, method), Pool(), loop)
     assert upstream.requests == 3
     assert upstream.connections == 2
 

@@ -23,7 +23,7 @@ from swarmha.errors import ConfigurationError, DiscoveryError, SessionExpired, S
 from swarmha.manager import demo as _demo
 from swarmha.manager._config import format_duration, parse_address, parse_duration, parse_listen
 from swarmha.manager.cluster import NODES_KEY, STRATEGIES
-from swarmha.manager.manager import LEADER_KEY, Manager, ManagerConfig
+from swarmha.manager.manager import LEADER_KEY, Manager, ManagerConfig, loop_factory
 from swarmha.manager.tls import TLSConfig
 
 __all__ = ["main"]
@@ -132,7 +132,8 @@ def _manage(args: argparse.Namespace) -> int:
         await manager.run()
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(main())
     except OSError as e:
         print(f"swarmha manage: cannot listen on {args.host}: {e}", file=sys.stderr)
         return 1

@@ -26,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -42,13 +44,31 @@ from swarmha.manager.http import Exchange, Server
 from swarmha.manager.info import cluster_info
 from swarmha.manager.tls import TLSConfig
 
-__all__ = ["FORWARDED", "LEADER_KEY", "Manager", "ManagerConfig"]
+__all__ = ["FORWARDED", "LEADER_KEY", "Manager", "ManagerConfig", "loop_factory"]
 
 log = logging.getLogger("swarmha.manager")
 
 LEADER_KEY = "docker/swarm/leader"
 FORWARDED = "x-swarmha-forwarded"
 NO_PRIMARY = "No elected primary cluster manager"
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``swarmha manage`` runs on: uvloop's when it is installed, else asyncio's (None).
+
+    uvloop does the socket work of every transport in C (the manager's CPU per forwarded request was mostly
+    asyncio's selector and transport code, see docs/manager.md); everything the manager relies on is the
+    same on both (TCP_NODELAY on every TCP socket, ``write_eof`` half-close on plain TCP, TLS, signal
+    handlers, ``asyncio.timeout``), and the tests run the manager processes on uvloop and the in-process
+    front and pool tests on both. ``SWARMHA_LOOP=asyncio`` in the environment forces asyncio's loop.
+    """
+    if os.environ.get("SWARMHA_LOOP", "") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 @attrs.frozen
