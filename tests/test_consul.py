@@ -216,6 +216,27 @@ def test_idle_follower_sends_few_requests(double: ConsulDouble, discovery: Consu
         follower.stop()
 
 
+def test_idle_leader_sends_its_renewals_and_one_blocking_query(
+    double: ConsulDouble, discovery: ConsulDiscovery
+) -> None:
+    """Issue 3's store-load goal: an idle leader costs <= 3 store requests per ttl. Its watch on its own key keeps
+    one blocking query open across the waits between renewals (before: one or two queries per renewal period,
+    8.3 requests per ttl in docs/benchmarks.md)."""
+    ttl = 1.5
+    c = swarmha.Candidate(discovery, KEY, node="n", ttl=ttl)
+    events = Collector(c.run_for_election())
+    try:
+        assert events.next(10.0) is True
+        time.sleep(ttl / 2)  # past the first renewal, with the watch's query in flight
+        before = double.requests
+        time.sleep(2 * ttl)
+        sent = double.requests - before
+        assert c.is_leader
+        assert sent <= 2 * 3 + 1, f"{sent} requests in 2 ttl"  # 3 renewals per ttl, and one query at most
+    finally:
+        c.stop()
+
+
 def test_graceful_handover_is_fast(discovery: ConsulDiscovery) -> None:
     """stop() = one compare-and-delete, one blocking-query wake-up, one acquire (the issue's target: p50 <= 20 ms)."""
     durations = []

@@ -44,8 +44,10 @@ How the Discovery contract maps onto Consul:
   exists unlocked), and an absent key answers False (a plain ``DELETE ?cas=`` answers true for it).
 * :meth:`ConsulDiscovery.watch` uses blocking queries (``?index=&wait=``) on a connection of its own; the index
   is the ``X-Consul-Index`` of the read that produced the caller's record, so no change after it is missed.
-  Idle watches send one request per ``wait`` (5 minutes without a timeout). :meth:`Watch.close` shuts the
-  watch's socket down, which wakes a blocked :meth:`Watch.wait` at once.
+  A thread per watch keeps one blocking query (``wait`` = 5 minutes) in flight across :meth:`Watch.wait` calls
+  and their timeouts, so an idle watch sends one request per 5 minutes, however often it is waited on (a
+  leader waits on its own key between renewals: an idle leader costs its renewals and nothing else).
+  :meth:`Watch.close` shuts the watch's socket down, which wakes a blocked :meth:`Watch.wait` at once.
 
 Failure modes: every request is bounded (``timeout``); transport errors, timeouts, 5xx answers and "no cluster
 leader" raise :class:`~swarmha.errors.DiscoveryUnavailable`; an unknown session (renew 404, acquire on an
@@ -58,6 +60,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import math
 import re
 import socket
@@ -83,6 +86,8 @@ from swarmha.errors import (
 )
 
 __all__ = ["DEFAULT_PORT", "SESSION_TTL_MAX", "SESSION_TTL_MIN", "ConsulDiscovery", "session_ttl_for"]
+
+log = logging.getLogger("swarmha.discovery.consul")
 
 DEFAULT_PORT = 8500
 #: Consul's default ``session_ttl_min`` server option and its fixed maximum session TTL (seconds).
@@ -361,7 +366,16 @@ class _ConsulSession(Session):
 
 
 class _ConsulWatch(Watch):
-    """Blocking queries on one key over a connection of its own (so :meth:`close` can cut it)."""
+    """Blocking queries on one key, sent by a thread of the watch over a connection of its own.
+
+    The thread (``swarmha-consul-watch[PATH]``, started by the first :meth:`wait`) keeps one blocking query
+    (``wait`` = 5 minutes) in flight *across* :meth:`wait` calls and their timeouts, so a leader that waits on
+    its own key between renewals costs one query per 5 minutes, not one or two per renewal period. After a
+    change it sends the next query only once a :meth:`wait` has reported that change. A failed query ends the
+    thread: every later :meth:`wait` raises that error (callers close the watch and make a new one).
+    :meth:`close` shuts the connection down, which wakes the query and a blocked :meth:`wait` at once, and
+    joins the thread.
+    """
 
     def __init__(self, d: ConsulDiscovery, path: str, seen: Record | None, index: int | None) -> None:
         self._d = d
@@ -369,67 +383,84 @@ class _ConsulWatch(Watch):
         self._seen = seen
         self._index = index  # X-Consul-Index of a read that returned `seen`; None: read once first
         self._client = _Client(d, keepalive=1)
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._closed = False
-        self._busy = False
+        self._changed = False  # a change the thread saw that no wait() has reported yet
+        self._error: DiscoveryError | None = None
+        self._thread: threading.Thread | None = None
 
     def wait(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            if self._closed:
-                return False
-            self._busy = True
-        try:
-            return self._wait(deadline)
-        except DiscoveryError:
-            if self._is_closed():
-                return False
-            raise
-        finally:
-            with self._lock:
-                self._busy = False
-                closed = self._closed
-            if closed:
-                self._client.close()
-
-    def _is_closed(self) -> bool:
-        with self._lock:
-            return self._closed
-
-    def _wait(self, deadline: float | None) -> bool:
-        while not self._is_closed():
-            params: dict[str, str] = {}
-            read_timeout = None
-            if self._index is not None:
-                remaining = WATCH_WAIT if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
+        with self._cond:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"swarmha-consul-watch[{self._path}]", daemon=True
+                )
+                self._thread.start()
+            while True:
+                if self._closed:
                     return False
-                # Consul adds up to wait/16 of jitter: ask for 16/17 of what is left so the answer is in time.
-                wait = min(remaining, WATCH_WAIT) * 16.0 / 17.0
-                params = {"index": str(self._index), "wait": _go_duration(wait)}
-                read_timeout = wait * 17.0 / 16.0 + self._d._timeout
-            response = self._client.request("GET", self._path, params=params, read_timeout=read_timeout)
-            record = self._d._record(response)
-            index = _index(response)
-            if self._index is not None and index < self._index:
-                index = 0  # the index went backwards (a snapshot restore): start over with a plain read
-            self._index = index
-            if record != self._seen:
-                self._seen = record
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-        return False
+                if self._changed:
+                    self._changed = False
+                    self._cond.notify_all()  # the thread may query again
+                    return True
+                if self._error is not None:
+                    raise self._error
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while self._changed and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                    index = self._index
+                params: dict[str, str] = {}
+                read_timeout = None
+                if index is not None:
+                    # Consul adds up to wait/16 of jitter: ask for 16/17 of WATCH_WAIT.
+                    wait = WATCH_WAIT * 16.0 / 17.0
+                    params = {"index": str(index), "wait": _go_duration(wait)}
+                    read_timeout = WATCH_WAIT + self._d._timeout
+                response = self._client.request("GET", self._path, params=params, read_timeout=read_timeout)
+                record = self._d._record(response)
+                new_index = _index(response)
+                if index is not None and new_index < index:
+                    new_index = 0  # the index went backwards (a snapshot restore): start over with a plain read
+                with self._cond:
+                    self._index = new_index
+                    if record != self._seen:
+                        self._seen = record
+                        self._changed = True
+                        self._cond.notify_all()
+        except Exception as e:
+            error = e if isinstance(e, DiscoveryError) else DiscoveryError(f"consul watch on {self._path}: {e!r}")
+            with self._cond:
+                if not self._closed:
+                    if not isinstance(e, DiscoveryError):
+                        log.error("consul watch on %s: unexpected error", self._path, exc_info=e)
+                    self._error = error
+                    self._cond.notify_all()
+        finally:
+            self._client.close()
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
             if self._closed:
                 return
             self._closed = True
-            busy = self._busy
+            thread = self._thread
+            self._cond.notify_all()
         self._client.abort()
-        if not busy:
+        if thread is None:
             self._client.close()
+        elif thread is not threading.current_thread():
+            thread.join(self._d._timeout + 5.0)
 
 
 class ConsulDiscovery(Discovery):
