@@ -13,8 +13,9 @@ A :class:`Campaign` runs one background thread per candidate::
   It calls ``Discovery.prepare_session`` first, so a backend whose sessions are slow to open (ZooKeeper) can
   open one ahead; that prepared session is the backend's business (and cost), documented there.
 * Store errors never end the campaign: every step is retried with jittered exponential backoff (tenacity).
-* ``stop()`` and ``resign()`` delete the key with compare-and-delete, so a waiting candidate wins within one
-  watch round trip instead of after the TTL.
+* ``stop()`` and ``resign()`` end the term, then remove the key through the leader's own session
+  (``Discovery.release``: compare-and-delete and close, or on ZooKeeper the close alone), never a successor's
+  key, so a waiting candidate wins within one watch round trip instead of after the TTL.
 
 A :class:`Follow` runs one background thread that watches the key and publishes ``Leader | None`` on change.
 

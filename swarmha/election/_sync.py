@@ -26,9 +26,9 @@ class Candidate(StopsOnExit):
       to whatever the leader writes to; that is the only protection from a leader deposed mid-request.
     * Store errors never end the campaign: a leader that cannot renew demotes itself within
       ``renew_deadline``; the candidate keeps retrying (backoff up to ``min(1 s, ttl/6)``) and campaigns again.
-    * :meth:`stop` deletes the key if held (compare-and-delete), so the next candidate wins in one watch round
-      trip; it leaves no thread behind. A crashed leader is replaced once the store expires its session,
-      at most ``ttl`` (plus the store's own grace) after its last renewal.
+    * :meth:`stop` removes the key if held, through this candidate's own session (never a successor's key), so
+      the next candidate wins in one watch round trip; it leaves no thread behind. A crashed leader is replaced
+      once the store expires its session, at most ``ttl`` (plus the store's own grace) after its last renewal.
 
     ``ttl`` (seconds, > 0) is the session TTL; the leader renews every ``ttl/3``. ``renew_deadline`` defaults
     to ``2/3·ttl`` and must lie strictly between ``ttl/3`` and ``ttl``. Bad values raise
