@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 import swarmha
+from swarmha.manager.cluster import Engine
+from swarmha.manager.forward import Upstream
+from swarmha.manager.info import system_status
 from tests.helpers import wait_for
 from tests.manager_support import ManagerProc, free_port, make_certs, run_cli
 
@@ -99,6 +102,18 @@ def test_list_and_status_read_the_store(url: str) -> None:
     finally:
         session.close()
         d.close()
+
+
+def test_docker_info_node_status_is_pending_until_the_first_answer() -> None:
+    """Swarm classic's node states: an engine the manager has not heard from yet is ``Pending`` (it showed as
+    "Unhealthy", which made a manager that had just started look broken); one that failed is ``Unhealthy``
+    with its error; one that answered is ``Healthy``."""
+    new, failed, fine = (Engine(f"127.0.0.1:{p}", Upstream("127.0.0.1", p), name=f"e{p}") for p in (1, 2, 3))
+    failed.error = "connection refused"
+    fine.healthy = True
+    pairs = [(k.strip(), v) for k, v in system_status("Primary", "127.0.0.1:4000", "spread", [new, failed, fine])]
+    assert [v for k, v in pairs if k == "└ Status"] == ["Pending", "Unhealthy", "Healthy"]
+    assert [v for k, v in pairs if k == "└ Error"] == ["(none)", "connection refused", "(none)"]
 
 
 # -- roles, logs, forwarding ----------------------------------------------------------------------------------

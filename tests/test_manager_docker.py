@@ -51,10 +51,10 @@ class Cluster:
 
         def ready() -> bool:
             status = second.status()
-            healthy = [v for k, v in status.items() if k == "└ Status"]
-            return status.get("Primary") == first.addr and status.get("Nodes") == "2" and bool(healthy)
+            return status.get("Primary") == first.addr and status.get("Nodes") == "2" and _healthy(second) == 2
 
-        wait_for(ready, 20, "the replica to see the primary and both engines")
+        # Both engines Healthy, not just listed: until its first refresh answers, a manager shows them Pending.
+        wait_for(ready, 20, "the replica to see the primary and both engines healthy")
         wait_for(lambda: first.logs().count("Status") >= 0 and _healthy(first) == 2, 20, "the primary's engines")
         return first, second
 

@@ -62,6 +62,14 @@ class Engine:
     updated_at: datetime.datetime | None = None
 
     @property
+    def status(self) -> str:
+        """Swarm classic's node status: ``Pending`` until the first refresh answered, then ``Healthy`` or
+        ``Unhealthy`` (with :attr:`error`)."""
+        if self.healthy:
+            return "Healthy"
+        return "Unhealthy" if self.error else "Pending"
+
+    @property
     def url(self) -> str:
         scheme = "https" if self.upstream.ssl is not None else "http"
         return f"{scheme}://{self.addr}"

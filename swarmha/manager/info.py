@@ -35,7 +35,7 @@ def _engine_lines(e: Engine) -> list[list[str]]:
     return [
         [" " + e.name, e.addr],
         ["  └ ID", e.id],
-        ["  └ Status", "Healthy" if e.healthy else "Unhealthy"],
+        ["  └ Status", e.status],
         ["  └ Containers", f"{e.containers} ({e.running} Running, {e.paused} Paused, {e.stopped} Stopped)"],
         ["  └ Reserved CPUs", f"{e.reserved_cpus:g} / {e.ncpu}"],
         ["  └ Reserved Memory", f"{bytes_size(e.reserved_memory)} / {bytes_size(e.memory)}"],
