@@ -126,7 +126,9 @@ def test_suspended_connection_is_unavailable_not_expired(single: Cluster) -> Non
         with pytest.raises(DiscoveryUnavailable):
             session.keepalive()
         single.start()
-        wait_for(lambda: session.conn.connected.is_set(), 10.0, "the session to reconnect")  # type: ignore[attr-defined]
+        # kazoo waits for a handshake's answer up to the *requested* session timeout (30 s here), and a handshake
+        # sent into the restarted server's start-up window can go unanswered (a CI flake with a 10 s bound).
+        wait_for(lambda: session.conn.connected.is_set(), 35.0, "the session to reconnect")  # type: ignore[attr-defined]
         session.keepalive()  # the same session, confirmed again
         assert d.get("k") == record
     finally:
