@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from swarmha.manager.api import _rename_in_place
+from swarmha.manager.api import _json_names, _rename_in_place
 
 
 def _renamed(raw: bytes, node: str) -> list[Any]:
@@ -49,3 +49,10 @@ def test_names_are_renamed_in_the_engine_bytes_and_the_rest_is_kept_byte_for_byt
 )
 def test_anything_unusual_falls_back_to_a_full_re_encode(raw: bytes) -> None:
     assert _rename_in_place(raw, _renamed(raw, "n"), "n") is None
+
+
+@pytest.mark.parametrize(
+    "names", [["/a"], ["/a", "/b/c_d-e.f"], [], [""], ["/é"], ['/"'], ["/a\\b"], ["/x y"], ["/a", 1]]
+)
+def test_names_are_encoded_as_json_dumps_would(names: list[Any]) -> None:
+    assert _json_names(names) == json.dumps(names, separators=(",", ":")).encode()

@@ -44,6 +44,14 @@ def _vkey(v: str) -> tuple[int, ...]:
 
 
 _NAMES_KEY = b'"Names":['
+_PLAIN_NAMES = re.compile(r"[-/\w.]*", re.ASCII)  # Docker's name characters: json.dumps leaves them as they are
+
+
+def _json_names(names: list[Any]) -> bytes:
+    """``json.dumps(names, separators=(",", ":"))`` as bytes; built directly for plain names (the usual case)."""
+    if names and all(isinstance(n, str) and _PLAIN_NAMES.fullmatch(n) for n in names):
+        return b'["' + '","'.join(names).encode() + b'"]'
+    return json.dumps(names, separators=(",", ":")).encode()
 
 
 def _rename_in_place(raw: bytes, renamed: list[Any], node: str) -> bytes | None:
@@ -68,9 +76,9 @@ def _rename_in_place(raw: bytes, renamed: list[Any], node: str) -> bytes | None:
         start += len(_NAMES_KEY) - 1  # at the '['
         end = raw.find(b"]", start) + 1
         original = [n[len(prefix) :] if isinstance(n, str) else n for n in names]
-        if end <= 0 or raw[start:end] != json.dumps(original, separators=(",", ":")).encode():
+        if end <= 0 or raw[start:end] != _json_names(original):
             return None
-        parts += [raw[pos:start], json.dumps(names, separators=(",", ":")).encode()]
+        parts += [raw[pos:start], _json_names(names)]
         pos = end
     if raw.find(_NAMES_KEY, pos) >= 0:
         return None

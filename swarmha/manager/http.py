@@ -120,23 +120,35 @@ class Exchange:
         self.target: str = request.target.decode("latin-1")
         self.http_version: bytes = request.http_version
         self.headers: list[tuple[bytes, bytes]] = request.headers.raw_items()
-        if len(request.target) + sum(len(n) + len(v) + 4 for n, v in self.headers) > MAX_HEAD:
+        size = len(request.target)
+        has_upgrade = False
+        connection = b""  # every Connection header's value, lowercased
+        for n, v in self.headers:  # one pass for the head size and the headers decided on below
+            size += len(n) + len(v) + 4
+            key = n.lower()
+            if key == b"connection":
+                connection += b"," + v.lower()
+            elif key == b"upgrade":
+                has_upgrade = True
+        if size > MAX_HEAD:
             raise BadRequest(f"request head larger than {MAX_HEAD} bytes")
         chunked, length = _check_framing(request, self.headers)
         #: True when the body is chunked (its length is not known in advance).
         self.chunked: bool = chunked
         #: The declared body length (0 for none or for a chunked body).
         self.content_length: int = length
-        parts = urlsplit(self.target)
+        target = self.target
+        if target.startswith("/") and not target.startswith("//") and "#" not in target:
+            path, _, self._query = target.partition("?")  # what urlsplit gives for an origin-form target
+        else:
+            parts = urlsplit(target)
+            path, self._query = parts.path, parts.query
         #: Path without the ``/vX.Y`` API version prefix.
-        self.path: str = strip_version(parts.path)
-        self._query = parts.query
+        self.path: str = strip_version(path)
         self._parsed_query: dict[str, list[str]] | None = None
-        self.upgrade: bool = self._wants_upgrade()
+        self.upgrade: bool = has_upgrade and b"upgrade" in connection
         #: HTTP/1.1 without ``Connection: close``: the connection stays open after this exchange (h11's rule).
-        self._keep_alive = request.http_version == b"1.1" and not any(
-            n.lower() == b"connection" and b"close" in v.lower() for n, v in self.headers
-        )
+        self._keep_alive = request.http_version == b"1.1" and b"close" not in connection
         self.started = False
         self.finished = False
         self._no_body = False  # the response's: HEAD, 204, 304
@@ -145,9 +157,6 @@ class Exchange:
             self._body_done = True
             if type(conn.h11.next_event()) is not h11.EndOfMessage:
                 raise BadRequest("request without a body not followed by its end")
-
-    def _wants_upgrade(self) -> bool:
-        return any(n.lower() == b"upgrade" for n, _ in self.headers) and "upgrade" in self.header("connection").lower()
 
     @property
     def query(self) -> dict[str, list[str]]:
