@@ -5,6 +5,7 @@ The election contract itself runs on ZooKeeper in tests/test_contract.py; this f
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -13,7 +14,7 @@ import pytest
 import swarmha
 from swarmha.errors import DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
 from tests import cluster_scenarios
-from tests.helpers import wait_for
+from tests.helpers import Collector, wait_for
 from tests.servers import Cluster, zk_cluster
 from tests.stores import fresh_prefix
 
@@ -147,3 +148,50 @@ def test_killing_the_member_clients_talk_to_keeps_one_leader(trio: Cluster) -> N
 
 def test_whole_ensemble_down_demotes_then_recovers_without_restarts(trio: Cluster) -> None:
     cluster_scenarios.whole_cluster_down_and_back(trio, url_for(trio))
+
+
+def _session_guards() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("swarmha-zk-session[") and t.is_alive()]
+
+
+def test_a_session_closed_while_the_store_is_down_is_closed_once_it_is_back(single: Cluster) -> None:
+    # Without the close-later, the restarted server restores the session with a fresh 10 s timeout and its
+    # key stays that long after the restart.
+    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}?timeout=1")
+    try:
+        session = d.session(10.0)
+        assert d.create("k", "v", session) is not None
+        single.kill()
+        wait_for(lambda: not session.conn.connected.is_set(), 5.0, "kazoo to notice")  # type: ignore[attr-defined]
+        started = time.monotonic()
+        session.close()
+        assert time.monotonic() - started < 2.0, "close() waited for the store"
+        single.start()
+        wait_for(lambda: d.get("k") is None, 3.0, "the session's key to go after the restart")
+    finally:
+        single.start()
+        d.close()
+    assert not any(t.name.startswith("swarmha-zk-session-close[") for t in threading.enumerate())  # joined
+
+
+def test_a_leader_demoted_during_an_outage_does_not_block_the_election_after_it(single: Cluster) -> None:
+    # ttl 10 s: the old leader's session (expired here while the server was down) used to be restored by the
+    # restarted server and its key to block every candidate for ~10 s; now it is closed once the server is back.
+    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}?timeout=1")
+    c = swarmha.Candidate(d, "svc/leader", node="n", ttl=10.0)
+    events = Collector(c.run_for_election())
+    try:
+        assert events.next(10.0) is True
+        single.kill()
+        assert events.next(12.0) is False  # demoted at the renew deadline (~6.7 s)
+        # The leader's session expires here ttl after its last renewal; its client is stopped with the store down.
+        wait_for(lambda: not _session_guards(), 10.0, "the old leader's session to expire locally")
+        single.start()
+        back_at = time.monotonic()
+        won_at, value = events.next_timed(15.0)
+        assert value is True
+        assert won_at - back_at <= 3.0, f"re-elected {won_at - back_at:.2f}s after the restart"
+    finally:
+        single.start()
+        c.stop()
+        d.close()

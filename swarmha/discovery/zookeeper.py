@@ -20,6 +20,19 @@ How the contract maps to ZooKeeper:
   out; meanwhile kazoo heartbeats it (a ping every ttl/3 or so): the one periodic cost of a waiting candidate
   on ZooKeeper, besides the shared connection's own pings. Sharing one connection would leave a leader key behind for
   as long as the process lives whenever the key's explicit delete failed, which is the bug Swarm classic had.
+* A Session closed (by its owner or its guard) while its connection is down cannot send the CloseSession; the
+  server keeps the session and its key until it expires it, and a server restarted meanwhile restores the
+  session with a fresh timeout (so without more, the key of a leader demoted during a store outage blocked
+  every candidate for ~``ttl`` after the store came back). So the close is done *later*: a
+  ``swarmha-zk-session-close[ID]`` thread of the Discovery reattaches a new kazoo client to that session
+  (``client_id``: its id and password) and sends the CloseSession as soon as a server answers. The caller of
+  ``close()`` never waits for it. It ends once the close is sent, once the server answers that the session is
+  gone, once the store was reachable for ``ttl`` + 2 s without either (the server has expired it by then), after
+  5 minutes, or at :meth:`ZooKeeperDiscovery.close` (which joins it); in those last cases the key goes when the
+  server expires the session, as before. It is safe: that client sends nothing but the close of that one
+  session, which removes only that session's own ephemerals, never another session's znode; and it ends no
+  term (the owner's term ended when it could not renew: the close only frees its key sooner). A close lost
+  after the handshake leaves the session to expire about one session timeout after that handshake.
 * The server clamps the requested session timeout to ``[minSessionTimeout, maxSessionTimeout]``, by default
   ``[2 x tickTime, 20 x tickTime]`` = 4 s .. 40 s with the usual ``tickTime=2000``, and expires sessions in
   ``tickTime`` buckets. A ``ttl`` below ``minSessionTimeout`` therefore keeps a crashed leader's key up to
@@ -52,7 +65,9 @@ How the contract maps to ZooKeeper:
 Failure modes: connection loss, timeouts, a closed client → ``DiscoveryUnavailable``; an expired Session →
 ``SessionExpired``; auth/ACL failures and other server errors → ``DiscoveryError``. No kazoo exception escapes.
 Threads: one ``swarmha-zk-session[ID]`` guard per open Session (see :class:`_ZkSession`), joined by its
-``close()``; kazoo runs its own connection and callback threads per client.
+``close()``; one ``swarmha-zk-session-close[ID]`` per session being closed later (above), ended and joined by
+:meth:`ZooKeeperDiscovery.close`; kazoo runs its own connection and callback threads per client (those of a
+close-later client are stopped by that thread before it ends).
 """
 
 from __future__ import annotations
@@ -106,6 +121,13 @@ DEFAULT_TIMEOUT = 5.0
 #: (seen in the fault soak right after a server restart) would otherwise stall reads, watches and
 #: therefore every election for up to 10 s after the store is back.
 SHARED_SESSION_TIMEOUT = 10.0
+#: A close-later (see :meth:`ZooKeeperDiscovery._close_later`) gives up once the store was reachable (the shared
+#: connection up) for the session's ttl plus this margin without closing the session: the server has expired
+#: it by then (a session it can reach is not heartbeated by anyone).
+CLOSE_LATER_MARGIN = 2.0
+#: ... and in any case this long after it started (a store unreachable for longer expires the session itself,
+#: one session timeout after it is back).
+CLOSE_LATER_LIMIT = 300.0
 _OPTIONS = {"timeout", "prepare"}
 _CACHE_LIMIT = 1024
 _MAX_LIST_NODES = 100_000
@@ -124,14 +146,19 @@ class _Conn:
         self.connected = threading.Event()
         self.lost = False
         self.session_id: int | None = None
+        # The session's (id, password) once established (sticky only): what a close-later needs (see stop()).
+        self.client_id: tuple[int, bytes] | None = None
+        self._stop_lock = threading.Lock()
         self.on_lost: Callable[[], None] | None = None
         self.on_revived: Callable[[], None] | None = None
         self._stopping = False
         self.client = KazooClient(
             hosts=discovery._hosts,
             timeout=session_timeout,
-            # Reconnect fast and forever; commands are never retried by kazoo (we bound and retry them).
-            connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=0.5),
+            # Reconnect fast and forever (attempts at most 0.2 s apart, +-40 % jitter: after a store outage the
+            # shared client's return bounds the election's); commands are never retried by kazoo (we bound and
+            # retry them).
+            connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=0.2),
             command_retry=None,
             randomize_hosts=False,
             auth_data=discovery._auth_data,
@@ -150,6 +177,8 @@ class _Conn:
             elif sid != self.session_id:
                 self.lost = True
             if not self.lost:
+                if self.sticky and client_id:
+                    self.client_id = (int(client_id[0]), bytes(client_id[1]))
                 self.connected.set()
         else:
             self.connected.clear()
@@ -184,9 +213,18 @@ class _Conn:
     def start(self) -> None:
         self.client.start_async()
 
-    def stop(self) -> None:
-        """Close the ZooKeeper session and free the client; never raises."""
-        self._stopping = True
+    def stop(self) -> tuple[int, bytes] | None:
+        """Close the ZooKeeper session and free the client; never raises.
+
+        Returns the session's ``(id, password)`` when the session may outlive this call on the server: a
+        session (sticky) client that had established its session, did not see it lost, and was not connected
+        when stopped, so kazoo could not send the CloseSession. None otherwise, and on every later call.
+        """
+        with self._stop_lock:
+            first = not self._stopping
+            self._stopping = True
+            # Read before stopping: the stop itself makes kazoo report LOST, which marks a sticky session lost.
+            close_later = first and self.sticky and not self.connected.is_set() and not self.lost
         self.connected.clear()
         try:
             self.client.stop()
@@ -194,6 +232,9 @@ class _Conn:
             log.debug("stopping the %s client: %s", self.what, e)
         with contextlib.suppress(Exception):
             self.client.close()
+        if close_later and self.client_id is not None:
+            return self.client_id
+        return None
 
 
 def _record(data: bytes, stat: Any) -> Record:
@@ -219,8 +260,9 @@ class _ZkSession(Session):
     kazoo heartbeats a session by itself, which would let a session outlive a stuck owner. The guard thread
     (``swarmha-zk-session[ID]``) keeps the contract that only :meth:`keepalive` extends a session: once ``ttl``
     has passed since the last successful keepalive was *sent*, or kazoo reported the session LOST, it marks the
-    session expired and closes the client (ZooKeeper then deletes the session's ephemerals at once, or after the
-    session timeout if the server cannot be reached). :meth:`close` stops and joins it.
+    session expired and closes the client (ZooKeeper then deletes the session's ephemerals at once, or, if the
+    server cannot be reached, when the Discovery's close-later reaches it, at the latest after the session
+    timeout). :meth:`close` stops and joins it, and never waits for a close-later.
     """
 
     def __init__(self, discovery: ZooKeeperDiscovery, ttl: float, *, prepared: bool = False) -> None:
@@ -275,7 +317,7 @@ class _ZkSession(Session):
             if lost or remaining <= 0:
                 why = "ZooKeeper reported it lost" if lost else f"not renewed within ttl={self.ttl}s"
                 log.warning("ZooKeeper session %s expired: %s", self.id, why)
-                self.conn.stop()
+                self._stop_conn()
                 return
             self._wake.wait(None if remaining == math.inf else remaining)
             self._wake.clear()
@@ -308,7 +350,13 @@ class _ZkSession(Session):
         if self._guard is not None and self._guard is not threading.current_thread():
             self._guard.join(30.0)
         self.conn.on_lost = None
-        self.conn.stop()
+        self._stop_conn()
+
+    def _stop_conn(self) -> None:
+        """Stop the client; if its session could not be closed (connection down), close it later (never waits)."""
+        client_id = self.conn.stop()
+        if client_id is not None:
+            self._d._close_later(client_id, self.ttl)
 
 
 class _ZkWatch(Watch):
@@ -398,6 +446,7 @@ class ZooKeeperDiscovery(Discovery):
         self._watches: weakref.WeakSet[_ZkWatch] = weakref.WeakSet()
         self._owned: dict[int, _ZkSession] = {}  # session id -> this Discovery's active Session (see delete)
         self._spare: _ZkSession | None = None  # a prepared session (see prepare_session)
+        self._closers: dict[threading.Thread, threading.Event] = {}  # close-later threads -> their wake-up
         self._shared = _Conn(self, min(SHARED_SESSION_TIMEOUT, self.timeout), "shared", sticky=False)
         self._shared.on_revived = self._rearm_watches
         self._shared.start()
@@ -467,6 +516,98 @@ class ZooKeeperDiscovery(Discovery):
         with self._lock:
             if self._owned.get(session.sid) is session:
                 del self._owned[session.sid]
+
+    def _close_later(self, client_id: tuple[int, bytes], ttl: float) -> None:
+        """Close the ZooKeeper session ``client_id`` (its id and password) as soon as the store answers again.
+
+        For a Session whose client was stopped while its connection was down: kazoo could not send the
+        CloseSession, so the server keeps the session, and its ephemerals, until it expires it; a server
+        restarted meanwhile restores it with a fresh timeout. Returns at once (the caller, e.g. a campaign
+        thread, never waits): one ``swarmha-zk-session-close[ID]`` thread reattaches a new client to that
+        session (see :meth:`_close_later_main`). Does nothing once this Discovery is closed (the session
+        then ends when the server expires it, as it would without this).
+        """
+        wake = threading.Event()
+        thread = threading.Thread(
+            target=self._close_later_main,
+            args=(client_id, ttl, wake),
+            name=f"swarmha-zk-session-close[{client_id[0]:x}]",
+            daemon=True,
+        )
+        with self._lock:
+            if self._closed:
+                return
+            self._closers[thread] = wake
+            thread.start()  # under the lock: close() joins only started threads
+
+    def _close_later_main(self, client_id: tuple[int, bytes], ttl: float, wake: threading.Event) -> None:
+        """Reattach a client to session ``client_id`` and close it; ends on the first of: closed, the server
+        answered that the session is gone (expired or closed), the store reachable for ``ttl`` +
+        :data:`CLOSE_LATER_MARGIN` without either, :data:`CLOSE_LATER_LIMIT`, or :meth:`close`. Never raises.
+
+        Safe: the new client only reattaches to that one session (ZooKeeper checks its password) and sends
+        nothing but the CloseSession, which removes that session's own ephemerals and never another
+        session's znode. It requests the shorter of ``ttl`` and ``timeout`` as the session timeout (which also
+        bounds kazoo's wait for a handshake answer); a close lost after the handshake leaves the session to
+        expire about one session timeout after it.
+        """
+        sid = client_id[0]
+        state: list[str] = []
+
+        def listen(kazoo_state: str) -> None:  # on kazoo's connection thread: must not block
+            if kazoo_state == KazooState.CONNECTED:
+                current = client.client_id
+                state.append("attached" if current and current[0] == sid else "gone")
+                wake.set()
+            elif kazoo_state == KazooState.LOST:
+                state.append("gone")
+                wake.set()
+
+        client: Any = None
+        try:
+            client = KazooClient(
+                hosts=self._hosts,
+                timeout=min(ttl, self.timeout),
+                client_id=client_id,
+                # Short-lived and one per abandoned session: retry often, so the close follows the store's return
+                # closely (an attempt at a server that is down is refused at once).
+                connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=1.5, max_delay=0.1),
+                command_retry=None,
+                randomize_hosts=False,
+                auth_data=self._auth_data,
+                logger=logging.getLogger("swarmha.discovery.zookeeper.kazoo"),
+            )
+            client.add_listener(listen)
+            client.start_async()
+            started = time.monotonic()
+            reachable_since: float | None = None
+            while not state and not self._closed:
+                wake.wait(0.2)
+                now = time.monotonic()
+                if self._shared.connected.is_set():
+                    reachable_since = now if reachable_since is None else reachable_since
+                else:
+                    reachable_since = None
+                if state or now - started > CLOSE_LATER_LIMIT:
+                    break
+                if reachable_since is not None and now - reachable_since > ttl + CLOSE_LATER_MARGIN:
+                    break
+            outcome = state[0] if state else "closed" if self._closed else "gave up"
+            if outcome == "attached":
+                client.stop()  # sends the CloseSession; the server removes the session's ephemerals
+                log.info("ZooKeeper session %x closed once the store was reachable again", sid)
+            else:
+                log.debug("ZooKeeper session %x not closed later: %s", sid, outcome)
+        except Exception as e:
+            log.warning("closing ZooKeeper session %x later failed: %s", sid, e)
+        finally:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.stop()
+                with contextlib.suppress(Exception):
+                    client.close()
+            with self._lock:
+                self._closers.pop(threading.current_thread(), None)
 
     def _rearm_watches(self) -> None:
         """Wake every open watch so it re-arms on the shared client (after that client was started again)."""
@@ -631,8 +772,9 @@ class ZooKeeperDiscovery(Discovery):
         Safe by construction: closing a session removes only that session's own ephemerals, never a znode
         another session created, whatever happened since (even a session kazoo opened anew after the old one
         expired holds no key). Raises :class:`~swarmha.errors.DiscoveryUnavailable` when the session's
-        connection was down (suspended): the key then goes when the server expires the session, within its
-        timeout; the session is closed in every case.
+        connection was down (suspended): the key then goes when a server answers again (the session is closed
+        later, see the module docstring) or when the server expires the session; the session is closed here
+        in every case, without waiting for the store to come back.
         """
         s = self._session(session)
         path = self._path(key)
@@ -641,7 +783,8 @@ class ZooKeeperDiscovery(Discovery):
         self._remember(path, None, None)
         if not reachable:
             raise DiscoveryUnavailable(
-                f"ZooKeeper session {s.id} was not connected when released: {path} goes when the session expires"
+                f"ZooKeeper session {s.id} was not connected when released: {path} goes once the store "
+                "answers (the session is closed later) or when the session expires"
             )
 
     def list(self, prefix: str) -> Mapping[str, Record]:
@@ -692,4 +835,11 @@ class ZooKeeperDiscovery(Discovery):
             watch.close()
         if spare is not None:
             spare.close()
+        with self._lock:
+            closers = dict(self._closers)
+        for wake in closers.values():
+            wake.set()
+        for thread in closers:
+            # Each ends within one kazoo connect attempt (at most ``timeout``) plus a reconnect pause.
+            thread.join(self.timeout + 5.0)
         self._shared.stop()
