@@ -99,6 +99,9 @@ class WaitSpy(swarmha.Discovery):
     def delete(self, key: str, token: int) -> bool:
         return self.inner.delete(key, token)
 
+    def release(self, key: str, token: int, session: Session) -> None:
+        self.inner.release(key, token, session)
+
     def list(self, prefix: str) -> Mapping[str, Record]:
         return self.inner.list(prefix)
 
