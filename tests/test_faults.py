@@ -6,6 +6,9 @@ The checker's own tests below show it does catch each kind of violation.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +18,8 @@ import swarmha
 from swarmha.discovery import Record
 from tests.fault.checker import Fault, Observation, check
 from tests.fault.harness import run_faults
+from tests.fault.proxy import FaultProxy
+from tests.helpers import wait_for
 from tests.stores import BACKENDS, StoreFixture
 
 # ttl per backend: etcd leases are whole seconds with a ~2 s server minimum
@@ -146,3 +151,47 @@ def test_zk_deposed_leaders_late_delete_spares_its_successors_key(
     finally:
         deposed.close()
         successor.close()
+
+
+def test_fault_proxy_frees_finished_connections_and_forwards_past_fd_1024() -> None:
+    """Soak finding (zk-cluster, seed 70000): the proxy never closed a finished connection's sockets, and polled
+    with select(), which rejects descriptors >= 1024. After a few thousand reconnects every new proxied
+    connection died at once, and the ZooKeeper ensemble looked as if it refused sessions for a minute."""
+    echo = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        echo.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = echo.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.sendall(conn.recv(64))
+
+    server = threading.Thread(target=serve, name="test-echo")
+    server.start()
+    proxy = FaultProxy(echo.getsockname())
+    ballast: list[socket.socket] = []
+    try:
+        for i in range(200):
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as c:
+                c.sendall(b"ping %d" % i)
+                assert c.recv(64) == b"ping %d" % i
+        wait_for(lambda: not proxy._conns, 10.0, "the proxy to close its finished connections")
+        while (probe := socket.socket()).fileno() < 1100:  # push the next descriptors past select()'s limit
+            ballast.append(probe)
+        probe.close()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as c:
+            c.sendall(b"late")
+            assert c.recv(64) == b"late"
+    finally:
+        for s in ballast:
+            s.close()
+        proxy.close()
+        stop.set()
+        server.join(5)
+        echo.close()

@@ -12,7 +12,11 @@ Modes (switch at any time with :meth:`FaultProxy.set_mode`):
   the gap: something TCP itself never does, only a broken middlebox. Clients see garbage (a response to
   a request they never got an answer for, a frame cut in half). The harness injects it only when asked.
 
-Only 127.0.0.1 is ever listened on or connected to.
+Only 127.0.0.1 is ever listened on or connected to. A connection's two sockets are closed (and forgotten) as
+soon as both directions ended, and readiness is polled with ``poll(2)``, which takes any descriptor number: a
+soak whose clients reconnect thousands of times must not run out of descriptors or pass ``select``'s 1024 limit
+(it did: every proxied connection opened after that failed, which read as a ZooKeeper ensemble refusing
+sessions for a minute).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class FaultProxy:
         self.delay = 0.0
         self._lock = threading.Lock()
         self._conns: list[tuple[socket.socket, socket.socket]] = []
+        self._pumping: dict[tuple[socket.socket, socket.socket], int] = {}  # directions still running
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._closed = False
@@ -79,12 +84,17 @@ class FaultProxy:
             except OSError:
                 client.close()
                 continue
+            pair = (client, upstream)
             with self._lock:
-                self._conns.append((client, upstream))
-            self._spawn(self._pump, client, upstream)
-            self._spawn(self._pump, upstream, client)
+                self._conns.append(pair)
+                self._threads = [t for t in self._threads if t.is_alive()]
+                self._pumping[pair] = 2
+            self._spawn(self._pump, client, upstream, pair)
+            self._spawn(self._pump, upstream, client, pair)
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, pair: tuple[socket.socket, socket.socket]) -> None:
+        poller = select.poll()
+        poller.register(src, select.POLLIN)
         try:
             while not self._closed:
                 with self._lock:
@@ -92,8 +102,7 @@ class FaultProxy:
                 if holding:  # read nothing: the bytes wait in the kernel buffers (and the sender's)
                     time.sleep(0.02)
                     continue
-                ready, _, _ = select.select([src], [], [], 0.2)
-                if not ready:
+                if not poller.poll(200):
                     continue
                 data = src.recv(65536)
                 if not data:
@@ -108,12 +117,22 @@ class FaultProxy:
                 if mode == "delay" and delay > 0:
                     time.sleep(delay)
                 dst.sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a socket closed by drop while polled
             pass
         finally:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                left = self._pumping.get(pair, 1) - 1
+                self._pumping[pair] = left
+                if left <= 0:
+                    self._pumping.pop(pair, None)
+                    with contextlib.suppress(ValueError):
+                        self._conns.remove(pair)
+            if left <= 0:  # the other direction has ended too: nothing reads or writes these sockets any more
+                for s in pair:
+                    s.close()
 
     def close(self) -> None:
         self._closed = True
