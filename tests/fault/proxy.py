@@ -93,9 +93,9 @@ class FaultProxy:
             self._spawn(self._pump, upstream, client, pair)
 
     def _pump(self, src: socket.socket, dst: socket.socket, pair: tuple[socket.socket, socket.socket]) -> None:
-        poller = select.poll()
-        poller.register(src, select.POLLIN)
         try:
+            poller = select.poll()
+            poller.register(src, select.POLLIN)  # ValueError if drop closed the socket before this thread ran
             while not self._closed:
                 with self._lock:
                     holding = self.mode == "blackhole"
