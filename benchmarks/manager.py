@@ -238,13 +238,14 @@ class Nginx:
             self.proc.wait(5)
 
 
-def _answers(addr: str) -> bool:
+def _answers(addr: str, path: str = "/_ping") -> bool:
+    """True if ``addr`` answers GET ``path`` with 200 now (a readiness probe: any failure is False)."""
     try:
         conn = Conn(addr, timeout=1.0)
     except OSError:
         return False
     try:
-        return conn.get("/_ping")[0] == 200
+        return conn.get(path)[0] == 200
     except (OSError, HTTPError):
         return False
     finally:

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import swarmha
-from benchmarks.manager import Conn, HTTPError, Nginx, _uptime, _wait, latency, throughput
+from benchmarks.manager import Nginx, _answers, _uptime, _wait, latency, throughput
 from tests.dockerd import IMAGE, busybox_tar, missing, start_engine, stop_engine
 from tests.manager_support import ROOT, free_port
 
@@ -50,19 +50,6 @@ def _manager(root: Path, url: str, directory: Path, env_extra: dict[str, str]) -
         start_new_session=True,
     )
     return addr, proc
-
-
-def _serves(addr: str) -> bool:
-    try:
-        conn = Conn(addr, timeout=1.0)
-    except OSError:
-        return False
-    try:
-        return conn.get(PATH)[0] == 200
-    except (OSError, HTTPError):
-        return False
-    finally:
-        conn.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,13 +86,13 @@ def main(argv: list[str] | None = None) -> None:
             discovery.put(f"docker/swarm/nodes/{engine.addr}", engine.addr, session)
             primary, proc = _manager(root, url, tmp, extra)
             procs.append(proc)
-            _wait(lambda a=primary: _serves(a), 60, f"the {name} primary")  # type: ignore[misc]
+            _wait(lambda a=primary: _answers(a, PATH), 60, f"the {name} primary")  # type: ignore[misc]
             replica, proc = _manager(root, url, tmp, extra)
             procs.append(proc)
             targets[f"{name} primary"] = primary
             targets[f"{name} replica"] = replica
         for addr in targets.values():
-            _wait(lambda a=addr: _serves(a), 60, addr)  # type: ignore[misc]
+            _wait(lambda a=addr: _answers(a, PATH), 60, addr)  # type: ignore[misc]
             latency(addr, PATH, 100)  # warm up
         lat: dict[str, list[float]] = {k: [] for k in targets}
         rate1: dict[str, list[float]] = {k: [] for k in targets}
