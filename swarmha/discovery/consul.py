@@ -66,7 +66,6 @@ import re
 import socket
 import ssl
 import threading
-import time
 import urllib.parse
 import weakref
 from collections.abc import Iterable, Mapping
@@ -390,26 +389,22 @@ class _ConsulWatch(Watch):
         self._thread: threading.Thread | None = None
 
     def wait(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
                     target=self._run, name=f"swarmha-consul-watch[{self._path}]", daemon=True
                 )
                 self._thread.start()
-            while True:
-                if self._closed:
-                    return False
-                if self._changed:
-                    self._changed = False
-                    self._cond.notify_all()  # the thread may query again
-                    return True
-                if self._error is not None:
-                    raise self._error
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
+            self._cond.wait_for(lambda: self._closed or self._changed or self._error is not None, timeout)
+            if self._closed:
+                return False
+            if self._changed:
+                self._changed = False
+                self._cond.notify_all()  # the thread may query again
+                return True
+            if self._error is not None:
+                raise self._error
+            return False
 
     def _run(self) -> None:
         try:

@@ -217,21 +217,17 @@ class _EtcdWatch(Watch):
         self._thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while True:
-                if self._closed:
-                    return False
-                if self._changed:
-                    self._changed = False
-                    self.known_absent = self._seen is None
-                    return True
-                if self._error is not None:
-                    raise self._error
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
+            self._cond.wait_for(lambda: self._closed or self._changed or self._error is not None, timeout)
+            if self._closed:
+                return False
+            if self._changed:
+                self._changed = False
+                self.known_absent = self._seen is None
+                return True
+            if self._error is not None:
+                raise self._error
+            return False
 
     def close(self) -> None:
         with self._cond:

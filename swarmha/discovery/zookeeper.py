@@ -403,11 +403,9 @@ class _ZkWatch(Watch):
                         self.known_absent = current is None
                         return True
             with self._cond:
-                while not (self._closed or self._fired):
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return False
-                    self._cond.wait(remaining)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if not self._cond.wait_for(lambda: self._closed or self._fired, remaining):
+                    return False
 
     def close(self) -> None:
         with self._cond:
