@@ -8,8 +8,10 @@ variant, a primary and a replica ``swarmha manage --replication`` over their own
 checkout given by ``--base``, ``new`` this checkout, ``new-asyncio`` this checkout with ``SWARMHA_LOOP=asyncio``.
 Each round measures every target in turn (latency: 200 sequential requests on one keep-alive connection;
 throughput: 1 s closed loop at concurrency 1, then 8), so load changes on a shared machine hit all variants
-alike. Prints p50, the p50 added over the engine, and the median throughput as a share of the engine's, with
-``uptime`` before and after. Uses the load generator of :mod:`benchmarks.manager` (same client cost everywhere).
+alike. Prints p50, the p50 added over the engine, the median throughput as a share of the engine's, and each
+manager's CPU time per request in the closed loops (from ``/proc/PID/stat``: what a shared machine's load
+changes least), with ``uptime`` before and after. Uses the load generator of :mod:`benchmarks.manager` (same
+client cost everywhere).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import swarmha
@@ -52,6 +55,21 @@ def _manager(root: Path, url: str, directory: Path, env_extra: dict[str, str]) -
     return addr, proc
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rate(addr: str, concurrency: int, pid: int | None, cpu: list[float]) -> float:
+    """Closed-loop requests/s; appends the process ``pid``'s CPU µs per request to ``cpu``."""
+    c0, t0 = (_cpu(pid) if pid else 0.0), time.perf_counter()
+    rate = throughput(addr, PATH, concurrency, 1.0)
+    if pid:
+        cpu.append((_cpu(pid) - c0) / (rate * (time.perf_counter() - t0)) * 1e6)
+    return rate
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.manager_ab",
@@ -72,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="swarmha-bench-ab-"))
     engine = start_engine(0)
     procs: list[subprocess.Popen[bytes]] = []
+    pids: dict[str, int] = {}
     nginx: Nginx | None = None
     load_before = _uptime()
     try:
@@ -91,20 +110,23 @@ def main(argv: list[str] | None = None) -> None:
             procs.append(proc)
             targets[f"{name} primary"] = primary
             targets[f"{name} replica"] = replica
+            pids[f"{name} primary"], pids[f"{name} replica"] = procs[-2].pid, procs[-1].pid
         for addr in targets.values():
             _wait(lambda a=addr: _answers(a, PATH), 60, addr)  # type: ignore[misc]
             latency(addr, PATH, 100)  # warm up
         lat: dict[str, list[float]] = {k: [] for k in targets}
         rate1: dict[str, list[float]] = {k: [] for k in targets}
         rate8: dict[str, list[float]] = {k: [] for k in targets}
+        cpu1: dict[str, list[float]] = {k: [] for k in targets}
+        cpu8: dict[str, list[float]] = {k: [] for k in targets}
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds} ...", flush=True)
             for k, addr in targets.items():
                 lat[k] += latency(addr, PATH, 200)
             for k, addr in targets.items():
-                rate1[k].append(throughput(addr, PATH, 1, 1.0))
+                rate1[k].append(_rate(addr, 1, pids.get(k), cpu1[k]))
             for k, addr in targets.items():
-                rate8[k].append(throughput(addr, PATH, 8, 1.0))
+                rate8[k].append(_rate(addr, 8, pids.get(k), cpu8[k]))
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -120,15 +142,22 @@ def main(argv: list[str] | None = None) -> None:
     e50 = statistics.median(lat["engine"])
     e1, e8 = statistics.median(rate1["engine"]), statistics.median(rate8["engine"])
     print(f"\n`{PATH}`, {args.rounds} rounds; load before `{load_before}`, after `{_uptime()}`\n")
-    print("| target | p50 ms | added p50 ms (vs engine) | c=1 req/s (% of engine) | c=8 req/s (% of engine) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| target | p50 ms | added p50 ms (vs engine) | c=1 req/s (% of engine) | c=8 req/s (% of engine) "
+        "| CPU µs/req c=1 / c=8 (this process) |"
+    )
+    print("|---|---|---|---|---|---|")
     for k in targets:
         p50 = statistics.median(lat[k])
         r1, r8 = statistics.median(rate1[k]), statistics.median(rate8[k])
         print(
             f"| {k} | {p50 * 1e3:.3f} | {(p50 - e50) * 1e3:+.3f} | {r1:.0f} ({r1 / e1 * 100:.0f} %) "
-            f"| {r8:.0f} ({r8 / e8 * 100:.0f} %) |"
+            f"| {r8:.0f} ({r8 / e8 * 100:.0f} %) | {_median_us(cpu1[k])} / {_median_us(cpu8[k])} |"
         )
+
+
+def _median_us(values: list[float]) -> str:
+    return f"{statistics.median(values):.0f}" if values else ""
 
 
 if __name__ == "__main__":

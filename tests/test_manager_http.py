@@ -1,6 +1,9 @@
-"""The manager's HTTP/1.1 front (h11 underneath): 400 for malformed and smuggling-style framing, the rest served.
+"""The manager's HTTP/1.1 front (llhttp for the common request head, h11 for the rest; or h11 alone): 400 for
+malformed and smuggling-style framing, the rest served.
 
-In-process: :class:`swarmha.manager.http.Server` on loopback, raw sockets as clients.
+In-process: :class:`swarmha.manager.http.Server` on loopback, raw sockets as clients; every test with each
+parser setting (``http.PARSER``) on each event loop. ``tests/test_manager_parse.py`` checks that every head the
+llhttp path accepts is one that h11 accepts with the same meaning.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ _LOOP: list[str] = ["asyncio"]
 def event_loop_kind(request: pytest.FixtureRequest) -> None:
     """Every test on asyncio's loop and on uvloop's (what ``swarmha manage`` runs on when it is installed)."""
     _LOOP[0] = request.param
+
+
+@pytest.fixture(autouse=True, params=[*(["llhttp"] if front.PARSER == "llhttp" else []), "h11"])
+def parser_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test with llhttp reading request heads first (httptools installed: what the manager does) and with
+    h11 alone (without httptools)."""
+    monkeypatch.setattr(front, "PARSER", request.param)
+    return str(request.param)
 
 
 async def _handle(ex: Exchange) -> None:
@@ -180,3 +191,23 @@ def test_a_head_not_complete_in_time_gets_400(monkeypatch: pytest.MonkeyPatch) -
             return s.recv(4096)
 
     assert serve(client).startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_pipelined_request_after_a_chunked_one_and_a_body_split_across_reads() -> None:
+    """Each request on its own parser: chunked (h11) then Content-Length (llhttp), the body sent in pieces."""
+
+    def client(port: int) -> list[dict[str, Any]]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /a HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n")
+            s.sendall(b"POST /b HTTP/1.1\r\n" + H + b"Content-Length: 6\r\n\r\nabc")
+            out = b""
+            while out.count(b"HTTP/1.1 200") < 1 or not out.endswith(b"\n"):
+                out += s.recv(65536)
+            s.sendall(b"def")
+            s.sendall(b"GET /c HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+            while data := s.recv(65536):
+                out += data
+        return _responses(out)
+
+    got = serve(client)
+    assert [(r["path"], r["body"]) for r in got] == [("/a", "xy"), ("/b", "abcdef"), ("/c", "")]

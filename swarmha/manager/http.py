@@ -46,6 +46,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
+try:  # llhttp (Node.js's parser) through httptools: the fast path for the common request head, see _parse_fast
+    import httptools
+except ImportError:  # pragma: no cover - the extra swarmha[fast] is not installed: h11 parses every request
+    httptools = None  # type: ignore[assignment]
+
 __all__ = ["HEAD_TIMEOUT", "MAX_HEAD", "BadRequest", "ClientGone", "Exchange", "Handler", "Server", "strip_version"]
 
 log = logging.getLogger("swarmha.manager.http")
@@ -63,11 +68,21 @@ Handler = Callable[["Exchange"], Awaitable[None]]
 _NO_BODY_STATUS = frozenset({204, 304})
 # h11's own grammar for what it sends (h11._abnf: token, field-value, reason-phrase): a response that the fast
 # path of Exchange.complete frames itself must be one that h11 would have accepted byte for byte.
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_FIELD_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
+_HEADER_LINES = re.compile(rb"(?:%b: %b\r\n)*" % (_TOKEN, _FIELD_VALUE))  # "name: value" lines as sent
 _REASON = re.compile(rb"[ \t\x21-\x7e\x80-\xff]*")
 # response headers that make the fast path step aside for h11 (it decides framing and keep-alive for them)
 _H11_DECIDES = frozenset({b"transfer-encoding", b"connection"})
+
+#: Which parser reads request heads first: "llhttp" (httptools, when installed; h11 takes what it does not
+#: accept or what is not of the common kind) or "h11" (h11 alone). Tests set it to run both.
+PARSER = "llhttp" if httptools is not None else "h11"
+# h11's request-line grammar (h11._abnf: method = token, request-target = vchar+, HTTP-version), restricted to
+# HTTP/1.0 and 1.1: llhttp is laxer here (it accepts "GET  / HTTP/1.1" and versions 0.9 and 2.0)
+_REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+) ([\x21-\x7e]+) HTTP/(1\.[01])\r\n")
+# request headers for which h11 parses the request (its body framing, hijacking and Host rules are h11's)
+_H11_PARSES = frozenset({b"transfer-encoding", b"upgrade"})
 
 
 def strip_version(path: str) -> str:
@@ -87,7 +102,68 @@ class BadRequest(Exception):
     """The client sent something that is not an acceptable HTTP/1.1 request (answered with 400)."""
 
 
-def _check_framing(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> tuple[bool, int]:
+class _Head:
+    """A request head as parsed: method, target, version, headers (names as sent, values without OWS)."""
+
+    __slots__ = ("headers", "http_version", "method", "target")
+
+    def __init__(self, method: bytes, target: bytes, http_version: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.method = method
+        self.target = target
+        self.http_version = http_version
+        self.headers = headers
+
+
+class _Collect(list[tuple[bytes, bytes]]):
+    """httptools' callback object: collects the header lines and notes the end of the head."""
+
+    complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.append((name, value.rstrip(b" \t")))  # llhttp strips the leading OWS only; h11 strips both
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+def _parse_fast(head: bytes) -> tuple[_Head, int] | None:
+    """``head`` (bytes up to and including its empty line) parsed by llhttp: (head, Content-Length), or None.
+
+    None means "let h11 parse this request" (it then answers 400 or serves it exactly as before): whatever llhttp
+    rejects (h11 is the judge: it accepts some of it, like a repeated identical Content-Length or obsolete line
+    folding), a request line outside h11's grammar or other than HTTP/1.0 and 1.1, a Transfer-Encoding or Upgrade
+    header (chunked bodies and hijacking are h11's), and a Host header missing on HTTP/1.1 or repeated (h11's
+    400). So every head accepted here is one that h11 accepts with the same method, target, version, headers and
+    body length (``tests/test_manager_http.py`` checks this on generated heads). llhttp rejects a non-numeric,
+    overflowing or repeated Content-Length, bad header names, CR, LF or other control characters in values.
+    """
+    line = _REQUEST_LINE.match(head)
+    if line is None:
+        return None
+    headers = _Collect()
+    try:
+        httptools.HttpRequestParser(headers).feed_data(head)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None
+    if not headers.complete:
+        return None
+    hosts = 0
+    length = 0
+    for name, value in headers:
+        key = name.lower()
+        if key == b"host":
+            hosts += 1
+        elif key == b"content-length":  # llhttp checked: digits only, no overflow, not repeated
+            length = int(value)
+        elif key in _H11_PARSES:
+            return None
+    version = line.group(3)
+    if hosts > 1 or (hosts == 0 and version == b"1.1"):
+        return None
+    return _Head(line.group(1), line.group(2), version, headers), length
+
+
+def _check_framing(http_version: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[bool, int]:
     """The request body's framing, (chunked, length), after h11 validated it; BadRequest where h11 is lenient.
 
     h11 accepts Transfer-Encoding with Content-Length (it uses the chunked framing and ignores the length) and
@@ -106,7 +182,7 @@ def _check_framing(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> 
             length = int(next(v for v in value.split(b",") if v.strip()))
     if chunked and length is not None:
         raise BadRequest("both Transfer-Encoding and Content-Length")
-    if chunked and request.http_version < b"1.1":
+    if chunked and http_version < b"1.1":
         raise BadRequest("Transfer-Encoding on an HTTP/1.0 request")
     return chunked, length or 0
 
@@ -114,12 +190,14 @@ def _check_framing(request: h11.Request, headers: list[tuple[bytes, bytes]]) -> 
 class Exchange:
     """One request and the means to answer it (or to switch protocols and get the raw stream)."""
 
-    def __init__(self, conn: _Conn, request: h11.Request) -> None:
+    def __init__(self, conn: _Conn, request: _Head, fast_length: int | None = None) -> None:
+        """``fast_length``: the body length of a head that llhttp parsed (:func:`_parse_fast`); None: h11 did."""
         self._conn = conn
         self.method: str = request.method.decode("ascii", "replace").upper()
         self.target: str = request.target.decode("latin-1")
         self.http_version: bytes = request.http_version
-        self.headers: list[tuple[bytes, bytes]] = request.headers.raw_items()
+        self.headers: list[tuple[bytes, bytes]] = request.headers
+        self._method_raw = request.method
         size = len(request.target)
         has_upgrade = False
         connection = b""  # every Connection header's value, lowercased
@@ -132,11 +210,19 @@ class Exchange:
                 has_upgrade = True
         if size > MAX_HEAD:
             raise BadRequest(f"request head larger than {MAX_HEAD} bytes")
-        chunked, length = _check_framing(request, self.headers)
+        #: llhttp parsed the head (the body is read from the connection's buffer, the response framed here or by
+        #: an h11 state made for it); False: h11 parses this request (see :func:`_parse_fast`).
+        self._fast = fast_length is not None
+        if fast_length is not None:
+            chunked, length = False, fast_length
+        else:
+            chunked, length = _check_framing(request.http_version, self.headers)
         #: True when the body is chunked (its length is not known in advance).
         self.chunked: bool = chunked
         #: The declared body length (0 for none or for a chunked body).
         self.content_length: int = length
+        self._left = length  # body bytes not read yet (fast path)
+        self._connection = connection
         target = self.target
         if target.startswith("/") and not target.startswith("//") and "#" not in target:
             path, _, self._query = target.partition("?")  # what urlsplit gives for an origin-form target
@@ -153,10 +239,16 @@ class Exchange:
         self.finished = False
         self._no_body = False  # the response's: HEAD, 204, 304
         self._body_done = False
-        if not chunked and not length:  # h11 has the EndOfMessage ready: take it now
+        if not chunked and not length:
             self._body_done = True
-            if type(conn.h11.next_event()) is not h11.EndOfMessage:
+            h = conn.h11
+            if h is not None and not self._fast and type(h.next_event()) is not h11.EndOfMessage:  # h11 has it ready
                 raise BadRequest("request without a body not followed by its end")
+
+    @property
+    def query_string(self) -> str:
+        """The query of the target (after ``?``), as sent."""
+        return self._query
 
     @property
     def query(self) -> dict[str, list[str]]:
@@ -187,6 +279,18 @@ class Exchange:
     async def body_chunks(self) -> AsyncIterator[bytes]:
         """The request body as it arrives (empty for a body already read)."""
         conn = self._conn
+        if self._fast:
+            while self._left:
+                if not conn.buf:
+                    await conn._read()
+                    if not conn.buf:
+                        raise ClientGone("client closed the connection inside a request body")
+                chunk = conn.buf[: self._left]
+                conn.buf = conn.buf[len(chunk) :]
+                self._left -= len(chunk)
+                yield chunk
+            self._body_done = True
+            return
         while not self._body_done:
             event = await conn.next_event()
             if type(event) is h11.Data:
@@ -213,6 +317,32 @@ class Exchange:
             async for _ in self.body_chunks():
                 pass
 
+    def _h11(self) -> h11.Connection:
+        """The h11 state that frames this response.
+
+        For a request that llhttp parsed, h11 has not seen it: a fresh state is given an equivalent body-less
+        request (the method, the version and the Connection header: all that h11 decides response framing and
+        keep-alive from; the body was read already), so h11 frames what the fast path does not exactly as before.
+        """
+        conn = self._conn
+        if conn.h11 is None:
+            h = h11.Connection(h11.SERVER)
+            head = b"%b / HTTP/%b\r\nhost: x\r\n" % (self._method_raw, self.http_version)
+            if self._connection:
+                head += b"connection: " + self._connection[1:] + b"\r\n"
+            h.receive_data(head + b"\r\n")
+            if type(h.next_event()) is not h11.Request or type(h.next_event()) is not h11.EndOfMessage:
+                raise ClientGone("cannot frame a response for this request")  # not reached: a parsed request
+            conn.h11 = h
+        return conn.h11
+
+    def _send(self, event: Any) -> bytes:
+        """h11's bytes for ``event``; ClientGone if h11 refuses it (the connection cannot go on)."""
+        try:
+            return self._h11().send(event) or b""
+        except h11.LocalProtocolError as e:
+            raise ClientGone(f"cannot send this response: {e}") from e
+
     def _response(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes) -> h11.Response:
         self._no_body = self.method == "HEAD" or status in _NO_BODY_STATUS
         return h11.Response(status_code=status, headers=headers, reason=reason or _reason(status))
@@ -221,14 +351,14 @@ class Exchange:
         """Send the response head; the body follows with :meth:`send` and :meth:`end`."""
         await self._drain_body()
         self.started = True
-        await self._conn.write(self._conn.send(self._response(status, headers, reason)))
+        await self._conn.write(self._send(self._response(status, headers, reason)))
 
     async def send(self, data: bytes) -> None:
         if data and not self._no_body:
-            await self._conn.write(self._conn.send(h11.Data(data=data)))
+            await self._conn.write(self._send(h11.Data(data=data)))
 
     async def end(self) -> None:
-        await self._conn.write(self._conn.send(h11.EndOfMessage()))
+        await self._conn.write(self._send(h11.EndOfMessage()))
         self.finished = True
 
     async def complete(
@@ -256,45 +386,42 @@ class Exchange:
         no_body = self.method == "HEAD" or status in _NO_BODY_STATUS
         if not no_body and not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers):
             headers = [*headers, (b"content-length", b"%d" % len(body))]
-        data = conn.send(self._response(status, headers, reason))
+        data = self._send(self._response(status, headers, reason))
         if body and not self._no_body:
-            data += conn.send(h11.Data(data=body))
-        data += conn.send(h11.EndOfMessage())
+            data += self._send(h11.Data(data=body))
+        data += self._send(h11.EndOfMessage())
         await conn.write(data)
         self.finished = True
 
     def _frame_fast(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, reason: bytes) -> bytes | None:
         """The whole response's bytes for the common case of :meth:`complete`; None: let h11 frame it."""
-        if (
-            not self._keep_alive
-            or self.method == "HEAD"
-            or status < 200
-            or status > 999
-            or status in _NO_BODY_STATUS
-            or self._conn.h11.our_state is not h11.SEND_RESPONSE
-            or self._conn.h11.their_state is not h11.DONE
-        ):
+        if not self._keep_alive or self.method == "HEAD" or status < 200 or status > 999 or status in _NO_BODY_STATUS:
+            return None
+        h = self._conn.h11
+        if self._fast:
+            if h is not None or not self._body_done:
+                return None
+        elif h is None or h.our_state is not h11.SEND_RESPONSE or h.their_state is not h11.DONE:
             return None
         reason = reason or _reason(status)
         if not _REASON.fullmatch(reason):
             return None
-        parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
         length = b"%d" % len(body)
         has_length = False
         for name, value in headers:
             key = name.lower()
-            if key in _H11_DECIDES or not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            if key in _H11_DECIDES:
                 return None
             if key == b"content-length":
                 if value != length or has_length:
                     return None
                 has_length = True
-            parts.append(name + b": " + value + b"\r\n")
+        lines = b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+        if not _HEADER_LINES.fullmatch(lines):  # one pass for every name and value (CR and LF fit neither)
+            return None
         if not has_length:
-            parts.append(b"content-length: " + length + b"\r\n")
-        parts.append(b"\r\n")
-        parts.append(body)
-        return b"".join(parts)
+            lines += b"content-length: " + length + b"\r\n"
+        return b"HTTP/1.1 %d %b\r\n%b\r\n%b" % (status, reason, lines, body)
 
     async def respond(
         self, status: int, body: bytes = b"", content_type: str = "text/plain; charset=utf-8", extra: Any = ()
@@ -320,11 +447,14 @@ class Exchange:
         await self._drain_body()
         self.started = True
         conn = self._conn
-        await conn.write(conn.send(h11.InformationalResponse(status_code=101, headers=headers, reason=reason)))
+        await conn.write(self._send(h11.InformationalResponse(status_code=101, headers=headers, reason=reason)))
         self.finished = True
         conn.switched = True
-        early, _closed = conn.h11.trailing_data
-        return conn.reader, conn.writer, bytes(early)
+        if self._fast:  # not reached: a request that asks for an upgrade is parsed by h11
+            early, conn.buf = conn.buf, b""
+        else:
+            early = bytes(self._h11().trailing_data[0])
+        return conn.reader, conn.writer, early
 
     async def client_closed(self) -> None:
         """Return when the client closes its side (used to stop streaming to a client that left).
@@ -342,12 +472,23 @@ def _reason(status: int) -> bytes:
 
 
 class _Conn:
-    """One client connection: the socket and its h11 state machine."""
+    """One client connection: the socket, the bytes received and not parsed yet, and h11 while it is in use.
+
+    Between requests the received bytes wait in :attr:`buf`. A request head that llhttp accepts
+    (:func:`_parse_fast`) is taken from there and its body (Content-Length) too. Any other request is parsed
+    by an h11 state machine that gets the buffer and every byte received after it until that exchange ends;
+    then what h11 holds past the request goes back to the buffer.
+    """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        #: Received bytes not parsed yet (while h11 does not parse: see :attr:`h11_parses`).
+        self.buf = b""
+        #: The h11 state of the current exchange: the one parsing it, or the one framing its response; or None.
+        self.h11: h11.Connection | None = None
+        #: h11 parses the current request (received bytes go to it, not to :attr:`buf`).
+        self.h11_parses = False
         self.switched = False
         #: The last response was framed without h11 (Exchange.complete's fast path): start a new h11 state.
         self.fast_cycle = False
@@ -362,7 +503,7 @@ class _Conn:
         self.idle_expired = False
 
     async def _read(self) -> None:
-        """Feed what arrives to h11 (b"" at the end of the stream, or once the connection was closed)."""
+        """Read once: into :attr:`buf`, or fed to h11 while it parses (b"" at the end of the stream)."""
         async with self._reading:
             if self.eof:
                 return
@@ -372,12 +513,17 @@ class _Conn:
                 data = b""
             if not data:
                 self.eof = True
-            elif data[0] in b"\r\n" and self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
+            h = self.h11
+            if not self.h11_parses or h is None:
+                if data:
+                    self.buf = self.buf + data if self.buf else data
+                return
+            if data and data[0] in b"\r\n" and h.their_state is h11.IDLE and not h.trailing_data[0]:
                 # empty lines before a request line are ignored (RFC 9112 §2.2); h11 would reject them
                 data = data.lstrip(b"\r\n")
                 if not data:
                     return
-            self.h11.receive_data(data)
+            h.receive_data(data)
 
     async def _read_idle(self) -> bool:
         """:meth:`_read` between requests; False when the client stayed idle for :data:`IDLE_TIMEOUT` seconds.
@@ -418,6 +564,7 @@ class _Conn:
     async def next_event(self) -> Any:
         """The next h11 event, reading as needed; BadRequest for what h11 rejects, ClientGone at a cut."""
         h = self.h11
+        assert h is not None
         while True:
             try:
                 event = h.next_event()
@@ -429,9 +576,56 @@ class _Conn:
                 return event
             await self._read()
 
-    async def read_request(self) -> h11.Request | None:
-        """The next request head; None when the client closed (or stayed idle too long) between requests."""
-        h = self.h11
+    def _fast_head(self) -> tuple[_Head, int] | bool | None:
+        """A request head from :attr:`buf` for :func:`_parse_fast`: (head, length) taken from the buffer; None:
+        more bytes are needed; True: the client closed between requests; False: h11 is to parse this request."""
+        buf = self.buf
+        if buf and buf[0] in b"\r\n":  # empty lines before a request line are ignored (RFC 9112 §2.2)
+            buf = self.buf = buf.lstrip(b"\r\n")
+        if not buf:
+            return True if self.eof else None
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            # not complete yet, unless the client closed, it is too large, or its lines end in a bare LF (h11's)
+            if self.eof or len(buf) > MAX_HEAD or b"\n\n" in buf or b"\n\r\n" in buf:
+                return False
+            return None
+        end += 4
+        parsed = _parse_fast(buf[:end]) if end <= MAX_HEAD else None
+        if parsed is None:
+            return False
+        self.buf = buf[end:]
+        return parsed
+
+    async def read_request(self) -> tuple[_Head, int | None] | None:
+        """The next request head and, when llhttp parsed it, its body length (None: h11 parses this request);
+        None when the client closed (or stayed idle too long) between requests."""
+        if PARSER == "llhttp":
+            got = self._fast_head()
+            while got is None and not self.buf:  # idle: nothing of a request yet
+                if not await self._read_idle():
+                    return None
+                got = self._fast_head()
+            if got is None:  # a head has begun: HEAD_TIMEOUT from here
+                try:
+                    async with asyncio.timeout(HEAD_TIMEOUT):
+                        while got is None:
+                            await self._read()
+                            got = self._fast_head()
+                except TimeoutError:
+                    raise BadRequest("request head not received in time") from None
+            if got is True:
+                return None
+            if got is not False:
+                head, length = got
+                return head, length
+        h = self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.h11_parses = True
+        buf, self.buf = self.buf.lstrip(b"\r\n"), b""
+        if buf:
+            h.receive_data(buf)
+        if self.eof:
+            h.receive_data(b"")
         try:
             event = h.next_event()
             if event is h11.NEED_DATA:
@@ -450,55 +644,45 @@ class _Conn:
         except h11.RemoteProtocolError as e:
             raise BadRequest(str(e) or "malformed request") from e
         if type(event) is h11.Request:
-            return event
+            return _Head(event.method, event.target, event.http_version, event.headers.raw_items()), None
         return None  # ConnectionClosed
 
     async def wait_closed_by_peer(self) -> None:
         while not self.eof:
             await self._read()
-        # the EOF is left for the next next_event() to notice
+        # the EOF is left for the next request read to notice
 
     def next_cycle(self) -> bool:
         """Get ready for the next request on a keep-alive connection; False when the connection must close.
 
-        After a response h11 framed, h11 decides (both sides DONE, not MUST_CLOSE). After a fast-path
-        response (which is only taken for a keep-alive HTTP/1.1 request read whole, see
-        :meth:`Exchange.complete`), a new h11 state machine takes over the bytes already received after
-        that request, so the next request is parsed by h11 exactly as after ``start_next_cycle``.
+        A response that h11 framed: h11 decides (both sides DONE, not MUST_CLOSE). A fast-path response is
+        only sent for a keep-alive HTTP/1.1 request read whole (see :meth:`Exchange.complete`). If h11 parsed
+        the request, the bytes it holds past the request go back to :attr:`buf`, where the next request is
+        read from (by llhttp, or by a fresh h11 state: as after ``start_next_cycle``).
         """
-        h = self.h11
+        h, self.h11 = self.h11, None
+        fast_cycle, self.fast_cycle = self.fast_cycle, False
+        h11_parsed, self.h11_parses = self.h11_parses, False
         if self.switched:
             return False
-        if self.fast_cycle:
-            self.fast_cycle = False
-            if h.their_state is not h11.DONE:
-                return False
-            early, closed = h.trailing_data
-            fresh = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-            if early:
-                fresh.receive_data(bytes(early))
-            if closed:
-                fresh.receive_data(b"")
-            self.h11 = fresh
+        if h is None:  # llhttp parsed the request, the fast path framed the response
             return True
-        if h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+        if h.their_state is not h11.DONE or (not fast_cycle and h.our_state is not h11.DONE):
             return False  # closing (MUST_CLOSE), or the exchange did not finish
-        h.start_next_cycle()
+        if h11_parsed:
+            early, closed = h.trailing_data
+            self.buf = bytes(early)
+            if closed:
+                self.eof = True
         return True
-
-    def send(self, event: Any) -> bytes:
-        """h11's bytes for ``event``; ClientGone if h11 refuses it (the connection cannot go on)."""
-        try:
-            return self.h11.send(event) or b""
-        except h11.LocalProtocolError as e:
-            raise ClientGone(f"cannot send this response: {e}") from e
 
     async def write(self, data: bytes) -> None:
         if not data:
             return
         try:
             self.writer.write(data)
-            await self.writer.drain()
+            if self.writer.transport.get_write_buffer_size() or self.writer.transport.is_closing():
+                await self.writer.drain()  # the kernel did not take it all (or the connection is closing): wait
         except (ConnectionError, ssl.SSLError, OSError, RuntimeError) as e:
             raise ClientGone(str(e) or type(e).__name__) from e
 
@@ -564,7 +748,7 @@ class Server:
             self._idle.add(task)
             try:
                 request = await conn.read_request()
-                exchange = Exchange(conn, request) if request is not None else None
+                exchange = Exchange(conn, *request) if request is not None else None
             except BadRequest as e:
                 await self._bad_request(conn, str(e))
                 return
