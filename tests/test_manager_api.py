@@ -56,3 +56,85 @@ def test_anything_unusual_falls_back_to_a_full_re_encode(raw: bytes) -> None:
 )
 def test_names_are_encoded_as_json_dumps_would(names: list[Any]) -> None:
     assert _json_names(names) == json.dumps(names, separators=(",", ":")).encode()
+
+
+class _Engine:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.upstream = "up"
+
+
+class _Cluster:
+    pool = None
+    timeout = 1.0
+
+    def __init__(self, engine: _Engine) -> None:
+        self.engine = engine
+        self.owners: list[tuple[str, str]] = []
+
+    def healthy(self) -> list[_Engine]:
+        return [self.engine]
+
+    def remember(self, ident: str, e: _Engine) -> None:
+        self.owners.append((ident, e.name))
+
+
+class _Exchange:
+    query_string = ""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bytes]] = []
+
+    async def respond(self, status: int, body: bytes, content_type: str = "") -> None:
+        self.sent.append((status, body))
+
+    async def json(self, status: int, obj: Any) -> None:
+        self.sent.append((status, json.dumps(obj).encode()))
+
+
+def test_the_same_engine_answer_is_renamed_once_and_gives_the_same_bytes_and_owners(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last one-engine list is reused only for the same bytes from the same engine under the same name."""
+    import asyncio
+
+    from swarmha.manager import api
+    from swarmha.manager.forward import Response
+
+    answers = [GO, GO, GO, GO.replace(b"/idle", b"/busy")]
+    parsed: list[bytes] = []
+
+    async def fetch(pool: Any, up: Any, target: str, *, timeout: float) -> Response:
+        return Response(200, [], answers.pop(0))
+
+    real_loads = json.loads
+
+    def loads(raw: bytes) -> Any:
+        parsed.append(raw)
+        return real_loads(raw)
+
+    monkeypatch.setattr(api, "fetch", fetch)
+    monkeypatch.setattr(api.json, "loads", loads)
+    engine = _Engine("node-1")
+    cluster = _Cluster(engine)
+    primary = api.PrimaryAPI(cluster, dict)  # type: ignore[arg-type]
+
+    def listed() -> bytes:
+        ex = _Exchange()
+        asyncio.run(primary._list(ex, "containers"))  # type: ignore[arg-type]
+        assert ex.sent[0][0] == 200
+        return ex.sent[0][1]
+
+    first = listed()
+    assert (len(parsed), cluster.owners) == (1, [("aaa", "node-1"), ("bbb", "node-1")])
+    assert listed() == first  # the same bytes: not parsed again, the owners recorded again
+    assert (len(parsed), cluster.owners[2:]) == (1, [("aaa", "node-1"), ("bbb", "node-1")])
+    engine.name = "node-2"  # the engine renamed (two engines reporting one host name): renamed anew
+    second = listed()
+    assert len(parsed) == 2
+    third = listed()  # new bytes: parsed anew
+    assert len(parsed) == 3
+    monkeypatch.undo()
+    assert json.loads(first) == _renamed(GO, "node-1")
+    assert json.loads(second) == _renamed(GO, "node-2")
+    assert json.loads(third) == _renamed(GO.replace(b"/idle", b"/busy"), "node-2")

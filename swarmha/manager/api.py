@@ -43,6 +43,8 @@ def _vkey(v: str) -> tuple[int, ...]:
         return (0,)
 
 
+#: Largest engine answer kept as the last one-engine list (``PrimaryAPI._last``).
+_LAST_MAX = 1 << 20
 _NAMES_KEY = b'"Names":['
 _PLAIN_NAMES = re.compile(r"[-/\w.]*", re.ASCII)  # Docker's name characters: json.dumps leaves them as they are
 
@@ -92,6 +94,10 @@ class PrimaryAPI:
     def __init__(self, cluster: Cluster, info: Callable[[], dict[str, Any]]) -> None:
         self.cluster = cluster
         self._info = info
+        #: Per kind, the last one-engine list answered: (engine, its name, the engine's bytes, the bytes sent, the
+        #: container ids). The answer is a function of the engine's bytes and name: the same bytes are not parsed
+        #: and renamed again (the ownership the parse taught is still recorded).
+        self._last: dict[str, tuple[Engine, str, bytes, bytes, list[str]]] = {}
 
     def api_version(self) -> str:
         versions = [e.api_version for e in self.cluster.healthy() if e.api_version]
@@ -142,19 +148,17 @@ class PrimaryAPI:
             "Components": [{"Name": "swarmha", "Version": SERVER_VERSION, "Details": {}}],
         }
 
-    async def _gather(self, ex: Exchange, path: str) -> list[tuple[Engine, Any, bytes]]:
-        """Every healthy engine's answer to ``GET path`` (with the request's query): (engine, parsed, raw)."""
-        query = urlsplit(ex.target).query
+    async def _gather(self, ex: Exchange, path: str) -> list[tuple[Engine, bytes]]:
+        """Every healthy engine's answer to ``GET path`` (with the request's query): (engine, body) for a 200."""
+        query = ex.query_string
         target = path + (f"?{query}" if query else "")
 
-        async def one(e: Engine) -> tuple[Engine, Any, bytes] | None:
+        async def one(e: Engine) -> tuple[Engine, bytes] | None:
             try:
                 r = await fetch(self.cluster.pool, e.upstream, target, timeout=self.cluster.timeout)
-                if r.status != 200:
-                    return None
-                return e, json.loads(r.body), r.body
-            except (UpstreamUnreachable, UpstreamBroken, ValueError):
+            except (UpstreamUnreachable, UpstreamBroken):
                 return None
+            return (e, r.body) if r.status == 200 else None
 
         engines = self.cluster.healthy()
         if len(engines) == 1:  # the common case: no task, no gather
@@ -164,9 +168,22 @@ class PrimaryAPI:
         return [r for r in results if r is not None]
 
     async def _list(self, ex: Exchange, kind: str) -> None:
+        raws = await self._gather(ex, f"/{kind}/json")
+        if len(raws) == 1:  # one engine: its own bytes, names renamed in place (no re-encoding), when that is exact
+            e, raw = raws[0]
+            last = self._last.get(kind)
+            if last is not None and last[0] is e and last[1] == e.name and last[2] == raw:
+                for ident in last[4]:  # the same answer as last time: the same renamed bytes, the same owners
+                    self.cluster.remember(ident, e)
+                return await ex.respond(200, last[3], "application/json")
+        lists: list[tuple[Engine, Any, bytes]] = []
+        for e, raw in raws:
+            try:
+                lists.append((e, json.loads(raw), raw))
+            except ValueError:
+                continue  # not JSON: left out, like an engine that did not answer
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
-        lists = await self._gather(ex, f"/{kind}/json")
         for e, items, _raw in lists:
             for item in items:
                 if kind == "containers":
@@ -176,10 +193,13 @@ class PrimaryAPI:
                     continue
                 seen.add(item.get("Id", ""))
                 out.append(item)
-        if len(lists) == 1:  # one engine: its own bytes, names renamed in place (no re-encoding), when that is exact
+        if len(lists) == 1:
             e, items, raw = lists[0]
             body = raw if kind == "images" else _rename_in_place(raw, items, e.name)
             if body is not None:
+                if len(raw) <= _LAST_MAX:
+                    ids = [item["Id"] for item in items] if kind == "containers" else []
+                    self._last[kind] = (e, e.name, raw, body, ids)
                 return await ex.respond(200, body, "application/json")
         if len(lists) > 1:  # one engine's list is already newest first
             out.sort(key=lambda i: i.get("Created", 0), reverse=True)
