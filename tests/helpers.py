@@ -84,8 +84,8 @@ class WaitSpy(swarmha.Discovery):
     def session(self, ttl: float) -> Session:
         return self.inner.session(ttl)
 
-    def prepare_session(self, ttl: float) -> None:
-        self.inner.prepare_session(ttl)
+    def prepare(self, key: str, value: str, ttl: float) -> Session | None:
+        return self.inner.prepare(key, value, ttl)
 
     def create(self, key: str, value: str, session: Session) -> Record | None:
         return self.inner.create(key, value, session)

@@ -174,6 +174,23 @@ def test_resign_lets_a_waiting_candidate_win_first(discovery: swarmha.Discovery)
         b.stop()
 
 
+def test_a_waiting_candidate_that_stops_leaves_nothing_behind(discovery: swarmha.Discovery) -> None:
+    a = swarmha.Candidate(discovery, KEY, node="a", ttl=LONG_TTL).start()
+    b_face = WaitSpy(discovery)
+    b = swarmha.Candidate(b_face, KEY, node="b", ttl=LONG_TTL)
+    try:
+        wait_for(lambda: a.is_leader, 10.0, "a to lead")
+        b.start()
+        wait_for(lambda: b_face.waiting_behind("a"), 10.0, "b to wait behind a")
+        b.stop()
+        a.stop()
+        # Nothing of b (a ZooKeeper ticket queued behind a) may take the key over once both stopped.
+        wait_for(lambda: discovery.get(KEY) is None, 2.0, "the key to be vacant")
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_run_for_election_yields_alternating_values_and_ends_after_stop(discovery: swarmha.Discovery) -> None:
     c = swarmha.Candidate(discovery, KEY, node="n", ttl=LONG_TTL)
     rival_face = WaitSpy(discovery)

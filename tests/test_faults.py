@@ -118,37 +118,47 @@ def test_sqlite_candidate_started_during_an_outage_survives(stores: dict[str, St
 
 
 @pytest.mark.skipif("zk" not in BACKENDS, reason="no ZooKeeper store")
+@pytest.mark.parametrize("takeover", ["before the delete is sent", "after the first delete step"])
 def test_zk_deposed_leaders_late_delete_spares_its_successors_key(
-    stores: dict[str, StoreFixture], monkeypatch: pytest.MonkeyPatch
+    stores: dict[str, StoreFixture], monkeypatch: pytest.MonkeyPatch, takeover: str
 ) -> None:
     """Soak finding (zk, seed 70000, overlap of 1.6 ms): the deposed leader c0 (link delayed) read its key
     (czxid = its token) for a stale-key delete; its session ended meanwhile, c2 created the key anew, and
     c0's delete *by data version* (0 in every new znode) arrived and removed c2's key while c2 still led;
-    c1 won the free key at once. This replays that interleaving deterministically."""
+    c1 won the free key at once. This replays that interleaving deterministically (the takeover after the
+    delete's first store step: the read, in that code), and the takeover just before the delete is sent (a
+    delete that arrives late): either way c2's key must survive, and only c0's own entry may go."""
     url = stores["zk"].url()
     deposed, successor = swarmha.connect(url), swarmha.connect(url)
+    new_session = successor.session(1.0)
     try:
         old_session = deposed.session(1.0)
         old = deposed.create("svc/leader", "c0", old_session)
         assert old is not None
         real_op = deposed._op  # type: ignore[attr-defined]
         replaced: list[Record] = []
-        new_session = successor.session(1.0)
+
+        def take_over() -> None:
+            old_session.close()
+            record = successor.create("svc/leader", "c2", new_session)
+            assert record is not None
+            replaced.append(record)
 
         def op(conn: object, what: str, fn: Callable[[object], object], session: object = None) -> object:
+            if what == "delete" and not replaced and takeover.startswith("before"):
+                take_over()
             result = real_op(conn, what, fn, session=session)
-            if what == "delete" and not replaced:  # the read is done; now the old session ends, c2 takes over
-                old_session.close()
-                record = successor.create("svc/leader", "c2", new_session)
-                assert record is not None
-                replaced.append(record)
+            if what == "delete" and not replaced:
+                take_over()
             return result
 
         monkeypatch.setattr(deposed, "_op", op)
-        assert deposed.delete("svc/leader", old.token) is False
+        deleted = deposed.delete("svc/leader", old.token)
         assert replaced and successor.get("svc/leader") == replaced[0]
-        new_session.close()
+        # Sent late, it finds nothing to delete; in the other order the first step removed c0's own entry.
+        assert deleted is not takeover.startswith("before")
     finally:
+        new_session.close()
         deposed.close()
         successor.close()
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 import swarmha
-from swarmha.errors import DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
+from swarmha.errors import DiscoveryError, DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
 from tests import cluster_scenarios
 from tests.helpers import Collector, wait_for
 from tests.servers import Cluster, zk_cluster
@@ -80,36 +80,78 @@ def test_a_session_not_renewed_within_ttl_expires_and_its_key_goes(single: Clust
         d.close()
 
 
-def test_a_prepared_session_is_handed_out_and_its_ttl_runs_from_then(single: Cluster) -> None:
+def test_a_ticket_waits_in_the_queue_without_a_ttl_clock_and_wins_with_a_read(single: Cluster) -> None:
     d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}")
+    holder = d.session(30.0)
     try:
-        d.prepare_session(1.0)
-        spare = d._spare  # type: ignore[attr-defined]
-        assert spare is not None
-        wait_for(lambda: spare.conn.connected.is_set(), 5.0, "the prepared session to connect")
-        d.prepare_session(1.0)  # one prepared session at most: a second hint keeps it
-        assert d._spare is spare  # type: ignore[attr-defined]
-        time.sleep(1.5)  # longer than ttl: kazoo's heartbeats keep it, and its ttl clock has not started
-        session = d.session(1.0)
-        assert session is spare and d._spare is None  # type: ignore[attr-defined]
-        record = d.create("k", "v", session)
-        assert record is not None
-        with d.watch("k", record) as watch:  # not renewed: the guard closes it ttl after the hand-out
+        first = d.create("k", "a", holder)
+        assert first is not None
+        ticket = d.prepare("k", "b", 1.0)
+        assert ticket is not None
+        assert d.create("k", "b", ticket) is None  # queued behind the holder, and stays queued
+        assert d.get("k") == first
+        time.sleep(1.5)  # longer than its ttl: a ticket's clock does not run while it waits
+        ticket.keepalive()  # still alive
+        with d.watch("k", first) as watch:
+            assert watch.wait(0.05) is False  # armed on the holder's entry
+            d.release("k", first.token, holder)
+            assert watch.wait(5.0) is True and watch.known_absent  # saw it go: create without a read first
+        queued = ticket.entries[d._path("k")]  # type: ignore[attr-defined]
+        second = d.create("k", "b", ticket)
+        assert second is not None and second == queued.record and second.token > first.token
+        assert second.session == ticket.id and d.get("k") == second
+        with d.watch("k", second) as watch:  # claimed: not renewed, the guard closes it ttl after the create
             assert watch.wait(3.0) is True
         assert d.get("k") is None
-        session.close()
-        d.prepare_session(5.0)
-        other = d._spare  # type: ignore[attr-defined]
+        ticket.close()
     finally:
+        holder.close()
         d.close()
-    assert d._spare is None and not other.conn.connected.is_set()  # type: ignore[attr-defined]
 
 
-def test_prepare_0_in_the_url_opens_no_session_ahead(single: Cluster) -> None:
+def test_an_unclaimed_ticket_that_comes_first_expires_within_its_ttl(single: Cluster) -> None:
+    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}")
+    holder = d.session(30.0)
+    try:
+        first = d.create("k", "a", holder)
+        assert first is not None
+        ticket = d.prepare("k", "stuck", 1.0)  # its owner never claims it
+        assert ticket is not None
+        d.release("k", first.token, holder)
+        wait_for(lambda: (r := d.get("k")) is not None and r.session == ticket.id, 5.0, "the ticket to hold the key")
+        started = time.monotonic()
+        wait_for(lambda: d.get("k") is None, 5.0, "the unclaimed ticket to expire")
+        assert time.monotonic() - started <= 1.0 + 0.5  # ttl (counted from the holder's departure), plus slack
+        ticket.close()
+    finally:
+        holder.close()
+        d.close()
+
+
+def test_closing_a_ticket_withdraws_it_and_put_never_overwrites_an_election_key(single: Cluster) -> None:
+    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}")
+    holder = d.session(30.0)
+    try:
+        first = d.create("svc/leader", "a", holder)
+        assert first is not None
+        ticket = d.prepare("svc/leader", "b", 30.0)
+        assert ticket is not None
+        ticket.close()
+        assert d.list("svc") == {"svc/leader": first}
+        with pytest.raises(DiscoveryError, match="election key"):
+            d.put("svc/leader", "x")
+        assert d.delete("svc/leader", first.token)
+        assert d.get("svc/leader") is None  # the withdrawn ticket did not take over
+        assert d.list("svc") == {}
+    finally:
+        holder.close()
+        d.close()
+
+
+def test_prepare_0_in_the_url_gives_no_ticket(single: Cluster) -> None:
     d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}?prepare=0")
     try:
-        d.prepare_session(1.0)
-        assert d._spare is None  # type: ignore[attr-defined]
+        assert d.prepare("k", "v", 1.0) is None
     finally:
         d.close()
     with pytest.raises(InvalidDiscoveryURL, match="prepare"):

@@ -77,9 +77,10 @@ class Watch(ClosesOnExit, abc.ABC):
     a thread blocked in :meth:`wait`.
     """
 
-    #: True right after :meth:`wait` returned True because the watch *saw* the key deleted (and nothing newer):
-    #: a caller may then try to create the key without reading it back first. False means "read it".
-    #: Backends that cannot tell leave it False.
+    #: True right after :meth:`wait` returned True because the watch *saw* the record the caller had seen
+    #: deleted: a caller may then go straight to :meth:`Discovery.create` without reading the key back first
+    #: (``create`` answers None if a new holder is already there, e.g. the next in a ZooKeeper key's queue).
+    #: False means "read it". Backends that cannot tell leave it False.
     known_absent: bool = False
 
     @abc.abstractmethod
@@ -113,18 +114,33 @@ class Discovery(ClosesOnExit, abc.ABC):
     def session(self, ttl: float) -> Session:
         """Create a new session (lease) with the given TTL in seconds."""
 
-    def prepare_session(self, ttl: float) -> None:
-        """A hint that :meth:`session` with this ``ttl`` will probably be called soon (a candidate waits).
+    def prepare(self, key: str, value: str, ttl: float) -> Session | None:
+        """Get ready to :meth:`create` ``key`` once its holder leaves: return a *ticket*, or None.
 
-        Backends whose sessions are slow to open (ZooKeeper: a connection handshake) may open one ahead, so
-        that the next :meth:`session` returns at once. A prepared session holds no key, and its ``ttl`` clock
-        starts only when :meth:`session` hands it out; :meth:`close` releases it. Must not block for long and
-        never raises. The default does nothing.
+        A candidate that starts waiting behind a holder calls this once and later passes the ticket (a
+        :class:`Session` of ``ttl``) to ``create(key, value, ticket)`` instead of a new :meth:`session`. A
+        backend whose sessions are slow to open (ZooKeeper: a connection handshake) opens it ahead; a backend
+        that keeps a queue per key (ZooKeeper) also puts the ticket in the key's queue, so that the ``create``
+        after the holder left needs one read instead of a write (as kazoo's ``Lock`` waiters do).
+
+        Guarantees of a ticket: it holds no key, and its ``ttl`` clock does not run, until a ``create`` with it
+        returns a Record (the clock then runs from that call). A ``create`` that returns None leaves it queued,
+        so it can be used again. When the holders before it have left, the backend may report the ticket's
+        own entry as the key's holder (:meth:`get` then returns a Record whose ``session`` is the ticket's
+        ``id``): the owner is expected to claim it with ``create`` promptly; if it does not within ``ttl``, the
+        backend expires the ticket, so a stuck owner never blocks the key for longer. Closing the ticket
+        withdraws it. Returns None when the backend has nothing to prepare (the default) or preparing failed:
+        never raises, and blocks at most about two request timeouts of the store.
         """
+        return None
 
     @abc.abstractmethod
     def create(self, key: str, value: str, session: Session) -> Record | None:
-        """Create ``key`` bound to ``session`` if it does not exist; return the new Record, or None if it exists."""
+        """Create ``key`` bound to ``session`` if it does not exist; return the new Record, or None if it exists.
+
+        With a session from :meth:`session`, None leaves nothing of ``session`` in the store. With a ticket
+        from :meth:`prepare`, None leaves the ticket queued for the key (see there).
+        """
 
     @abc.abstractmethod
     def put(self, key: str, value: str, session: Session | None = None) -> Record:

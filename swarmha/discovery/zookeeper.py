@@ -5,7 +5,7 @@ port is 2181 and the path is the znode prefix (keys live at ``/prefix/svc/leader
 znodes on first use, so the prefix need not exist, unlike a kazoo chroot). ``user:password@`` adds ZooKeeper
 ``digest`` auth to every connection and creates znodes with an ACL granting that identity all rights.
 ``timeout`` (default 5 s) bounds every request, including the wait for a connection. ``prepare=0`` turns off
-prepared sessions (below; default on).
+tickets (below; default on).
 
 How the contract maps to ZooKeeper:
 
@@ -13,13 +13,9 @@ How the contract maps to ZooKeeper:
   KazooClient** with session timeout ``ttl``. Closing the Session closes that client, which ends the ZooKeeper
   session: its ephemeral znodes (the leader key) vanish at once, and vanish ``timeout`` after the process dies.
   The cost is one TCP connection and three kazoo threads per live Session, and a connection handshake (a few
-  ms on a LAN, tens of ms on a busy host) in front of each campaign attempt, unless the session was
-  *prepared*: :meth:`ZooKeeperDiscovery.prepare_session` (called by a candidate that starts waiting for a
-  held key) opens one session ahead, so the handover after the leader's key vanishes costs no handshake.
-  A prepared session holds no key; its ``ttl`` clock starts when :meth:`~ZooKeeperDiscovery.session` hands it
-  out; meanwhile kazoo heartbeats it (a ping every ttl/3 or so): the one periodic cost of a waiting candidate
-  on ZooKeeper, besides the shared connection's own pings. Sharing one connection would leave a leader key behind for
-  as long as the process lives whenever the key's explicit delete failed, which is the bug Swarm classic had.
+  ms on a LAN, tens of ms on a busy host) when it is opened. Sharing one connection would leave a leader key
+  behind for as long as the process lives whenever the key's explicit delete failed, which is the bug Swarm
+  classic had.
 * A Session closed (by its owner or its guard) while its connection is down cannot send the CloseSession; the
   server keeps the session and its key until it expires it, and a server restarted meanwhile restores the
   session with a fresh timeout (so without more, the key of a leader demoted during a store outage blocked
@@ -43,9 +39,26 @@ How the contract maps to ZooKeeper:
   it raises :class:`~swarmha.errors.DiscoveryUnavailable` while the connection is SUSPENDED (so the renew
   deadline clock runs) and :class:`~swarmha.errors.SessionExpired` once it was LOST/expired (the session id
   changed or kazoo reported LOST); otherwise it makes one ``exists`` round trip.
-* ``create`` makes an **ephemeral** znode through the Session's client; the fencing token is its ``czxid``
-  (the zxid of the creating transaction; zxids strictly increase over the ensemble's history).
-* ``delete(key, token)`` reads the znode and compares ``czxid`` with ``token``. ZooKeeper cannot compare a
+* An election key (one :meth:`~ZooKeeperDiscovery.create` makes) is a **queue**, as in kazoo's ``Lock``: a
+  persistent znode whose data is :data:`_QUEUE_MARK` and whose children are entries, ephemeral sequential
+  znodes ``lead-<session id>-<sequence>`` holding each candidate's value. The first entry holds the key (what
+  ``get`` returns); its token is its ``czxid`` (entries come first in creation order and zxids strictly
+  increase, so each holder's token exceeds every earlier holder's). ``create`` adds the session's entry and
+  reads the queue through the session's own connection; if another entry is first, a plain session's entry is
+  withdrawn again (the answer is None, as for a create-if-absent).
+* A **ticket** (:meth:`ZooKeeperDiscovery.prepare`, called by a candidate that starts waiting behind a
+  holder) is a Session opened ahead with its entry already queued. Watches on a queue go through the
+  connection of a Session of this Discovery with an entry there (a ticket first), so the ticket's connection
+  sees the holder's deletion; if that entry was the only one ahead in the last read of the queue through that
+  connection, ``create`` claims the key with no request at all, else after one read. The ticket's ttl clock
+  starts at that claim; before, kazoo heartbeats it (a ping every ttl/3 or so), and its guard watches the
+  entry's predecessor, so an entry that becomes first and is not claimed (a stuck owner) expires ``ttl`` after
+  the predecessor left. Closing the ticket withdraws it.
+* A key made by ``put`` is a **plain** znode (ephemeral if put with a Session); ``put`` refuses to overwrite a
+  queue.
+* ``delete(key, token)`` of an election key deletes the entry whose ``czxid`` is ``token``, by its name: names
+  are never reused, so it can only remove that very entry, from any connection, however late it arrives.
+  Of a plain key it reads the znode and compares ``czxid`` with ``token``. ZooKeeper cannot compare a
   czxid atomically, and the data version it can compare starts at 0 in every new znode, so a delete sent by
   version through any connection may remove a *later* znode of the same key (found by the fault soak: a
   deposed leader's delayed delete removed its successor's key, and a third candidate took over while the
@@ -55,12 +68,14 @@ How the contract maps to ZooKeeper:
   An ephemeral key owned by any other session (or by a Session already closed or expired here) is left to
   that session's end: ``delete`` returns False. A persistent key is deleted by version through the shared
   connection, with the gap above (a delete and re-create between the read and the delete goes unnoticed).
-* ``release`` (a leader's graceful exit) only closes the Session: the server removes the session's ephemerals
-  as it ends it, one round trip, and never a znode of another session.
-* Reads, watches, ``delete``, ``list`` and ``put`` without a session use one shared KazooClient per Discovery.
-  Watches are ZooKeeper ``exists`` watches (they fire on create, delete and data change); kazoo re-registers
-  them after a reconnect, so changes made while disconnected fire then; if that client's session expires,
-  every watch fires (may have changed) and is re-armed by the next :meth:`Watch.wait`.
+* ``release`` (a leader's graceful exit) deletes the session's own entry by name (one round trip; the waiting
+  tickets' watches fire on it), then closes the Session, which removes whatever else it holds.
+* Reads, watches, ``delete``, ``list`` and ``put`` without a session use one shared KazooClient per Discovery,
+  except watches on a queue in which a Session of this Discovery has an entry (above). A watch is an
+  ``exists`` watch on the holder's entry (a child watch on an empty queue, a data watch on a plain key); kazoo
+  re-registers watches after a reconnect, so changes made while disconnected fire then; if the shared
+  client's session expires, or the Session a watch went through ends, the watch fires (may have changed) and
+  is re-armed by the next :meth:`Watch.wait`.
 
 Failure modes: connection loss, timeouts, a closed client → ``DiscoveryUnavailable``; an expired Session →
 ``SessionExpired``; auth/ACL failures and other server errors → ``DiscoveryError``. No kazoo exception escapes.
@@ -82,6 +97,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import attrs
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
     BadVersionError,
@@ -129,6 +145,15 @@ CLOSE_LATER_MARGIN = 2.0
 #: one session timeout after it is back).
 CLOSE_LATER_LIMIT = 300.0
 _OPTIONS = {"timeout", "prepare"}
+#: Data of a key's queue znode (see the module docstring). Not valid UTF-8, so no put() value can equal it.
+_QUEUE_MARK = b"\xffswarmha-election-queue"
+#: Name prefix of a queue entry: ``lead-<session id>-`` and the 10-digit sequence number ZooKeeper appends.
+_ENTRY = "lead-"
+#: A ticket's guard checks whether its entry holds the key this long after the predecessor went (or ttl/3 if
+#: shorter), unless a create claimed it by then: the check stays off the handover's path.
+TURN_CHECK_GRACE = 1.0
+#: Bound of the read-again loops when a queue changes between two reads.
+_RACE_LIMIT = 10
 _CACHE_LIMIT = 1024
 _MAX_LIST_NODES = 100_000
 _T = TypeVar("_T")
@@ -250,8 +275,51 @@ def _get(client: Any, path: str) -> Any:
     return client.get_async(path)
 
 
+def _exists(client: Any, path: str, watch: Callable[[Any], None] | None = None) -> Any:
+    return client.exists_async(path, watch=watch)
+
+
+def _create_entry(client: Any, path: str, data: bytes) -> Any:
+    return client.create_async(path, data, ephemeral=True, sequence=True, include_data=True)
+
+
 def _set_data(client: Any, path: str, data: bytes, version: int) -> Any:
     return client.set_data_async(path, data, version)
+
+
+@attrs.define
+class _Entry:
+    """A session's place in a key's queue: its sequential ephemeral znode and whether a create claimed it."""
+
+    parent: str  # the key's znode (the queue)
+    path: str  # the entry's znode
+    record: Record
+    mzxid: int
+    claimed: bool = False
+    #: The entry right before this one and how many were before it, in the last read of the queue through
+    #: the owning session's connection (entries before this one can only leave, never arrive).
+    predecessor: str | None = None
+    ahead: int = -1
+    #: The only entry ahead was seen deleted (through the owning connection): this one holds the key now,
+    #: known without reading the queue again.
+    first: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[1]
+
+    def saw(self, names: list[str]) -> None:
+        """Note this entry's place in ``names`` (a read of its queue through the owning session's connection)."""
+        if self.name in names:
+            at = names.index(self.name)
+            self.ahead = at
+            self.predecessor = f"{self.parent}/{names[at - 1]}" if at else None
+            self.first = self.first or at == 0
+
+
+def _queue_order(children: Any) -> list[str]:
+    """The entry names among ``children``, holder first (by the sequence number ZooKeeper appended)."""
+    return sorted((c for c in children if c.startswith(_ENTRY)), key=lambda c: c[-10:])
 
 
 class _ZkSession(Session):
@@ -263,46 +331,45 @@ class _ZkSession(Session):
     session expired and closes the client (ZooKeeper then deletes the session's ephemerals at once, or, if the
     server cannot be reached, when the Discovery's close-later reaches it, at the latest after the session
     timeout). :meth:`close` stops and joins it, and never waits for a close-later.
+
+    A *ticket* (``ticket=True``, from :meth:`ZooKeeperDiscovery.prepare`) has no ttl clock until a create
+    claims its queue entry. Its guard watches the entry's predecessor instead (kazoo's ``Lock`` does the same):
+    once the predecessor is gone it checks, :data:`TURN_CHECK_GRACE` later unless the entry was claimed by
+    then, whether the entry now holds the key; if so, the clock starts from the predecessor's departure, so a
+    stuck owner holds the key for at most ``ttl``.
     """
 
-    def __init__(self, discovery: ZooKeeperDiscovery, ttl: float, *, prepared: bool = False) -> None:
-        """Connect a new session; ``prepared``: only start connecting (see :meth:`activate`)."""
+    def __init__(self, discovery: ZooKeeperDiscovery, ttl: float, *, ticket: bool = False) -> None:
+        """Connect a new session (wait for it within the discovery's timeout); start its ttl clock unless ``ticket``."""
         self._d = discovery
         self.ttl = ttl
+        self.ticket = ticket
+        self.entries: dict[str, _Entry] = {}  # queue (key) path -> this session's entry there
         self._closed = False
         self._expired = False
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._guard: threading.Thread | None = None
+        self._turn_check = math.inf  # when the guard checks whether the ticket's entry leads now
+        self._turn_since = math.inf  # when the entry's predecessor was seen to go
         sent = time.monotonic()
-        self._deadline = math.inf  # the ttl clock starts in activate()
+        self._deadline = math.inf
         self.sid = 0
         self.id = "(connecting)"
         self.conn = _Conn(discovery, ttl, "session", sticky=True)
         self.conn.on_lost = self._wake.set
         self.conn.start()
-        # Started now, so that handing out a prepared session starts no thread on the handover's path.
-        self._guard = threading.Thread(target=self._guard_main, name="swarmha-zk-session[prepared]", daemon=True)
+        self._guard = threading.Thread(target=self._guard_main, name="swarmha-zk-session[connecting]", daemon=True)
         self._guard.start()
-        if not prepared:
-            self.activate(sent)
-
-    def activate(self, sent: float) -> None:
-        """Wait for the connection (within the discovery's timeout), then start the ttl clock at ``sent``.
-
-        A prepared session is activated when it is handed out, so its ``ttl`` runs from then, not from when
-        its connection was opened (kazoo's heartbeats kept the server-side session alive meanwhile).
-        """
-        if not self.conn.connected.wait(self._d.timeout) or self.conn.lost:
+        if not self.conn.connected.wait(discovery.timeout) or self.conn.lost:
             self.close()
-            raise DiscoveryUnavailable(f"ZooKeeper {self._d.url}: no connection within {self._d.timeout}s")
+            raise DiscoveryUnavailable(f"ZooKeeper {discovery.url}: no connection within {discovery.timeout}s")
         self.sid = self.conn.session_id or 0
         self.id = f"{self.sid:x}"
+        self._guard.name = f"swarmha-zk-session[{self.id}]"
         with self._lock:
-            self._deadline = sent + self.ttl
-        self._d._own(self)
-        if self._guard is not None:
-            self._guard.name = f"swarmha-zk-session[{self.id}]"
+            if not ticket:
+                self._deadline = sent + ttl
+        discovery._own(self)
         self._wake.set()  # the guard now waits for the deadline
 
     def _guard_main(self) -> None:
@@ -310,17 +377,62 @@ class _ZkSession(Session):
             with self._lock:
                 if self._closed:
                     return
-                remaining = self._deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = self._deadline - now
                 lost = self.conn.lost
                 if lost or remaining <= 0:
                     self._expired = True
+                check = now >= self._turn_check
+                if check:
+                    self._turn_check = math.inf
+                wait = min(remaining, self._turn_check - now)
             if lost or remaining <= 0:
                 why = "ZooKeeper reported it lost" if lost else f"not renewed within ttl={self.ttl}s"
                 log.warning("ZooKeeper session %s expired: %s", self.id, why)
                 self._stop_conn()
                 return
-            self._wake.wait(None if remaining == math.inf else remaining)
+            if check:
+                self._d._check_turn(self)
+                continue
+            self._wake.wait(None if wait == math.inf else wait)
             self._wake.clear()
+
+    def predecessor_gone(self, event: Any = None) -> None:
+        """kazoo watch callback (its event thread: must not block): the entry may lead now; check soon.
+
+        If the event is the deletion of the only entry that was ahead of one of ours, that entry holds the key
+        now (``first``): a create then claims it without a read, as soon as it runs.
+        """
+        deleted = getattr(event, "type", None) == EventType.DELETED
+        path = getattr(event, "path", None)
+        with self._lock:
+            for entry in self.entries.values():
+                if deleted and not entry.claimed and entry.ahead == 1 and entry.predecessor == path:
+                    entry.first = True
+            now = time.monotonic()
+            self._turn_since = min(self._turn_since, now)
+            self._turn_check = min(self._turn_check, now + min(TURN_CHECK_GRACE, self.ttl / 3.0))
+        self._wake.set()
+
+    def leads_unclaimed(self, entry: _Entry) -> None:
+        """The guard saw ``entry`` hold the key unclaimed: start the ttl clock from the predecessor's departure."""
+        with self._lock:
+            if not entry.claimed:
+                since = min(self._turn_since, time.monotonic())
+                self._deadline = min(self._deadline, since + self.ttl)
+        self._wake.set()
+
+    def claim(self, entry: _Entry, sent: float) -> None:
+        """A create returned ``entry``'s Record: the session holds the key; its ttl clock runs from ``sent``."""
+        with self._lock:
+            if self._closed or self._expired:
+                raise SessionExpired(f"ZooKeeper session {self.id} expired or was closed")
+            if self.ticket and not any(e.claimed for e in self.entries.values()):
+                self._deadline = sent + self.ttl  # a ticket's clock starts now (see Discovery.prepare)
+            else:
+                self._deadline = max(self._deadline, sent + self.ttl)
+            entry.claimed = True
+        self._wake.set()
 
     def check(self) -> None:
         """Raise SessionExpired if this session is closed or lost, DiscoveryUnavailable if not connected now."""
@@ -335,7 +447,7 @@ class _ZkSession(Session):
         self._d._op(self.conn, "keepalive", lambda c: c.exists_async("/"), session=self)
         with self._lock:
             self.check()
-            self._deadline = max(self._deadline, sent + self.ttl)
+            self._deadline = max(self._deadline, sent + self.ttl) if self._deadline != math.inf else math.inf
 
     @property
     def alive(self) -> bool:
@@ -347,7 +459,7 @@ class _ZkSession(Session):
             self._closed = True
         self._d._disown(self)
         self._wake.set()
-        if self._guard is not None and self._guard is not threading.current_thread():
+        if self._guard is not threading.current_thread():
             self._guard.join(30.0)
         self.conn.on_lost = None
         self._stop_conn()
@@ -355,12 +467,18 @@ class _ZkSession(Session):
     def _stop_conn(self) -> None:
         """Stop the client; if its session could not be closed (connection down), close it later (never waits)."""
         client_id = self.conn.stop()
+        self._d._session_ended(self)  # watches set through this connection die with it: they re-arm elsewhere
         if client_id is not None:
             self._d._close_later(client_id, self.ttl)
 
 
 class _ZkWatch(Watch):
-    """An exists-watch on one znode, re-armed (and compared with the last state seen) by :meth:`wait`."""
+    """A watch on one key, re-armed (and compared with the last state seen) by :meth:`wait`.
+
+    What is watched depends on the key (see :meth:`ZooKeeperDiscovery._arm`): the holder's entry of a queue
+    (exists-watch: fires when it goes), an empty queue's children (fires when an entry arrives), or a plain
+    znode (data watch: fires on change and deletion).
+    """
 
     def __init__(self, discovery: ZooKeeperDiscovery, path: str, seen: Record | None) -> None:
         self._d = discovery
@@ -368,14 +486,21 @@ class _ZkWatch(Watch):
         self._seen = seen
         self._cond = threading.Condition()
         self._fired = False
-        self._deleted = False  # the last event that fired was the znode's deletion
+        self._deleted = False  # the last event that fired was a deletion
         self._armed = False
         self._closed = False
+        #: id(client) -> (kazoo client, every znode a watcher of ours was set on through it): forgotten on close
+        self.armed: dict[int, tuple[Any, set[str]]] = {}
+        self.via: _ZkSession | None = None  # the Session whose connection the current watcher was set through
 
     def _fire(self, event: Any) -> None:
+        via = self.via
+        if via is not None and event is not None:
+            via.predecessor_gone(event)  # before the waiter wakes: a create may then claim without a read
+        deleted = getattr(event, "type", None) == EventType.DELETED
         with self._cond:
+            self._deleted = deleted or (self._fired and self._deleted)  # a later wake-up does not hide a deletion
             self._fired = True
-            self._deleted = getattr(event, "type", None) == EventType.DELETED
             self._cond.notify_all()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -388,14 +513,14 @@ class _ZkWatch(Watch):
                     self._fired = False
                     self._armed = False
                     if self._deleted and self._seen is not None:
-                        # The znode the caller saw is gone: that is a change, no need to read it back. The
-                        # next wait() re-arms at "absent" and compares, so nothing after this is missed.
+                        # The record the caller saw is gone: that is a change, no need to read it back. The
+                        # next wait() re-arms and compares, so nothing after this is missed.
                         self._seen = None
                         self.known_absent = True
                         return True
                 armed = self._armed
             if not armed:
-                current = self._d._arm(self._path, self._fire)
+                current = self._d._arm(self._path, self)
                 with self._cond:
                     self._armed = True
                     if current != self._seen:
@@ -411,7 +536,7 @@ class _ZkWatch(Watch):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._d._unwatch(self._path, self._fire)
+        self._d._unwatch(self.armed, self._fire)
 
 
 class ZooKeeperDiscovery(Discovery):
@@ -443,7 +568,7 @@ class ZooKeeperDiscovery(Discovery):
         self._reads: dict[str, tuple[Record, int]] = {}  # path -> (record, mzxid) of the last read
         self._watches: weakref.WeakSet[_ZkWatch] = weakref.WeakSet()
         self._owned: dict[int, _ZkSession] = {}  # session id -> this Discovery's active Session (see delete)
-        self._spare: _ZkSession | None = None  # a prepared session (see prepare_session)
+        self._queues: set[str] = set()  # znodes known to be key queues (see _kind)
         self._closers: dict[threading.Thread, threading.Event] = {}  # close-later threads -> their wake-up
         self._shared = _Conn(self, min(SHARED_SESSION_TIMEOUT, self.timeout), "shared", sticky=False)
         self._shared.on_revived = self._rearm_watches
@@ -476,35 +601,240 @@ class ZooKeeperDiscovery(Discovery):
         except KazooException as e:
             raise DiscoveryError(f"ZooKeeper {what} on {self.url} failed: {type(e).__name__} {e}") from None
 
-    def _remember(self, path: str, record: Record | None, stat: Any) -> None:
+    def _remember(self, path: str, record: Record | None, mzxid: int = 0) -> None:
         with self._lock:
             if record is None:
                 self._reads.pop(path, None)
                 return
             if path not in self._reads and len(self._reads) >= _CACHE_LIMIT:
                 self._reads.pop(next(iter(self._reads)))
-            self._reads[path] = (record, int(stat.mzxid))
+            self._reads[path] = (record, mzxid)
 
-    def _read(self, path: str) -> Record | None:
-        try:
-            data, stat = self._op(self._shared, "get", lambda c: c.get_async(path))
-        except NoNodeError:
-            self._remember(path, None, None)
-            return None
-        record = _record(data, stat)
-        self._remember(path, record, stat)
-        return record
-
-    def _arm(self, path: str, callback: Callable[[Any], None]) -> Record | None:
-        """Set an exists-watch on ``path`` and return its state at that moment."""
-        stat = self._op(self._shared, "watch", lambda c: c.exists_async(path, watch=callback))
-        if stat is None:
-            return None
+    def _cached(self, path: str, czxid: int, mzxid: int) -> Record | None:
         with self._lock:
             known = self._reads.get(path)
-        if known is not None and known[0].token == stat.czxid and known[1] == stat.mzxid:
+        if known is not None and known[0].token == czxid and known[1] == mzxid:
             return known[0]
-        return self._read(path)
+        return None
+
+    def _read(self, path: str, via: _ZkSession | None = None) -> Record | None:
+        try:
+            data, stat = self._op(via.conn if via else self._shared, "get", lambda c: c.get_async(path), session=via)
+        except NoNodeError:
+            self._remember(path, None)
+            return None
+        record = _record(data, stat)
+        self._remember(path, record, int(stat.mzxid))
+        return record
+
+    # -- key queues (see the module docstring) ----------------------------------------------------------------
+
+    def _kind(self, path: str) -> str | None:
+        """``"queue"``, ``"plain"``, or None (absent). Queues are remembered (a queue znode is never removed)."""
+        with self._lock:
+            if path in self._queues:
+                return "queue"
+        try:
+            data, _ = self._op(self._shared, "get", lambda c: c.get_async(path))
+        except NoNodeError:
+            return None
+        if data != _QUEUE_MARK:
+            return "plain"
+        self._known_queue(path)
+        return "queue"
+
+    def _known_queue(self, path: str) -> None:
+        with self._lock:
+            if path not in self._queues and len(self._queues) >= _CACHE_LIMIT:
+                self._queues.pop()
+            self._queues.add(path)
+
+    def _entries(self, path: str, conn: _Conn | None = None, session: _ZkSession | None = None) -> list[str] | None:
+        """The entry names of the queue ``path``, holder first; None if ``path`` does not exist."""
+        try:
+            children = self._op(conn or self._shared, "read", functools.partial(_children, path=path), session=session)
+        except NoNodeError:
+            with self._lock:
+                self._queues.discard(path)
+            return None
+        return _queue_order(children)
+
+    def _holder(self, path: str) -> Record | None:
+        """The Record of the queue's holder (its first entry), or None when the queue is empty or absent."""
+        for _ in range(_RACE_LIMIT):
+            names = self._entries(path)
+            if not names:
+                return None
+            head = f"{path}/{names[0]}"
+            with self._lock:
+                known = self._reads.get(head)
+            if known is not None:  # an entry's data never changes
+                return known[0]
+            record = self._read(head)
+            if record is not None:
+                return record
+        raise DiscoveryUnavailable(f"ZooKeeper queue {path} changed under {_RACE_LIMIT} reads in a row")
+
+    def _enqueue(self, path: str, value: str, session: _ZkSession) -> _Entry | None:
+        """Add an entry of ``session`` to the queue ``path`` (made if absent); None if ``path`` is a plain key."""
+        data = value.encode()
+        for _ in range(_RACE_LIMIT):
+            with self._lock:
+                known = path in self._queues
+            if not known:
+                try:
+                    self._op(
+                        session.conn,
+                        "create",
+                        lambda c: c.create_async(path, _QUEUE_MARK, makepath=True),
+                        session=session,
+                    )
+                except NodeExistsError:
+                    if self._kind(path) != "queue":
+                        return None  # a plain key (put, or a key made by an older swarmha) holds it
+                self._known_queue(path)
+            prefix = f"{path}/{_ENTRY}{session.sid:x}-"
+            try:
+                created, stat = self._op(
+                    session.conn,
+                    "create",
+                    functools.partial(_create_entry, path=prefix, data=data),
+                    session=session,
+                )
+            except NoNodeError:  # the queue znode was removed (by hand) since: make it again
+                with self._lock:
+                    self._queues.discard(path)
+                continue
+            entry = _Entry(path, created, _record(data, stat), int(stat.mzxid))
+            with session._lock:
+                session.entries[path] = entry
+            return entry
+        raise DiscoveryUnavailable(f"ZooKeeper queue {path} vanished under {_RACE_LIMIT} creates in a row")
+
+    def _withdraw(self, session: _ZkSession, entry: _Entry) -> None:
+        """Delete ``entry`` (by its unique name: never another entry) and forget it."""
+        with session._lock:
+            if session.entries.get(entry.parent) is entry:
+                del session.entries[entry.parent]
+        with contextlib.suppress(NoNodeError):
+            self._op(session.conn, "withdraw", lambda c: c.delete_async(entry.path), session=session)
+
+    def _check_turn(self, session: _ZkSession) -> None:
+        """For a ticket's unclaimed entry: start its clock if it holds the key, else watch its predecessor.
+
+        Runs on the ticket's guard thread (and once in :meth:`prepare`), through the ticket's own connection.
+        Never raises: on a store error it tries again after :data:`TURN_CHECK_GRACE` (the session's own state
+        then decides its fate, as for any session).
+        """
+        with session._lock:
+            entries = [e for e in session.entries.values() if not e.claimed]
+        for entry in entries:
+            try:
+                for _ in range(_RACE_LIMIT):
+                    if entry.first:
+                        session.leads_unclaimed(entry)
+                        break
+                    names = self._entries(entry.parent, session.conn, session) or []
+                    if entry.name not in names:
+                        break  # withdrawn or deleted: a create with this ticket will queue it again
+                    with session._lock:
+                        entry.saw(names)
+                    at = names.index(entry.name)
+                    if at == 0:
+                        session.leads_unclaimed(entry)
+                        break
+                    before = f"{entry.parent}/{names[at - 1]}"
+                    watch = functools.partial(_exists, path=before, watch=session.predecessor_gone)
+                    if self._op(session.conn, "watch", watch, session=session):
+                        break
+            except DiscoveryError as e:
+                if session.alive:
+                    log.debug("ZooKeeper ticket %s: checking its turn failed (%s); again soon", session.id, e)
+                    session.predecessor_gone()
+
+    def _via(self, path: str) -> _ZkSession | None:
+        """A live, connected Session of this Discovery with an entry in the queue ``path``, if any.
+
+        A watch on that queue is set through its connection rather than the shared one: the waiting ticket
+        then gets one event when the holder goes (its guard's predecessor watch is the same server-side watch),
+        the reads that follow are ordered after it on that connection, and a leader's own delete answer and
+        the event for its watch arrive together.
+        """
+        with self._lock:
+            sessions = list(self._owned.values())
+        usable = []
+        for s in sessions:
+            entry = s.entries.get(path)
+            if entry is not None and s.alive and s.conn.connected.is_set():
+                usable.append((entry.claimed, s))  # a waiting ticket first: its create can then skip a read
+        return min(usable, key=lambda u: u[0])[1] if usable else None
+
+    def _arm(self, path: str, watch: _ZkWatch) -> Record | None:
+        """Set a watcher for the next change of key ``path`` and return the key's state at that moment.
+
+        A queue: an exists-watch on the holder's entry, or (empty) a child watch on the queue. A plain key: a
+        data watch, or (absent) an exists-watch for its creation. Set through :meth:`_via`'s session if there is
+        one (``watch.via``), else the shared connection; every znode watched is added to ``watch.armed``.
+        """
+        callback = watch._fire
+        via = self._via(path)
+        conn = via.conn if via is not None else self._shared
+        watch.via = via
+        armed = watch.armed.setdefault(id(conn.client), (conn.client, set()))[1]
+        for _ in range(_RACE_LIMIT):
+            kind = self._kind(path)
+            if kind is None:
+                armed.add(path)
+                if self._op(conn, "watch", lambda c: c.exists_async(path, watch=callback), session=via) is None:
+                    return None
+                continue  # created meanwhile
+            if kind == "plain":
+                armed.add(path)
+                try:
+                    data, stat = self._op(conn, "watch", lambda c: c.get_async(path, watch=callback), session=via)
+                except NoNodeError:
+                    continue
+                if data == _QUEUE_MARK:
+                    continue
+                cached = self._cached(path, int(stat.czxid), int(stat.mzxid))
+                record = cached or _record(data, stat)
+                self._remember(path, record, int(stat.mzxid))
+                return record
+            names = self._entries(path, conn, via)
+            if names is None:
+                continue
+            if via is not None:
+                with via._lock:
+                    entry = via.entries.get(path)
+                    if entry is not None and not entry.claimed:
+                        entry.saw(names)
+            if not names:
+                armed.add(path)
+                try:
+                    children = self._op(
+                        conn, "watch", lambda c: c.get_children_async(path, watch=callback), session=via
+                    )
+                except NoNodeError:
+                    continue
+                if not _queue_order(children):
+                    return None
+                continue  # an entry arrived meanwhile
+            head = f"{path}/{names[0]}"
+            armed.add(head)
+            stat = self._op(conn, "watch", functools.partial(_exists, path=head, watch=callback), session=via)
+            if stat is None:
+                continue  # the holder left meanwhile
+            held = self._cached(head, int(stat.czxid), int(stat.mzxid)) or self._read(head, via)
+            if held is not None:
+                return held
+        raise DiscoveryUnavailable(f"ZooKeeper key {path} changed under {_RACE_LIMIT} watch attempts in a row")
+
+    def _session_ended(self, session: _ZkSession) -> None:
+        """Wake every watch armed through ``session``'s connection (its watchers die with it): they re-arm."""
+        with self._lock:
+            watches = [w for w in self._watches if w.via is session]
+        for watch in watches:
+            watch._fire(None)
 
     def _own(self, session: _ZkSession) -> None:
         with self._lock:
@@ -614,10 +944,15 @@ class ZooKeeperDiscovery(Discovery):
         for watch in watches:
             watch._fire(None)
 
-    def _unwatch(self, path: str, callback: Callable[[Any], None]) -> None:
+    @staticmethod
+    def _unwatch(armed: dict[int, tuple[Any, set[str]]], callback: Callable[[Any], None]) -> None:
         """Forget a closed watch's callback (kazoo keeps one-shot watchers until they fire)."""
-        with contextlib.suppress(Exception):
-            self._shared.client._data_watchers[path].discard(callback)
+        for client, paths in armed.values():
+            for path in paths:
+                with contextlib.suppress(Exception):
+                    client._data_watchers[path].discard(callback)
+                with contextlib.suppress(Exception):
+                    client._child_watchers[path].discard(callback)
 
     @staticmethod
     def _session(session: Session) -> _ZkSession:
@@ -631,78 +966,100 @@ class ZooKeeperDiscovery(Discovery):
         """A new ZooKeeper session (its own connection) with session timeout ``ttl`` (clamped by the server)."""
         if self._closed:
             raise DiscoveryError(f"ZooKeeper discovery {self.url} is closed")
-        ttl = check_ttl(ttl)
-        sent = time.monotonic()
-        with self._lock:
-            spare = self._spare if self._spare is not None and self._spare.ttl == ttl else None
-            if spare is not None:
-                self._spare = None
-        if spare is not None:
-            if not spare.conn.lost:
-                spare.activate(sent)
-                return spare
-            spare.close()
-        return _ZkSession(self, ttl)
+        return _ZkSession(self, check_ttl(ttl))
 
-    def prepare_session(self, ttl: float) -> None:
-        """Open a session of ``ttl`` ahead (connecting in the background), for the next :meth:`session`.
+    def prepare(self, key: str, value: str, ttl: float) -> Session | None:
+        """A ticket: a session of ``ttl`` opened now and queued for ``key`` (see :meth:`Discovery.prepare`).
 
-        One prepared session per Discovery at most. Its cost while it waits: one more connection and
-        ZooKeeper session, heartbeated by kazoo (a ping every ttl/3 or so while idle). ``?prepare=0`` in the
-        URL turns it off (waiting candidates then hold only the shared connection; a handover pays a handshake).
+        Its cost while it waits: one more connection and ZooKeeper session, heartbeated by kazoo (a ping every
+        ttl/3 or so while idle), and one entry znode in the key's queue; its guard watches the entry's
+        predecessor (no periodic request). ``?prepare=0`` in the URL turns it off (None: a waiting candidate
+        then holds only the shared connection, and a handover pays a handshake, a create and a read).
         """
-        if not self._prepare:
-            return
+        if not self._prepare or self._closed:
+            return None
         try:
             ttl = check_ttl(ttl)
+            path = self._path(key)
         except ConfigurationError:
-            return
-        with self._lock:
-            if self._closed:
-                return
-            old = self._spare
-            if old is not None and old.ttl == ttl and not old.conn.lost:
-                return
-            self._spare = None
-        if old is not None:
-            old.close()
+            return None
+        ticket: _ZkSession | None = None
         try:
-            spare: _ZkSession | None = _ZkSession(self, ttl, prepared=True)
-        except Exception as e:  # never raises: session() will open one itself
-            log.debug("preparing a ZooKeeper session: %s", e)
-            return
-        with self._lock:
-            if self._spare is None and not self._closed:
-                self._spare, spare = spare, None
-        if spare is not None:
-            spare.close()
+            ticket = _ZkSession(self, ttl, ticket=True)
+            if self._enqueue(path, value, ticket) is None:
+                ticket.close()
+                return None
+            self._check_turn(ticket)
+            return ticket
+        except Exception as e:  # never raises: the campaign opens a session itself
+            log.debug("preparing a ZooKeeper ticket for %s: %s", path, e)
+            if ticket is not None:
+                ticket.close()
+            return None
 
     def create(self, key: str, value: str, session: Session) -> Record | None:
-        """Create ``key`` as an ephemeral znode of ``session``; token = its czxid. None if it exists."""
+        """Make ``session`` the holder of ``key`` if the key's queue has no holder before it; token = the czxid of
+        the session's entry. None if another entry (or a plain znode) holds the key.
+
+        A session without an entry gets one (a create) and the queue is read through the session's own
+        connection (it sees its own write); if another entry is first, a plain session's entry is withdrawn
+        again (a delete), a ticket's stays queued. A ticket already queued costs one read.
+        """
         path = self._path(key)
         s = self._session(session)
-        try:
-            _, stat = self._op(
-                s.conn,
-                "create",
-                lambda c: c.create_async(path, value.encode(), ephemeral=True, makepath=True, include_data=True),
-                session=s,
-            )
-        except NodeExistsError:
+        sent = time.monotonic()
+        s.check()
+        with s._lock:
+            entry = s.entries.get(path)
+        if entry is not None and entry.record.value != value:
+            self._withdraw(s, entry)
+            entry = None
+        fresh = entry is None
+        if entry is None:
+            entry = self._enqueue(path, value, s)
+            if entry is None:
+                return None
+        if not fresh and entry.first:
+            # The only entry ahead was seen deleted through this session's connection: this one is first (no
+            # entry can arrive before it), and it exists while the session lives (checked above; nobody else
+            # knows its token before it holds the key). Claim it without reading the queue again.
+            s.claim(entry, sent)
+            self._remember(entry.path, entry.record, entry.mzxid)
+            return entry.record
+        names = self._entries(path, s.conn, s) or []
+        with s._lock:
+            entry.saw(names)
+        if entry.name not in names:  # deleted (delete(key, token) of a holder claimed earlier): gone for good
+            with s._lock:
+                if s.entries.get(path) is entry:
+                    del s.entries[path]
             return None
-        record = _record(value.encode(), stat)
-        self._remember(path, record, stat)
-        return record
+        if names[0] != entry.name:
+            if fresh and not s.ticket:
+                self._withdraw(s, entry)  # a plain session leaves nothing behind when it did not win
+            return None
+        s.claim(entry, sent)
+        self._remember(entry.path, entry.record, entry.mzxid)
+        return entry.record
 
     def put(self, key: str, value: str, session: Session | None = None) -> Record:
-        """Create or overwrite ``key``: ephemeral of ``session`` if given, else persistent."""
+        """Create or overwrite ``key``: ephemeral of ``session`` if given, else persistent.
+
+        Refuses (:class:`~swarmha.errors.DiscoveryError`) to overwrite a key that :meth:`create` made: its queue
+        of candidates would be lost.
+        """
         path = self._path(key)
         s = self._session(session) if session is not None else None
         conn = s.conn if s is not None else self._shared
         owner = s.sid if s is not None else 0
         data = value.encode()
         for _ in range(5):
-            stat = self._op(conn, "put", lambda c: c.exists_async(path), session=s)
+            try:
+                old, stat = self._op(conn, "put", lambda c: c.get_async(path), session=s)
+            except NoNodeError:
+                old, stat = b"", None
+            if old == _QUEUE_MARK:
+                raise DiscoveryError(f"ZooKeeper put of {path}: it is an election key (a queue); put cannot replace it")
             try:
                 if stat is None:
                     self._op(
@@ -733,13 +1090,33 @@ class ZooKeeperDiscovery(Discovery):
         raise DiscoveryError(f"ZooKeeper put of {path} lost the race with other writers 5 times")
 
     def get(self, key: str) -> Record | None:
-        """The key's Record (token = its czxid), as the member the shared client talks to has it."""
-        return self._read(self._path(key))
+        """The key's Record: the holder's entry of its queue (token = the entry's czxid), or a plain znode, as the
+        member the shared client talks to has it."""
+        path = self._path(key)
+        for _ in range(_RACE_LIMIT):
+            kind = self._kind(path)
+            if kind is None:
+                return None
+            if kind == "queue":
+                return self._holder(path)
+            record = self._read(path)
+            if record is None or record.value.encode() != _QUEUE_MARK:
+                return record
+        raise DiscoveryUnavailable(f"ZooKeeper key {path} changed under {_RACE_LIMIT} reads in a row")
 
     def delete(self, key: str, token: int) -> bool:
-        """Delete ``key`` if its czxid equals ``token``; an ephemeral key only through its owning Session's own
-        connection while that Session lives (see the module docstring: versions cannot tell znodes apart)."""
+        """Delete ``key`` if its token equals ``token``.
+
+        A queue: deletes the entry whose czxid is ``token`` (by its name, which no other entry ever has), so it
+        can only remove that very entry. A plain ephemeral key only through its owning Session's own connection
+        while that Session lives (see the module docstring: versions cannot tell znodes apart).
+        """
         path = self._path(key)
+        kind = self._kind(path)
+        if kind == "queue":
+            return self._delete_entry(path, token)
+        if kind is None:
+            return False
         try:
             _, stat = self._op(self._shared, "delete", lambda c: c.get_async(path))
             if int(stat.czxid) != token:
@@ -759,26 +1136,59 @@ class ZooKeeperDiscovery(Discovery):
                 self._op(self._shared, "delete", lambda c: c.delete_async(path, version=stat.version))
         except (NoNodeError, BadVersionError, NotEmptyError, SessionExpired):
             return False
-        self._remember(path, None, None)
+        self._remember(path, None)
+        return True
+
+    def _delete_entry(self, path: str, token: int) -> bool:
+        target = None
+        with self._lock:
+            sessions = list(self._owned.values())
+        for s in sessions:
+            with s._lock:
+                entry = s.entries.get(path)
+            if entry is not None and entry.record.token == token:
+                target = entry.path
+        if target is None:
+            for name in self._entries(path) or []:
+                stat = self._op(self._shared, "delete", functools.partial(_exists, path=f"{path}/{name}"))
+                if stat is not None and int(stat.czxid) == token:
+                    target = f"{path}/{name}"
+                    break
+        if target is None:
+            return False
+        try:
+            self._op(self._shared, "delete", lambda c: c.delete_async(target))
+        except NoNodeError:
+            return False
+        self._remember(target, None)
         return True
 
     def release(self, key: str, token: int, session: Session) -> None:
-        """Hand over ``key`` by closing ``session``: ZooKeeper removes the session's ephemerals as it ends it.
+        """Hand over ``key``: delete the session's entry (by its unique name), then close ``session``.
 
-        One round trip (kazoo's close of the session) instead of a compare-and-delete (a read and a delete
-        through the owning connection) followed by that close: the handover's critical path on ZooKeeper.
-        Safe by construction: closing a session removes only that session's own ephemerals, never a znode
-        another session created, whatever happened since (even a session kazoo opened anew after the old one
-        expired holds no key). Raises :class:`~swarmha.errors.DiscoveryUnavailable` when the session's
-        connection was down (suspended): the key then goes when a server answers again (the session is closed
-        later, see the module docstring) or when the server expires the session; the session is closed here
-        in every case, without waiting for the store to come back.
+        The waiting candidates' watches fire on the delete (one round trip, as a kazoo ``Lock`` release), and
+        the close removes whatever else the session holds. Never removes a znode of another session: the delete
+        names this session's own entry, and a close removes only the session's own ephemerals. Raises
+        :class:`~swarmha.errors.DiscoveryUnavailable` when the session's connection was down (suspended): the
+        key then goes when a server answers again (the session is closed later, see the module docstring) or
+        when the server expires the session; the session is closed here in every case, without waiting.
         """
         s = self._session(session)
         path = self._path(key)
         reachable = s.conn.connected.is_set() or not s.alive  # an expired session's key is already gone
-        s.close()
-        self._remember(path, None, None)
+        with s._lock:
+            entry = s.entries.get(path)
+        try:
+            if entry is not None and entry.record.token == token and reachable and s.alive:
+                self._withdraw(s, entry)
+        except DiscoveryUnavailable:
+            reachable = False
+        except DiscoveryError as e:
+            log.debug("ZooKeeper release of %s: the delete failed (%s); the close removes it", path, e)
+        finally:
+            s.close()
+            if entry is not None:
+                self._remember(entry.path, None)
         if not reachable:
             raise DiscoveryUnavailable(
                 f"ZooKeeper session {s.id} was not connected when released: {path} goes once the store "
@@ -786,7 +1196,7 @@ class ZooKeeperDiscovery(Discovery):
             )
 
     def list(self, prefix: str) -> Mapping[str, Record]:
-        """Every znode below ``prefix/`` that is a key (has data, is ephemeral, or is a leaf)."""
+        """Every key below ``prefix/``: znodes with data, ephemeral or leaves, and election keys with a holder."""
         top = self._path(prefix)
         skip = len(self._root) + 1
         found: dict[str, Record] = {}
@@ -805,6 +1215,12 @@ class ZooKeeperDiscovery(Discovery):
                     data, stat = self._op(self._shared, "list", functools.partial(_get, path=path))
                 except NoNodeError:
                     continue
+                if data == _QUEUE_MARK:
+                    self._known_queue(path)
+                    holder = self._holder(path)
+                    if holder is not None:
+                        found[path[skip:]] = holder
+                    continue
                 if stat.numChildren:
                     pending.append(path)
                 if data or stat.ephemeralOwner or not stat.numChildren:
@@ -812,7 +1228,7 @@ class ZooKeeperDiscovery(Discovery):
         return found
 
     def watch(self, key: str, seen: Record | None) -> Watch:
-        """An exists-watch armed on the first :meth:`Watch.wait`, compared with ``seen`` then."""
+        """A watch armed on the first :meth:`Watch.wait`, compared with ``seen`` then."""
         watch = _ZkWatch(self, self._path(key), seen)
         with self._lock:
             self._watches.add(watch)
@@ -822,17 +1238,14 @@ class ZooKeeperDiscovery(Discovery):
         return watch
 
     def close(self) -> None:
-        """Close the shared connection (Sessions are closed by their owners). Idempotent."""
+        """Close the shared connection (Sessions and tickets are closed by their owners). Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             watches = list(self._watches)
-            spare, self._spare = self._spare, None
         for watch in watches:
             watch.close()
-        if spare is not None:
-            spare.close()
         with self._lock:
             closers = dict(self._closers)
         for wake in closers.values():

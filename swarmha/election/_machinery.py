@@ -9,9 +9,11 @@ A :class:`Campaign` runs one background thread per candidate::
 * LEADING renews the session every ``ttl/3`` and watches the key. It ends the term (self-demotion) when no
   renewal succeeded within ``renew_deadline`` of being *sent*, when the session expired, or when the key
   changed under it. Once the deadline has passed the term is over: a late renewal does not revive it.
-* WAITING holds no session and sends no periodic request: it watches the key and campaigns when it vanishes.
-  It calls ``Discovery.prepare_session`` first, so a backend whose sessions are slow to open (ZooKeeper) can
-  open one ahead; that prepared session is the backend's business (and cost), documented there.
+* WAITING sends no periodic request: it watches the key and campaigns when it vanishes. Behind a holder it
+  first asks the backend for a ticket (``Discovery.prepare``): most backends have none (WAITING then holds no
+  session); ZooKeeper opens the next session ahead and queues it for the key, so the campaign after the holder
+  left costs one read (the ticket's cost is the backend's, documented there). A ticket is kept across waits
+  until a campaign wins with it, and closed when the candidate stops.
 * Store errors never end the campaign: every step is retried with jittered exponential backoff (tenacity).
 * ``stop()`` and ``resign()`` end the term, then remove the key through the leader's own session
   (``Discovery.release``: compare-and-delete and close, or on ZooKeeper the close alone), never a successor's
@@ -252,6 +254,7 @@ class Campaign(_Worker):
         self._stale: tuple[Session, int] | None = None
         self._vacant = False  # the last watch saw the key deleted: campaign without reading it back
         self._spent: Watch | None = None  # that watch, closed after the campaign attempt (off the handover path)
+        self._ticket: Session | None = None  # from Discovery.prepare: the session the next create() uses
 
     # -- what callers read ---------------------------------------------------------------------------
 
@@ -314,10 +317,15 @@ class Campaign(_Worker):
             self._stale = None
         record = None if self._vacant else self._d.get(self.key)
         self._vacant = False
+        ticket = self._ticket
+        ours = record is not None and ticket is not None and record.session == ticket.id
         now = time.monotonic()
-        if record is None and now >= self._holdoff_until:
+        if ours or (record is None and (now >= self._holdoff_until or ticket is not None)):
+            # ``ours``: the ticket's queue entry became the holder (the holders before it left): claim it. A
+            # ticket was queued behind another holder, so a resign's holdoff has done its job already.
             sent = time.monotonic()
-            session = self._d.session(self.ttl)
+            session = ticket if ticket is not None else self._d.session(self.ttl)
+            self._ticket = None
             try:
                 created = self._d.create(self.key, self.node, session)
             except BaseException:
@@ -326,11 +334,19 @@ class Campaign(_Worker):
             if created is not None:
                 self._become_leader(created, session, sent)
                 return
-            session.close()
+            if session is ticket:
+                self._ticket = ticket  # still queued behind the new holder: keep its place
+            else:
+                session.close()
             record = self._d.get(self.key)
+            if record is not None and self._ticket is not None and record.session == self._ticket.id:
+                self._vacant = True  # the holder left between create() and get(): claim at once
+                return
         timeout = None if record is not None else max(0.0, self._holdoff_until - time.monotonic())
-        if record is not None:
-            self._d.prepare_session(self.ttl)  # so that winning after the leader goes costs no handshake
+        if record is not None and self._ticket is None:
+            # So that winning after the holder goes costs as little as the backend can make it (a read on
+            # ZooKeeper, no handshake). Never raises; None when the backend has nothing to prepare.
+            self._ticket = self._d.prepare(self.key, self.node, self.ttl)
         watch = self._d.watch(self.key, record)
         try:
             self._vacant = self._wait_on(watch, timeout) and watch.known_absent
@@ -432,6 +448,9 @@ class Campaign(_Worker):
         if self._spent is not None:
             self._spent.close()
             self._spent = None
+        if self._ticket is not None:
+            self._ticket.close()  # withdraws it from the key's queue
+            self._ticket = None
         self._release("stopped")
         if self._stale is not None:
             session, token = self._stale
