@@ -5,6 +5,7 @@ The election contract itself runs on ZooKeeper in tests/test_contract.py; this f
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 import swarmha
+from swarmha.discovery import Record, Session
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
 from tests import cluster_scenarios
 from tests.helpers import Collector, wait_for
@@ -80,14 +82,29 @@ def test_a_session_not_renewed_within_ttl_expires_and_its_key_goes(single: Clust
         d.close()
 
 
-def test_a_ticket_waits_in_the_queue_without_a_ttl_clock_and_wins_with_a_read(single: Cluster) -> None:
-    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}")
+@contextlib.contextmanager
+def held_with_ticket(
+    cluster: Cluster, key: str, value: str, ttl: float
+) -> Iterator[tuple[swarmha.Discovery, Session, Record, Session]]:
+    """A Discovery on ``cluster``, a holder of ``key`` (value "a", ttl 30 s) and a ticket queued behind it."""
+    d = swarmha.connect(f"zk://{cluster.hosts}/{fresh_prefix('zk')}")
     holder = d.session(30.0)
+    ticket = None
     try:
-        first = d.create("k", "a", holder)
+        first = d.create(key, "a", holder)
         assert first is not None
-        ticket = d.prepare("k", "b", 1.0)
+        ticket = d.prepare(key, value, ttl)
         assert ticket is not None
+        yield d, holder, first, ticket
+    finally:
+        if ticket is not None:
+            ticket.close()
+        holder.close()
+        d.close()
+
+
+def test_a_ticket_waits_in_the_queue_without_a_ttl_clock_and_wins_with_a_read(single: Cluster) -> None:
+    with held_with_ticket(single, "k", "b", 1.0) as (d, holder, first, ticket):
         assert d.create("k", "b", ticket) is None  # queued behind the holder, and stays queued
         assert d.get("k") == first
         time.sleep(1.5)  # longer than its ttl: a ticket's clock does not run while it waits
@@ -103,39 +120,19 @@ def test_a_ticket_waits_in_the_queue_without_a_ttl_clock_and_wins_with_a_read(si
         with d.watch("k", second) as watch:  # claimed: not renewed, the guard closes it ttl after the create
             assert watch.wait(3.0) is True
         assert d.get("k") is None
-        ticket.close()
-    finally:
-        holder.close()
-        d.close()
 
 
 def test_an_unclaimed_ticket_that_comes_first_expires_within_its_ttl(single: Cluster) -> None:
-    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}")
-    holder = d.session(30.0)
-    try:
-        first = d.create("k", "a", holder)
-        assert first is not None
-        ticket = d.prepare("k", "stuck", 1.0)  # its owner never claims it
-        assert ticket is not None
+    with held_with_ticket(single, "k", "stuck", 1.0) as (d, holder, first, ticket):  # never claimed
         d.release("k", first.token, holder)
         wait_for(lambda: (r := d.get("k")) is not None and r.session == ticket.id, 5.0, "the ticket to hold the key")
         started = time.monotonic()
         wait_for(lambda: d.get("k") is None, 5.0, "the unclaimed ticket to expire")
         assert time.monotonic() - started <= 1.0 + 0.5  # ttl (counted from the holder's departure), plus slack
-        ticket.close()
-    finally:
-        holder.close()
-        d.close()
 
 
 def test_closing_a_ticket_withdraws_it_and_put_never_overwrites_an_election_key(single: Cluster) -> None:
-    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}")
-    holder = d.session(30.0)
-    try:
-        first = d.create("svc/leader", "a", holder)
-        assert first is not None
-        ticket = d.prepare("svc/leader", "b", 30.0)
-        assert ticket is not None
+    with held_with_ticket(single, "svc/leader", "b", 30.0) as (d, _, first, ticket):
         ticket.close()
         assert d.list("svc") == {"svc/leader": first}
         with pytest.raises(DiscoveryError, match="election key"):
@@ -143,9 +140,6 @@ def test_closing_a_ticket_withdraws_it_and_put_never_overwrites_an_election_key(
         assert d.delete("svc/leader", first.token)
         assert d.get("svc/leader") is None  # the withdrawn ticket did not take over
         assert d.list("svc") == {}
-    finally:
-        holder.close()
-        d.close()
 
 
 def test_prepare_0_in_the_url_gives_no_ticket(single: Cluster) -> None:
