@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from swarmha.manager.forward import Pool, Upstream, fetch, forward
+from swarmha.manager.forward import Pool, Upstream, UpstreamBroken, fetch, forward
 from swarmha.manager.http import Exchange, Server
 from swarmha.manager.manager import loop_factory
 from tests.helpers import wait_for
@@ -138,6 +138,51 @@ def test_fetch_reuses_and_recovers_from_a_stale_connection() -> None:
 
     assert asyncio.run(main()) == [200] * 5
     assert upstream.connections == 2
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_fetch_gives_up_on_an_upstream_that_does_not_answer_in_time_and_does_not_resend(loop: str) -> None:
+    """The second request on a kept-alive connection gets no answer: UpstreamBroken after the timeout, the
+    connection is closed, and the request is not sent again on a new one (that is for connections closed idle)."""
+    connections: list[int] = []
+    requests: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            requests.append(1)
+            writer.write(OK)
+            await reader.readuntil(b"\r\n\r\n")
+            requests.append(2)
+            await reader.read()  # no answer; returns when the other side closes
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> tuple[int, str, float]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        up = Upstream("127.0.0.1", server.sockets[0].getsockname()[1])
+        pool = Pool()
+        try:
+            first = (await fetch(pool, up, "/x", timeout=0.3)).status
+            began = time.monotonic()
+            with pytest.raises(UpstreamBroken) as failed:
+                await fetch(pool, up, "/x", timeout=0.3)
+            took = time.monotonic() - began
+            assert not pool._idle.get(up)  # the connection that timed out is not kept
+            return first, str(failed.value), took
+        finally:
+            pool.close()
+            server.close()
+
+    with asyncio.Runner(loop_factory=loop_factory() if loop == "uvloop" else None) as runner:
+        first, error, took = runner.run(main())
+    assert first == 200
+    assert "no answer within 0.3 s" in error
+    assert 0.25 <= took < 2.0
+    assert (len(connections), len(requests)) == (1, 2)
 
 
 def test_pool_drops_idle_connections_to_every_upstream_but_the_current_one() -> None:

@@ -71,7 +71,7 @@ SMALL = 256 * 1024
 MAX_HEAD = 64 * 1024
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Upstream:
     """Where to forward: host, port, and the TLS context to use (None: plain TCP)."""
 
@@ -102,7 +102,7 @@ class _Stale(Exception):
 class _Link:
     """One upstream connection."""
 
-    __slots__ = ("idle_since", "reader", "reused", "up", "writer")
+    __slots__ = ("expired", "idle_since", "loop", "reader", "reused", "up", "writer")
 
     def __init__(self, up: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.up = up
@@ -110,6 +110,14 @@ class _Link:
         self.writer = writer
         self.reused = False
         self.idle_since = 0.0
+        self.loop = asyncio.get_running_loop()
+        #: :meth:`expire` ran: the connection was aborted because an exchange on it took too long.
+        self.expired = False
+
+    def expire(self) -> None:
+        """Abort the connection (a pending read on it ends at once): the exchange on it timed out."""
+        self.expired = True
+        self.writer.transport.abort()
 
     def usable(self, now: float, idle_timeout: float) -> bool:
         return not self.writer.is_closing() and not self.reader.at_eof() and now - self.idle_since < idle_timeout
@@ -139,16 +147,25 @@ class Pool:
         self._idle: dict[Upstream, list[_Link]] = {}
 
     async def acquire(self, up: Upstream, timeout: float, fresh: bool = False) -> _Link:
-        now = time.monotonic()
+        link = None if fresh else self.take(up)
+        if link is None:
+            reader, writer = await connect(up, timeout)
+            link = _Link(up, reader, writer)
+        return link
+
+    def take(self, up: Upstream) -> _Link | None:
+        """An idle connection to ``up`` that is still usable, or None."""
         links = self._idle.get(up)
-        while links and not fresh:
+        if not links:
+            return None
+        now = time.monotonic()
+        while links:
             link = links.pop()
             if link.usable(now, self.idle_timeout):
                 link.reused = True
                 return link
             link.close()
-        reader, writer = await connect(up, timeout)
-        return _Link(up, reader, writer)
+        return None
 
     def release(self, link: _Link) -> None:
         links = self._idle.setdefault(link.up, [])
@@ -177,12 +194,10 @@ class _Head:
     reason: bytes
     headers: list[tuple[bytes, bytes]]
     version: bytes
-
-    def get(self, name: bytes) -> bytes | None:
-        for n, v in self.headers:
-            if n.lower() == name:
-                return v
-        return None
+    #: The first Transfer-Encoding, Content-Length and Connection values (None: no such header).
+    te: bytes | None = None
+    length: bytes | None = None
+    connection: bytes | None = None
 
 
 def _request_head(method: str, target: str, headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -197,13 +212,24 @@ def _parse_head(raw: bytes) -> _Head:
     code, _, reason = rest.partition(b" ")
     if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
         raise ValueError(f"bad status line {lines[0][:80]!r}")
-    headers = []
+    head = _Head(int(code), reason, [], version)
+    headers = head.headers
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep or not name or name != name.strip():
             raise ValueError(f"bad header line {line[:80]!r}")
-        headers.append((name, value.strip()))
-    return _Head(int(code), reason, headers, version)
+        value = value.strip()
+        headers.append((name, value))
+        key = name.lower()
+        if key == b"content-length":
+            if head.length is None:
+                head.length = value
+        elif key == b"transfer-encoding":
+            if head.te is None:
+                head.te = value
+        elif key == b"connection" and head.connection is None:
+            head.connection = value
+    return head
 
 
 async def _read_head(reader: asyncio.StreamReader) -> _Head:
@@ -222,10 +248,10 @@ def _framing(head: _Head, method: str) -> tuple[str, int]:
     """("none"|"length"|"chunked"|"close", length) for the response body."""
     if method == "HEAD" or head.status in (204, 304) or 100 <= head.status < 200:
         return "none", 0
-    te = head.get(b"transfer-encoding")
+    te = head.te
     if te is not None and b"chunked" in te.lower():
         return "chunked", 0
-    length = head.get(b"content-length")
+    length = head.length
     if length is not None:
         if not length.isdigit():
             raise ValueError(f"bad Content-Length {length[:40]!r}")
@@ -234,7 +260,7 @@ def _framing(head: _Head, method: str) -> tuple[str, int]:
 
 
 def _keeps_alive(head: _Head, kind: str) -> bool:
-    conn = (head.get(b"connection") or b"").lower()
+    conn = (head.connection or b"").lower()
     if kind == "close" or b"close" in conn:
         return False
     return head.version == b"HTTP/1.1" or b"keep-alive" in conn
@@ -352,7 +378,8 @@ async def _relay(
             writer.write(head_bytes)
             if ex.has_body:
                 await _send_streamed_body(ex, writer, ex.chunked)
-        await writer.drain()
+        if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
+            await writer.drain()
         head = await _read_head(reader)
     except ClientGone:
         raise
@@ -425,35 +452,43 @@ async def fetch(pool: Pool, up: Upstream, target: str, *, timeout: float = 5.0, 
     """
     request = _request_head("GET", target, [(b"host", str(up).encode())])
     for attempt in (0, 1):
-        link = await pool.acquire(up, timeout, fresh=attempt == 1)
+        link = pool.take(up) if attempt == 0 else None
+        if link is None:
+            link = await pool.acquire(up, timeout, fresh=True)
+        # the timeout aborts the connection (the pending read ends at once): a timer, not a cancellation scope
+        timer = link.loop.call_later(timeout, link.expire)
         try:
-            async with asyncio.timeout(timeout):
-                link.writer.write(request)
-                await link.writer.drain()
-                try:
-                    head = await _read_head(link.reader)
-                except (OSError, asyncio.IncompleteReadError):
-                    if link.reused and attempt == 0:
-                        link.close()
-                        continue
-                    raise
-                kind, length = _framing(head, "GET")
-                if kind == "length" and length <= limit:  # the common case: one read, no generator
-                    body = await link.reader.readexactly(length) if length else b""
-                else:
-                    chunks, size = [], 0
-                    async for data in _body(link.reader, kind, length):
-                        size += len(data)
-                        if size > limit:
-                            raise ValueError(f"response larger than {limit} bytes")
-                        chunks.append(data)
-                    body = b"".join(chunks)
-        except (*_BROKEN, TimeoutError) as e:
+            writer = link.writer
+            writer.write(request)
+            if writer.transport.get_write_buffer_size():
+                await writer.drain()
+            try:
+                head = await _read_head(link.reader)
+            except (OSError, asyncio.IncompleteReadError):
+                if link.reused and attempt == 0 and not link.expired:
+                    link.close()
+                    continue
+                raise
+            kind, length = _framing(head, "GET")
+            if kind == "length" and length <= limit:  # the common case: one read, no generator
+                body = await link.reader.readexactly(length) if length else b""
+            else:
+                chunks, size = [], 0
+                async for data in _body(link.reader, kind, length):
+                    size += len(data)
+                    if size > limit:
+                        raise ValueError(f"response larger than {limit} bytes")
+                    chunks.append(data)
+                body = b"".join(chunks)
+        except _BROKEN as e:
             link.close()
-            raise UpstreamBroken(f"{up} failed: {e or type(e).__name__}", True) from e
+            why = f"no answer within {timeout:g} s" if link.expired else str(e) or type(e).__name__
+            raise UpstreamBroken(f"{up} failed: {why}", True) from e
         except BaseException:
             link.close()
             raise
+        finally:
+            timer.cancel()
         if _keeps_alive(head, kind):
             pool.release(link)
         else:

@@ -496,6 +496,7 @@ class _Conn:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._reading: asyncio.Lock = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
         self._idle_until = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._waiting = False  # waiting for the next request (the idle timer may close the connection)
@@ -532,7 +533,7 @@ class _Conn:
         per request): when it fires while the connection is still waiting for a request and the deadline
         has passed, the connection is closed, which ends the read.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._idle_until = loop.time() + IDLE_TIMEOUT
         if self._idle_timer is None:
             self._idle_timer = loop.call_at(self._idle_until, self._idle_check)
@@ -547,7 +548,7 @@ class _Conn:
         self._idle_timer = None
         if not self._waiting:
             return  # inside an exchange: the next wait for a request arms a new timer
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() < self._idle_until:
             self._idle_timer = loop.call_at(self._idle_until, self._idle_check)
             return
