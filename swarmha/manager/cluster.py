@@ -100,6 +100,10 @@ def _split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _engine_order(e: Engine) -> str:
+    return e.name or e.addr
+
+
 class Cluster:
     """Engines from ``discovery`` (under :data:`NODES_KEY`) or from ``static`` addresses."""
 
@@ -130,7 +134,10 @@ class Cluster:
 
     @property
     def engines(self) -> list[Engine]:
-        return sorted(self._engines.values(), key=lambda e: e.name or e.addr)
+        engines = list(self._engines.values())
+        if len(engines) > 1:  # asked on every request: one engine (the usual test and demo setup) needs no sort
+            engines.sort(key=_engine_order)
+        return engines
 
     def healthy(self) -> list[Engine]:
         return [e for e in self.engines if e.healthy]

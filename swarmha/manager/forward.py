@@ -62,6 +62,7 @@ __all__ = [
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_NOT_COPIED = _HOP | _FRAMING  # request headers the forwarder does not copy (it frames the request anew)
 #: After the upstream ended a hijacked stream, how long the client may still send before we close.
 HIJACK_GRACE = 2.0
 #: Responses up to this size with a Content-Length are read whole and written to the client in one piece;
@@ -296,7 +297,13 @@ _BROKEN = (OSError, ssl.SSLError, ValueError, asyncio.IncompleteReadError, async
 
 def _request_headers(ex: Exchange, body: bytes | None, host: str) -> list[tuple[bytes, bytes]]:
     """The client's headers without hop-by-hop ones, framed anew for what is sent."""
-    headers = [(n, v) for n, v in ex.headers if n.lower() not in _HOP and n.lower() not in _FRAMING]
+    headers = []
+    has_host = False
+    for n, v in ex.headers:
+        key = n.lower()
+        if key not in _NOT_COPIED:
+            headers.append((n, v))
+            has_host = has_host or key == b"host"
     if body is not None:
         if body or ex.method in ("POST", "PUT", "PATCH"):
             headers.append((b"content-length", b"%d" % len(body)))
@@ -304,7 +311,7 @@ def _request_headers(ex: Exchange, body: bytes | None, host: str) -> list[tuple[
         headers.append((b"transfer-encoding", b"chunked"))
     elif ex.content_length:
         headers.append((b"content-length", b"%d" % ex.content_length))
-    if not any(n.lower() == b"host" for n, _ in headers):
+    if not has_host:
         headers.append((b"host", host.encode()))
     if ex.upgrade:
         headers += [(b"connection", b"Upgrade"), (b"upgrade", ex.header("upgrade", "tcp").encode("latin-1"))]
@@ -340,7 +347,9 @@ async def forward(
         body = await ex.body()  # small and known: forward it as bytes, so a pooled connection can carry it
     dedicated = pool is None or ex.upgrade or (body is None and ex.has_body)
     lender = pool if pool is not None else Pool(per_upstream=0)
-    link = await lender.acquire(up, connect_timeout, fresh=dedicated)
+    link = None if dedicated else lender.take(up)
+    if link is None:
+        link = await lender.acquire(up, connect_timeout, fresh=True)
     try:
         try:
             keep = await _relay(ex, link, body, target, on_head)

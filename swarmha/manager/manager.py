@@ -112,6 +112,7 @@ class Manager:
         #: Kept-alive connections to the primary; the upstream is chosen per request, never per connection.
         self._pool = Pool()
         self._upstreams: dict[str, Upstream] = {}
+        self._forwarded_header = (FORWARDED.encode(), (config.advertise or "1").encode())
         self._leader_changed = asyncio.Event()
         self._announced = False
         self._stopping = asyncio.Event()
@@ -195,7 +196,7 @@ class Manager:
         dead: str | None = None
         retried = False
         forwarded = bool(ex.header(FORWARDED))
-        ex.headers.append((FORWARDED.encode(), (self.config.advertise or "1").encode()))
+        ex.headers.append(self._forwarded_header)
         while True:
             if self.is_primary:
                 return await self.api.handle(ex)
