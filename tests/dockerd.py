@@ -17,6 +17,7 @@ import contextlib
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tarfile
 import tempfile
@@ -37,13 +38,25 @@ class DockerEngine:
     addr: str
     root: Path
     proc: subprocess.Popen[bytes]
+    #: With ``--tlsverify``: the files of :func:`tests.manager_support.make_certs` it was started with.
+    tls: dict[str, Path] | None = None
 
     @property
     def host(self) -> str:
         return f"tcp://{self.addr}"
 
     def docker(self, *args: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return docker_cli(self.host, *args, timeout=timeout, check=check)
+        return docker_cli(self.host, *tls_flags(self.tls), *args, timeout=timeout, check=check)
+
+
+def tls_flags(certs: dict[str, Path] | None) -> list[str]:
+    """Docker's ``--tlsverify`` flags with the CA and the node certificate of ``certs`` (none without)."""
+    if certs is None:
+        return []
+    return [
+        "--tlsverify", "--tlscacert", str(certs["ca-cert"]),
+        "--tlscert", str(certs["node-cert"]), "--tlskey", str(certs["node-key"]),
+    ]  # fmt: skip
 
 
 def docker_cli(
@@ -81,29 +94,38 @@ def busybox_tar(directory: Path) -> Path:
     return path
 
 
-def ping(addr: str) -> bool:
+def ping(addr: str, certs: dict[str, Path] | None = None) -> bool:
+    context = None
+    if certs is not None:
+        context = ssl.create_default_context(cafile=str(certs["ca-cert"]))
+        context.load_cert_chain(str(certs["node-cert"]), str(certs["node-key"]))
+    scheme = "http" if context is None else "https"
     try:
-        with urllib.request.urlopen(f"http://{addr}/_ping", timeout=1) as r:
+        with urllib.request.urlopen(f"{scheme}://{addr}/_ping", timeout=1, context=context) as r:
             return bool(r.status == 200)
     except OSError:
         return False
 
 
-def start_engine(index: int) -> DockerEngine:
-    """Start dockerd ``index`` on a free loopback port; RuntimeError (after cleaning up) if it never answers."""
+def start_engine(index: int, tls: dict[str, Path] | None = None) -> DockerEngine:
+    """Start dockerd ``index`` on a free loopback port; RuntimeError (after cleaning up) if it never answers.
+
+    ``tls``: certificates from :func:`tests.manager_support.make_certs`; the engine then runs with
+    ``--tlsverify`` (clients need a certificate signed by that CA) and its node certificate.
+    """
     root = Path(tempfile.mkdtemp(prefix=f"shd{index}-", dir="/tmp"))
     port = free_port()
     addr = f"127.0.0.1:{port}"
     cmd = [
         "dockerd", "--host", f"tcp://{addr}", "--data-root", str(root / "d"), "--exec-root", str(root / "e"),
         "--pidfile", str(root / "pid"), "--iptables=false", "--ip6tables=false", "--bridge=none",
-        "--storage-driver=vfs", "--log-level=warn",
+        "--storage-driver=vfs", "--log-level=warn", *tls_flags(tls),
     ]  # fmt: skip
     with open(root / "dockerd.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    engine = DockerEngine(addr, root, proc)
+    engine = DockerEngine(addr, root, proc, tls)
     deadline = time.monotonic() + 60
-    while not ping(addr):
+    while not ping(addr, tls):
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_engine(engine)
             raise RuntimeError(f"dockerd did not start: {(root / 'dockerd.log').read_text(errors='replace')[-2000:]}")

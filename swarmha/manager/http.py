@@ -51,6 +51,8 @@ try:  # llhttp (Node.js's parser) through httptools: the fast path for the commo
 except ImportError:  # pragma: no cover - the extra swarmha[fast] is not installed: h11 parses every request
     httptools = None  # type: ignore[assignment]
 
+from swarmha.manager.tls import HalfCloseTLS
+
 __all__ = ["HEAD_TIMEOUT", "MAX_HEAD", "BadRequest", "ClientGone", "Exchange", "Handler", "Server", "strip_version"]
 
 log = logging.getLogger("swarmha.manager.http")
@@ -699,10 +701,21 @@ class Server:
         self._closing = False
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> list[tuple[str, int]]:
-        """Bind and start accepting; returns the bound (host, port) pairs. Raises OSError if it cannot bind."""
-        server = await asyncio.start_server(
-            self._accept, host or None, port, ssl=ssl_context, reuse_address=True, limit=READ_SIZE
-        )
+        """Bind and start accepting; returns the bound (host, port) pairs. Raises OSError if it cannot bind.
+
+        TLS is :class:`~swarmha.manager.tls.HalfCloseTLS`, not asyncio's SSL transport: a client's close_notify
+        must end only its own direction of a hijacked connection (the docker CLI sends one when stdin ends).
+        """
+        if ssl_context is None:
+            server = await asyncio.start_server(self._accept, host or None, port, reuse_address=True, limit=READ_SIZE)
+        else:
+
+            def app() -> asyncio.StreamReaderProtocol:
+                return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=READ_SIZE), self._accept)
+
+            server = await asyncio.get_running_loop().create_server(
+                lambda: HalfCloseTLS(ssl_context, app), host or None, port, reuse_address=True
+            )
         self._servers.append(server)
         return [s.getsockname()[:2] for s in server.sockets]
 

@@ -1,0 +1,83 @@
+"""The manager reaches Docker engines over mutual TLS (issue 5, item 6), against a real ``dockerd --tlsverify``.
+
+As in Swarm classic, ``--tls``/``--tlsverify`` and the certificate flags of ``swarmha manage`` apply to the
+engines too: the manager presents its certificate to them and verifies theirs against ``--tlscacert``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.dockerd import IMAGE, DockerEngine, busybox_tar, missing, start_engine, stop_engine, tls_flags
+from tests.helpers import wait_for
+from tests.manager_support import ManagerProc, make_certs
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def tls_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEngine]:
+    """One engine that only talks TLS and requires a client certificate signed by the test CA."""
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    certs = make_certs(tmp_path_factory.mktemp("engine-certs"))
+    try:
+        engine = start_engine(9, tls=certs)
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    try:
+        engine.docker("import", str(busybox_tar(tmp_path_factory.mktemp("image"))), IMAGE)
+        yield engine
+    finally:
+        stop_engine(engine)
+
+
+def docker(manager: ManagerProc, certs: dict[str, Path] | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """The stock docker CLI against ``manager`` (with ``--tlsverify`` and the node certificate if ``certs``)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(manager.log.parent)}
+    env["DOCKER_CONFIG"] = str(manager.log.parent)
+    cmd = ["docker", *tls_flags(certs), "-H", f"tcp://{manager.addr}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
+def node_status(manager: ManagerProc, certs: dict[str, Path] | None) -> str:
+    """The ``└ Status`` of the manager's one node in ``docker info`` ("" while the manager does not answer)."""
+    info = docker(manager, certs, "info")
+    for line in info.stdout.splitlines():
+        if line.strip().startswith("└ Status:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def test_a_manager_with_tlsverify_serves_an_engine_that_requires_client_certificates(
+    tls_engine: DockerEngine, tmp_path: Path
+) -> None:
+    certs = tls_engine.tls
+    assert certs is not None
+    manager = ManagerProc(f"nodes://{tls_engine.addr}", tmp_path, *tls_flags(certs), replication=False)
+    try:
+        wait_for(lambda: node_status(manager, certs) == "Healthy", 30, "the TLS engine to be Healthy")
+        run = docker(manager, certs, "run", "--rm", "--network", "none", IMAGE, "echo", "hello over tls")
+        assert run.returncode == 0, run.stderr
+        assert "hello over tls" in run.stdout
+        ps = docker(manager, certs, "ps", "-a", "--format", "{{.Names}}")
+        assert ps.returncode == 0, ps.stderr
+    finally:
+        assert manager.stop() == 0
+
+
+def test_a_manager_without_a_certificate_is_refused_by_that_engine(tls_engine: DockerEngine, tmp_path: Path) -> None:
+    manager = ManagerProc(f"nodes://{tls_engine.addr}", tmp_path, replication=False)
+    try:
+        wait_for(lambda: node_status(manager, None) == "Unhealthy", 30, "the engine to be marked Unhealthy")
+        run = docker(manager, None, "run", "--rm", "--network", "none", IMAGE, "echo", "never")
+        assert run.returncode != 0 and "never" not in run.stdout  # a clear error, not a hang (timeout=60)
+        assert run.stderr.strip(), "the CLI shows the manager's error"
+    finally:
+        assert manager.stop() == 0
