@@ -9,7 +9,9 @@ replica). Then, side by side in one run (targets interleaved in blocks, so load 
 
 * ``/_ping`` and ``/containers/json`` latency (p50/p90/p99, one keep-alive connection, sequential) and
   throughput (closed loop, concurrency 1 and 8, keep-alive) direct to dockerd, through nginx, through the
-  primary, through replica → primary (the replica answers ``/_ping`` itself, as Swarm did);
+  primary, through replica → primary (the replica answers ``/_ping`` itself, as Swarm did), with the manager
+  process's CPU time per request during its throughput runs (``/proc``; what a shared machine's load changes
+  least);
 * ``logs -f``: the same container's log stream read directly and through the replica at once; per line, the
   difference of the client-side arrival times;
 * failover: a client sends ``/containers/json`` to the replica back to back while the primary gets SIGTERM
@@ -320,13 +322,39 @@ def side_by_side(targets: dict[str, str], rounds: int, block: int) -> dict[tuple
     return samples
 
 
-def rates(targets: dict[str, str], concurrency: int, seconds: float, repeats: int) -> dict[tuple[str, str], float]:
-    """Median requests/s per (target, path) over ``repeats`` interleaved runs of ``seconds`` each."""
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) the process ``pid`` has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rates(
+    targets: dict[str, str],
+    concurrency: int,
+    seconds: float,
+    repeats: int,
+    pids: dict[str, int] | None = None,
+    cpu: dict[tuple[str, str], float] | None = None,
+) -> dict[tuple[str, str], float]:
+    """Median requests/s per (target, path) over ``repeats`` interleaved runs of ``seconds`` each.
+
+    For the targets in ``pids``, the median CPU time of that process per request (seconds) goes to ``cpu``.
+    """
     runs: dict[tuple[str, str], list[float]] = {(t, p): [] for t in targets for p in PATHS}
+    used: dict[tuple[str, str], list[float]] = {}
     for _ in range(repeats):
         for name, addr in targets.items():
             for path in PATHS:
-                runs[(name, path)].append(throughput(addr, path, concurrency, seconds))
+                pid = (pids or {}).get(name)
+                c0, t0 = (cpu_seconds(pid) if pid else 0.0), time.perf_counter()
+                rate = throughput(addr, path, concurrency, seconds)
+                runs[(name, path)].append(rate)
+                if pid and rate > 0:
+                    used.setdefault((name, path), []).append(
+                        (cpu_seconds(pid) - c0) / (rate * (time.perf_counter() - t0))
+                    )
+    if cpu is not None:
+        cpu.update({k: sorted(v)[len(v) // 2] for k, v in used.items()})
     return {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
 
 
@@ -448,6 +476,7 @@ def report(
     logs: list[float],
     fail: dict[str, list[Failover]],
     targets: list[str],
+    cpu: dict[int, dict[tuple[str, str], float]] | None = None,
 ) -> str:
     out = ["### Latency (one keep-alive connection, sequential requests)", ""]
     out += ["| path | target | n | p50 ms | p90 ms | p99 ms | added p50 ms (vs the hop before) |", "|" + "---|" * 7]
@@ -462,14 +491,23 @@ def report(
             )
     out += ["", "### Throughput (closed loop, keep-alive; median of the interleaved runs)", ""]
     conc = sorted(tput)
-    out += ["| path | target | " + " | ".join(f"c={c} req/s (% of engine)" for c in conc) + " |"]
-    out += ["|---|---|" + "---|" * len(conc)]
+    cpu = cpu or {}
+    out += [
+        "| path | target | "
+        + " | ".join(f"c={c} req/s (% of engine)" for c in conc)
+        + " | manager CPU µs per request, "
+        + " / ".join(f"c={c}" for c in conc)
+        + " |"
+    ]
+    out += ["|---|---|" + "---|" * (len(conc) + 1)]
     for path in PATHS:
         for t in targets:
             cells = []
             for c in conc:
                 r, base = tput[c][(t, path)], tput[c][("engine", path)]
                 cells.append(f"{r:.0f} ({100 * r / base:.0f} %)")
+            used = [cpu.get(c, {}).get((t, path)) for c in conc]
+            cells.append(" / ".join(f"{u * 1e6:.0f}" for u in used if u is not None))
             out.append(f"| `{path}` | {t} | " + " | ".join(cells) + " |")
     out += ["", "### Per-hop cost next to nginx (p50 added latency)", ""]
     out += ["| path | nginx hop ms | primary hop ms | ratio | replica hop ms | ratio |", "|" + "---|" * 6]
@@ -580,9 +618,12 @@ def main(argv: list[str] | None = None) -> None:
         print("measuring latency ...", flush=True)
         lat = side_by_side(targets, args.rounds, args.block)
         tput: dict[int, dict[tuple[str, str], float]] = {}
+        cpu: dict[int, dict[tuple[str, str], float]] = {}
+        pids = {"primary": managers.primary.proc.pid, "replica": managers.replica.proc.pid}
         for c in (1, 8):
             print(f"measuring throughput, concurrency {c} ...", flush=True)
-            tput[c] = rates(targets, c, args.seconds, args.repeats)
+            cpu[c] = {}
+            tput[c] = rates(targets, c, args.seconds, args.repeats, pids, cpu[c])
         print("measuring logs -f ...", flush=True)
         logs = logs_latency(engine, managers.replica.addr, args.log_lines, 0.05)
         fail: dict[str, list[Failover]] = {"graceful (SIGTERM)": [], "crash (SIGKILL)": []}
@@ -599,7 +640,7 @@ def main(argv: list[str] | None = None) -> None:
         if nginx is not None:
             nginx.stop()
         stop_engine(engine)
-    table = report(lat, tput, logs, fail, list(targets))
+    table = report(lat, tput, logs, fail, list(targets), cpu)
     print(table)
     command = "python -m benchmarks.manager " + " ".join(sys.argv[1:] if argv is None else argv)
     text = (

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import swarmha
-from benchmarks.manager import Nginx, _answers, _uptime, _wait, latency, throughput
+from benchmarks.manager import Nginx, _answers, _uptime, _wait, cpu_seconds, latency, throughput
 from tests.dockerd import IMAGE, busybox_tar, missing, start_engine, stop_engine
 from tests.manager_support import ROOT, free_port
 
@@ -55,18 +55,12 @@ def _manager(root: Path, url: str, directory: Path, env_extra: dict[str, str]) -
     return addr, proc
 
 
-def _cpu(pid: int) -> float:
-    """CPU seconds (user + system) the process ``pid`` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _rate(addr: str, concurrency: int, pid: int | None, cpu: list[float]) -> float:
     """Closed-loop requests/s; appends the process ``pid``'s CPU µs per request to ``cpu``."""
-    c0, t0 = (_cpu(pid) if pid else 0.0), time.perf_counter()
+    c0, t0 = (cpu_seconds(pid) if pid else 0.0), time.perf_counter()
     rate = throughput(addr, PATH, concurrency, 1.0)
     if pid:
-        cpu.append((_cpu(pid) - c0) / (rate * (time.perf_counter() - t0)) * 1e6)
+        cpu.append((cpu_seconds(pid) - c0) / (rate * (time.perf_counter() - t0)) * 1e6)
     return rate
 
 

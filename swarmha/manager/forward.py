@@ -26,13 +26,14 @@ Failure modes, so callers can decide about retrying:
   (:class:`~swarmha.manager.http.ClientGone`): the client sees a truncated response, never a made-up one.
 
 The upstream side is a small HTTP/1.1 client written for this (head parsing, Content-Length, chunked, until-close
-framing), not h11, by measurement: its peers are trusted (the primary manager, whose front is h11, and the
-Docker engines), and it is on every forwarded request's path twice (replica → primary, primary → engine).
+framing), not h11, by measurement: its peers are trusted (the primary manager, whose front parses with h11 and
+llhttp, and the Docker engines), and it is on every forwarded request's path twice (replica → primary,
+primary → engine).
 With h11 here as well (commit f6347b8) the added p50 per hop on ``/containers/json`` went from a median
 0.67-0.71 ms to 0.82-0.93 ms over six interleaved runs of ``python -m benchmarks.manager`` on 2 loaded cores,
 and past the 1 ms goal in 3 of 6 runs (h11 server with this client: 1 of 6, a round where both were over).
-Requests from untrusted clients are parsed by h11 (:mod:`swarmha.manager.http`); what this client sends is
-framed anew from h11's parse (framing headers are never copied from the client).
+Requests from untrusted clients are parsed by h11 or llhttp (:mod:`swarmha.manager.http`); what this client
+sends is framed anew from that parse (framing headers are never copied from the client).
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
-"""A small asyncio HTTP/1.1 server on h11, with the one extra a Docker API front needs: hijacking.
+"""A small asyncio HTTP/1.1 server on h11 (and llhttp), with the one extra a Docker API front needs: hijacking.
 
 h11 does the HTTP/1.1 framing both ways (request heads and bodies in, response framing out): this server
-reads requests from untrusted clients, and malformed input and request smuggling are what h11 is for.
+reads requests from untrusted clients, and malformed input and request smuggling are what h11 is for. By
+measurement, the common request head is read by llhttp first when httptools is installed (the extra
+``swarmha[fast]``): only a head that llhttp accepts and that is of the common kind (see :func:`_parse_fast`)
+is taken that way, and every other request is parsed by h11 as before, so the verdicts do not change.
 
 Guarantees:
 
@@ -25,8 +28,8 @@ Guarantees:
   common whole response (keep-alive HTTP/1.1, not HEAD, a status with a body, no Transfer-Encoding or
   Connection header, headers and reason within h11's grammar) is framed directly as the bytes h11 would
   send (h11 costs ~50 µs per response on the development machine); the next request on that connection is
-  parsed by a fresh h11 state machine fed with the bytes received after the last one. Requests are always
-  parsed by h11.
+  read from the bytes received after the last one. A response to a request that llhttp parsed and that the
+  fast path does not frame is framed by a fresh h11 state given an equivalent body-less request.
 * :meth:`Server.close` stops accepting at once; :meth:`Server.drain` waits (bounded) for in-flight exchanges,
   then cancels what is left. Idle keep-alive connections are closed at once on close.
 """
