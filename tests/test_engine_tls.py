@@ -38,12 +38,14 @@ def tls_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEngin
         stop_engine(engine)
 
 
-def docker(manager: ManagerProc, certs: dict[str, Path] | None, *args: str) -> subprocess.CompletedProcess[str]:
+def docker(
+    manager: ManagerProc, certs: dict[str, Path] | None, *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """The stock docker CLI against ``manager`` (with ``--tlsverify`` and the node certificate if ``certs``)."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(manager.log.parent)}
     env["DOCKER_CONFIG"] = str(manager.log.parent)
     cmd = ["docker", *tls_flags(certs), "-H", f"tcp://{manager.addr}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, check=False)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False, input=stdin)
 
 
 def node_status(manager: ManagerProc, certs: dict[str, Path] | None) -> str:
@@ -66,8 +68,14 @@ def test_a_manager_with_tlsverify_serves_an_engine_that_requires_client_certific
         run = docker(manager, certs, "run", "--rm", "--network", "none", IMAGE, "echo", "hello over tls")
         assert run.returncode == 0, run.stderr
         assert "hello over tls" in run.stdout
-        ps = docker(manager, certs, "ps", "-a", "--format", "{{.Names}}")
-        assert ps.returncode == 0, ps.stderr
+        # stdin's EOF crosses both TLS hops (client -> manager -> engine) as close_notify: cat ends
+        name = f"tls-cat-{manager.port}"
+        started = docker(manager, certs, "run", "-d", "--name", name, "--network", "none", IMAGE, "sleep", "60")
+        assert started.returncode == 0, started.stderr
+        cat = docker(manager, certs, "exec", "-i", name, "cat", stdin="piped over tls\n", timeout=30)
+        assert cat.returncode == 0, cat.stderr
+        assert cat.stdout == "piped over tls\n"
+        docker(manager, certs, "rm", "-f", name)
     finally:
         assert manager.stop() == 0
 

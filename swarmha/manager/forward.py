@@ -47,6 +47,7 @@ from collections.abc import AsyncIterator, Callable
 import attrs
 
 from swarmha.manager.http import READ_SIZE, ClientGone, Exchange
+from swarmha.manager.tls import open_connection as open_tls
 
 __all__ = [
     "IDEMPOTENT",
@@ -131,7 +132,9 @@ class _Link:
 async def connect(up: Upstream, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Open a connection to ``up``; raises :class:`UpstreamUnreachable`."""
     try:
-        return await asyncio.wait_for(asyncio.open_connection(up.host, up.port, ssl=up.ssl, limit=READ_SIZE), timeout)
+        if up.ssl is not None:  # with half-close, so a client's stdin EOF reaches the engine (see HalfCloseTLS)
+            return await asyncio.wait_for(open_tls(up.host, up.port, up.ssl, limit=READ_SIZE), timeout)
+        return await asyncio.wait_for(asyncio.open_connection(up.host, up.port, limit=READ_SIZE), timeout)
     except (OSError, TimeoutError, ssl.SSLError) as e:
         raise UpstreamUnreachable(f"cannot connect to {up}: {e or type(e).__name__}") from e
 

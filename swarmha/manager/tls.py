@@ -25,7 +25,7 @@ import attrs
 
 from swarmha.errors import ConfigurationError
 
-__all__ = ["HalfCloseTLS", "TLSConfig"]
+__all__ = ["HalfCloseTLS", "TLSConfig", "open_connection"]
 
 log = logging.getLogger("swarmha.manager.tls")
 _READ_SIZE = 64 * 1024
@@ -126,8 +126,9 @@ class HalfCloseTLS(asyncio.Protocol):
         self._eof_in = False  # the peer's close_notify (or FIN) was seen
         self._eof_out = False  # our close_notify was sent
         self._closed = False
-        #: Set once the handshake ended: True if it succeeded.
+        #: Set once the handshake ended: True if it succeeded (else :attr:`error` says why).
         self.handshake: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.error: BaseException | None = None
 
     # -- the raw (TCP) side -------------------------------------------------------------------------------------
 
@@ -194,7 +195,8 @@ class HalfCloseTLS(asyncio.Protocol):
             self._fail(TimeoutError(f"no TLS handshake within {self._handshake_timeout:g} s"))
 
     def _fail(self, error: BaseException) -> None:
-        log.debug("TLS connection from %s dropped: %s", self._peer(), error)
+        log.debug("TLS connection with %s dropped: %s", self._peer(), error)
+        self.error = self.error or error
         if not self.handshake.done():
             self.handshake.set_result(False)
         if self._raw is not None:
@@ -350,3 +352,28 @@ class _TLSAppTransport(asyncio.Transport):
     def get_protocol(self) -> asyncio.BaseProtocol:
         protocol: asyncio.BaseProtocol = self._tls._app
         return protocol
+
+
+async def open_connection(
+    host: str, port: int, context: ssl.SSLContext, *, limit: int = _READ_SIZE
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection(host, port, ssl=context)``, but over :class:`HalfCloseTLS` (client side).
+
+    Returns once the handshake succeeded (the server's certificate checked against ``host`` when the context
+    checks host names); raises the handshake's :class:`ssl.SSLError` or :class:`OSError` otherwise. The
+    writer's ``write_eof()`` sends close_notify and keeps reading, so a client's stdin EOF can cross a TLS hop.
+    """
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    app = asyncio.StreamReaderProtocol(reader, loop=loop)
+    raw, tls = await loop.create_connection(
+        lambda: HalfCloseTLS(context, lambda: app, server_side=False, server_hostname=host), host, port
+    )
+    try:
+        if not await tls.handshake:
+            raise tls.error or ConnectionResetError(f"TLS handshake with {host}:{port} failed")
+    except BaseException:
+        raw.close()
+        raise
+    assert tls._app_transport is not None
+    return reader, asyncio.StreamWriter(tls._app_transport, app, reader, loop)
