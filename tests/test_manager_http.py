@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -211,3 +212,26 @@ def test_a_pipelined_request_after_a_chunked_one_and_a_body_split_across_reads()
 
     got = serve(client)
     assert [(r["path"], r["body"]) for r in got] == [("/a", "xy"), ("/b", "abcdef"), ("/c", "")]
+
+
+@pytest.mark.parametrize("size", [300, 12_000])
+def test_a_head_sent_in_small_pieces_is_served(size: int) -> None:
+    """A head that arrives a few bytes at a time (past FAST_HEAD_MAX: read on by h11 from what was buffered)."""
+    head = b"GET /piece HTTP/1.1\r\n" + H + b"X-A: " + b"a" * size + b"\r\nConnection: close\r\n\r\n"
+
+    def client(port: int) -> bytes:
+        out = b""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            step = max(1, len(head) // 40)
+            pieces = [head[i : i + step] for i in range(0, len(head) - 8, step)]
+            pieces += [bytes([c]) for c in head[len(b"".join(pieces)) :]]  # the end one byte at a time
+            for piece in pieces:
+                s.sendall(piece)
+                time.sleep(0.002)
+            while data := s.recv(65536):
+                out += data
+        return out
+
+    got = _responses(serve(client))
+    assert (got[0]["path"], got[0]["x"]) == ("/piece", "a" * size)

@@ -67,6 +67,8 @@ HEAD_TIMEOUT = 30.0
 #: Seconds an idle keep-alive connection may wait for its next request.
 IDLE_TIMEOUT = 120.0
 READ_SIZE = 64 * 1024
+#: A request head still incomplete once this many bytes arrived is read by h11 (incrementally) instead.
+FAST_HEAD_MAX = 8 * 1024
 
 Handler = Callable[["Exchange"], Awaitable[None]]
 
@@ -490,6 +492,7 @@ class _Conn:
         self.writer = writer
         #: Received bytes not parsed yet (while h11 does not parse: see :attr:`h11_parses`).
         self.buf = b""
+        self._scanned = 0  # bytes of buf searched for the end of an incomplete head (less 3)
         #: The h11 state of the current exchange: the one parsing it, or the one framing its response; or None.
         self.h11: h11.Connection | None = None
         #: h11 parses the current request (received bytes go to it, not to :attr:`buf`).
@@ -588,14 +591,20 @@ class _Conn:
         buf = self.buf
         if buf and buf[0] in b"\r\n":  # empty lines before a request line are ignored (RFC 9112 §2.2)
             buf = self.buf = buf.lstrip(b"\r\n")
+            self._scanned = 0
         if not buf:
             return True if self.eof else None
-        end = buf.find(b"\r\n\r\n")
+        start = self._scanned  # searched already, less what a pattern may straddle
+        end = buf.find(b"\r\n\r\n", start)
         if end < 0:
-            # not complete yet, unless the client closed, it is too large, or its lines end in a bare LF (h11's)
-            if self.eof or len(buf) > MAX_HEAD or b"\n\n" in buf or b"\n\r\n" in buf:
+            # not complete yet, unless the client closed, it is large (h11 reads a head that comes in pieces
+            # past FAST_HEAD_MAX incrementally), or its lines end in a bare LF (h11's)
+            if self.eof or len(buf) > FAST_HEAD_MAX or buf.find(b"\n\n", start) >= 0 or buf.find(b"\n\r\n", start) >= 0:
+                self._scanned = 0
                 return False
+            self._scanned = max(0, len(buf) - 3)
             return None
+        self._scanned = 0
         end += 4
         parsed = _parse_fast(buf[:end]) if end <= MAX_HEAD else None
         if parsed is None:
