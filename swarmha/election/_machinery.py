@@ -247,6 +247,7 @@ class Campaign(_Worker):
         self.renew_deadline = deadline
         self.resign_holdoff = min(1.0, ttl / 3.0) if resign_holdoff is None else float(resign_holdoff)
         self._lead: _Lead | None = None
+        self._valid: tuple[Term, float] | None = None  # (term, deadline) while leading: what ``term`` reads
         self._renew_sent = 0.0
         self._deadline = 0.0
         self._resign = False
@@ -260,11 +261,15 @@ class Campaign(_Worker):
 
     @property
     def term(self) -> Term | None:
-        """The current term while the lease is valid by the local monotonic clock, else None."""
-        with self._lock:
-            if self._lead is not None and time.monotonic() < self._deadline:
-                return self._lead.term
-            return None
+        """The current term while the lease is valid by the local monotonic clock, else None.
+
+        Lock-free (the HA manager asks on every request): it reads :attr:`_valid`, an immutable (term,
+        deadline) pair that the worker replaces under the lock whenever either changes.
+        """
+        valid = self._valid
+        if valid is not None and time.monotonic() < valid[1]:
+            return valid[0]
+        return None
 
     @property
     def deadline(self) -> float:
@@ -362,6 +367,7 @@ class Campaign(_Worker):
             self._lead = _Lead(term, session, record)
             self._renew_sent = sent
             self._deadline = sent + self.renew_deadline
+            self._valid = (term, self._deadline)
             still_valid = time.monotonic() < self._deadline
         if still_valid:
             self._emit(Event(Kind.ELECTED, term))
@@ -396,6 +402,7 @@ class Campaign(_Worker):
             if time.monotonic() < self._deadline:
                 self._renew_sent = sent
                 self._deadline = sent + self.renew_deadline
+                self._valid = (lead.term, self._deadline)
                 return
         self._demote("the renewal succeeded only after the renew deadline", stale=True)
 
@@ -409,6 +416,7 @@ class Campaign(_Worker):
         with self._lock:
             lead, self._lead = self._lead, None
             self._deadline = 0.0
+            self._valid = None
         if close_watch and lead is not None and lead.watch is not None:
             lead.watch.close()
         return lead
