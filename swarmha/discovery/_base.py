@@ -117,11 +117,11 @@ class Discovery(ClosesOnExit, abc.ABC):
     def prepare(self, key: str, value: str, ttl: float) -> Session | None:
         """Get ready to :meth:`create` ``key`` once its holder leaves: return a *ticket*, or None.
 
-        A candidate that starts waiting behind a holder calls this once and later passes the ticket (a
-        :class:`Session` of ``ttl``) to ``create(key, value, ticket)`` instead of a new :meth:`session`. A
-        backend whose sessions are slow to open (ZooKeeper: a connection handshake) opens it ahead; a backend
-        that keeps a queue per key (ZooKeeper) also puts the ticket in the key's queue, so that the ``create``
-        after the holder left needs one read instead of a write (as kazoo's ``Lock`` waiters do).
+        A candidate calls this before it campaigns and passes the ticket (a :class:`Session` of ``ttl``) to
+        ``create(key, value, ticket)`` instead of a new :meth:`session`; if another candidate won, it keeps the
+        ticket while it waits behind the holder. A backend that keeps a queue per key (ZooKeeper) puts the
+        ticket in the key's queue, so that the ``create`` after the holder left needs no write (as kazoo's
+        ``Lock`` waiters need none), and a lost round leaves the ticket queued.
 
         Guarantees of a ticket: it holds no key, and its ``ttl`` clock does not run, until a ``create`` with it
         returns a Record (the clock then runs from that call). A ``create`` that returns None leaves it queued,

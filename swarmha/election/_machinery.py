@@ -9,15 +9,16 @@ A :class:`Campaign` runs one background thread per candidate::
 * LEADING renews the session every ``ttl/3`` and watches the key. It ends the term (self-demotion) when no
   renewal succeeded within ``renew_deadline`` of being *sent*, when the session expired, or when the key
   changed under it. Once the deadline has passed the term is over: a late renewal does not revive it.
-* WAITING sends no periodic request: it watches the key and campaigns when it vanishes. Behind a holder it
-  first asks the backend for a ticket (``Discovery.prepare``): most backends have none (WAITING then holds no
-  session); ZooKeeper opens the next session ahead and queues it for the key, so the campaign after the holder
-  left costs one read (the ticket's cost is the backend's, documented there). A ticket is kept across waits
-  until a campaign wins with it, and closed when the candidate stops.
+* WAITING sends no periodic request: it watches the key and campaigns when it vanishes. A campaign first asks
+  the backend for a ticket (``Discovery.prepare``): most backends have none (the campaign then opens a session,
+  and WAITING holds none); ZooKeeper opens a session and queues it for the key, and a ticket that did not win
+  stays queued while the candidate waits, so the campaign after the holder left costs no request at all (the
+  ticket's cost is the backend's, documented there). A ticket is kept across waits until a campaign wins with
+  it, and closed when the candidate stops.
 * Store errors never end the campaign: every step is retried with jittered exponential backoff (tenacity).
 * ``stop()`` and ``resign()`` end the term, then remove the key through the leader's own session
-  (``Discovery.release``: compare-and-delete and close, or on ZooKeeper the close alone), never a successor's
-  key, so a waiting candidate wins within one watch round trip instead of after the TTL.
+  (``Discovery.release``: compare-and-delete and close; on ZooKeeper a delete of its own entry by name), never
+  a successor's key, so a waiting candidate wins within one watch round trip instead of after the TTL.
 
 A :class:`Follow` runs one background thread that watches the key and publishes ``Leader | None`` on change.
 
@@ -329,6 +330,10 @@ class Campaign(_Worker):
             # ``ours``: the ticket's queue entry became the holder (the holders before it left): claim it. A
             # ticket was queued behind another holder, so a resign's holdoff has done its job already.
             sent = time.monotonic()
+            if ticket is None:
+                # A backend with key queues (ZooKeeper) queues a ticket now: if another candidate wins this
+                # round, the ticket simply stays queued behind it (no withdraw, no new session to wait with).
+                ticket = self._d.prepare(self.key, self.node, self.ttl)
             session = ticket if ticket is not None else self._d.session(self.ttl)
             self._ticket = None
             try:
