@@ -281,7 +281,9 @@ SYSTEMS: dict[str, type[Contender]] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="one contender process (for crash-failover runs)")
+    parser = argparse.ArgumentParser(
+        description="one contender process (crash failover; graceful handover between processes: 'release' on stdin)"
+    )
     parser.add_argument("--system", choices=sorted(SYSTEMS), required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--key", required=True)
@@ -292,10 +294,21 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     contender = SYSTEMS[args.system](args.url, args.key, args.node, args.ttl)
 
-    def say(**line: object) -> None:
-        sys.stdout.write(json.dumps({"node": args.node, **line}) + "\n")
-        sys.stdout.flush()
+    said = threading.Lock()
 
+    def say(**line: object) -> None:
+        with said:
+            sys.stdout.write(json.dumps({"node": args.node, **line}) + "\n")
+            sys.stdout.flush()
+
+    def commands() -> None:  # "release" on stdin: give leadership up now (graceful handover runs)
+        for command in sys.stdin:
+            if command.strip() == "release":
+                released = time.monotonic()
+                contender.release()
+                say(event="released", t=released)
+
+    threading.Thread(target=commands, name="commands", daemon=True).start()
     say(event="ready")
     contender.campaign()
     while not stopping.is_set():

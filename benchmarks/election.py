@@ -8,6 +8,9 @@ Parts (``--parts``, default all):
   ``Election`` function returns, etcd ``Lock.release()``, tooz ``stand_down_group_leader``) while one other
   contender has been waiting for ``SETTLE`` s; time until that contender knows it leads. Each contender has
   its own client connection; a new contender (and connection) is made for every term, outside the timing.
+* ``handover-procs``: the same between contender *processes* (``python -m benchmarks.contenders``, told to
+  give up on stdin), as a deployment runs them: nothing one contender does after its release can take the
+  other's GIL. ``--proc-rounds`` rounds (default 40; a process start per round).
 * ``crash``: crash failover. Contender *processes* (``python -m benchmarks.contenders``); the leader is
   SIGKILLed at a random phase of its renewal period; time until the waiting process knows it leads, in
   seconds and as a multiple of ttl (same ttl for every system).
@@ -44,11 +47,13 @@ from benchmarks.contenders import SYSTEMS, TOOZ_INTERVAL, Contender, backend_of
 from benchmarks.stores import BACKENDS, Stores
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ["handover", "crash", "elect", "idle"]
+PARTS = ["handover", "handover-procs", "crash", "elect", "idle"]
 PEERS = ["kazoo-lock", "kazoo-election", "tooz", "etcd-lock"]
 #: How long the next contender waits before the leader gives up (a waiting candidate has waited a while).
 SETTLE = 0.1
 HANDOVER_TTL = 30.0
+#: Between processes the waiting contender settles this many times longer (its campaign starts in a new process).
+PROC_SETTLE = 3.0
 ROUND_TIMEOUT = 10.0
 BEGIN, END = "<!-- election:begin -->", "<!-- election:end -->"
 
@@ -133,6 +138,48 @@ def handover(system: str, url: str, rounds: int, settle: float) -> dict[str, Any
     return {"samples": samples, "failures": failures}
 
 
+def handover_procs(system: str, url: str, rounds: int, settle: float) -> dict[str, Any]:
+    """Samples (seconds) of leader gives up → the waiting contender leads, each contender its own process.
+
+    As a deployment runs them: the leader's own work after its release (swarmha closes its session, a peer's
+    client is closed later) cannot take the waiter's GIL. Both processes read ``CLOCK_MONOTONIC``.
+    """
+    key = "bench/handover"
+    procs: list[_Proc] = []
+    samples: list[float] = []
+    failures = 0
+
+    def spawn(i: int) -> _Proc:
+        p = _Proc(system, url, key, f"h{i}", HANDOVER_TTL)
+        procs.append(p)
+        if not p.ready.wait(30):
+            raise RuntimeError(f"{system}: contender process not ready")
+        return p
+
+    try:
+        leader = spawn(0)
+        if not leader.elected.wait(30):
+            raise RuntimeError(f"{system}: no first leader")
+        for i in range(rounds):
+            nxt = spawn(i + 1)
+            time.sleep(settle * random.uniform(1.0, 2.0))
+            if nxt.elected.is_set():
+                raise RuntimeError(f"{system}: two contender processes lead at once")
+            leader.release()
+            if nxt.elected.wait(ROUND_TIMEOUT) and leader.released.wait(ROUND_TIMEOUT):
+                samples.append(nxt.elected_at - leader.released_at)
+            else:
+                failures += 1
+            leader.stop()
+            leader = nxt
+            if not leader.elected.wait(ROUND_TIMEOUT):
+                raise RuntimeError(f"{system}: the next contender process never led")
+    finally:
+        for p in procs:
+            p.stop()
+    return {"samples": samples, "failures": failures}
+
+
 # -- crash failover ---------------------------------------------------------------------------------------------
 
 
@@ -144,6 +191,7 @@ class _Proc:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.contenders", *args],
             cwd=ROOT,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -152,6 +200,8 @@ class _Proc:
         self.ready = threading.Event()
         self.elected = threading.Event()
         self.elected_at = 0.0
+        self.released = threading.Event()
+        self.released_at = 0.0
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -164,6 +214,15 @@ class _Proc:
             elif line.get("event") == "elected":
                 self.elected_at = float(line["t"])
                 self.elected.set()
+            elif line.get("event") == "released":
+                self.released_at = float(line["t"])
+                self.released.set()
+
+    def release(self) -> None:
+        """Ask the process to give leadership up gracefully (it notes the time right before it does)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("release\n")
+        self.proc.stdin.flush()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -356,6 +415,45 @@ def _row(name: str, p: dict[str, float], fmt: Callable[[float], str], extra: str
     return f"| {name} | {int(p['n'])} | {cells} |{extra}"
 
 
+def _handover_table(ho: dict[str, Any], lines: list[str], goals: list[str], label: str) -> None:
+    """A handover table (with ratios to swarmha on the same server) and its goal rows, appended in place."""
+    lines += [
+        "| system | n | p50 | p90 | p99 | max | ratio swarmha/peer (p50) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in ho.items():
+        p = percentiles(r["samples"]) if "samples" in r else {}
+        ratio = ""
+        system, _, backend = name.partition(" @ ")
+        if system != "swarmha":
+            mine = percentiles(ho.get(f"swarmha @ {backend}", {}).get("samples", []))
+            if mine.get("n") and p.get("n"):
+                ratio = f" {mine['p50'] / p['p50']:.2f} |"
+        if r.get("missing") or r.get("error"):
+            lines.append(f"| {name} | - | {r.get('missing') or 'error: ' + r['error']} | | | | |")
+            continue
+        lines.append(_row(name, p, _ms, ratio or " |"))
+        if r["failures"]:
+            lines.append(f"| ↳ {r['failures']} rounds without a handover within {ROUND_TIMEOUT} s | | | | | | |")
+    lines.append("")
+    for backend in ("etcd", "zk"):
+        mine = percentiles(ho.get(f"swarmha @ {backend}", {}).get("samples", []))
+        if not mine.get("n"):
+            continue
+        verdict = "met" if mine["p50"] <= 0.020 else f"MISSED by {_ms(mine['p50'] - 0.020)} ms"
+        goals.append(f"| handover p50 ≤ 20 ms on {backend}{label} | {_ms(mine['p50'])} ms | {verdict} |")
+        peers = {k: percentiles(v["samples"]) for k, v in ho.items() if k.endswith(f"@ {backend}") and "samples" in v}
+        peers.pop(f"swarmha @ {backend}", None)
+        peers = {k: v for k, v in peers.items() if v.get("n")}
+        if peers:
+            best_name, best = min(peers.items(), key=lambda kv: kv[1]["p50"])
+            times = mine["p50"] / best["p50"]
+            goals.append(
+                f"| handover ≤ 1.0x the best peer on {backend}{label} ({best_name.split(' @ ')[0]}) | {times:.2f}x | "
+                f"{'met' if times <= 1.0 else f'MISSED by {(times - 1) * 100:.0f} %'} |"
+            )
+
+
 def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
     lines: list[str] = [
         f"Command: `{command}`  ",
@@ -371,44 +469,22 @@ def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
             "### Graceful handover",
             "",
             f"Leader gives up → the contender that waited {results['settle']}-{2 * results['settle']:g} s (random) "
-            "knows it leads (ms). "
+            "knows it leads (ms); both contenders are threads of this process. "
             "Same server, same run; ratio = swarmha p50 / peer p50 on that server.",
             "",
-            "| system | n | p50 | p90 | p99 | max | ratio swarmha/peer (p50) |",
-            "|---|---|---|---|---|---|---|",
         ]
-        ho = results["handover"]
-        for name, r in ho.items():
-            p = percentiles(r["samples"])
-            ratio = ""
-            system, _, backend = name.partition(" @ ")
-            if system != "swarmha":
-                mine = percentiles(ho.get(f"swarmha @ {backend}", {}).get("samples", []))
-                if mine.get("n") and p.get("n"):
-                    ratio = f" {mine['p50'] / p['p50']:.2f} |"
-            if r.get("missing") or r.get("error"):
-                lines.append(f"| {name} | - | {r.get('missing') or 'error: ' + r['error']} | | | | |")
-                continue
-            lines.append(_row(name, p, _ms, ratio or " |"))
-            if r["failures"]:
-                lines.append(f"| ↳ {r['failures']} rounds without a handover within {ROUND_TIMEOUT} s | | | | | | |")
-        lines.append("")
-        for backend in ("etcd", "zk"):
-            mine = percentiles(ho.get(f"swarmha @ {backend}", {}).get("samples", []))
-            if not mine.get("n"):
-                continue
-            verdict = "met" if mine["p50"] <= 0.020 else f"MISSED by {_ms(mine['p50'] - 0.020)} ms"
-            goals.append(f"| handover p50 ≤ 20 ms on {backend} | {_ms(mine['p50'])} ms | {verdict} |")
-            peers = {k: percentiles(v["samples"]) for k, v in ho.items() if k.endswith(f"@ {backend}")}
-            peers.pop(f"swarmha @ {backend}", None)
-            peers = {k: v for k, v in peers.items() if v.get("n")}
-            if peers:
-                best_name, best = min(peers.items(), key=lambda kv: kv[1]["p50"])
-                ratio = mine["p50"] / best["p50"]
-                goals.append(
-                    f"| handover ≤ 1.0x the best peer on {backend} ({best_name.split(' @ ')[0]}) | {ratio:.2f}x | "
-                    f"{'met' if ratio <= 1.0 else f'MISSED by {(ratio - 1) * 100:.0f} %'} |"
-                )
+        _handover_table(results["handover"], lines, goals, "")
+    if "handover_procs" in results:
+        settle = results["settle"] * PROC_SETTLE
+        lines += [
+            "### Graceful handover between processes",
+            "",
+            f"The same, but each contender is its own process (`python -m benchmarks.contenders`, as a deployment "
+            f"runs them); the leader's process notes the time right before it gives up, the waiting process (which "
+            f"waited {settle:g}-{2 * settle:g} s) when it knows it leads (both `CLOCK_MONOTONIC`), in ms.",
+            "",
+        ]
+        _handover_table(results["handover_procs"], lines, goals, ", processes")
     if "crash" in results:
         lines += [
             "### Crash failover (SIGKILL of the leader process)",
@@ -599,6 +675,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="CI smoke: a few rounds of everything, under a minute")
     parser.add_argument("--rounds", type=int, default=100, help="graceful handover rounds per system (default 100)")
+    parser.add_argument(
+        "--proc-rounds", type=int, default=40, help="graceful handover rounds between processes (default 40)"
+    )
     parser.add_argument("--crash-rounds", type=int, default=10, help="crash failover rounds per system (default 10)")
     parser.add_argument("--crash-ttl", type=float, default=2.0, help="ttl of the crash runs, every system (2 s)")
     parser.add_argument("--elect-rounds", type=int, default=10, help="rounds per N of the election race")
@@ -616,6 +695,7 @@ def main(argv: list[str] | None = None) -> None:
     elect_ns = [1, 10, 100]
     if args.quick:
         args.rounds, args.crash_rounds, args.elect_rounds, args.idle_seconds = 6, 1, 2, 1.0
+        args.proc_rounds = 2
         ns, elect_ns = [0, 10], [1, 10]
         settle = 0.05
     out = Path(args.out)
@@ -642,6 +722,15 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"handover: {name} ...", flush=True)
                 url = stores.url(backend, fresh(system))
                 results["handover"][name] = missing(system) or guarded(name, handover, system, url, args.rounds, settle)
+        if "handover-procs" in args.parts:
+            results["handover_procs"] = {}
+            for system, backend in [(s, b) for s, b in pairs if b != "memory"]:
+                name = f"{system} @ {backend}"
+                print(f"handover between processes: {name} ...", flush=True)
+                url = stores.url(backend, fresh(system))
+                results["handover_procs"][name] = missing(system) or guarded(
+                    name, handover_procs, system, url, args.proc_rounds, settle * PROC_SETTLE
+                )
         if "crash" in args.parts:
             results["crash"] = {}
             crash_pairs = [(s, b) for s, b in pairs if b != "memory"]
