@@ -28,6 +28,7 @@ the rest of an existing file is kept), ``<out>/benchmarks-election.json`` (every
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,22 +145,10 @@ def handover_procs(system: str, url: str, rounds: int, settle: float) -> dict[st
     As a deployment runs them: the leader's own work after its release (swarmha closes its session, a peer's
     client is closed later) cannot take the waiter's GIL. Both processes read ``CLOCK_MONOTONIC``.
     """
-    key = "bench/handover"
-    procs: list[_Proc] = []
     samples: list[float] = []
     failures = 0
-
-    def spawn(i: int) -> _Proc:
-        p = _Proc(system, url, key, f"h{i}", HANDOVER_TTL)
-        procs.append(p)
-        if not p.ready.wait(30):
-            raise RuntimeError(f"{system}: contender process not ready")
-        return p
-
-    try:
+    with contender_processes(system, url, "bench/handover", "h", HANDOVER_TTL) as spawn:
         leader = spawn(0)
-        if not leader.elected.wait(30):
-            raise RuntimeError(f"{system}: no first leader")
         for i in range(rounds):
             nxt = spawn(i + 1)
             time.sleep(settle * random.uniform(1.0, 2.0))
@@ -174,9 +163,6 @@ def handover_procs(system: str, url: str, rounds: int, settle: float) -> dict[st
             leader = nxt
             if not leader.elected.wait(ROUND_TIMEOUT):
                 raise RuntimeError(f"{system}: the next contender process never led")
-    finally:
-        for p in procs:
-            p.stop()
     return {"samples": samples, "failures": failures}
 
 
@@ -239,24 +225,34 @@ class _Proc:
         self._reader.join(5)
 
 
-def crash(system: str, url: str, ttl: float, rounds: int) -> dict[str, Any]:
-    """Samples (seconds) of SIGKILL of the leader process → the waiting process leads."""
-    key = "bench/crash"
+@contextlib.contextmanager
+def contender_processes(system: str, url: str, key: str, prefix: str, ttl: float) -> Iterator[Callable[[int], _Proc]]:
+    """``spawn(i)``: start contender process ``<prefix><i>`` and wait until it is ready (the first one: until it
+    leads). Every process started is stopped when the block ends."""
     procs: list[_Proc] = []
-    samples: list[float] = []
-    failures = 0
 
     def spawn(i: int) -> _Proc:
-        p = _Proc(system, url, key, f"c{i}", ttl)
+        p = _Proc(system, url, key, f"{prefix}{i}", ttl)
         procs.append(p)
         if not p.ready.wait(30):
             raise RuntimeError(f"{system}: contender process not ready")
+        if len(procs) == 1 and not p.elected.wait(30):
+            raise RuntimeError(f"{system}: no first leader")
         return p
 
     try:
+        yield spawn
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def crash(system: str, url: str, ttl: float, rounds: int) -> dict[str, Any]:
+    """Samples (seconds) of SIGKILL of the leader process → the waiting process leads."""
+    samples: list[float] = []
+    failures = 0
+    with contender_processes(system, url, "bench/crash", "c", ttl) as spawn:
         leader = spawn(0)
-        if not leader.elected.wait(30):
-            raise RuntimeError(f"{system}: no first leader")
         for r in range(rounds):
             waiting = spawn(r + 1)
             time.sleep(0.5 + random.uniform(0, ttl / 3.0))  # campaigning, and a random phase of the renewals
@@ -271,9 +267,6 @@ def crash(system: str, url: str, ttl: float, rounds: int) -> dict[str, Any]:
             leader = waiting
             if not leader.elected.wait(30):
                 raise RuntimeError(f"{system}: no leader after a crash")
-    finally:
-        for p in procs:
-            p.stop()
     return {"samples": samples, "failures": failures, "ttl": ttl}
 
 
