@@ -447,7 +447,7 @@ class _ZkSession(Session):
         self._d._op(self.conn, "keepalive", lambda c: c.exists_async("/"), session=self)
         with self._lock:
             self.check()
-            self._deadline = max(self._deadline, sent + self.ttl) if self._deadline != math.inf else math.inf
+            self._deadline = max(self._deadline, sent + self.ttl)  # an unclaimed ticket's stays inf
 
     @property
     def alive(self) -> bool:
@@ -731,19 +731,17 @@ class ZooKeeperDiscovery(Discovery):
         for entry in entries:
             try:
                 for _ in range(_RACE_LIMIT):
+                    if not entry.first:
+                        names = self._entries(entry.parent, session.conn, session) or []
+                        if entry.name not in names:
+                            break  # withdrawn or deleted: a create with this ticket will queue it again
+                        with session._lock:
+                            entry.saw(names)  # sets first, or the predecessor to watch
                     if entry.first:
                         session.leads_unclaimed(entry)
                         break
-                    names = self._entries(entry.parent, session.conn, session) or []
-                    if entry.name not in names:
-                        break  # withdrawn or deleted: a create with this ticket will queue it again
-                    with session._lock:
-                        entry.saw(names)
-                    at = names.index(entry.name)
-                    if at == 0:
-                        session.leads_unclaimed(entry)
-                        break
-                    before = f"{entry.parent}/{names[at - 1]}"
+                    before = entry.predecessor
+                    assert before is not None  # not first: saw() noted the entry right before it
                     watch = functools.partial(_exists, path=before, watch=session.predecessor_gone)
                     if self._op(session.conn, "watch", watch, session=session):
                         break
@@ -1019,25 +1017,22 @@ class ZooKeeperDiscovery(Discovery):
             entry = self._enqueue(path, value, s)
             if entry is None:
                 return None
-        if not fresh and entry.first:
-            # The only entry ahead was seen deleted through this session's connection: this one is first (no
-            # entry can arrive before it), and it exists while the session lives (checked above; nobody else
-            # knows its token before it holds the key). Claim it without reading the queue again.
-            s.claim(entry, sent)
-            self._remember(entry.path, entry.record, entry.mzxid)
-            return entry.record
-        names = self._entries(path, s.conn, s) or []
-        with s._lock:
-            entry.saw(names)
-        if entry.name not in names:  # deleted (delete(key, token) of a holder claimed earlier): gone for good
+        # If the only entry ahead was seen deleted through this session's connection (``first``), this one is
+        # first (no entry can arrive before it) and exists while the session lives (checked above; nobody else
+        # knows its token before it holds the key): it is claimed without reading the queue again.
+        if fresh or not entry.first:
+            names = self._entries(path, s.conn, s) or []
             with s._lock:
-                if s.entries.get(path) is entry:
-                    del s.entries[path]
-            return None
-        if names[0] != entry.name:
-            if fresh and not s.ticket:
-                self._withdraw(s, entry)  # a plain session leaves nothing behind when it did not win
-            return None
+                entry.saw(names)
+            if entry.name not in names:  # deleted (delete(key, token) of a holder claimed earlier): gone for good
+                with s._lock:
+                    if s.entries.get(path) is entry:
+                        del s.entries[path]
+                return None
+            if names[0] != entry.name:
+                if fresh and not s.ticket:
+                    self._withdraw(s, entry)  # a plain session leaves nothing behind when it did not win
+                return None
         s.claim(entry, sent)
         self._remember(entry.path, entry.record, entry.mzxid)
         return entry.record
@@ -1093,16 +1088,10 @@ class ZooKeeperDiscovery(Discovery):
         """The key's Record: the holder's entry of its queue (token = the entry's czxid), or a plain znode, as the
         member the shared client talks to has it."""
         path = self._path(key)
-        for _ in range(_RACE_LIMIT):
-            kind = self._kind(path)
-            if kind is None:
-                return None
-            if kind == "queue":
-                return self._holder(path)
-            record = self._read(path)
-            if record is None or record.value.encode() != _QUEUE_MARK:
-                return record
-        raise DiscoveryUnavailable(f"ZooKeeper key {path} changed under {_RACE_LIMIT} reads in a row")
+        kind = self._kind(path)
+        if kind is None:
+            return None
+        return self._holder(path) if kind == "queue" else self._read(path)
 
     def delete(self, key: str, token: int) -> bool:
         """Delete ``key`` if its token equals ``token``.
