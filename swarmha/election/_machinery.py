@@ -324,7 +324,7 @@ class Campaign(_Worker):
         record = None if self._vacant else self._d.get(self.key)
         self._vacant = False
         ticket = self._ticket
-        ours = record is not None and ticket is not None and record.session == ticket.id
+        ours = self._ticket_holds(record)
         now = time.monotonic()
         if ours or (record is None and (now >= self._holdoff_until or ticket is not None)):
             # ``ours``: the ticket's queue entry became the holder (the holders before it left): claim it. A
@@ -349,7 +349,7 @@ class Campaign(_Worker):
             else:
                 session.close()
             record = self._d.get(self.key)
-            if record is not None and self._ticket is not None and record.session == self._ticket.id:
+            if self._ticket_holds(record):
                 self._vacant = True  # the holder left between create() and get(): claim at once
                 return
         timeout = None if record is not None else max(0.0, self._holdoff_until - time.monotonic())
@@ -365,6 +365,10 @@ class Campaign(_Worker):
                 self._spent = watch  # closing it (an etcd watch joins its thread) waits until after the create
             else:
                 watch.close()
+
+    def _ticket_holds(self, record: Record | None) -> bool:
+        """True when ``record`` is our ticket's own queue entry: the holders before it left, so claim it."""
+        return record is not None and self._ticket is not None and record.session == self._ticket.id
 
     def _become_leader(self, record: Record, session: Session, sent: float) -> None:
         term = Term(self.key, self.node, record.token)
