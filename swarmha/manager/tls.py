@@ -249,13 +249,19 @@ class HalfCloseTLS(asyncio.Protocol):
             view = view[written:]
         self._flush()
 
-    def _write_eof(self) -> None:
-        if self._eof_out or self._closed:
+    def _send_close_notify(self) -> None:
+        """Send our close_notify, once; the peer may still send after it."""
+        if self._eof_out:
             return
         self._eof_out = True
         with contextlib.suppress(ssl.SSLError):  # SSLWantReadError: ours is out, the peer's is still to come
             self._ssl.unwrap()
         self._flush()
+
+    def _write_eof(self) -> None:
+        if self._eof_out or self._closed:
+            return
+        self._send_close_notify()
         if self._raw is not None and self._raw.can_write_eof():
             with contextlib.suppress(OSError, RuntimeError):
                 self._raw.write_eof()
@@ -264,11 +270,7 @@ class HalfCloseTLS(asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
-        if not self._eof_out:
-            self._eof_out = True
-            with contextlib.suppress(ssl.SSLError):
-                self._ssl.unwrap()
-            self._flush()
+        self._send_close_notify()
         if self._raw is not None:
             self._raw.close()
 
