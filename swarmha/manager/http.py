@@ -87,7 +87,7 @@ _H11_DECIDES = frozenset({b"transfer-encoding", b"connection"})
 PARSER = "llhttp" if httptools is not None else "h11"
 # h11's request-line grammar (h11._abnf: method = token, request-target = vchar+, HTTP-version), restricted to
 # HTTP/1.0 and 1.1: llhttp is laxer here (it accepts "GET  / HTTP/1.1" and versions 0.9 and 2.0)
-_REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+) ([\x21-\x7e]+) HTTP/(1\.[01])\r\n")
+_REQUEST_LINE = re.compile(rb"(%b) ([\x21-\x7e]+) HTTP/(1\.[01])\r\n" % _TOKEN)
 # request headers for which h11 parses the request (its body framing, hijacking and Host rules are h11's)
 _H11_PARSES = frozenset({b"transfer-encoding", b"upgrade"})
 
