@@ -111,6 +111,28 @@ def test_watch_fires_on_delete_and_close_wakes_a_waiter(discovery: swarmha.Disco
         session.close()
 
 
+def test_watch_interrupt_wakes_a_waiter_and_every_later_wait(discovery: swarmha.Discovery) -> None:
+    """What a stopping leader relies on: interrupt() ends a blocked wait at once (without joining anything),
+    later waits return False even though the key changed, and the watch can still be closed afterwards."""
+    session = discovery.session(LONG_TTL)
+    try:
+        record = discovery.create(KEY, "a", session)
+        assert record is not None
+        watch = discovery.watch(KEY, record)
+        interrupter = threading.Timer(0.05, watch.interrupt)
+        start = time.monotonic()
+        interrupter.start()
+        assert watch.wait(10.0) is False
+        assert time.monotonic() - start < 5.0
+        interrupter.join()
+        assert discovery.delete(KEY, record.token)
+        assert watch.wait(1.0) is False  # interrupted for good: the delete is not reported
+        watch.close()
+        watch.close()  # idempotent after an interrupt too
+    finally:
+        session.close()
+
+
 def test_exactly_one_leader_among_many_candidates(discovery: swarmha.Discovery) -> None:
     candidates = [swarmha.Candidate(discovery, KEY, node=f"n{i}", ttl=LONG_TTL).start() for i in range(5)]
     try:

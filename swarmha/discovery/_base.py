@@ -96,6 +96,15 @@ class Watch(ClosesOnExit, abc.ABC):
     def close(self) -> None:
         """Stop watching and release what the watch holds. Idempotent, thread-safe, never raises."""
 
+    def interrupt(self) -> None:
+        """Make a pending :meth:`wait` and every later one return False at once; the caller still closes the watch.
+
+        For a caller that must act *now* and may tear the watch down afterwards: a leader stopping (its release
+        goes out before a watch thread is joined). Thread-safe, never raises. The default is :meth:`close`;
+        backends whose close waits for a thread (etcd, Consul) wake the waiter without waiting.
+        """
+        self.close()
+
 
 class Discovery(ClosesOnExit, abc.ABC):
     """A connection to one discovery store under one key prefix. Safe to share between threads."""

@@ -384,6 +384,7 @@ class _ConsulWatch(Watch):
         self._client = _Client(d, keepalive=1)
         self._cond = threading.Condition()
         self._closed = False
+        self._interrupted = False  # interrupt(): every wait() returns False, the thread lives on
         self._changed = False  # a change the thread saw that no wait() has reported yet
         self._error: DiscoveryError | None = None
         self._thread: threading.Thread | None = None
@@ -395,8 +396,10 @@ class _ConsulWatch(Watch):
                     target=self._run, name=f"swarmha-consul-watch[{self._path}]", daemon=True
                 )
                 self._thread.start()
-            self._cond.wait_for(lambda: self._closed or self._changed or self._error is not None, timeout)
-            if self._closed:
+            self._cond.wait_for(
+                lambda: self._closed or self._interrupted or self._changed or self._error is not None, timeout
+            )
+            if self._closed or self._interrupted:
                 return False
             if self._changed:
                 self._changed = False
@@ -443,6 +446,12 @@ class _ConsulWatch(Watch):
                     self._cond.notify_all()
         finally:
             self._client.close()
+
+    def interrupt(self) -> None:
+        """Wake a pending :meth:`wait` (and make later ones return False) without joining the thread."""
+        with self._cond:
+            self._interrupted = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:

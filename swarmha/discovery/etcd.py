@@ -20,6 +20,7 @@ How the contract maps to etcd:
 * ``create`` is one transaction: ``create_revision(key) == 0`` -> put with the lease. The fencing token is the
   key's ``create_revision``, i.e. the revision of the acquiring write; etcd revisions strictly increase over
   the whole store, so tokens do too. ``delete`` is a transaction ``create_revision(key) == token`` -> delete.
+  ``release`` (a leader's graceful exit) revokes the lease: one write that removes the key with it.
 * ``watch`` starts an etcd watch at the revision right after the read that produced ``seen`` (remembered per
   key from the last ``get``/``create``; otherwise read again first), so no change in between is missed. When the
   stream breaks it is resumed from the last revision it delivered, on the next endpoint if need be; when that
@@ -184,13 +185,22 @@ class _EtcdSession(Session):
         if response.TTL <= 0:
             raise SessionExpired(f"lease {self.id} expired")
 
+    def revoke(self) -> None:
+        """Revoke the lease (etcd deletes its keys in the same write); raise if etcd was not reached.
+
+        Marks the session closed first, whatever happens. A lease etcd no longer knows (expired) is not an
+        error: its keys are gone already.
+        """
+        self._closed = True
+        request = etcdrpc.LeaseRevokeRequest(ID=self.lease_id)
+        with contextlib.suppress(SessionExpired):
+            self._d._call("lease revoke", lambda ep, t, md: ep.lease.LeaseRevoke(request, timeout=t, metadata=md))
+
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        request = etcdrpc.LeaseRevokeRequest(ID=self.lease_id)
         try:
-            self._d._call("lease revoke", lambda ep, t, md: ep.lease.LeaseRevoke(request, timeout=t, metadata=md))
+            self.revoke()
         except DiscoveryError as e:
             log.debug("lease %s not revoked (it expires with its TTL): %s", self.id, e)
 
@@ -207,6 +217,7 @@ class _EtcdWatch(Watch):
         self._changed = changed
         self._error: DiscoveryError | None = None
         self._closed = False
+        self._interrupted = False  # interrupt(): every wait() returns False, the thread lives on
         self._call: Any = None
         self._live = False
         self._stream_done: threading.Event | None = None
@@ -218,8 +229,10 @@ class _EtcdWatch(Watch):
 
     def wait(self, timeout: float | None = None) -> bool:
         with self._cond:
-            self._cond.wait_for(lambda: self._closed or self._changed or self._error is not None, timeout)
-            if self._closed:
+            self._cond.wait_for(
+                lambda: self._closed or self._interrupted or self._changed or self._error is not None, timeout
+            )
+            if self._closed or self._interrupted:
                 return False
             if self._changed:
                 self._changed = False
@@ -228,6 +241,12 @@ class _EtcdWatch(Watch):
             if self._error is not None:
                 raise self._error
             return False
+
+    def interrupt(self) -> None:
+        """Wake a pending :meth:`wait` (and make later ones return False) without joining the thread."""
+        with self._cond:
+            self._interrupted = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
@@ -553,6 +572,21 @@ class EtcdDiscovery(Discovery):
         if deleted:
             self._remember(k, None, int(response.header.revision))
         return deleted
+
+    def release(self, key: str, token: int, session: Session) -> None:
+        """Hand over ``key`` by revoking the session's lease: one raft write that deletes every key attached
+        to the lease, ``key`` among them while it is still the one the session created (a successor's key has
+        a lease of its own, so it is never touched; ``token`` is therefore not needed).
+
+        One write instead of a compare-and-delete and a revoke: the next candidate's lease grant, sent when
+        the delete event reaches it, is not queued behind our revoke's disk sync. Raises
+        :class:`~swarmha.errors.DiscoveryUnavailable` when no endpoint answered: the key then goes when the
+        lease expires (within its TTL). The session is closed in every case.
+        """
+        if not isinstance(session, _EtcdSession):
+            raise ConfigurationError(f"{session!r} is not a session of an etcd discovery")
+        if not session._closed:
+            session.revoke()
 
     def list(self, prefix: str) -> Mapping[str, Record]:
         p = self._k(prefix) + b"/"

@@ -161,7 +161,7 @@ class _Worker:
             watch = self._watch
         self._wake.set()
         if watch is not None:
-            watch.close()
+            watch.interrupt()  # the worker closes it: closing an etcd/Consul watch joins a thread
 
     def _interrupted(self) -> bool:
         """True when stop (or a subclass's request) wants the current wait to end. Caller holds the lock."""
