@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 
 import pytest
 
 import swarmha
+from swarmha.discovery import Record, Session, Watch
 from swarmha.discovery.memory import MemoryDiscovery
-from tests.helpers import Collector, wait_for
+from tests.helpers import Collector, WaitSpy, wait_for
 
 _names = itertools.count()
 
@@ -93,4 +95,45 @@ def test_stop_twice_from_two_threads_is_safe(discovery: MemoryDiscovery) -> None
     other = Collector(iter([c.stop]))
     other.next()()
     c.stop()
+    assert discovery.get("k") is None
+
+
+def test_stop_releases_on_the_callers_thread_after_the_term_ended(discovery: MemoryDiscovery) -> None:
+    """A leader idle between renewals hands over from stop()'s own thread (no hop to the worker first), and
+    still ends the term before the key goes: is_leader is False while the key is being removed."""
+    calls: list[tuple[threading.Thread, bool, bool]] = []
+    waiting = threading.Event()
+    candidate: list[swarmha.Candidate] = []
+
+    class Spy(WaitSpy):
+        def watch(self, key: str, seen: Record | None) -> Watch:
+            inner = super().watch(key, seen)
+
+            class Recording(Watch):
+                def wait(self, timeout: float | None = None) -> bool:
+                    if seen is not None and seen.value == "n":
+                        waiting.set()
+                    return inner.wait(timeout)
+
+                def interrupt(self) -> None:
+                    inner.interrupt()
+
+                def close(self) -> None:
+                    inner.close()
+
+            return Recording()
+
+        def release(self, key: str, token: int, session: Session) -> None:
+            calls.append((threading.current_thread(), candidate[0].is_leader, discovery.get(key) is not None))
+            super().release(key, token, session)
+
+    c = swarmha.Candidate(Spy(discovery), "k", node="n", ttl=30.0)
+    candidate.append(c)
+    events = Collector(c.run_for_election())
+    assert events.next(5.0) is True
+    assert waiting.wait(5.0), "the leader never waited on its own key"
+    c.stop()
+    assert calls == [(threading.current_thread(), False, True)]
+    assert events.next(5.0) is False
+    events.join()
     assert discovery.get("k") is None
