@@ -137,3 +137,30 @@ def test_stop_releases_on_the_callers_thread_after_the_term_ended(discovery: Mem
     assert events.next(5.0) is False
     events.join()
     assert discovery.get("k") is None
+
+
+def test_a_term_claimed_with_a_ticket_granted_ahead_counts_from_the_tickets_clock(
+    discovery: MemoryDiscovery,
+) -> None:
+    """A ticket whose lease started before the claim (etcd's, Session.clock) shortens the first renewal
+    period accordingly: the term's deadline is clock + renew_deadline, never later, so the term cannot
+    outlive the lease."""
+    head_start = 2.0
+    tickets: list[Session] = []
+
+    class AheadOfTime(WaitSpy):
+        def prepare(self, key: str, value: str, ttl: float) -> Session | None:
+            ticket = self.inner.session(ttl)
+            ticket.clock = time.monotonic() - head_start
+            tickets.append(ticket)
+            return ticket
+
+    c = swarmha.Candidate(AheadOfTime(discovery), "k", node="n", ttl=30.0, renew_deadline=20.0)
+    events = Collector(c.run_for_election())
+    try:
+        assert events.next(5.0) is True
+        (ticket,) = tickets
+        assert ticket.clock is not None
+        assert c._campaign.deadline == pytest.approx(ticket.clock + 20.0, abs=1e-6)
+    finally:
+        c.stop()

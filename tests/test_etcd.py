@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pyetcd import etcdrpc
@@ -106,6 +107,59 @@ def test_lease_expiry_is_session_expired(single: Cluster) -> None:
         session.close()
     finally:
         d.close()
+
+
+def test_a_fresh_ticket_claims_with_one_request_an_old_one_takes_a_new_lease(
+    single: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prepare() grants the ticket's lease while the candidate waits: the claim is the transaction alone. A
+    ticket older than ttl/6 gets a new lease at the claim, so a term never starts deep into its lease."""
+    d = swarmha.connect(f"etcd://{single.hosts}/{fresh_prefix('etcd')}")
+    calls: list[str] = []
+    real_call = d._call  # type: ignore[attr-defined]
+
+    def counting(what: str, fn: Any, timeout: float | None = None) -> Any:
+        calls.append(what)
+        return real_call(what, fn, timeout)
+
+    try:
+        holder = d.session(30)
+        assert d.create("k", "holder", holder) is not None
+        ticket = d.prepare("k", "w", 30)
+        assert ticket is not None and ticket.clock is not None
+        granted_at = ticket.clock
+        assert granted_at <= time.monotonic()
+        monkeypatch.setattr(d, "_call", counting)
+        assert d.create("k", "w", ticket) is None  # lost: the ticket stays usable
+        holder.close()
+        calls.clear()
+        won = d.create("k", "w", ticket)
+        assert won is not None and won.session == ticket.id
+        assert calls == ["create"] and ticket.clock == granted_at
+        d.release("k", won.token, ticket)
+
+        old = d.prepare("k", "w", 30)
+        assert old is not None and old.clock is not None
+        old_id = old.id
+        old.clock -= 30 / 6 + 0.1  # as if it had waited longer than ttl/6
+        calls.clear()
+        before = time.monotonic()
+        won = d.create("k", "w", old)
+        assert won is not None and calls == ["lease grant", "create"]
+        assert won.session == old.id != old_id and old.clock >= before
+        d.release("k", won.token, old)
+    finally:
+        d.close()
+
+
+def test_prepare_0_turns_tickets_off(single: Cluster) -> None:
+    d = swarmha.connect(f"etcd://{single.hosts}/{fresh_prefix('etcd')}?prepare=0")
+    try:
+        assert d.prepare("k", "w", 30) is None
+    finally:
+        d.close()
+    with pytest.raises(InvalidDiscoveryURL, match="prepare must be 0 or 1"):
+        swarmha.connect("etcd://127.0.0.1/p?prepare=yes")
 
 
 def test_watch_from_a_compacted_revision_rereads_the_key(single: Cluster) -> None:

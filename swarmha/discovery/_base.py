@@ -56,6 +56,10 @@ class Session(abc.ABC):
 
     id: str
     ttl: float
+    #: None, or (a ticket whose store lease was granted ahead, see :meth:`Discovery.prepare`) the monotonic time
+    #: at which the session's ttl clock started: whoever counts a term from the ``create`` that claims with
+    #: this session counts it from here instead.
+    clock: float | None = None
 
     @abc.abstractmethod
     def keepalive(self) -> None:
@@ -132,8 +136,10 @@ class Discovery(ClosesOnExit, abc.ABC):
         ticket in the key's queue, so that the ``create`` after the holder left needs no write (as kazoo's
         ``Lock`` waiters need none), and a lost round leaves the ticket queued.
 
-        Guarantees of a ticket: it holds no key, and its ``ttl`` clock does not run, until a ``create`` with it
-        returns a Record (the clock then runs from that call). A ``create`` that returns None leaves it queued,
+        Guarantees of a ticket: it holds no key until a ``create`` with it returns a Record, and its ``ttl``
+        clock runs from that call, unless the ticket's :attr:`Session.clock` is set: then the clock started
+        there, at most ``ttl/6`` before the ``create`` call (a backend that grants a ticket's lease ahead, etcd,
+        takes a new one at the claim when the old one is older). A ``create`` that returns None leaves it queued,
         so it can be used again. When the holders before it have left, the backend may report the ticket's
         own entry as the key's holder (:meth:`get` then returns a Record whose ``session`` is the ticket's
         ``id``): the owner is expected to claim it with ``create`` promptly; if it does not within ``ttl``, the

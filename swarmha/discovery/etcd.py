@@ -7,6 +7,7 @@ the path is the key prefix (``/prefix/svc/leader`` in etcd). Query options:
 ``ca=PATH``          PEM CA bundle to verify the servers; turns TLS on.
 ``cert=PATH``, ``key=PATH``  PEM client certificate and key (both or neither); turn TLS on.
 ``tls=1``            TLS with the system CA roots (when no ``ca`` is given).
+``prepare=0``        no tickets (:meth:`EtcdDiscovery.prepare`): a waiting candidate grants no lease ahead.
 
 With ``user:password@`` the backend authenticates (etcd's ``Authenticate`` RPC) and sends the token with every
 call, authenticating again when the server rejects an expired token. Unknown options are refused.
@@ -72,7 +73,9 @@ log = logging.getLogger("swarmha.discovery.etcd")
 
 DEFAULT_PORT = 2379
 DEFAULT_TIMEOUT = 5.0
-_OPTIONS = {"timeout", "ca", "cert", "key", "tls"}
+_OPTIONS = {"timeout", "ca", "cert", "key", "tls", "prepare"}
+#: A ticket's lease is used for a claim while younger than this share of its ttl (see EtcdDiscovery.prepare).
+TICKET_AGE = 1.0 / 6.0
 _CACHE_LIMIT = 1024
 _T = TypeVar("_T")
 
@@ -150,21 +153,33 @@ def _describe(error: Any) -> str:
 class _EtcdSession(Session):
     """An etcd lease; see the module docstring."""
 
-    def __init__(self, discovery: EtcdDiscovery, ttl: float) -> None:
+    def __init__(self, discovery: EtcdDiscovery, ttl: float, *, ticket: bool = False) -> None:
         self._d = discovery
         self.ttl = ttl
         self._closed = False
-        request = etcdrpc.LeaseGrantRequest(TTL=max(1, math.ceil(ttl)))
-        response = discovery._call(
-            "lease grant", lambda ep, t, md: ep.lease.LeaseGrant(request, timeout=t, metadata=md)
-        )
+        self.ticket = ticket
+        self._grant()
+
+    def _grant(self) -> None:
+        """Get a new lease from etcd (a ticket notes, in ``clock``, when the lease's TTL clock started)."""
+        request = etcdrpc.LeaseGrantRequest(TTL=max(1, math.ceil(self.ttl)))
+        sent = time.monotonic()
+        response = self._d._call("lease grant", lambda ep, t, md: ep.lease.LeaseGrant(request, timeout=t, metadata=md))
         if response.error:
             raise DiscoveryError(f"etcd refused a lease of {request.TTL}s: {response.error}")
         self.lease_id = int(response.ID)
         self.granted_ttl = int(response.TTL)
         self.id = f"{self.lease_id:x}"
+        if self.ticket:
+            self.clock = sent  # the server starts the lease's TTL after this
         if self.granted_ttl > request.TTL:
             log.warning("etcd granted lease %s a TTL of %ds instead of %ds", self.id, self.granted_ttl, request.TTL)
+
+    def fresh_for_claim(self) -> None:
+        """A ticket whose lease is older than ``TICKET_AGE * ttl`` takes a new lease (the old one holds no key
+        and expires on its own): a claim never starts a term more than that far into its lease."""
+        if self.ticket and self.clock is not None and time.monotonic() - self.clock > TICKET_AGE * self.ttl:
+            self._grant()
 
     def keepalive(self) -> None:
         if self._closed:
@@ -379,6 +394,10 @@ class EtcdDiscovery(Discovery):
         credentials = self._credentials(url)
         self._endpoints = [_Endpoint(h, p, credentials) for h, p in url.endpoints(DEFAULT_PORT)]
         self._prefix = (url.path + "/") if url.path else ""
+        prepare = url.params.get("prepare", "1")
+        if prepare not in ("0", "1"):
+            raise InvalidDiscoveryURL(f"etcd URL {str(url)!r}: prepare must be 0 or 1, not {prepare!r}")
+        self._prepare = prepare == "1"
         self._lock = threading.Lock()
         self._current = 0
         self._token: str | None = None
@@ -500,12 +519,17 @@ class EtcdDiscovery(Discovery):
             self._watches.discard(watch)
 
     @staticmethod
-    def _lease(session: Session) -> int:
+    def _open(session: Session) -> _EtcdSession:
+        """``session`` as an open etcd session, or the error that using it must raise."""
         if not isinstance(session, _EtcdSession):
             raise ConfigurationError(f"{session!r} is not a session of an etcd discovery")
         if session._closed:
             raise SessionExpired(f"lease {session.id} was closed")
-        return session.lease_id
+        return session
+
+    @classmethod
+    def _lease(cls, session: Session) -> int:
+        return cls._open(session).lease_id
 
     # -- the Discovery contract ------------------------------------------------------------------------------
 
@@ -513,10 +537,33 @@ class EtcdDiscovery(Discovery):
         """A new lease of ``ceil(ttl)`` seconds (see the module docstring for the server's minimum)."""
         return _EtcdSession(self, check_ttl(ttl))
 
+    def prepare(self, key: str, value: str, ttl: float) -> Session | None:
+        """A ticket: a lease granted now, while the candidate waits, so that the claim after the holder left
+        is one write (the transaction) instead of two (grant, then transaction), as long as the wait was short.
+
+        The ticket's ``clock`` is when its lease's TTL started (the grant was sent); a claim with a ticket older
+        than ``TICKET_AGE * ttl`` (1/6) first takes a new lease, exactly what a plain session costs, so the claim
+        never comes more than ``ttl/6`` into the lease and the owner counts its term from ``clock``. A lease that
+        was not used holds nothing and expires on its own after ``ttl``: the price is one lease grant each time a
+        candidate starts waiting without a ticket (not periodic). ``prepare=0`` in the URL turns tickets off.
+        Never raises: None when etcd could not be reached.
+        """
+        if not self._prepare:
+            return None
+        try:
+            return _EtcdSession(self, check_ttl(ttl), ticket=True)
+        except DiscoveryError as e:
+            log.debug("no ticket for %r (the claim will grant its lease): %s", key, e)
+            return None
+
     def create(self, key: str, value: str, session: Session) -> Record | None:
-        """Put ``key`` with the session's lease if its create_revision is 0; token = revision of that put."""
+        """Put ``key`` with the session's lease if its create_revision is 0; token = revision of that put.
+
+        With an old ticket (see :meth:`prepare`) a new lease is granted first."""
         k = self._k(key)
-        lease = self._lease(session)
+        own = self._open(session)
+        own.fresh_for_claim()
+        lease = own.lease_id
         request = etcdrpc.TxnRequest(
             compare=[etcdrpc.Compare(key=k, target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL)],
             success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=value.encode(), lease=lease))],

@@ -12,9 +12,10 @@ A :class:`Campaign` runs one background thread per candidate::
 * WAITING sends no periodic request: it watches the key and campaigns when it vanishes. A campaign first asks
   the backend for a ticket (``Discovery.prepare``): most backends have none (the campaign then opens a session,
   and WAITING holds none); ZooKeeper opens a session and queues it for the key, and a ticket that did not win
-  stays queued while the candidate waits, so the campaign after the holder left costs no request at all (the
-  ticket's cost is the backend's, documented there). A ticket is kept across waits until a campaign wins with
-  it, and closed when the candidate stops.
+  stays queued while the candidate waits, so the campaign after the holder left costs no request at all; etcd
+  grants the ticket's lease ahead, so the claim is one write (the ticket's cost is the backend's, documented
+  there). A ticket is kept across waits until a campaign wins with it, and closed when the candidate stops.
+  A term won with a ticket whose ttl clock started before the claim (``Session.clock``) counts from that clock.
 * Store errors never end the campaign: every step is retried with jittered exponential backoff (tenacity).
 * ``stop()`` and ``resign()`` end the term, then remove the key through the leader's own session
   (``Discovery.release``: compare-and-delete and close; on ZooKeeper a delete of its own entry by name), never
@@ -365,7 +366,9 @@ class Campaign(_Worker):
                 session.close()
                 raise
             if created is not None:
-                self._become_leader(created, session, sent)
+                # a ticket whose lease was granted ahead (etcd) started its ttl clock before ``sent``
+                clock = session.clock
+                self._become_leader(created, session, sent if clock is None else min(sent, clock))
                 return
             if session is ticket:
                 self._ticket = ticket  # still queued behind the new holder: keep its place
