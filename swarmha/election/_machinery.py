@@ -424,7 +424,8 @@ class Campaign(_Worker):
         if now < next_renew:
             if lead.watch is None:
                 lead.watch = self._d.watch(self.key, lead.record)
-            if self._wait_on(lead.watch, min(next_renew, self._deadline) - now):
+            # (no read when stop() took the term while we waited: its release is what changed the key)
+            if self._wait_on(lead.watch, min(next_renew, self._deadline) - now) and self._lead is lead:
                 current = self._d.get(self.key)
                 if current is None or current.token != lead.term.token:
                     self._demote("the leader key was deleted or replaced", stale=False)
