@@ -397,11 +397,12 @@ class _ZkSession(Session):
             self._wake.wait(None if wait == math.inf else wait)
             self._wake.clear()
 
-    def predecessor_gone(self, event: Any = None) -> None:
+    def predecessor_gone(self, event: Any = None, *, wake: bool = True) -> None:
         """kazoo watch callback (its event thread: must not block): the entry may lead now; check soon.
 
         If the event is the deletion of the only entry that was ahead of one of ours, that entry holds the key
-        now (``first``): a create then claims it without a read, as soon as it runs.
+        now (``first``): a create then claims it without a read, as soon as it runs. ``wake=False``: the caller
+        wakes the guard itself (:meth:`wake_guard`), after it woke the candidate waiting to claim.
         """
         deleted = getattr(event, "type", None) == EventType.DELETED
         path = getattr(event, "path", None)
@@ -412,6 +413,11 @@ class _ZkSession(Session):
             now = time.monotonic()
             self._turn_since = min(self._turn_since, now)
             self._turn_check = min(self._turn_check, now + min(TURN_CHECK_GRACE, self.ttl / 3.0))
+        if wake:
+            self._wake.set()
+
+    def wake_guard(self) -> None:
+        """Let the guard thread look at the (changed) turn-check time."""
         self._wake.set()
 
     def leads_unclaimed(self, entry: _Entry) -> None:
@@ -496,12 +502,15 @@ class _ZkWatch(Watch):
     def _fire(self, event: Any) -> None:
         via = self.via
         if via is not None and event is not None:
-            via.predecessor_gone(event)  # before the waiter wakes: a create may then claim without a read
+            # before the waiter wakes: a create may then claim without a read
+            via.predecessor_gone(event, wake=False)
         deleted = getattr(event, "type", None) == EventType.DELETED
         with self._cond:
             self._deleted = deleted or (self._fired and self._deleted)  # a later wake-up does not hide a deletion
             self._fired = True
             self._cond.notify_all()
+        if via is not None and event is not None:
+            via.wake_guard()  # after the waiter: the guard's turn check is a second away, the claim is not
 
     def wait(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
