@@ -8,8 +8,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, TypeVar
 
+import pytest
+
 import swarmha
 from swarmha.discovery import Record, Session, Watch
+from swarmha.errors import InvalidDiscoveryURL
 
 T = TypeVar("T")
 
@@ -141,3 +144,15 @@ def outage_demotes_then_recovers(
         start()
         c.stop()
         d.close()
+
+
+def prepare_0_gives_no_ticket(url: str, scheme: str) -> None:
+    """``url`` (with ``?prepare=0``) yields a Discovery whose ``prepare`` gives no ticket, and a ``scheme://``
+    URL with ``prepare=yes`` is refused with an error that names the option."""
+    d = swarmha.connect(url)
+    try:
+        assert d.prepare("k", "v", 30.0) is None
+    finally:
+        d.close()
+    with pytest.raises(InvalidDiscoveryURL, match="prepare must be 0 or 1"):
+        swarmha.connect(f"{scheme}://127.0.0.1/p?prepare=yes")

@@ -15,6 +15,7 @@ from pyetcd import etcdrpc
 import swarmha
 from swarmha.errors import DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
 from tests import cluster_scenarios
+from tests.helpers import prepare_0_gives_no_ticket
 from tests.servers import Cluster, etcd_cluster, free_ports
 from tests.stores import fresh_prefix
 
@@ -153,13 +154,7 @@ def test_a_fresh_ticket_claims_with_one_request_an_old_one_takes_a_new_lease(
 
 
 def test_prepare_0_turns_tickets_off(single: Cluster) -> None:
-    d = swarmha.connect(f"etcd://{single.hosts}/{fresh_prefix('etcd')}?prepare=0")
-    try:
-        assert d.prepare("k", "w", 30) is None
-    finally:
-        d.close()
-    with pytest.raises(InvalidDiscoveryURL, match="prepare must be 0 or 1"):
-        swarmha.connect("etcd://127.0.0.1/p?prepare=yes")
+    prepare_0_gives_no_ticket(f"etcd://{single.hosts}/{fresh_prefix('etcd')}?prepare=0", "etcd")
 
 
 def test_watch_from_a_compacted_revision_rereads_the_key(single: Cluster) -> None:

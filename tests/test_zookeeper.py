@@ -16,7 +16,7 @@ import swarmha
 from swarmha.discovery import Record, Session
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
 from tests import cluster_scenarios
-from tests.helpers import Collector, wait_for
+from tests.helpers import Collector, prepare_0_gives_no_ticket, wait_for
 from tests.servers import Cluster, zk_cluster
 from tests.stores import fresh_prefix
 
@@ -143,13 +143,7 @@ def test_closing_a_ticket_withdraws_it_and_put_never_overwrites_an_election_key(
 
 
 def test_prepare_0_in_the_url_gives_no_ticket(single: Cluster) -> None:
-    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}?prepare=0")
-    try:
-        assert d.prepare("k", "v", 1.0) is None
-    finally:
-        d.close()
-    with pytest.raises(InvalidDiscoveryURL, match="prepare"):
-        swarmha.connect("zk://127.0.0.1/p?prepare=yes")
+    prepare_0_gives_no_ticket(f"zk://{single.hosts}/{fresh_prefix('zk')}?prepare=0", "zk")
 
 
 def test_suspended_connection_is_unavailable_not_expired(single: Cluster) -> None:
