@@ -18,8 +18,10 @@ A :class:`Campaign` runs one background thread per candidate::
   A term won with a ticket whose ttl clock started before the claim (``Session.clock``) counts from that clock.
 * Store errors never end the campaign: every step is retried with jittered exponential backoff (tenacity).
 * ``stop()`` and ``resign()`` end the term, then remove the key through the leader's own session
-  (``Discovery.release``: compare-and-delete and close; on ZooKeeper a delete of its own entry by name), never
-  a successor's key, so a waiting candidate wins within one watch round trip instead of after the TTL.
+  (``Discovery.release``: compare-and-delete and close; on ZooKeeper a delete of its own entry by name; on etcd
+  a revoke of its lease), never a successor's key, so a waiting candidate wins within one watch round trip
+  instead of after the TTL. A ``stop()`` while the worker waits between renewals releases on the caller's
+  thread (see :meth:`Campaign.stop`).
 
 A :class:`Follow` runs one background thread that watches the key and publishes ``Leader | None`` on change.
 
