@@ -445,6 +445,11 @@ def _ms(x: float) -> str:
     return f"{x * 1000:.1f}"
 
 
+def _rate(value: float) -> str:
+    """A per-participant rate to 3 decimals; a difference that rounds to zero shows as 0.000, not -0.000."""
+    return f"{round(value, 3) + 0.0:.3f}"
+
+
 def _row(name: str, p: dict[str, float], fmt: Callable[[float], str], extra: str = "") -> str:
     if not p.get("n"):
         return f"| {name} | 0 | - | - | - | - |{extra}"
@@ -587,7 +592,7 @@ def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
             base = requests_per_second(backend, rows[0]["rates"]) if rows and rows[0]["n"] == 0 else None
             for r in rows:
                 rps = requests_per_second(backend, r["rates"])
-                per = "-" if base is None or r["n"] == 0 else f"{(rps - base) / (2 * r['n']):.3f}"
+                per = "-" if base is None or r["n"] == 0 else f"{_rate((rps - base) / (2 * r['n']))}"
                 shown = {k: v for k, v in r["rates"].items() if v > 0.0005}
                 breakdown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(shown.items(), key=lambda kv: -kv[1])[:5])
                 srv = "-" if r["server_cpu"] is None else f"{r['server_cpu'] * 100:.1f} %"
@@ -609,7 +614,7 @@ def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
                 per = (requests_per_second(backend, biggest["rates"]) - base) / (2 * biggest["n"])
                 goals.append(
                     f"| followers/waiting candidates: no periodic requests ({backend}, N={biggest['n']}) | "
-                    f"{per:.3f} req/s each | {'met' if per < 0.01 else 'MISSED (see below)'} |"
+                    f"{_rate(per)} req/s each | {'met' if per < 0.01 else 'MISSED (see below)'} |"
                 )
         lines.append("")
     for error in results.get("errors", []):
