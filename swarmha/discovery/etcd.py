@@ -178,7 +178,7 @@ class _EtcdSession(Session):
     def fresh_for_claim(self) -> None:
         """A ticket whose lease is older than ``TICKET_AGE * ttl`` takes a new lease (the old one holds no key
         and expires on its own): a claim never starts a term more than that far into its lease."""
-        if self.ticket and self.clock is not None and time.monotonic() - self.clock > TICKET_AGE * self.ttl:
+        if self.clock is not None and time.monotonic() - self.clock > TICKET_AGE * self.ttl:  # set: a ticket
             self._grant()
 
     def keepalive(self) -> None:
@@ -519,13 +519,19 @@ class EtcdDiscovery(Discovery):
             self._watches.discard(watch)
 
     @staticmethod
-    def _open(session: Session) -> _EtcdSession:
-        """``session`` as an open etcd session, or the error that using it must raise."""
+    def _own(session: Session) -> _EtcdSession:
+        """``session`` as an etcd session; ConfigurationError if it is another backend's."""
         if not isinstance(session, _EtcdSession):
             raise ConfigurationError(f"{session!r} is not a session of an etcd discovery")
-        if session._closed:
-            raise SessionExpired(f"lease {session.id} was closed")
         return session
+
+    @classmethod
+    def _open(cls, session: Session) -> _EtcdSession:
+        """``session`` as an open etcd session, or the error that using it must raise."""
+        own = cls._own(session)
+        if own._closed:
+            raise SessionExpired(f"lease {own.id} was closed")
+        return own
 
     @classmethod
     def _lease(cls, session: Session) -> int:
@@ -630,10 +636,9 @@ class EtcdDiscovery(Discovery):
         :class:`~swarmha.errors.DiscoveryUnavailable` when no endpoint answered: the key then goes when the
         lease expires (within its TTL). The session is closed in every case.
         """
-        if not isinstance(session, _EtcdSession):
-            raise ConfigurationError(f"{session!r} is not a session of an etcd discovery")
-        if not session._closed:
-            session.revoke()
+        own = self._own(session)
+        if not own._closed:
+            own.revoke()
 
     def list(self, prefix: str) -> Mapping[str, Record]:
         p = self._k(prefix) + b"/"
