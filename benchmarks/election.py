@@ -592,7 +592,7 @@ def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
             base = requests_per_second(backend, rows[0]["rates"]) if rows and rows[0]["n"] == 0 else None
             for r in rows:
                 rps = requests_per_second(backend, r["rates"])
-                per = "-" if base is None or r["n"] == 0 else f"{_rate((rps - base) / (2 * r['n']))}"
+                per = "-" if base is None or r["n"] == 0 else _rate((rps - base) / (2 * r["n"]))
                 shown = {k: v for k, v in r["rates"].items() if v > 0.0005}
                 breakdown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(shown.items(), key=lambda kv: -kv[1])[:5])
                 srv = "-" if r["server_cpu"] is None else f"{r['server_cpu'] * 100:.1f} %"
