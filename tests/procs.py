@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class CandidateProcess:
     """One candidate process; its JSON observations are collected by a reader thread."""
 
-    def __init__(self, url: str, node: str, ttl: float, key: str = "svc/leader") -> None:
+    def __init__(self, url: str, node: str, ttl: float, key: str = "svc/leader", mode: str = "start") -> None:
         self.node = node
         self.proc = subprocess.Popen(
             [
@@ -35,6 +35,8 @@ class CandidateProcess:
                 str(ttl),
                 "--key",
                 key,
+                "--mode",
+                mode,
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
