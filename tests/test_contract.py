@@ -1,4 +1,4 @@
-"""The election contract, run unchanged on every backend in ``tests.stores.BACKENDS``.
+"""The election contract, run unchanged on every backend in ``tests.support.stores.BACKENDS``.
 
 Each test names the behaviour it pins. Times: ``LONG_TTL`` where the behaviour must not depend on the TTL
 (a handover that waited for expiry would fail), ``SHORT_TTL`` where expiry is the point.
@@ -14,8 +14,8 @@ import pytest
 
 import swarmha
 from swarmha.errors import DiscoveryUnavailable, SessionExpired
-from tests.helpers import Collector, WaitSpy, outage_demotes_then_recovers, wait_for
-from tests.stores import StoreFixture
+from tests.support.helpers import Collector, WaitSpy, outage_demotes_then_recovers, wait_for
+from tests.support.stores import StoreFixture
 
 LONG_TTL = 30.0
 SHORT_TTL = 3.0

@@ -10,7 +10,7 @@ import pytest
 
 import swarmha
 from swarmha.errors import ConfigurationError
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 #: Members that wait, and are therefore coroutines on the asyncio face.
 WAITING = {"resign", "stop"}

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_for
-from tests.procs import CandidateProcess, first_line
-from tests.stores import StoreFixture
+from tests.support.helpers import wait_for
+from tests.support.procs import CandidateProcess, first_line
+from tests.support.stores import StoreFixture
 
 TTL = 1.5
 

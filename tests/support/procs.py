@@ -1,4 +1,4 @@
-"""Run candidate processes (tests/candidate_proc.py) and read their observations."""
+"""Run candidate processes (tests/support/candidate_proc.py) and read their observations."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class CandidateProcess:
@@ -26,7 +26,7 @@ class CandidateProcess:
             [
                 sys.executable,
                 "-m",
-                "tests.candidate_proc",
+                "tests.support.candidate_proc",
                 "--url",
                 url,
                 "--node",
