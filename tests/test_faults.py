@@ -12,6 +12,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,7 +137,6 @@ def test_zk_deposed_leaders_late_delete_spares_its_successors_key(
         old_session = deposed.session(1.0)
         old = deposed.create("svc/leader", "c0", old_session)
         assert old is not None
-        real_op = deposed._op  # type: ignore[attr-defined]
         replaced: list[Record] = []
 
         def take_over() -> None:
@@ -145,15 +145,21 @@ def test_zk_deposed_leaders_late_delete_spares_its_successors_key(
             assert record is not None
             replaced.append(record)
 
-        def op(conn: object, what: str, fn: Callable[[object], object], session: object = None) -> object:
-            if what == "delete" and not replaced and takeover.startswith("before"):
-                take_over()
-            result = real_op(conn, what, fn, session=session)
-            if what == "delete" and not replaced:
-                take_over()
-            return result
+        def patch(conn: Any) -> None:  # every request of the deposed Discovery goes through one of its connections
+            real_op = conn.op
 
-        monkeypatch.setattr(deposed, "_op", op)
+            def op(what: str, fn: Callable[[object], object], session: object = None) -> object:
+                if what == "delete" and not replaced and takeover.startswith("before"):
+                    take_over()
+                result = real_op(what, fn, session=session)
+                if what == "delete" and not replaced:
+                    take_over()
+                return result
+
+            monkeypatch.setattr(conn, "op", op)
+
+        patch(deposed.shared)  # type: ignore[attr-defined]
+        patch(deposed.connection(1.0))  # type: ignore[attr-defined]
         deleted = deposed.delete("svc/leader", old.token)
         assert replaced and successor.get("svc/leader") == replaced[0]
         # Sent late, it finds nothing to delete; in the other order the first step removed c0's own entry.

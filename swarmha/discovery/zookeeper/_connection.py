@@ -1,0 +1,278 @@
+"""One kazoo client and what is tracked of it: connected now, which ZooKeeper session, requests bounded in time.
+
+:class:`Connection` wraps a ``KazooClient`` with: a ``connected`` event; a ``generation`` that changes whenever
+kazoo establishes a *new* ZooKeeper session (the old one expired: every ephemeral of it is gone); listeners for
+"connected again" and "session replaced"; :meth:`Connection.op` (one request, bounded by the Discovery's
+timeout, kazoo errors translated into :mod:`swarmha.errors`); :meth:`Connection.confirm` (a round trip that many
+callers share, so N sessions renewed together cost one request); and :meth:`Connection.delete_later`, deletes
+that must reach the server once it answers again (a session closed while the connection was down): they are
+sent asynchronously from kazoo's own threads when the connection comes back, nothing waits for them.
+
+Failure modes: connection loss, timeouts, a closed client → ``DiscoveryUnavailable``; a request refused because
+the session expired → ``SessionExpired`` when a session was named, else ``DiscoveryUnavailable``; auth/ACL and
+other server errors → ``DiscoveryError``. No kazoo exception escapes :meth:`Connection.op`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import KeeperState
+from kazoo.retry import KazooRetry
+
+from swarmha.errors import DiscoveryError, DiscoveryUnavailable, SessionExpired
+
+__all__ = ["ANSWERS", "Connection", "Settings"]
+
+log = logging.getLogger("swarmha.discovery.zookeeper")
+
+# Answers, not failures: callers handle them.
+ANSWERS = (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError)
+_UNAVAILABLE = (ConnectionLoss, ConnectionClosedError, OperationTimeoutError, KazooTimeoutError)
+#: Most deletes waiting for the connection to come back (more: the oldest are left to the session's expiry).
+_PENDING_LIMIT = 100_000
+
+
+class Settings(Protocol):
+    """What a connection needs of its Discovery."""
+
+    url: Any
+    timeout: float
+    hosts: str
+    auth_data: list[tuple[str, str]] | None
+    acl: list[Any] | None
+
+    @property
+    def closed(self) -> bool: ...
+
+
+class Checkable(Protocol):
+    id: str
+
+    def check(self) -> None: ...
+
+
+class Connection:
+    """A KazooClient with session timeout ``session_timeout``; see the module docstring."""
+
+    def __init__(self, owner: Settings, session_timeout: float, what: str) -> None:
+        self.what = what
+        self.session_timeout = session_timeout
+        self._owner = owner
+        self.connected = threading.Event()
+        self.session_id: int | None = None
+        #: Increases whenever the ZooKeeper session is replaced (the previous one expired or was never there).
+        self.generation = 0
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._revived = False  # the client was started again: its watchers are gone even if the session is not
+        self._listeners: list[Callable[[bool], None]] = []  # called with replaced=True/False on (re)connect
+        self._pending: dict[str, tuple[int | None, int]] = {}  # path -> (version or None, generation) to delete
+        self._confirm: tuple[float, Any] | None = None  # (sent, async result) of the shared round trip
+        self.client = KazooClient(
+            hosts=owner.hosts,
+            timeout=session_timeout,
+            # Reconnect fast and forever (attempts at most 0.2 s apart): after a store outage the connection's
+            # return bounds the election's; commands are never retried by kazoo (we bound and retry them).
+            connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=0.2),
+            command_retry=None,
+            randomize_hosts=False,
+            auth_data=owner.auth_data,
+            default_acl=owner.acl,
+            logger=logging.getLogger("swarmha.discovery.zookeeper.kazoo"),
+        )
+        self.client.add_listener(self._listen)
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def on_connected(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(replaced)`` on kazoo's thread (must not block) each time the connection is up again;
+        ``replaced``: the ZooKeeper session is a new one (the old one's ephemerals and watchers are gone), or the
+        client had to be started again (its watchers are gone)."""
+        self._listeners.append(callback)
+
+    def _listen(self, state: str) -> None:
+        # Runs on kazoo's connection thread: must not block.
+        if state == KazooState.CONNECTED:
+            client_id = self.client.client_id
+            sid = int(client_id[0]) if client_id else None
+            replaced = sid != self.session_id or self._revived
+            self._revived = False
+            if sid != self.session_id:
+                self.session_id = sid
+                self.generation += 1
+            self.connected.set()
+            self._flush()
+            for callback in list(self._listeners):
+                try:
+                    callback(replaced)
+                except Exception:  # a listener's bug must not kill kazoo's connection thread
+                    log.exception("ZooKeeper %s connection listener failed", self.what)
+            return
+        self.connected.clear()
+        if state == KazooState.LOST and self._died():
+            # kazoo's connection thread ended without stop(): seen when a link delivered a reply out of order
+            # ("xids do not match" escapes kazoo's connect loop). kazoo never reconnects by itself then, and every
+            # later request fails, so the client is started again (off this thread).
+            threading.Thread(target=self._revive, name="swarmha-zk-revive", daemon=True).start()
+
+    def _died(self) -> bool:
+        """True when the client is CLOSED although we did not stop it (its connection thread gave up)."""
+        return not self._stopping and self.client.client_state == KeeperState.CLOSED
+
+    def _revive(self) -> None:
+        log.warning("ZooKeeper %s client: its connection thread ended unexpectedly; starting it again", self.what)
+        time.sleep(0.1)  # let the dying thread finish (start_async joins it too)
+        try:
+            if not self._stopping:
+                self._revived = True
+                self.client.start_async()
+        except Exception as e:  # the next request fails and is retried; a later LOST revives again
+            log.warning("ZooKeeper %s client: could not start it again: %s", self.what, e)
+
+    def start(self) -> None:
+        self.client.start_async()
+
+    def stop(self) -> None:
+        """Close the ZooKeeper session (its ephemerals go) and free the client; never raises; idempotent."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        self.connected.clear()
+        try:
+            self.client.stop()
+        except Exception as e:
+            log.debug("stopping the %s client: %s", self.what, e)
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    # -- requests ------------------------------------------------------------------------------------------
+
+    def op(self, what: str, fn: Callable[[Any], Any], session: Checkable | None = None) -> Any:
+        """Run ``fn(client).get(...)`` once connected, all within the timeout; translate kazoo errors.
+
+        ``session``: the logical session the request is made for: checked first (SessionExpired if it ended,
+        DiscoveryUnavailable if the connection is down), and named in a SessionExpired.
+        """
+        owner = self._owner
+        if owner.closed:
+            raise DiscoveryError(f"ZooKeeper discovery {owner.url} is closed")
+        deadline = time.monotonic() + owner.timeout
+        if session is not None:
+            session.check()
+        elif not self.connected.wait(owner.timeout):
+            raise DiscoveryUnavailable(f"ZooKeeper {what} on {owner.url}: not connected within {owner.timeout}s")
+        try:
+            return fn(self.client).get(timeout=max(0.01, deadline - time.monotonic()))
+        except ANSWERS:
+            raise
+        except SessionExpiredError:
+            if session is not None:
+                raise SessionExpired(f"ZooKeeper session {session.id} expired") from None
+            raise DiscoveryUnavailable(f"ZooKeeper {what} on {owner.url}: the session expired") from None
+        except _UNAVAILABLE as e:
+            raise DiscoveryUnavailable(f"ZooKeeper {what} on {owner.url} failed: {type(e).__name__} {e}") from None
+        except KazooException as e:
+            raise DiscoveryError(f"ZooKeeper {what} on {owner.url} failed: {type(e).__name__} {e}") from None
+
+    def confirm(self, sent: float, session: Checkable) -> None:
+        """Return once a round trip on this connection that was sent no earlier than ``sent`` succeeded.
+
+        Callers that arrive while such a round trip is in flight share it (one ``exists /`` for all of them):
+        renewing a thousand sessions of one connection at once costs one request.
+        """
+
+        def ping(client: Any) -> Any:
+            with self._lock:
+                current = self._confirm
+                if current is not None and current[0] >= sent:
+                    result = current[1]
+                    if not result.ready() or result.exception is None:
+                        return result
+                result = client.exists_async("/")
+                self._confirm = (time.monotonic(), result)
+                return result
+
+        self.op("keepalive", ping, session=session)
+
+    def delete_later(self, path: str, version: int | None = None) -> None:
+        """Delete ``path`` (at ``version`` if given) now if connected, else as soon as the connection is back.
+
+        Never waits and never raises. Gives up silently when the node is gone or changed (someone else's now),
+        and when the ZooKeeper session is replaced meanwhile (its expiry removed our ephemerals already): only
+        ephemerals of this connection's session are ever deferred.
+        """
+        with self._lock:
+            if len(self._pending) >= _PENDING_LIMIT:
+                self._pending.pop(next(iter(self._pending)))
+            self._pending[path] = (version, self.generation)
+        if self.connected.is_set():
+            self._flush()
+
+    def delete_all(self, paths: list[str], timeout: float) -> None:
+        """Delete ``paths`` (by name) and wait up to ``timeout`` for the answers; what the server could not be
+        told (connection down) is deleted once it is back, as with :meth:`delete_later`. Never raises."""
+        if not paths:
+            return
+        if not self.connected.is_set():
+            for path in paths:
+                self.delete_later(path)
+            return
+        generation = self.generation
+        sent: list[tuple[str, Any]] = []
+        for path in paths:
+            try:
+                sent.append((path, self.client.delete_async(path)))
+            except Exception:
+                self.delete_later(path)
+        deadline = time.monotonic() + timeout
+        for path, result in sent:
+            try:
+                result.get(timeout=max(0.01, deadline - time.monotonic()))
+            except _UNAVAILABLE:
+                with self._lock:
+                    self._pending.setdefault(path, (None, generation))
+            except Exception:  # gone already, or the session expired (then it is gone too)
+                pass
+        if self.connected.is_set():
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for path, (version, generation) in pending.items():
+            if generation != self.generation:
+                continue  # that session expired: its ephemerals are gone
+            try:
+                result = self.client.delete_async(path, version=-1 if version is None else version)
+            except Exception:  # the client is stopping or not connected after all: try again on reconnect
+                with self._lock:
+                    self._pending.setdefault(path, (version, generation))
+                continue
+            result.rawlink(lambda r, p=path, v=version, g=generation: self._deleted(r, p, v, g))
+
+    def _deleted(self, result: Any, path: str, version: int | None, generation: int) -> None:
+        exc = result.exception
+        if exc is None or self._stopping or not isinstance(exc, _UNAVAILABLE):
+            return  # done, or gone/changed: nothing of ours to delete
+        with self._lock:  # sent again on the next reconnect (a lost connection always comes back or expires)
+            self._pending.setdefault(path, (version, generation))

@@ -1,0 +1,208 @@
+"""A :class:`~swarmha.discovery.Session` on ZooKeeper: a *logical* session on a shared connection.
+
+ZooKeeper binds ephemeral znodes to the session of a connection, and one connection per Session (the old design)
+cost a TCP connection, a handshake and three kazoo threads per candidate: 200 candidates exhausted the server's
+``maxClientCnxns=60``. So every Session of a Discovery with the same ``ttl`` shares one connection (one ZooKeeper
+session with timeout ``ttl``), and a Session is a name (``<zk session id>.<n>``) for the ephemerals it made
+there: its queue entries (``lead-<name>-<sequence>``, see :mod:`._queue`) and the ephemeral keys ``put`` with it.
+
+Guarantees and failure modes:
+
+* Only :meth:`ZkSession.keepalive` extends a Session: the Discovery's timer closes it ``ttl`` after the last
+  successful keepalive was *sent* (kazoo keeps the connection's own ZooKeeper session alive by itself, so this
+  local guard is what keeps a stuck owner from holding keys for ever). Closing (or that expiry) deletes the
+  Session's ephemerals by name; if the connection is down then, the deletes are sent when it is back
+  (:meth:`~._connection.Connection.delete_later`); if instead the ZooKeeper session expires meanwhile, the
+  server removed them already. A keepalive is one round trip, shared by every Session renewed at that moment.
+* The ZooKeeper session of the connection is what the server expires when the *process* dies or is cut off:
+  then every Session on it ends at once, with all the keys they hold (one lease per ttl per process, as etcd's
+  ``concurrency.Session``). A Session whose connection's ZooKeeper session was replaced is expired.
+* Safety: the server keeps the connection's session at least ``ttl`` after the last round trip it answered,
+  the leader demotes itself ``renew_deadline < ttl`` after the last keepalive sent, so a cut-off leader has
+  stopped leading before its keys can go. The server clamps the session timeout to ``[minSessionTimeout,
+  maxSessionTimeout]`` (4 s .. 40 s with ``tickTime=2000``): a shorter ``ttl`` keeps a crashed process's keys
+  up to ``minSessionTimeout``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from kazoo.protocol.states import EventType
+
+from swarmha.discovery._base import Session
+from swarmha.discovery.zookeeper._connection import Connection
+from swarmha.discovery.zookeeper._queue import Entry
+from swarmha.discovery.zookeeper._timer import Call
+from swarmha.errors import DiscoveryUnavailable, SessionExpired
+
+if TYPE_CHECKING:
+    from swarmha.discovery.zookeeper._discovery import ZooKeeperDiscovery
+
+__all__ = ["TURN_CHECK_GRACE", "ZkSession"]
+
+#: A ticket's turn is checked this long after its predecessor went (or ttl/3 if shorter), unless a create claimed
+#: it by then: the check stays off the handover's path.
+TURN_CHECK_GRACE = 1.0
+_numbers = itertools.count(1)
+
+
+class ZkSession(Session):
+    """See the module docstring. A *ticket* (``ticket=True``) has no ttl clock until a create claims its entry.
+
+    A ticket's entry waits in a key's queue; once its predecessor is gone, :data:`TURN_CHECK_GRACE` later unless
+    the entry was claimed by then, the Discovery checks whether it now holds the key; if so the ttl clock starts
+    from the predecessor's departure, so a stuck owner holds the key for at most ``ttl``.
+    """
+
+    def __init__(self, discovery: ZooKeeperDiscovery, conn: Connection, ttl: float, *, ticket: bool = False) -> None:
+        """A new Session on ``conn`` (waits up to the discovery's timeout for the connection)."""
+        sent = time.monotonic()
+        if not conn.connected.wait(discovery.timeout):
+            raise DiscoveryUnavailable(f"ZooKeeper {discovery.url}: no connection within {discovery.timeout}s")
+        self._d = discovery
+        self.conn = conn
+        self.ttl = ttl
+        self.ticket = ticket
+        self.generation = conn.generation
+        self.sid = conn.session_id or 0
+        self.id = f"{self.sid:x}.{next(_numbers)}"
+        self.entries: dict[str, Entry] = {}  # queue (key) path -> this session's entry there
+        self.plain: dict[str, int] = {}  # plain ephemeral key path -> czxid, put with this session
+        self.lock = threading.Lock()
+        self._closed = False
+        self._expired = False
+        self._deadline = math.inf if ticket else sent + ttl
+        self._expiry: Call | None = None
+        self._turn: Call | None = None
+        self._turn_since = math.inf  # when the entry's predecessor was seen to go
+        self._schedule()
+
+    # -- the ttl clock ---------------------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """(Re)arm the expiry call at the deadline. Caller need not hold the lock."""
+        with self.lock:
+            if self._closed or self._expired or self._deadline == math.inf:
+                return
+            if self._expiry is not None:
+                if self._expiry.when <= self._deadline:
+                    return  # it fires first and re-arms itself from the (later) deadline
+                self._expiry.cancel()
+            self._expiry = self._d.timer.call_at(self._deadline, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        with self.lock:
+            self._expiry = None
+            if self._closed or self._expired:
+                return
+            if time.monotonic() < self._deadline:
+                later = True
+            else:
+                later = False
+                self._expired = True
+        if later:
+            self._schedule()
+            return
+        self._d.log.warning("ZooKeeper session %s expired: not renewed within ttl=%ss", self.id, self.ttl)
+        self._drop()
+
+    def _drop(self) -> None:
+        """Delete what this session made (by name; later if the connection is down) and forget it."""
+        with self.lock:
+            entries = list(self.entries.values())
+            plain = dict(self.plain)
+            self.entries.clear()
+            self.plain.clear()
+            if self._turn is not None:
+                self._turn.cancel()
+        self.conn.delete_all([entry.path for entry in entries], self._d.timeout)
+        for path, czxid in plain.items():
+            self._d.delete_plain_later(self, path, czxid)
+        self._d.disown(self, entries)
+
+    # -- tickets ---------------------------------------------------------------------------------------------
+
+    def predecessor_gone(self, event: Any = None) -> None:
+        """Watch callback (kazoo's event thread: must not block): an entry may lead now; check soon.
+
+        If the event is the deletion of the only entry that was ahead of one of ours, that entry holds the key
+        now (``first``): a create then claims it without a read, as soon as it runs.
+        """
+        deleted = getattr(event, "type", None) == EventType.DELETED
+        path = getattr(event, "path", None)
+        with self.lock:
+            for entry in self.entries.values():
+                if deleted and not entry.claimed and entry.ahead == 1 and entry.predecessor == path:
+                    entry.first = True
+            if not self.ticket or self._closed or self._expired:
+                return
+            now = time.monotonic()
+            self._turn_since = min(self._turn_since, now)
+            when = now + min(TURN_CHECK_GRACE, self.ttl / 3.0)
+            if self._turn is not None and self._turn.when <= when:
+                return
+            if self._turn is not None:
+                self._turn.cancel()
+            self._turn = self._d.timer.call_at(when, self._check_turn)
+
+    def _check_turn(self) -> None:
+        with self.lock:
+            self._turn = None
+        self._d.check_turn(self)
+
+    def leads_unclaimed(self, entry: Entry) -> None:
+        """``entry`` holds the key unclaimed: start the ttl clock from the predecessor's departure."""
+        with self.lock:
+            if not entry.claimed:
+                since = min(self._turn_since, time.monotonic())
+                self._deadline = min(self._deadline, since + self.ttl)
+        self._schedule()
+
+    def claim(self, entry: Entry, sent: float) -> None:
+        """A create returned ``entry``'s Record: the session holds the key; its ttl clock runs from ``sent``."""
+        with self.lock:
+            if not self.alive:
+                raise SessionExpired(f"ZooKeeper session {self.id} expired or was closed")
+            if self.ticket and not any(e.claimed for e in self.entries.values()):
+                self._deadline = sent + self.ttl  # a ticket's clock starts now (see Discovery.prepare)
+            else:
+                self._deadline = max(self._deadline, sent + self.ttl) if self._deadline != math.inf else sent + self.ttl
+            entry.claimed = True
+        self._schedule()
+
+    # -- the Session contract ----------------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """Not closed, not expired here, and its connection's ZooKeeper session is still the same one."""
+        return not (self._closed or self._expired) and self.conn.generation == self.generation
+
+    def check(self) -> None:
+        """Raise SessionExpired if this session is closed or lost, DiscoveryUnavailable if not connected now."""
+        if not self.alive:
+            raise SessionExpired(f"ZooKeeper session {self.id} expired or was closed")
+        if not self.conn.connected.is_set():
+            raise DiscoveryUnavailable(f"ZooKeeper session {self.id} is suspended (connection lost)")
+
+    def keepalive(self) -> None:
+        sent = time.monotonic()
+        self.check()
+        self.conn.confirm(sent, self)
+        with self.lock:
+            self.check()
+            if self._deadline != math.inf:  # an unclaimed ticket's stays inf
+                self._deadline = max(self._deadline, sent + self.ttl)
+
+    def close(self) -> None:
+        with self.lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._expiry is not None:
+                self._expiry.cancel()
+        self._drop()

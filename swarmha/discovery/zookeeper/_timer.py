@@ -1,0 +1,85 @@
+"""One thread per Discovery that runs timed callbacks: session deadlines and tickets' turn checks.
+
+A heap of ``(when, sequence, callback)``; :meth:`Timer.call_at` returns a handle whose ``cancel()`` drops the
+call. Callbacks run one after the other on the ``swarmha-zk-timer`` thread and may make bounded store requests;
+an exception in one is logged and does not stop the others. :meth:`Timer.stop` ends and joins the thread.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["Timer"]
+
+log = logging.getLogger("swarmha.discovery.zookeeper")
+
+
+class Call:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Timer:
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._heap: list[tuple[float, int, Call]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Call:
+        """Run ``callback`` on the timer thread at monotonic time ``when`` (at once if past)."""
+        call = Call(when, callback)
+        with self._cond:
+            if self._stopped:
+                call.cancelled = True
+                return call
+            heapq.heappush(self._heap, (when, next(self._seq), call))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return call
+
+    def call_soon(self, callback: Callable[[], None]) -> Call:
+        return self.call_at(time.monotonic(), callback)
+
+    def _main(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopped:
+                        return
+                    while self._heap and self._heap[0][2].cancelled:
+                        heapq.heappop(self._heap)
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        call = heapq.heappop(self._heap)[2]
+                        break
+                    self._cond.wait(None if not self._heap else self._heap[0][0] - now)
+            try:
+                call.callback()
+            except Exception:
+                log.exception("%s: a timed callback failed", self._name)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._stopped = True
+            self._heap.clear()
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
