@@ -224,13 +224,13 @@ class ZooKeeperDiscovery(Discovery):
             kind = self.queues.kind(path)
             if kind is None:
                 callback = subscribe(path)
-                if conn.op("watch", lambda c: c.exists_async(path, watch=callback), session=via) is None:
+                if conn.op("watch", functools.partial(_exists, path=path, watch=callback), session=via) is None:
                     return None
                 continue  # created meanwhile
             if kind == "plain":
                 callback = subscribe(path)
                 try:
-                    data, stat = conn.op("watch", lambda c: c.get_async(path, watch=callback), session=via)
+                    data, stat = conn.op("watch", functools.partial(_get, path=path, watch=callback), session=via)
                 except NoNodeError:
                     continue
                 if data == QUEUE_MARK:
@@ -251,7 +251,7 @@ class ZooKeeperDiscovery(Discovery):
             if not names:
                 callback = subscribe(path)
                 try:
-                    children = conn.op("watch", lambda c: c.get_children_async(path, watch=callback), session=via)
+                    children = conn.op("watch", functools.partial(_children, path=path, watch=callback), session=via)
                 except NoNodeError:
                     continue
                 if not queue_order(children):
@@ -259,7 +259,7 @@ class ZooKeeperDiscovery(Discovery):
                 continue  # an entry arrived meanwhile
             head = f"{path}/{names[0]}"
             callback = subscribe(head)
-            stat = conn.op("watch", lambda c: c.exists_async(head, watch=callback), session=via)
+            stat = conn.op("watch", functools.partial(_exists, path=head, watch=callback), session=via)
             if stat is None:
                 continue  # the holder left meanwhile
             held = self._cached(head, int(stat.czxid), int(stat.mzxid)) or self.read(head, via)
@@ -381,7 +381,7 @@ class ZooKeeperDiscovery(Discovery):
                     )
                 elif ours or (s is None and not int(stat.ephemeralOwner)):
                     version = int(stat.version)
-                    conn.op("put", lambda c: c.set_data_async(path, data, version), session=s)
+                    conn.op("put", functools.partial(_set_data, path=path, data=data, version=version), session=s)
                 else:  # owned by another session (or none): replace it in one transaction
 
                     def replace(c: Any, v: int = stat.version) -> Any:
@@ -573,13 +573,17 @@ class ZooKeeperDiscovery(Discovery):
         self.shared.stop()
 
 
-def _exists(client: Any, path: str) -> Any:
-    return client.exists_async(path)
+def _exists(client: Any, path: str, watch: Any = None) -> Any:
+    return client.exists_async(path, watch=watch)
 
 
-def _children(client: Any, path: str) -> Any:
-    return client.get_children_async(path)
+def _children(client: Any, path: str, watch: Any = None) -> Any:
+    return client.get_children_async(path, watch=watch)
 
 
-def _get(client: Any, path: str) -> Any:
-    return client.get_async(path)
+def _get(client: Any, path: str, watch: Any = None) -> Any:
+    return client.get_async(path, watch=watch)
+
+
+def _set_data(client: Any, path: str, data: bytes, version: int) -> Any:
+    return client.set_data_async(path, data, version)

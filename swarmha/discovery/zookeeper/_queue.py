@@ -155,7 +155,7 @@ class Queues:
             try:
                 created, stat = conn.op(
                     "create",
-                    lambda c: c.create_async(prefix, data, ephemeral=True, sequence=True, include_data=True),
+                    functools.partial(_create_entry, path=prefix, data=data),
                     session=session,
                 )
             except NoNodeError:  # the queue znode was removed (by hand) since: make it again
@@ -214,3 +214,7 @@ class Queues:
 
 def _exists(client: Any, path: str, watch: Any) -> Any:
     return client.exists_async(path, watch=watch)
+
+
+def _create_entry(client: Any, path: str, data: bytes) -> Any:
+    return client.create_async(path, data, ephemeral=True, sequence=True, include_data=True)
