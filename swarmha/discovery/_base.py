@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -99,6 +99,23 @@ class Watch(ClosesOnExit, abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Stop watching and release what the watch holds. Idempotent, thread-safe, never raises."""
+
+    def notify(self, callback: Callable[[], None]) -> bool:
+        """Ask for ``callback()`` whenever a blocked :meth:`wait` would wake up to look at the key again.
+
+        That is: when the watch fired (or may have), or was closed or interrupted. Returns True if this watch
+        does that, False (the default) if it cannot: a caller then has to block in :meth:`wait` to learn of a
+        change. The callback runs on any thread, must not block, may be called spuriously, and is registered once
+        per watch; after it, ``wait(0)`` tells whether the key changed (and re-arms). This is how one thread
+        waits for a thousand keys (the election engine); a backend that also needs to look at the key at a
+        given time (a store without a server to expire sessions) says when in :meth:`recheck_at`.
+        """
+        return False
+
+    def recheck_at(self) -> float | None:
+        """With :meth:`notify`: a monotonic time at which the caller should call ``wait(0)`` even if not called
+        back (e.g. when a session in the store expires by the clock), or None. Valid after each ``wait``."""
+        return None
 
     def interrupt(self) -> None:
         """Make a pending :meth:`wait` and every later one return False at once; the caller still closes the watch.

@@ -242,6 +242,18 @@ class _EtcdWatch(Watch):
         )
         self._thread.start()
 
+    _notify: Callable[[], None] | None = None
+
+    def notify(self, callback: Callable[[], None]) -> bool:
+        self._notify = callback
+        return True
+
+    def _kick(self) -> None:
+        """Wake a blocked wait() and the notified caller. Caller holds ``_cond``."""
+        self._cond.notify_all()
+        if self._notify is not None:
+            self._notify()
+
     def wait(self, timeout: float | None = None) -> bool:
         with self._cond:
             self._cond.wait_for(
@@ -261,13 +273,13 @@ class _EtcdWatch(Watch):
         """Wake a pending :meth:`wait` (and make later ones return False) without joining the thread."""
         with self._cond:
             self._interrupted = True
-            self._cond.notify_all()
+            self._kick()
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             call, done = self._call, self._stream_done
-            self._cond.notify_all()
+            self._kick()
         self._wake.set()
         if done is not None:
             done.set()
@@ -284,7 +296,7 @@ class _EtcdWatch(Watch):
             if record != self._seen:
                 self._seen = record
                 self._changed = True
-                self._cond.notify_all()
+                self._kick()
 
     def _run(self) -> None:
         broken_since: float | None = None
@@ -317,7 +329,7 @@ class _EtcdWatch(Watch):
                     self._error = DiscoveryUnavailable(
                         f"etcd watch on {self._key.decode(errors='replace')} could not be resumed: {reason}"
                     )
-                    self._cond.notify_all()
+                    self._kick()
                 return
             self._wake.wait(backoff)
             backoff = min(0.5, backoff * 2)

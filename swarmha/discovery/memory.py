@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from swarmha.discovery._base import Discovery, Record, Session, Watch, check_key, check_ttl
 from swarmha.discovery._url import DiscoveryURL
@@ -44,6 +44,13 @@ class MemoryStore:
         self._stalled = False
         self._tokens = itertools.count(1)
         self._ids = itertools.count(1)
+        self.wakers: set[Callable[[], None]] = set()  # Watch.notify callbacks: called on every change
+
+    def changed(self) -> None:
+        """Wake every waiter: blocked ``wait`` calls and notified watches. Caller holds :attr:`cond`."""
+        self.cond.notify_all()
+        for waker in list(self.wakers):
+            waker()
 
     def stall(self) -> None:
         """Make every operation block (as on a hung server) until :meth:`resume`."""
@@ -53,7 +60,7 @@ class MemoryStore:
     def resume(self) -> None:
         with self.cond:
             self._stalled = False
-            self.cond.notify_all()
+            self.changed()
 
     def check(self) -> None:
         """Raise if the store is marked unavailable; expire what is due. Caller holds :attr:`cond`."""
@@ -70,7 +77,7 @@ class MemoryStore:
         self.sessions.pop(sid, None)
         for k in [k for k, r in self.kv.items() if r.session == sid]:
             del self.kv[k]
-        self.cond.notify_all()
+        self.changed()
 
     def new_session(self, ttl: float) -> str:
         sid = f"mem-{next(self._ids)}"
@@ -82,6 +89,10 @@ class MemoryStore:
 
     def next_expiry(self) -> float | None:
         return min(self.sessions.values(), default=None)
+
+
+def _nothing() -> None:
+    pass
 
 
 class _MemorySession(Session):
@@ -111,6 +122,7 @@ class _MemoryWatch(Watch):
         self._key = key
         self._seen = seen
         self._closed = False
+        self._waker: Callable[[], None] = _nothing
 
     def wait(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -130,10 +142,21 @@ class _MemoryWatch(Watch):
                     return False
                 st.cond.wait(max(0.0, min(wake) - now) if wake else None)
 
+    def notify(self, callback: Callable[[], None]) -> bool:
+        with self._store.cond:
+            self._waker = callback
+            if not self._closed:
+                self._store.wakers.add(callback)
+        return True
+
+    def recheck_at(self) -> float | None:
+        return self._store.next_expiry()  # sessions expire by the clock: look again then
+
     def close(self) -> None:
         with self._store.cond:
             self._closed = True
-            self._store.cond.notify_all()
+            self._store.wakers.discard(self._waker)
+            self._store.changed()
 
 
 class MemoryDiscovery(Discovery):
@@ -167,7 +190,7 @@ class MemoryDiscovery(Discovery):
                 return None
             rec = Record(value, self._store.next_token(), session.id)
             self._store.kv[k] = rec
-            self._store.cond.notify_all()
+            self._store.changed()
             return rec
 
     def put(self, key: str, value: str, session: Session | None = None) -> Record:
@@ -180,7 +203,7 @@ class MemoryDiscovery(Discovery):
             token = old.token if old is not None else self._store.next_token()
             rec = Record(value, token, session.id if session else None)
             self._store.kv[k] = rec
-            self._store.cond.notify_all()
+            self._store.changed()
             return rec
 
     def get(self, key: str) -> Record | None:
@@ -197,7 +220,7 @@ class MemoryDiscovery(Discovery):
             if rec is None or rec.token != token:
                 return False
             del self._store.kv[k]
-            self._store.cond.notify_all()
+            self._store.changed()
             return True
 
     def list(self, prefix: str) -> Mapping[str, Record]:

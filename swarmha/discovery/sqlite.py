@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
@@ -139,6 +139,18 @@ class _SqliteWatch(Watch):
         self._feed = owner._feed
         self._feed.opened()
         owner._watches.add(self)
+        self._waker: Callable[[], None] | None = None
+        self._expires: float | None = None
+
+    def notify(self, callback: Callable[[], None]) -> bool:
+        with self._feed.cond:
+            self._waker = callback
+            if not self._closed:
+                self._feed.wakers.add(callback)
+        return True
+
+    def recheck_at(self) -> float | None:
+        return self._expires  # the holder's session expires by the clock: look again then
 
     def wait(self, timeout: float | None = None) -> bool:
         feed = self._feed
@@ -149,6 +161,7 @@ class _SqliteWatch(Watch):
                 if self._closed:
                     return False
             current, expires = self._owner._read(self._key)
+            self._expires = expires
             if current != self._seen:
                 self._seen = current
                 return True
@@ -166,6 +179,10 @@ class _SqliteWatch(Watch):
                 return
             self._closed = True
             self._feed.cond.notify_all()
+            if self._waker is not None:
+                self._feed.wakers.discard(self._waker)
+        if self._waker is not None:
+            self._waker()
         self._owner._watches.discard(self)
         self._feed.closed()
 
@@ -427,6 +444,7 @@ class _ChangeFeed:
         self.poll = poll
         self.cond = threading.Condition()
         self.generation = 0
+        self.wakers: set[Callable[[], None]] = set()  # Watch.notify callbacks, called on every change
         self._watchers = 0
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
@@ -478,6 +496,9 @@ class _ChangeFeed:
                     with self.cond:
                         self.generation += 1
                         self.cond.notify_all()
+                        wakers = list(self.wakers)
+                    for waker in wakers:
+                        waker()
                 waitables = [self._wake_r] + ([inotify.fd] if inotify is not None else [])
                 ready, _, _ = select.select(waitables, [], [], self.poll)
                 if inotify is not None and inotify.fd in ready:

@@ -1,10 +1,14 @@
 """The election state machines, shared by the sync and asyncio faces.
 
-A :class:`Campaign` runs one background thread per candidate::
+A :class:`Campaign` is a :class:`Phase` machine run by the engine of its Discovery
+(:mod:`swarmha.election._engine`: one timer thread and a few workers however many candidates)::
 
-    WAITING ──key vacant, create() won──> LEADING ──stop()──────────────> STOPPED
-       ^                                     │
-       └──── resign() / key lost / session expired / renew deadline passed
+    LATENT ─start()─> WAITING ⇄ QUEUED ──key vacant, create() won──> LEADING ──stop()──> STOPPING ──> STOPPED
+                         ^                                              │
+                         └──── resign() / key lost / session expired / renew deadline passed
+
+WAITING holds no ticket, QUEUED holds one (see below). Every change of phase goes through
+:meth:`Campaign._enter`, the one place that emits ELECTED (entering LEADING) and LOST (leaving it).
 
 * LEADING renews the session every ``ttl/3`` and watches the key. It ends the term (self-demotion) when no
   renewal succeeded within ``renew_deadline`` of being *sent*, when the session expired, or when the key
@@ -23,9 +27,9 @@ A :class:`Campaign` runs one background thread per candidate::
   instead of after the TTL. A ``stop()`` while the worker waits between renewals releases on the caller's
   thread (see :meth:`Campaign.stop`).
 
-A :class:`Follow` runs one background thread that watches the key and publishes ``Leader | None`` on change.
+A :class:`Follow` watches the key and publishes ``Leader | None`` on change (on the same engine).
 
-Subscribers get events on the worker thread; :class:`Transitions` turns them into the ``True``/``False``
+Subscribers get events on an engine thread; :class:`Transitions` turns them into the ``True``/``False``
 stream the public iterators yield, and also ends a term at its deadline on the consumer's side, so a
 worker blocked in a slow store call cannot make a consumer believe it still leads.
 """
@@ -37,22 +41,37 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import attrs
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_never, wait_exponential_jitter
+from tenacity import RetryCallState, wait_exponential_jitter
 
 from swarmha.discovery import Discovery, Record, Session, Watch
 from swarmha.discovery._base import check_key, check_ttl
+from swarmha.election._engine import Engine, Park, Task
 from swarmha.election._values import Leader, Term
 from swarmha.errors import ConfigurationError, DiscoveryError, SessionExpired
 
-__all__ = ["Campaign", "Event", "Follow", "Kind", "Transitions"]
+__all__ = ["Campaign", "Event", "Follow", "Kind", "Phase", "Transitions"]
 
 log = logging.getLogger("swarmha.election")
 
 #: Longest pause between retries of a failing store; keeps recovery after an outage well under a second.
 MAX_BACKOFF = 1.0
+
+
+class Phase(enum.Enum):
+    """Where a campaign is (Curator's ``LeaderLatch`` states, with the waiting split by whether a ticket is held)."""
+
+    LATENT = "latent"  # built, not started
+    WAITING = "waiting"  # campaigning or waiting for the key, with no ticket
+    QUEUED = "queued"  # waiting with a ticket in the key's queue (Discovery.prepare)
+    LEADING = "leading"
+    STOPPING = "stopping"  # stop() was called; releasing
+    STOPPED = "stopped"
+
+
+Steps = Generator[Park, bool, None]
 
 
 class Kind(enum.Enum):
@@ -81,7 +100,7 @@ class _Lead:
 
 
 class _Worker:
-    """A background thread that repeats one step, retrying store errors with backoff, until stopped."""
+    """A state machine on its Discovery's engine that repeats one step, retrying store errors with backoff."""
 
     name = "swarmha-worker"
 
@@ -89,10 +108,9 @@ class _Worker:
         self._d = discovery
         self.key = check_key(key)
         self._lock = threading.RLock()
-        self._wake = threading.Event()
         self._stopping = False
         self._watch: Watch | None = None
-        self._thread: threading.Thread | None = None
+        self._task: Task | None = None
         self._subscribers: list[Subscriber] = []
         self._backoff = wait_exponential_jitter(multiplier=0.02, max=backoff_cap, jitter=0.05)
         self._ended = False
@@ -100,32 +118,34 @@ class _Worker:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the background thread (once; later calls do nothing)."""
+        """Start running on the Discovery's engine (once; later calls do nothing)."""
         with self._lock:
-            if self._thread is not None or self._stopping:
+            if self._task is not None or self._stopping:
                 return
-            self._thread = threading.Thread(target=self._main, name=f"{self.name}[{self.key}]", daemon=True)
-            self._thread.start()
+            self._task = Engine.of(self._d).task(f"{self.name}[{self.key}]", self._main(), self._interrupted_now)
+            self._started()
+        self._task.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Ask the thread to finish, wake it, and wait for it (idempotent, callable from any thread)."""
+        """Ask the machine to finish, wake it, and wait for it (idempotent, callable from any thread)."""
         with self._lock:
             self._stopping = True
-            thread = self._thread
-            if thread is None and not self._ended:
+            task = self._task
+            if task is None and not self._ended:
                 self._ended = True
+                self._finished()
                 self._emit(Event(Kind.END))
         self._interrupt()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        if task is not None and task.thread is not threading.current_thread():
+            task.done.wait(timeout)
 
     @property
     def running(self) -> bool:
         with self._lock:
-            return self._thread is not None and self._thread.is_alive()
+            return self._task is not None and not self._task.done.is_set()
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Deliver every later event to ``callback`` (on the worker thread); returns the unsubscriber."""
+        """Deliver every later event to ``callback`` (on an engine thread); returns the unsubscriber."""
         with self._lock:
             self._subscribers.append(callback)
             for event in self._current_events():
@@ -144,11 +164,18 @@ class _Worker:
         """Events that describe the present state to a new subscriber. Caller holds the lock."""
         return [Event(Kind.END)] if self._ended else []
 
-    def _step(self) -> None:
+    def _started(self) -> None:
+        """Runs once when started, under the lock."""
+
+    def _finished(self) -> None:
+        """Runs once when ended, under the lock, right before END."""
+
+    def _step(self) -> Steps:
         raise NotImplementedError
+        yield Park()  # pragma: no cover
 
     def _finish(self) -> None:
-        """Runs once on the worker thread after the last step."""
+        """Runs once on an engine worker after the last step."""
 
     def _on_error(self, error: BaseException) -> None:
         """Runs after a failed step, before the backoff sleep."""
@@ -161,62 +188,60 @@ class _Worker:
 
     def _interrupt(self) -> None:
         with self._lock:
-            watch = self._watch
-        self._wake.set()
-        if watch is not None:
-            watch.interrupt()  # the worker closes it: closing an etcd/Consul watch joins a thread
+            task = self._task
+        if task is not None:
+            task.interrupt()
 
     def _interrupted(self) -> bool:
         """True when stop (or a subclass's request) wants the current wait to end. Caller holds the lock."""
         return self._stopping
 
-    def _wait_on(self, watch: Watch, timeout: float | None) -> bool:
-        """``watch.wait(timeout)``, but returns False at once if interrupted (also before it starts)."""
+    def _interrupted_now(self) -> bool:
+        with self._lock:
+            return self._interrupted()
+
+    def _wait_on(self, watch: Watch, timeout: float | None) -> Generator[Park, bool, bool]:
+        """``watch.wait(timeout)`` on the engine, but False at once if interrupted (also before it starts)."""
         with self._lock:
             if self._interrupted():
                 return False
             self._watch = watch
         try:
-            return watch.wait(timeout)
+            until = None if timeout is None else time.monotonic() + timeout
+            return (yield Park(watch, until))
         finally:
             with self._lock:
                 self._watch = None
 
-    def _sleep(self, seconds: float) -> None:
-        self._wake.wait(seconds)
-
-    def _main(self) -> None:
+    def _main(self) -> Steps:
         try:
             while not self._stopping:
-                retrying = Retrying(
-                    retry=retry_if_exception_type(Exception),
-                    wait=self._backoff,
-                    stop=stop_never,
-                    sleep=self._sleep,
-                    before_sleep=self._before_sleep,
-                    reraise=True,
-                )
-                for attempt in retrying:
-                    with attempt:
-                        self._wake.clear()
+                attempt = 0
+                while True:
+                    try:
                         if not self._stopping:
-                            self._step()
+                            yield from self._step()
+                        break
+                    except Exception as error:
+                        attempt += 1
+                        self._failed(error, attempt)
+                        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+                        state.attempt_number = attempt
+                        yield Park(None, time.monotonic() + self._backoff(state))
         finally:
             try:
                 self._finish()
             finally:
                 with self._lock:
                     self._ended = True
+                    self._finished()
                 self._emit(Event(Kind.END))
 
-    def _before_sleep(self, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome is not None else None
-        if error is None:
-            return
+    def _failed(self, error: BaseException, attempt: int) -> None:
         if isinstance(error, DiscoveryError):
-            log.warning("%s: store error (attempt %d): %s", self.key, state.attempt_number, error)
+            log.warning("%s: store error (attempt %d): %s", self.key, attempt, error)
         else:
-            log.error("%s: unexpected error (attempt %d)", self.key, state.attempt_number, exc_info=error)
+            log.error("%s: unexpected error (attempt %d)", self.key, attempt, exc_info=error)
         self._on_error(error)
 
 
@@ -250,6 +275,7 @@ class Campaign(_Worker):
         self.ttl = ttl
         self.renew_deadline = deadline
         self.resign_holdoff = min(1.0, ttl / 3.0) if resign_holdoff is None else float(resign_holdoff)
+        self._phase = Phase.LATENT
         self._lead: _Lead | None = None
         self._valid: tuple[Term, float] | None = None  # (term, deadline) while leading: what ``term`` reads
         self._renew_sent = 0.0
@@ -264,11 +290,16 @@ class Campaign(_Worker):
     # -- what callers read ---------------------------------------------------------------------------
 
     @property
+    def phase(self) -> Phase:
+        """Where the campaign is now (LEADING may already be over by the clock: :attr:`term` tells)."""
+        return self._phase
+
+    @property
     def term(self) -> Term | None:
         """The current term while the lease is valid by the local monotonic clock, else None.
 
         Lock-free (the HA manager asks on every request): it reads :attr:`_valid`, an immutable (term,
-        deadline) pair that the worker replaces under the lock whenever either changes.
+        deadline) pair that the machine replaces under the lock whenever either changes.
         """
         valid = self._valid
         if valid is not None and time.monotonic() < valid[1]:
@@ -282,23 +313,22 @@ class Campaign(_Worker):
             return self._deadline
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop campaigning; if leading, end the term and release the key; wait for the worker thread.
+        """Stop campaigning; if leading, end the term and release the key; wait for the machine to end.
 
-        When the worker is idle in its leader's wait (the usual case), the release runs right here on the
-        caller's thread instead of after waking the worker: a thread hop less between ``stop()`` and the
-        successor's win. The term ends (``term`` None, LOST delivered) before the key goes, as always. The
-        release is bounded by the store's request timeout, not by ``timeout`` (which bounds the join).
+        When the machine is parked in its leader's wait (the usual case), the release runs right here on the
+        caller's thread instead of after waking it: a thread hop less between ``stop()`` and the successor's
+        win. The term ends (``term`` None, LOST delivered) before the key goes, as always. The release is
+        bounded by the store's request timeout, not by ``timeout`` (which bounds the wait for the end).
         """
         with self._lock:
             lead = self._lead
-            watch = self._watch  # the worker's current wait, if any
+            watch = self._watch  # the machine's current wait, if any
             if lead is None or watch is None or watch is not lead.watch or self._stopping:
                 lead = None
             else:
                 self._stopping = True
-                self._take_lead(close_watch=False)
-                # under the lock, so no END from a worker that wakes now can come before this LOST
-                self._emit(Event(Kind.LOST, lead.term))
+                # under the lock, so no END from a machine that wakes now can come before this LOST
+                self._end_term(Phase.STOPPING, close_watch=False)
         if lead is not None and watch is not None:
             watch.interrupt()
             self._hand_over(lead, "stopped")
@@ -312,6 +342,54 @@ class Campaign(_Worker):
             self._resign = True
         self._interrupt()
 
+    # -- the one transition point ------------------------------------------------------------------------
+
+    def _enter(self, phase: Phase, event: Event | None = None) -> None:
+        """Move to ``phase``; emit ``event`` (ELECTED entering LEADING, LOST leaving it). Every phase change
+        goes through here."""
+        with self._lock:
+            if self._phase is Phase.STOPPED:
+                return
+            self._phase = phase
+            if event is not None:
+                self._emit(event)
+
+    def _waiting(self) -> Phase:
+        if self._stopping:
+            return Phase.STOPPING
+        return Phase.QUEUED if self._ticket is not None else Phase.WAITING
+
+    def _begin_term(self, record: Record, session: Session, sent: float) -> Term | None:
+        """Enter LEADING with the term ``record`` won, counted from ``sent``; None if already past its deadline."""
+        term = Term(self.key, self.node, record.token)
+        with self._lock:
+            self._lead = _Lead(term, session, record)
+            self._renew_sent = sent
+            self._deadline = sent + self.renew_deadline
+            self._valid = (term, self._deadline)
+            if time.monotonic() >= self._deadline:
+                return None
+            self._enter(Phase.LEADING, Event(Kind.ELECTED, term))
+        return term
+
+    def _end_term(self, phase: Phase, *, close_watch: bool = True) -> _Lead | None:
+        """Leave LEADING for ``phase``: the term ends (``term`` None) and LOST is emitted, under the lock."""
+        with self._lock:
+            lead, self._lead = self._lead, None
+            self._deadline = 0.0
+            self._valid = None
+            if lead is not None:
+                self._enter(phase, Event(Kind.LOST, lead.term))
+        if close_watch and lead is not None and lead.watch is not None:
+            lead.watch.close()
+        return lead
+
+    def _started(self) -> None:
+        self._enter(Phase.WAITING)
+
+    def _finished(self) -> None:
+        self._enter(Phase.STOPPED)
+
     # -- the steps -------------------------------------------------------------------------------------
 
     def _current_events(self) -> list[Event]:
@@ -322,26 +400,26 @@ class Campaign(_Worker):
     def _interrupted(self) -> bool:
         return self._stopping or self._resign
 
-    def _step(self) -> None:
+    def _step(self) -> Steps:
         if self._lead is not None:
             if self._resign:
                 self._release("resigned")
                 self._holdoff_until = time.monotonic() + self.resign_holdoff
             else:
-                self._lead_step(self._lead)
+                yield from self._lead_step(self._lead)
         else:
             self._resign = False
-            self._campaign_step()
+            yield from self._campaign_step()
 
-    def _campaign_step(self) -> None:
+    def _campaign_step(self) -> Steps:
         spent, self._spent = self._spent, None
         try:
-            self._campaign_attempt()
+            yield from self._campaign_attempt()
         finally:
             if spent is not None:
                 spent.close()
 
-    def _campaign_attempt(self) -> None:
+    def _campaign_attempt(self) -> Steps:
         if self._stale is not None:
             session, token = self._stale
             self._d.delete(self.key, token)
@@ -370,7 +448,7 @@ class Campaign(_Worker):
             if created is not None:
                 # a ticket whose lease was granted ahead (etcd) started its ttl clock before ``sent``
                 clock = session.clock
-                self._become_leader(created, session, sent if clock is None else min(sent, clock))
+                yield from self._become_leader(created, session, sent if clock is None else min(sent, clock))
                 return
             if session is ticket:
                 self._ticket = ticket  # still queued behind the new holder: keep its place
@@ -385,9 +463,10 @@ class Campaign(_Worker):
             # So that winning after the holder goes costs as little as the backend can make it (a read on
             # ZooKeeper, no handshake). Never raises; None when the backend has nothing to prepare.
             self._ticket = self._d.prepare(self.key, self.node, self.ttl)
+        self._enter(self._waiting())
         watch = self._d.watch(self.key, record)
         try:
-            self._vacant = self._wait_on(watch, timeout) and watch.known_absent
+            self._vacant = (yield from self._wait_on(watch, timeout)) and watch.known_absent
         finally:
             if self._vacant:
                 self._spent = watch  # closing it (an etcd watch joins its thread) waits until after the create
@@ -398,26 +477,18 @@ class Campaign(_Worker):
         """True when ``record`` is our ticket's own queue entry: the holders before it left, so claim it."""
         return record is not None and self._ticket is not None and record.session == self._ticket.id
 
-    def _become_leader(self, record: Record, session: Session, sent: float) -> None:
-        term = Term(self.key, self.node, record.token)
-        with self._lock:
-            self._lead = _Lead(term, session, record)
-            self._renew_sent = sent
-            self._deadline = sent + self.renew_deadline
-            self._valid = (term, self._deadline)
-            still_valid = time.monotonic() < self._deadline
-        if still_valid:
-            self._emit(Event(Kind.ELECTED, term))
-            # Let the consumer just woken by the event take the GIL first: otherwise it waits while this thread
-            # sets up its watch (a thread and a gRPC stream on etcd). A yield (sleep(0)) is too short for the
-            # consumer to be scheduled; 1 ms (cut short by stop/resign) is nothing against the renewal period.
-            # One-off probe, etcd, contenders in two processes: elected -> run_for_election's True 0.26 -> 0.09 ms.
-            self._wake.wait(0.001)
-            log.info("%s: leadership acquired by %s (token %d)", self.key, self.node, term.token)
-        else:
+    def _become_leader(self, record: Record, session: Session, sent: float) -> Steps:
+        term = self._begin_term(record, session, sent)
+        if term is None:
             self._demote("the store answered after the renew deadline", stale=True)
+            return
+        log.info("%s: leadership acquired by %s (token %d)", self.key, self.node, term.token)
+        # Let the consumer just woken by the event take the GIL first: otherwise it waits while this worker
+        # sets up its watch (a gRPC stream on etcd). 1 ms (cut short by stop/resign) is nothing against the
+        # renewal period. One-off probe, etcd, two processes: elected -> run_for_election's True 0.26 -> 0.09 ms.
+        yield Park(None, time.monotonic() + 0.001)
 
-    def _lead_step(self, lead: _Lead) -> None:
+    def _lead_step(self, lead: _Lead) -> Steps:
         now = time.monotonic()
         if now >= self._deadline:
             self._demote(f"no renewal succeeded within renew_deadline={self.renew_deadline:.3f}s", stale=True)
@@ -427,7 +498,8 @@ class Campaign(_Worker):
             if lead.watch is None:
                 lead.watch = self._d.watch(self.key, lead.record)
             # (no read when stop() took the term while we waited: its release is what changed the key)
-            if self._wait_on(lead.watch, min(next_renew, self._deadline) - now) and self._lead is lead:
+            fired = yield from self._wait_on(lead.watch, min(next_renew, self._deadline) - now)
+            if fired and self._lead is lead:
                 current = self._d.get(self.key)
                 if current is None or current.token != lead.term.token:
                     self._demote("the leader key was deleted or replaced", stale=False)
@@ -439,7 +511,7 @@ class Campaign(_Worker):
             self._demote("the session expired in the store", stale=False)
             return
         with self._lock:
-            if time.monotonic() < self._deadline:
+            if self._lead is lead and time.monotonic() < self._deadline:
                 self._renew_sent = sent
                 self._deadline = sent + self.renew_deadline
                 self._valid = (lead.term, self._deadline)
@@ -452,24 +524,14 @@ class Campaign(_Worker):
             lead.watch.close()
             lead.watch = None
 
-    def _take_lead(self, *, close_watch: bool = True) -> _Lead | None:
-        with self._lock:
-            lead, self._lead = self._lead, None
-            self._deadline = 0.0
-            self._valid = None
-        if close_watch and lead is not None and lead.watch is not None:
-            lead.watch.close()
-        return lead
-
     def _demote(self, reason: str, *, stale: bool) -> None:
         """End the term. ``stale``: the store may still hold our key (we could not reach it), so keep the
         session and token to delete it once the store answers; otherwise the key is already gone and the
-        session is closed to free what it holds (a ZooKeeper connection, an etcd lease)."""
-        lead = self._take_lead()
+        session is closed to free what it holds (an etcd lease, a ZooKeeper queue entry)."""
+        lead = self._end_term(self._waiting())
         if lead is None:
             return
         log.warning("%s: leadership lost by %s (token %d): %s", self.key, self.node, lead.term.token, reason)
-        self._emit(Event(Kind.LOST, lead.term))
         if stale:
             self._stale = (lead.session, lead.term.token)
         else:
@@ -478,11 +540,10 @@ class Campaign(_Worker):
     def _release(self, reason: str) -> None:
         """End the term and hand the key over (``Discovery.release``: removed through our own session, which
         is closed). The term ends before the key goes; the lead's watch is closed only after the key went, so
-        joining a watch thread is not on the handover's path."""
-        lead = self._take_lead(close_watch=False)
+        closing a watch is not on the handover's path."""
+        lead = self._end_term(self._waiting(), close_watch=False)
         if lead is None:
             return
-        self._emit(Event(Kind.LOST, lead.term))
         self._hand_over(lead, reason)
 
     def _hand_over(self, lead: _Lead, reason: str) -> None:
@@ -536,7 +597,7 @@ class Follow(_Worker):
         events = [Event(Kind.LEADER, leader=self._leader)] if self._seen else []
         return events + super()._current_events()
 
-    def _step(self) -> None:
+    def _step(self) -> Steps:
         record = self._d.get(self.key)
         leader = None if record is None else Leader(record.value, record.token)
         with self._lock:
@@ -549,7 +610,7 @@ class Follow(_Worker):
                 log.info("%s: new leader elected: %s (token %d)", self.key, leader.node, leader.token)
             self._emit(Event(Kind.LEADER, leader=leader))
         with self._d.watch(self.key, record) as watch:
-            self._wait_on(watch, None)
+            yield from self._wait_on(watch, None)
 
 
 class Transitions:

@@ -97,6 +97,11 @@ class ZkWatch(Watch):
         self._closed = False
         self.subscription: tuple[Connection, str] | None = None
         self.via: ZkSession | None = None  # the Session with an entry in the queue the watch went through
+        self._notify: Callable[[], None] | None = None
+
+    def notify(self, callback: Callable[[], None]) -> bool:
+        self._notify = callback
+        return True
 
     def fire(self, event: Any) -> None:
         via = self.via
@@ -107,6 +112,8 @@ class ZkWatch(Watch):
             self._deleted = deleted or (self._fired and self._deleted)  # a later wake-up does not hide a deletion
             self._fired = True
             self._cond.notify_all()
+        if self._notify is not None:
+            self._notify()
 
     def wait(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -142,3 +149,5 @@ class ZkWatch(Watch):
             self._closed = True
             self._cond.notify_all()
         self._d.unwatch(self)
+        if self._notify is not None:
+            self._notify()

@@ -1,0 +1,297 @@
+"""One engine per Discovery: every candidate and follower of it runs on a timer thread and a few workers.
+
+A state machine (:mod:`swarmha.election._machinery`) is a generator that makes its (bounded) store calls inline
+and *yields* a :class:`Park` whenever it would wait: for a watch to fire, for a time (a renewal, a backoff), or
+both. The engine resumes it with True when the watch fired (``Watch.wait(0)`` says the key changed), False on
+the deadline or :meth:`Task.interrupt`; an exception of the watch is thrown into the generator. So a process
+campaigning for a thousand keys runs a thousand generators on:
+
+* one ``swarmha-engine-timer`` thread (a heap of deadlines) and
+* at most :data:`WORKERS` ``swarmha-engine-worker`` threads that run the steps (store calls block a worker for at
+  most the store's request timeout).
+
+Both exit after :data:`IDLE` seconds without work and start again on demand, so an engine whose Discovery is no
+longer used leaves no thread behind. A watch that can call back when it fires (``Watch.notify``: every built-in
+backend but Consul) costs no thread while it waits; for one that cannot, the engine waits in ``Watch.wait`` on a
+``swarmha-engine-wait`` thread of its own for as long as the wait lasts (the old, thread-per-waiter cost).
+
+Guarantees: a task's generator runs on one thread at a time, and a wake-up (watch, deadline, interrupt) that
+arrives while it runs is not lost: it is looked at before the task parks again.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Generator
+
+import attrs
+
+from swarmha.discovery import Discovery, Watch
+
+__all__ = ["IDLE", "WORKERS", "Engine", "Park", "Task"]
+
+log = logging.getLogger("swarmha.election")
+
+#: Worker threads per engine at most: how many store calls of one Discovery's elections can be in flight at once.
+WORKERS = 4
+#: Seconds an idle worker or timer thread lingers before it ends.
+IDLE = 2.0
+
+
+@attrs.frozen
+class Park:
+    """What a state machine waits for: ``watch`` firing, monotonic time ``until``, or both (None: not that)."""
+
+    watch: Watch | None = None
+    until: float | None = None
+
+
+Steps = Generator[Park, bool, None]
+
+
+class _Throw:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Mark(enum.Enum):
+    START = "start"  # run the generator to its first park
+    POLL = "poll"  # the watch fired or the deadline passed: poll the watch and park again or resume
+    PARKED = "parked"  # waiting for a wake-up
+
+
+Resume = bool | _Throw | _Mark
+
+
+class Task:
+    """One state machine on an engine. ``interrupt()`` ends the current (or next) park with False."""
+
+    def __init__(self, engine: Engine, name: str, steps: Steps, interrupted: Callable[[], bool]) -> None:
+        self.name = name
+        self._engine = engine
+        self._steps = steps
+        self._interrupted = interrupted
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None  # the thread running the generator now
+        self._parked: Park | None = None
+        self._last = Park()
+        self._kicked = False  # the watch fired (or may have) since the task last polled it
+        self._generation = 0  # of the current park: a timer for an older park does nothing
+        self._notified: Watch | None = None  # the watch our notifier is registered on
+
+    def start(self) -> None:
+        self._engine.submit(self, _Mark.START)
+
+    def interrupt(self) -> None:
+        """Wake the current park with False (the generator then sees its own stop/resign flags)."""
+        with self.lock:
+            parked, self._parked = self._parked, None
+        if parked is None:
+            return
+        self._engine.submit(self, False)
+        if parked.watch is not None and self._notified is not parked.watch:
+            parked.watch.interrupt()  # a waiter thread blocked in wait() (a watch without notify)
+
+    def _on_watch(self) -> None:
+        """The watch's notifier (any thread, must not block)."""
+        with self.lock:
+            self._kicked = True
+            parked = self._parked
+            if parked is None or parked.watch is None:
+                return
+            self._parked = None
+        self._engine.submit(self, _Mark.POLL)
+
+    def _on_deadline(self, generation: int) -> None:
+        with self.lock:
+            parked = self._parked
+            if parked is None or generation != self._generation:
+                return
+            self._parked = None
+        self._engine.submit(self, _Mark.POLL if parked.watch is not None else False)
+
+    def _on_waited(self, park: Park, value: Resume) -> None:
+        """The end of a wait on a thread of its own (a watch without notify)."""
+        with self.lock:
+            if self._parked is not park:
+                return  # interrupted: resumed already
+            self._parked = None
+        self._engine.submit(self, value)
+
+    def run(self, value: Resume) -> None:
+        """On a worker: resume the generator, and keep resuming it until it parks or ends."""
+        self.thread = threading.current_thread()
+        try:
+            while True:
+                if value is _Mark.POLL:
+                    value = self._park(self._last)
+                    if value is _Mark.PARKED:
+                        return
+                    continue
+                try:
+                    if value is _Mark.START:
+                        park = next(self._steps)
+                    elif isinstance(value, _Throw):
+                        park = self._steps.throw(value.error)
+                    else:
+                        assert isinstance(value, bool)
+                        park = self._steps.send(value)
+                except StopIteration:
+                    self.done.set()
+                    return
+                value = self._park(park)
+                if value is _Mark.PARKED:
+                    return
+        finally:
+            self.thread = None
+
+    def _park(self, park: Park) -> Resume:
+        """Park on ``park``; or the value to resume with at once (fired, deadline passed, interrupted, error)."""
+        self._last = park
+        if self._interrupted():
+            return False
+        watch = park.watch
+        try:
+            if watch is not None and self._notified is not watch:
+                if not watch.notify(self._on_watch):
+                    self._wait_on_thread(park)
+                    return _Mark.PARKED
+                self._notified = watch
+            if watch is not None:
+                with self.lock:
+                    self._kicked = False
+                if watch.wait(0):
+                    return True
+        except Exception as e:  # the watch broke: the generator handles it (it retries)
+            return _Throw(e)
+        if park.until is not None and park.until <= time.monotonic():
+            return False
+        recheck = watch.recheck_at() if watch is not None else None
+        wake = park.until if recheck is None else recheck if park.until is None else min(park.until, recheck)
+        with self.lock:
+            if watch is not None and self._kicked:
+                return _Mark.POLL  # fired since the poll: poll again
+            self._generation += 1
+            generation = self._generation
+            self._parked = park
+        if self._interrupted():  # stop()/resign() between the check above and parking
+            self.interrupt()
+            return _Mark.PARKED
+        if wake is not None:
+            self._engine.call_at(wake, lambda: self._on_deadline(generation))
+        return _Mark.PARKED
+
+    def _wait_on_thread(self, park: Park) -> None:
+        watch = park.watch
+        assert watch is not None
+        with self.lock:
+            self._parked = park
+
+        def wait() -> None:
+            timeout = None if park.until is None else max(0.0, park.until - time.monotonic())
+            value: Resume
+            try:
+                value = False if self._interrupted() else watch.wait(timeout)
+            except Exception as e:
+                value = _Throw(e)
+            self._on_waited(park, value)
+
+        threading.Thread(target=wait, name=f"swarmha-engine-wait[{self.name}]", daemon=True).start()
+
+
+class Engine:
+    """See the module docstring. ``Engine.of(discovery)`` is the one engine of that Discovery."""
+
+    _engines: weakref.WeakKeyDictionary[Discovery, Engine] = weakref.WeakKeyDictionary()
+    _engines_lock = threading.Lock()
+
+    @classmethod
+    def of(cls, discovery: Discovery) -> Engine:
+        with cls._engines_lock:
+            engine = cls._engines.get(discovery)
+            if engine is None:
+                engine = cls._engines[discovery] = cls()
+            return engine
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._lock = threading.Condition(self._mutex)
+        self._ready: deque[tuple[Task, Resume]] = deque()
+        self._workers = 0
+        self._idle = 0
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._timer: threading.Thread | None = None
+        self._timer_wake = threading.Condition(self._mutex)
+
+    def task(self, name: str, steps: Steps, interrupted: Callable[[], bool]) -> Task:
+        return Task(self, name, steps, interrupted)
+
+    # -- workers -------------------------------------------------------------------------------------------
+
+    def submit(self, task: Task, value: Resume) -> None:
+        with self._lock:
+            self._ready.append((task, value))
+            if self._idle:
+                self._lock.notify()
+            elif self._workers < WORKERS:
+                self._workers += 1
+                threading.Thread(target=self._work, name="swarmha-engine-worker", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._ready:
+                    self._idle += 1
+                    woke = self._lock.wait(IDLE)
+                    self._idle -= 1
+                    if not woke and not self._ready:
+                        self._workers -= 1
+                        return
+                task, value = self._ready.popleft()
+            try:
+                task.run(value)
+            except Exception:  # a bug in a state machine must not take the worker (and every other task) down
+                log.exception("%s: the state machine failed", task.name)
+                task.done.set()
+
+    # -- timer ---------------------------------------------------------------------------------------------
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> None:
+        with self._lock:
+            heapq.heappush(self._heap, (when, next(self._seq), callback))
+            if self._timer is None:
+                self._timer = threading.Thread(target=self._time, name="swarmha-engine-timer", daemon=True)
+                self._timer.start()
+            elif self._heap[0][0] == when:
+                self._timer_wake.notify()
+
+    def _time(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        callback = heapq.heappop(self._heap)[2]
+                        break
+                    if not self._heap:
+                        self._timer_wake.wait(IDLE)
+                        if not self._heap:
+                            self._timer = None
+                            return
+                        continue
+                    self._timer_wake.wait(self._heap[0][0] - now)
+            try:
+                callback()
+            except Exception:
+                log.exception("a timed callback of the election engine failed")
