@@ -34,7 +34,9 @@ How the contract maps to etcd:
 
 Failure modes: every gRPC error is translated: unreachable, timed out, no leader -> ``DiscoveryUnavailable``;
 lease not found -> ``SessionExpired``; anything else (permission denied, bad request) -> ``DiscoveryError``.
-Threads: one ``swarmha-etcd-watch[...]`` thread per open watch, joined by ``Watch.close``/``close``.
+Threads: one ``swarmha-etcd-watch`` thread per Discovery, running one gRPC watch stream for every open watch
+(etcd multiplexes watchers on a stream), while any watch is open; joined by ``close``. One gRPC channel per
+endpoint, opened when first used.
 
 Client library: ``etcd-sdk-python`` (``import pyetcd``), the maintained fork of python-etcd3 that runs on
 protobuf >= 4 (``etcd3`` 0.12 does not). This module uses only its generated gRPC stubs (``pyetcd.etcdrpc``)
@@ -45,9 +47,11 @@ raw gRPC errors through. The package does not declare its ``protobuf`` dependenc
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -76,6 +80,8 @@ DEFAULT_TIMEOUT = 5.0
 _OPTIONS = {"timeout", "ca", "cert", "key", "tls", "prepare"}
 #: A ticket's lease is used for a claim while younger than this share of its ttl (see EtcdDiscovery.prepare).
 TICKET_AGE = 1.0 / 6.0
+#: The watch stream's thread ends this long after the last watch closed (a new watch starts it again).
+STREAM_IDLE = 2.0
 _CACHE_LIMIT = 1024
 _T = TypeVar("_T")
 
@@ -221,28 +227,19 @@ class _EtcdSession(Session):
 
 
 class _EtcdWatch(Watch):
-    """An etcd watch on one key, resumed across stream breaks; see the module docstring."""
+    """An etcd watch on one key, one of the many multiplexed on the Discovery's watch stream (:class:`_WatchStream`)."""
 
     def __init__(self, discovery: EtcdDiscovery, key: bytes, seen: Record | None, start: int, changed: bool) -> None:
         self._d = discovery
-        self._key = key
+        self.key = key
         self._cond = threading.Condition()
         self._seen = seen
-        self._next_rev = start
+        self.next_rev = start
         self._changed = changed
         self._error: DiscoveryError | None = None
         self._closed = False
-        self._interrupted = False  # interrupt(): every wait() returns False, the thread lives on
-        self._call: Any = None
-        self._live = False
-        self._stream_done: threading.Event | None = None
-        self._wake = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"swarmha-etcd-watch[{key.decode(errors='replace')}]", daemon=True
-        )
-        self._thread.start()
-
-    _notify: Callable[[], None] | None = None
+        self._interrupted = False  # interrupt(): every wait() returns False
+        self._notify: Callable[[], None] | None = None
 
     def notify(self, callback: Callable[[], None]) -> bool:
         self._notify = callback
@@ -270,122 +267,235 @@ class _EtcdWatch(Watch):
             return False
 
     def interrupt(self) -> None:
-        """Wake a pending :meth:`wait` (and make later ones return False) without joining the thread."""
+        """Wake a pending :meth:`wait` (and make later ones return False)."""
         with self._cond:
             self._interrupted = True
             self._kick()
 
     def close(self) -> None:
         with self._cond:
+            if self._closed:
+                return
             self._closed = True
-            call, done = self._call, self._stream_done
             self._kick()
-        self._wake.set()
-        if done is not None:
-            done.set()
-        if call is not None:
-            call.cancel()
-        if self._thread is not threading.current_thread():
-            self._thread.join(10.0)
-        self._d._forget(self)
+        self._d._stream.remove(self)
 
-    # -- the reader thread ------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def _observe(self, record: Record | None) -> None:
+    def observe(self, record: Record | None) -> None:
+        """(The stream's thread) the key is now ``record``."""
         with self._cond:
             if record != self._seen:
                 self._seen = record
                 self._changed = True
                 self._kick()
 
+    def fail(self, error: DiscoveryError) -> None:
+        with self._cond:
+            self._error = error
+            self._kick()
+
+    def resync(self) -> None:
+        """The revision to resume from was compacted away: read the key again and fire if it changed."""
+        log.info("etcd watch on %r: revision %d compacted; re-reading", self.key, self.next_rev)
+        record, revision = self._d._read(self.key)
+        self.next_rev = revision + 1
+        self.observe(record)
+
+
+class _WatchStream:
+    """Every watch of one Discovery on one gRPC Watch stream (etcd multiplexes watchers on a stream).
+
+    The ``swarmha-etcd-watch`` thread runs while any watch is open (it ends :data:`STREAM_IDLE` seconds after the
+    last one closed). The server numbers the watchers of a stream in the order their create requests arrive, so
+    creates are sent one after the other and each ``created`` answer names the next watch waiting for its id.
+    When the stream breaks it is opened again (on the next endpoint if need be) and every open watch is created
+    anew from the revision after the last event it delivered, so no change is missed; a watch whose revision was
+    compacted re-reads its key. If no endpoint takes the stream back within ``timeout``, every watch open then
+    fails (its :meth:`Watch.wait` raises :class:`~swarmha.errors.DiscoveryUnavailable`).
+    """
+
+    def __init__(self, discovery: EtcdDiscovery) -> None:
+        self._d = discovery
+        self._cond = threading.Condition()
+        self._open: set[_EtcdWatch] = set()
+        self._requests: queue.SimpleQueue[Any] | None = None  # of the current stream
+        self._awaiting: collections.deque[_EtcdWatch] = collections.deque()  # created, in order, not yet answered
+        self._ids: dict[int, _EtcdWatch] = {}
+        self._by_watch: dict[_EtcdWatch, int] = {}
+        self._thread: threading.Thread | None = None
+        self._call: Any = None
+        self._closed = False
+
+    def add(self, watch: _EtcdWatch) -> None:
+        with self._cond:
+            if self._closed:
+                watch.fail(DiscoveryError("etcd discovery is closed"))
+                return
+            self._open.add(watch)
+            if self._requests is not None:
+                self._create(watch)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="swarmha-etcd-watch", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _create(self, watch: _EtcdWatch) -> None:
+        """Ask the current stream for a watcher of ``watch``. Caller holds the lock; a stream is open."""
+        assert self._requests is not None
+        self._awaiting.append(watch)
+        create = etcdrpc.WatchCreateRequest(key=watch.key, start_revision=watch.next_rev)
+        self._requests.put(etcdrpc.WatchRequest(create_request=create))
+
+    def remove(self, watch: _EtcdWatch) -> None:
+        with self._cond:
+            self._open.discard(watch)
+            watch_id = self._by_watch.pop(watch, None)
+            if watch_id is not None:
+                self._ids.pop(watch_id, None)
+                if self._requests is not None:
+                    cancel = etcdrpc.WatchCancelRequest(watch_id=watch_id)
+                    self._requests.put(etcdrpc.WatchRequest(cancel_request=cancel))
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            watches, self._open = list(self._open), set()
+            call, thread = self._call, self._thread
+            if self._requests is not None:
+                self._requests.put(None)
+            self._cond.notify_all()
+        for watch in watches:
+            watch.close()
+        if call is not None:
+            call.cancel()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10.0)
+
     def _run(self) -> None:
         broken_since: float | None = None
         backoff = 0.05
-        while True:
-            with self._cond:
-                if self._closed:
-                    return
-            self._live = False
-            try:
-                self._stream()
-                reason = "the stream ended"
-            except DiscoveryError as e:
-                reason = str(e)
-            except Exception as e:  # never let the thread die silently
-                log.exception("etcd watch on %r: unexpected error", self._key)
-                self._live = False
-                reason = f"{type(e).__name__}: {e}"
-            with self._cond:
-                if self._closed:
-                    return
-            now = time.monotonic()
-            log.debug("etcd watch on %r broke (%s); resuming at revision %d", self._key, reason, self._next_rev)
-            if self._live:  # it had worked: a fresh break, resume at once
-                broken_since, backoff = now, 0.05
-                continue
-            broken_since = now if broken_since is None else broken_since
-            if now - broken_since >= self._d.timeout:
-                with self._cond:
-                    self._error = DiscoveryUnavailable(
-                        f"etcd watch on {self._key.decode(errors='replace')} could not be resumed: {reason}"
-                    )
-                    self._kick()
-                return
-            self._wake.wait(backoff)
-            backoff = min(0.5, backoff * 2)
-
-    def _stream(self) -> None:
-        """Run one watch stream until it breaks; sets ``_live`` once the server created the watch."""
-        ep, md = self._d._endpoint()
-        # Ask the member to cancel the watch when it loses the cluster leader, so an isolated member's silence
-        # is not mistaken for "no change": the stream breaks and resumes on another endpoint.
-        md = (*(md or ()), ("hasleader", "true"))
-        done = threading.Event()
-        create = etcdrpc.WatchRequest(
-            create_request=etcdrpc.WatchCreateRequest(key=self._key, start_revision=self._next_rev)
-        )
-
-        def requests() -> Iterator[Any]:
-            yield create
-            done.wait()
-
         try:
-            call = ep.watch.Watch(requests(), metadata=md)
+            while True:
+                with self._cond:
+                    if not self._open and not self._closed:
+                        self._cond.wait_for(lambda: self._open or self._closed, STREAM_IDLE)
+                    if self._closed or not self._open:
+                        self._thread = None
+                        return
+                live = False
+                try:
+                    live = self._stream()
+                    reason = "the stream ended"
+                except DiscoveryError as e:
+                    reason = str(e)
+                except Exception as e:  # never let the thread die silently
+                    log.exception("etcd watch stream: unexpected error")
+                    reason = f"{type(e).__name__}: {e}"
+                with self._cond:
+                    if self._closed:
+                        self._thread = None
+                        return
+                now = time.monotonic()
+                log.debug("etcd watch stream broke (%s); resuming %d watches", reason, len(self._open))
+                if live:  # it had worked: a fresh break, resume at once
+                    broken_since, backoff = now, 0.05
+                    continue
+                broken_since = now if broken_since is None else broken_since
+                if now - broken_since >= self._d.timeout:
+                    with self._cond:
+                        failed, self._open = list(self._open), set()
+                    error = DiscoveryUnavailable(f"etcd watches could not be resumed: {reason}")
+                    for watch in failed:
+                        watch.fail(error)
+                    broken_since = None
+                    continue
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closed, backoff)
+                backoff = min(0.5, backoff * 2)
+        finally:
+            with self._cond:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _stream(self) -> bool:
+        """Run one stream until it breaks; True if the server created a watcher on it (it worked)."""
+        ep, md = self._d._endpoint()
+        # Ask the member to cancel the watches when it loses the cluster leader, so an isolated member's
+        # silence is not mistaken for "no change": the stream breaks and resumes on another endpoint.
+        md = (*(md or ()), ("hasleader", "true"))
+        requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+        def outgoing() -> Iterator[Any]:
+            while True:
+                request = requests.get()
+                if request is None:
+                    return
+                yield request
+
+        live = False
+        try:
+            call = ep.watch.Watch(outgoing(), metadata=md)
             with self._cond:
                 if self._closed:
                     call.cancel()
-                    return
-                self._call, self._stream_done = call, done
+                    return False
+                self._call, self._requests = call, requests
+                self._awaiting.clear()
+                self._ids.clear()
+                self._by_watch.clear()
+                for watch in list(self._open):
+                    self._create(watch)
             for response in call:
-                if response.compact_revision:
-                    self._resync(int(response.compact_revision))
-                    self._live = True
-                    return
-                if response.canceled:
-                    raise DiscoveryError(f"etcd cancelled the watch: {response.cancel_reason or 'no reason given'}")
-                if response.created:
-                    self._live = True
-                for event in response.events:
-                    self._next_rev = int(event.kv.mod_revision) + 1
-                    self._observe(None if event.type == kv_pb2.Event.DELETE else _record(event.kv))
+                live = True
+                self._answer(response)
         except grpc.RpcError as e:
             with self._cond:
                 if self._closed:
-                    return
+                    return live
             if e.code() in _FAILOVER:
                 self._d._failed(ep)
             raise self._d._translate(e, "watch", ep) from None
         finally:
-            done.set()
+            requests.put(None)
             with self._cond:
-                self._call = self._stream_done = None
+                if self._requests is requests:
+                    self._call = self._requests = None
+        return live
 
-    def _resync(self, compacted: int) -> None:
-        """The revision to resume from was compacted away: read the key again and fire if it changed."""
-        log.info("etcd watch on %r: revision %d compacted (now %d); re-reading", self._key, self._next_rev, compacted)
-        record, revision = self._d._read(self._key)
-        self._next_rev = revision + 1
-        self._observe(record)
+    def _answer(self, response: Any) -> None:
+        watch_id = int(response.watch_id)
+        with self._cond:
+            if response.created:
+                watch = self._awaiting.popleft() if self._awaiting else None
+                if watch is None:
+                    return
+                if watch not in self._open:  # closed before the server answered: cancel it there too
+                    if self._requests is not None:
+                        cancel = etcdrpc.WatchCancelRequest(watch_id=watch_id)
+                        self._requests.put(etcdrpc.WatchRequest(cancel_request=cancel))
+                    return
+                self._ids[watch_id] = watch
+                self._by_watch[watch] = watch_id
+            watch = self._ids.get(watch_id)
+        if watch is None:
+            return
+        if response.compact_revision:
+            watch.resync()
+            with self._cond:  # the server cancelled that watcher: a new one from the revision after the read
+                self._ids.pop(watch_id, None)
+                self._by_watch.pop(watch, None)
+                if watch in self._open and self._requests is not None:
+                    self._create(watch)
+            return
+        if response.canceled:
+            raise DiscoveryError(f"etcd cancelled a watch: {response.cancel_reason or 'no reason given'}")
+        for event in response.events:
+            watch.next_rev = int(event.kv.mod_revision) + 1
+            watch.observe(None if event.type == kv_pb2.Event.DELETE else _record(event.kv))
 
 
 class EtcdDiscovery(Discovery):
@@ -414,7 +524,7 @@ class EtcdDiscovery(Discovery):
         self._current = 0
         self._token: str | None = None
         self._closed = False
-        self._watches: set[_EtcdWatch] = set()
+        self._stream = _WatchStream(self)
         self._reads: dict[bytes, tuple[Record | None, int]] = {}
 
     @staticmethod
@@ -525,10 +635,6 @@ class EtcdDiscovery(Discovery):
         revision = int(response.header.revision)
         self._remember(key, record, revision)
         return record, revision
-
-    def _forget(self, watch: _EtcdWatch) -> None:
-        with self._lock:
-            self._watches.discard(watch)
 
     @staticmethod
     def _own(session: Session) -> _EtcdSession:
@@ -671,21 +777,14 @@ class EtcdDiscovery(Discovery):
             state, revision = self._read(k)
             changed = state != seen
         watch = _EtcdWatch(self, k, state, revision + 1, changed)
-        with self._lock:
-            closed = self._closed
-            if not closed:
-                self._watches.add(watch)
-        if closed:
-            watch.close()
+        self._stream.add(watch)
         return watch
 
     def close(self) -> None:
-        """Close every watch (joining its thread) and the channels. Leases are left to expire. Idempotent."""
+        """Close every watch (and the stream's thread) and the channels. Leases are left to expire. Idempotent."""
         with self._lock:
             self._closed = True
-            watches = list(self._watches)
-        for watch in watches:
-            watch.close()
+        self._stream.close()
         for ep in self._endpoints:
             with contextlib.suppress(Exception):
                 ep.close()
