@@ -11,7 +11,7 @@ See :class:`Candidate` for the guarantees, :mod:`swarmha.aio` for asyncio, :mod:
 
 from swarmha import aio, errors
 from swarmha.discovery import Discovery, connect
-from swarmha.election import Candidate, Follower, Leader, Term
+from swarmha.election import Candidate, Follower, Leader, Lease, Phase, Term
 
-__all__ = ["Candidate", "Discovery", "Follower", "Leader", "Term", "aio", "connect", "errors"]
+__all__ = ["Candidate", "Discovery", "Follower", "Leader", "Lease", "Phase", "Term", "aio", "connect", "errors"]
 __version__ = "0.1.0"

@@ -24,10 +24,11 @@ from collections.abc import AsyncIterator, Callable
 
 from swarmha._context import AsyncStopsOnExit
 from swarmha.election._face import CandidateBase, FollowerBase, latest
+from swarmha.election._lease import Lease
 from swarmha.election._machinery import Event, Kind, Transitions
 from swarmha.election._values import Leader
 
-__all__ = ["Candidate", "Follower"]
+__all__ = ["Candidate", "Follower", "Lease"]
 
 
 class _Inbox:

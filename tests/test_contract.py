@@ -378,3 +378,66 @@ def test_async_run_for_election_campaigns_when_called(discovery: swarmha.Discove
             assert [x async for x in elections] == [False]
 
     asyncio.run(main())
+
+
+# -- a shared lease (swarmha.Lease): many keys, one session --------------------------------------------------
+
+
+def test_candidates_sharing_a_lease_lead_their_keys_with_one_session_and_own_tokens(
+    discovery: swarmha.Discovery,
+) -> None:
+    lease = swarmha.Lease(discovery, ttl=LONG_TTL)
+    keys = [f"shard/{i}" for i in range(20)]
+    candidates = [swarmha.Candidate(discovery, key, node="n", lease=lease).start() for key in keys]
+    rivals = [swarmha.Candidate(discovery, key, node="rival", ttl=LONG_TTL) for key in keys]
+    try:
+        wait_for(lambda: all(c.is_leader for c in candidates), 10.0, "every shard to be led")
+        records = [discovery.get(key) for key in keys]
+        assert all(r is not None and r.session == lease.id for r in records)  # one store session for all
+        assert all(c.phase is swarmha.Phase.LEADING and c.ttl == LONG_TTL for c in candidates)
+        for rival in rivals:
+            rival.start()
+        first = candidates[3].term
+        assert first is not None
+        candidates[3].stop()  # removes its own key only: the lease and every other term live on
+        wait_for(lambda: rivals[3].is_leader, 10.0, "the rival to win the released shard")
+        second = rivals[3].term
+        assert second is not None and second.token > first.token
+        assert all(c.is_leader for i, c in enumerate(candidates) if i != 3)
+        assert not any(r.is_leader for i, r in enumerate(rivals) if i != 3)
+    finally:
+        for c in candidates + rivals:
+            c.stop()
+        lease.close()
+
+
+def test_when_the_shared_session_is_lost_every_term_it_carried_ends(discovery: swarmha.Discovery) -> None:
+    lease = swarmha.Lease(discovery, ttl=LONG_TTL)
+    candidates = [swarmha.Candidate(discovery, f"shard/{i}", node="n", lease=lease) for i in range(5)]
+    streams = [Collector(c.run_for_election()) for c in candidates]
+    try:
+        assert all(s.next(10.0) is True for s in streams)
+        tokens = [c.term.token for c in candidates if c.term is not None]
+        lost = lease.id
+        lease._session.close()  # type: ignore[union-attr]  # as if the store expired it: every key goes with it
+        assert all(s.next(10.0) is False for s in streams)  # every term ended
+        assert all(s.next(10.0) is True for s in streams)  # and the candidates won again, with a new session
+        assert lease.id != lost
+        assert all(c.term is not None and c.term.token > t for c, t in zip(candidates, tokens, strict=True))
+    finally:
+        for c in candidates:
+            c.stop()
+        lease.close()
+
+
+def test_a_lease_rejects_a_different_ttl_or_discovery(discovery: swarmha.Discovery) -> None:
+    lease = swarmha.Lease(discovery, ttl=LONG_TTL)
+    with pytest.raises(swarmha.errors.ConfigurationError, match="lease"):
+        swarmha.Candidate(discovery, KEY, node="n", ttl=SHORT_TTL, lease=lease)
+    other = swarmha.connect("memory://another-lease-store")
+    try:
+        with pytest.raises(swarmha.errors.ConfigurationError, match="lease"):
+            swarmha.Candidate(other, KEY, node="n", lease=lease)
+    finally:
+        other.close()
+        lease.close()

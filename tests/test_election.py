@@ -164,3 +164,47 @@ def test_a_term_claimed_with_a_ticket_granted_ahead_counts_from_the_tickets_cloc
         assert c._campaign.deadline == pytest.approx(ticket.clock + 20.0, abs=1e-6)
     finally:
         c.stop()
+
+
+def test_a_lease_renews_once_per_period_for_all_its_candidates(discovery: MemoryDiscovery) -> None:
+    renewals: list[float] = []
+    lease = swarmha.Lease(discovery, ttl=1.5)
+    session = lease.session()
+    real = session.keepalive
+
+    def counted() -> None:
+        renewals.append(time.monotonic())
+        real()
+
+    session.keepalive = counted  # type: ignore[method-assign]
+    candidates = [swarmha.Candidate(discovery, f"shard/{i}", node="n", lease=lease).start() for i in range(50)]
+    try:
+        wait_for(lambda: all(c.is_leader for c in candidates), 5.0, "every shard to be led")
+        started, count = time.monotonic(), len(renewals)
+        wait_for(lambda: time.monotonic() - started >= 3.0, 5.0, "two ttls of renewals")
+        periods = (time.monotonic() - started) / 0.5  # ttl/3
+        assert all(c.is_leader for c in candidates)
+        # 50 candidates renewing alone would send ~50 per period; sharing, one per period (and a spare for jitter)
+        assert len(renewals) - count <= periods + 2, renewals
+    finally:
+        for c in candidates:
+            c.stop()
+        lease.close()
+
+
+def test_threads_stay_few_however_many_keys_a_discovery_campaigns_for(discovery: MemoryDiscovery) -> None:
+    before = threading.active_count()
+    candidates = [swarmha.Candidate(discovery, f"shard/{i}", node="n", ttl=30.0).start() for i in range(300)]
+    rivals = [swarmha.Candidate(discovery, f"shard/{i}", node="r", ttl=30.0).start() for i in range(300)]
+    followers = [swarmha.Follower(discovery, f"shard/{i}").start() for i in range(300)]
+    try:
+        wait_for(lambda: all(c.is_leader for c in candidates), 10.0, "every shard to be led")
+        wait_for(lambda: all(f.leader is not None for f in followers), 10.0, "every follower to see its leader")
+        assert not any(r.is_leader for r in rivals)
+        # the engine: a timer and at most 4 workers for 900 state machines (it used to be a thread each)
+        assert threading.active_count() - before <= 5
+    finally:
+        for c in candidates + rivals:
+            c.stop()
+        for f in followers:
+            f.stop()

@@ -19,12 +19,16 @@ from types import FrameType
 from typing import Any, Self
 
 from swarmha.discovery import Discovery
-from swarmha.election._machinery import Campaign, Event, Follow, Kind, _Worker
+from swarmha.discovery._base import check_ttl
+from swarmha.election._lease import Lease
+from swarmha.election._machinery import Campaign, Event, Follow, Kind, Phase, _Worker
 from swarmha.election._values import Leader, Term
 from swarmha.errors import ConfigurationError
 
 __all__ = ["DEFAULT_SIGNALS", "CandidateBase", "FollowerBase", "latest"]
 
+#: A candidate's session TTL when neither ``ttl`` nor a lease is given.
+DEFAULT_TTL = 10.0
 #: What ``stop_on_signals()`` handles when given no signal: Ctrl-C and a service manager's stop.
 DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -101,8 +105,12 @@ class CandidateBase(_Face):
       the next candidate wins in one watch round trip; it leaves no thread behind. A crashed leader is replaced
       once the store expires its session, at most ``ttl`` (plus the store's own grace) after its last renewal.
 
-    ``ttl`` (seconds, > 0) is the session TTL; the leader renews every ``ttl/3``. ``renew_deadline`` defaults
-    to ``2/3·ttl`` and must lie strictly between ``ttl/3`` and ``ttl``. Bad values raise
+    ``lease``: a :class:`~swarmha.Lease` of ``discovery`` to share one TTL session with other candidates (one
+    keepalive for all their keys; when that session is lost every term it carried ends at once); without it the
+    candidate has a session of its own and fails independently.
+
+    ``ttl`` (seconds, > 0; default 10, or the lease's) is the session TTL; the leader renews every ``ttl/3``.
+    ``renew_deadline`` defaults to ``2/3·ttl`` and must lie strictly between ``ttl/3`` and ``ttl``. Bad values raise
     :class:`~swarmha.errors.ConfigurationError` (a :class:`ValueError`) at once.
     """
 
@@ -111,11 +119,16 @@ class CandidateBase(_Face):
         discovery: Discovery,
         key: str,
         node: str,
-        ttl: float = 10.0,
+        ttl: float | None = None,
         renew_deadline: float | None = None,
+        *,
+        lease: Lease | None = None,
     ) -> None:
         super().__init__()
-        self._campaign = self._worker = Campaign(discovery, key, node, ttl, renew_deadline)
+        if lease is not None and ttl is not None and check_ttl(ttl) != lease.ttl:
+            raise ConfigurationError(f"ttl ({ttl}) differs from the lease's ({lease.ttl}): give one or the other")
+        ttl = ttl if ttl is not None else lease.ttl if lease is not None else DEFAULT_TTL
+        self._campaign = self._worker = Campaign(discovery, key, node, ttl, renew_deadline, lease=lease)
 
     @property
     def node(self) -> str:
@@ -128,6 +141,19 @@ class CandidateBase(_Face):
     @property
     def renew_deadline(self) -> float:
         return self._campaign.renew_deadline
+
+    @property
+    def lease(self) -> Lease | None:
+        """The shared :class:`~swarmha.Lease` this candidate campaigns with, or None (a session of its own)."""
+        return self._campaign.lease
+
+    @property
+    def phase(self) -> Phase:
+        """Where the campaign is: LATENT, WAITING, QUEUED (waiting with a ticket), LEADING, STOPPING, STOPPED.
+
+        Informative (a LEADING campaign whose deadline passed a moment ago still says so until its machine
+        runs): :attr:`is_leader` is what decides leadership."""
+        return self._campaign.phase
 
     @property
     def is_leader(self) -> bool:

@@ -49,6 +49,7 @@ from tenacity import RetryCallState, wait_exponential_jitter
 from swarmha.discovery import Discovery, Record, Session, Watch
 from swarmha.discovery._base import check_key, check_ttl
 from swarmha.election._engine import Engine, Park, Task
+from swarmha.election._lease import Lease
 from swarmha.election._values import Leader, Term
 from swarmha.errors import ConfigurationError, DiscoveryError, SessionExpired
 
@@ -258,7 +259,12 @@ class Campaign(_Worker):
         ttl: float,
         renew_deadline: float | None = None,
         resign_holdoff: float | None = None,
+        lease: Lease | None = None,
     ) -> None:
+        if lease is not None:
+            if lease.discovery is not discovery:
+                raise ConfigurationError("the lease belongs to another Discovery than the candidate's")
+            ttl = lease.ttl
         ttl = check_ttl(ttl)
         deadline = 2.0 * ttl / 3.0 if renew_deadline is None else check_ttl(renew_deadline, "renew_deadline")
         if deadline >= ttl:
@@ -275,6 +281,7 @@ class Campaign(_Worker):
         self.ttl = ttl
         self.renew_deadline = deadline
         self.resign_holdoff = min(1.0, ttl / 3.0) if resign_holdoff is None else float(resign_holdoff)
+        self.lease = lease
         self._phase = Phase.LATENT
         self._lead: _Lead | None = None
         self._valid: tuple[Term, float] | None = None  # (term, deadline) while leading: what ``term`` reads
@@ -423,7 +430,7 @@ class Campaign(_Worker):
         if self._stale is not None:
             session, token = self._stale
             self._d.delete(self.key, token)
-            session.close()
+            self._drop_session(session)
             self._stale = None
         record = None if self._vacant else self._d.get(self.key)
         self._vacant = False
@@ -434,16 +441,19 @@ class Campaign(_Worker):
             # ``ours``: the ticket's queue entry became the holder (the holders before it left): claim it. A
             # ticket was queued behind another holder, so a resign's holdoff has done its job already.
             sent = time.monotonic()
-            if ticket is None:
+            if ticket is None and self.lease is None:
                 # A backend with key queues (ZooKeeper) queues a ticket now: if another candidate wins this
                 # round, the ticket simply stays queued behind it (no withdraw, no new session to wait with).
                 ticket = self._d.prepare(self.key, self.node, self.ttl)
-            session = ticket if ticket is not None else self._d.session(self.ttl)
+            session = ticket if ticket is not None else self._open_session()
             self._ticket = None
             try:
                 created = self._d.create(self.key, self.node, session)
+            except SessionExpired:
+                self._drop_session(session, expired=True)  # a lease's: the next session() opens a new one
+                raise
             except BaseException:
-                session.close()
+                self._drop_session(session)
                 raise
             if created is not None:
                 # a ticket whose lease was granted ahead (etcd) started its ttl clock before ``sent``
@@ -453,13 +463,13 @@ class Campaign(_Worker):
             if session is ticket:
                 self._ticket = ticket  # still queued behind the new holder: keep its place
             else:
-                session.close()
+                self._drop_session(session)
             record = self._d.get(self.key)
             if self._ticket_holds(record):
                 self._vacant = True  # the holder left between create() and get(): claim at once
                 return
         timeout = None if record is not None else max(0.0, self._holdoff_until - time.monotonic())
-        if record is not None and self._ticket is None:
+        if record is not None and self._ticket is None and self.lease is None:
             # So that winning after the holder goes costs as little as the backend can make it (a read on
             # ZooKeeper, no handshake). Never raises; None when the backend has nothing to prepare.
             self._ticket = self._d.prepare(self.key, self.node, self.ttl)
@@ -504,11 +514,10 @@ class Campaign(_Worker):
                 if current is None or current.token != lead.term.token:
                     self._demote("the leader key was deleted or replaced", stale=False)
             return
-        sent = time.monotonic()
         try:
-            lead.session.keepalive()
+            sent = self._renew(lead.session)
         except SessionExpired:
-            self._demote("the session expired in the store", stale=False)
+            self._demote("the session expired in the store", stale=False, expired=True)
             return
         with self._lock:
             if self._lead is lead and time.monotonic() < self._deadline:
@@ -524,7 +533,27 @@ class Campaign(_Worker):
             lead.watch.close()
             lead.watch = None
 
-    def _demote(self, reason: str, *, stale: bool) -> None:
+    # -- sessions: the candidate's own, or the shared lease's -----------------------------------------------
+
+    def _open_session(self) -> Session:
+        return self.lease.session() if self.lease is not None else self._d.session(self.ttl)
+
+    def _renew(self, session: Session) -> float:
+        """Renew ``session``; return when the renewal that succeeded was sent (a lease's may be shared)."""
+        if self.lease is not None:
+            return self.lease.renew(session)
+        sent = time.monotonic()
+        session.keepalive()
+        return sent
+
+    def _drop_session(self, session: Session, *, expired: bool = False) -> None:
+        """Done with ``session``: close our own; a lease's stays (``expired``: it is gone, the lease opens anew)."""
+        if self.lease is None:
+            session.close()
+        elif expired:
+            self.lease.lost(session)
+
+    def _demote(self, reason: str, *, stale: bool, expired: bool = False) -> None:
         """End the term. ``stale``: the store may still hold our key (we could not reach it), so keep the
         session and token to delete it once the store answers; otherwise the key is already gone and the
         session is closed to free what it holds (an etcd lease, a ZooKeeper queue entry)."""
@@ -535,7 +564,7 @@ class Campaign(_Worker):
         if stale:
             self._stale = (lead.session, lead.term.token)
         else:
-            lead.session.close()
+            self._drop_session(lead.session, expired=expired)
 
     def _release(self, reason: str) -> None:
         """End the term and hand the key over (``Discovery.release``: removed through our own session, which
@@ -550,7 +579,10 @@ class Campaign(_Worker):
         """Remove the key of a term already ended (LOST emitted) through its session, then close its watch."""
         log.info("%s: leadership released by %s (token %d): %s", self.key, self.node, lead.term.token, reason)
         try:
-            self._d.release(self.key, lead.term.token, lead.session)
+            if self.lease is None:
+                self._d.release(self.key, lead.term.token, lead.session)
+            else:  # the lease carries other keys: remove ours only
+                self._d.delete(self.key, lead.term.token)
         except DiscoveryError as e:
             log.warning("%s: could not delete the leader key on release (it expires with the TTL): %s", self.key, e)
         finally:
@@ -569,7 +601,7 @@ class Campaign(_Worker):
             session, token = self._stale
             with contextlib.suppress(DiscoveryError):
                 self._d.delete(self.key, token)
-            session.close()
+            self._drop_session(session)
 
 
 class Follow(_Worker):
