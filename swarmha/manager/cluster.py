@@ -19,15 +19,15 @@ import fnmatch
 import logging
 import random
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import attrs
-import httpx
 
 from swarmha import Discovery
 from swarmha.errors import DiscoveryError
-from swarmha.manager.forward import Pool, Upstream
+from swarmha.manager.forward import Pool, Response, Upstream, UpstreamBroken, UpstreamUnreachable, request
 
 __all__ = ["NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine"]
 
@@ -53,6 +53,7 @@ class Engine:
     error: str = ""
     info: dict[str, Any] = attrs.field(factory=dict)
     api_version: str = ""
+    min_api_version: str = ""
     containers: int = 0
     running: int = 0
     paused: int = 0
@@ -94,6 +95,22 @@ class Engine:
             out[k] = v
         return out
 
+    @property
+    def ip(self) -> str:
+        return self.upstream.host
+
+    def node(self) -> dict[str, Any]:
+        """Swarm classic's ``Node`` object, carried by container inspect and list answers."""
+        return {
+            "ID": self.id,
+            "IP": self.ip,
+            "Addr": self.addr,
+            "Name": self.name,
+            "Cpus": self.ncpu,
+            "Memory": self.memory,
+            "Labels": self.labels,
+        }
+
 
 def _split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
@@ -125,12 +142,14 @@ class Cluster:
         self._engines: dict[str, Engine] = {}
         self._owner: dict[str, str] = {}  # container or exec id -> engine addr
         self._reservations: dict[str, tuple[float, int]] = {}  # container id -> (cpus, memory)
-        verify: ssl.SSLContext | bool = engine_ssl if engine_ssl is not None else False
-        self.http = httpx.AsyncClient(timeout=timeout, verify=verify, trust_env=False)
-        #: Kept-alive connections to the engines for the request path (forwarding, aggregation).
+        #: Kept-alive connections to the engines: the one HTTP client (:mod:`swarmha.manager.forward`) carries the
+        #: refresh, the aggregation and the forwarding.
         self.pool = Pool()
         self.timeout = timeout
         self._refreshing: asyncio.Lock = asyncio.Lock()
+        #: Called with (engine, "engine_connect" | "engine_disconnect") when an engine's health changes (the
+        #: ``/events`` streams turn them into Swarm's events).
+        self.listeners: list[Callable[[Engine, str], None]] = []
 
     @property
     def engines(self) -> list[Engine]:
@@ -144,7 +163,28 @@ class Cluster:
 
     async def close(self) -> None:
         self.pool.close()
-        await self.http.aclose()
+
+    def _notify(self, e: Engine, what: str) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(e, what)
+            except Exception:
+                log.exception("an engine event listener failed")
+
+    async def call(
+        self,
+        e: Engine,
+        method: str,
+        target: str,
+        *,
+        body: bytes | None = None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        timeout: float | None = None,
+    ) -> Response:
+        """One request to engine ``e`` over the pool (raises UpstreamUnreachable / UpstreamBroken)."""
+        return await request(
+            self.pool, e.upstream, method, target, body=body, headers=headers, timeout=timeout or self.timeout
+        )
 
     async def addresses(self) -> list[str]:
         """The engine addresses registered now (raises DiscoveryError when the store does not answer)."""
@@ -164,7 +204,9 @@ class Cluster:
             for addr in list(self._engines):
                 if addr not in addrs:
                     log.info("engine %s left the cluster", addr)
-                    del self._engines[addr]
+                    gone = self._engines.pop(addr)
+                    if gone.healthy:
+                        self._notify(gone, "engine_disconnect")
             for addr in addrs:
                 if addr not in self._engines:
                     try:
@@ -189,8 +231,10 @@ class Cluster:
         try:
             info = (await self._get(e, "/info")).json()
             if not e.api_version:
-                e.api_version = str((await self._get(e, "/version")).json().get("ApiVersion", ""))
-            listed = (await self._get(e, "/containers/json", params={"all": "1"})).json()
+                version = (await self._get(e, "/version")).json()
+                e.api_version = str(version.get("ApiVersion", ""))
+                e.min_api_version = str(version.get("MinAPIVersion", ""))
+            listed = (await self._get(e, "/containers/json?all=1")).json()
             cpus, memory = 0.0, 0
             for c in listed:
                 cid = c["Id"]
@@ -199,14 +243,18 @@ class Cluster:
                     self._reservations[cid] = await self._reservation(e, cid)
                 cpus += self._reservations[cid][0]
                 memory += self._reservations[cid][1]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
+        except (UpstreamUnreachable, UpstreamBroken, ValueError, KeyError, TypeError) as err:
+            was = e.healthy
             if e.healthy or not e.error:
                 log.warning("engine %s is unhealthy: %s", e.addr, err or type(err).__name__)
             e.healthy, e.error = False, str(err) or type(err).__name__
             e.updated_at = datetime.datetime.now(datetime.UTC)
+            if was:
+                self._notify(e, "engine_disconnect")
             return
         if not e.healthy and e.error:
             log.info("engine %s is healthy again", e.addr)
+        was = e.healthy
         e.info, e.id, e.healthy, e.error = info, str(info.get("ID", "")), True, ""
         e.containers = len(listed)
         e.running = sum(1 for c in listed if c.get("State") == "running")
@@ -214,17 +262,22 @@ class Cluster:
         e.stopped = e.containers - e.running - e.paused
         e.reserved_cpus, e.reserved_memory = cpus, memory
         e.updated_at = datetime.datetime.now(datetime.UTC)
+        if not was:
+            if not e.name or e.name == e.addr:
+                e.name = str(info.get("Name") or e.addr)  # named before the event (refresh renames duplicates)
+            self._notify(e, "engine_connect")
 
     async def _reservation(self, e: Engine, cid: str) -> tuple[float, int]:
-        with contextlib.suppress(httpx.HTTPError, ValueError):
+        with contextlib.suppress(UpstreamUnreachable, UpstreamBroken, ValueError):
             r = await self._get(e, f"/containers/{cid}/json")
             hc = r.json().get("HostConfig") or {}
             return (float(hc.get("NanoCpus") or 0) / 1e9, int(hc.get("Memory") or 0))
         return (0.0, 0)
 
-    async def _get(self, e: Engine, path: str, **kw: Any) -> httpx.Response:
-        r = await self.http.get(e.url + path, **kw)
-        r.raise_for_status()
+    async def _get(self, e: Engine, path: str) -> Response:
+        r = await self.call(e, "GET", path)
+        if r.status != 200:
+            raise ValueError(f"GET {path} answered {r.status}")
         return r
 
     # -- finding what lives where ----------------------------------------------------------------------
@@ -256,10 +309,10 @@ class Cluster:
 
         async def has(e: Engine) -> Engine | None:
             try:
-                r = await self.http.get(f"{e.url}/{kind}/{ident}/json")
-            except httpx.HTTPError:
+                r = await self.call(e, "GET", f"/{kind}/{quote(ident, safe='/:@')}/json")
+            except (UpstreamUnreachable, UpstreamBroken):
                 return None
-            return e if r.status_code == 200 else None
+            return e if r.status == 200 else None
 
         for e in await asyncio.gather(*(has(e) for e in candidates)):
             if e is not None:

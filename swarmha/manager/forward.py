@@ -40,9 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import attrs
 
@@ -53,12 +55,15 @@ __all__ = [
     "IDEMPOTENT",
     "Pool",
     "Response",
+    "Streamed",
     "Upstream",
     "UpstreamBroken",
     "UpstreamUnreachable",
     "fetch",
     "forward",
+    "request",
     "splice",
+    "stream",
 ]
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -451,19 +456,53 @@ async def _pump(ex: Exchange, reader: asyncio.StreamReader, kind: str, length: i
 
 @attrs.frozen
 class Response:
-    """A whole upstream response (from :func:`fetch`)."""
+    """A whole upstream response (from :func:`request` or :func:`fetch`)."""
 
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
 
+    def header(self, name: str, default: str = "") -> str:
+        """The first value of header ``name`` (case-insensitive), as text."""
+        key = name.lower().encode("ascii")
+        for n, v in self.headers:
+            if n.lower() == key:
+                return v.decode("latin-1")
+        return default
 
-async def fetch(pool: Pool, up: Upstream, target: str, *, timeout: float = 5.0, limit: int = 64 << 20) -> Response:
-    """GET ``target`` from ``up`` over a pooled connection and read the whole answer (for aggregation).
+    def json(self) -> Any:
+        """The body parsed as JSON (ValueError when it is not)."""
+        return json.loads(self.body)
 
-    Raises :class:`UpstreamUnreachable`, :class:`UpstreamBroken` (also on a timeout or a body over ``limit``).
+
+def _client_request(
+    method: str, target: str, up: Upstream, body: bytes | None, headers: Iterable[tuple[bytes, bytes]]
+) -> bytes:
+    sent = [(b"host", str(up).encode())]
+    sent += [(n, v) for n, v in headers if n.lower() not in _NOT_COPIED and n.lower() != b"host"]
+    if body is not None and (body or method in ("POST", "PUT", "PATCH")):
+        sent.append((b"content-length", b"%d" % len(body)))
+    return _request_head(method, target, sent) + (body or b"")
+
+
+async def request(
+    pool: Pool,
+    up: Upstream,
+    method: str,
+    target: str,
+    *,
+    body: bytes | None = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    timeout: float = 5.0,
+    limit: int = 64 << 20,
+) -> Response:
+    """One request to ``up`` over a pooled connection, the whole answer read (the manager's own calls).
+
+    ``timeout`` bounds the whole exchange (the connection is aborted when it passes). Raises
+    :class:`UpstreamUnreachable` (nothing sent), :class:`UpstreamBroken` (also on a timeout or a body over
+    ``limit``). A pooled connection found closed before it answered anything is replaced once.
     """
-    request = _request_head("GET", target, [(b"host", str(up).encode())])
+    data = _client_request(method, target, up, body, headers)
     for attempt in (0, 1):
         link = pool.take(up) if attempt == 0 else None
         if link is None:
@@ -472,7 +511,7 @@ async def fetch(pool: Pool, up: Upstream, target: str, *, timeout: float = 5.0, 
         timer = link.loop.call_later(timeout, link.expire)
         try:
             writer = link.writer
-            writer.write(request)
+            writer.write(data)
             if writer.transport.get_write_buffer_size():
                 await writer.drain()
             try:
@@ -482,21 +521,21 @@ async def fetch(pool: Pool, up: Upstream, target: str, *, timeout: float = 5.0, 
                     link.close()
                     continue
                 raise
-            kind, length = _framing(head, "GET")
-            if kind == "length" and length <= limit:  # the common case: one read, no generator
-                body = await link.reader.readexactly(length) if length else b""
+            kind, length = _framing(head, method)
+            if kind in ("length", "none") and length <= limit:  # the common case: one read, no generator
+                content = await link.reader.readexactly(length) if length else b""
             else:
                 chunks, size = [], 0
-                async for data in _body(link.reader, kind, length):
-                    size += len(data)
+                async for piece in _body(link.reader, kind, length):
+                    size += len(piece)
                     if size > limit:
                         raise ValueError(f"response larger than {limit} bytes")
-                    chunks.append(data)
-                body = b"".join(chunks)
+                    chunks.append(piece)
+                content = b"".join(chunks)
         except _BROKEN as e:
             link.close()
             why = f"no answer within {timeout:g} s" if link.expired else str(e) or type(e).__name__
-            raise UpstreamBroken(f"{up} failed: {why}", True) from e
+            raise UpstreamBroken(f"{up} failed: {why}", method in IDEMPOTENT and not body) from e
         except BaseException:
             link.close()
             raise
@@ -506,8 +545,91 @@ async def fetch(pool: Pool, up: Upstream, target: str, *, timeout: float = 5.0, 
             pool.release(link)
         else:
             link.close()
-        return Response(head.status, head.headers, body)
+        return Response(head.status, head.headers, content)
     raise AssertionError("unreachable")
+
+
+async def fetch(pool: Pool, up: Upstream, target: str, *, timeout: float = 5.0, limit: int = 64 << 20) -> Response:
+    """``GET target`` with :func:`request` (for aggregation)."""
+    return await request(pool, up, "GET", target, timeout=timeout, limit=limit)
+
+
+@attrs.define
+class Streamed:
+    """A response whose body is read as it arrives (from :func:`stream`)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    _reader: asyncio.StreamReader
+    _kind: str
+    _length: int
+
+    def header(self, name: str, default: str = "") -> str:
+        return Response(self.status, self.headers, b"").header(name, default)
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (chunked decoded); ConnectionError and friends when the upstream breaks."""
+        return _body(self._reader, self._kind, self._length)
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        """The body split into lines (each without its line end; a last line without one is included)."""
+        rest = b""
+        async for chunk in self.chunks():
+            rest += chunk
+            *done, rest = rest.split(b"\n")
+            for line in done:
+                yield line.rstrip(b"\r")
+        if rest:
+            yield rest
+
+    async def read(self, limit: int = 64 << 20) -> bytes:
+        chunks, size = [], 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"response larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@contextlib.asynccontextmanager
+async def stream(
+    up: Upstream,
+    method: str,
+    target: str,
+    *,
+    body: bytes | AsyncIterator[bytes] | None = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    connect_timeout: float = 5.0,
+) -> AsyncIterator[Streamed]:
+    """A request to ``up`` on a connection of its own whose response body is read as it arrives (``events``,
+    pull progress, ``save``); the connection is closed on exit. ``body`` may be an async iterator (sent
+    chunked). Raises :class:`UpstreamUnreachable`, :class:`UpstreamBroken` before the head; reading the body
+    raises what the connection raises (OSError, ValueError, asyncio.IncompleteReadError)."""
+    reader, writer = await connect(up, connect_timeout)
+    try:
+        try:
+            if body is None or isinstance(body, bytes):
+                writer.write(_client_request(method, target, up, body, headers))
+            else:
+                hs = [*headers, (b"transfer-encoding", b"chunked")]
+                sent = [(b"host", str(up).encode())]
+                skip = _HOP | {b"host", b"content-length"}
+                sent += [(n, v) for n, v in hs if n.lower() not in skip]
+                writer.write(_request_head(method, target, sent))
+                async for chunk in body:
+                    if chunk:
+                        writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                        await writer.drain()
+                writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            head = await _read_head(reader)
+            kind, length = _framing(head, method)
+        except _BROKEN as e:
+            raise UpstreamBroken(f"{up} failed before answering: {e or type(e).__name__}", False) from e
+        yield Streamed(head.status, head.headers, reader, kind, length)
+    finally:
+        writer.close()
 
 
 async def _pipe(src: asyncio.StreamReader, early: bytes, dst: asyncio.StreamWriter) -> None:

@@ -56,7 +56,7 @@ except ImportError:  # pragma: no cover - the extra swarmha[fast] is not install
 
 from swarmha.manager.tls import HalfCloseTLS
 
-__all__ = ["HEAD_TIMEOUT", "MAX_HEAD", "BadRequest", "ClientGone", "Exchange", "Handler", "Server", "strip_version"]
+__all__ = ["HEAD_TIMEOUT", "MAX_HEAD", "BadRequest", "ClientGone", "Exchange", "Handler", "Server"]
 
 log = logging.getLogger("swarmha.manager.http")
 
@@ -90,15 +90,6 @@ PARSER = "llhttp" if httptools is not None else "h11"
 _REQUEST_LINE = re.compile(rb"(%b) ([\x21-\x7e]+) HTTP/(1\.[01])\r\n" % _TOKEN)
 # request headers for which h11 parses the request (its body framing, hijacking and Host rules are h11's)
 _H11_PARSES = frozenset({b"transfer-encoding", b"upgrade"})
-
-
-def strip_version(path: str) -> str:
-    """``/v1.41/containers/json`` -> ``/containers/json`` (the Docker API version prefix is optional)."""
-    if path.startswith("/v"):
-        head, _, rest = path[2:].partition("/")
-        if head.replace(".", "", 1).isdigit():
-            return "/" + rest
-    return path
 
 
 class ClientGone(Exception):
@@ -231,13 +222,14 @@ class Exchange:
         self._left = length  # body bytes not read yet (fast path)
         self._connection = connection
         target = self.target
-        if target.startswith("/") and not target.startswith("//") and "#" not in target:
-            path, _, self._query = target.partition("?")  # what urlsplit gives for an origin-form target
+        if target.startswith("/"):  # origin form: "//x" is the path "//x", never an authority (urlsplit's view)
+            path, _, self._query = target.partition("?")
+            path = path.partition("#")[0]
         else:
             parts = urlsplit(target)
-            path, self._query = parts.path, parts.query
-        #: Path without the ``/vX.Y`` API version prefix.
-        self.path: str = strip_version(path)
+            path, self._query = parts.path or "/", parts.query
+        #: The request's path, as sent (the application reads its own words into it).
+        self.path: str = path
         self._parsed_query: dict[str, list[str]] | None = None
         self.upgrade: bool = has_upgrade and b"upgrade" in connection
         #: HTTP/1.1 without ``Connection: close``: the connection stays open after this exchange (h11's rule).

@@ -37,7 +37,8 @@ from typing import Any
 import attrs
 
 from swarmha import Discovery, Leader, aio
-from swarmha.manager.api import PrimaryAPI
+from swarmha.manager.api import PrimaryAPI, docker_path
+from swarmha.manager.api._docker import DockerError
 from swarmha.manager.cluster import Cluster
 from swarmha.manager.forward import Pool, Upstream, UpstreamBroken, UpstreamUnreachable, forward
 from swarmha.manager.http import Exchange, Server
@@ -183,10 +184,16 @@ class Manager:
 
     async def handle(self, ex: Exchange) -> None:
         """Answer /_ping and /info here; serve the rest as primary or forward it to the primary."""
-        if ex.path == "/_ping" and ex.method in ("GET", "HEAD"):
-            return await self.api.ping(ex)
-        if ex.path == "/info" and ex.method == "GET":
-            return await ex.json(200, self._info())
+        version, path = docker_path(ex)
+        if path in ("/_ping", "/info"):
+            try:
+                self.api.check_version(version)
+            except DockerError as e:
+                return await ex.error(e.status, str(e))
+            if path == "/_ping" and ex.method in ("GET", "HEAD"):
+                return await self.api.ping(ex)
+            if path == "/info" and ex.method == "GET":
+                return await ex.json(200, self._info())
         if self.is_primary:
             return await self.api.handle(ex)
         await self._forward(ex)
