@@ -8,17 +8,15 @@ happened.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
-from tests.docker_cluster import Cluster, Lines, cli, cluster, pair, popen_cli
+from tests.docker_cluster import Cluster, cli, cluster, pair
 from tests.docker_engines import IMAGE, NAMES, DockerEngine, Registry, docker_engines, registry
 from tests.dockerd import busybox_tar
 from tests.helpers import wait_for
@@ -122,3 +120,152 @@ def test_save_and_load_go_through_the_cluster(cluster: Cluster, replica: Manager
     assert loaded.returncode == 0 and ref in loaded.stdout, loaded.stderr
     assert all(_has_image(e, ref) for e in cluster.engines)  # docker load: on every engine
     cli(replica, "rmi", ref)
+
+
+# -- networks ----------------------------------------------------------------------------------------------------
+
+
+def _on(e: DockerEngine, kind: str, name: str) -> bool:
+    return e.docker(kind, "inspect", name, check=False).returncode == 0
+
+
+def test_networks_are_listed_as_node_name_created_on_a_node_and_routed(cluster: Cluster, replica: ManagerProc) -> None:
+    listed = cli(replica, "network", "ls", "--format", "{{.Name}}").stdout.split()
+    assert {f"{n}/host" for n in NAMES} | {f"{n}/none" for n in NAMES} <= set(listed)
+    net = _unique("net")
+    assert cli(replica, "network", "create", f"{NAMES[0]}/{net}").returncode == 0
+    assert [_on(e, "network", net) for e in cluster.engines] == [True, False]
+    assert json.loads(cli(replica, "network", "inspect", f"{NAMES[0]}/{net}").stdout)[0]["Name"] == net
+    assert json.loads(cli(replica, "network", "inspect", net).stdout)[0]["Name"] == net
+    on_node = cli(replica, "network", "ls", "--filter", f"node={NAMES[1]}", "--format", "{{.Name}}").stdout.split()
+    assert on_node and all(n.startswith(f"{NAMES[1]}/") for n in on_node)
+    named = cli(replica, "network", "ls", "--filter", f"name={net}", "--format", "{{.Name}}").stdout.split()
+    assert named == [f"{NAMES[0]}/{net}"]
+    custom = cli(replica, "network", "ls", "--filter", "type=custom", "--format", "{{.Name}}").stdout.split()
+    assert f"{NAMES[0]}/{net}" in custom and not any(n.endswith("/host") for n in custom)
+    cid = cli(replica, "run", "-d", "--net", f"{NAMES[0]}/{net}", IMAGE, "sleep", "60").stdout.strip()
+    try:
+        assert cli(replica, "inspect", "-f", "{{.Node.Name}}", cid).stdout.strip() == NAMES[0]
+        ps = cli(replica, "ps", "-q", "--no-trunc", "--filter", f"network={NAMES[0]}/{net}").stdout.split()
+        assert ps == [cid]
+        cli(replica, "network", "disconnect", net, cid)
+        nets = cli(replica, "inspect", "-f", "{{json .NetworkSettings.Networks}}", cid).stdout
+        assert net not in nets
+        cli(replica, "network", "connect", f"{NAMES[0]}/{net}", cid)
+        assert net in cli(replica, "inspect", "-f", "{{json .NetworkSettings.Networks}}", cid).stdout
+    finally:
+        cli(replica, "rm", "-f", cid, check=False)
+    assert cli(replica, "network", "rm", f"{NAMES[0]}/{net}").returncode == 0
+    assert not _on(cluster.engines[0], "network", net)
+    gone = cli(replica, "network", "inspect", net, check=False)
+    assert gone.returncode != 0 and "not found" in gone.stderr
+
+
+# -- volumes -----------------------------------------------------------------------------------------------------
+
+
+def test_volumes_are_listed_as_node_name_and_a_container_goes_where_its_volume_is(
+    cluster: Cluster, replica: ManagerProc
+) -> None:
+    vol = _unique("vol")
+    assert cli(replica, "volume", "create", f"{NAMES[1]}/{vol}").stdout.strip() == vol
+    assert [_on(e, "volume", vol) for e in cluster.engines] == [False, True]
+    assert f"{NAMES[1]}/{vol}" in cli(replica, "volume", "ls", "--format", "{{.Name}}").stdout.split()
+    assert (
+        cli(replica, "volume", "ls", "-q", "--filter", f"node={NAMES[0]}").stdout.split().count(f"{NAMES[0]}/{vol}")
+        == 0
+    )
+    assert json.loads(cli(replica, "volume", "inspect", vol).stdout)[0]["Name"] == vol
+    for _ in range(2):  # wherever spread would go, the volume decides
+        out = cli(replica, "run", "--rm", "-v", f"{vol}:/data", IMAGE, "sh", "-c", "echo x >> /data/f; cat /data/f")
+        assert out.returncode == 0, out.stderr
+    assert out.stdout == "x\nx\n"  # the same volume both times, on node-2
+    in_use = cli(replica, "run", "-d", "-v", f"{vol}:/data", IMAGE, "sleep", "60").stdout.strip()
+    try:
+        assert cli(replica, "inspect", "-f", "{{.Node.Name}}", in_use).stdout.strip() == NAMES[1]
+    finally:
+        cli(replica, "rm", "-f", in_use)
+    assert cli(replica, "volume", "rm", vol).returncode == 0
+    assert not _on(cluster.engines[1], "volume", vol)
+    assert cli(replica, "volume", "inspect", vol, check=False).returncode != 0
+
+
+# -- containers and system ---------------------------------------------------------------------------------------
+
+
+def test_ps_last_limit_node_filter_and_the_node_object(cluster: Cluster, replica: ManagerProc) -> None:
+    made = []
+    try:
+        for i, node in enumerate((NAMES[0], NAMES[1], NAMES[0])):
+            made.append(
+                cli(replica, "create", "--network", "none", "-e", f"constraint:node=={node}", "--name",
+                    _unique(f"ps{i}"), IMAGE, "true").stdout.strip()
+            )  # fmt: skip
+            time.sleep(1.05)  # Created has a one-second resolution: the order below is the creation order
+        assert cli(replica, "ps", "-a", "-q", "--no-trunc", "-l").stdout.split() == [made[2]]
+        assert cli(replica, "ps", "-a", "-q", "--no-trunc", "-n", "2").stdout.split() == [made[2], made[1]]
+        on_one = cli(replica, "ps", "-a", "-q", "--no-trunc", "--filter", f"node={NAMES[0]}").stdout.split()
+        assert made[0] in on_one and made[2] in on_one and made[1] not in on_one
+        client = docker.APIClient(base_url=f"tcp://{replica.addr}", version="1.41", timeout=30)
+        try:
+            listed = {c["Id"]: c for c in client.containers(all=True)}
+            node = listed[made[1]]["Node"]
+            assert node["Name"] == NAMES[1] and node["Addr"] == cluster.engines[1].addr and node["Cpus"] > 0
+            assert node["Labels"]["node"] == "2"
+            inspected = client.inspect_container(made[1])["Node"]
+            assert set(inspected) == {"ID", "IP", "Addr", "Name", "Cpus", "Memory", "Labels"}
+            assert inspected["IP"] == "127.0.0.1" and inspected["Memory"] > 0
+        finally:
+            client.close()
+    finally:
+        for cid in made:
+            cli(replica, "rm", "-f", cid, check=False)
+
+
+def test_rename_update_commit_go_to_the_owning_engine(cluster: Cluster, replica: ManagerProc) -> None:
+    name, new = _unique("ren"), _unique("renamed")
+    cid = cli(replica, "create", "--network", "none", "--name", name, "-e", f"constraint:node=={NAMES[1]}", IMAGE,
+              "true").stdout.strip()  # fmt: skip
+    try:
+        assert cli(replica, "rename", name, new).returncode == 0
+        assert cluster.engines[1].docker("inspect", "-f", "{{.Name}}", cid).stdout.strip() == f"/{new}"
+        assert cli(replica, "update", "--restart", "on-failure:3", new).returncode == 0
+        policy = cluster.engines[1].docker("inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", cid).stdout
+        assert policy.strip() == "on-failure"
+        ref = f"{_unique('committed')}:1"
+        assert cli(replica, "commit", new, ref).returncode == 0
+        assert [_has_image(e, ref) for e in cluster.engines] == [False, True]
+        cli(replica, "rmi", ref)
+    finally:
+        cli(replica, "rm", "-f", cid, check=False)
+
+
+def test_info_counts_version_df_and_prune(cluster: Cluster, pair: Pair) -> None:
+    primary, replica = pair
+    direct = [docker.APIClient(base_url=e.host, version="1.41", timeout=30) for e in cluster.engines]
+    try:
+        cid = cli(replica, "run", "-d", "--network", "none", IMAGE, "sleep", "60").stdout.strip()
+
+        def counts() -> tuple[int, int, int]:
+            infos = [d.info() for d in direct]
+            return tuple(sum(i[k] for i in infos) for k in ("Containers", "ContainersRunning", "ContainersStopped"))
+
+        def shown() -> tuple[int, int, int]:
+            out = cli(replica, "info", "--format", "{{.Containers}} {{.ContainersRunning}} {{.ContainersStopped}}")
+            a, b, c = (int(x) for x in out.stdout.split())
+            return a, b, c
+
+        wait_for(lambda: shown() == counts(), 15, "docker info's counts to match the engines'", poll=0.2)
+        images = cli(replica, "info", "--format", "{{.Images}}").stdout.strip()
+        assert int(images) == sum(d.info()["Images"] for d in direct)
+        version = json.loads(cli(replica, "version", "--format", "{{json .Server}}").stdout)
+        assert version["ApiVersion"] == "1.41" and version["Os"] == "linux" and version["KernelVersion"]
+        df = cli(replica, "system", "df", "--format", "{{.Type}} {{.TotalCount}}").stdout
+        assert "Containers" in df and "Images" in df, df
+        cli(replica, "rm", "-f", cid)
+        stopped = cli(replica, "create", "--network", "none", IMAGE, "true").stdout.strip()
+        pruned = cli(replica, "container", "prune", "-f")
+        assert stopped in pruned.stdout, pruned.stdout + pruned.stderr
+    finally:
+        for d in direct:
+            d.close()
