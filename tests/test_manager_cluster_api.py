@@ -16,9 +16,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.docker_cluster import Cluster, cli, cluster, pair
+from tests.docker_cluster import Cluster, Lines, cli, cluster, pair, popen_cli
 from tests.docker_engines import IMAGE, NAMES, DockerEngine, Registry, docker_engines, registry
-from tests.dockerd import busybox_tar
+from tests.dockerd import busybox_tar, start_engine, stop_engine
 from tests.helpers import wait_for
 from tests.manager_support import ManagerProc
 
@@ -241,7 +241,7 @@ def test_rename_update_commit_go_to_the_owning_engine(cluster: Cluster, replica:
 
 
 def test_info_counts_version_df_and_prune(cluster: Cluster, pair: Pair) -> None:
-    primary, replica = pair
+    _, replica = pair
     direct = [docker.APIClient(base_url=e.host, version="1.41", timeout=30) for e in cluster.engines]
     try:
         cid = cli(replica, "run", "-d", "--network", "none", IMAGE, "sleep", "60").stdout.strip()
@@ -269,3 +269,32 @@ def test_info_counts_version_df_and_prune(cluster: Cluster, pair: Pair) -> None:
     finally:
         for d in direct:
             d.close()
+
+
+# -- events ------------------------------------------------------------------------------------------------------
+
+
+def test_events_carry_engine_connect_and_disconnect_and_until_ends_the_stream(
+    cluster: Cluster, replica: ManagerProc, tmp_path: Path
+) -> None:
+    since = time.time()
+    extra = start_engine(7, hostname="node-3")
+    follow = popen_cli(replica, "events", "--filter", "type=swarm", "--format", "{{.Action}} {{.Actor.Attributes}}")
+    try:
+        lines = Lines(follow)
+        record = cluster.discovery.put(f"docker/swarm/nodes/{extra.addr}", extra.addr, cluster.session)
+        line = lines.next(20) or ""
+        assert line.startswith("engine_connect") and "node-3" in line, line
+        cluster.discovery.delete(f"docker/swarm/nodes/{extra.addr}", record.token)
+        line = lines.next(20) or ""
+        assert line.startswith("engine_disconnect") and "node-3" in line, line
+    finally:
+        follow.kill()
+        follow.wait(10)
+        stop_engine(extra)
+    # --since/--until: the past, replayed, and the stream ends by itself
+    began = time.monotonic()
+    past = cli(replica, "events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}", "--format",
+               "{{.Type}} {{.Action}}", timeout=30)  # fmt: skip
+    assert time.monotonic() - began < 20
+    assert "swarm engine_connect" in past.stdout and "swarm engine_disconnect" in past.stdout, past.stdout
