@@ -9,6 +9,8 @@ happened.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -298,3 +300,62 @@ def test_events_carry_engine_connect_and_disconnect_and_until_ends_the_stream(
                "{{.Type}} {{.Action}}", timeout=30)  # fmt: skip
     assert time.monotonic() - began < 20
     assert "swarm engine_connect" in past.stdout and "swarm engine_disconnect" in past.stdout, past.stdout
+
+
+# -- docker-compose ----------------------------------------------------------------------------------------------
+
+COMPOSE = """\
+version: "3"
+services:
+  web:
+    image: {image}
+    command: sh -c "echo web-started; echo web > /data/web; sleep 300"
+    volumes: [data:/data]
+  worker:
+    image: {image}
+    command: sh -c "echo worker-started; sleep 300"
+    volumes: [data:/data]
+volumes:
+  data: {{}}
+"""
+
+
+def _compose(m: ManagerProc, project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(project), "DOCKER_HOST": f"tcp://{m.addr}"}
+    return subprocess.run(
+        ["docker-compose", "--no-ansi", "-p", project.name, *args], cwd=project, env=env, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_docker_compose_up_ps_logs_down_through_a_replica(
+    cluster: Cluster, replica: ManagerProc, tmp_path: Path
+) -> None:
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed")
+    project = tmp_path / _unique("proj")
+    project.mkdir()
+    (project / "docker-compose.yml").write_text(COMPOSE.format(image=IMAGE))
+    name = project.name
+    try:
+        up = _compose(replica, project, "up", "-d")
+        assert up.returncode == 0, up.stderr
+        ps = _compose(replica, project, "ps")
+        assert ps.returncode == 0, ps.stderr
+        assert f"{name}_web_1" in ps.stdout and f"{name}_worker_1" in ps.stdout and ps.stdout.count("Up") == 2
+        wait_for(
+            lambda: "worker-started" in _compose(replica, project, "logs").stdout, 20, "the services' logs", poll=0.2
+        )
+        logs = _compose(replica, project, "logs", "web").stdout
+        assert "web-started" in logs
+        where = [sum(_on(e, "container", f"{name}_{s}_1") for s in ("web", "worker")) for e in cluster.engines]
+        assert sorted(where) == [0, 2]  # both services where the named volume and the network are
+        volume_node = [e for e in cluster.engines if _on(e, "volume", f"{name}_data")]
+        assert len(volume_node) == 1
+        down = _compose(replica, project, "down", "-v")
+        assert down.returncode == 0, down.stderr
+        assert not any(_on(e, "container", f"{name}_web_1") for e in cluster.engines)
+        assert not any(_on(e, "network", f"{name}_default") for e in cluster.engines)
+        assert not any(_on(e, "volume", f"{name}_data") for e in cluster.engines)
+    finally:
+        _compose(replica, project, "down", "-v")
