@@ -10,7 +10,6 @@ import pytest
 
 from swarmha.manager.api.containers import _json_names, _rename_in_place
 
-
 NODE = {"Name": "n", "Addr": "127.0.0.1:1"}
 NODE_JSON = json.dumps(NODE, separators=(",", ":")).encode()
 

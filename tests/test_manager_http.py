@@ -154,7 +154,12 @@ def test_pipelined_keep_alive_requests_are_answered_one_by_one_in_order() -> Non
         b"GET /four HTTP/1.1\r\n" + H + b"X-A: a\r\n b\r\n\r\n"  # obsolete folding: h11 unfolds it (RFC 9112 5.2)
     )
     got = _responses(serve(exchange(payload)))
-    assert [(r["path"], r["body"]) for r in got] == [("/v1.41/one", ""), ("/two", "abc"), ("/three", "de"), ("/four", "")]
+    assert [(r["path"], r["body"]) for r in got] == [
+        ("/v1.41/one", ""),
+        ("/two", "abc"),
+        ("/three", "de"),
+        ("/four", ""),
+    ]
     assert got[3]["x"] == "a b"
 
 

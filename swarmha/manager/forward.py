@@ -390,15 +390,31 @@ async def _relay(
     headers = _request_headers(ex, body, str(up))
     try:
         head_bytes = _request_head(ex.method, target or ex.target, headers)
+        sending: asyncio.Task[None] | None = None
         if body is not None:
             writer.write(head_bytes + body)
         else:
             writer.write(head_bytes)
-            if ex.has_body:
-                await _send_streamed_body(ex, writer, ex.chunked)
-        if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
+            if ex.has_body:  # sent while the answer is awaited: an upstream may answer (413) before the body ends
+                sending = asyncio.ensure_future(_send_streamed_body(ex, writer, ex.chunked))
+        if sending is None and (writer.transport.get_write_buffer_size() or writer.transport.is_closing()):
             await writer.drain()
-        head = await _read_head(reader)
+        try:
+            head = await _read_head(reader)
+        except BaseException:
+            if sending is not None:
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sending
+            raise
+        if sending is not None:
+            if not sending.done() and head.status >= 400:
+                sending.cancel()  # refused before the whole body was sent (413): the rest is not read
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sending
+                ex.abandon_body()
+            else:
+                await sending  # an early success: the body is sent whole first, as before
     except ClientGone:
         raise
     except _BROKEN as e:

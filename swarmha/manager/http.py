@@ -56,7 +56,18 @@ except ImportError:  # pragma: no cover - the extra swarmha[fast] is not install
 
 from swarmha.manager.tls import HalfCloseTLS
 
-__all__ = ["HEAD_TIMEOUT", "MAX_HEAD", "BadRequest", "ClientGone", "Exchange", "Handler", "Server"]
+__all__ = [
+    "HEAD_TIMEOUT",
+    "MAX_BODY",
+    "MAX_HEAD",
+    "BadRequest",
+    "BodyBudget",
+    "BodyRefused",
+    "ClientGone",
+    "Exchange",
+    "Handler",
+    "Server",
+]
 
 log = logging.getLogger("swarmha.manager.http")
 
@@ -69,6 +80,13 @@ IDLE_TIMEOUT = 120.0
 READ_SIZE = 64 * 1024
 #: A request head still incomplete once this many bytes arrived is read by h11 (incrementally) instead.
 FAST_HEAD_MAX = 8 * 1024
+
+#: Largest request body :meth:`Exchange.body` reads into memory; a larger one is refused (413) before it is read.
+MAX_BODY = 16 * 1024 * 1024
+#: Bytes of request bodies that all exchanges of one server may hold in memory at once (:class:`BodyBudget`).
+BODY_BUDGET = 64 * 1024 * 1024
+#: The largest Content-Length accepted (a signed 64-bit integer, as Go's net/http reads it); more is a 400.
+MAX_CONTENT_LENGTH = (1 << 63) - 1
 
 Handler = Callable[["Exchange"], Awaitable[None]]
 
@@ -98,6 +116,32 @@ class ClientGone(Exception):
 
 class BadRequest(Exception):
     """The client sent something that is not an acceptable HTTP/1.1 request (answered with 400)."""
+
+
+class BodyRefused(Exception):
+    """A request body that :meth:`Exchange.body` will not buffer: ``status`` 413 (over the limit) or 503 (the
+    server's :class:`BodyBudget` is spent). The answer closes the connection; the body is never read."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BodyBudget:
+    """The bytes of request bodies one server holds in memory at once, shared by all its exchanges."""
+
+    def __init__(self, total: int = BODY_BUDGET) -> None:
+        self.total = total
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.total:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
 
 
 class _Head:
@@ -178,6 +222,8 @@ def _check_framing(http_version: bytes, headers: list[tuple[bytes, bytes]]) -> t
             chunked = True
         elif key == b"content-length" and length is None:  # h11 checked: digits, all values equal
             length = int(next(v for v in value.split(b",") if v.strip()))
+    if length is not None and length > MAX_CONTENT_LENGTH:
+        raise BadRequest("Content-Length out of range")
     if chunked and length is not None:
         raise BadRequest("both Transfer-Encoding and Content-Length")
     if chunked and http_version < b"1.1":
@@ -220,6 +266,8 @@ class Exchange:
         #: The declared body length (0 for none or for a chunked body).
         self.content_length: int = length
         self._left = length  # body bytes not read yet (fast path)
+        self._reserved = 0  # bytes of the body budget this exchange holds
+        self._close_after = False  # the body was refused unread: the connection closes after the answer
         self._connection = connection
         target = self.target
         if target.startswith("/"):  # origin form: "//x" is the path "//x", never an authority (urlsplit's view)
@@ -300,16 +348,51 @@ class Exchange:
             else:
                 raise ClientGone(f"unexpected {event!r} while reading the request body")
 
-    async def body(self, limit: int = 64 * 1024 * 1024) -> bytes:
-        """The whole request body; raises ValueError when it is larger than ``limit`` bytes."""
+    def abandon_body(self) -> None:
+        """The rest of the request body will not be read: the connection closes after the answer."""
+        if not self._body_done:
+            self._body_done = True
+            self._close_after = True
+
+    def _refuse(self, status: int, message: str) -> BodyRefused:
+        """Leave the body unread and close the connection after the answer."""
+        self._body_done = True
+        self._close_after = True
+        return BodyRefused(status, message)
+
+    async def body(self, limit: int = MAX_BODY) -> bytes:
+        """The whole request body (empty when it was read already).
+
+        Raises :class:`BodyRefused` 413 when it is larger than ``limit`` bytes (a declared length at once,
+        without reading it; a chunked body once it passes the limit), 503 when the server's bodies in memory
+        would pass its :class:`BodyBudget`. The bytes count against the budget until the exchange ends.
+        """
+        if self._body_done:
+            return b""
+        declared = self.content_length
+        if declared > limit:
+            raise self._refuse(413, f"request body of {declared} bytes is larger than the limit of {limit} bytes")
+        budget = self._conn.budget
+        if declared and not budget.take(declared):
+            raise self._refuse(503, "too many request bodies are being received; retry later")
+        self._reserved += declared
         chunks: list[bytes] = []
         size = 0
         async for chunk in self.body_chunks():
             size += len(chunk)
-            if size > limit:
-                raise ValueError(f"request body larger than {limit} bytes")
+            if self.chunked:
+                if size > limit:
+                    raise self._refuse(413, f"request body larger than the limit of {limit} bytes")
+                if not budget.take(len(chunk)):
+                    raise self._refuse(503, "too many request bodies are being received; retry later")
+                self._reserved += len(chunk)
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def release(self) -> None:
+        """Give the bytes :meth:`body` took back to the budget (the server does this when the exchange ends)."""
+        self._conn.budget.give(self._reserved)
+        self._reserved = 0
 
     async def _drain_body(self) -> None:
         if not self._body_done:  # the request must be read whole before the next one: drain what is left
@@ -350,6 +433,8 @@ class Exchange:
         """Send the response head; the body follows with :meth:`send` and :meth:`end`."""
         await self._drain_body()
         self.started = True
+        if self._close_after:
+            headers = [*headers, (b"connection", b"close")]
         await self._conn.write(self._send(self._response(status, headers, reason)))
 
     async def send(self, data: bytes) -> None:
@@ -376,6 +461,8 @@ class Exchange:
         await self._drain_body()
         self.started = True
         conn = self._conn
+        if self._close_after:
+            headers = [*headers, (b"connection", b"close")]
         fast = self._frame_fast(status, headers, body, reason)
         if fast is not None:
             conn.fast_cycle = True  # h11 did not see this response: the next cycle starts on a new h11 state
@@ -479,9 +566,10 @@ class _Conn:
     then what h11 holds past the request goes back to the buffer.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, budget: BodyBudget) -> None:
         self.reader = reader
         self.writer = writer
+        self.budget = budget
         #: Received bytes not parsed yet (while h11 does not parse: see :attr:`h11_parses`).
         self.buf = b""
         self._scanned = 0  # bytes of buf searched for the end of an incomplete head (less 3)
@@ -697,8 +785,10 @@ class _Conn:
 class Server:
     """Serve ``handler`` on one listening socket (plain or TLS)."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, budget: BodyBudget | None = None) -> None:
         self._handler = handler
+        #: The bytes of request bodies this server's exchanges may hold in memory at once.
+        self.budget = budget or BodyBudget()
         self._servers: list[asyncio.Server] = []
         self._busy: set[asyncio.Task[None]] = set()  # connections inside an exchange
         self._idle: set[asyncio.Task[None]] = set()  # connections waiting for the next request
@@ -748,7 +838,7 @@ class Server:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        conn = _Conn(reader, writer)
+        conn = _Conn(reader, writer, self.budget)
         try:
             await self._serve(conn, task)
         except (asyncio.CancelledError, ClientGone):
@@ -781,6 +871,11 @@ class Server:
                     await exchange.error(500, "swarmha: the handler sent no response")
             except ClientGone:
                 return
+            except BodyRefused as e:
+                if not exchange.started:
+                    with contextlib.suppress(Exception):
+                        await exchange.error(e.status, str(e))
+                return
             except BadRequest as e:
                 if not exchange.started:
                     await self._bad_request(conn, str(e))
@@ -793,6 +888,7 @@ class Server:
                 return
             finally:
                 self._busy.discard(task)
+                exchange.release()
             if not conn.next_cycle():
                 return  # switched, closing (MUST_CLOSE), or the exchange did not finish
 
