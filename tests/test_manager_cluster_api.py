@@ -359,3 +359,16 @@ def test_docker_compose_up_ps_logs_down_through_a_replica(
         assert not any(_on(e, "volume", f"{name}_data") for e in cluster.engines)
     finally:
         _compose(replica, project, "down", "-v")
+
+
+def test_docker_build_is_placed_by_a_constraint_build_arg_and_streams_its_output(
+    cluster: Cluster, replica: ManagerProc, tmp_path: Path
+) -> None:
+    (tmp_path / "Dockerfile").write_text(f"FROM {IMAGE}\nRUN echo built-here > /built\n")
+    ref = f"{_unique('built')}:1"
+    out = cli(replica, "build", "--build-arg", f"constraint:node=={NAMES[1]}", "-t", ref, str(tmp_path), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "built-here" in out.stdout + out.stderr or "Successfully tagged" in out.stdout
+    assert [_has_image(e, ref) for e in cluster.engines] == [False, True]
+    assert cli(replica, "run", "--rm", "--network", "none", ref, "cat", "/built").stdout == "built-here\n"
+    cli(replica, "rmi", ref)

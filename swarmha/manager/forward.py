@@ -494,8 +494,9 @@ class Response:
 def _client_request(
     method: str, target: str, up: Upstream, body: bytes | None, headers: Iterable[tuple[bytes, bytes]]
 ) -> bytes:
-    sent = [(b"host", str(up).encode())]
-    sent += [(n, v) for n, v in headers if n.lower() not in _NOT_COPIED and n.lower() != b"host"]
+    sent = [(b"host", b"%s:%d" % (up.host.encode(), up.port))]
+    if headers:
+        sent += [(n, v) for n, v in headers if n.lower() not in _NOT_COPIED and n.lower() != b"host"]
     if body is not None and (body or method in ("POST", "PUT", "PATCH")):
         sent.append((b"content-length", b"%d" % len(body)))
     return _request_head(method, target, sent) + (body or b"")

@@ -13,6 +13,7 @@ supports is refused with 400, as dockerd does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -96,6 +97,7 @@ class PrimaryAPI:
         self.networks = Networks(cluster)
         self.volumes = Volumes(cluster)
         self.system = System(cluster)
+        self._accepted: tuple[str | None, float] = (None, 0.0)  # (version, valid until)
         s = self.system
         self._routes: dict[tuple[str, str], Route] = {
             ("GET", "/_ping"): self.ping,
@@ -140,8 +142,17 @@ class PrimaryAPI:
         await ex.respond(200, b"OK", extra=self.ping_headers())
 
     def check_version(self, version: str | None) -> None:
-        """DockerError 400 for an API version the engines do not all support (dockerd's wording)."""
+        """DockerError 400 for an API version the engines do not all support (dockerd's wording).
+
+        The last accepted version is remembered for a second (the engines' versions change only on a refresh),
+        so the common request costs one comparison."""
+        if version is None:
+            return
+        now = time.monotonic()
+        if version == self._accepted[0] and now < self._accepted[1]:
+            return
         check_version(version, self.system.min_api_version(), self.api_version())
+        self._accepted = (version, now + 1.0)
 
     async def _info_route(self, ex: Exchange) -> None:
         await ex.json(200, self._info())

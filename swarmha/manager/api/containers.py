@@ -155,7 +155,8 @@ class Containers(Base):
     # -- create --------------------------------------------------------------------------------------------
 
     async def _pin(self, config: dict[str, Any]) -> None:
-        """Add ``constraint:node==`` for the networks and named volumes the container needs; rewrite ``node/``
+        """Add ``constraint:node==`` for the networks and named volumes the container needs (or, needing none, for
+        an image only one node has); rewrite ``node/``
         references to the engine's own names. DockerError 404 for a ``node/`` that no engine has, 409 when the
         needs name two different nodes."""
         hc = config.setdefault("HostConfig", {}) or {}
@@ -202,6 +203,12 @@ class Containers(Base):
         for mount in hc.get("Mounts") or []:
             if isinstance(mount, dict) and mount.get("Type", "volume") == "volume" and mount.get("Source"):
                 mount["Source"] = await volume(str(mount["Source"]))
+        image = str(config.get("Image") or "")
+        chosen = any(str(x).startswith("constraint:") for x in config.get("Env") or [])
+        if image and not needs and not chosen and len(self.cluster.healthy()) > 1:
+            have = await self.find("images", image)
+            if len(have) == 1:  # only one node has it (built or committed there): run it there, not pull it
+                needs.append((f"image {image}", have[0]))
         nodes = {e.addr: e for _, e in needs}
         if len(nodes) > 1:
             where = ", ".join(f"{what} is on {e.name}" for what, e in needs)
