@@ -104,7 +104,8 @@ class HalfCloseTLS(asyncio.Protocol):
 
     The application protocol is made by ``app_factory`` once the handshake succeeded. A failed handshake (a
     client without a certificate under ``--tlsverify``) sends the TLS alert and closes the connection; a
-    plain-HTTP request gets dockerd's ``400 Client sent an HTTP request to an HTTPS server.`` and the close; a handshake not done within ``handshake_timeout`` aborts it. Both are logged at debug level.
+    plain-HTTP request gets dockerd's ``400 Client sent an HTTP request to an HTTPS server.`` and the close; a
+    handshake not done within ``handshake_timeout`` aborts it. Both are logged at debug level.
     """
 
     def __init__(

@@ -215,8 +215,8 @@ class Images(Base):
         answers = await self.gather(ex.method, ex.target, engines, body=body if body else None, timeout=120)
         good = [(e, r) for e, r in answers if r is not None and r.status == ok]
         if not good:
-            e, r = answers[0]
-            status = r.status if r is not None else 502
+            first = answers[0][1]
+            status = first.status if first is not None else 502
             raise DockerError(status, "; ".join(engine_error_message(e, r) for e, r in answers))
         if what == "tag":
             return await ex.respond(201, b"", "text/plain; charset=utf-8")

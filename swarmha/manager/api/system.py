@@ -204,10 +204,10 @@ class System(Base):
                 if mine in done:
                     event = mine.result()
                     joined = self.cluster.engine_named(event["node"]["Addr"])
-                    if event["Action"] == "engine_connect" and joined is not None and until is None:
-                        if nodes is None or joined.name in nodes or joined.addr in nodes:
-                            live += 1 if joined.addr not in pumping or pumping[joined.addr].done() else 0
-                            follow(joined)
+                    chosen = joined is not None and (nodes is None or joined.name in nodes or joined.addr in nodes)
+                    if event["Action"] == "engine_connect" and joined is not None and chosen and until is None:
+                        live += 1 if joined.addr not in pumping or pumping[joined.addr].done() else 0
+                        follow(joined)
                     if wanted(event):
                         await ex.send(json.dumps(event).encode() + b"\n")
             await ex.end()
