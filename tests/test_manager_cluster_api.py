@@ -1,7 +1,7 @@
 """The whole Docker API through the cluster (images, networks, volumes, containers, system), as Swarm served it.
 
-Real parts only: the session's registry and two engines (``node-1``, ``node-2``, tests/docker_engines.py), a
-primary and a replica manager (tests/docker_cluster.py), the stock docker CLI and docker-py. Every command goes
+Real parts only: the session's registry and two engines (``node-1``, ``node-2``, tests/support/docker_engines.py), a
+primary and a replica manager (tests/support/docker_cluster.py), the stock docker CLI and docker-py. Every command goes
 through the replica (both hops) unless the test says otherwise; the engines are then asked directly what
 happened.
 """
@@ -18,11 +18,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.docker_cluster import Cluster, Lines, cli, cluster, pair, popen_cli
-from tests.docker_engines import IMAGE, NAMES, DockerEngine, Registry, docker_engines, registry
-from tests.dockerd import busybox_tar, start_engine, stop_engine
-from tests.helpers import wait_for
-from tests.manager_support import ManagerProc
+from tests.support.docker_cluster import Cluster, Lines, cli, cluster, pair, popen_cli
+from tests.support.docker_engines import IMAGE, NAMES, DockerEngine, Registry, docker_engines, registry
+from tests.support.dockerd import busybox_tar, start_engine, stop_engine
+from tests.support.helpers import wait_for
+from tests.support.manager import ManagerProc
 
 __all__ = ["cluster", "docker_engines", "pair", "registry"]  # the fixtures, imported so pytest finds them
 

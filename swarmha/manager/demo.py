@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -172,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
                 proc.wait()
         if join_thread is not None:
             join_thread.join(5)
+        shutil.rmtree(workdir, ignore_errors=True)  # the store and the managers' logs: nothing left behind
 
 
 def _show(state: dict[int, dict[str, str]]) -> None:

@@ -1,5 +1,5 @@
 """The session fixtures with a real registry and two real Docker engines for the manager tests (machinery:
-tests/dockerd.py).
+tests/support/dockerd.py).
 
 ``registry``: Debian's ``docker-registry`` on a loopback port, holding :data:`REGISTRY_IMAGE` (the test image
 pushed there), so a pull needs no public registry. ``docker_engines``: two engines with their own host
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.dockerd import (
+from tests.support.dockerd import (
     IMAGE,
     DockerEngine,
     Registry,

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 import swarmha
-from tests.docker_engines import DockerEngine, docker_cli
-from tests.helpers import wait_for
-from tests.manager_support import ManagerProc
+from tests.support.docker_engines import DockerEngine, docker_cli
+from tests.support.helpers import wait_for
+from tests.support.manager import ManagerProc
 
 __all__ = ["LOOP", "Cluster", "Lines", "cli", "cluster", "pair", "popen_cli"]
 
