@@ -38,7 +38,7 @@ import attrs
 
 from swarmha import Discovery, Leader, aio
 from swarmha.manager.api import PrimaryAPI, docker_path
-from swarmha.manager.api._docker import DockerError
+from swarmha.manager.api._docker import DockerError, error_body
 from swarmha.manager.cluster import Cluster
 from swarmha.manager.forward import Pool, Upstream, UpstreamBroken, UpstreamUnreachable, forward
 from swarmha.manager.http import Exchange, Server
@@ -102,7 +102,7 @@ class Manager:
         # as in Swarm, the --tls flags also apply to the engines: with TLS on, engines are reached over TLS
         self.cluster = Cluster(discovery, config.static_engines, strategy=config.strategy, engine_ssl=self._client_ssl)
         self.api = PrimaryAPI(self.cluster, self._info)
-        self.server = Server(self.handle)
+        self.server = Server(self.handle, error_body=error_body)
         self._candidate: aio.Candidate | None = None
         self._follower: aio.Follower | None = None
         if config.replication:

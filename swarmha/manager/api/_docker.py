@@ -18,6 +18,7 @@ __all__ = [
     "DockerError",
     "check_version",
     "encode_filters",
+    "error_body",
     "parse_filters",
     "replace_query",
     "split_version",
@@ -35,6 +36,11 @@ class DockerError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def error_body(status: int, message: str) -> tuple[bytes, str]:
+    """The Docker API error shape, ``{"message": "..."}`` (the manager's :data:`~swarmha.manager.http.ErrorBody`)."""
+    return json.dumps({"message": message}).encode() + b"\n", "application/json"
 
 
 def vkey(v: str) -> tuple[int, ...]:
