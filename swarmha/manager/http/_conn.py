@@ -6,6 +6,7 @@ Which parser reads the next request head is the connection's :class:`~swarmha.ma
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +123,24 @@ class _Conn:
             return
         self.idle_expired = True
         self.writer.close()  # the pending read ends with EOF
+
+    async def linger(self, limit: int = 256 * 1024, timeout: float = 1.0) -> None:
+        """Half-close, then discard what the client still sends (at most ``limit`` bytes or ``timeout`` seconds).
+
+        After an answer to a request whose body was left unread (413), closing at once would make the kernel
+        answer the client's next bytes with a reset, which can destroy the answer before the client reads it
+        (Go's net/http and nginx linger the same way).
+        """
+        with contextlib.suppress(Exception):
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            async with asyncio.timeout(timeout):
+                got = len(self.buf)
+                while got < limit and not self.eof:
+                    data = await self.reader.read(READ_SIZE)
+                    if not data:
+                        break
+                    got += len(data)
 
     def close(self) -> None:
         """Close the connection and stop its idle timer."""

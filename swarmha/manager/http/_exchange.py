@@ -259,6 +259,11 @@ class Exchange:
             else:
                 raise ClientGone(f"unexpected {event!r} while reading the request body")
 
+    @property
+    def body_abandoned(self) -> bool:
+        """The body was left unread (:meth:`abandon_body`, a refusal): the connection ends after the answer."""
+        return self._close_after
+
     def abandon_body(self) -> None:
         """The rest of the request body will not be read: the connection closes after the answer."""
         if not self._body_done:

@@ -132,6 +132,7 @@ class Server:
                 if not exchange.started:
                     with contextlib.suppress(Exception):
                         await exchange.error(e.status, str(e))
+                await conn.linger()
                 return
             except BadRequest as e:
                 if not exchange.started:
@@ -146,6 +147,9 @@ class Server:
             finally:
                 self._busy.discard(task)
                 exchange.release()
+            if exchange.body_abandoned:
+                await conn.linger()
+                return
             if not conn.next_cycle():
                 return  # switched, closing (MUST_CLOSE), or the exchange did not finish
 
