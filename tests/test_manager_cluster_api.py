@@ -372,3 +372,58 @@ def test_docker_build_is_placed_by_a_constraint_build_arg_and_streams_its_output
     assert [_has_image(e, ref) for e in cluster.engines] == [False, True]
     assert cli(replica, "run", "--rm", "--network", "none", ref, "cat", "/built").stdout == "built-here\n"
     cli(replica, "rmi", ref)
+
+
+# -- the same through the primary, and the API shapes with docker-py ------------------------------------------
+
+
+def test_the_commands_work_against_the_primary_too(cluster: Cluster, registry: Registry, pair: Pair) -> None:
+    primary, _ = pair
+    ref = _push(cluster, registry, _unique("direct"), keep=False)
+    assert cli(primary, "pull", ref, timeout=120).returncode == 0
+    assert all(_has_image(e, ref) for e in cluster.engines)
+    assert cli(primary, "rmi", ref).returncode == 0
+    vol, net = _unique("pvol"), _unique("pnet")
+    cli(primary, "volume", "create", f"{NAMES[0]}/{vol}")
+    cli(primary, "network", "create", f"{NAMES[0]}/{net}")
+    try:
+        out = cli(
+            primary, "run", "--rm", "--net", net, "-v", f"{vol}:/d", IMAGE, "sh", "-c", "echo ok > /d/f; cat /d/f"
+        )
+        assert out.stdout == "ok\n", out.stderr
+        assert f"{NAMES[0]}/{vol}" in cli(primary, "volume", "ls", "-q").stdout.split()
+        assert f"{NAMES[0]}/{net}" in cli(primary, "network", "ls", "--format", "{{.Name}}").stdout.split()
+    finally:
+        cli(primary, "network", "rm", net, check=False)
+        cli(primary, "volume", "rm", vol, check=False)
+
+
+def test_docker_py_sees_the_api_shapes_through_a_replica(
+    cluster: Cluster, registry: Registry, replica: ManagerProc
+) -> None:
+    ref = _push(cluster, registry, _unique("py"), keep=False)
+    client = docker.DockerClient(base_url=f"tcp://{replica.addr}", version="1.41", timeout=60)
+    try:
+        image = client.images.pull(ref)
+        assert ref in image.tags
+        assert any(ref in i.tags for i in client.images.list())
+        net = client.networks.create(f"{NAMES[1]}/{_unique('pynet')}")
+        try:
+            assert net.attrs["Name"].startswith("pynet")
+            names = [n.name for n in client.networks.list()]
+            assert f"{NAMES[1]}/{net.attrs['Name']}" in names
+        finally:
+            client.api.remove_network(f"{NAMES[1]}/{net.attrs['Name']}")
+        vol = client.volumes.create(f"{NAMES[0]}/{_unique('pyvol')}")
+        assert vol.name.startswith("pyvol")
+        assert f"{NAMES[0]}/{vol.name}" in [v.name for v in client.volumes.list()]
+        client.api.remove_volume(vol.name)
+        df = client.df()
+        assert {"LayersSize", "Images", "Containers", "Volumes"} <= set(df)
+        version = client.version()
+        assert version["ApiVersion"] == "1.41" and version["Os"] == "linux"
+        assert client.info()["Images"] >= 1
+        client.images.remove(ref)
+        assert not any(_has_image(e, ref) for e in cluster.engines)
+    finally:
+        client.close()

@@ -267,6 +267,24 @@ class Cluster:
                 e.name = str(info.get("Name") or e.addr)  # named before the event (refresh renames duplicates)
             self._notify(e, "engine_connect")
 
+    async def recount(self, timeout: float = 2.0) -> None:
+        """Re-read every healthy engine's ``/info`` now, so ``docker info``'s container and image counts are the
+        engines' own at this moment (not a refresh old); an engine that does not answer within ``timeout``
+        keeps its last ones."""
+
+        async def one(e: Engine) -> None:
+            with contextlib.suppress(UpstreamUnreachable, UpstreamBroken, ValueError, KeyError, TypeError):
+                r = await self.call(e, "GET", "/info", timeout=timeout)
+                if r.status == 200:
+                    info = r.json()
+                    e.containers = int(info["Containers"])
+                    e.running = int(info["ContainersRunning"])
+                    e.paused = int(info["ContainersPaused"])
+                    e.stopped = int(info["ContainersStopped"])
+                    e.info = info
+
+        await asyncio.gather(*(one(e) for e in self.healthy()))
+
     async def _reservation(self, e: Engine, cid: str) -> tuple[float, int]:
         with contextlib.suppress(UpstreamUnreachable, UpstreamBroken, ValueError):
             r = await self._get(e, f"/containers/{cid}/json")

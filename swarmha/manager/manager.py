@@ -193,6 +193,7 @@ class Manager:
             if path == "/_ping" and ex.method in ("GET", "HEAD"):
                 return await self.api.ping(ex)
             if path == "/info" and ex.method == "GET":
+                await self.cluster.recount()  # the counts as they are now, as the engines answer them
                 return await ex.json(200, self._info())
         if self.is_primary:
             return await self.api.handle(ex)

@@ -155,6 +155,7 @@ class PrimaryAPI:
         self._accepted = (version, now + 1.0)
 
     async def _info_route(self, ex: Exchange) -> None:
+        await self.cluster.recount()
         await ex.json(200, self._info())
 
     async def _version(self, ex: Exchange) -> None:
