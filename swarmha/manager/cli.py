@@ -121,7 +121,7 @@ def _manage(args: argparse.Namespace) -> int:
         static_engines=static,
         tls=tls,
         refresh=parse_duration(args.engine_refresh, "--engine-refresh"),
-        primary_wait=parse_duration(args.primary_wait, "--primary-wait"),
+        primary_wait=parse_duration(args.primary_wait, "--primary-wait") if args.primary_wait else None,
         drain_timeout=parse_duration(args.shutdown_timeout, "--shutdown-timeout"),
     )
     discovery = None if static else swarmha.connect(url)
@@ -249,10 +249,13 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--tlskey", help="this manager's private key")
     m.add_argument("--engine-refresh", default="5s", help="interval between engine refreshes (default 5s)")
     m.add_argument(
-        "--primary-wait", default="5s", help="how long a replica waits for a primary before 503 (default 5s)"
+        "--primary-wait",
+        help="how long a replica holds a request while no primary answers, then 503 (default: --replication-ttl + 2s)",
     )
     m.add_argument(
-        "--shutdown-timeout", default="5s", help="how long in-flight requests may drain on exit (default 5s)"
+        "--shutdown-timeout",
+        default="30s",
+        help="after SIGTERM, how long open requests and streams (logs -f, events, attach) go on (default 30s)",
     )
     m.add_argument("--debug", action="store_true", help="debug logging")
     m.add_argument("discovery", nargs="?", help=disc_help)

@@ -9,16 +9,21 @@ Requests. ``/_ping`` and ``/info`` are answered locally by every manager (``/inf
 manager's view of the engines). Everything else is served by the primary's :class:`~swarmha.manager.api.PrimaryAPI`
 or, on a replica, forwarded per request to the current primary:
 
-* no primary known (or it is this manager's stale key) → wait up to ``primary_wait`` for an election, then
-  ``503 No elected primary cluster manager``;
-* the primary refuses the connection → wait for the next leader (up to ``primary_wait``) and send it there;
+* no primary known (or it is this manager's stale key) → wait for an election, then
+  ``503 No elected primary cluster manager``; the wait is ``primary_wait``, by default the replication TTL plus
+  :data:`HOLD_MARGIN` (the longest a crashed primary's key can linger, plus one election), so a request sent
+  during a crash failover is answered late instead of failing;
+* the primary refuses the connection → wait for the next leader (same bound) and send it there;
 * the primary breaks before answering an idempotent, body-less request → sent once more to the next leader;
 * a request that was already forwarded once is never forwarded again (no ping-pong between two managers
   that disagree for a moment about who leads): it waits to become primary itself or answers 503.
 
 Shutdown (:meth:`Manager.shutdown`, run on SIGINT/SIGTERM): stop accepting, stop the candidate at once
-(it deletes the leader key, so a replica takes over within one watch round trip), drain in-flight requests for
-at most ``drain_timeout`` seconds, then close everything.
+(it deletes the leader key, so a replica takes over within one watch round trip and new requests go there),
+then keep serving what is already open — ``docker logs -f``, ``docker events``, attach and exec streams
+included, whether they came from a client or through a replica — until each ends or ``drain_timeout``
+(``--shutdown-timeout``, 30 s by default) passes; a second SIGINT/SIGTERM cuts them at once. Then close
+everything. So a graceful failover shows the client no error: the stream it has goes on, on the old primary.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ log = logging.getLogger("swarmha.manager")
 LEADER_KEY = "docker/swarm/leader"
 FORWARDED = "x-swarmha-forwarded"
 NO_PRIMARY = "No elected primary cluster manager"
+#: Seconds a replica holds a request beyond the replication TTL while no primary answers (one election).
+HOLD_MARGIN = 2.0
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -84,8 +91,15 @@ class ManagerConfig:
     static_engines: tuple[str, ...] = ()
     tls: TLSConfig = attrs.field(factory=TLSConfig)
     refresh: float = 5.0
-    primary_wait: float = 5.0
-    drain_timeout: float = 5.0
+    #: How long a replica holds a request while no primary answers; None: ``ttl`` + :data:`HOLD_MARGIN`.
+    primary_wait: float | None = None
+    #: How long open requests and streams may go on after SIGTERM (``--shutdown-timeout``).
+    drain_timeout: float = 30.0
+
+    @property
+    def hold(self) -> float:
+        """The effective bound of a replica's wait for a primary, in seconds."""
+        return self.primary_wait if self.primary_wait is not None else self.ttl + HOLD_MARGIN
 
 
 class Manager:
@@ -192,7 +206,7 @@ class Manager:
         await self._forward(ex)
 
     async def _forward(self, ex: Exchange) -> None:
-        deadline = time.monotonic() + self.config.primary_wait
+        deadline = time.monotonic() + self.config.hold
         dead: str | None = None
         retried = False
         forwarded = bool(ex.header(FORWARDED))
@@ -243,17 +257,22 @@ class Manager:
             self._tasks.append(asyncio.ensure_future(self._campaign()))
         return bound
 
-    async def shutdown(self) -> None:
-        """Stop accepting, hand leadership over at once, drain (bounded), close. Idempotent."""
+    async def shutdown(self, force: asyncio.Event | None = None) -> None:
+        """Stop accepting, hand leadership over at once, drain (bounded), close. Idempotent.
+
+        ``force``: when set during the drain, the open requests are cut at once (a second signal).
+        """
         if self._stopping.is_set():
             return
         self._stopping.set()
         began = time.monotonic()
         self.server.close()
         if self._candidate is not None:
+            led = self._candidate.is_leader
             await self._candidate.stop()
-            log.info("leadership released in %.0f ms", (time.monotonic() - began) * 1000)
-        await self.server.drain(self.config.drain_timeout)
+            if led:
+                log.info("leadership released in %.0f ms", (time.monotonic() - began) * 1000)
+        await self._drain(force)
         if self._follower is not None:
             await self._follower.stop()
         for task in self._tasks:
@@ -264,17 +283,48 @@ class Manager:
         if self._discovery is not None:
             await asyncio.to_thread(self._discovery.close)
 
+    async def _drain(self, force: asyncio.Event | None) -> None:
+        """Let the open exchanges finish for at most ``drain_timeout`` (less if ``force`` is set)."""
+        timeout = self.config.drain_timeout
+        if self.server.in_flight:
+            log.info(
+                "serving %d open request(s) until they end, for at most %s (--shutdown-timeout); "
+                "signal again to stop now",
+                self.server.in_flight,
+                f"{timeout:g}s",
+            )
+        drain = asyncio.ensure_future(self.server.drain(timeout))
+        if force is None:
+            await drain
+            return
+        forced = asyncio.ensure_future(force.wait())
+        await asyncio.wait([drain, forced], return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not drain.done():
+            log.info("second signal: closing the open requests now")
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+            await self.server.drain(0)
+
     async def run(self) -> None:
-        """Start, serve until SIGINT/SIGTERM, then shut down gracefully."""
+        """Start, serve until SIGINT/SIGTERM, then shut down gracefully (a second signal cuts the drain)."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        force = asyncio.Event()
+
+        def on_signal() -> None:
+            (force if stop.is_set() else stop).set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         try:
             await self.start()
             await stop.wait()
             log.info("signal received: shutting down")
+            await self.shutdown(force)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            await self.shutdown()
+            try:
+                await self.shutdown(force)
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
