@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import time
@@ -42,20 +43,25 @@ from typing import Any
 import attrs
 
 from swarmha import Discovery, Leader, aio
+from swarmha.errors import DiscoveryError
 from swarmha.manager.api import PrimaryAPI
 from swarmha.manager.cluster import Cluster
+from swarmha.manager.engine_list import FileEngines
 from swarmha.manager.forward import Pool, Upstream, UpstreamBroken, UpstreamUnreachable, forward
 from swarmha.manager.http import Exchange, Server
 from swarmha.manager.info import cluster_info
+from swarmha.manager.store_state import StoreState
 from swarmha.manager.tls import TLSConfig
 
-__all__ = ["FORWARDED", "LEADER_KEY", "Manager", "ManagerConfig", "loop_factory"]
+__all__ = ["FORWARDED", "HEALTH_PATH", "LEADER_KEY", "Manager", "ManagerConfig", "loop_factory"]
 
 log = logging.getLogger("swarmha.manager")
 
 LEADER_KEY = "docker/swarm/leader"
 FORWARDED = "x-swarmha-forwarded"
 NO_PRIMARY = "No elected primary cluster manager"
+#: Answered by every manager: 200 when healthy, 503 naming the problems (for load balancers and watchdogs).
+HEALTH_PATH = "/health"
 #: Seconds a replica holds a request beyond the replication TTL while no primary answers (one election).
 HOLD_MARGIN = 2.0
 
@@ -90,11 +96,22 @@ class ManagerConfig:
     strategy: str = "spread"
     static_engines: tuple[str, ...] = ()
     tls: TLSConfig = attrs.field(factory=TLSConfig)
+    #: Seconds between engine refreshes: each round waits a random time in [refresh, refresh_max] (Swarm's
+    #: ``--engine-refresh-min-interval`` / ``-max-interval``), and at most ``heartbeat`` (``--heartbeat``, the
+    #: longest time between two reads of the engine list).
     refresh: float = 5.0
+    refresh_max: float | None = None
+    heartbeat: float = 60.0
+    #: Consecutive failed refreshes before an engine is marked unhealthy (``--engine-failure-retry``).
+    failure_retry: int = 1
+    #: ``file:///path`` discovery: the file listing the engines (read again on every refresh).
+    engines_file: str | None = None
     #: How long a replica holds a request while no primary answers; None: ``ttl`` + :data:`HOLD_MARGIN`.
     primary_wait: float | None = None
     #: How long open requests and streams may go on after SIGTERM (``--shutdown-timeout``).
     drain_timeout: float = 30.0
+    #: ``--metrics ADDR``: where Prometheus scrapes ``/metrics`` (None: no metrics listener).
+    metrics: tuple[str, int] | None = None
 
     @property
     def hold(self) -> float:
@@ -113,7 +130,16 @@ class Manager:
         self._client_ssl = config.tls.client_context()
         self._server_ssl = server_ssl
         # as in Swarm, the --tls flags also apply to the engines: with TLS on, engines are reached over TLS
-        self.cluster = Cluster(discovery, config.static_engines, strategy=config.strategy, engine_ssl=self._client_ssl)
+        static: tuple[str, ...] | FileEngines = config.static_engines
+        if config.engines_file is not None:
+            static = FileEngines(config.engines_file)
+        self.cluster = Cluster(
+            discovery,
+            static,
+            strategy=config.strategy,
+            engine_ssl=self._client_ssl,
+            failure_retry=config.failure_retry,
+        )
         self.api = PrimaryAPI(self.cluster, self._info)
         self.server = Server(self.handle)
         self._candidate: aio.Candidate | None = None
@@ -123,6 +149,8 @@ class Manager:
             self._candidate = aio.Candidate(discovery, LEADER_KEY, config.advertise, ttl=config.ttl)
             self._follower = aio.Follower(discovery, LEADER_KEY)
         self._leader: Leader | None = None
+        #: Whether the discovery store answers (None: a static engine list, no store).
+        self.store = StoreState(str(discovery.url)) if discovery is not None else None
         #: Kept-alive connections to the primary; the upstream is chosen per request, never per connection.
         self._pool = Pool()
         self._upstreams: dict[str, Upstream] = {}
@@ -152,7 +180,40 @@ class Manager:
 
     def _info(self) -> dict[str, Any]:
         role = "primary" if self.is_primary else "replica"
-        return cluster_info(self.cluster, role.capitalize(), self.primary, self.id)
+        store = self.store.describe() if self.store is not None else None
+        return cluster_info(self.cluster, role.capitalize(), self.primary, self.id, store=store)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, details) for ``/health``: unhealthy while the store is unreachable or no primary is known."""
+        problems = []
+        if self.store is not None and not self.store.reachable:
+            problems.append(f"discovery store {self.store.describe()}")
+        if not self.primary:
+            problems.append("no elected primary cluster manager")
+        if self._stopping.is_set():
+            problems.append("shutting down")
+        details: dict[str, Any] = {
+            "Status": "unhealthy" if problems else "healthy",
+            "Role": "Primary" if self.is_primary else "Replica",
+            "Primary": self.primary,
+            "Store": self.store.describe() if self.store is not None else "none (static engine list)",
+            "Problems": problems,
+        }
+        return not problems, details
+
+    async def _watch_store(self) -> None:
+        """Probe the store every ``min(1s, ttl/3)``: feeds :attr:`store` (one WARN when lost, one INFO when back)."""
+        assert self._discovery is not None and self.store is not None
+        period = min(1.0, self.config.ttl / 3)
+        while not self._stopping.is_set():
+            try:
+                await asyncio.to_thread(self._discovery.get, LEADER_KEY)
+            except DiscoveryError as e:
+                self.store.failed(e)
+            else:
+                self.store.succeeded()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), period)
 
     async def _wait_leader_change(self, timeout: float) -> None:
         event = self._leader_changed
@@ -190,8 +251,13 @@ class Manager:
             except Exception:
                 log.exception("refreshing the engines failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.config.refresh)
+                await asyncio.wait_for(self._stopping.wait(), self._refresh_interval())
                 return
+
+    def _refresh_interval(self) -> float:
+        lo = self.config.refresh
+        hi = max(lo, self.config.refresh_max if self.config.refresh_max is not None else lo)
+        return min(random.uniform(lo, hi), self.config.heartbeat)
 
     # -- requests ----------------------------------------------------------------------------------------
 
@@ -201,6 +267,9 @@ class Manager:
             return await self.api.ping(ex)
         if ex.path == "/info" and ex.method == "GET":
             return await ex.json(200, self._info())
+        if ex.path == HEALTH_PATH and ex.method in ("GET", "HEAD"):
+            healthy, details = self.health()
+            return await ex.json(200 if healthy else 503, details)
         if self.is_primary:
             return await self.api.handle(ex)
         await self._forward(ex)
@@ -251,6 +320,8 @@ class Manager:
         proto = "tcp"
         log.info("Listening for HTTP addr=%s:%d proto=%s", host, port, proto)
         self._tasks.append(asyncio.ensure_future(self._refresh_loop()))
+        if self._discovery is not None:
+            self._tasks.append(asyncio.ensure_future(self._watch_store()))
         if self._follower is not None:
             self._tasks.append(asyncio.ensure_future(self._follow()))
         if self._candidate is not None:
