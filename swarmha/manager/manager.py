@@ -38,7 +38,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -53,6 +53,9 @@ from swarmha.manager.info import cluster_info
 from swarmha.manager.store_state import StoreState
 from swarmha.manager.tls import TLSConfig
 
+if TYPE_CHECKING:
+    from swarmha.manager.metrics import ManagerMetrics
+
 __all__ = ["FORWARDED", "HEALTH_PATH", "LEADER_KEY", "Manager", "ManagerConfig", "loop_factory"]
 
 log = logging.getLogger("swarmha.manager")
@@ -62,6 +65,7 @@ FORWARDED = "x-swarmha-forwarded"
 NO_PRIMARY = "No elected primary cluster manager"
 #: Answered by every manager: 200 when healthy, 503 naming the problems (for load balancers and watchdogs).
 HEALTH_PATH = "/health"
+_LOCAL_PATHS = frozenset({"/_ping", "/info", HEALTH_PATH})
 #: Seconds a replica holds a request beyond the replication TTL while no primary answers (one election).
 HOLD_MARGIN = 2.0
 
@@ -142,6 +146,13 @@ class Manager:
         )
         self.api = PrimaryAPI(self.cluster, self._info)
         self.server = Server(self.handle)
+        self.metrics: ManagerMetrics | None = None
+        self._metrics_server: Server | None = None
+        if config.metrics is not None:
+            from swarmha.manager.metrics import ManagerMetrics
+
+            self.metrics = ManagerMetrics(self)
+            self._metrics_server = Server(self._serve_metrics)
         self._candidate: aio.Candidate | None = None
         self._follower: aio.Follower | None = None
         if config.replication:
@@ -177,6 +188,13 @@ class Manager:
         if leader is None or leader.node == self.config.advertise:
             return ""
         return leader.node
+
+    def term_token(self) -> int:
+        """The fencing token of the primary's term as this manager sees it (0: none known)."""
+        term = self._candidate.term if self._candidate is not None else None
+        if term is not None:
+            return term.token
+        return self._leader.token if self._leader is not None else 0
 
     def _info(self) -> dict[str, Any]:
         role = "primary" if self.is_primary else "replica"
@@ -232,6 +250,8 @@ class Manager:
         async for elected in self._candidate.run_for_election():
             self._announced = True
             log.info("Cluster leadership acquired" if elected else "Cluster leadership lost")
+            if self.metrics is not None:
+                self.metrics.leadership_changed(elected)
             self._set_leader(self._leader)  # wake waiters: our role changed
 
     async def _follow(self) -> None:
@@ -242,6 +262,8 @@ class Manager:
                     self._announced = True
                     log.info("Cluster leadership lost")  # Swarm's first word on a replica
                 log.info("New leader elected: %s", leader.node)
+            if self.metrics is not None:
+                self.metrics.primary_seen(leader is not None)
             self._set_leader(leader)
 
     async def _refresh_loop(self) -> None:
@@ -262,7 +284,30 @@ class Manager:
     # -- requests ----------------------------------------------------------------------------------------
 
     async def handle(self, ex: Exchange) -> None:
-        """Answer /_ping and /info here; serve the rest as primary or forward it to the primary."""
+        """Answer /_ping, /info and /health here; serve the rest as primary or forward it to the primary."""
+        if self.metrics is None:
+            return await self._handle(ex)
+        began = time.monotonic()
+        via = "local" if ex.path in _LOCAL_PATHS else "primary" if self.is_primary else "replica"
+        try:
+            await self._handle(ex)
+        finally:
+            self.metrics.observe_request(ex.path, via, ex.status, time.monotonic() - began)
+
+    async def _serve_metrics(self, ex: Exchange) -> None:
+        """The ``--metrics`` listener: ``/metrics`` and ``/health``; anything else 404."""
+        assert self.metrics is not None
+        if ex.method not in ("GET", "HEAD"):
+            return await ex.error(405, "only GET /metrics and GET /health here")
+        if ex.path == "/metrics":
+            body, content_type = self.metrics.render()
+            return await ex.respond(200, body, content_type)
+        if ex.path == HEALTH_PATH:
+            healthy, details = self.health()
+            return await ex.json(200 if healthy else 503, details)
+        await ex.error(404, "this is the metrics listener: GET /metrics or /health")
+
+    async def _handle(self, ex: Exchange) -> None:
         if ex.path == "/_ping" and ex.method in ("GET", "HEAD"):
             return await self.api.ping(ex)
         if ex.path == "/info" and ex.method == "GET":
@@ -295,8 +340,12 @@ class Manager:
                 return await forward(ex, up, pool=self._pool, connect_timeout=max(0.5, min(3.0, remaining)))
             except UpstreamUnreachable as e:
                 log.warning("primary %s unreachable: %s", target, e)
+                if self.metrics is not None:
+                    self.metrics.upstream_error("unreachable")
                 dead = target
             except UpstreamBroken as e:
+                if self.metrics is not None:
+                    self.metrics.upstream_error("broken")
                 if ex.started:
                     return
                 if not e.retryable or retried:
@@ -319,6 +368,10 @@ class Manager:
         bound = await self.server.listen(host, port, self._server_ssl)
         proto = "tcp"
         log.info("Listening for HTTP addr=%s:%d proto=%s", host, port, proto)
+        if self._metrics_server is not None and self.config.metrics is not None:
+            mhost, mport = self.config.metrics
+            await self._metrics_server.listen(mhost, mport)
+            log.info("Serving metrics on http://%s:%d/metrics", mhost or "0.0.0.0", mport)
         self._tasks.append(asyncio.ensure_future(self._refresh_loop()))
         if self._discovery is not None:
             self._tasks.append(asyncio.ensure_future(self._watch_store()))
@@ -350,6 +403,9 @@ class Manager:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._pool.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.drain(1.0)
         await self.cluster.close()
         if self._discovery is not None:
             await asyncio.to_thread(self._discovery.close)
