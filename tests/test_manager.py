@@ -22,8 +22,9 @@ import swarmha
 from swarmha.manager.cluster import Engine
 from swarmha.manager.forward import Upstream
 from swarmha.manager.info import system_status
-from tests.helpers import wait_for
-from tests.manager_support import ManagerProc, free_port, make_certs, run_cli
+from tests.support.helpers import wait_for
+from tests.support.manager import ManagerProc, make_certs, run_cli
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -199,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
             relay.join(5)
         if join_thread is not None:
             join_thread.join(5)
+        shutil.rmtree(workdir, ignore_errors=True)  # the store and the managers' logs: nothing left behind
 
 
 def _show(state: dict[int, dict[str, str]]) -> None:

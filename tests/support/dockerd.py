@@ -1,5 +1,5 @@
 """Real Docker engines on loopback, for the manager tests and benchmarks (no pytest here; the fixture is in
-tests/docker_engines.py).
+tests/support/docker_engines.py).
 
 Each engine is ``dockerd --host tcp://127.0.0.1:PORT`` with its own data root, exec root (short path: the
 managed containerd's unix socket lives there) and pid file, ``--iptables=false --bridge=none
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import attrs
 
-from tests.manager_support import free_port
+from tests.support.net import free_port
 
 IMAGE = "swarmha-test:busybox"
 _APPLETS = ("sh", "echo", "cat", "sleep", "true", "false", "ls", "env", "head", "seq", "printf")
@@ -38,7 +38,7 @@ class DockerEngine:
     addr: str
     root: Path
     proc: subprocess.Popen[bytes]
-    #: With ``--tlsverify``: the files of :func:`tests.manager_support.make_certs` it was started with.
+    #: With ``--tlsverify``: the files of :func:`tests.support.manager.make_certs` it was started with.
     tls: dict[str, Path] | None = None
 
     @property
@@ -110,7 +110,7 @@ def ping(addr: str, certs: dict[str, Path] | None = None) -> bool:
 def start_engine(index: int, tls: dict[str, Path] | None = None) -> DockerEngine:
     """Start dockerd ``index`` on a free loopback port; RuntimeError (after cleaning up) if it never answers.
 
-    ``tls``: certificates from :func:`tests.manager_support.make_certs`; the engine then runs with
+    ``tls``: certificates from :func:`tests.support.manager.make_certs`; the engine then runs with
     ``--tlsverify`` (clients need a certificate signed by that CA) and its node certificate.
     """
     root = Path(tempfile.mkdtemp(prefix=f"shd{index}-", dir="/tmp"))

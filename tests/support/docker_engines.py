@@ -1,4 +1,4 @@
-"""The session fixture with two real Docker engines for the manager tests (machinery: tests/dockerd.py).
+"""The session fixture with two real Docker engines for the manager tests (machinery: tests/support/dockerd.py).
 
 Tests using :func:`docker_engines` are skipped when dockerd, containerd, busybox or root are missing.
 Teardown kills each engine's whole process group (dockerd and its containerd) and removes its directories.
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.dockerd import IMAGE, DockerEngine, busybox_tar, docker_cli, missing, start_engine, stop_engine
+from tests.support.dockerd import IMAGE, DockerEngine, busybox_tar, docker_cli, missing, start_engine, stop_engine
 
 __all__ = ["IMAGE", "DockerEngine", "docker_cli", "docker_engines"]
 
