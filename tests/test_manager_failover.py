@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 import swarmha
-from tests.docker_engines import IMAGE, DockerEngine, docker_cli, docker_engines
-from tests.helpers import wait_for
-from tests.manager_support import ManagerProc
-from tests.stores import StoreFixture
+from tests.support.docker_engines import IMAGE, DockerEngine, docker_cli, docker_engines
+from tests.support.helpers import wait_for
+from tests.support.manager import ManagerProc
+from tests.support.stores import StoreFixture
 
 __all__ = ["docker_engines"]  # the session fixture, imported so pytest finds it
 

@@ -13,8 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import swarmha
 from swarmha.observe import Observation, PrometheusObserver, add_observer
-from tests.helpers import wait_for
-from tests.manager_support import ManagerProc, free_port, run_cli
+from tests.support.helpers import wait_for
+from tests.support.manager import ManagerProc, run_cli
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from swarmha.manager.cluster import Cluster
-from tests.dockerd import docker_cli
-from tests.helpers import wait_for
-from tests.manager_support import ManagerProc, free_port, run_cli, swarmha_cmd
-from tests.servers import etcd_cluster
+from tests.support.dockerd import docker_cli
+from tests.support.helpers import wait_for
+from tests.support.manager import ManagerProc, run_cli, swarmha_cmd
+from tests.support.net import free_port
+from tests.support.servers import etcd_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -218,7 +219,7 @@ def _docker_info(m: ManagerProc) -> str:
 def test_a_store_outage_is_said_once_shown_in_info_and_health_and_leadership_comes_back(
     etcd: object, tmp_path: Path
 ) -> None:
-    from tests.servers import Cluster as Servers
+    from tests.support.servers import Cluster as Servers
 
     assert isinstance(etcd, Servers)
     url = f"etcd://{etcd.hosts}/ops"
