@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import fnmatch
 import logging
+import os
 import random
 import ssl
 from collections.abc import Callable, Iterable, Mapping
@@ -29,7 +30,7 @@ from swarmha import Discovery
 from swarmha.errors import DiscoveryError
 from swarmha.manager.forward import Pool, Response, Upstream, UpstreamBroken, UpstreamUnreachable, request
 
-__all__ = ["NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine"]
+__all__ = ["NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine", "describe_error"]
 
 log = logging.getLogger("swarmha.manager.cluster")
 
@@ -112,6 +113,30 @@ class Engine:
         }
 
 
+def describe_error(addr: str, err: BaseException) -> str:
+    """An engine failure as an operator reads it: the address and the OS error under the client's wrapper.
+
+    ``cannot reach 10.0.0.5:2375: [Errno 111] Connection refused`` rather than the wrapper's words; an HTTP
+    error answer keeps its status (``10.0.0.5:2375 answered 500 to /info``).
+    """
+    if isinstance(err, _AnsweredBadly):
+        return f"{addr} {err}"
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return f"cannot reach {addr}: [Errno {cause.errno}] {os.strerror(cause.errno)}"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(err, UpstreamBroken) and "no answer within" in str(err):
+        return f"{addr} did not answer within the timeout"
+    return f"{addr}: {err or type(err).__name__}"
+
+
+class _AnsweredBadly(ValueError):
+    """An engine answered a refresh request with an error status (the message says which)."""
+
+
 def _split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)
@@ -127,17 +152,26 @@ class Cluster:
     def __init__(
         self,
         discovery: Discovery | None = None,
-        static: Iterable[str] = (),
+        static: Iterable[str] | Callable[[], list[str]] = (),
         *,
         strategy: str = "spread",
         engine_ssl: ssl.SSLContext | None = None,
         timeout: float = 5.0,
+        failure_retry: int = 1,
     ) -> None:
+        """``static``: engine addresses, or a function giving them (called on every refresh, e.g. a file).
+
+        ``failure_retry``: consecutive failed refreshes before a healthy engine is marked unhealthy (Swarm's
+        ``--engine-failure-retry``); an engine that never answered is unhealthy at its first failure.
+        """
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
         self.strategy = strategy
         self._discovery = discovery
-        self._static = list(static)
+        self._source: Callable[[], list[str]] | None = static if callable(static) else None
+        self._static = [] if callable(static) else list(static)
+        self.failure_retry = max(1, failure_retry)
+        self._failures: dict[str, int] = {}
         self._ssl = engine_ssl
         self._engines: dict[str, Engine] = {}
         self._owner: dict[str, str] = {}  # container or exec id -> engine addr
@@ -188,6 +222,8 @@ class Cluster:
 
     async def addresses(self) -> list[str]:
         """The engine addresses registered now (raises DiscoveryError when the store does not answer)."""
+        if self._source is not None:
+            return await asyncio.to_thread(self._source)
         if self._discovery is None:
             return list(self._static)
         records: Mapping[str, Any] = await asyncio.to_thread(self._discovery.list, NODES_KEY)
@@ -198,8 +234,8 @@ class Cluster:
         async with self._refreshing:
             try:
                 addrs = await self.addresses()
-            except DiscoveryError as e:
-                log.warning("cannot list the engines in the discovery store: %s", e)
+            except DiscoveryError as e:  # said once by the manager's StoreState, not on every refresh
+                log.debug("cannot list the engines in the discovery store: %s", e)
                 addrs = list(self._engines)
             for addr in list(self._engines):
                 if addr not in addrs:
@@ -245,13 +281,21 @@ class Cluster:
                 memory += self._reservations[cid][1]
         except (UpstreamUnreachable, UpstreamBroken, ValueError, KeyError, TypeError) as err:
             was = e.healthy
+            error = describe_error(e.addr, err)
+            failures = self._failures[e.addr] = self._failures.get(e.addr, 0) + 1
+            if e.healthy and failures < self.failure_retry:
+                log.debug(
+                    "engine %s failed (%d of %d before unhealthy): %s", e.addr, failures, self.failure_retry, error
+                )
+                return
             if e.healthy or not e.error:
-                log.warning("engine %s is unhealthy: %s", e.addr, err or type(err).__name__)
-            e.healthy, e.error = False, str(err) or type(err).__name__
+                log.warning("engine %s is unhealthy: %s", e.addr, error)
+            e.healthy, e.error = False, error
             e.updated_at = datetime.datetime.now(datetime.UTC)
             if was:
                 self._notify(e, "engine_disconnect")
             return
+        self._failures.pop(e.addr, None)
         if not e.healthy and e.error:
             log.info("engine %s is healthy again", e.addr)
         was = e.healthy
@@ -295,7 +339,7 @@ class Cluster:
     async def _get(self, e: Engine, path: str) -> Response:
         r = await self.call(e, "GET", path)
         if r.status != 200:
-            raise ValueError(f"GET {path} answered {r.status}")
+            raise _AnsweredBadly(f"answered {r.status} to {path.partition('?')[0]}")
         return r
 
     # -- finding what lives where ----------------------------------------------------------------------
