@@ -20,8 +20,8 @@ import pytest
 
 import swarmha
 from swarmha.manager.cluster import Engine
-from swarmha.manager.forward import Upstream
 from swarmha.manager.info import system_status
+from swarmha.manager.upstream import Upstream
 from tests.support.helpers import wait_for
 from tests.support.manager import ManagerProc, make_certs, run_cli
 from tests.support.net import free_port

@@ -87,7 +87,7 @@ class _Cluster:
         self.owners.append((ident, e.name))
 
     async def call(self, e: _Engine, method: str, target: str, **kw: Any) -> Any:
-        from swarmha.manager.forward import Response
+        from swarmha.manager.upstream import Response
 
         return Response(200, [], self.answers.pop(0))
 

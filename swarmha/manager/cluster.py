@@ -28,7 +28,7 @@ import attrs
 
 from swarmha import Discovery
 from swarmha.errors import DiscoveryError
-from swarmha.manager.forward import Pool, Response, Upstream, UpstreamBroken, UpstreamUnreachable, request
+from swarmha.manager.upstream import Pool, Response, Upstream, UpstreamBroken, UpstreamUnreachable, request
 
 __all__ = ["NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine", "describe_error"]
 
@@ -176,7 +176,7 @@ class Cluster:
         self._engines: dict[str, Engine] = {}
         self._owner: dict[str, str] = {}  # container or exec id -> engine addr
         self._reservations: dict[str, tuple[float, int]] = {}  # container id -> (cpus, memory)
-        #: Kept-alive connections to the engines: the one HTTP client (:mod:`swarmha.manager.forward`) carries the
+        #: Kept-alive connections to the engines: the one HTTP client (:mod:`swarmha.manager.upstream`) carries the
         #: refresh, the aggregation and the forwarding.
         self.pool = Pool()
         self.timeout = timeout

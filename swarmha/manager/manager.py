@@ -48,11 +48,12 @@ from swarmha.manager.api import PrimaryAPI, docker_path
 from swarmha.manager.api._docker import DockerError, error_body
 from swarmha.manager.cluster import Cluster
 from swarmha.manager.engine_list import FileEngines
-from swarmha.manager.forward import Pool, Upstream, UpstreamBroken, UpstreamUnreachable, forward
+from swarmha.manager.forward import forward
 from swarmha.manager.http import Exchange, Server
 from swarmha.manager.info import cluster_info
 from swarmha.manager.store_state import StoreState
 from swarmha.manager.tls import TLSConfig
+from swarmha.manager.upstream import Pool, Upstream, UpstreamBroken, UpstreamUnreachable
 
 if TYPE_CHECKING:
     from swarmha.manager.metrics import ManagerMetrics

@@ -24,8 +24,8 @@ from swarmha.manager.api.networks import Networks
 from swarmha.manager.api.system import DEFAULT_API_VERSION, System
 from swarmha.manager.api.volumes import Volumes
 from swarmha.manager.cluster import Cluster
-from swarmha.manager.forward import UpstreamBroken, UpstreamUnreachable
 from swarmha.manager.http import Exchange
+from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable
 
 __all__ = ["DEFAULT_API_VERSION", "PrimaryAPI", "docker_path"]
 

@@ -17,8 +17,9 @@ from urllib.parse import quote
 
 from swarmha.manager.api._docker import DockerError, parse_filters
 from swarmha.manager.cluster import Cluster, Engine
-from swarmha.manager.forward import Response, UpstreamBroken, UpstreamUnreachable, forward
+from swarmha.manager.forward import forward
 from swarmha.manager.http import Exchange
+from swarmha.manager.upstream import Response, UpstreamBroken, UpstreamUnreachable
 
 __all__ = ["Base", "Tee", "local_name"]
 

@@ -23,8 +23,8 @@ from urllib.parse import quote, urlsplit
 from swarmha.manager.api._base import Base, respond_json
 from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
 from swarmha.manager.cluster import Engine, NoEngine
-from swarmha.manager.forward import UpstreamBroken, UpstreamUnreachable, stream
 from swarmha.manager.http import Exchange
+from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable, stream
 
 __all__ = ["Containers", "image_reference"]
 

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 from swarmha.manager.api._base import Base, Tee, engine_error_message, respond_json
 from swarmha.manager.api._docker import DockerError, replace_query, with_query
 from swarmha.manager.cluster import Engine, NoEngine
-from swarmha.manager.forward import UpstreamBroken, UpstreamUnreachable, stream
 from swarmha.manager.http import Exchange
+from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable, stream
 
 __all__ = ["Images", "merge_prune"]
 

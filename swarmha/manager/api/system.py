@@ -23,9 +23,9 @@ from swarmha.manager.api._base import Base, local_name, respond_json
 from swarmha.manager.api._docker import MIN_API_VERSION, encode_filters, replace_query, vkey, with_query
 from swarmha.manager.api.images import merge_prune
 from swarmha.manager.cluster import Cluster, Engine
-from swarmha.manager.forward import UpstreamBroken, UpstreamUnreachable, stream
 from swarmha.manager.http import ClientGone, Exchange
 from swarmha.manager.info import SERVER_VERSION
+from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable, stream
 
 __all__ = ["DEFAULT_API_VERSION", "KEPT", "System"]
 
