@@ -53,7 +53,7 @@ from swarmha.election._lease import Lease
 from swarmha.election._values import Leader, Term
 from swarmha.errors import ConfigurationError, DiscoveryError, SessionExpired
 
-__all__ = ["Campaign", "Event", "Follow", "Kind", "Phase", "Transitions"]
+__all__ = ["Campaign", "Event", "Follow", "Kind", "Observation", "Phase", "Transitions", "observers"]
 
 log = logging.getLogger("swarmha.election")
 
@@ -90,6 +90,39 @@ class Event:
 
 
 Subscriber = Callable[[Event], None]
+
+
+@attrs.frozen
+class Observation:
+    """What an observer (:func:`swarmha.observe.add_observer`) is told: one event of one Candidate or Follower."""
+
+    source: str  # "candidate" or "follower"
+    key: str
+    node: str | None  # the candidate's node; None for a follower
+    kind: str  # "elected", "lost", "leader" (follower), "end", "store_error"
+    term: Term | None = None
+    leader: Leader | None = None
+    error: BaseException | None = None
+
+
+#: Process-wide observers of every Campaign and Follow, called on an engine thread; see :mod:`swarmha.observe`.
+observers: list[Callable[[Observation], None]] = []
+
+
+def _observe(
+    worker: _Worker,
+    kind: str,
+    term: Term | None = None,
+    leader: Leader | None = None,
+    error: BaseException | None = None,
+) -> None:
+    source = worker.name.removeprefix("swarmha-")
+    seen = Observation(source, worker.key, getattr(worker, "node", None), kind, term, leader, error)
+    for observer in list(observers):
+        try:
+            observer(seen)
+        except Exception:
+            log.exception("election observer %r failed", observer)
 
 
 @attrs.define
@@ -186,6 +219,8 @@ class _Worker:
             subscribers = list(self._subscribers)
         for callback in subscribers:
             callback(event)
+        if observers:
+            _observe(self, event.kind.value, term=event.term, leader=event.leader)
 
     def _interrupt(self) -> None:
         with self._lock:
@@ -243,6 +278,8 @@ class _Worker:
             log.warning("%s: store error (attempt %d): %s", self.key, attempt, error)
         else:
             log.error("%s: unexpected error (attempt %d)", self.key, attempt, exc_info=error)
+        if observers:
+            _observe(self, "store_error", error=error)
         self._on_error(error)
 
 
@@ -293,6 +330,8 @@ class Campaign(_Worker):
         self._vacant = False  # the last watch saw the key deleted: campaign without reading it back
         self._spent: Watch | None = None  # that watch, closed after the campaign attempt (off the handover path)
         self._ticket: Session | None = None  # from Discovery.prepare: the session the next create() uses
+        self._handed_over = threading.Event()  # clear while a stop() releases the key on its caller's thread
+        self._handed_over.set()
 
     # -- what callers read ---------------------------------------------------------------------------
 
@@ -325,7 +364,8 @@ class Campaign(_Worker):
         When the machine is parked in its leader's wait (the usual case), the release runs right here on the
         caller's thread instead of after waking it: a thread hop less between ``stop()`` and the successor's
         win. The term ends (``term`` None, LOST delivered) before the key goes, as always. The release is
-        bounded by the store's request timeout, not by ``timeout`` (which bounds the wait for the end).
+        bounded by the store's request timeout, not by ``timeout`` (which bounds the wait for the end). Every
+        ``stop()`` returns after the key went, also one that raced another thread's ``stop()`` (a signal handler's).
         """
         with self._lock:
             lead = self._lead
@@ -334,12 +374,19 @@ class Campaign(_Worker):
                 lead = None
             else:
                 self._stopping = True
+                self._handed_over.clear()
                 # under the lock, so no END from a machine that wakes now can come before this LOST
                 self._end_term(Phase.STOPPING, close_watch=False)
         if lead is not None and watch is not None:
-            watch.interrupt()
-            self._hand_over(lead, "stopped")
+            try:
+                watch.interrupt()
+                self._hand_over(lead, "stopped")
+            finally:
+                self._handed_over.set()
         super().stop(timeout)
+        # A stop() that found another thread's stop() releasing the key returns only once the key went (or the
+        # store gave up): its caller may exit the process next, and that must not cut the release short.
+        self._handed_over.wait(timeout)
 
     def resign(self) -> None:
         """Give up the current term (if any) and let a waiting candidate win before campaigning again."""

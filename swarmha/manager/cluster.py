@@ -17,19 +17,20 @@ import contextlib
 import datetime
 import fnmatch
 import logging
+import os
 import random
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import attrs
-import httpx
 
 from swarmha import Discovery
 from swarmha.errors import DiscoveryError
-from swarmha.manager.forward import Pool, Upstream
+from swarmha.manager.upstream import Pool, Response, Upstream, UpstreamBroken, UpstreamUnreachable, request
 
-__all__ = ["NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine"]
+__all__ = ["NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine", "describe_error"]
 
 log = logging.getLogger("swarmha.manager.cluster")
 
@@ -53,6 +54,7 @@ class Engine:
     error: str = ""
     info: dict[str, Any] = attrs.field(factory=dict)
     api_version: str = ""
+    min_api_version: str = ""
     containers: int = 0
     running: int = 0
     paused: int = 0
@@ -94,6 +96,46 @@ class Engine:
             out[k] = v
         return out
 
+    @property
+    def ip(self) -> str:
+        return self.upstream.host
+
+    def node(self) -> dict[str, Any]:
+        """Swarm classic's ``Node`` object, carried by container inspect and list answers."""
+        return {
+            "ID": self.id,
+            "IP": self.ip,
+            "Addr": self.addr,
+            "Name": self.name,
+            "Cpus": self.ncpu,
+            "Memory": self.memory,
+            "Labels": self.labels,
+        }
+
+
+def describe_error(addr: str, err: BaseException) -> str:
+    """An engine failure as an operator reads it: the address and the OS error under the client's wrapper.
+
+    ``cannot reach 10.0.0.5:2375: [Errno 111] Connection refused`` rather than the wrapper's words; an HTTP
+    error answer keeps its status (``10.0.0.5:2375 answered 500 to /info``).
+    """
+    if isinstance(err, _AnsweredBadly):
+        return f"{addr} {err}"
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return f"cannot reach {addr}: [Errno {cause.errno}] {os.strerror(cause.errno)}"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(err, UpstreamBroken) and "no answer within" in str(err):
+        return f"{addr} did not answer within the timeout"
+    return f"{addr}: {err or type(err).__name__}"
+
+
+class _AnsweredBadly(ValueError):
+    """An engine answered a refresh request with an error status (the message says which)."""
+
 
 def _split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
@@ -110,27 +152,38 @@ class Cluster:
     def __init__(
         self,
         discovery: Discovery | None = None,
-        static: Iterable[str] = (),
+        static: Iterable[str] | Callable[[], list[str]] = (),
         *,
         strategy: str = "spread",
         engine_ssl: ssl.SSLContext | None = None,
         timeout: float = 5.0,
+        failure_retry: int = 1,
     ) -> None:
+        """``static``: engine addresses, or a function giving them (called on every refresh, e.g. a file).
+
+        ``failure_retry``: consecutive failed refreshes before a healthy engine is marked unhealthy (Swarm's
+        ``--engine-failure-retry``); an engine that never answered is unhealthy at its first failure.
+        """
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
         self.strategy = strategy
         self._discovery = discovery
-        self._static = list(static)
+        self._source: Callable[[], list[str]] | None = static if callable(static) else None
+        self._static = [] if callable(static) else list(static)
+        self.failure_retry = max(1, failure_retry)
+        self._failures: dict[str, int] = {}
         self._ssl = engine_ssl
         self._engines: dict[str, Engine] = {}
         self._owner: dict[str, str] = {}  # container or exec id -> engine addr
         self._reservations: dict[str, tuple[float, int]] = {}  # container id -> (cpus, memory)
-        verify: ssl.SSLContext | bool = engine_ssl if engine_ssl is not None else False
-        self.http = httpx.AsyncClient(timeout=timeout, verify=verify, trust_env=False)
-        #: Kept-alive connections to the engines for the request path (forwarding, aggregation).
+        #: Kept-alive connections to the engines: the one HTTP client (:mod:`swarmha.manager.upstream`) carries the
+        #: refresh, the aggregation and the forwarding.
         self.pool = Pool()
         self.timeout = timeout
         self._refreshing: asyncio.Lock = asyncio.Lock()
+        #: Called with (engine, "engine_connect" | "engine_disconnect") when an engine's health changes (the
+        #: ``/events`` streams turn them into Swarm's events).
+        self.listeners: list[Callable[[Engine, str], None]] = []
 
     @property
     def engines(self) -> list[Engine]:
@@ -144,10 +197,33 @@ class Cluster:
 
     async def close(self) -> None:
         self.pool.close()
-        await self.http.aclose()
+
+    def _notify(self, e: Engine, what: str) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(e, what)
+            except Exception:
+                log.exception("an engine event listener failed")
+
+    async def call(
+        self,
+        e: Engine,
+        method: str,
+        target: str,
+        *,
+        body: bytes | None = None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        timeout: float | None = None,
+    ) -> Response:
+        """One request to engine ``e`` over the pool (raises UpstreamUnreachable / UpstreamBroken)."""
+        return await request(
+            self.pool, e.upstream, method, target, body=body, headers=headers, timeout=timeout or self.timeout
+        )
 
     async def addresses(self) -> list[str]:
         """The engine addresses registered now (raises DiscoveryError when the store does not answer)."""
+        if self._source is not None:
+            return await asyncio.to_thread(self._source)
         if self._discovery is None:
             return list(self._static)
         records: Mapping[str, Any] = await asyncio.to_thread(self._discovery.list, NODES_KEY)
@@ -158,13 +234,15 @@ class Cluster:
         async with self._refreshing:
             try:
                 addrs = await self.addresses()
-            except DiscoveryError as e:
-                log.warning("cannot list the engines in the discovery store: %s", e)
+            except DiscoveryError as e:  # said once by the manager's StoreState, not on every refresh
+                log.debug("cannot list the engines in the discovery store: %s", e)
                 addrs = list(self._engines)
             for addr in list(self._engines):
                 if addr not in addrs:
                     log.info("engine %s left the cluster", addr)
-                    del self._engines[addr]
+                    gone = self._engines.pop(addr)
+                    if gone.healthy:
+                        self._notify(gone, "engine_disconnect")
             for addr in addrs:
                 if addr not in self._engines:
                     try:
@@ -189,8 +267,10 @@ class Cluster:
         try:
             info = (await self._get(e, "/info")).json()
             if not e.api_version:
-                e.api_version = str((await self._get(e, "/version")).json().get("ApiVersion", ""))
-            listed = (await self._get(e, "/containers/json", params={"all": "1"})).json()
+                version = (await self._get(e, "/version")).json()
+                e.api_version = str(version.get("ApiVersion", ""))
+                e.min_api_version = str(version.get("MinAPIVersion", ""))
+            listed = (await self._get(e, "/containers/json?all=1")).json()
             cpus, memory = 0.0, 0
             for c in listed:
                 cid = c["Id"]
@@ -199,14 +279,26 @@ class Cluster:
                     self._reservations[cid] = await self._reservation(e, cid)
                 cpus += self._reservations[cid][0]
                 memory += self._reservations[cid][1]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
+        except (UpstreamUnreachable, UpstreamBroken, ValueError, KeyError, TypeError) as err:
+            was = e.healthy
+            error = describe_error(e.addr, err)
+            failures = self._failures[e.addr] = self._failures.get(e.addr, 0) + 1
+            if e.healthy and failures < self.failure_retry:
+                log.debug(
+                    "engine %s failed (%d of %d before unhealthy): %s", e.addr, failures, self.failure_retry, error
+                )
+                return
             if e.healthy or not e.error:
-                log.warning("engine %s is unhealthy: %s", e.addr, err or type(err).__name__)
-            e.healthy, e.error = False, str(err) or type(err).__name__
+                log.warning("engine %s is unhealthy: %s", e.addr, error)
+            e.healthy, e.error = False, error
             e.updated_at = datetime.datetime.now(datetime.UTC)
+            if was:
+                self._notify(e, "engine_disconnect")
             return
+        self._failures.pop(e.addr, None)
         if not e.healthy and e.error:
             log.info("engine %s is healthy again", e.addr)
+        was = e.healthy
         e.info, e.id, e.healthy, e.error = info, str(info.get("ID", "")), True, ""
         e.containers = len(listed)
         e.running = sum(1 for c in listed if c.get("State") == "running")
@@ -214,17 +306,40 @@ class Cluster:
         e.stopped = e.containers - e.running - e.paused
         e.reserved_cpus, e.reserved_memory = cpus, memory
         e.updated_at = datetime.datetime.now(datetime.UTC)
+        if not was:
+            if not e.name or e.name == e.addr:
+                e.name = str(info.get("Name") or e.addr)  # named before the event (refresh renames duplicates)
+            self._notify(e, "engine_connect")
+
+    async def recount(self, timeout: float = 2.0) -> None:
+        """Re-read every healthy engine's ``/info`` now, so ``docker info``'s container and image counts are the
+        engines' own at this moment (not a refresh old); an engine that does not answer within ``timeout``
+        keeps its last ones."""
+
+        async def one(e: Engine) -> None:
+            with contextlib.suppress(UpstreamUnreachable, UpstreamBroken, ValueError, KeyError, TypeError):
+                r = await self.call(e, "GET", "/info", timeout=timeout)
+                if r.status == 200:
+                    info = r.json()
+                    e.containers = int(info["Containers"])
+                    e.running = int(info["ContainersRunning"])
+                    e.paused = int(info["ContainersPaused"])
+                    e.stopped = int(info["ContainersStopped"])
+                    e.info = info
+
+        await asyncio.gather(*(one(e) for e in self.healthy()))
 
     async def _reservation(self, e: Engine, cid: str) -> tuple[float, int]:
-        with contextlib.suppress(httpx.HTTPError, ValueError):
+        with contextlib.suppress(UpstreamUnreachable, UpstreamBroken, ValueError):
             r = await self._get(e, f"/containers/{cid}/json")
             hc = r.json().get("HostConfig") or {}
             return (float(hc.get("NanoCpus") or 0) / 1e9, int(hc.get("Memory") or 0))
         return (0.0, 0)
 
-    async def _get(self, e: Engine, path: str, **kw: Any) -> httpx.Response:
-        r = await self.http.get(e.url + path, **kw)
-        r.raise_for_status()
+    async def _get(self, e: Engine, path: str) -> Response:
+        r = await self.call(e, "GET", path)
+        if r.status != 200:
+            raise _AnsweredBadly(f"answered {r.status} to {path.partition('?')[0]}")
         return r
 
     # -- finding what lives where ----------------------------------------------------------------------
@@ -256,10 +371,10 @@ class Cluster:
 
         async def has(e: Engine) -> Engine | None:
             try:
-                r = await self.http.get(f"{e.url}/{kind}/{ident}/json")
-            except httpx.HTTPError:
+                r = await self.call(e, "GET", f"/{kind}/{quote(ident, safe='/:@')}/json")
+            except (UpstreamUnreachable, UpstreamBroken):
                 return None
-            return e if r.status_code == 200 else None
+            return e if r.status == 200 else None
 
         for e in await asyncio.gather(*(has(e) for e in candidates)):
             if e is not None:

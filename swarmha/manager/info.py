@@ -46,16 +46,26 @@ def _engine_lines(e: Engine) -> list[list[str]]:
     ]
 
 
-def system_status(role: str, primary: str, strategy: str, engines: list[Engine]) -> list[list[str]]:
-    """The ``SystemStatus`` pairs: Role, Primary, Strategy, Filters, Nodes, then one block per engine."""
-    pairs = [["Role", role], ["Primary", primary], ["Strategy", strategy], ["Filters", FILTERS]]
+def system_status(
+    role: str, primary: str, strategy: str, engines: list[Engine], store: str | None = None
+) -> list[list[str]]:
+    """The ``SystemStatus`` pairs: Role, Primary, (Store), Strategy, Filters, Nodes, then one block per engine.
+
+    ``store``: the discovery store's state (``reachable`` or ``unreachable for ...``); None leaves the line out.
+    """
+    pairs = [["Role", role], ["Primary", primary]]
+    if store is not None:
+        pairs.append(["Store", store])
+    pairs += [["Strategy", strategy], ["Filters", FILTERS]]
     pairs.append(["Nodes", str(len(engines))])
     for e in engines:
         pairs += _engine_lines(e)
     return pairs
 
 
-def cluster_info(cluster: Cluster, role: str, primary: str, manager_id: str) -> dict[str, Any]:
+def cluster_info(
+    cluster: Cluster, role: str, primary: str, manager_id: str, store: str | None = None
+) -> dict[str, Any]:
     """The ``/info`` body for the whole cluster as seen by this manager."""
     engines = cluster.engines
     healthy = [e for e in engines if e.healthy]
@@ -69,7 +79,7 @@ def cluster_info(cluster: Cluster, role: str, primary: str, manager_id: str) -> 
         "Images": sum(int(e.info.get("Images") or 0) for e in healthy),
         "Driver": "",
         "DriverStatus": None,
-        "SystemStatus": system_status(role, primary, cluster.strategy, engines),
+        "SystemStatus": system_status(role, primary, cluster.strategy, engines, store),
         "Plugins": {"Volume": None, "Network": None, "Authorization": None, "Log": None},
         "MemoryLimit": True,
         "SwapLimit": True,

@@ -7,7 +7,8 @@ managed containerd's unix socket lives there) and pid file, ``--iptables=false -
 :data:`IMAGE`, made without a registry: a tar of Debian's static busybox with /bin/sh, /bin/echo, ... linked
 to it, loaded with ``docker import``.
 
-:func:`missing` names what is missing (dockerd, containerd, docker, busybox, root) or returns None.
+:func:`missing` names what is missing (dockerd, containerd, docker, busybox, unshare, docker-registry, root) or
+returns None. :func:`start_registry` starts a registry on loopback for the engines to pull from and push to.
 :func:`stop_engine` kills each engine's whole process group (dockerd and its containerd) and removes its directories.
 """
 
@@ -70,7 +71,7 @@ def docker_cli(
 
 
 def missing() -> str | None:
-    for tool in ("dockerd", "containerd", "docker", "busybox"):
+    for tool in ("dockerd", "containerd", "docker", "busybox", "unshare", "docker-registry"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     if os.geteuid() != 0:
@@ -107,11 +108,21 @@ def ping(addr: str, certs: dict[str, Path] | None = None) -> bool:
         return False
 
 
-def start_engine(index: int, tls: dict[str, Path] | None = None) -> DockerEngine:
+def start_engine(
+    index: int,
+    tls: dict[str, Path] | None = None,
+    *,
+    hostname: str | None = None,
+    labels: dict[str, str] | None = None,
+    insecure_registries: tuple[str, ...] = (),
+) -> DockerEngine:
     """Start dockerd ``index`` on a free loopback port; RuntimeError (after cleaning up) if it never answers.
 
     ``tls``: certificates from :func:`tests.support.manager.make_certs`; the engine then runs with
     ``--tlsverify`` (clients need a certificate signed by that CA) and its node certificate.
+    ``hostname``: the engine runs in a UTS namespace of its own (``unshare --uts``) with that host name, so
+    ``/info`` reports it as its ``Name``. ``labels``: engine labels (``--label k=v``).
+    ``insecure_registries``: ``--insecure-registry`` addresses (a plain-HTTP registry on loopback).
     """
     root = Path(tempfile.mkdtemp(prefix=f"shd{index}-", dir="/tmp"))
     port = free_port()
@@ -121,6 +132,12 @@ def start_engine(index: int, tls: dict[str, Path] | None = None) -> DockerEngine
         "--pidfile", str(root / "pid"), "--iptables=false", "--ip6tables=false", "--bridge=none",
         "--storage-driver=vfs", "--log-level=warn", *tls_flags(tls),
     ]  # fmt: skip
+    for k, v in (labels or {}).items():
+        cmd += ["--label", f"{k}={v}"]
+    for registry in insecure_registries:
+        cmd += ["--insecure-registry", registry]
+    if hostname is not None:
+        cmd = ["unshare", "--uts", "sh", "-c", f'hostname {hostname} && exec "$@"', "dockerd", *cmd]
     with open(root / "dockerd.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     engine = DockerEngine(addr, root, proc, tls)
@@ -131,6 +148,54 @@ def start_engine(index: int, tls: dict[str, Path] | None = None) -> DockerEngine
             raise RuntimeError(f"dockerd did not start: {(root / 'dockerd.log').read_text(errors='replace')[-2000:]}")
         time.sleep(0.1)
     return engine
+
+
+@attrs.define
+class Registry:
+    """A Docker registry (Debian's ``docker-registry``) on a loopback port, storage in a temporary directory."""
+
+    addr: str
+    root: Path
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_registry() -> Registry:
+    """Start ``docker-registry`` on 127.0.0.1 (a free port, no auth, deletes allowed); RuntimeError if it never
+    answers ``/v2/``."""
+    root = Path(tempfile.mkdtemp(prefix="shreg-", dir="/tmp"))
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n"
+    )
+    with open(root / "registry.log", "wb") as log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    registry = Registry(addr, root, proc)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{addr}/v2/", timeout=1) as r:
+                if r.status == 200:
+                    return registry
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            text = (root / "registry.log").read_text(errors="replace")[-2000:]
+            registry.stop()
+            raise RuntimeError(f"docker-registry did not start: {text}")
+        time.sleep(0.1)
 
 
 def stop_engine(engine: DockerEngine) -> None:
