@@ -8,8 +8,10 @@
 * ``manager-ab``: the manager's forwarding hop, this checkout against another one (``--base DIR``), interleaved
   (``benchmarks/manager_ab.py``; prints its table).
 * ``outage-recovery``: from a restarted store's health to a leader again (``benchmarks/outage_recovery.py``).
+* ``scale``: N = 1 .. 10,000 keys x 3 processes, swarmha beside kazoo and the etcd lock (``benchmarks/scale.py``;
+  writes its table into ``docs/benchmarks.md``); takes ``--quick`` and ``--out FILE`` too.
 
-The last two take only their own options (``python -m benchmarks manager-ab --help``), not --quick/--out.
+``manager-ab`` and ``outage-recovery`` take only their own options (``python -m benchmarks manager-ab --help``), not --quick/--out.
 
 ``--quick`` is the CI smoke mode (each part under a minute, figures mean little); without it, the full runs.
 Other options go to the part: ``python -m benchmarks election --help``.
@@ -26,7 +28,9 @@ from pathlib import Path
 
 PARTS = ["election", "core", "manager"]
 #: Parts run only by name (not by ``all``), with their own options only.
-EXTRA = ["manager-ab", "outage-recovery"]
+EXTRA = ["manager-ab", "outage-recovery", "scale"]
+#: Parts of EXTRA that also take the common --quick / --out (passed on as they are).
+EXTRA_COMMON = {"scale"}
 
 
 def _runner(part: str) -> Callable[[list[str]], None]:
@@ -79,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="CI smoke mode: under a minute per part")
     parser.add_argument("--out", help="directory for the reports (default: each part's own, under docs/)")
     args, rest = parser.parse_known_args(argv)
+    if args.part in EXTRA_COMMON:
+        _runner(args.part)((["--quick"] if args.quick else []) + (["--out", args.out] if args.out else []) + rest)
+        return
     if args.part in EXTRA:
         if args.quick or args.out is not None:
             parser.error(f"{args.part} takes only its own options (python -m benchmarks {args.part} --help)")

@@ -89,8 +89,11 @@ def _cpu_seconds(pid: int) -> float:
 class Stores:
     """Starts the stores named in ``backends``; ``url(backend, prefix)`` gives a swarmha discovery URL."""
 
-    def __init__(self, backends: list[str], zk_query: str = "") -> None:
+    def __init__(self, backends: list[str], zk_query: str = "", zk_extra: list[str] | None = None) -> None:
         self.backends = backends
+        # ``zoo.cfg`` lines; by default hundreds of clients from one address are allowed (the idle and N=100 runs
+        # of the election benchmark: ZooKeeper allows 60 by default); ``[]``: the server's defaults.
+        self.zk_extra = ["maxClientCnxns=0"] if zk_extra is None else zk_extra
         self.zk_query = zk_query  # appended to swarmha's zk:// URLs, e.g. "prepare=0"
         self.tmp = Path(tempfile.mkdtemp(prefix="swarmha-bench-"))
         self.etcd: Cluster | None = None
@@ -103,8 +106,7 @@ class Stores:
             if "etcd" in self.backends:
                 self.etcd = etcd_cluster(self.tmp / "etcd", 1)
             if "zk" in self.backends:
-                # hundreds of clients from one address in the idle and N=100 runs (ZooKeeper allows 60 by default)
-                self.zk = zk_cluster(self.tmp / "zk", 1, extra=["maxClientCnxns=0"])
+                self.zk = zk_cluster(self.tmp / "zk", 1, extra=self.zk_extra)
             if "consul" in self.backends:
                 self.consul = ConsulDouble(session_ttl_min=0.001).start()
             if "sqlite" in self.backends:

@@ -35,7 +35,7 @@ import attrs
 
 from swarmha.discovery import Discovery, Watch
 
-__all__ = ["IDLE", "WORKERS", "Engine", "Park", "Task"]
+__all__ = ["IDLE", "WORKERS", "Engine", "Park", "Steps", "Task"]
 
 log = logging.getLogger("swarmha.election")
 

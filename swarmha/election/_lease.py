@@ -6,8 +6,9 @@
 
 Guarantees:
 
-* One store session for every candidate that shares the lease: one keepalive per ``ttl/3`` (renewals of its
-  candidates that fall within ``ttl/6`` of a successful one share it), one lease in etcd, one logical session on
+* One store session for every candidate that shares the lease: one keepalive per ``ttl/3``, sent by the lease
+  itself on the Discovery's election engine while the session is open (so candidates that only wait keep it
+  too), and shared by its leaders' renewals (one within ``ttl/6`` of a successful renewal reuses it), one lease in etcd, one logical session on
   ZooKeeper, one session in Consul or sqlite, however many keys.
 * Each key still has its own term and its own fencing token, strictly increasing per key, as without a lease;
   a leader still demotes itself when no renewal of the lease succeeded within its ``renew_deadline``, and a
@@ -33,6 +34,7 @@ import time
 from swarmha._context import ClosesOnExit
 from swarmha.discovery import Discovery, Session
 from swarmha.discovery._base import check_ttl
+from swarmha.election._engine import Engine, Park, Steps, Task
 from swarmha.errors import ConfigurationError, DiscoveryError, SessionExpired
 
 __all__ = ["Lease"]
@@ -51,6 +53,7 @@ class Lease(ClosesOnExit):
         self._inflight: threading.Event | None = None
         self._result: float | BaseException = 0.0
         self._closed = False
+        self._keeper: Task | None = None
 
     @property
     def id(self) -> str | None:
@@ -67,7 +70,30 @@ class Lease(ClosesOnExit):
                 sent = time.monotonic()
                 self._session = self.discovery.session(self.ttl)
                 self._ok_sent = sent
+                if self._keeper is None or self._keeper.done.is_set():
+                    self._keeper = Engine.of(self.discovery).task(
+                        f"swarmha-lease[{self._session.id}]", self._keep(self._session), lambda: self._closed
+                    )
+                    self._keeper.start()
             return self._session
+
+    def _keep(self, session: Session) -> Steps:
+        """Renew ``session`` every ttl/3 until it is lost or the lease closed (a task on the engine)."""
+        retry = self.ttl / 6.0
+        while not self._closed:
+            with self._lock:
+                if session is not self._session:
+                    return
+                due = self._ok_sent + self.ttl / 3.0
+            yield Park(None, due)
+            if self._closed:
+                return
+            try:
+                self.renew(session)
+            except SessionExpired:
+                return
+            except DiscoveryError:
+                yield Park(None, time.monotonic() + retry)
 
     def renew(self, session: Session) -> float:
         """Renew ``session`` (the lease's current one) and return when the renewal that succeeded was *sent*.
@@ -125,6 +151,9 @@ class Lease(ClosesOnExit):
         with self._lock:
             self._closed = True
             session, self._session = self._session, None
+            keeper = self._keeper
+        if keeper is not None:
+            keeper.interrupt()
         if session is not None:
             session.close()
 

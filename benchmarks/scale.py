@@ -1,0 +1,463 @@
+"""Scale: N keys, three processes campaigning for all of them, swarmha beside kazoo and the etcd lock.
+
+    python -m benchmarks scale [--quick] [--keys 1,100,1000,10000] [--backends etcd,zk,sqlite]
+                               [--systems swarmha,swarmha-lease,kazoo-election,kazoo-lock,etcd-lock] [--out FILE]
+
+For every backend, system and N: three worker processes (``python -m benchmarks.scale worker ...``) each
+campaign for the same N keys (ttl 6 s) on one server started for the run (ZooKeeper with its default
+``maxClientCnxns=60``). Measured:
+
+* **elect**: from the moment the three are told to go (each has built its clients) until every key has a
+  leader; then every key must have exactly one (the three processes' sets of led keys are disjoint and cover N);
+* **idle req/s per process**: server-side request counter over a quiet window with every key held
+  (``benchmarks/stores.py`` says what each server counts; ZooKeeper counts its heartbeat pings too), / 3;
+* **threads, fds, store connections, RSS** per process (the largest of the three), from ``/proc``;
+* **handover p50/p95 per key**: the process leading most keys gives all of them up gracefully (swarmha
+  ``stop()``, kazoo ``Lock.release()`` / the ``Election`` function returning, etcd ``Lock.release()``); for each
+  key, from the moment its release was started to the moment another process leads it (``CLOCK_MONOTONIC``
+  is one clock for every process of the machine).
+
+Systems: ``swarmha`` (a session per candidate), ``swarmha-lease`` (one :class:`swarmha.Lease` per process),
+``kazoo-election`` / ``kazoo-lock`` (one KazooClient per process, N recipes, a thread each: kazoo's recipes
+block), ``etcd-lock`` (pyetcd, one client per process, N locks each with its own lease, a thread each; one
+refresher thread per process keeps the held locks' leases alive). Peers run up to ``--peer-max`` keys (1000).
+Writes the table between ``<!-- scale:begin -->`` and ``<!-- scale:end -->`` in ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
+TTL = 6.0
+PROCESSES = 3
+IDLE_WINDOW = 6.0
+SYSTEMS = ["swarmha", "swarmha-lease", "kazoo-election", "kazoo-lock", "etcd-lock"]
+PEERS = {"kazoo-election": "zk", "kazoo-lock": "zk", "etcd-lock": "etcd"}
+
+
+# -- the worker process ----------------------------------------------------------------------------------
+
+
+def _proc_stats(port: int) -> dict[str, int]:
+    """Threads, fds, RSS (kB) and ESTABLISHED TCP connections to ``port`` of this process, from /proc."""
+    status = Path("/proc/self/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    inodes = set()
+    fds = os.listdir("/proc/self/fd")
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    conns = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == port and cols[9] in inodes:
+                    conns += 1
+    return {
+        "threads": int(fields["Threads"].strip()),
+        "fds": len(fds),
+        "rss_kb": int(fields["VmRSS"].split()[0]),
+        "conns": conns,
+    }
+
+
+class _Worker:
+    """Campaigns for ``keys`` with one system; records when each key was won and when its release started."""
+
+    def __init__(self, system: str, url: str, keys: list[str], node: str) -> None:
+        self.system, self.url, self.keys, self.node = system, url, keys, node
+        self.lock = threading.Lock()
+        self.leading: set[str] = set()
+        self.elected: dict[str, float] = {}
+        self.released: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._handles: dict[str, Any] = {}
+        self._setup()
+
+    def _won(self, key: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.leading.add(key)
+            self.elected[key] = now
+
+    def _lost(self, key: str) -> None:
+        with self.lock:
+            self.leading.discard(key)
+
+    def _setup(self) -> None:
+        if self.system.startswith("swarmha"):
+            import swarmha
+            from swarmha.observe import add_observer
+
+            self.d = swarmha.connect(self.url)
+
+            def observe(seen: Any) -> None:
+                if seen.source != "candidate" or seen.node != self.node:
+                    return
+                if seen.kind == "elected":
+                    self._won(seen.key)
+                elif seen.kind == "lost":
+                    self._lost(seen.key)
+
+            add_observer(observe)
+            self.lease = swarmha.Lease(self.d, ttl=TTL) if self.system == "swarmha-lease" else None
+            for key in self.keys:
+                if self.lease is not None:
+                    self._handles[key] = swarmha.Candidate(self.d, key, node=self.node, lease=self.lease)
+                else:
+                    self._handles[key] = swarmha.Candidate(self.d, key, node=self.node, ttl=TTL)
+        elif self.system.startswith("kazoo"):
+            from kazoo.client import KazooClient
+
+            hosts, prefix = self.url.split("://", 1)[1].split("/", 1)
+            self.prefix = "/" + prefix
+            self.client = KazooClient(hosts=hosts, timeout=TTL)
+            self.client.start(timeout=10)
+        else:
+            import pyetcd
+
+            hosts, prefix = self.url.split("://", 1)[1].split("/", 1)
+            host, port = hosts.split(",")[0].rsplit(":", 1)
+            self.client = pyetcd.client(host=host, port=int(port))
+            self.client.get("warm-up")
+            self.prefix = prefix
+
+    def go(self) -> None:
+        if self.system.startswith("swarmha"):
+            for c in self._handles.values():
+                c.start()
+            return
+        for key in self.keys:
+            threading.Thread(target=self._peer, args=(key,), daemon=True).start()
+        if self.system == "etcd-lock":
+            threading.Thread(target=self._refresh, daemon=True).start()
+
+    def _peer(self, key: str) -> None:
+        """One kazoo recipe or etcd lock per key, on a thread of its own (these recipes block)."""
+        done = threading.Event()
+        self._handles[key] = done
+        if self.system == "kazoo-election":
+            election = self.client.Election(f"{self.prefix}/{key}", self.node)
+
+            def lead() -> None:
+                self._won(key)
+                done.wait()
+                self._lost(key)
+
+            with contextlib.suppress(Exception):
+                election.run(lead)
+        elif self.system == "kazoo-lock":
+            lock = self.client.Lock(f"{self.prefix}/{key}", self.node)
+            with contextlib.suppress(Exception):
+                if lock.acquire():
+                    self._won(key)
+                    done.wait()
+                    self._lost(key)
+                    lock.release()
+        else:
+            lock = self.client.lock(f"{self.prefix}/{key}", ttl=int(TTL))
+            with contextlib.suppress(Exception):
+                if lock.acquire(timeout=None):
+                    with self.lock:
+                        self._locks = getattr(self, "_locks", {})
+                        self._locks[key] = lock
+                    self._won(key)
+                    done.wait()
+                    self._lost(key)
+                    with self.lock:
+                        self._locks.pop(key, None)
+                    lock.release()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(TTL / 3.0):
+            with self.lock:
+                locks = list(getattr(self, "_locks", {}).values())
+            for lock in locks:
+                with contextlib.suppress(Exception):
+                    lock.refresh()
+
+    def release(self) -> dict[str, float]:
+        """Give up every key led now; when each release started."""
+        with self.lock:
+            held = sorted(self.leading)
+        for key in held:
+            started = time.monotonic()
+            self.released[key] = started
+            handle = self._handles[key]
+            if self.system.startswith("swarmha"):
+                handle.stop()
+            else:
+                handle.set()
+        return {k: self.released[k] for k in held}
+
+    def quit(self) -> None:
+        self._stop.set()
+        if self.system.startswith("swarmha"):
+            for c in self._handles.values():
+                c.stop()
+            if self.lease is not None:
+                self.lease.close()
+            self.d.close()
+        else:
+            for handle in self._handles.values():
+                handle.set()
+            with contextlib.suppress(Exception):
+                if self.system.startswith("kazoo"):
+                    self.client.stop()
+                else:
+                    self.client.close()
+
+
+def worker_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale worker")
+    parser.add_argument("--system", required=True, choices=SYSTEMS)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--keys", type=int, required=True)
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    keys = [f"k{i:05d}" for i in range(args.keys)]
+    worker = _Worker(args.system, args.url, keys, args.node)
+
+    def reply(value: Any) -> None:
+        sys.stdout.write(json.dumps(value) + "\n")
+        sys.stdout.flush()
+
+    reply("ready")
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "go":
+            worker.go()
+            reply("going")
+        elif command == "count":
+            with worker.lock:
+                reply(len(worker.leading))
+        elif command == "leading":
+            with worker.lock:
+                reply(sorted(worker.leading))
+        elif command == "stats":
+            reply(_proc_stats(args.port))
+        elif command == "release":
+            reply(worker.release())
+        elif command == "elected":
+            with worker.lock:
+                reply(dict(worker.elected))
+        elif command == "quit":
+            worker.quit()
+            reply("bye")
+            return
+
+
+# -- the harness -------------------------------------------------------------------------------------------
+
+
+class _Proc:
+    def __init__(self, system: str, url: str, keys: int, node: str, port: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.scale", "worker", "--system", system, "--url", url,
+             "--keys", str(keys), "--node", node, "--port", str(port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._in: IO[str] = self.proc.stdin
+        self._out: IO[str] = self.proc.stdout
+
+    def read(self) -> Any:
+        line = self._out.readline()
+        if not line:
+            raise RuntimeError(f"worker exited (code {self.proc.poll()})")
+        return json.loads(line)
+
+    def ask(self, command: str) -> Any:
+        self._in.write(command + "\n")
+        self._in.flush()
+        return self.read()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ask("quit")
+        with contextlib.suppress(Exception):
+            self.proc.wait(30)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float) -> dict[str, Any]:
+    prefix = f"scale-{system}-{n}-{time.monotonic_ns()}"
+    url = stores.url(backend, prefix)
+    port = _store_port(stores, backend)
+    result: dict[str, Any] = {"backend": backend, "system": system, "keys": n}
+    procs = [_Proc(system, url, n, f"p{i}", port) for i in range(PROCESSES)]
+    try:
+        for p in procs:
+            assert p.read() == "ready"
+        began = time.monotonic()
+        for p in procs:
+            p.ask("go")
+        deadline = began + elect_timeout
+        while sum(p.ask("count") for p in procs) < n:
+            if time.monotonic() > deadline:
+                result["error"] = f"not every key elected within {elect_timeout:.0f}s"
+                result["led"] = sum(p.ask("count") for p in procs)
+                return result
+            time.sleep(0.02)
+        result["elect_s"] = time.monotonic() - began
+        led = [set(p.ask("leading")) for p in procs]
+        union = set().union(*led)
+        result["exactly_one"] = len(union) == n and sum(len(s) for s in led) == n
+        time.sleep(1.0)
+        before = stores.requests(backend)
+        time.sleep(IDLE_WINDOW)
+        after = stores.requests(backend)
+        total = sum(after.get(k, 0.0) - before.get(k, 0.0) for k in after if k != "connections")
+        result["idle_rps_per_process"] = total / IDLE_WINDOW / PROCESSES
+        stats = [p.ask("stats") for p in procs]
+        for name in ("threads", "fds", "conns", "rss_kb"):
+            result[name] = max(s[name] for s in stats)
+        counts = [p.ask("count") for p in procs]
+        leader = procs[counts.index(max(counts))]
+        others = [p for p in procs if p is not leader]
+        released = leader.ask("release")
+        deadline = time.monotonic() + elect_timeout
+        while sum(p.ask("count") for p in others) < n:
+            if time.monotonic() > deadline:
+                result["handover_error"] = "not every released key was taken over"
+                break
+            time.sleep(0.02)
+        elected: dict[str, float] = {}
+        for p in others:
+            elected.update(p.ask("elected"))
+        handovers = [elected[k] - t for k, t in released.items() if k in elected and elected[k] >= t]
+        result["released"] = len(released)
+        result["handover_p50_ms"] = _percentile(handovers, 0.5) * 1000
+        result["handover_p95_ms"] = _percentile(handovers, 0.95) * 1000
+        return result
+    finally:
+        for p in procs:
+            p.close()
+
+
+def _store_port(stores: Any, backend: str) -> int:
+    cluster = {"etcd": stores.etcd, "zk": stores.zk}.get(backend)
+    return 0 if cluster is None else int(cluster.members[0].client_port)
+
+
+def report(results: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        BEGIN,
+        "## Scale: N keys × 3 processes",
+        "",
+        f"Command: `{command}` — {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
+        "ttl 6 s; every figure measured in that one run, all systems on the same servers (ZooKeeper with its "
+        "default `maxClientCnxns=60`). Per process: the largest of the three. idle req/s: server-side requests "
+        "over 6 s with every key held, per process (ZooKeeper counts heartbeat pings). handover: per key, from "
+        "its release to another process leading it, while the releasing process gives up all its keys.",
+        "",
+        "| backend | system | keys | every key led (s) | exactly one | idle req/s | threads | fds | store conns "
+        "| RSS MB | handover p50 / p95 (ms) |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if "error" in r and "elect_s" not in r:
+            lines.append(
+                f"| {r['backend']} | {r['system']} | {r['keys']} | **failed**: {r['error']} "
+                f"({r.get('led', '?')} led) | | | | | | | |"
+            )
+            continue
+        hand = f"{r['handover_p50_ms']:.1f} / {r['handover_p95_ms']:.1f}"
+        if "handover_error" in r:
+            hand += " (incomplete)"
+        lines.append(
+            f"| {r['backend']} | {r['system']} | {r['keys']} | {r['elect_s']:.2f} | "
+            f"{'yes' if r['exactly_one'] else '**NO**'} | {r['idle_rps_per_process']:.1f} | {r['threads']} | "
+            f"{r['fds']} | {r['conns']} | {r['rss_kb'] / 1024:.0f} | {hand} |"
+        )
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_report(section: str, path: Path) -> None:
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "worker":
+        worker_main(argv[1:])
+        return
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="CI smoke mode: N=1,10 on sqlite and etcd, no peers")
+    parser.add_argument("--keys", default="1,100,1000,10000", help="comma-separated N values")
+    parser.add_argument("--backends", default="etcd,zk,sqlite")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--peer-max", type=int, default=1000, help="largest N for the peers and per-session swarmha")
+    parser.add_argument("--sqlite-max", type=int, default=1000, help="largest N on sqlite")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    keys = [1, 10] if args.quick else [int(k) for k in args.keys.split(",")]
+    backends = ["sqlite", "etcd"] if args.quick else args.backends.split(",")
+    systems = ["swarmha-lease"] if args.quick else args.systems.split(",")
+    from benchmarks.stores import Stores
+
+    results: list[dict[str, Any]] = []
+    with Stores(list(backends), zk_extra=[]) as stores:
+        for backend in backends:
+            for system in systems:
+                if system in PEERS and PEERS[system] != backend:
+                    continue
+                for n in keys:
+                    if (system != "swarmha-lease" and n > args.peer_max) or (
+                        backend == "sqlite" and n > args.sqlite_max
+                    ):
+                        continue
+                    timeout = max(30.0, n / 50.0)
+                    print(f"scale: {backend} {system} N={n} ...", flush=True)
+                    try:
+                        r = run_one(stores, backend, system, n, timeout)
+                    except Exception as e:
+                        r = {"backend": backend, "system": system, "keys": n, "error": f"{type(e).__name__}: {e}"}
+                    print(f"  {json.dumps(r)}", flush=True)
+                    results.append(r)
+    command = "python -m benchmarks scale " + " ".join(argv)
+    section = report(results, command.strip())
+    print(section)
+    if not args.quick:
+        write_report(section, Path(args.out))
+    json_path = Path(args.out).with_name("benchmarks-scale.json")
+    if not args.quick:
+        json_path.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
