@@ -11,7 +11,8 @@
 * ``scale``: N = 1 .. 10,000 keys x 3 processes, swarmha beside kazoo and the etcd lock (``benchmarks/scale.py``;
   writes its table into ``docs/benchmarks.md``); takes ``--quick`` and ``--out FILE`` too.
 
-``manager-ab`` and ``outage-recovery`` take only their own options (``python -m benchmarks manager-ab --help``), not --quick/--out.
+``manager-ab`` and ``outage-recovery`` take only their own options (``python -m benchmarks manager-ab --help``),
+not --quick/--out.
 
 ``--quick`` is the CI smoke mode (each part under a minute, figures mean little); without it, the full runs.
 Other options go to the part: ``python -m benchmarks election --help``.

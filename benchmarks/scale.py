@@ -368,7 +368,7 @@ def _store_port(stores: Any, backend: str) -> int:
 def report(results: list[dict[str, Any]], command: str) -> str:
     lines = [
         BEGIN,
-        "## Scale: N keys × 3 processes",
+        "## Scale: N keys x 3 processes",
         "",
         f"Command: `{command}` — {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
         "ttl 6 s; every figure measured in that one run, all systems on the same servers (ZooKeeper with its "
