@@ -318,7 +318,11 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
         for p in procs:
             p.ask("go")
         deadline = began + elect_timeout
-        while sum(p.ask("count") for p in procs) < n:
+        shown = began
+        while (led := sum(p.ask("count") for p in procs)) < n:
+            if time.monotonic() - shown >= 5.0:
+                shown = time.monotonic()
+                print(f"  {shown - began:.0f}s: {led} of {n} keys led", flush=True)
             if time.monotonic() > deadline:
                 result["error"] = f"not every key elected within {elect_timeout:.0f}s"
                 result["led"] = sum(p.ask("count") for p in procs)

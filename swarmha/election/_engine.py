@@ -98,7 +98,7 @@ class Task:
             parked, self._parked = self._parked, None
         if parked is None:
             return
-        self._engine.submit(self, False)
+        self._engine.submit(self, False, urgent=True)
         if parked.watch is not None and self._notified is not parked.watch:
             parked.watch.interrupt()  # a waiter thread blocked in wait() (a watch without notify)
 
@@ -118,7 +118,7 @@ class Task:
             if parked is None or generation != self._generation:
                 return
             self._parked = None
-        self._engine.submit(self, _Mark.POLL if parked.watch is not None else False)
+        self._engine.submit(self, _Mark.POLL if parked.watch is not None else False, urgent=True)
 
     def _on_waited(self, park: Park, value: Resume) -> None:
         """The end of a wait on a thread of its own (a watch without notify)."""
@@ -239,9 +239,13 @@ class Engine:
 
     # -- workers -------------------------------------------------------------------------------------------
 
-    def submit(self, task: Task, value: Resume) -> None:
+    def submit(self, task: Task, value: Resume, *, urgent: bool = False) -> None:
+        """Run ``task`` with ``value`` on a worker; ``urgent`` (a deadline: renewals, demotions) goes first."""
         with self._lock:
-            self._ready.append((task, value))
+            if urgent:
+                self._ready.appendleft((task, value))
+            else:
+                self._ready.append((task, value))
             if self._idle:
                 self._lock.notify()
             elif self._workers < WORKERS:

@@ -51,7 +51,7 @@ class Lease(ClosesOnExit):
         discovery.check_ttl(self.ttl)
         self._lock = threading.Lock()
         self._session: Session | None = None
-        self._ok_sent = 0.0  # when the last successful renewal of the current session was sent
+        self._ok_sent = 0.0  # when the last successful renewal of the current session was sent (or it was opened)
         self._inflight: threading.Event | None = None
         self._result: float | BaseException = 0.0
         self._closed = False
@@ -140,6 +140,13 @@ class Lease(ClosesOnExit):
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome
+
+    def valid_until(self, session: Session, renew_deadline: float) -> float:
+        """Monotonic time until which a term held through ``session`` is valid: the lease's last successful
+        renewal plus ``renew_deadline``; 0 when ``session`` is not the lease's current one. Lock-free."""
+        if session is not self._session:
+            return 0.0
+        return self._ok_sent + renew_deadline
 
     def lost(self, session: Session) -> None:
         """A user of the lease saw ``session`` gone (its keys vanished with it): open a new one on next use."""

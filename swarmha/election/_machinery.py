@@ -321,7 +321,9 @@ class Campaign(_Worker):
         self.lease = lease
         self._phase = Phase.LATENT
         self._lead: _Lead | None = None
-        self._valid: tuple[Term, float] | None = None  # (term, deadline) while leading: what ``term`` reads
+        # (term, deadline, lease session or None) while leading: what ``term`` reads. With a lease the deadline
+        # is the lease's (its last successful renewal + renew_deadline), read live.
+        self._valid: tuple[Term, float, Session | None] | None = None
         self._renew_sent = 0.0
         self._deadline = 0.0
         self._resign = False
@@ -348,14 +350,22 @@ class Campaign(_Worker):
         deadline) pair that the machine replaces under the lock whenever either changes.
         """
         valid = self._valid
-        if valid is not None and time.monotonic() < valid[1]:
-            return valid[0]
-        return None
+        if valid is None:
+            return None
+        deadline = (
+            valid[1]
+            if valid[2] is None or self.lease is None
+            else self.lease.valid_until(valid[2], self.renew_deadline)
+        )
+        return valid[0] if time.monotonic() < deadline else None
 
     @property
     def deadline(self) -> float:
         """Monotonic time at which the current term ends unless a renewal succeeds first."""
         with self._lock:
+            valid = self._valid
+            if valid is not None and valid[2] is not None and self.lease is not None:
+                return self.lease.valid_until(valid[2], self.renew_deadline)
             return self._deadline
 
     def stop(self, timeout: float | None = None) -> None:
@@ -420,7 +430,9 @@ class Campaign(_Worker):
             self._lead = _Lead(term, session, record)
             self._renew_sent = sent
             self._deadline = sent + self.renew_deadline
-            self._valid = (term, self._deadline)
+            if self.lease is not None:  # the lease renews itself: its renewals are what keep the key
+                self._deadline = self.lease.valid_until(session, self.renew_deadline)
+            self._valid = (term, self._deadline, session if self.lease is not None else None)
             if time.monotonic() >= self._deadline:
                 return None
             self._enter(Phase.LEADING, Event(Kind.ELECTED, term))
@@ -546,6 +558,9 @@ class Campaign(_Worker):
         yield Park(None, time.monotonic() + 0.001)
 
     def _lead_step(self, lead: _Lead) -> Steps:
+        if self.lease is not None:
+            yield from self._lead_step_on_lease(lead)
+            return
         now = time.monotonic()
         if now >= self._deadline:
             self._demote(f"no renewal succeeded within renew_deadline={self.renew_deadline:.3f}s", stale=True)
@@ -570,9 +585,30 @@ class Campaign(_Worker):
             if self._lead is lead and time.monotonic() < self._deadline:
                 self._renew_sent = sent
                 self._deadline = sent + self.renew_deadline
-                self._valid = (lead.term, self._deadline)
+                self._valid = (lead.term, self._deadline, None)
                 return
         self._demote("the renewal succeeded only after the renew deadline", stale=True)
+
+    def _lead_step_on_lease(self, lead: _Lead) -> Steps:
+        """Leading with a lease: the lease renews itself, so the leader only watches its key and its deadline."""
+        assert self.lease is not None
+        deadline = self.lease.valid_until(lead.session, self.renew_deadline)
+        with self._lock:
+            self._deadline = deadline
+        now = time.monotonic()
+        if now >= deadline:
+            if self.lease.valid_until(lead.session, 0.0) == 0.0:  # not the lease's session any more: it was lost
+                self._demote("the lease's session expired in the store", stale=False, expired=False)
+            else:
+                self._demote(f"no renewal of the lease within renew_deadline={self.renew_deadline:.3f}s", stale=True)
+            return
+        if lead.watch is None:
+            lead.watch = self._d.watch(self.key, lead.record)
+        fired = yield from self._wait_on(lead.watch, deadline - now)
+        if fired and self._lead is lead:
+            current = self._d.get(self.key)
+            if current is None or current.token != lead.term.token:
+                self._demote("the leader key was deleted or replaced", stale=False)
 
     def _on_error(self, error: BaseException) -> None:
         lead = self._lead
