@@ -7,7 +7,7 @@
 Guarantees:
 
 * One store session for every candidate that shares the lease: one keepalive per ``ttl/3``, sent by the lease
-  itself on the Discovery's election engine while the session is open (so candidates that only wait keep it
+  itself on a ``swarmha-lease[ID]`` thread while the session is open (so candidates that only wait keep it
   too), and shared by its leaders' renewals (one within ``ttl/6`` of a successful renewal reuses it); one lease
   in etcd, one logical session on ZooKeeper, one session in Consul or sqlite, however many keys.
 * The price on ZooKeeper and etcd: candidates of a lease take no ticket (``Discovery.prepare`` gives each its
@@ -36,7 +36,6 @@ import time
 from swarmha._context import ClosesOnExit
 from swarmha.discovery import Discovery, Session
 from swarmha.discovery._base import check_ttl
-from swarmha.election._engine import Engine, Park, Steps, Task
 from swarmha.errors import ConfigurationError, DiscoveryError, SessionExpired
 
 __all__ = ["Lease"]
@@ -55,7 +54,8 @@ class Lease(ClosesOnExit):
         self._inflight: threading.Event | None = None
         self._result: float | BaseException = 0.0
         self._closed = False
-        self._keeper: Task | None = None
+        self._keeper: threading.Thread | None = None
+        self._wake = threading.Event()  # set by close(): the keeper ends
 
     @property
     def id(self) -> str | None:
@@ -72,30 +72,34 @@ class Lease(ClosesOnExit):
                 sent = time.monotonic()
                 self._session = self.discovery.session(self.ttl)
                 self._ok_sent = sent
-                if self._keeper is None or self._keeper.done.is_set():
-                    self._keeper = Engine.of(self.discovery).task(
-                        f"swarmha-lease[{self._session.id}]", self._keep(self._session), lambda: self._closed
+                if self._keeper is None or not self._keeper.is_alive():
+                    self._keeper = threading.Thread(
+                        target=self._keep, args=(self._session,), name=f"swarmha-lease[{self._session.id}]", daemon=True
                     )
                     self._keeper.start()
             return self._session
 
-    def _keep(self, session: Session) -> Steps:
-        """Renew ``session`` every ttl/3 until it is lost or the lease closed (a task on the engine)."""
+    def _keep(self, session: Session) -> None:
+        """Renew ``session`` every ttl/3 until it is lost or the lease closed.
+
+        On a thread of its own (one per lease, not per candidate): the renewal that keeps every key of the lease
+        must never wait behind the campaigns' store calls on the engine's workers.
+        """
         retry = self.ttl / 6.0
         while not self._closed:
             with self._lock:
                 if session is not self._session:
                     return
                 due = self._ok_sent + self.ttl / 3.0
-            yield Park(None, due)
-            if self._closed:
+            if self._wake.wait(max(0.0, due - time.monotonic())) or self._closed:
                 return
             try:
                 self.renew(session)
             except SessionExpired:
                 return
             except DiscoveryError:
-                yield Park(None, time.monotonic() + retry)
+                if self._wake.wait(retry):
+                    return
 
     def renew(self, session: Session) -> float:
         """Renew ``session`` (the lease's current one) and return when the renewal that succeeded was *sent*.
@@ -161,8 +165,9 @@ class Lease(ClosesOnExit):
             self._closed = True
             session, self._session = self._session, None
             keeper = self._keeper
-        if keeper is not None:
-            keeper.interrupt()
+        self._wake.set()
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(self.ttl)
         if session is not None:
             session.close()
 
