@@ -7,13 +7,14 @@
 Guarantees:
 
 * One store session for every candidate that shares the lease: one keepalive per ``ttl/3``, sent by the lease
-  itself on a ``swarmha-lease[ID]`` thread while the session is open (so candidates that only wait keep it
-  too), and shared by its leaders' renewals (one within ``ttl/6`` of a successful renewal reuses it); one lease
-  in etcd, one logical session on ZooKeeper, one session in Consul or sqlite, however many keys.
+  itself on a ``swarmha-lease[ID]`` thread while the session is open (so candidates that only wait keep it too);
+  one lease in etcd, one logical session on ZooKeeper, one session in Consul or sqlite, however many keys. A
+  leader sends no renewal of its own: its term is valid until the lease's last successful renewal (*sent*
+  time) plus its ``renew_deadline``, checked on every read as without a lease.
 * The price on ZooKeeper and etcd: candidates of a lease take no ticket (``Discovery.prepare`` gives each its
   own session), so a handover costs the winner a create and a read instead of none.
 * Each key still has its own term and its own fencing token, strictly increasing per key, as without a lease;
-  a leader still demotes itself when no renewal of the lease succeeded within its ``renew_deadline``, and a
+  a leader demotes itself when no renewal of the lease succeeded within its ``renew_deadline``, and a
   graceful stop/resign removes only its own key (compare-and-delete), never the lease.
 * When the shared session is lost (the store expired it: the process was cut off or frozen longer than ``ttl``),
   **every term it carried ends at once**: the store removes all its keys together, each leader's watch sees its
