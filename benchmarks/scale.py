@@ -377,7 +377,8 @@ def report(results: list[dict[str, Any]], command: str) -> str:
         f"Command: `{command}` — {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
         "ttl 6 s; every figure measured in that one run, all systems on the same servers (ZooKeeper with its "
         "default `maxClientCnxns=60`). Per process: the largest of the three. idle req/s: server-side requests "
-        "over 6 s with every key held, per process (ZooKeeper counts heartbeat pings). handover: per key, from "
+        "over 6 s with every key held, per process (ZooKeeper counts heartbeat pings; n/m: not measured, the "
+        "sqlite counter sees only the harness's own connections). handover: per key, from "
         "its release to another process leading it, while the releasing process gives up all its keys.",
         "",
         "| backend | system | keys | every key led (s) | exactly one | idle req/s | threads | fds | store conns "
@@ -392,11 +393,13 @@ def report(results: list[dict[str, Any]], command: str) -> str:
             )
             continue
         hand = f"{r['handover_p50_ms']:.1f} / {r['handover_p95_ms']:.1f}"
+        # the sqlite counter sees this process's connections only, not the workers'
+        idle = "n/m" if r["backend"] == "sqlite" else f"{r['idle_rps_per_process']:.1f}"
         if "handover_error" in r:
             hand += " (incomplete)"
         lines.append(
             f"| {r['backend']} | {r['system']} | {r['keys']} | {r['elect_s']:.2f} | "
-            f"{'yes' if r['exactly_one'] else '**NO**'} | {r['idle_rps_per_process']:.1f} | {r['threads']} | "
+            f"{'yes' if r['exactly_one'] else '**NO**'} | {idle} | {r['threads']} | "
             f"{r['fds']} | {r['conns']} | {r['rss_kb'] / 1024:.0f} | {hand} |"
         )
     lines += ["", END]
