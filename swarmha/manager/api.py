@@ -4,7 +4,8 @@
 * ``/containers/json``, ``/images/json``: every healthy engine asked at once, lists concatenated; container
   names carry the node name (``/node-name/container-name``), as Swarm did.
 * ``/events``: the engines' event streams merged line by line as they arrive (not buffered).
-* ``POST /containers/create``: placed by the strategy, honouring ``constraint:node==NAME`` in ``Env``.
+* ``POST /containers/create``: placed by the scheduler (Swarm's filters and strategy, :mod:`.scheduler`); the
+  container gets a ``com.docker.swarm.id`` label.
 * ``/containers/{id}/...`` (ids, unique id prefixes, names, ``node-name/name``), ``/exec/{id}/...``,
   ``/images/{name}/...``: forwarded to the engine that has it, streams and hijacked connections included.
 * Anything else: ``501 {"message": ...}`` naming the endpoint, at once (never a hang).
@@ -266,7 +267,9 @@ class PrimaryAPI:
                 headers={"Content-Type": "application/json"},
             )
         except httpx.HTTPError as e:
+            self.cluster.unplace(config)
             return await ex.error(502, f"swarmha: node {engine.name} ({engine.addr}) failed: {e}")
+        self.cluster.unplace(config)  # created or refused: no longer pending (placed() records a created one)
         if r.status_code == 201:
             with contextlib.suppress(ValueError, KeyError):
                 self.cluster.placed(engine, r.json()["Id"], config)

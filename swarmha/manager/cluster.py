@@ -7,18 +7,21 @@ placement until it answers again.
 
 Node names: an engine is called by its ``Name`` from ``/info`` (its host name), as Swarm did. When two engines
 report the same name (several engines on one host), each of them is called by its address instead, so names
-stay unique. ``constraint:node==X`` matches the name or the address.
+stay unique. ``constraint:node==X`` matches the name, the ID or the address.
+
+Placement is the scheduler's (:mod:`swarmha.manager.scheduler`): :meth:`Cluster.place` gives it a
+:class:`~swarmha.manager.scheduler.Node` per engine — built from the last refresh: the containers (with what each
+holds: ports, reservations, labels) and the images — plus the containers being created right now.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
-import fnmatch
 import logging
-import random
+import secrets
 import ssl
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -28,17 +31,18 @@ import httpx
 from swarmha import Discovery
 from swarmha.errors import DiscoveryError
 from swarmha.manager.forward import Pool, Upstream
+from swarmha.manager.scheduler import FILTERS, STRATEGIES, SWARM_ID, Container, Image, Node, Request, Scheduler
+from swarmha.manager.scheduler import SchedulingError as NoEngine
+from swarmha.manager.scheduler.node import Binding, bindings, port_key
+from swarmha.manager.scheduler.request import cpus_of
 
-__all__ = ["NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine"]
+__all__ = ["FILTERS", "NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine"]
 
 log = logging.getLogger("swarmha.manager.cluster")
 
 NODES_KEY = "docker/swarm/nodes"
-STRATEGIES = ("spread", "binpack", "random")
-
-
-class NoEngine(Exception):
-    """No healthy engine satisfies the request (the message says why)."""
+#: Longest a placed container stays pending without placed()/unplace() (see Cluster._expire_pending).
+_PENDING_MAX = 600.0
 
 
 @attrs.define
@@ -60,6 +64,9 @@ class Engine:
     reserved_cpus: float = 0.0
     reserved_memory: int = 0
     updated_at: datetime.datetime | None = None
+    #: The containers on the engine at its last refresh (and those created through this manager since).
+    records: list[Container] = attrs.field(factory=list)
+    images: list[Image] = attrs.field(factory=list)
 
     @property
     def status(self) -> str:
@@ -84,15 +91,105 @@ class Engine:
 
     @property
     def labels(self) -> dict[str, str]:
+        """Swarm's node labels: the built-in ones from ``/info``, then the engine's ``--label k=v`` (a label
+        cannot override a built-in one, and ``node`` is reserved for the node's name, as in Swarm)."""
         out = {
-            "kernelversion": str(self.info.get("KernelVersion", "")),
-            "operatingsystem": str(self.info.get("OperatingSystem", "")),
-            "storagedriver": str(self.info.get("Driver", "")),
+            key: str(self.info[field])
+            for key, field in _BUILTIN_LABELS.items()
+            if self.info.get(field) not in (None, "")
         }
         for label in self.info.get("Labels") or []:
             k, _, v = str(label).partition("=")
-            out[k] = v
+            if k != "node" and k not in out:
+                out[k] = v
         return out
+
+
+_BUILTIN_LABELS = {
+    "storagedriver": "Driver",
+    "kernelversion": "KernelVersion",
+    "operatingsystem": "OperatingSystem",
+    "ostype": "OSType",
+    "architecture": "Architecture",
+}
+
+
+@attrs.frozen
+class _Inspected:
+    """What one inspect of a container taught (it does not change): its record, and — for a container with a
+    reschedule policy — the whole inspect answer, to create it again elsewhere if its engine dies."""
+
+    record: Container
+    full: dict[str, Any] | None
+
+
+def _record(request: Request, config: Mapping[str, Any], cid: str = "") -> Container:
+    """The scheduler's record of a container from its create body (pending until it has an id)."""
+    hc = config.get("HostConfig") or {}
+    return Container(
+        id=cid,
+        names=(),
+        image=request.image,
+        labels=dict(request.labels),
+        state="created",
+        network_mode=request.network_mode,
+        requested=request.port_bindings,
+        exposed=request.exposed,
+        cpus=cpus_of(hc),
+        memory=int(hc.get("Memory") or 0),
+    )
+
+
+def _from_inspect(body: Mapping[str, Any]) -> Container:
+    hc = body.get("HostConfig") or {}
+    cfg = body.get("Config") or {}
+    return Container(
+        id=str(body.get("Id", "")),
+        names=(str(body.get("Name", "")),),
+        image=str(cfg.get("Image") or ""),
+        image_id=str(body.get("Image") or ""),
+        labels={str(k): str(v) for k, v in (cfg.get("Labels") or {}).items()},
+        network_mode=str(hc.get("NetworkMode") or ""),
+        requested=bindings(hc.get("PortBindings")),
+        exposed=tuple(port_key(p) for p in (cfg.get("ExposedPorts") or {})),
+        cpus=cpus_of(hc),
+        memory=int(hc.get("Memory") or 0),
+    )
+
+
+def _listed(item: Mapping[str, Any], known: Container) -> Container:
+    """A container as the engine's list shows it now, on top of what its inspect taught."""
+    published = tuple(
+        Binding(str(p.get("IP") or ""), str(p["PublicPort"]), str(p.get("Type") or "tcp"))
+        for p in item.get("Ports") or []
+        if isinstance(p, dict) and p.get("PublicPort")
+    )
+    return attrs.evolve(
+        known,
+        names=tuple(str(n) for n in item.get("Names") or []) or known.names,
+        image=str(item.get("Image") or known.image),
+        image_id=str(item.get("ImageID") or known.image_id),
+        labels={str(k): str(v) for k, v in (item.get("Labels") or {}).items()},
+        state=str(item.get("State") or ""),
+        network_mode=str((item.get("HostConfig") or {}).get("NetworkMode") or known.network_mode),
+        published=published,
+    )
+
+
+def _account(e: Engine) -> None:
+    """The engine's counts and reservations from its records."""
+    e.containers = len(e.records)
+    e.running = sum(1 for c in e.records if c.state == "running")
+    e.paused = sum(1 for c in e.records if c.state == "paused")
+    e.stopped = e.containers - e.running - e.paused
+    e.reserved_cpus = sum(c.cpus for c in e.records)
+    e.reserved_memory = sum(c.memory for c in e.records)
+
+
+def _reschedulable(item: Mapping[str, Any]) -> bool:
+    """Whether a container (its list entry or inspect ``Config``) carries the ``on-node-failure`` policy."""
+    labels = item.get("Labels") or {}
+    return "on-node-failure" in str(labels.get("com.docker.swarm.reschedule-policies", ""))
 
 
 def _split_addr(addr: str) -> tuple[str, int]:
@@ -115,16 +212,19 @@ class Cluster:
         strategy: str = "spread",
         engine_ssl: ssl.SSLContext | None = None,
         timeout: float = 5.0,
+        filters: Iterable[str] | None = None,
     ) -> None:
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        #: The filters (Swarm's default set when None) and strategy; ValueError names an unknown one.
+        self.scheduler = Scheduler(strategy, filters)
         self.strategy = strategy
         self._discovery = discovery
         self._static = list(static)
         self._ssl = engine_ssl
         self._engines: dict[str, Engine] = {}
         self._owner: dict[str, str] = {}  # container or exec id -> engine addr
-        self._reservations: dict[str, tuple[float, int]] = {}  # container id -> (cpus, memory)
+        self._inspected: dict[str, _Inspected] = {}  # container id -> what its inspect taught
+        #: Containers placed and being created: swarm id -> (engine addr, record, monotonic time placed).
+        self._pending: dict[str, tuple[str, Container, float]] = {}
         verify: ssl.SSLContext | bool = engine_ssl if engine_ssl is not None else False
         self.http = httpx.AsyncClient(timeout=timeout, verify=verify, trust_env=False)
         #: Kept-alive connections to the engines for the request path (forwarding, aggregation).
@@ -191,14 +291,15 @@ class Cluster:
             if not e.api_version:
                 e.api_version = str((await self._get(e, "/version")).json().get("ApiVersion", ""))
             listed = (await self._get(e, "/containers/json", params={"all": "1"})).json()
-            cpus, memory = 0.0, 0
-            for c in listed:
-                cid = c["Id"]
+            images = (await self._get(e, "/images/json")).json()
+            records = []
+            for item in listed:
+                cid = item["Id"]
                 self._owner[cid] = e.addr
-                if cid not in self._reservations:
-                    self._reservations[cid] = await self._reservation(e, cid)
-                cpus += self._reservations[cid][0]
-                memory += self._reservations[cid][1]
+                known = self._inspected.get(cid)
+                if known is None or (known.full is None and _reschedulable(item)):
+                    known = self._inspected[cid] = await self._inspect(e, cid)
+                records.append(_listed(item, known.record))
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
             if e.healthy or not e.error:
                 log.warning("engine %s is unhealthy: %s", e.addr, err or type(err).__name__)
@@ -208,19 +309,26 @@ class Cluster:
         if not e.healthy and e.error:
             log.info("engine %s is healthy again", e.addr)
         e.info, e.id, e.healthy, e.error = info, str(info.get("ID", "")), True, ""
-        e.containers = len(listed)
-        e.running = sum(1 for c in listed if c.get("State") == "running")
-        e.paused = sum(1 for c in listed if c.get("State") == "paused")
-        e.stopped = e.containers - e.running - e.paused
-        e.reserved_cpus, e.reserved_memory = cpus, memory
+        e.records = records
+        e.images = [
+            Image(str(i.get("Id", "")), tuple(str(t) for t in i.get("RepoTags") or [] if t != "<none>:<none>"))
+            for i in images
+        ]
+        _account(e)
         e.updated_at = datetime.datetime.now(datetime.UTC)
+        present = {c.id for c in records}
+        for cid in [cid for cid, addr in self._owner.items() if addr == e.addr and cid not in present]:
+            self._inspected.pop(cid, None)  # gone from its engine: forget what it held
 
-    async def _reservation(self, e: Engine, cid: str) -> tuple[float, int]:
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            r = await self._get(e, f"/containers/{cid}/json")
-            hc = r.json().get("HostConfig") or {}
-            return (float(hc.get("NanoCpus") or 0) / 1e9, int(hc.get("Memory") or 0))
-        return (0.0, 0)
+    async def _inspect(self, e: Engine, cid: str) -> _Inspected:
+        r = await self._get(e, f"/containers/{cid}/json")
+        body = r.json()
+        return _Inspected(_from_inspect(body), body if _reschedulable(body.get("Config") or {}) else None)
+
+    def inspected(self, cid: str) -> dict[str, Any] | None:
+        """The inspect answer kept for a container with a reschedule policy (None for any other)."""
+        known = self._inspected.get(cid)
+        return known.full if known is not None else None
 
     async def _get(self, e: Engine, path: str, **kw: Any) -> httpx.Response:
         r = await self.http.get(e.url + path, **kw)
@@ -239,7 +347,19 @@ class Cluster:
         self._owner[ident] = e.addr
 
     def forget(self, ident: str) -> None:
-        self._owner.pop(ident, None)
+        """Container (or exec) ``ident`` was removed: it no longer counts on its engine (reservations, slots)."""
+        addr = self._owner.pop(ident, None)
+        for e in self._engines.values():
+            if addr is not None and e.addr != addr:
+                continue
+            node = Node(e.id, e.name, e.addr, containers=e.records)
+            gone = node.container(ident)
+            if gone is not None:
+                e.records = [c for c in e.records if c is not gone]
+                self._owner.pop(gone.id, None)
+                self._inspected.pop(gone.id, None)
+                _account(e)
+                return
 
     async def locate(self, kind: str, ident: str) -> Engine | None:
         """The healthy engine that has container/exec/image ``ident`` (``kind``: containers, exec, images).
@@ -270,65 +390,66 @@ class Cluster:
 
     # -- placement -------------------------------------------------------------------------------------
 
-    def place(self, config: Mapping[str, Any]) -> tuple[Engine, list[str]]:
-        """Choose the engine for a new container; returns it and the Env without ``constraint:`` entries.
-
-        Honours ``constraint:node==NAME`` / ``constraint:node!=NAME`` (globs allowed) in ``Env``; skips unhealthy
-        engines. Raises :class:`NoEngine` naming the reason when no engine fits.
-        """
-        env = [str(x) for x in (config.get("Env") or [])]
-        constraints = [x[len("constraint:") :] for x in env if x.startswith("constraint:")]
-        rest = [x for x in env if not x.startswith("constraint:")]
-        engines = self.healthy()
-        if not engines:
-            raise NoEngine("no healthy node available in the cluster")
-        for c in constraints:
-            negate = "!=" in c
-            key, _, pattern = c.partition("!=" if negate else "==")
-            if not pattern:
-                raise NoEngine(f"invalid constraint {c!r}: expected key==value or key!=value")
-            key = key.strip()
-
-            def value(e: Engine, key: str = key) -> list[str]:
-                if key == "node":
-                    return [e.name, e.addr]
-                return [e.labels.get(key, "")]
-
-            engines = [e for e in engines if any(fnmatch.fnmatchcase(v, pattern) for v in value(e)) != negate]
-            if not engines:
-                raise NoEngine(f"unable to find a node that satisfies the constraint {c}")
-        hc = config.get("HostConfig") or {}
-        cpus = float(hc.get("NanoCpus") or 0) / 1e9
-        memory = int(hc.get("Memory") or 0)
-        fit = [
-            e
-            for e in engines
-            if (not memory or not e.memory or e.reserved_memory + memory <= e.memory)
-            and (not cpus or not e.ncpu or e.reserved_cpus + cpus <= e.ncpu)
-        ]
-        if not fit:
-            raise NoEngine("no node has enough free CPU or memory for this container")
-        if self.strategy == "random":
-            return random.choice(fit), rest
-
-        def load(e: Engine) -> tuple[float, int]:
-            used = max(
-                (e.reserved_memory + memory) / e.memory if e.memory else 0.0,
-                (e.reserved_cpus + cpus) / e.ncpu if e.ncpu else 0.0,
+    def nodes(self) -> list[Node]:
+        """The scheduler's view of every engine: its last refresh plus the containers being created on it."""
+        pending: dict[str, list[Container]] = {}
+        for addr, c, _at in self._pending.values():
+            pending.setdefault(addr, []).append(c)
+        return [
+            Node(
+                id=e.id,
+                name=e.name,
+                addr=e.addr,
+                labels=e.labels,
+                healthy=e.healthy,
+                containers=e.records + pending.get(e.addr, []),
+                images=e.images,
+                total_cpus=float(e.ncpu),
+                total_memory=e.memory,
             )
-            return (used, e.containers)
+            for e in self.engines
+        ]
 
-        ranked = sorted(fit, key=lambda e: (load(e), e.name))
-        chosen = ranked[-1] if self.strategy == "binpack" else ranked[0]
-        return chosen, rest
+    def place(self, config: dict[str, Any]) -> tuple[Engine, list[str]]:
+        """Choose the engine for a new container (the scheduler's filters and strategy); returns it and the Env.
+
+        ``config`` (a create body) is updated as Swarm did it: the ``constraint:``/``affinity:``/``whitelist:``/
+        ``reschedule:`` Env entries move into the ``com.docker.swarm.*`` labels, the container gets a
+        ``com.docker.swarm.id`` label (kept if it has one: a rescheduled container), and ``Env`` is the rest —
+        also returned. Until :meth:`placed` or :meth:`unplace` is called for it, the container counts as pending
+        on the chosen engine (its ports, slot and reservation are taken). Raises :class:`NoEngine` (Swarm's text).
+        """
+        request = Request.from_config(config)
+        request.validate()
+        labels = dict(request.labels)
+        if not labels.get(SWARM_ID):
+            labels[SWARM_ID] = secrets.token_hex(32)
+        request = attrs.evolve(request, labels=labels)
+        self._expire_pending()
+        ranked = self.scheduler.select(request, self.nodes())
+        engine = self._engines[ranked[0].addr]
+        config["Labels"] = labels
+        config["Env"] = list(request.env)
+        self._pending[labels[SWARM_ID]] = (engine.addr, _record(request, config), time.monotonic())
+        return engine, list(request.env)
 
     def placed(self, e: Engine, cid: str, config: Mapping[str, Any]) -> None:
         """Account a container just created on ``e`` (so the next placement sees it before a refresh)."""
-        hc = config.get("HostConfig") or {}
-        res = (float(hc.get("NanoCpus") or 0) / 1e9, int(hc.get("Memory") or 0))
+        swarm_id = str((config.get("Labels") or {}).get(SWARM_ID, ""))
+        self._pending.pop(swarm_id, None)
+        record = attrs.evolve(_record(Request.from_config(config), config), id=cid)
         self._owner[cid] = e.addr
-        self._reservations[cid] = res
-        e.containers += 1
-        e.stopped += 1
-        e.reserved_cpus += res[0]
-        e.reserved_memory += res[1]
+        self._inspected[cid] = _Inspected(record, None)
+        e.records = [c for c in e.records if c.id != cid] + [record]
+        _account(e)
+
+    def unplace(self, config: Mapping[str, Any]) -> None:
+        """The create placed by :meth:`place` failed: its pending container no longer holds anything."""
+        self._pending.pop(str((config.get("Labels") or {}).get(SWARM_ID, "")), None)
+
+    def _expire_pending(self) -> None:
+        # A create whose caller never said placed/unplace (a bug, or a task cancelled mid-request) must not hold
+        # its ports and slot for ever: a create request is bounded by the HTTP client's timeout, a pull too.
+        limit = time.monotonic() - _PENDING_MAX
+        for key in [k for k, (_a, _c, at) in self._pending.items() if at < limit]:
+            del self._pending[key]

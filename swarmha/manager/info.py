@@ -10,12 +10,13 @@ import platform
 import socket
 from typing import Any
 
+from swarmha.manager.cluster import FILTERS as _DEFAULT_FILTERS
 from swarmha.manager.cluster import Cluster, Engine
 
 __all__ = ["FILTERS", "bytes_size", "cluster_info", "system_status"]
 
-#: The placement filters this manager applies (Swarm listed "affinity, health, constraint, port, dependency").
-FILTERS = "health, constraint"
+#: The placement filters a manager applies by default (Swarm's set and order; ``--filter`` chooses others).
+FILTERS = ", ".join(_DEFAULT_FILTERS)
 SERVER_VERSION = "swarmha/0.1.0"
 
 
@@ -46,9 +47,15 @@ def _engine_lines(e: Engine) -> list[list[str]]:
     ]
 
 
-def system_status(role: str, primary: str, strategy: str, engines: list[Engine]) -> list[list[str]]:
-    """The ``SystemStatus`` pairs: Role, Primary, Strategy, Filters, Nodes, then one block per engine."""
-    pairs = [["Role", role], ["Primary", primary], ["Strategy", strategy], ["Filters", FILTERS]]
+def system_status(
+    role: str, primary: str, strategy: str, engines: list[Engine], filters: str = FILTERS
+) -> list[list[str]]:
+    """The ``SystemStatus`` pairs: Role, Primary, Strategy, Filters, Nodes, then one block per engine.
+
+    ``Reserved CPUs: x / n`` and ``Reserved Memory: x / total`` sum what the engine's containers reserve
+    (``-c``/``--cpu-shares`` counted as CPUs, as Swarm did, plus ``--cpus``; ``-m``), stopped ones included.
+    """
+    pairs = [["Role", role], ["Primary", primary], ["Strategy", strategy], ["Filters", filters]]
     pairs.append(["Nodes", str(len(engines))])
     for e in engines:
         pairs += _engine_lines(e)
@@ -69,7 +76,7 @@ def cluster_info(cluster: Cluster, role: str, primary: str, manager_id: str) -> 
         "Images": sum(int(e.info.get("Images") or 0) for e in healthy),
         "Driver": "",
         "DriverStatus": None,
-        "SystemStatus": system_status(role, primary, cluster.strategy, engines),
+        "SystemStatus": system_status(role, primary, cluster.strategy, engines, cluster.scheduler.filter_names),
         "Plugins": {"Volume": None, "Network": None, "Authorization": None, "Log": None},
         "MemoryLimit": True,
         "SwapLimit": True,

@@ -81,6 +81,8 @@ class ManagerConfig:
     advertise: str | None = None
     ttl: float = 20.0
     strategy: str = "spread"
+    #: The active placement filters (None: Swarm's default set).
+    filters: tuple[str, ...] | None = None
     static_engines: tuple[str, ...] = ()
     tls: TLSConfig = attrs.field(factory=TLSConfig)
     refresh: float = 5.0
@@ -99,7 +101,13 @@ class Manager:
         self._client_ssl = config.tls.client_context()
         self._server_ssl = server_ssl
         # as in Swarm, the --tls flags also apply to the engines: with TLS on, engines are reached over TLS
-        self.cluster = Cluster(discovery, config.static_engines, strategy=config.strategy, engine_ssl=self._client_ssl)
+        self.cluster = Cluster(
+            discovery,
+            config.static_engines,
+            strategy=config.strategy,
+            engine_ssl=self._client_ssl,
+            filters=config.filters,
+        )
         self.api = PrimaryAPI(self.cluster, self._info)
         self.server = Server(self.handle)
         self._candidate: aio.Candidate | None = None
