@@ -14,6 +14,7 @@ to it, loaded with ``docker import``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -137,10 +138,15 @@ def start_engine(
 def _spawn(
     root: Path, addr: str, tls: dict[str, Path] | None, hostname: str | None, labels: Mapping[str, str] | None
 ) -> subprocess.Popen[bytes]:
+    # dockerd 20.10 derives its engine ID from a trust key, by default the machine's /etc/docker/key.json: a key
+    # of its own per engine gives each engine its own ID, as on separate machines.
+    config = root / "daemon.json"
+    if not config.exists():
+        config.write_text(json.dumps({"deprecated-key-path": str(root / "key.json")}))
     cmd = [
         "dockerd", "--host", f"tcp://{addr}", "--data-root", str(root / "d"), "--exec-root", str(root / "e"),
         "--pidfile", str(root / "pid"), "--iptables=false", "--ip6tables=false", "--bridge=none",
-        "--storage-driver=vfs", "--log-level=warn", *tls_flags(tls),
+        "--storage-driver=vfs", "--log-level=warn", "--config-file", str(config), *tls_flags(tls),
     ]  # fmt: skip
     for k, v in (labels or {}).items():
         cmd += ["--label", f"{k}={v}"]

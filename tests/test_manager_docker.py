@@ -19,7 +19,7 @@ from typing import Any
 import docker
 import pytest
 
-import swarmha
+from tests.docker_cluster import Cluster
 from tests.docker_engines import IMAGE, DockerEngine, docker_cli, docker_engines
 from tests.helpers import wait_for
 from tests.manager_support import ManagerProc
@@ -29,47 +29,6 @@ __all__ = ["docker_engines"]  # the session fixture, imported so pytest finds it
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
 LOOP = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"
-
-
-class Cluster:
-    def __init__(self, engines: list[DockerEngine], tmp: Path) -> None:
-        self.engines = engines
-        self.url = f"sqlite://{tmp}/swarmha.db"
-        self.discovery = swarmha.connect(self.url)
-        self.session = self.discovery.session(600)
-        for e in engines:
-            self.discovery.put(f"docker/swarm/nodes/{e.addr}", e.addr, self.session)
-        self.tmp = tmp
-        self.managers: list[ManagerProc] = []
-
-    def start_managers(self, *extra: str) -> tuple[ManagerProc, ManagerProc]:
-        first = ManagerProc(self.url, self.tmp, "--replication-ttl", "3s", *extra)
-        self.managers.append(first)  # stopped by close() even if a wait below fails
-        wait_for(lambda: first.role() == "Primary", 20, "a primary")
-        second = ManagerProc(self.url, self.tmp, "--replication-ttl", "3s", *extra)
-        self.managers.append(second)
-
-        def ready() -> bool:
-            status = second.status()
-            return status.get("Primary") == first.addr and status.get("Nodes") == "2" and _healthy(second) == 2
-
-        # Both engines Healthy, not just listed: until its first refresh answers, a manager shows them Pending.
-        wait_for(ready, 20, "the replica to see the primary and both engines healthy")
-        wait_for(lambda: first.logs().count("Status") >= 0 and _healthy(first) == 2, 20, "the primary's engines")
-        return first, second
-
-    def close(self) -> None:
-        for m in self.managers:
-            m.stop()
-        self.session.close()
-        self.discovery.close()
-
-
-def _healthy(m: ManagerProc) -> int:
-    code, info = m.get("/info")
-    if code != 200:
-        return 0
-    return sum(1 for k, v in info["SystemStatus"] if k.strip() == "└ Status" and v == "Healthy")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import platform
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
@@ -272,7 +272,7 @@ class PrimaryAPI:
         self.cluster.unplace(config)  # created or refused: no longer pending (placed() records a created one)
         if r.status_code == 201:
             with contextlib.suppress(ValueError, KeyError):
-                self.cluster.placed(engine, r.json()["Id"], config)
+                self.cluster.placed(engine, r.json()["Id"], config, name=parse_qs(query).get("name", [""])[0])
         await ex.respond(r.status_code, r.content, r.headers.get("content-type", "application/json"))
 
     async def _scoped(self, ex: Exchange, kind: str, ident: str, action: str) -> None:

@@ -433,11 +433,13 @@ class Cluster:
         self._pending[labels[SWARM_ID]] = (engine.addr, _record(request, config), time.monotonic())
         return engine, list(request.env)
 
-    def placed(self, e: Engine, cid: str, config: Mapping[str, Any]) -> None:
-        """Account a container just created on ``e`` (so the next placement sees it before a refresh)."""
+    def placed(self, e: Engine, cid: str, config: Mapping[str, Any], name: str = "") -> None:
+        """Account a container just created on ``e`` with ``name`` (so the next placement sees it — its ports,
+        reservation, slot, name for affinities and dependencies — before a refresh)."""
         swarm_id = str((config.get("Labels") or {}).get(SWARM_ID, ""))
         self._pending.pop(swarm_id, None)
-        record = attrs.evolve(_record(Request.from_config(config), config), id=cid)
+        names = ("/" + name.lstrip("/"),) if name else ()
+        record = attrs.evolve(_record(Request.from_config(config), config), id=cid, names=names)
         self._owner[cid] = e.addr
         self._inspected[cid] = _Inspected(record, None)
         e.records = [c for c in e.records if c.id != cid] + [record]
