@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pytest
 
 from tests.docker_cluster import Cluster
 from tests.docker_engines import IMAGE, DockerEngine, docker_cli, named_engines
+from tests.dockerd import kill_engine, restart_engine
 from tests.helpers import wait_for
 from tests.manager_support import ManagerProc, run_cli
 
@@ -161,9 +163,9 @@ def test_constraint_on_engine_labels_and_builtin_labels(s: Sched) -> None:
     kernel = s.direct[0].info()["KernelVersion"]
     s.create("-e", f"constraint:kernelversion=={kernel}", "--net", "none")
     err = s.refused("-e", "constraint:storagedriver==overlay2", "-e", "constraint:zone==a")
-    assert f"{CONDITIONS}\n{SLOTS}\n[storagedriver==overlay2 zone==a]" in err
+    assert f"{CONDITIONS}\n{SLOTS}\n[" in err and "storagedriver==overlay2" in err and "zone==a]" in err
     assert "the constraint storagedriver==overlay2" in err
-    # the docker CLI does not keep the order of -e; the label's JSON list keeps it
+    # the docker CLI does not keep the order of -e (a map); the label's JSON list keeps it
     err = s.refused("--label", 'com.docker.swarm.constraints=["zone==a","com.example.type==db"]')
     assert (
         "\n[zone==a com.example.type==db]\n(unable to find a node that satisfies the constraint com.example.type==db)"
@@ -426,3 +428,99 @@ def test_spread_and_binpack_weigh_reservations_as_swarm(s: Sched) -> None:
         assert "no resources available to schedule container" in s.refused("--cpus", half, via=random_)
     finally:
         random_.stop()
+
+
+# -- rescheduling on node failure ---------------------------------------------------------------------------------
+
+#: How long after its engine dies a labelled container must run again elsewhere: the managers refresh every 1 s
+#: (tests/manager_support.py), a dead dockerd refuses connections at once, then one create and one start.
+RESCHEDULE_BOUND = 10.0
+
+
+def test_reschedule_on_node_failure_moves_labelled_containers_only_and_leaves_no_duplicate(s: Sched) -> None:
+    policy = 'com.docker.swarm.reschedule-policies=["on-node-failure"]'
+    soft_3 = ("-e", "constraint:node==~node-3", "--net", "none")  # soft: node-3 while it lives, anywhere after
+    sleep = (IMAGE, "sleep", "300")
+    runs = {
+        "mover": s.docker("run", "-d", "--name", "mover", "--label", policy, "-m", "32m", *soft_3, *sleep),
+        "mover-env": s.docker("run", "-d", "--name", "mover-env", "-e", "reschedule:on-node-failure", *soft_3, *sleep),
+        "stayer": s.docker("run", "-d", "--name", "stayer", *soft_3, *sleep),
+    }
+    ids = {}
+    for name, r in runs.items():
+        assert r.returncode == 0, r.stderr
+        ids[name] = r.stdout.strip()
+        s.created.append(ids[name])
+        assert s.node_of(ids[name]) == "node-3"
+    swarm_ids = {name: _labels(s, cid)["com.docker.swarm.id"] for name, cid in ids.items()}
+    node3 = s.engines[2]
+    wait_for(lambda: s.status()["node-3"]["Reserved Memory"].startswith("32 MiB"), 10, "node-3 to reserve 32 MiB")
+
+    kill_engine(node3)
+    try:
+        died = time.monotonic()
+        moved: dict[str, tuple[str, str]] = {}
+
+        def running_elsewhere() -> bool:
+            for name in ("mover", "mover-env"):
+                for e, d in zip(s.engines[:2], s.direct[:2], strict=True):
+                    for c in d.containers.list(filters={"label": f"com.docker.swarm.id={swarm_ids[name]}"}):
+                        if c.status == "running" and c.name == name:
+                            assert e.hostname is not None
+                            moved[name] = (c.id, e.hostname)
+            return len(moved) == 2
+
+        took = wait_for(running_elsewhere, RESCHEDULE_BOUND * 2, "the labelled containers to run elsewhere", poll=0.1)
+        assert took < RESCHEDULE_BOUND, f"rescheduling took {took:.1f}s"
+        s.created += [cid for cid, _ in moved.values()]
+        print(f"rescheduled within {time.monotonic() - died:.1f}s of the kill")
+        for name, (cid, node) in moved.items():
+            assert cid != ids[name] and _labels(s, cid)["com.docker.swarm.id"] == swarm_ids[name]  # same swarm id
+            assert f"Rescheduled container {ids[name]} from node-3 to {node} as {cid}" in s.primary.logs()
+            assert f"Container {ids[name]} was running, starting container {cid}" in s.primary.logs()
+        # the one without the policy is not moved: no live engine has it
+        assert not any(d.containers.list(all=True, filters={"name": "stayer"}) for d in s.direct[:2])
+        assert s.status()["node-3"]["Status"] == "Unhealthy"
+        mover_node = moved["mover"][1]
+
+        def reservation_moved() -> bool:  # through the replica: its own refresh sees the new container
+            return s.status()[mover_node]["Reserved Memory"].startswith("32 MiB")
+
+        wait_for(reservation_moved, 10, "the replica's docker info to show the reservation moved", poll=0.1)
+        names = s.docker("ps", "--format", "{{.Names}}").stdout.split()
+        assert f"{moved['mover'][1]}/mover" in names and f"{moved['mover-env'][1]}/mover-env" in names
+        assert not any(n.endswith("/stayer") for n in names)
+        err = s.refused("-e", "constraint:node==node-3")  # health: the dead node takes nothing
+        assert "(unable to find a node that satisfies the constraint node==node-3)" in err
+    finally:
+        if node3.proc.poll() is not None:
+            restart_engine(node3)
+
+    def back_without_duplicates() -> bool:
+        on_3 = {c.name: c.id for c in s.direct[2].containers.list(all=True)}
+        return s.status()["node-3"]["Status"] == "Healthy" and "mover" not in on_3 and "mover-env" not in on_3
+
+    wait_for(back_without_duplicates, 30, "node-3 back, its stale copies removed", poll=0.2)
+    assert s.direct[2].containers.get(ids["stayer"]).name == "stayer"  # the unlabelled one is still there
+    for name in ("mover", "mover-env"):
+        copies = [
+            c
+            for d in s.direct
+            for c in d.containers.list(all=True, filters={"label": f"com.docker.swarm.id={swarm_ids[name]}"})
+        ]
+        assert [c.id for c in copies] == [moved[name][0]]
+
+    def reservations_settled() -> bool:
+        status = s.status()
+        return status["node-3"]["Reserved Memory"].startswith("0 B") and status[mover_node][
+            "Reserved Memory"
+        ].startswith("32 MiB")
+
+    wait_for(reservations_settled, 10, "docker info: nothing reserved on node-3, 32 MiB where mover runs", poll=0.1)
+
+
+def _labels(s: Sched, cid: str) -> dict[str, str]:
+    config = s.inspect(cid)["Config"]
+    assert isinstance(config, dict)
+    labels: dict[str, str] = config["Labels"]
+    return labels

@@ -42,6 +42,7 @@ from swarmha.manager.cluster import Cluster
 from swarmha.manager.forward import Pool, Upstream, UpstreamBroken, UpstreamUnreachable, forward
 from swarmha.manager.http import Exchange, Server
 from swarmha.manager.info import cluster_info
+from swarmha.manager.reschedule import Watchdog
 from swarmha.manager.tls import TLSConfig
 
 __all__ = ["FORWARDED", "LEADER_KEY", "Manager", "ManagerConfig", "loop_factory"]
@@ -109,6 +110,8 @@ class Manager:
             filters=config.filters,
         )
         self.api = PrimaryAPI(self.cluster, self._info)
+        #: Rescheduling on node failure (``com.docker.swarm.reschedule-policies``), acted on by the primary only.
+        self.watchdog = Watchdog(self.cluster)
         self.server = Server(self.handle)
         self._candidate: aio.Candidate | None = None
         self._follower: aio.Follower | None = None
@@ -181,6 +184,7 @@ class Manager:
         while True:
             try:
                 await self.cluster.refresh()
+                await self.watchdog.check(act=self.is_primary)
             except Exception:
                 log.exception("refreshing the engines failed")
             with contextlib.suppress(TimeoutError):

@@ -1,0 +1,157 @@
+"""Rescheduling on node failure (Swarm's watchdog): containers labelled
+``com.docker.swarm.reschedule-policies=["on-node-failure"]`` (or created with ``-e reschedule:on-node-failure``)
+are created again on a healthy engine when theirs turns unhealthy.
+
+Driven by the manager after every engine refresh (:meth:`Watchdog.check`); every manager keeps track of which
+engines went down, only the primary acts. What it guarantees and how:
+
+* **Which containers move.** Those with the ``on-node-failure`` policy that were on the engine when it was last
+  seen healthy; every other container is left alone (it comes back with its engine). The new container has the
+  same name, configuration and labels — so the same ``com.docker.swarm.id`` and the same constraints and
+  affinities, which the scheduler applies again (a container pinned with ``constraint:node==X`` to the dead node
+  cannot move and is retried after every refresh until X returns). It is started if the old one was running.
+  Logs, as Swarm's: ``Rescheduled container OLD from NODE to NODE as NEW``, ``Container OLD was running,
+  starting container NEW``.
+* **When.** At the first refresh that finds the engine unhealthy (one refresh interval, ``--engine-refresh``,
+  after it died, plus the engine request timeout when it does not refuse connections but hangs), then one
+  create (and start) on the new engine.
+* **No duplicate.** When the old engine answers again, its stale copy (same swarm id, not the new container) is
+  removed with ``force``. If the old engine comes back before the move was done, nothing moves.
+* **Failure modes.** No engine can take it (constraints, ports, resources): logged, retried after each refresh.
+  The knowledge of what moved lives in the primary's memory: a new primary elected between a move and the old
+  engine's return does not remove that stale copy (``docker rm`` it; both carry the same swarm id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from swarmha.manager.cluster import Cluster, Engine, NoEngine
+from swarmha.manager.scheduler import SWARM_ID, Container
+
+__all__ = ["ON_NODE_FAILURE", "Watchdog"]
+
+log = logging.getLogger("swarmha.manager.reschedule")
+
+ON_NODE_FAILURE = "on-node-failure"
+_POLICIES = "com.docker.swarm.reschedule-policies"
+
+
+def _has_policy(c: Container) -> bool:
+    try:
+        policies = json.loads(c.labels.get(_POLICIES, "[]"))
+    except ValueError:
+        return False
+    return isinstance(policies, list) and ON_NODE_FAILURE in policies
+
+
+class Watchdog:
+    """Reschedules the containers of engines that fail (see the module docstring)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._healthy: dict[str, bool] = {}  # engine addr -> healthy at the last check
+        self._lost: dict[str, dict[str, Container]] = {}  # dead engine addr -> its containers still to move
+        self._moved: dict[str, tuple[str, str, str]] = {}  # swarm id -> (new id, old engine addr, old id)
+        self._failed: set[str] = set()  # old ids whose move failed once (logged once, retried quietly)
+
+    async def check(self, act: bool) -> None:
+        """Note which engines went down or came back since the last call; with ``act`` (the primary), move the
+        containers of the dead ones and remove stale copies on those that came back."""
+        for e in self.cluster.engines:
+            was = self._healthy.get(e.addr)
+            self._healthy[e.addr] = e.healthy
+            if was and not e.healthy:
+                lost = {c.id: c for c in e.records if c.id and _has_policy(c)}
+                if lost:
+                    log.info("node %s failed: rescheduling %d container(s)", e.name, len(lost))
+                    self._lost[e.addr] = lost
+            elif e.healthy:
+                self._lost.pop(e.addr, None)  # back before its containers moved: they stay where they are
+        if not act:
+            return
+        for addr, lost in list(self._lost.items()):
+            for c in list(lost.values()):
+                if await self._move(addr, c):
+                    del lost[c.id]
+            if not lost:
+                del self._lost[addr]
+        await self._remove_stale()
+
+    async def _move(self, addr: str, c: Container) -> bool:
+        full = self.cluster.inspected(c.id)
+        old = next((e for e in self.cluster.engines if e.addr == addr), None)
+        if full is None or old is None:
+            log.error("cannot reschedule container %s: its configuration is not known", c.id[:12])
+            return True  # nothing to retry with
+        body: dict[str, Any] = dict(full.get("Config") or {})
+        if body.get("Hostname") == c.id[:12]:
+            body.pop("Hostname")  # Docker's default (the old id): the new container gets its own
+        body["HostConfig"] = dict(full.get("HostConfig") or {})
+        name = str(full.get("Name") or c.name).lstrip("/")
+        try:
+            engine, _env = self.cluster.place(body)
+        except NoEngine as e:
+            self._fail(c, f"no node can take it: {e}")
+            return False
+        try:
+            r = await self.cluster.http.post(
+                f"{engine.url}/containers/create?name={quote(name)}",
+                content=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.HTTPError as e:
+            self.cluster.unplace(body)
+            self._fail(c, f"node {engine.name} failed: {e}")
+            return False
+        self.cluster.unplace(body)
+        if r.status_code != 201:
+            self._fail(c, f"node {engine.name} refused it: {r.status_code} {r.text.strip()}")
+            return False
+        new_id = str(r.json()["Id"])
+        self.cluster.placed(engine, new_id, body, name=name)
+        self.cluster.forget(c.id)  # gone from the dead node's list: not shown twice, not counted there
+        self._moved[str(body["Labels"][SWARM_ID])] = (new_id, addr, c.id)
+        self._failed.discard(c.id)
+        log.info("Rescheduled container %s from %s to %s as %s", c.id, old.name, engine.name, new_id)
+        if c.state == "running":
+            log.info("Container %s was running, starting container %s", c.id, new_id)
+            await self._start(engine, new_id)
+        return True
+
+    def _fail(self, c: Container, why: str) -> None:
+        if c.id not in self._failed:
+            self._failed.add(c.id)
+            log.error("Failed to reschedule container %s: %s (retrying after every refresh)", c.id, why)
+
+    async def _start(self, engine: Engine, cid: str) -> None:
+        try:
+            r = await self.cluster.http.post(f"{engine.url}/containers/{cid}/start")
+            ok = r.status_code in (204, 304)
+        except httpx.HTTPError:
+            ok = False
+        if not ok:
+            log.error("Failed to start rescheduled container %s", cid)
+
+    async def _remove_stale(self) -> None:
+        for swarm_id, (new_id, addr, old_id) in list(self._moved.items()):
+            e = next((e for e in self.cluster.engines if e.addr == addr), None)
+            if e is None or not e.healthy:
+                continue
+            if any(c.id == old_id for c in e.records):
+                try:
+                    r = await self.cluster.http.delete(f"{e.url}/containers/{old_id}", params={"force": "1"})
+                except httpx.HTTPError as err:
+                    log.warning("cannot remove the stale copy %s on %s yet: %s", old_id[:12], e.name, err)
+                    continue
+                if r.status_code not in (204, 404):
+                    log.warning("cannot remove the stale copy %s on %s: %s", old_id[:12], e.name, r.text.strip())
+                    continue
+                log.info("container %s was rescheduled as %s: removed its stale copy on %s", old_id, new_id, e.name)
+                self.cluster.forget(old_id)
+            del self._moved[swarm_id]
