@@ -1,10 +1,15 @@
-"""One entry point for every benchmark: ``python -m benchmarks {election,core,manager,all} [--quick] [--out DIR]``.
+"""One entry point for every benchmark: ``python -m benchmarks PART [--quick] [--out DIR] [part options]``.
 
 * ``election``: swarmha on every backend and its peers (kazoo, the etcd lock, tooz) on the same servers
   (``benchmarks/election.py``; writes ``DIR/benchmarks.md`` and plots under ``DIR/img/``).
 * ``core``: the embedded backends alone (``benchmarks/core.py``; writes ``DIR/benchmarks-core.md``).
 * ``manager``: the HA Docker manager (``benchmarks/manager.py``; writes ``DIR/benchmarks-manager.md``).
 * ``all``: the three in turn; a part that fails (or is missing) is reported and the others still run.
+* ``manager-ab``: the manager's forwarding hop, this checkout against another one (``--base DIR``), interleaved
+  (``benchmarks/manager_ab.py``; prints its table).
+* ``outage-recovery``: from a restarted store's health to a leader again (``benchmarks/outage_recovery.py``).
+
+The last two take only their own options (``python -m benchmarks manager-ab --help``), not --quick/--out.
 
 ``--quick`` is the CI smoke mode (each part under a minute, figures mean little); without it, the full runs.
 Other options go to the part: ``python -m benchmarks election --help``.
@@ -20,16 +25,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 PARTS = ["election", "core", "manager"]
+#: Parts run only by name (not by ``all``), with their own options only.
+EXTRA = ["manager-ab", "outage-recovery"]
 
 
 def _runner(part: str) -> Callable[[list[str]], None]:
     """The part's ``main(argv)``; raises SystemExit with a clear message if its module is missing."""
     try:
-        module = importlib.import_module(f"benchmarks.{part}")
+        module = importlib.import_module(f"benchmarks.{_module(part)}")
     except ModuleNotFoundError as e:
-        if e.name != f"benchmarks.{part}":
+        if e.name != f"benchmarks.{_module(part)}":
             raise
-        raise SystemExit(f"benchmarks: the {part} benchmark (benchmarks/{part}.py) is not in this checkout") from None
+        raise SystemExit(
+            f"benchmarks: the {part} benchmark (benchmarks/{_module(part)}.py) is not in this checkout"
+        ) from None
     main = module.main
     if part == "core":  # core.main() reads sys.argv itself
 
@@ -45,6 +54,10 @@ def _runner(part: str) -> Callable[[list[str]], None]:
     return lambda argv: main(argv)
 
 
+def _module(part: str) -> str:
+    return part.replace("-", "_")
+
+
 def _argv(part: str, quick: bool, out: str | None, rest: list[str]) -> list[str]:
     argv = ["--quick"] if quick else []
     if out is not None:
@@ -56,16 +69,21 @@ def _argv(part: str, quick: bool, out: str | None, rest: list[str]) -> list[str]
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) > 1 and argv[0] in PARTS and ("-h" in argv[1:] or "--help" in argv[1:]):
+    if len(argv) > 1 and argv[0] in PARTS + EXTRA and ("-h" in argv[1:] or "--help" in argv[1:]):
         _runner(argv[0])(argv[1:])  # the part's own help
         return
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("part", choices=[*PARTS, "all"], help="which benchmark to run")
+    parser.add_argument("part", choices=[*PARTS, "all", *EXTRA], help="which benchmark to run")
     parser.add_argument("--quick", action="store_true", help="CI smoke mode: under a minute per part")
     parser.add_argument("--out", help="directory for the reports (default: each part's own, under docs/)")
     args, rest = parser.parse_known_args(argv)
+    if args.part in EXTRA:
+        if args.quick or args.out is not None:
+            parser.error(f"{args.part} takes only its own options (python -m benchmarks {args.part} --help)")
+        _runner(args.part)(rest)
+        return
     if args.part != "all":
         _runner(args.part)(_argv(args.part, args.quick, args.out, rest))
         return

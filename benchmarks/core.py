@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 import swarmha
-from tests.procs import CandidateProcess, first_line
+from benchmarks.support import wait
+from tests.support.procs import CandidateProcess, first_line
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -33,14 +34,6 @@ def percentiles(samples: list[float]) -> dict[str, float]:
         return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
     return {"n": len(s), "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": s[-1]}
-
-
-def wait_until(predicate: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.0002)
 
 
 def handover(url_for: object, rounds: int) -> list[float]:
@@ -54,12 +47,12 @@ def handover(url_for: object, rounds: int) -> list[float]:
             leader = swarmha.Candidate(d1, "bench/leader", node=f"a{i}", ttl=30.0).start()
             if i == 0:
                 waiting.stop()
-            wait_until(lambda c=leader: c.is_leader, 10)
+            wait(lambda c=leader: c.is_leader, 10, poll=0.0002)
             nxt = swarmha.Candidate(d2, "bench/leader", node=f"b{i}", ttl=30.0).start()
             time.sleep(0.01)  # let the next candidate arm its watch, as a long-waiting one has
             start = time.monotonic()
             leader.stop()
-            wait_until(lambda c=nxt: c.is_leader, 10)
+            wait(lambda c=nxt: c.is_leader, 10, poll=0.0002)
             samples.append(time.monotonic() - start)
             nxt.stop()
     finally:
@@ -95,7 +88,7 @@ def idle_cpu(url: str, seconds: float) -> dict[str, float]:
     """CPU share of one core used by this process with an idle leader + waiting candidate + follower."""
     d = swarmha.connect(url)
     leader = swarmha.Candidate(d, "idle/leader", node="l", ttl=3.0).start()
-    wait_until(lambda: leader.is_leader, 10)
+    wait(lambda: leader.is_leader, 10, poll=0.0002)
     d2 = swarmha.connect(url)
     waiting = swarmha.Candidate(d2, "idle/leader", node="w", ttl=3.0).start()
     follower = swarmha.Follower(d2, "idle/leader").start()

@@ -46,6 +46,7 @@ from typing import Any
 import swarmha
 from benchmarks.contenders import SYSTEMS, TOOZ_INTERVAL, Contender, backend_of
 from benchmarks.stores import BACKENDS, Stores
+from benchmarks.support import reached
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ["handover", "handover-procs", "crash", "elect", "idle"]
@@ -74,15 +75,6 @@ def percentiles(samples: list[float]) -> dict[str, float]:
         return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
     return {"n": len(s), "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": s[-1]}
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.001) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 def missing(system: str, ttl: float = 0.0) -> dict[str, Any] | None:
@@ -344,7 +336,7 @@ def elect_among(url: str, n: int, rounds: int) -> dict[str, Any]:
             start = time.monotonic()
             for c in candidates:
                 c.start()
-            if wait_for(lambda cs=candidates: any(c.is_leader for c in cs), ROUND_TIMEOUT, 0.0005):
+            if reached(lambda cs=candidates: any(c.is_leader for c in cs), ROUND_TIMEOUT, 0.0005):
                 samples.append(time.monotonic() - start)
                 time.sleep(0.05)
                 if sum(c.is_leader for c in candidates) != 1:
@@ -380,12 +372,12 @@ def idle(stores: Stores, backend: str, n: int, ttl: float, seconds: float, settl
     try:
         leader = swarmha.Candidate(connect(), key, node="leader", ttl=ttl).start()
         workers.append(leader)
-        if not wait_for(lambda: leader.is_leader, ROUND_TIMEOUT):
+        if not reached(lambda: leader.is_leader, ROUND_TIMEOUT):
             raise RuntimeError(f"{backend}: no idle leader")
         followers = [swarmha.Follower(connect(), key).start() for _ in range(n)]
         waiting = [swarmha.Candidate(connect(), key, node=f"w{i}", ttl=ttl).start() for i in range(n)]
         workers += followers + waiting
-        wait_for(lambda: all(f.leader is not None for f in followers), 30, 0.01)
+        reached(lambda: all(f.leader is not None for f in followers), 30, 0.01)
         time.sleep(settle)  # let every waiting candidate reach its watch (and a prepared session connect)
         before, cpu0, srv0, t0 = (
             stores.requests(backend),

@@ -2,7 +2,7 @@
 
     python -m benchmarks.manager [--quick] [--rounds 20] [--out docs/benchmarks-manager.md]
 
-Starts its own parts on loopback: one dockerd (tests/dockerd.py, busybox image, one idle container), an nginx
+Starts its own parts on loopback: one dockerd (tests/support/dockerd.py, busybox image, one idle container), an nginx
 reverse proxy to it (``daemon off``, one worker, upstream keep-alive: the reference proxy hop), and two
 ``swarmha manage --replication`` processes over a sqlite discovery (the first is the primary, the second a
 replica). Then, side by side in one run (targets interleaved in blocks, so load changes hit all of them):
@@ -37,15 +37,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 
 import swarmha
 from benchmarks.core import machine, percentiles
-from tests.dockerd import IMAGE, DockerEngine, busybox_tar, missing, start_engine, stop_engine
-from tests.manager_support import ManagerProc, free_port
+from benchmarks.support import uptime, wait
+from tests.support.dockerd import IMAGE, DockerEngine, busybox_tar, missing, start_engine, stop_engine
+from tests.support.manager import ManagerProc
+from tests.support.net import free_port
 
 __all__ = ["main"]
 
@@ -226,7 +228,7 @@ class Nginx:
             ["nginx", "-c", str(conf), "-p", str(directory)], stdout=log, stderr=log, start_new_session=True
         )
         nginx = cls(addr, proc)
-        _wait(lambda: _answers(addr), 10, "nginx to answer")
+        wait(lambda: answers(addr), 10, "nginx to answer")
         return nginx
 
     def stop(self) -> None:
@@ -240,7 +242,7 @@ class Nginx:
             self.proc.wait(5)
 
 
-def _answers(addr: str, path: str = "/_ping") -> bool:
+def answers(addr: str, path: str = "/_ping") -> bool:
     """True if ``addr`` answers GET ``path`` with 200 now (a readiness probe: any failure is False)."""
     try:
         conn = Conn(addr, timeout=1.0)
@@ -252,15 +254,6 @@ def _answers(addr: str, path: str = "/_ping") -> bool:
         return False
     finally:
         conn.close()
-
-
-def _wait(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.005) -> float:
-    began = time.monotonic()
-    while not predicate():
-        if time.monotonic() - began > timeout:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(poll)
-    return time.monotonic() - began
 
 
 class Managers:
@@ -275,7 +268,7 @@ class Managers:
         self.discovery.put(f"docker/swarm/nodes/{engine}", engine, self.session)
         self.all: list[ManagerProc] = []
         self.primary = self._start()
-        _wait(lambda: self.primary.role() == "Primary", 30, "a primary")
+        wait(lambda: self.primary.role() == "Primary", 30, "a primary")
         self.replica = self._start()
         self._ready(self.replica, self.primary)
 
@@ -289,8 +282,8 @@ class Managers:
             s = replica.status()
             return s.get("Primary") == primary.addr and s.get("Nodes") == "1" and s.get("Role") == "Replica"
 
-        _wait(ok, 30, "the replica to see the primary and the engine")
-        _wait(lambda: primary.get("/v1.41/containers/json")[0] == 200, 30, "the primary to serve")
+        wait(ok, 30, "the replica to see the primary and the engine")
+        wait(lambda: primary.get("/v1.41/containers/json")[0] == 200, 30, "the primary to serve")
 
     def replace_primary(self) -> None:
         """The old replica is the primary now; start a new replica in place of the stopped manager."""
@@ -398,7 +391,7 @@ def logs_latency(engine: DockerEngine, replica: str, lines: int, period: float) 
             t.start()
         for r in readies:
             r.wait(10)
-        _wait(lambda: len(via) >= lines + 5 or not threads[1].is_alive(), (lines + 20) * period + 20, "log lines", 0.05)
+        wait(lambda: len(via) >= lines + 5 or not threads[1].is_alive(), (lines + 20) * period + 20, "log lines", 0.05)
     finally:
         stop.set()
         engine.docker("rm", "-f", cid, check=False)
@@ -446,7 +439,7 @@ def failover(managers: Managers, sig: signal.Signals, timeout: float) -> Failove
     thread.start()
     time.sleep(0.3)
     primary.signal(sig)
-    took = _wait(lambda: replica.role() == "Primary", timeout, "the replica to take over", poll=0.002)
+    took = wait(lambda: replica.role() == "Primary", timeout, "the replica to take over", poll=0.002)
     time.sleep(0.3)
     stop.set()
     thread.join(timeout)
@@ -464,10 +457,6 @@ def _ms(x: float) -> str:
 
 def _ratio(hop: float, nginx: float) -> str:
     return f"{hop / nginx:.1f}x" if nginx > 0 else "n/a"
-
-
-def _uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def report(
@@ -597,7 +586,7 @@ def main(argv: list[str] | None = None) -> None:
     if not _which("nginx"):
         sys.exit("benchmarks.manager: cannot run: nginx is not installed")
 
-    load_before = _uptime()
+    load_before = uptime()
     began = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="swarmha-bench-mgr-"))
     engine = start_engine(0)
@@ -647,7 +636,7 @@ def main(argv: list[str] | None = None) -> None:
         "# Manager benchmarks\n\n"
         f"Command: `{command.strip()}` ({time.monotonic() - began:.0f} s)  \n"
         f"Machine: {machine()}  \nDate: {time.strftime('%Y-%m-%d %H:%M')}  \n"
-        f"Load before: `{load_before}`  \nLoad after: `{_uptime()}`\n\n"
+        f"Load before: `{load_before}`  \nLoad after: `{uptime()}`\n\n"
         f"Parts: {parts} (1 worker, upstream keep-alive), "
         f"two `swarmha manage --replication --replication-ttl {args.ttl}` over sqlite, all on loopback; the client "
         "is this process (blocking sockets, one thread per connection). `/_ping` through the replica is answered "

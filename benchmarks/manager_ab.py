@@ -28,9 +28,11 @@ import time
 from pathlib import Path
 
 import swarmha
-from benchmarks.manager import Nginx, _answers, _uptime, _wait, cpu_seconds, latency, throughput
-from tests.dockerd import IMAGE, busybox_tar, missing, start_engine, stop_engine
-from tests.manager_support import ROOT, free_port
+from benchmarks.manager import Nginx, answers, cpu_seconds, latency, throughput
+from benchmarks.support import uptime, wait
+from tests.support.dockerd import IMAGE, busybox_tar, missing, start_engine, stop_engine
+from tests.support.manager import ROOT
+from tests.support.net import free_port
 
 __all__ = ["main"]
 
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     procs: list[subprocess.Popen[bytes]] = []
     pids: dict[str, int] = {}
     nginx: Nginx | None = None
-    load_before = _uptime()
+    load_before = uptime()
     try:
         engine.docker("import", str(busybox_tar(tmp)), IMAGE)
         engine.docker("run", "-d", "--name", "idle", IMAGE, "sleep", "100000")
@@ -99,14 +101,14 @@ def main(argv: list[str] | None = None) -> None:
             discovery.put(f"docker/swarm/nodes/{engine.addr}", engine.addr, session)
             primary, proc = _manager(root, url, tmp, extra)
             procs.append(proc)
-            _wait(lambda a=primary: _answers(a, PATH), 60, f"the {name} primary")  # type: ignore[misc]
+            wait(lambda a=primary: answers(a, PATH), 60, f"the {name} primary")  # type: ignore[misc]
             replica, proc = _manager(root, url, tmp, extra)
             procs.append(proc)
             targets[f"{name} primary"] = primary
             targets[f"{name} replica"] = replica
             pids[f"{name} primary"], pids[f"{name} replica"] = procs[-2].pid, procs[-1].pid
         for addr in targets.values():
-            _wait(lambda a=addr: _answers(a, PATH), 60, addr)  # type: ignore[misc]
+            wait(lambda a=addr: answers(a, PATH), 60, addr)  # type: ignore[misc]
             latency(addr, PATH, 100)  # warm up
         lat: dict[str, list[float]] = {k: [] for k in targets}
         rate1: dict[str, list[float]] = {k: [] for k in targets}
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         stop_engine(engine)
     e50 = statistics.median(lat["engine"])
     e1, e8 = statistics.median(rate1["engine"]), statistics.median(rate8["engine"])
-    print(f"\n`{PATH}`, {args.rounds} rounds; load before `{load_before}`, after `{_uptime()}`\n")
+    print(f"\n`{PATH}`, {args.rounds} rounds; load before `{load_before}`, after `{uptime()}`\n")
     print(
         "| target | p50 ms | added p50 ms (vs engine) | c=1 req/s (% of engine) | c=8 req/s (% of engine) "
         "| CPU µs/req c=1 / c=8 (this process) |"

@@ -2,7 +2,7 @@
 
     python -m benchmarks.outage_recovery [--backend etcd|zk] [--rounds 8] [--outage 3] [--ttl 1]
 
-One candidate leads on a single-member store started by ``tests.servers`` (etcd with a 500 ms election
+One candidate leads on a single-member store started by ``tests.support.servers`` (etcd with a 500 ms election
 timeout so that 1 s leases are allowed, ZooKeeper with tickTime 200 ms); each round kills the store, waits
 ``--outage`` seconds (long enough for client reconnect backoffs to reach their caps), starts it again, and
 times the candidate's next True from the moment the server is healthy. Prints the distribution; the fault soak's
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import swarmha
-from tests.helpers import Collector
-from tests.servers import Cluster, etcd_cluster, zk_cluster
+from tests.support.helpers import Collector
+from tests.support.servers import Cluster, etcd_cluster, zk_cluster
 
 
 def _store(backend: str, workdir: Path) -> tuple[Cluster, str]:

@@ -1,7 +1,7 @@
 """The stores the election benchmarks run on, started by the harness, with honest request counters.
 
-* etcd 3.4 and ZooKeeper 3.8: real servers from ``tests/servers.py`` (single members, loopback, free ports).
-* consul: the Consul HTTP API double (``tests/consul_double.py``), in this process.
+* etcd 3.4 and ZooKeeper 3.8: real servers from ``tests/support/servers.py`` (single members, loopback, free ports).
+* consul: the Consul HTTP API double (``tests/support/consul_double.py``), in this process.
 * sqlite: a file in a temp dir; memory: in process.
 
 Request counters (``Stores.requests(backend)`` → ``{name: count}``), read before and after a window:
@@ -32,8 +32,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.consul_double import ConsulDouble
-from tests.servers import Cluster, etcd_cluster, zk_cluster
+from tests.support.consul_double import ConsulDouble
+from tests.support.servers import Cluster, etcd_cluster, zk_cluster
 
 __all__ = ["BACKENDS", "Stores"]
 

@@ -49,7 +49,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", help="sqlite file (default: a new temporary file)")
     args = parser.parse_args()
-    db = args.db or os.path.join(tempfile.mkdtemp(prefix="swarmha-"), "election.db")
+    if args.db:
+        await run(args.db)
+    else:
+        with tempfile.TemporaryDirectory(prefix="swarmha-") as workdir:  # removed with the file when done
+            await run(os.path.join(workdir, "election.db"))
+
+
+async def run(db: str) -> None:
     discovery = swarmha.connect(f"sqlite://{db}")
     store = FencedStore()
     async with swarmha.aio.Follower(discovery, "example/leader") as follower:

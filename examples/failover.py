@@ -46,11 +46,18 @@ def main() -> None:
         child(args.child[0], args.child[1], args.ttl)
         return
 
-    db = args.db or os.path.join(tempfile.mkdtemp(prefix="swarmha-"), "election.db")
+    if args.db:
+        run(args.db, args.ttl)
+    else:
+        with tempfile.TemporaryDirectory(prefix="swarmha-") as workdir:  # removed with the file when done
+            run(os.path.join(workdir, "election.db"), args.ttl)
+
+
+def run(db: str, ttl: float) -> None:
     url = f"sqlite://{db}"
-    say(f"discovery: {url}, ttl={args.ttl}s")
+    say(f"discovery: {url}, ttl={ttl}s")
     procs = {
-        node: subprocess.Popen([sys.executable, __file__, "--ttl", str(args.ttl), "--child", url, node])
+        node: subprocess.Popen([sys.executable, __file__, "--ttl", str(ttl), "--child", url, node])
         for node in ("node-1", "node-2", "node-3")
     }
     discovery = swarmha.connect(url)

@@ -36,7 +36,7 @@ class StopsOnExit:
 class AsyncStopsOnExit:
     """``async with obj:`` awaits ``obj.stop()`` on exit, whatever happened inside."""
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
         raise NotImplementedError
 
     async def __aenter__(self) -> Self:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.stores import BACKENDS, StoreFixture
+from tests.support.stores import BACKENDS, StoreFixture
 
 _MODULES = {"zk": "zookeeper"}
 
@@ -20,7 +20,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Store
 
     class _Lazy(dict[str, StoreFixture]):
         def __missing__(self, name: str) -> StoreFixture:
-            module = importlib.import_module(f"tests.stores.{_MODULES.get(name, name)}")
+            module = importlib.import_module(f"tests.support.stores.{_MODULES.get(name, name)}")
             opened[name] = self[name] = module.open_store(tmp_path_factory)
             return opened[name]
 

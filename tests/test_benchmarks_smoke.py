@@ -37,3 +37,17 @@ def test_quick_election_benchmark_exits_0_and_writes_the_table(tmp_path: Path) -
     assert (tmp_path / "benchmarks-election.json").exists()
     if importlib.util.find_spec("matplotlib") is not None:  # the bench extra; without it the run has no plots
         assert (tmp_path / "img" / "election-handover.png").exists()
+
+
+@pytest.mark.parametrize("part", ["election", "core", "manager", "manager-ab", "outage-recovery"])
+def test_every_benchmark_part_runs_from_python_m_benchmarks(part: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", part, "--help"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("usage: "), proc.stdout[:500]

@@ -1,6 +1,6 @@
 """Consul-specific behaviour of the consul:// backend, and conformance of the Consul HTTP API double.
 
-These run against the double (tests/consul_double.py, a test double, not Consul) unless ``SWARMHA_CONSUL_URL``
+These run against the double (tests/support/consul_double.py, a test double, not Consul) unless ``SWARMHA_CONSUL_URL``
 names a real agent; the real-agent variant of the backend tests is reported as skipped otherwise.
 """
 
@@ -18,9 +18,9 @@ import pytest
 import swarmha
 from swarmha.discovery.consul import ConsulDiscovery, session_ttl_for
 from swarmha.errors import ConfigurationError, DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
-from tests.consul_double import ConsulDouble, parse_go_duration
-from tests.helpers import Collector, wait_for
-from tests.stores.consul import ENV, ConsulStoreFixture, real_agent_url
+from tests.support.consul_double import ConsulDouble, parse_go_duration
+from tests.support.helpers import Collector, wait_for
+from tests.support.stores.consul import ENV, ConsulStoreFixture, real_agent_url
 
 KEY = "svc/leader"
 
@@ -55,7 +55,7 @@ def test_runs_against_a_real_consul_agent() -> None:
     """Placeholder that reports, in the summary, whether the real-agent variant ran."""
     if real_agent_url() is None:
         pytest.skip(
-            f"no real Consul agent: the consul tests used the Consul HTTP API DOUBLE (tests/consul_double.py); "
+            f"no real Consul agent: the consul tests used the Consul HTTP API DOUBLE (tests/support/consul_double.py); "
             f"set {ENV}=consul://HOST:8500 to run them against a real agent"
         )
 

@@ -1,4 +1,4 @@
-"""The election contract, run unchanged on every backend in ``tests.stores.BACKENDS``.
+"""The election contract, run unchanged on every backend in ``tests.support.stores.BACKENDS``.
 
 Each test names the behaviour it pins. Times: ``LONG_TTL`` where the behaviour must not depend on the TTL
 (a handover that waited for expiry would fail), ``SHORT_TTL`` where expiry is the point.
@@ -14,8 +14,8 @@ import pytest
 
 import swarmha
 from swarmha.errors import DiscoveryUnavailable, SessionExpired
-from tests.helpers import Collector, WaitSpy, outage_demotes_then_recovers, wait_for
-from tests.stores import StoreFixture
+from tests.support.helpers import Collector, WaitSpy, outage_demotes_then_recovers, wait_for
+from tests.support.stores import StoreFixture
 
 LONG_TTL = 30.0
 SHORT_TTL = 3.0
@@ -327,3 +327,54 @@ def test_asyncio_candidate_and_follower(store: StoreFixture) -> None:
             d.close()
 
     asyncio.run(scenario())
+
+
+def test_run_for_election_campaigns_when_called_not_when_first_advanced(discovery: swarmha.Discovery) -> None:
+    candidates = [swarmha.Candidate(discovery, KEY, node=f"n{i}", ttl=LONG_TTL) for i in range(3)]
+    iterators = [c.run_for_election() for c in candidates]  # taken, never advanced until the election is seen
+    try:
+        wait_for(lambda: len(leaders(candidates)) == 1, 10.0, "one leader among three never-iterated candidates")
+        (leader,) = leaders(candidates)
+        assert discovery.get(KEY) is not None and discovery.get(KEY).value == leader.node  # type: ignore[union-attr]
+        # advanced later, the leader's iterator yields what happened since: its True first
+        assert next(iterators[candidates.index(leader)]) is True
+        leader.stop()
+        wait_for(lambda: len(leaders(candidates)) == 1, 10.0, "a successor after the leader stopped")
+    finally:
+        for c in candidates:
+            c.stop()
+    assert all(list(it) in ([], [True, False], [False]) for it in iterators)
+
+
+def test_follow_election_follows_when_called_and_yields_the_current_leader_first(
+    discovery: swarmha.Discovery,
+) -> None:
+    follower = swarmha.Follower(discovery, KEY)
+    leaders_seen = follower.follow_election()  # not advanced yet
+    first = swarmha.Candidate(discovery, KEY, node="first", ttl=LONG_TTL).start()
+    second = swarmha.Candidate(discovery, KEY, node="second", ttl=LONG_TTL)
+    try:
+        wait_for(lambda: first.is_leader, 10.0, "first elected")
+        second.start()
+        first.stop()
+        wait_for(lambda: second.is_leader, 10.0, "second elected")
+        wait_for(lambda: follower.leader is not None and follower.leader.node == "second", 10.0, "follower saw it")
+        leader = next(leaders_seen)  # the leader current now, not the history it missed
+        assert leader is not None and leader.node == "second" and leader.token == second.term.token  # type: ignore[union-attr]
+    finally:
+        first.stop()
+        second.stop()
+        follower.stop()
+    assert list(leaders_seen) in ([], [None])
+
+
+def test_async_run_for_election_campaigns_when_called(discovery: swarmha.Discovery) -> None:
+    async def main() -> None:
+        async with swarmha.aio.Candidate(discovery, KEY, node="a", ttl=LONG_TTL) as c:
+            elections = c.run_for_election()
+            await asyncio.to_thread(wait_for, lambda: c.is_leader, 10.0, "elected without iterating")
+            assert await anext(elections) is True
+            await c.stop()
+            assert [x async for x in elections] == [False]
+
+    asyncio.run(main())

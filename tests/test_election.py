@@ -11,7 +11,7 @@ import pytest
 import swarmha
 from swarmha.discovery import Record, Session, Watch
 from swarmha.discovery.memory import MemoryDiscovery
-from tests.helpers import Collector, WaitSpy, wait_for
+from tests.support.helpers import Collector, WaitSpy, wait_for
 
 _names = itertools.count()
 

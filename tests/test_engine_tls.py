@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.dockerd import IMAGE, DockerEngine, busybox_tar, missing, start_engine, stop_engine, tls_flags
-from tests.helpers import wait_for
-from tests.manager_support import ManagerProc, make_certs
+from tests.support.dockerd import IMAGE, DockerEngine, busybox_tar, missing, start_engine, stop_engine, tls_flags
+from tests.support.helpers import wait_for
+from tests.support.manager import ManagerProc, make_certs
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 

@@ -14,10 +14,11 @@ from pyetcd import etcdrpc
 
 import swarmha
 from swarmha.errors import DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
-from tests import cluster_scenarios
-from tests.helpers import prepare_0_gives_no_ticket
-from tests.servers import Cluster, etcd_cluster, free_ports
-from tests.stores import fresh_prefix
+from tests.support import cluster_scenarios
+from tests.support.helpers import prepare_0_gives_no_ticket
+from tests.support.net import free_ports
+from tests.support.servers import Cluster, etcd_cluster
+from tests.support.stores import fresh_prefix
 
 pytestmark = pytest.mark.slow
 

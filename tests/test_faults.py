@@ -1,6 +1,7 @@
 """Fault injection: never two leaders, tokens always increase, and always a leader again after a fault.
 
-A short seeded run per backend (tests/fault/harness.py); the long soak is ``python -m tests.fault.soak``.
+A short seeded run per backend (tests/support/fault/harness.py); the long soak is
+``python -m tests.support.fault.soak``.
 The checker's own tests below show it does catch each kind of violation.
 """
 
@@ -16,11 +17,11 @@ import pytest
 
 import swarmha
 from swarmha.discovery import Record
-from tests.fault.checker import Fault, Observation, check
-from tests.fault.harness import run_faults
-from tests.fault.proxy import FaultProxy
-from tests.helpers import wait_for
-from tests.stores import BACKENDS, StoreFixture
+from tests.support.fault.checker import Fault, Observation, check
+from tests.support.fault.harness import run_faults
+from tests.support.fault.proxy import FaultProxy
+from tests.support.helpers import wait_for
+from tests.support.stores import BACKENDS, StoreFixture
 
 # ttl per backend: etcd leases are whole seconds with a ~2 s server minimum
 FAULT_TTL = {"sqlite": 1.0, "etcd": 2.0, "zk": 1.5, "consul": 2.0}

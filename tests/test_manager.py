@@ -6,6 +6,7 @@ Managers are real ``swarmha manage`` processes on loopback over a sqlite file.
 from __future__ import annotations
 
 import http.client
+import re
 import shutil
 import signal
 import socket
@@ -21,8 +22,9 @@ import swarmha
 from swarmha.manager.cluster import Engine
 from swarmha.manager.forward import Upstream
 from swarmha.manager.info import system_status
-from tests.helpers import wait_for
-from tests.manager_support import ManagerProc, free_port, make_certs, run_cli
+from tests.support.helpers import wait_for
+from tests.support.manager import ManagerProc, make_certs, run_cli
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -291,6 +293,10 @@ def test_demo_runs_without_docker_and_prints_both_failover_times() -> None:
     assert "stopped gracefully (SIGTERM)" in result.stdout
     assert "killed (SIGKILL)" in result.stdout
     assert "failover times:" in result.stdout
+    # each manager's own Swarm log lines, interleaved as they happen and prefixed with its address
+    assert re.search(r"\[manager 127\.0\.0\.1:\d+\] INFO\[\d+\] Cluster leadership acquired", result.stdout)
+    assert re.search(r"\[manager 127\.0\.0\.1:\d+\] INFO\[\d+\] New leader elected: 127\.0\.0\.1:\d+", result.stdout)
+    assert re.search(r"docker -H 127\.0\.0\.1:\d+ info\n   Role: Primary\n   Primary: 127\.0\.0\.1:\d+", result.stdout)
     assert time.monotonic() - began < 45
 
 

@@ -1,6 +1,6 @@
 """The manager in front of real Docker engines, driven by the stock docker CLI and docker-py.
 
-Two dockerd engines (tests/docker_engines.py, once per session) are registered under docker/swarm/nodes/ in a
+Two dockerd engines (tests/support/docker_engines.py, once per session) are registered under docker/swarm/nodes/ in a
 sqlite store; a primary and a replica manager run as separate processes. Everything here talks to the replica
 unless it says otherwise, so every request crosses both hops (replica → primary → engine).
 """
@@ -19,10 +19,10 @@ from typing import Any
 import docker
 import pytest
 
-from tests.docker_cluster import Cluster
-from tests.docker_engines import IMAGE, DockerEngine, docker_cli, docker_engines
-from tests.helpers import wait_for
-from tests.manager_support import ManagerProc
+from tests.support.docker_cluster import Cluster
+from tests.support.docker_engines import IMAGE, DockerEngine, docker_cli, docker_engines
+from tests.support.helpers import wait_for
+from tests.support.manager import ManagerProc
 
 __all__ = ["docker_engines"]  # the session fixture, imported so pytest finds it
 

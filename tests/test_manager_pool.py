@@ -19,8 +19,8 @@ import pytest
 from swarmha.manager.forward import Pool, Upstream, UpstreamBroken, fetch, forward
 from swarmha.manager.http import Exchange, Server
 from swarmha.manager.manager import loop_factory
-from tests.helpers import wait_for
-from tests.manager_support import ManagerProc
+from tests.support.helpers import wait_for
+from tests.support.manager import ManagerProc
 
 pytestmark = pytest.mark.timeout(90)
 

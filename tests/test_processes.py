@@ -1,29 +1,52 @@
-"""Elections among real processes on the embedded sqlite backend: crashes (SIGKILL) and pauses (SIGSTOP)."""
+"""Elections among real processes: crashes (SIGKILL) and pauses (SIGSTOP).
+
+Each test runs on the embedded sqlite backend with candidates that call ``start()``, and on sqlite, a real etcd
+and a real ZooKeeper with candidates that take ``run_for_election()`` and never advance it (the campaign starts
+when it is called, issue 12).
+"""
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_for
-from tests.procs import CandidateProcess, first_line
+from tests.support.helpers import wait_for
+from tests.support.procs import CandidateProcess, first_line
+from tests.support.stores import StoreFixture
 
 TTL = 1.5
 
 
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path / 'election.db'}"
+CASES = [("sqlite", "start"), ("sqlite", "never-iterate"), ("etcd", "never-iterate"), ("zk", "never-iterate")]
+
+
+@pytest.fixture(params=CASES, ids=[f"{b}-{m}" for b, m in CASES])
+def case(request: pytest.FixtureRequest, tmp_path: Path, stores: dict[str, StoreFixture]) -> tuple[str, str]:
+    """(discovery URL, candidate mode) of one case."""
+    backend, mode = request.param
+    url = f"sqlite://{tmp_path / 'election.db'}" if backend == "sqlite" else stores[backend].url()
+    return url, mode
 
 
 @pytest.fixture
-def spawn() -> Iterator[list[CandidateProcess]]:
+def url(case: tuple[str, str]) -> str:
+    return case[0]
+
+
+@pytest.fixture
+def spawn(case: tuple[str, str]) -> Iterator[Callable[..., CandidateProcess]]:
+    """Starts candidate processes of the case's mode; all stopped after the test."""
     procs: list[CandidateProcess] = []
-    yield procs
+
+    def start(url: str, node: str, ttl: float) -> CandidateProcess:
+        procs.append(CandidateProcess(url, node, ttl, mode=case[1]))
+        return procs[-1]
+
+    yield start
     for p in procs:
         p.stop()
 
@@ -56,43 +79,47 @@ def overlapping_leaders(procs: list[CandidateProcess]) -> list[tuple[str, str]]:
     ]
 
 
-def test_exactly_one_leader_among_processes(url: str, spawn: list[CandidateProcess]) -> None:
-    spawn.extend(CandidateProcess(url, f"n{i}", TTL) for i in range(4))
-    the_leader(spawn)
+def test_exactly_one_leader_among_processes(url: str, spawn: Callable[..., CandidateProcess]) -> None:
+    procs = [spawn(url, f"n{i}", TTL) for i in range(4)]
+    the_leader(procs)
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        assert sum(p.leading() for p in spawn) <= 1
+        assert sum(p.leading() for p in procs) <= 1
         time.sleep(0.01)
-    assert overlapping_leaders(spawn) == []
+    assert overlapping_leaders(procs) == []
 
 
-def test_sigkill_of_the_leader_process_fails_over_within_ttl_plus_1s(url: str, spawn: list[CandidateProcess]) -> None:
-    spawn.extend(CandidateProcess(url, f"n{i}", TTL) for i in range(3))
-    leader = the_leader(spawn)
+def test_sigkill_of_the_leader_process_fails_over_within_ttl_plus_1s(
+    url: str, spawn: Callable[..., CandidateProcess]
+) -> None:
+    procs = [spawn(url, f"n{i}", TTL) for i in range(3)]
+    leader = the_leader(procs)
     old_token = leader.last()["token"]  # type: ignore[index]
     killed_at = time.monotonic()
     leader.signal(signal.SIGKILL)
-    rest = [p for p in spawn if p is not leader]
+    rest = [p for p in procs if p is not leader]
     line = first_line(rest, lambda ln: ln.get("leader") and ln["t0"] > killed_at, TTL + 3.0)
     assert line["t1"] - killed_at <= TTL + 1.0, f"failover took {line['t1'] - killed_at:.2f}s"
     assert line["token"] > old_token
-    assert overlapping_leaders(spawn) == []
+    assert overlapping_leaders(procs) == []
 
 
-def test_graceful_exit_hands_over_without_waiting_for_the_ttl(url: str, spawn: list[CandidateProcess]) -> None:
-    spawn.extend(CandidateProcess(url, f"n{i}", 30.0) for i in range(2))
-    leader = the_leader(spawn)
+def test_graceful_exit_hands_over_without_waiting_for_the_ttl(url: str, spawn: Callable[..., CandidateProcess]) -> None:
+    procs = [spawn(url, f"n{i}", 30.0) for i in range(2)]
+    leader = the_leader(procs)
     stopped_at = time.monotonic()
     leader.signal(signal.SIGTERM)
-    rest = [p for p in spawn if p is not leader]
+    rest = [p for p in procs if p is not leader]
     line = first_line(rest, lambda ln: ln.get("leader") and ln["t0"] > stopped_at, 5.0)
     assert line["t1"] - stopped_at < 2.0  # the TTL is 30 s: only a release explains this
 
 
-def test_sigstopped_leader_reads_not_leader_the_moment_it_resumes(url: str, spawn: list[CandidateProcess]) -> None:
-    spawn.extend(CandidateProcess(url, f"n{i}", TTL) for i in range(2))
-    paused = the_leader(spawn)
-    other = next(p for p in spawn if p is not paused)
+def test_sigstopped_leader_reads_not_leader_the_moment_it_resumes(
+    url: str, spawn: Callable[..., CandidateProcess]
+) -> None:
+    procs = [spawn(url, f"n{i}", TTL) for i in range(2)]
+    paused = the_leader(procs)
+    other = next(p for p in procs if p is not paused)
     paused.signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
     first_line([other], lambda ln: ln.get("leader") and ln["t0"] > stopped_at, TTL + 3.0)
@@ -103,4 +130,4 @@ def test_sigstopped_leader_reads_not_leader_the_moment_it_resumes(url: str, spaw
     after = [ln for ln in paused.snapshot() if ln.get("t1", 0) > resumed_at]
     assert after and not any(ln["leader"] for ln in after), after[:3]
     assert other.leading()
-    assert overlapping_leaders(spawn) == []
+    assert overlapping_leaders(procs) == []

@@ -1,6 +1,6 @@
 """The scheduler on three real engines, driven by the stock docker CLI (and docker-compose) through a replica.
 
-Engines (tests/docker_engines.py, once per session): ``node-1`` (``com.example.type=web zone=a storage=ssd``),
+Engines (tests/support/docker_engines.py, once per session): ``node-1`` (``com.example.type=web zone=a storage=ssd``),
 ``node-2`` (``com.example.type=db zone=b storage=disk``), ``node-3`` (``zone=b containerslots=4``), each in a UTS
 namespace with its own host name. A primary and a replica manager run on them; every request here goes to the
 replica, so it crosses replica → primary → engine. Each test removes what it created and waits until the
@@ -22,11 +22,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.docker_cluster import Cluster
-from tests.docker_engines import IMAGE, DockerEngine, docker_cli, named_engines
-from tests.dockerd import kill_engine, restart_engine
-from tests.helpers import wait_for
-from tests.manager_support import ManagerProc, run_cli
+from tests.support.docker_cluster import Cluster
+from tests.support.docker_engines import IMAGE, DockerEngine, docker_cli, named_engines
+from tests.support.dockerd import kill_engine, restart_engine
+from tests.support.helpers import wait_for
+from tests.support.manager import ManagerProc, run_cli
 
 __all__ = ["named_engines"]  # the session fixture, imported so pytest finds it
 
@@ -433,7 +433,7 @@ def test_spread_and_binpack_weigh_reservations_as_swarm(s: Sched) -> None:
 # -- rescheduling on node failure ---------------------------------------------------------------------------------
 
 #: How long after its engine dies a labelled container must run again elsewhere: the managers refresh every 1 s
-#: (tests/manager_support.py), a dead dockerd refuses connections at once, then one create and one start.
+#: (tests/support/manager.py), a dead dockerd refuses connections at once, then one create and one start.
 RESCHEDULE_BOUND = 10.0
 
 
@@ -455,6 +455,9 @@ def test_reschedule_on_node_failure_moves_labelled_containers_only_and_leaves_no
     swarm_ids = {name: _labels(s, cid)["com.docker.swarm.id"] for name, cid in ids.items()}
     node3 = s.engines[2]
     wait_for(lambda: s.status()["node-3"]["Reserved Memory"].startswith("32 MiB"), 10, "node-3 to reserve 32 MiB")
+    # the primary restarts a moved container if its last refresh saw it running: wait for that refresh
+    running = "3 (3 Running, 0 Paused, 0 Stopped)"
+    wait_for(lambda: s.status(s.primary)["node-3"]["Containers"] == running, 10, "the primary to see them run")
 
     kill_engine(node3)
     try:

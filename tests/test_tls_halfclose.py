@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from swarmha.manager.tls import HalfCloseTLS
-from tests.manager_support import make_certs
+from tests.support.manager import make_certs
 
 LOOPS: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
 try:

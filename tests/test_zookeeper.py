@@ -15,10 +15,10 @@ import pytest
 import swarmha
 from swarmha.discovery import Record, Session
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
-from tests import cluster_scenarios
-from tests.helpers import Collector, prepare_0_gives_no_ticket, wait_for
-from tests.servers import Cluster, zk_cluster
-from tests.stores import fresh_prefix
+from tests.support import cluster_scenarios
+from tests.support.helpers import Collector, prepare_0_gives_no_ticket, wait_for
+from tests.support.servers import Cluster, zk_cluster
+from tests.support.stores import fresh_prefix
 
 pytestmark = pytest.mark.slow
 

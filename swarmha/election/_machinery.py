@@ -72,6 +72,39 @@ class Event:
 Subscriber = Callable[[Event], None]
 
 
+@attrs.frozen
+class Observation:
+    """What an observer (:func:`swarmha.observe.add_observer`) is told: one event of one Candidate or Follower."""
+
+    source: str  # "candidate" or "follower"
+    key: str
+    node: str | None  # the candidate's node; None for a follower
+    kind: str  # "elected", "lost", "leader" (follower), "end", "store_error"
+    term: Term | None = None
+    leader: Leader | None = None
+    error: BaseException | None = None
+
+
+#: Process-wide observers of every Campaign and Follow, called on the worker thread; see :mod:`swarmha.observe`.
+observers: list[Callable[[Observation], None]] = []
+
+
+def _observe(
+    worker: _Worker,
+    kind: str,
+    term: Term | None = None,
+    leader: Leader | None = None,
+    error: BaseException | None = None,
+) -> None:
+    source = worker.name.removeprefix("swarmha-")
+    seen = Observation(source, worker.key, getattr(worker, "node", None), kind, term, leader, error)
+    for observer in list(observers):
+        try:
+            observer(seen)
+        except Exception:
+            log.exception("election observer %r failed", observer)
+
+
 @attrs.define
 class _Lead:
     term: Term
@@ -158,6 +191,8 @@ class _Worker:
             subscribers = list(self._subscribers)
         for callback in subscribers:
             callback(event)
+        if observers:
+            _observe(self, event.kind.value, term=event.term, leader=event.leader)
 
     def _interrupt(self) -> None:
         with self._lock:
@@ -217,6 +252,8 @@ class _Worker:
             log.warning("%s: store error (attempt %d): %s", self.key, state.attempt_number, error)
         else:
             log.error("%s: unexpected error (attempt %d)", self.key, state.attempt_number, exc_info=error)
+        if observers:
+            _observe(self, "store_error", error=error)
         self._on_error(error)
 
 

@@ -3,6 +3,11 @@
 Every argument is checked before anything starts: a bad address, URL, duration or TLS file exits with status 2
 and a one-line error naming it; nothing is bound, no session is opened. Runtime failures (the port is taken,
 the store refuses) exit with status 1. A manager or join agent stopped with SIGINT/SIGTERM exits 0.
+
+Swarm classic's flags (its ``cli/flags.go``) are all accepted with Swarm's meaning, or refused with exit status 2
+and the reason swarmha cannot honour them (:data:`REFUSED`); none is silently ignored. Swarm's global flags
+(``-l/--log-level``, ``--debug``, ``--experimental``) go before or after the command. The commands answer to
+Swarm's one-letter names too (``m``, ``j``, ``l``).
 """
 
 from __future__ import annotations
@@ -11,18 +16,21 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+from urllib.parse import parse_qsl, urlencode
 
 import swarmha
-from swarmha import Follower
-from swarmha.errors import ConfigurationError, DiscoveryError, SessionExpired, SwarmHAError
+from swarmha import Follower, Leader
+from swarmha.errors import ConfigurationError, DiscoveryError, SwarmHAError
 from swarmha.manager import demo as _demo
 from swarmha.manager._config import format_duration, parse_address, parse_duration, parse_filters, parse_listen
 from swarmha.manager.cluster import NODES_KEY, STRATEGIES
+from swarmha.manager.engine_list import FileEngines, host_list, is_host_list
+from swarmha.manager.join import run_join
+from swarmha.manager.logs import LOG_LEVELS, setup_logging
 from swarmha.manager.manager import LEADER_KEY, Manager, ManagerConfig, loop_factory
 from swarmha.manager.tls import TLSConfig
 
@@ -30,39 +38,34 @@ __all__ = ["main"]
 
 log = logging.getLogger("swarmha.manager")
 
+T = TypeVar("T")
+
 #: Accepted range of --replication-ttl / join --ttl, in seconds.
 TTL_RANGE = (0.5, 3600.0)
 
 
-class _LogrusFormatter(logging.Formatter):
-    """``INFO[0003] message``, as Swarm's logrus printed it (seconds since start)."""
+#: Swarm flags swarmha does not honour, with the reason given when one is used.
+REFUSED = {
+    "--api-enable-cors": "CORS headers are not implemented; put a reverse proxy in front to add them",
+    "--experimental": "swarmha has no experimental features (Swarm's flag only marked /info and /version "
+    "as experimental builds)",
+}
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._start = time.monotonic()
+#: Swarm's --cluster-opt keys, each refused with its reason.
+CLUSTER_OPTS = {
+    "swarm.overcommit": "placement reserves exactly the CPU and memory a container asks for, with no overcommit ratio",
+    "swarm.createretry": "a create that fails on the chosen engine is not retried on another one",
+}
 
-    def format(self, record: logging.LogRecord) -> str:
-        level = {"WARNING": "WARN", "CRITICAL": "FATA"}.get(record.levelname, record.levelname)[:4]
-        text = f"{level}[{int(time.monotonic() - self._start):04d}] {record.getMessage()}"
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
-
-
-def setup_logging(debug: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LogrusFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    logging.getLogger("swarmha").setLevel(logging.DEBUG if debug else logging.INFO)
-    # the election library's own info lines duplicate the manager's Swarm-style ones
-    logging.getLogger("swarmha.election").setLevel(logging.DEBUG if debug else logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+#: Swarm's --discovery-opt keys for TLS to the store, and the etcd URL option each one becomes.
+DISCOVERY_TLS_OPTS = {"kv.cacertfile": "ca", "kv.certfile": "cert", "kv.keyfile": "key"}
 
 
 def _ttl(text: str, what: str) -> float:
-    seconds = parse_duration(text, what)
+    try:
+        seconds = parse_duration(text, what)
+    except ConfigurationError as e:
+        raise ConfigurationError(f"{e}; {what} should be a positive number") from None
     lo, hi = TTL_RANGE
     if not lo <= seconds <= hi:
         raise ConfigurationError(
@@ -71,46 +74,142 @@ def _ttl(text: str, what: str) -> float:
     return seconds
 
 
+def _nonnegative(text: str, what: str) -> float:
+    if str(text).strip() in ("0", "0s", "0ms"):
+        return 0.0
+    try:
+        return parse_duration(text, what)
+    except ConfigurationError as e:
+        raise ConfigurationError(f"{e}; {what} should not be a negative number") from None
+
+
+def _advertise(text: str) -> str:
+    try:
+        host, port = parse_address(text, "--advertise")
+    except ConfigurationError as e:
+        raise ConfigurationError(f"{e}: --advertise should be of the form ip:port or hostname:port") from None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _discovery_arg(args: argparse.Namespace) -> str:
     url: str | None = args.discovery or os.environ.get("SWARM_DISCOVERY")
     if not url:
         raise ConfigurationError("a discovery URL is required (argument or SWARM_DISCOVERY), e.g. sqlite:///tmp/s.db")
-    return url
+    if url.startswith("token://"):
+        raise ConfigurationError(
+            "token:// discovery (Docker Hub's hosted service) was shut down; use a store (etcd://, zk://, consul://, "
+            "sqlite://), nodes://H:P,H:P or file:///PATH"
+        )
+    return _with_discovery_opts(url, getattr(args, "discovery_opt", None) or [])
 
 
-def _static_nodes(url: str) -> tuple[str, ...]:
-    rest = url[len("nodes://") :].strip("/")
-    if not rest:
-        raise ConfigurationError(f"discovery URL {url!r} lists no nodes: expected nodes://HOST:PORT,HOST:PORT")
-    out = []
-    for part in rest.split(","):
-        host, port = parse_address(part, f"node in {url!r}")
-        out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    return tuple(out)
+def _with_discovery_opts(url: str, opts: list[str]) -> str:
+    """Swarm's ``--discovery-opt kv.cacertfile=...`` etc. as this URL's options (TLS to etcd), or refused."""
+    extra: list[tuple[str, str]] = []
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep or not value:
+            raise ConfigurationError(f"--discovery-opt {opt!r} is not KEY=VALUE")
+        if key in DISCOVERY_TLS_OPTS:
+            if not url.startswith("etcd://"):
+                raise ConfigurationError(
+                    f"--discovery-opt {key} is supported with etcd:// only (TLS to {url.partition(':')[0]} is not)"
+                )
+            extra.append((DISCOVERY_TLS_OPTS[key], value))
+        elif key == "kv.path":
+            if value.strip("/") != NODES_KEY:
+                raise ConfigurationError(
+                    f"--discovery-opt kv.path={value} is not supported: engines are read from <prefix>/{NODES_KEY}; "
+                    "put the prefix in the URL path (etcd://host:2379/PREFIX)"
+                )
+        else:
+            raise ConfigurationError(
+                f"--discovery-opt {key} is unknown: swarmha takes kv.cacertfile, kv.certfile, kv.keyfile, kv.path; "
+                "other store options go in the URL (?timeout=SECONDS)"
+            )
+    if not extra:
+        return url
+    base, _, query = url.partition("?")
+    return base + "?" + urlencode([*parse_qsl(query), *extra])
+
+
+def _refuse_unsupported(args: argparse.Namespace) -> None:
+    for flag, reason in REFUSED.items():
+        if getattr(args, flag.lstrip("-").replace("-", "_"), False):
+            raise ConfigurationError(f"{flag} is not supported: {reason}")
+
+
+def _cluster_options(args: argparse.Namespace) -> None:
+    if args.cluster_driver != "swarm":
+        raise ConfigurationError(
+            f"--cluster-driver {args.cluster_driver!r} is not supported: swarmha has only Swarm's own driver, 'swarm' "
+            "(the mesos driver is not implemented)"
+        )
+    for opt in args.cluster_opt or []:
+        key, sep, _ = opt.partition("=")
+        if not sep:
+            raise ConfigurationError(f"--cluster-opt {opt!r} is not KEY=VALUE")
+        reason = CLUSTER_OPTS.get(key)
+        if reason is None and key.startswith("mesos."):
+            reason = "the mesos cluster driver is not implemented"
+        raise ConfigurationError(f"--cluster-opt {key} is not supported: {reason or 'unknown cluster option'}")
+
+
+def _engine_source(url: str, replication: bool) -> tuple[tuple[str, ...], str | None]:
+    """(static addresses, file URL) for the store-less forms; ((), None) for a store URL."""
+    static = is_host_list(url)
+    if (static or url.startswith("file://")) and replication:
+        raise ConfigurationError(
+            "Leader election is only supported with consul, etcd and zookeeper discovery (and sqlite://): "
+            f"--replication needs a discovery store, not {url.partition('://')[0] if '://' in url else 'a host list'}"
+        )
+    if static:
+        return host_list(url), None
+    if url.startswith("file://"):
+        FileEngines(url)  # the file must be readable now
+        return (), url
+    return (), None
 
 
 # -- manage ----------------------------------------------------------------------------------------------
 
 
 def _manage(args: argparse.Namespace) -> int:
+    _refuse_unsupported(args)
+    _cluster_options(args)
     url = _discovery_arg(args)
-    listen = parse_listen(args.host, "-H")
-    advertise = None
-    if args.advertise:
-        host, port = parse_address(args.advertise, "--advertise")
-        advertise = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    hosts = args.host or [os.environ.get("SWARM_HOST") or ":2375"]
+    if len(hosts) > 1:
+        raise ConfigurationError(f"-H was given {len(hosts)} times: swarmha serves one listen address")
+    listen = parse_listen(hosts[0], "-H")
+    advertise = _advertise(args.advertise) if args.advertise else None
     ttl = _ttl(args.replication_ttl, "--replication-ttl")
     if args.strategy not in STRATEGIES:
         raise ConfigurationError(f"--strategy {args.strategy!r} is unknown: expected one of {', '.join(STRATEGIES)}")
     tls = TLSConfig(args.tls or args.tlsverify, args.tlsverify, args.tlscacert, args.tlscert, args.tlskey)
     tls.check()
-    static: tuple[str, ...] = ()
-    if url.startswith("nodes://"):
-        if args.replication:
-            raise ConfigurationError("--replication needs a discovery store (sqlite://, etcd://, zk://, consul://)")
-        static = _static_nodes(url)
-    elif args.replication and not advertise:
-        raise ConfigurationError("--replication needs --advertise HOST:PORT (or SWARM_ADVERTISE)")
+    static, engines_file = _engine_source(url, args.replication)
+    if args.replication and not advertise:
+        raise ConfigurationError(
+            "--advertise address must be provided when using --leader-election (--replication needs --advertise "
+            "HOST:PORT or SWARM_ADVERTISE)"
+        )
+    refresh_min = parse_duration(
+        args.engine_refresh_min_interval or args.engine_refresh, "--engine-refresh-min-interval"
+    )
+    refresh_max = (
+        parse_duration(args.engine_refresh_max_interval, "--engine-refresh-max-interval")
+        if args.engine_refresh_max_interval
+        else refresh_min
+    )
+    if refresh_max < refresh_min:
+        raise ConfigurationError(
+            f"max refresh interval cannot be less than min refresh interval ({args.engine_refresh_max_interval} < "
+            f"{format_duration(refresh_min)})"
+        )
+    retry = args.engine_failure_retry if args.engine_failure_retry is not None else args.engine_refresh_retry
+    if retry is not None and retry <= 0:
+        raise ConfigurationError(f"--engine-failure-retry {retry} is invalid: it should be a positive number")
     config = ManagerConfig(
         listen=listen,
         discovery_url=url,
@@ -120,13 +219,22 @@ def _manage(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         filters=parse_filters(args.filters),
         static_engines=static,
+        engines_file=engines_file,
         tls=tls,
-        refresh=parse_duration(args.engine_refresh, "--engine-refresh"),
-        primary_wait=parse_duration(args.primary_wait, "--primary-wait"),
+        refresh=refresh_min,
+        refresh_max=refresh_max,
+        heartbeat=parse_duration(args.heartbeat, "--heartbeat"),
+        failure_retry=retry or 1,
+        primary_wait=parse_duration(args.primary_wait, "--primary-wait") if args.primary_wait else None,
         drain_timeout=parse_duration(args.shutdown_timeout, "--shutdown-timeout"),
+        metrics=parse_listen(args.metrics, "--metrics") if args.metrics else None,
     )
-    discovery = None if static else swarmha.connect(url)
-    setup_logging(args.debug)
+    if config.metrics is not None:
+        from swarmha.manager.metrics import check_installed
+
+        check_installed()
+    discovery = None if static or engines_file else swarmha.connect(url)
+    setup_logging(args.log_level, args.debug)
 
     async def main() -> None:
         manager = Manager(config, discovery)
@@ -136,7 +244,7 @@ def _manage(args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(main())
     except OSError as e:
-        print(f"swarmha manage: cannot listen on {args.host}: {e}", file=sys.stderr)
+        print(f"swarmha manage: cannot listen on {hosts[0]}: {e}", file=sys.stderr)
         return 1
     return 0
 
@@ -145,68 +253,85 @@ def _manage(args: argparse.Namespace) -> int:
 
 
 def _join(args: argparse.Namespace) -> int:
+    _refuse_unsupported(args)
     url = _discovery_arg(args)
     if not args.advertise:
-        raise ConfigurationError("join needs --advertise ENGINE_HOST:PORT (or SWARM_ADVERTISE)")
-    host, port = parse_address(args.advertise, "--advertise")
-    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ConfigurationError("missing mandatory --advertise flag: join needs --advertise ENGINE_HOST:PORT")
+    addr = _advertise(args.advertise)
+    delay = _nonnegative(args.delay, "--delay")
     heartbeat = parse_duration(args.heartbeat, "--heartbeat")
+    if heartbeat < 1:
+        raise ConfigurationError(f"--heartbeat {args.heartbeat!r}: --heartbeat should be at least one second")
     ttl = _ttl(args.ttl, "--ttl")
     if ttl <= heartbeat:
-        raise ConfigurationError(f"--ttl ({args.ttl}) must be longer than --heartbeat ({args.heartbeat})")
+        raise ConfigurationError(
+            f"--ttl ({args.ttl}) must be longer than --heartbeat ({args.heartbeat}): "
+            "--ttl must be strictly superior to the heartbeat value"
+        )
+    if is_host_list(url) or url.startswith("file://"):
+        raise ConfigurationError(f"join registers in a discovery store; {url!r} is a fixed engine list")
     discovery = swarmha.connect(url)
-    setup_logging(args.debug)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    key = f"{NODES_KEY}/{addr}"
-    log.info("Registering on the discovery service every %s... addr=%s discovery=%s", args.heartbeat, addr, url)
-    session = None
-    try:
-        while not stop.is_set():
-            try:
-                if session is None:
-                    session = discovery.session(ttl)
-                    discovery.put(key, addr, session)
-                else:
-                    session.keepalive()
-            except SessionExpired:
-                log.warning("the registration of %s expired; registering again", addr)
-                session = None
-                continue
-            except DiscoveryError as e:
-                log.error("discovery error: %s", e)
-                stop.wait(min(1.0, heartbeat))
-                continue
-            stop.wait(heartbeat)
-    finally:
-        if session is not None:
-            session.close()
-        discovery.close()
-    return 0
+    setup_logging(args.log_level, args.debug)
+    return run_join(discovery, addr, url, heartbeat=heartbeat, ttl=ttl, delay=delay, heartbeat_text=args.heartbeat)
 
 
 # -- list / status -------------------------------------------------------------------------------------
 
 
+def _bounded(timeout: float, what: str, fn: Callable[[], T]) -> T:
+    """``fn()`` on a thread, or ConfigurationError-free SwarmHAError ``Timed out`` after ``timeout``."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as e:
+            error.append(e)
+
+    t = threading.Thread(target=run, name="swarmha-cli", daemon=True)
+    t.start()
+    t.join(timeout)
+    if error:
+        raise error[0]
+    if not result:
+        raise DiscoveryError(f"Timed out: {what} did not answer within {format_duration(timeout)} (--timeout)")
+    return result[0]
+
+
 def _list(args: argparse.Namespace) -> int:
+    _refuse_unsupported(args)
     url = _discovery_arg(args)
-    if url.startswith("nodes://"):
-        for node in _static_nodes(url):
+    timeout = parse_duration(args.timeout, "--timeout")
+    if is_host_list(url):
+        for node in host_list(url):
             print(node)
         return 0
-    with swarmha.connect(url) as discovery:
-        records = discovery.list(NODES_KEY)
-        for addr in sorted({r.value or k.rpartition("/")[2] for k, r in records.items()}):
-            print(addr)
+    if url.startswith("file://"):
+        for node in FileEngines(url)():
+            print(node)
+        return 0
+
+    def read() -> list[str]:
+        with swarmha.connect(url) as discovery:
+            records = discovery.list(NODES_KEY)
+            return sorted({r.value or k.rpartition("/")[2] for k, r in records.items()})
+
+    for addr in _bounded(timeout, url, read):
+        print(addr)
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
+    _refuse_unsupported(args)
     url = _discovery_arg(args)
-    with swarmha.connect(url) as discovery:
-        leader = Follower(discovery, LEADER_KEY).leader
-        engines = len(discovery.list(NODES_KEY))
+    timeout = parse_duration(args.timeout, "--timeout")
+
+    def read() -> tuple[Leader | None, int]:
+        with swarmha.connect(url) as discovery:
+            return Follower(discovery, LEADER_KEY).leader, len(discovery.list(NODES_KEY))
+
+    leader, engines = _bounded(timeout, url, read)
     if leader is None:
         print("No elected primary cluster manager")
         print(f"Nodes: {engines}")
@@ -220,20 +345,59 @@ def _status(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------------------------
 
 
+def _global_flags(defaults: bool) -> argparse.ArgumentParser:
+    """Swarm's global flags; on the commands too (``SUPPRESS``), so they work before or after the command."""
+    g = argparse.ArgumentParser(add_help=False)
+    default = None if defaults else argparse.SUPPRESS
+    g.add_argument(
+        "-l",
+        "--log-level",
+        choices=sorted(LOG_LEVELS),
+        metavar="LEVEL",
+        default=default,
+        help="log level: debug, info, warn, error, fatal, panic (default info)",
+    )
+    g.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if defaults else argparse.SUPPRESS,
+        help="debug mode: log level debug (unless --log-level says otherwise) and the store clients' own logs",
+    )
+    g.add_argument(
+        "--experimental",
+        action="store_true",
+        default=False if defaults else argparse.SUPPRESS,
+        help=f"refused: {REFUSED['--experimental']}",
+    )
+    return g
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="swarmha",
         description="Docker Swarm classic style HA cluster manager (swarm manage --replication) on swarmha.",
+        parents=[_global_flags(True)],
     )
-    p.add_argument("--version", action="version", version=f"swarmha {swarmha.__version__}")
+    p.add_argument("-v", "--version", action="version", version=f"swarmha version {swarmha.__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _global_flags(False)
 
     disc_help = (
-        "discovery URL: sqlite:///PATH, etcd://H:P/PREFIX, zk://..., consul://..., nodes://H:P,H:P ($SWARM_DISCOVERY)"
+        "discovery: sqlite:///PATH, etcd://H:P/PREFIX, zk://..., consul://..., nodes://H:P,H:P, a bare H:P,H:P "
+        "list (ranges as in Swarm: 10.0.0.[1:3]:2375), file:///PATH (one engine a line) ($SWARM_DISCOVERY)"
     )
+    opt_help = "store option, repeatable: kv.cacertfile=, kv.certfile=, kv.keyfile= (TLS to etcd), kv.path="
 
-    m = sub.add_parser("manage", help="run a manager (primary or replica)", description="Run a cluster manager.")
-    m.add_argument("-H", "--host", default=os.environ.get("SWARM_HOST", ":2375"), help="listen address ($SWARM_HOST)")
+    m = sub.add_parser(
+        "manage",
+        aliases=["m"],
+        parents=[common],
+        help="run a manager (primary or replica)",
+        description="Run a cluster manager.",
+    )
+    m.add_argument(
+        "-H", "--host", action="append", help="listen address, e.g. :4000 or tcp://0.0.0.0:4000 ($SWARM_HOST)"
+    )
     m.add_argument("--replication", action="store_true", help="take part in primary election (needs --advertise)")
     m.add_argument(
         "--advertise",
@@ -257,32 +421,89 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--tlscacert", help="CA certificate that signs client (and manager) certificates")
     m.add_argument("--tlscert", help="this manager's certificate")
     m.add_argument("--tlskey", help="this manager's private key")
-    m.add_argument("--engine-refresh", default="5s", help="interval between engine refreshes (default 5s)")
     m.add_argument(
-        "--primary-wait", default="5s", help="how long a replica waits for a primary before 503 (default 5s)"
+        "--engine-refresh-min-interval",
+        help="engine refresh minimum interval: each round waits a random time in [min, max] (default 5s; Swarm's 30s)",
     )
     m.add_argument(
-        "--shutdown-timeout", default="5s", help="how long in-flight requests may drain on exit (default 5s)"
+        "--engine-refresh-max-interval", help="engine refresh maximum interval (default: the minimum interval)"
     )
-    m.add_argument("--debug", action="store_true", help="debug logging")
+    m.add_argument("--engine-refresh", default="5s", help="both refresh intervals at once (swarmha's; default 5s)")
+    m.add_argument(
+        "--engine-failure-retry",
+        type=int,
+        help="consecutive failed refreshes before a healthy engine is marked unhealthy (default 1; Swarm's 3)",
+    )
+    m.add_argument("--engine-refresh-retry", type=int, help="deprecated; replaced by --engine-failure-retry")
+    m.add_argument(
+        "--heartbeat", default="60s", help="longest time between two reads of the engine list from discovery (60s)"
+    )
+    m.add_argument("-c", "--cluster-driver", default="swarm", help="cluster driver: swarm (the only one)")
+    m.add_argument("--cluster-opt", action="append", help="cluster driver option KEY=VALUE (none is supported)")
+    m.add_argument("--discovery-opt", action="append", help=opt_help)
+    m.add_argument(
+        "--refresh-on-node-filter",
+        action="store_true",
+        help="accepted: container lists always ask the engines, so a node filter always sees fresh data",
+    )
+    m.add_argument(
+        "--container-name-refresh-filter",
+        metavar="NAME",
+        help="accepted: container lists always ask the engines, so a name filter always sees fresh data",
+    )
+    m.add_argument("--api-enable-cors", "--cors", action="store_true", help=f"refused: {REFUSED['--api-enable-cors']}")
+    m.add_argument(
+        "--primary-wait",
+        help="how long a replica holds a request while no primary answers, then 503 (default: --replication-ttl + 2s)",
+    )
+    m.add_argument(
+        "--shutdown-timeout",
+        default="30s",
+        help="after SIGTERM, how long open requests and streams (logs -f, events, attach) go on (default 30s)",
+    )
+    m.add_argument(
+        "--metrics",
+        metavar="ADDR",
+        help="serve Prometheus metrics on /metrics (and /health) at ADDR, e.g. :9323 (needs swarmha[metrics])",
+    )
     m.add_argument("discovery", nargs="?", help=disc_help)
     m.set_defaults(func=_manage)
 
     j = sub.add_parser(
-        "join", help="register a Docker engine in the discovery store", description="Register an engine."
+        "join",
+        aliases=["j"],
+        parents=[common],
+        help="register a Docker engine in the discovery store",
+        description="Register an engine (checked with GET /_ping first).",
     )
     j.add_argument("--advertise", "--addr", default=os.environ.get("SWARM_ADVERTISE"), help="ENGINE_HOST:PORT")
-    j.add_argument("--heartbeat", default="20s", help="period between registrations (default 20s)")
-    j.add_argument("--ttl", default="60s", help="expiry of the registration (default 60s; > --heartbeat)")
-    j.add_argument("--debug", action="store_true", help="debug logging")
+    j.add_argument("--heartbeat", default="60s", help="period between each heartbeat (default 60s)")
+    j.add_argument("--ttl", default="180s", help="expiration of the registration (default 180s; > --heartbeat)")
+    j.add_argument("--delay", default="0s", help="add a random delay in [0s,delay] to avoid synchronized registration")
+    j.add_argument("--discovery-opt", action="append", help=opt_help)
     j.add_argument("discovery", nargs="?", help=disc_help)
     j.set_defaults(func=_join)
 
-    ls = sub.add_parser("list", help="print the registered engines", description="Print the registered engines.")
+    ls = sub.add_parser(
+        "list",
+        aliases=["l"],
+        parents=[common],
+        help="print the registered engines",
+        description="Print the registered engines, one address a line (as swarm list did).",
+    )
+    ls.add_argument("--timeout", default="10s", help="give up after this long (default 10s)")
+    ls.add_argument("--discovery-opt", action="append", help=opt_help)
     ls.add_argument("discovery", nargs="?", help=disc_help)
     ls.set_defaults(func=_list)
 
-    st = sub.add_parser("status", help="print the current primary and its term", description="Print the primary.")
+    st = sub.add_parser(
+        "status",
+        parents=[common],
+        help="print the current primary and its term",
+        description="Print the primary.",
+    )
+    st.add_argument("--timeout", default="10s", help="give up after this long (default 10s)")
+    st.add_argument("--discovery-opt", action="append", help=opt_help)
     st.add_argument("discovery", nargs="?", help=disc_help)
     st.set_defaults(func=_status)
 
@@ -292,16 +513,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_COMMANDS = {"m": "manage", "j": "join", "l": "list"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``swarmha`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except ConfigurationError as e:
-        print(f"swarmha {args.command}: {e}", file=sys.stderr)
+        print(f"swarmha {_COMMANDS.get(args.command, args.command)}: {e}", file=sys.stderr)
         return 2
     except (SwarmHAError, ImportError) as e:
-        print(f"swarmha {args.command}: {e}", file=sys.stderr)
+        print(f"swarmha {_COMMANDS.get(args.command, args.command)}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import secrets
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -36,7 +37,7 @@ from swarmha.manager.scheduler import SchedulingError as NoEngine
 from swarmha.manager.scheduler.node import Binding, bindings, port_key
 from swarmha.manager.scheduler.request import cpus_of
 
-__all__ = ["FILTERS", "NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine"]
+__all__ = ["FILTERS", "NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine", "describe_error"]
 
 log = logging.getLogger("swarmha.manager.cluster")
 
@@ -186,6 +187,26 @@ def _account(e: Engine) -> None:
     e.reserved_memory = sum(c.memory for c in e.records)
 
 
+def describe_error(addr: str, err: BaseException) -> str:
+    """An engine failure as an operator reads it: the address and the OS error under the client's wrapper.
+
+    ``cannot reach 10.0.0.5:2375: [Errno 111] Connection refused`` rather than httpx's bare ``All connection
+    attempts failed``; an HTTP error answer keeps its status line.
+    """
+    if isinstance(err, httpx.HTTPStatusError):
+        return f"{addr} answered {err.response.status_code} {err.response.reason_phrase} to {err.request.url.path}"
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return f"cannot reach {addr}: [Errno {cause.errno}] {os.strerror(cause.errno)}"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(err, httpx.TimeoutException):
+        return f"{addr} did not answer within the timeout ({type(err).__name__})"
+    return f"{addr}: {err or type(err).__name__}"
+
+
 def _reschedulable(item: Mapping[str, Any]) -> bool:
     """Whether a container (its list entry or inspect ``Config``) carries the ``on-node-failure`` policy."""
     labels = item.get("Labels") or {}
@@ -207,18 +228,28 @@ class Cluster:
     def __init__(
         self,
         discovery: Discovery | None = None,
-        static: Iterable[str] = (),
+        static: Iterable[str] | Callable[[], list[str]] = (),
         *,
         strategy: str = "spread",
         engine_ssl: ssl.SSLContext | None = None,
         timeout: float = 5.0,
+        failure_retry: int = 1,
         filters: Iterable[str] | None = None,
     ) -> None:
+        """``static``: engine addresses, or a function giving them (called on every refresh, e.g. a file).
+
+        ``failure_retry``: consecutive failed refreshes before a healthy engine is marked unhealthy (Swarm's
+        ``--engine-failure-retry``); an engine that never answered is unhealthy at its first failure.
+        ``filters``: the active placement filters by name (Swarm's default set when None).
+        """
         #: The filters (Swarm's default set when None) and strategy; ValueError names an unknown one.
         self.scheduler = Scheduler(strategy, filters)
         self.strategy = strategy
         self._discovery = discovery
-        self._static = list(static)
+        self._source: Callable[[], list[str]] | None = static if callable(static) else None
+        self._static = [] if callable(static) else list(static)
+        self.failure_retry = max(1, failure_retry)
+        self._failures: dict[str, int] = {}
         self._ssl = engine_ssl
         self._engines: dict[str, Engine] = {}
         self._owner: dict[str, str] = {}  # container or exec id -> engine addr
@@ -248,6 +279,8 @@ class Cluster:
 
     async def addresses(self) -> list[str]:
         """The engine addresses registered now (raises DiscoveryError when the store does not answer)."""
+        if self._source is not None:
+            return await asyncio.to_thread(self._source)
         if self._discovery is None:
             return list(self._static)
         records: Mapping[str, Any] = await asyncio.to_thread(self._discovery.list, NODES_KEY)
@@ -258,8 +291,8 @@ class Cluster:
         async with self._refreshing:
             try:
                 addrs = await self.addresses()
-            except DiscoveryError as e:
-                log.warning("cannot list the engines in the discovery store: %s", e)
+            except DiscoveryError as e:  # said once by the manager's StoreState, not on every refresh
+                log.debug("cannot list the engines in the discovery store: %s", e)
                 addrs = list(self._engines)
             for addr in list(self._engines):
                 if addr not in addrs:
@@ -301,11 +334,19 @@ class Cluster:
                     known = self._inspected[cid] = await self._inspect(e, cid)
                 records.append(_listed(item, known.record))
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
+            error = describe_error(e.addr, err)
+            failures = self._failures[e.addr] = self._failures.get(e.addr, 0) + 1
+            if e.healthy and failures < self.failure_retry:
+                log.debug(
+                    "engine %s failed (%d of %d before unhealthy): %s", e.addr, failures, self.failure_retry, error
+                )
+                return
             if e.healthy or not e.error:
-                log.warning("engine %s is unhealthy: %s", e.addr, err or type(err).__name__)
-            e.healthy, e.error = False, str(err) or type(err).__name__
+                log.warning("engine %s is unhealthy: %s", e.addr, error)
+            e.healthy, e.error = False, error
             e.updated_at = datetime.datetime.now(datetime.UTC)
             return
+        self._failures.pop(e.addr, None)
         if not e.healthy and e.error:
             log.info("engine %s is healthy again", e.addr)
         e.info, e.id, e.healthy, e.error = info, str(info.get("ID", "")), True, ""

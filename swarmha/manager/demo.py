@@ -2,8 +2,10 @@
 
 Each manager is a separate ``swarmha manage --replication`` process (so SIGKILL is real). A Docker engine the
 demo can reach over TCP (``DOCKER_HOST=tcp://...``, or ``--engine HOST:PORT``) is joined as a node; without
-one the demo runs with an empty cluster. It prints each manager's Role/Primary as ``GET /info`` reports them,
-sends SIGTERM to the primary and measures until another manager answers as primary, then SIGKILLs that one
+one the demo runs with an empty cluster. Each manager's own log lines (``Cluster leadership acquired``, ``New
+leader elected: ...``) are shown as they happen, interleaved and prefixed with the manager's address; at each
+step the demo prints what ``docker info`` shows through every manager (Role, Primary, Nodes and the engines).
+It sends SIGTERM to the primary and measures until another manager answers as primary, then SIGKILLs that one
 and measures again (that failover waits for the session TTL, ``--ttl``). Exits 0 when both failovers happened.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -63,13 +66,32 @@ def _engine(args: argparse.Namespace) -> str | None:
     return None
 
 
+_print_lock = threading.Lock()
+
+
+def _say(text: str) -> None:
+    with _print_lock:
+        print(text, flush=True)
+
+
+def _relay_log(port: int, stream: Any) -> None:
+    """Print a manager's log lines as they come, prefixed with its address (a thread per manager)."""
+    for raw in iter(stream.readline, b""):
+        _say(f"  [manager 127.0.0.1:{port}] {raw.decode(errors='replace').rstrip()}")
+    stream.close()
+
+
 def _info(client: httpx.Client, port: int) -> dict[str, str] | None:
     try:
         r = client.get(f"http://127.0.0.1:{port}/info", timeout=0.5)
         status = r.json().get("SystemStatus") or []
     except (httpx.HTTPError, ValueError):
         return None
-    return {str(k).strip(): str(v) for k, v in status}
+    out = {str(k).strip(): str(v) for k, v in status}
+    # the engine lines as docker info prints them: " name: addr" (one per engine)
+    engines = [f"{str(k).strip()}: {v}" for k, v in status if str(k).startswith(" ") and not str(k).startswith("  ")]
+    out["_engines"] = "\n".join(engines)
+    return out
 
 
 def _wait(what: str, timeout: float, probe: Any) -> Any:
@@ -95,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     ports = [_free_port() for _ in range(args.managers)]
     print(f"discovery: {url}   replication ttl: {args.ttl}   engine: {engine or '(none)'}")
     procs: dict[int, subprocess.Popen[bytes]] = {}
+    relays: list[threading.Thread] = []
     stop_join = threading.Event()
     join_thread: threading.Thread | None = None
     client = httpx.Client(trust_env=False)
@@ -105,10 +128,13 @@ def run(args: argparse.Namespace) -> int:
         for port in ports:
             cmd = [sys.executable, "-m", "swarmha.manager.cli", "manage", "-H", f"127.0.0.1:{port}", "--replication"]
             cmd += ["--advertise", f"127.0.0.1:{port}", "--replication-ttl", args.ttl, "--engine-refresh", "1s", url]
-            log = open(os.path.join(workdir, f"manager-{port}.log"), "wb")  # noqa: SIM115 - owned by the child
-            procs[port] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            log.close()
-            print(f"started manager 127.0.0.1:{port} (pid {procs[port].pid}, log {log.name})")
+            procs[port] = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            _say(f"started manager 127.0.0.1:{port} (pid {procs[port].pid})")
+            relay = threading.Thread(target=_relay_log, args=(port, procs[port].stdout), daemon=True)
+            relay.start()
+            relays.append(relay)
 
         def roles(alive: list[int]) -> dict[int, dict[str, str]] | None:
             seen = {p: _info(client, p) for p in alive}
@@ -131,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             began = time.monotonic()
             procs[primary].send_signal(sig)
             alive.remove(primary)
-            print(f"\nprimary 127.0.0.1:{primary} {how}")
+            _say(f"\nprimary 127.0.0.1:{primary} {how}")
 
             def new_primary(alive: list[int] = alive) -> int | None:
                 for p in alive:
@@ -143,17 +169,17 @@ def run(args: argparse.Namespace) -> int:
             winner = _wait("a new primary", timeout + ttl, new_primary)
             took = time.monotonic() - began
             figures.append((how, took))
-            print(f"127.0.0.1:{winner} answers as primary {took * 1000:.0f} ms later")
+            _say(f"127.0.0.1:{winner} answers as primary {took * 1000:.0f} ms later")
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = procs[primary].wait(timeout)
-                print(f"old primary exited with status {code}")
+                _say(f"old primary exited with status {code}")
             state = _wait("every manager to agree on the new primary", timeout, lambda: roles(alive))
             _show(state)
             if len(alive) < 2:
                 break
-        print("\nfailover times:")
+        _say("\nfailover times:")
         for how, took in figures:
-            print(f"  {how:32s} {took * 1000:8.0f} ms")
+            _say(f"  {how:32s} {took * 1000:8.0f} ms")
         return 0
     except TimeoutError as e:
         print(str(e), file=sys.stderr)
@@ -170,16 +196,23 @@ def run(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for relay in relays:
+            relay.join(5)
         if join_thread is not None:
             join_thread.join(5)
+        shutil.rmtree(workdir, ignore_errors=True)  # the store and the managers' logs: nothing left behind
 
 
 def _show(state: dict[int, dict[str, str]]) -> None:
+    """What ``docker -H 127.0.0.1:PORT info`` shows of the cluster, for every manager."""
+    lines = []
     for port, status in sorted(state.items()):
-        print(
-            f"  manager 127.0.0.1:{port}   Role: {status.get('Role', '?'):8s} Primary: {status.get('Primary', '?')}"
-            f"   Nodes: {status.get('Nodes', '?')}"
-        )
+        lines.append(f"docker -H 127.0.0.1:{port} info")
+        lines.append(f"   Role: {status.get('Role', '?')}")
+        lines.append(f"   Primary: {status.get('Primary', '?')}")
+        lines.append(f"   Nodes: {status.get('Nodes', '?')}")
+        lines += [f"    {e}" for e in status.get("_engines", "").splitlines()]
+    _say("\n".join(lines))
 
 
 def _join(url: str, engine: str, stop: threading.Event) -> None:

@@ -244,6 +244,8 @@ class Exchange:
         self._keep_alive = request.http_version == b"1.1" and b"close" not in connection
         self.started = False
         self.finished = False
+        #: The status sent (0 until the response starts; 101 for a switch): for metrics and logs.
+        self.status = 0
         self._no_body = False  # the response's: HEAD, 204, 304
         self._body_done = False
         if not chunked and not length:
@@ -357,7 +359,7 @@ class Exchange:
     async def start(self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes = b"") -> None:
         """Send the response head; the body follows with :meth:`send` and :meth:`end`."""
         await self._drain_body()
-        self.started = True
+        self.started, self.status = True, status
         await self._conn.write(self._send(self._response(status, headers, reason)))
 
     async def send(self, data: bytes) -> None:
@@ -382,7 +384,7 @@ class Exchange:
         first.
         """
         await self._drain_body()
-        self.started = True
+        self.started, self.status = True, status
         conn = self._conn
         fast = self._frame_fast(status, headers, body, reason)
         if fast is not None:
@@ -452,7 +454,7 @@ class Exchange:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
         """Answer 101 and hand over the raw connection: (reader, writer, bytes already received)."""
         await self._drain_body()
-        self.started = True
+        self.started, self.status = True, 101
         conn = self._conn
         await conn.write(self._send(h11.InformationalResponse(status_code=101, headers=headers, reason=reason)))
         self.finished = True

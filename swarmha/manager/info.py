@@ -48,21 +48,33 @@ def _engine_lines(e: Engine) -> list[list[str]]:
 
 
 def system_status(
-    role: str, primary: str, strategy: str, engines: list[Engine], filters: str = FILTERS
+    role: str,
+    primary: str,
+    strategy: str,
+    engines: list[Engine],
+    store: str | None = None,
+    filters: str = FILTERS,
 ) -> list[list[str]]:
-    """The ``SystemStatus`` pairs: Role, Primary, Strategy, Filters, Nodes, then one block per engine.
+    """The ``SystemStatus`` pairs: Role, Primary, (Store), Strategy, Filters, Nodes, then one block per engine.
 
-    ``Reserved CPUs: x / n`` and ``Reserved Memory: x / total`` sum what the engine's containers reserve
-    (``-c``/``--cpu-shares`` counted as CPUs, as Swarm did, plus ``--cpus``; ``-m``), stopped ones included.
+    ``store``: the discovery store's state (``reachable`` or ``unreachable for ...``); None leaves the line out.
+    ``filters``: the active placement filters (the ``Filters:`` line). ``Reserved CPUs: x / n`` and ``Reserved
+    Memory: x / total`` sum what the engine's containers reserve (``-c``/``--cpu-shares`` counted as CPUs, as
+    Swarm did, plus ``--cpus``; ``-m``), stopped ones included.
     """
-    pairs = [["Role", role], ["Primary", primary], ["Strategy", strategy], ["Filters", filters]]
+    pairs = [["Role", role], ["Primary", primary]]
+    if store is not None:
+        pairs.append(["Store", store])
+    pairs += [["Strategy", strategy], ["Filters", filters]]
     pairs.append(["Nodes", str(len(engines))])
     for e in engines:
         pairs += _engine_lines(e)
     return pairs
 
 
-def cluster_info(cluster: Cluster, role: str, primary: str, manager_id: str) -> dict[str, Any]:
+def cluster_info(
+    cluster: Cluster, role: str, primary: str, manager_id: str, store: str | None = None
+) -> dict[str, Any]:
     """The ``/info`` body for the whole cluster as seen by this manager."""
     engines = cluster.engines
     healthy = [e for e in engines if e.healthy]
@@ -76,7 +88,9 @@ def cluster_info(cluster: Cluster, role: str, primary: str, manager_id: str) -> 
         "Images": sum(int(e.info.get("Images") or 0) for e in healthy),
         "Driver": "",
         "DriverStatus": None,
-        "SystemStatus": system_status(role, primary, cluster.strategy, engines, cluster.scheduler.filter_names),
+        "SystemStatus": system_status(
+            role, primary, cluster.strategy, engines, store, filters=cluster.scheduler.filter_names
+        ),
         "Plugins": {"Volume": None, "Network": None, "Authorization": None, "Log": None},
         "MemoryLimit": True,
         "SwapLimit": True,

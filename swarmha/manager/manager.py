@@ -9,16 +9,21 @@ Requests. ``/_ping`` and ``/info`` are answered locally by every manager (``/inf
 manager's view of the engines). Everything else is served by the primary's :class:`~swarmha.manager.api.PrimaryAPI`
 or, on a replica, forwarded per request to the current primary:
 
-* no primary known (or it is this manager's stale key) → wait up to ``primary_wait`` for an election, then
-  ``503 No elected primary cluster manager``;
-* the primary refuses the connection → wait for the next leader (up to ``primary_wait``) and send it there;
+* no primary known (or it is this manager's stale key) → wait for an election, then
+  ``503 No elected primary cluster manager``; the wait is ``primary_wait``, by default the replication TTL plus
+  :data:`HOLD_MARGIN` (the longest a crashed primary's key can linger, plus one election), so a request sent
+  during a crash failover is answered late instead of failing;
+* the primary refuses the connection → wait for the next leader (same bound) and send it there;
 * the primary breaks before answering an idempotent, body-less request → sent once more to the next leader;
 * a request that was already forwarded once is never forwarded again (no ping-pong between two managers
   that disagree for a moment about who leads): it waits to become primary itself or answers 503.
 
 Shutdown (:meth:`Manager.shutdown`, run on SIGINT/SIGTERM): stop accepting, stop the candidate at once
-(it deletes the leader key, so a replica takes over within one watch round trip), drain in-flight requests for
-at most ``drain_timeout`` seconds, then close everything.
+(it deletes the leader key, so a replica takes over within one watch round trip and new requests go there),
+then keep serving what is already open — ``docker logs -f``, ``docker events``, attach and exec streams
+included, whether they came from a client or through a replica — until each ends or ``drain_timeout``
+(``--shutdown-timeout``, 30 s by default) passes; a second SIGINT/SIGTERM cuts them at once. Then close
+everything. So a graceful failover shows the client no error: the stream it has goes on, on the old primary.
 """
 
 from __future__ import annotations
@@ -27,38 +32,50 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from swarmha import Discovery, Leader, aio
+from swarmha.errors import DiscoveryError
 from swarmha.manager.api import PrimaryAPI
 from swarmha.manager.cluster import Cluster
+from swarmha.manager.engine_list import FileEngines
 from swarmha.manager.forward import Pool, Upstream, UpstreamBroken, UpstreamUnreachable, forward
 from swarmha.manager.http import Exchange, Server
 from swarmha.manager.info import cluster_info
 from swarmha.manager.reschedule import Watchdog
+from swarmha.manager.store_state import StoreState
 from swarmha.manager.tls import TLSConfig
 
-__all__ = ["FORWARDED", "LEADER_KEY", "Manager", "ManagerConfig", "loop_factory"]
+if TYPE_CHECKING:
+    from swarmha.manager.metrics import ManagerMetrics
+
+__all__ = ["FORWARDED", "HEALTH_PATH", "LEADER_KEY", "Manager", "ManagerConfig", "loop_factory"]
 
 log = logging.getLogger("swarmha.manager")
 
 LEADER_KEY = "docker/swarm/leader"
 FORWARDED = "x-swarmha-forwarded"
 NO_PRIMARY = "No elected primary cluster manager"
+#: Answered by every manager: 200 when healthy, 503 naming the problems (for load balancers and watchdogs).
+HEALTH_PATH = "/health"
+_LOCAL_PATHS = frozenset({"/_ping", "/info", HEALTH_PATH})
+#: Seconds a replica holds a request beyond the replication TTL while no primary answers (one election).
+HOLD_MARGIN = 2.0
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop ``swarmha manage`` runs on: uvloop's when it is installed, else asyncio's (None).
 
     uvloop does the socket work of every transport in C (the manager's CPU per forwarded request was mostly
-    asyncio's selector and transport code, see docs/manager.md); everything the manager relies on is the
+    asyncio's selector and transport code, see docs/manager-design.md); everything the manager relies on is the
     same on both (TCP_NODELAY on every TCP socket, ``write_eof`` half-close on plain TCP, TLS, signal
     handlers, ``asyncio.timeout``), and the tests run the manager processes on uvloop and the in-process
     front and pool tests on both. ``SWARMHA_LOOP=asyncio`` in the environment forces asyncio's loop.
@@ -86,9 +103,27 @@ class ManagerConfig:
     filters: tuple[str, ...] | None = None
     static_engines: tuple[str, ...] = ()
     tls: TLSConfig = attrs.field(factory=TLSConfig)
+    #: Seconds between engine refreshes: each round waits a random time in [refresh, refresh_max] (Swarm's
+    #: ``--engine-refresh-min-interval`` / ``-max-interval``), and at most ``heartbeat`` (``--heartbeat``, the
+    #: longest time between two reads of the engine list).
     refresh: float = 5.0
-    primary_wait: float = 5.0
-    drain_timeout: float = 5.0
+    refresh_max: float | None = None
+    heartbeat: float = 60.0
+    #: Consecutive failed refreshes before an engine is marked unhealthy (``--engine-failure-retry``).
+    failure_retry: int = 1
+    #: ``file:///path`` discovery: the file listing the engines (read again on every refresh).
+    engines_file: str | None = None
+    #: How long a replica holds a request while no primary answers; None: ``ttl`` + :data:`HOLD_MARGIN`.
+    primary_wait: float | None = None
+    #: How long open requests and streams may go on after SIGTERM (``--shutdown-timeout``).
+    drain_timeout: float = 30.0
+    #: ``--metrics ADDR``: where Prometheus scrapes ``/metrics`` (None: no metrics listener).
+    metrics: tuple[str, int] | None = None
+
+    @property
+    def hold(self) -> float:
+        """The effective bound of a replica's wait for a primary, in seconds."""
+        return self.primary_wait if self.primary_wait is not None else self.ttl + HOLD_MARGIN
 
 
 class Manager:
@@ -102,17 +137,28 @@ class Manager:
         self._client_ssl = config.tls.client_context()
         self._server_ssl = server_ssl
         # as in Swarm, the --tls flags also apply to the engines: with TLS on, engines are reached over TLS
+        static: tuple[str, ...] | FileEngines = config.static_engines
+        if config.engines_file is not None:
+            static = FileEngines(config.engines_file)
         self.cluster = Cluster(
             discovery,
-            config.static_engines,
+            static,
             strategy=config.strategy,
             engine_ssl=self._client_ssl,
+            failure_retry=config.failure_retry,
             filters=config.filters,
         )
         self.api = PrimaryAPI(self.cluster, self._info)
         #: Rescheduling on node failure (``com.docker.swarm.reschedule-policies``), acted on by the primary only.
         self.watchdog = Watchdog(self.cluster)
         self.server = Server(self.handle)
+        self.metrics: ManagerMetrics | None = None
+        self._metrics_server: Server | None = None
+        if config.metrics is not None:
+            from swarmha.manager.metrics import ManagerMetrics
+
+            self.metrics = ManagerMetrics(self)
+            self._metrics_server = Server(self._serve_metrics)
         self._candidate: aio.Candidate | None = None
         self._follower: aio.Follower | None = None
         if config.replication:
@@ -120,6 +166,8 @@ class Manager:
             self._candidate = aio.Candidate(discovery, LEADER_KEY, config.advertise, ttl=config.ttl)
             self._follower = aio.Follower(discovery, LEADER_KEY)
         self._leader: Leader | None = None
+        #: Whether the discovery store answers (None: a static engine list, no store).
+        self.store = StoreState(str(discovery.url)) if discovery is not None else None
         #: Kept-alive connections to the primary; the upstream is chosen per request, never per connection.
         self._pool = Pool()
         self._upstreams: dict[str, Upstream] = {}
@@ -147,9 +195,49 @@ class Manager:
             return ""
         return leader.node
 
+    def term_token(self) -> int:
+        """The fencing token of the primary's term as this manager sees it (0: none known)."""
+        term = self._candidate.term if self._candidate is not None else None
+        if term is not None:
+            return term.token
+        return self._leader.token if self._leader is not None else 0
+
     def _info(self) -> dict[str, Any]:
         role = "primary" if self.is_primary else "replica"
-        return cluster_info(self.cluster, role.capitalize(), self.primary, self.id)
+        store = self.store.describe() if self.store is not None else None
+        return cluster_info(self.cluster, role.capitalize(), self.primary, self.id, store=store)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, details) for ``/health``: unhealthy while the store is unreachable or no primary is known."""
+        problems = []
+        if self.store is not None and not self.store.reachable:
+            problems.append(f"discovery store {self.store.describe()}")
+        if not self.primary:
+            problems.append("no elected primary cluster manager")
+        if self._stopping.is_set():
+            problems.append("shutting down")
+        details: dict[str, Any] = {
+            "Status": "unhealthy" if problems else "healthy",
+            "Role": "Primary" if self.is_primary else "Replica",
+            "Primary": self.primary,
+            "Store": self.store.describe() if self.store is not None else "none (static engine list)",
+            "Problems": problems,
+        }
+        return not problems, details
+
+    async def _watch_store(self) -> None:
+        """Probe the store every ``min(1s, ttl/3)``: feeds :attr:`store` (one WARN when lost, one INFO when back)."""
+        assert self._discovery is not None and self.store is not None
+        period = min(1.0, self.config.ttl / 3)
+        while not self._stopping.is_set():
+            try:
+                await asyncio.to_thread(self._discovery.get, LEADER_KEY)
+            except DiscoveryError as e:
+                self.store.failed(e)
+            else:
+                self.store.succeeded()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), period)
 
     async def _wait_leader_change(self, timeout: float) -> None:
         event = self._leader_changed
@@ -168,6 +256,8 @@ class Manager:
         async for elected in self._candidate.run_for_election():
             self._announced = True
             log.info("Cluster leadership acquired" if elected else "Cluster leadership lost")
+            if self.metrics is not None:
+                self.metrics.leadership_changed(elected)
             self._set_leader(self._leader)  # wake waiters: our role changed
 
     async def _follow(self) -> None:
@@ -178,6 +268,8 @@ class Manager:
                     self._announced = True
                     log.info("Cluster leadership lost")  # Swarm's first word on a replica
                 log.info("New leader elected: %s", leader.node)
+            if self.metrics is not None:
+                self.metrics.primary_seen(leader is not None)
             self._set_leader(leader)
 
     async def _refresh_loop(self) -> None:
@@ -188,23 +280,54 @@ class Manager:
             except Exception:
                 log.exception("refreshing the engines failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.config.refresh)
+                await asyncio.wait_for(self._stopping.wait(), self._refresh_interval())
                 return
+
+    def _refresh_interval(self) -> float:
+        lo = self.config.refresh
+        hi = max(lo, self.config.refresh_max if self.config.refresh_max is not None else lo)
+        return min(random.uniform(lo, hi), self.config.heartbeat)
 
     # -- requests ----------------------------------------------------------------------------------------
 
     async def handle(self, ex: Exchange) -> None:
-        """Answer /_ping and /info here; serve the rest as primary or forward it to the primary."""
+        """Answer /_ping, /info and /health here; serve the rest as primary or forward it to the primary."""
+        if self.metrics is None:
+            return await self._handle(ex)
+        began = time.monotonic()
+        via = "local" if ex.path in _LOCAL_PATHS else "primary" if self.is_primary else "replica"
+        try:
+            await self._handle(ex)
+        finally:
+            self.metrics.observe_request(ex.path, via, ex.status, time.monotonic() - began)
+
+    async def _serve_metrics(self, ex: Exchange) -> None:
+        """The ``--metrics`` listener: ``/metrics`` and ``/health``; anything else 404."""
+        assert self.metrics is not None
+        if ex.method not in ("GET", "HEAD"):
+            return await ex.error(405, "only GET /metrics and GET /health here")
+        if ex.path == "/metrics":
+            body, content_type = self.metrics.render()
+            return await ex.respond(200, body, content_type)
+        if ex.path == HEALTH_PATH:
+            healthy, details = self.health()
+            return await ex.json(200 if healthy else 503, details)
+        await ex.error(404, "this is the metrics listener: GET /metrics or /health")
+
+    async def _handle(self, ex: Exchange) -> None:
         if ex.path == "/_ping" and ex.method in ("GET", "HEAD"):
             return await self.api.ping(ex)
         if ex.path == "/info" and ex.method == "GET":
             return await ex.json(200, self._info())
+        if ex.path == HEALTH_PATH and ex.method in ("GET", "HEAD"):
+            healthy, details = self.health()
+            return await ex.json(200 if healthy else 503, details)
         if self.is_primary:
             return await self.api.handle(ex)
         await self._forward(ex)
 
     async def _forward(self, ex: Exchange) -> None:
-        deadline = time.monotonic() + self.config.primary_wait
+        deadline = time.monotonic() + self.config.hold
         dead: str | None = None
         retried = False
         forwarded = bool(ex.header(FORWARDED))
@@ -224,8 +347,12 @@ class Manager:
                 return await forward(ex, up, pool=self._pool, connect_timeout=max(0.5, min(3.0, remaining)))
             except UpstreamUnreachable as e:
                 log.warning("primary %s unreachable: %s", target, e)
+                if self.metrics is not None:
+                    self.metrics.upstream_error("unreachable")
                 dead = target
             except UpstreamBroken as e:
+                if self.metrics is not None:
+                    self.metrics.upstream_error("broken")
                 if ex.started:
                     return
                 if not e.retryable or retried:
@@ -248,45 +375,90 @@ class Manager:
         bound = await self.server.listen(host, port, self._server_ssl)
         proto = "tcp"
         log.info("Listening for HTTP addr=%s:%d proto=%s", host, port, proto)
+        if self._metrics_server is not None and self.config.metrics is not None:
+            mhost, mport = self.config.metrics
+            await self._metrics_server.listen(mhost, mport)
+            log.info("Serving metrics on http://%s:%d/metrics", mhost or "0.0.0.0", mport)
         self._tasks.append(asyncio.ensure_future(self._refresh_loop()))
+        if self._discovery is not None:
+            self._tasks.append(asyncio.ensure_future(self._watch_store()))
         if self._follower is not None:
             self._tasks.append(asyncio.ensure_future(self._follow()))
         if self._candidate is not None:
             self._tasks.append(asyncio.ensure_future(self._campaign()))
         return bound
 
-    async def shutdown(self) -> None:
-        """Stop accepting, hand leadership over at once, drain (bounded), close. Idempotent."""
+    async def shutdown(self, force: asyncio.Event | None = None) -> None:
+        """Stop accepting, hand leadership over at once, drain (bounded), close. Idempotent.
+
+        ``force``: when set during the drain, the open requests are cut at once (a second signal).
+        """
         if self._stopping.is_set():
             return
         self._stopping.set()
         began = time.monotonic()
         self.server.close()
         if self._candidate is not None:
+            led = self._candidate.is_leader
             await self._candidate.stop()
-            log.info("leadership released in %.0f ms", (time.monotonic() - began) * 1000)
-        await self.server.drain(self.config.drain_timeout)
+            if led:
+                log.info("leadership released in %.0f ms", (time.monotonic() - began) * 1000)
+        await self._drain(force)
         if self._follower is not None:
             await self._follower.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._pool.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.drain(1.0)
         await self.cluster.close()
         if self._discovery is not None:
             await asyncio.to_thread(self._discovery.close)
 
+    async def _drain(self, force: asyncio.Event | None) -> None:
+        """Let the open exchanges finish for at most ``drain_timeout`` (less if ``force`` is set)."""
+        timeout = self.config.drain_timeout
+        if self.server.in_flight:
+            log.info(
+                "serving %d open request(s) until they end, for at most %s (--shutdown-timeout); "
+                "signal again to stop now",
+                self.server.in_flight,
+                f"{timeout:g}s",
+            )
+        drain = asyncio.ensure_future(self.server.drain(timeout))
+        if force is None:
+            await drain
+            return
+        forced = asyncio.ensure_future(force.wait())
+        await asyncio.wait([drain, forced], return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not drain.done():
+            log.info("second signal: closing the open requests now")
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+            await self.server.drain(0)
+
     async def run(self) -> None:
-        """Start, serve until SIGINT/SIGTERM, then shut down gracefully."""
+        """Start, serve until SIGINT/SIGTERM, then shut down gracefully (a second signal cuts the drain)."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        force = asyncio.Event()
+
+        def on_signal() -> None:
+            (force if stop.is_set() else stop).set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         try:
             await self.start()
             await stop.wait()
             log.info("signal received: shutting down")
+            await self.shutdown(force)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            await self.shutdown()
+            try:
+                await self.shutdown(force)
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)

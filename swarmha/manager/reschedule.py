@@ -9,7 +9,9 @@ engines went down, only the primary acts. What it guarantees and how:
   seen healthy; every other container is left alone (it comes back with its engine). The new container has the
   same name, configuration and labels — so the same ``com.docker.swarm.id`` and the same constraints and
   affinities, which the scheduler applies again (a container pinned with ``constraint:node==X`` to the dead node
-  cannot move and is retried after every refresh until X returns). It is started if the old one was running.
+  cannot move and is retried after every refresh until X returns). It is started if the old one was running
+  at the last refresh that reached its engine (a container started less than one refresh before its engine
+  died is moved but left created).
   Logs, as Swarm's: ``Rescheduled container OLD from NODE to NODE as NEW``, ``Container OLD was running,
   starting container NEW``.
 * **When.** At the first refresh that finds the engine unhealthy (one refresh interval, ``--engine-refresh``,

@@ -2,7 +2,7 @@
 
     report = run_faults(store, workdir, faults=10, seed=7, ttl=1.0)
 
-Each worker (tests/fault/worker.py) reaches the store through its own :class:`FaultProxy` (networked
+Each worker (tests/support/fault/worker.py) reaches the store through its own :class:`FaultProxy` (networked
 backends), so a network fault can hit one candidate alone. Fault kinds (chosen by a ``random.Random(seed)``,
 bounded in count and time):
 
@@ -17,7 +17,7 @@ bounded in count and time):
   ``kill_member(i)``/``restart_member(i)``.
 
 Between faults the harness waits for a leader (bounded) so each fault's recovery can be measured. The
-observation logs are then merged and checked by :mod:`tests.fault.checker`.
+observation logs are then merged and checked by :mod:`tests.support.fault.checker`.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from swarmha.discovery import parse_url
-from tests.fault.checker import Fault, Report, check, load
-from tests.fault.proxy import FaultProxy
+from tests.support.fault.checker import Fault, Report, check, load
+from tests.support.fault.proxy import FaultProxy
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NETWORK_KINDS = ("cut", "blackhole", "delay", "lossy")
 #: Fault kinds injected only when asked for by name (``kinds=``): ``lossy`` loses bytes mid-stream, which
-#: TCP never does (see tests/fault/proxy.py); it stands for a broken middlebox.
+#: TCP never does (see tests/support/fault/proxy.py); it stands for a broken middlebox.
 OPT_IN_KINDS = ("lossy",)
 _PROXY_MODE = {"cut": "drop", "blackhole": "blackhole", "delay": "delay", "lossy": "lossy"}
 
@@ -62,7 +62,7 @@ class Worker:
             [
                 sys.executable,
                 "-m",
-                "tests.fault.worker",
+                "tests.support.fault.worker",
                 "--url",
                 self.url,
                 "--node",

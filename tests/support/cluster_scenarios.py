@@ -1,7 +1,7 @@
 """Fault scenarios against a real 3-member store cluster, shared by tests/test_etcd.py and tests/test_zookeeper.py.
 
-Each scenario takes a running :class:`tests.servers.Cluster` and a ``url(order)`` function that builds a discovery
-URL listing the members in ``order`` (clients talk to the first listed member first), and leaves every member
+Each scenario takes a running :class:`tests.support.servers.Cluster` and a ``url(order)`` function that builds a
+discovery URL listing the members in ``order`` (clients talk to the first listed member first), and leaves every member
 running when it returns.
 """
 
@@ -15,8 +15,8 @@ from typing import TypeVar
 
 import swarmha
 from swarmha.errors import DiscoveryUnavailable
-from tests.helpers import outage_demotes_then_recovers, wait_for
-from tests.servers import Cluster
+from tests.support.helpers import outage_demotes_then_recovers, wait_for
+from tests.support.servers import Cluster
 
 KEY = "svc/leader"
 TTL = 3.0

@@ -1,9 +1,9 @@
-"""A test store over a tests.servers Cluster (etcd or ZooKeeper, one or three members)."""
+"""A test store over a tests.support.servers Cluster (etcd or ZooKeeper, one or three members)."""
 
 from __future__ import annotations
 
-from tests.servers import Cluster
-from tests.stores import fresh_prefix
+from tests.support.servers import Cluster
+from tests.support.stores import fresh_prefix
 
 
 class ClusterStore:

@@ -1,12 +1,12 @@
 """The long fault soak: thousands of seeded faults against one backend, summarised in docs/reliability.md.
 
-    python -m tests.fault.soak --backend sqlite --faults 1000 --seed 1 --ttl 1.0 --out docs/reliability.md
+    python -m tests.support.fault.soak --backend sqlite --faults 1000 --seed 1 --ttl 1.0 --out docs/reliability.md
 
-It starts the store itself (the test store fixtures of tests/stores/, or 3-member clusters built on
-tests/servers.py for ``etcd-cluster`` / ``zk-cluster``), then calls :func:`tests.fault.harness.run_faults` in
-chunks of ``--chunk`` faults, each with a fresh key prefix, fresh workers and fresh logs (so logs and memory
-stay bounded), seeded ``chunk_seed(seed, i)``. A chunk that finds a violation keeps its logs under
-``--workdir`` and is listed with its seed, so it can be replayed alone::
+It starts the store itself (the test store fixtures of tests/support/stores/, or 3-member clusters built on
+tests/support/servers.py for ``etcd-cluster`` / ``zk-cluster``), then calls
+:func:`tests.support.fault.harness.run_faults` in chunks of ``--chunk`` faults, each with a fresh key prefix, fresh
+workers and fresh logs (so logs and memory stay bounded), seeded ``chunk_seed(seed, i)``. A chunk that finds a
+violation keeps its logs under ``--workdir`` and is listed with its seed, so it can be replayed alone::
 
     run_faults(store, path, faults=<chunk>, seed=<chunk seed>, ttl=<ttl>)
 
@@ -51,10 +51,10 @@ from typing import Any
 
 import attrs
 
-from tests.fault.checker import Report, load
-from tests.fault.harness import run_faults
-from tests.servers import ETCD, Cluster, etcd_cluster, zk_cluster
-from tests.stores.cluster import ClusterStore, MemberClusterStore
+from tests.support.fault.checker import Report, load
+from tests.support.fault.harness import run_faults
+from tests.support.servers import ETCD, Cluster, etcd_cluster, zk_cluster
+from tests.support.stores.cluster import ClusterStore, MemberClusterStore
 
 BACKENDS = ("sqlite", "etcd", "zk", "consul", "etcd-cluster", "zk-cluster")
 SUMMARY_BEGIN, SUMMARY_END = "<!-- soak:summary:begin -->", "<!-- soak:summary:end -->"
@@ -84,7 +84,7 @@ class _TmpPathFactory:
 
 
 def _etcd_cluster(workdir: Path, size: int, fast: bool) -> Cluster:
-    """tests.servers.etcd_cluster, optionally with the fast election timeout (FAST_ETCD_FLAGS)."""
+    """tests.support.servers.etcd_cluster, optionally with the fast election timeout (FAST_ETCD_FLAGS)."""
     return etcd_cluster(workdir, size, FAST_ETCD_FLAGS if fast else ())
 
 
@@ -92,15 +92,15 @@ def open_store(backend: str, base: Path, fast_etcd: bool) -> Any:
     """The store fixture for ``backend`` (its servers started under ``base``)."""
     factory = _TmpPathFactory(base)
     if backend == "sqlite":
-        from tests.stores.sqlite import open_store as open_sqlite
+        from tests.support.stores.sqlite import open_store as open_sqlite
 
         return open_sqlite(factory)  # type: ignore[arg-type]
     if backend == "consul":
-        from tests.stores.consul import open_store as open_consul
+        from tests.support.stores.consul import open_store as open_consul
 
         return open_consul(factory)  # type: ignore[arg-type]
     if backend == "zk":
-        from tests.stores.zookeeper import open_store as open_zk
+        from tests.support.stores.zookeeper import open_store as open_zk
 
         return open_zk(factory)  # type: ignore[arg-type]
     if backend == "etcd":
@@ -430,9 +430,9 @@ def section(args: argparse.Namespace, totals: Totals, wall: float, monitor: LagM
 
 SKELETON = f"""# Reliability: the fault soak
 
-Produced by `python -m tests.fault.soak` (tests/fault/soak.py): seeded faults against real stores, checked by
-the history checker (tests/fault/checker.py). The table and the per-backend sections below are written by the
-soak; the rest is written by hand.
+Produced by `python -m tests.support.fault.soak` (tests/support/fault/soak.py): seeded faults against real stores,
+checked by the history checker (tests/support/fault/checker.py). The table and the per-backend sections below are
+written by the soak; the rest is written by hand.
 
 ## Summary
 
@@ -497,7 +497,7 @@ def update_document(path: Path, backend: str, body: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m tests.fault.soak",
+        prog="python -m tests.support.fault.soak",
         description="Long fault soak of one backend; writes its section of the reliability report.",
     )
     p.add_argument("--backend", required=True, choices=BACKENDS)
@@ -527,7 +527,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python -m tests.fault.soak " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m tests.support.fault.soak " + " ".join(sys.argv[1:] if argv is None else argv)
 
     def terminate(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")

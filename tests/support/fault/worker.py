@@ -7,7 +7,7 @@ flight)::
                 "b": <monotonic after>,  "tb": <token after or null>}
 
 Leader work counts as done in [a, b] only if ``ta == tb`` and both are set: the token read just before and
-just after the work agree. The checker (tests/fault/checker.py) merges every worker's log.
+just after the work agree. The checker (tests/support/fault/checker.py) merges every worker's log.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Session fixtures with real Docker engines for the manager tests (machinery: tests/dockerd.py).
+"""Session fixtures with real Docker engines for the manager tests (machinery: tests/support/dockerd.py).
 
 * :func:`docker_engines`: two engines on the machine's host name (the manager calls them by address);
 * :func:`named_engines`: three engines ``node-1``..``node-3``, each in a UTS namespace of its own with its own
@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import pytest
 
-from tests.dockerd import IMAGE, DockerEngine, busybox_tar, docker_cli, missing, start_engine, stop_engine
+from tests.support.dockerd import IMAGE, DockerEngine, busybox_tar, docker_cli, missing, start_engine, stop_engine
 
 __all__ = ["IMAGE", "NODE_LABELS", "DockerEngine", "docker_cli", "docker_engines", "named_engines"]
 
@@ -66,6 +66,6 @@ def docker_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Do
 @pytest.fixture(scope="session")
 def named_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[DockerEngine]]:
     """Three running engines with host names ``node-1``..``node-3`` and :data:`NODE_LABELS`, each holding
-    :data:`IMAGE`. A test that kills one (``tests.dockerd.kill_engine``) restarts it before it ends."""
+    :data:`IMAGE`. A test that kills one (``tests.support.dockerd.kill_engine``) restarts it before it ends."""
     names = [f"node-{i + 1}" for i in range(3)]
     yield from _engines(tmp_path_factory, 3, names, NODE_LABELS)

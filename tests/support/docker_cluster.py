@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import swarmha
-from tests.dockerd import DockerEngine
-from tests.helpers import wait_for
-from tests.manager_support import ManagerProc
+from tests.support.dockerd import DockerEngine
+from tests.support.helpers import wait_for
+from tests.support.manager import ManagerProc
 
 __all__ = ["Cluster", "healthy_count"]
 

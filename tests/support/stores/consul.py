@@ -1,4 +1,5 @@
-"""consul:// test store: the Consul HTTP API double (tests/consul_double.py) by default, a real agent on request.
+"""consul:// test store: the Consul HTTP API double (tests/support/consul_double.py) by default, a real agent
+on request.
 
 With ``SWARMHA_CONSUL_URL=consul://HOST:8500`` (optionally ``?token=...`` and the other URL parameters) the
 tests run against that agent instead; it cannot be stopped from here, so ``can_stop`` is False. Against the
@@ -13,8 +14,8 @@ import urllib.parse
 
 import pytest
 
-from tests.consul_double import ConsulDouble
-from tests.stores import fresh_prefix
+from tests.support.consul_double import ConsulDouble
+from tests.support.stores import fresh_prefix
 
 ENV = "SWARMHA_CONSUL_URL"
 #: The double plays Consul servers whose ``session_ttl_min`` is this (seconds; the URL parameter matches).

@@ -27,12 +27,22 @@ def main() -> None:
     parser.add_argument("--node", required=True)
     parser.add_argument("--ttl", type=float, default=2.0)
     parser.add_argument("--interval", type=float, default=0.005)
+    parser.add_argument(
+        "--mode",
+        choices=("start", "never-iterate"),
+        default="start",
+        help="start(): campaign without an iterator; never-iterate: take run_for_election() and never advance it",
+    )
     args = parser.parse_args()
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     discovery = swarmha.connect(args.url)
-    candidate = swarmha.Candidate(discovery, args.key, node=args.node, ttl=args.ttl).start()
+    candidate = swarmha.Candidate(discovery, args.key, node=args.node, ttl=args.ttl)
+    if args.mode == "start":
+        candidate.start()
+    else:
+        elections = candidate.run_for_election()  # the campaign must run although this is never advanced
     out = sys.stdout
     while not stopping.is_set():
         t0 = time.monotonic()
@@ -45,6 +55,8 @@ def main() -> None:
         out.flush()
         stopping.wait(args.interval)
     candidate.stop()
+    if args.mode == "never-iterate":
+        assert list(elections) in ([], [True, False]), "the iterator yields what happened, then ends"
     discovery.close()
     out.write(json.dumps({"node": args.node, "stopped": True, "t": time.monotonic()}) + "\n")
     out.flush()

@@ -28,27 +28,15 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["Cluster", "EtcdMember", "ZkMember", "etcd_cluster", "free_ports", "zk_cluster"]
+from tests.support.net import free_ports
+
+__all__ = ["Cluster", "EtcdMember", "ZkMember", "etcd_cluster", "zk_cluster"]
 
 ETCD = os.environ.get("SWARMHA_ETCD", "/usr/bin/etcd")
 ZK_JAR = os.environ.get("SWARMHA_ZK_JAR", "/usr/share/java/zookeeper.jar")
 JAVA = os.environ.get("JAVA", shutil.which("java") or "/usr/bin/java")
 
 READY_TIMEOUT = 30.0
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports that were free a moment ago."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class _Member:

@@ -1,4 +1,4 @@
-"""Run candidate processes (tests/candidate_proc.py) and read their observations."""
+"""Run candidate processes (tests/support/candidate_proc.py) and read their observations."""
 
 from __future__ import annotations
 
@@ -14,19 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class CandidateProcess:
     """One candidate process; its JSON observations are collected by a reader thread."""
 
-    def __init__(self, url: str, node: str, ttl: float, key: str = "svc/leader") -> None:
+    def __init__(self, url: str, node: str, ttl: float, key: str = "svc/leader", mode: str = "start") -> None:
         self.node = node
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "tests.candidate_proc",
+                "tests.support.candidate_proc",
                 "--url",
                 url,
                 "--node",
@@ -35,6 +35,8 @@ class CandidateProcess:
                 str(ttl),
                 "--key",
                 key,
+                "--mode",
+                mode,
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stores import fresh_prefix
+from tests.support.stores import fresh_prefix
 
 
 class SqliteStoreFixture:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.servers import etcd_cluster
-from tests.stores.cluster import ClusterStore
+from tests.support.servers import etcd_cluster
+from tests.support.stores.cluster import ClusterStore
 
 
 def open_store(tmp_path_factory: pytest.TempPathFactory) -> ClusterStore:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from swarmha.discovery import memory
-from tests.stores import fresh_prefix
+from tests.support.stores import fresh_prefix
 
 
 class MemoryStoreFixture:

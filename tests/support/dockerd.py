@@ -1,5 +1,5 @@
 """Real Docker engines on loopback, for the manager tests and benchmarks (no pytest here; the fixture is in
-tests/docker_engines.py).
+tests/support/docker_engines.py).
 
 Each engine is ``dockerd --host tcp://127.0.0.1:PORT`` with its own data root, exec root (short path: the
 managed containerd's unix socket lives there) and pid file, ``--iptables=false --bridge=none
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import attrs
 
-from tests.manager_support import free_port
+from tests.support.net import free_port
 
 IMAGE = "swarmha-test:busybox"
 _APPLETS = ("sh", "echo", "cat", "sleep", "true", "false", "ls", "env", "head", "seq", "printf")
@@ -40,7 +40,7 @@ class DockerEngine:
     addr: str
     root: Path
     proc: subprocess.Popen[bytes]
-    #: With ``--tlsverify``: the files of :func:`tests.manager_support.make_certs` it was started with.
+    #: With ``--tlsverify``: the files of :func:`tests.support.manager.make_certs` it was started with.
     tls: dict[str, Path] | None = None
     #: The host name of its own UTS namespace (None: the machine's).
     hostname: str | None = None
@@ -122,7 +122,7 @@ def start_engine(
 ) -> DockerEngine:
     """Start dockerd ``index`` on a free loopback port; RuntimeError (after cleaning up) if it never answers.
 
-    ``tls``: certificates from :func:`tests.manager_support.make_certs`; the engine then runs with
+    ``tls``: certificates from :func:`tests.support.manager.make_certs`; the engine then runs with
     ``--tlsverify`` (clients need a certificate signed by that CA) and its node certificate.
     ``hostname``: the engine runs in a UTS namespace of its own (``unshare --uts``) with that host name, so its
     ``/info`` reports it as ``Name`` (what a manager calls the node). ``labels``: engine labels (``--label k=v``).

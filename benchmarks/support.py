@@ -1,0 +1,38 @@
+"""What several benchmarks share (public names: a benchmark never imports another's private ones).
+
+* :func:`wait` / :func:`reached`: the one wait-on-a-condition loop (``poll`` chosen per use: the handover probes
+  poll every 0.2-0.5 ms, readiness probes every few ms).
+* :func:`uptime`: the load average line written beside every figure.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+
+__all__ = ["reached", "uptime", "wait"]
+
+
+def wait(predicate: Callable[[], object], timeout: float, what: str = "condition", poll: float = 0.001) -> float:
+    """Poll ``predicate`` until it is truthy; the seconds it took. TimeoutError naming ``what`` after ``timeout``."""
+    began = time.monotonic()
+    while not predicate():
+        if time.monotonic() - began > timeout:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(poll)
+    return time.monotonic() - began
+
+
+def reached(predicate: Callable[[], object], timeout: float, poll: float = 0.001) -> bool:
+    """:func:`wait`, answering False instead of raising when ``timeout`` passes first."""
+    try:
+        wait(predicate, timeout, poll=poll)
+    except TimeoutError:
+        return False
+    return True
+
+
+def uptime() -> str:
+    """The ``uptime`` line (load averages), written beside the figures."""
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
