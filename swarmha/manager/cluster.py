@@ -256,6 +256,10 @@ class Cluster:
         self._inspected: dict[str, _Inspected] = {}  # container id -> what its inspect taught
         #: Containers placed and being created: swarm id -> (engine addr, record, monotonic time placed).
         self._pending: dict[str, tuple[str, Container, float]] = {}
+        #: Containers created (id -> engine addr, record, when) and removed (id -> when) through this manager, so
+        #: a refresh whose list was asked for before that does not undo it (see _settle).
+        self._fresh: dict[str, tuple[str, Container, float]] = {}
+        self._gone: dict[str, tuple[str, float]] = {}
         verify: ssl.SSLContext | bool = engine_ssl if engine_ssl is not None else False
         self.http = httpx.AsyncClient(timeout=timeout, verify=verify, trust_env=False)
         #: Kept-alive connections to the engines for the request path (forwarding, aggregation).
@@ -323,6 +327,7 @@ class Cluster:
             info = (await self._get(e, "/info")).json()
             if not e.api_version:
                 e.api_version = str((await self._get(e, "/version")).json().get("ApiVersion", ""))
+            asked = time.monotonic()
             listed = (await self._get(e, "/containers/json", params={"all": "1"})).json()
             images = (await self._get(e, "/images/json")).json()
             records = []
@@ -350,7 +355,7 @@ class Cluster:
         if not e.healthy and e.error:
             log.info("engine %s is healthy again", e.addr)
         e.info, e.id, e.healthy, e.error = info, str(info.get("ID", "")), True, ""
-        e.records = records
+        e.records = self._settle(e, records, asked)
         e.images = [
             Image(str(i.get("Id", "")), tuple(str(t) for t in i.get("RepoTags") or [] if t != "<none>:<none>"))
             for i in images
@@ -387,6 +392,24 @@ class Cluster:
     def remember(self, ident: str, e: Engine) -> None:
         self._owner[ident] = e.addr
 
+    def _settle(self, e: Engine, records: list[Container], asked: float) -> list[Container]:
+        """The engine's list as of now: ``records`` (listed at ``asked``), plus what this manager created there
+        since, minus what it removed since. What the list already reflects is no longer remembered."""
+        listed = {c.id for c in records}
+        gone = {cid: at for cid, (addr, at) in self._gone.items() if addr == e.addr}
+        out = [c for c in records if gone.get(c.id, -1.0) < asked]
+        for cid, (addr, record, at) in list(self._fresh.items()):
+            if addr != e.addr:
+                continue
+            if at < asked:
+                del self._fresh[cid]  # the list is newer: it has it, or it was removed since
+            elif cid not in listed and cid not in gone:
+                out.append(record)
+        for cid, at in gone.items():
+            if at < asked:
+                del self._gone[cid]
+        return out
+
     def forget(self, ident: str) -> None:
         """Container (or exec) ``ident`` was removed: it no longer counts on its engine (reservations, slots)."""
         addr = self._owner.pop(ident, None)
@@ -397,6 +420,8 @@ class Cluster:
             gone = node.container(ident)
             if gone is not None:
                 e.records = [c for c in e.records if c is not gone]
+                self._gone[gone.id] = (e.addr, time.monotonic())
+                self._fresh.pop(gone.id, None)
                 self._owner.pop(gone.id, None)
                 self._inspected.pop(gone.id, None)
                 _account(e)
@@ -483,6 +508,7 @@ class Cluster:
         record = attrs.evolve(_record(Request.from_config(config), config), id=cid, names=names)
         self._owner[cid] = e.addr
         self._inspected[cid] = _Inspected(record, None)
+        self._fresh[cid] = (e.addr, record, time.monotonic())
         e.records = [c for c in e.records if c.id != cid] + [record]
         _account(e)
 
