@@ -545,3 +545,39 @@ def _labels(s: Sched, cid: str) -> dict[str, str]:
     assert isinstance(config, dict)
     labels: dict[str, str] = config["Labels"]
     return labels
+
+
+def test_a_new_primary_removes_the_stale_copy_of_a_container_the_old_one_moved(s: Sched) -> None:
+    policy = 'com.docker.swarm.reschedule-policies=["on-node-failure"]'
+    r = s.docker(
+        "run", "-d", "--name", "mover2", "--label", policy, "-e", "constraint:node==~node-3", IMAGE, "sleep", "300"
+    )
+    assert r.returncode == 0, r.stderr
+    old_id = r.stdout.strip()
+    s.created.append(old_id)
+    swarm_id = _labels(s, old_id)["com.docker.swarm.id"]
+    wait_for(
+        lambda: s.status(s.primary)["node-3"]["Containers"].startswith("1 (1 Running"), 10, "the primary to see it"
+    )
+
+    def copies(engines: int = 3) -> list[str]:
+        wanted = {"label": f"com.docker.swarm.id={swarm_id}"}
+        return [c.id for d in s.direct[:engines] for c in d.containers.list(all=True, filters=wanted)]
+
+    node3 = s.engines[2]
+    kill_engine(node3)
+    try:
+        wait_for(lambda: len(copies(2)) == 1, 20, "the container to move off node-3", poll=0.1)
+        [new_id] = copies(2)
+        s.created.append(new_id)
+        old_primary, replica = s.primary, s.replica
+        old_primary.stop()  # the manager that moved it goes away; the replica takes over
+        s.primary = replica
+        wait_for(lambda: replica.role() == "Primary", 20, "the replica to become primary")
+    finally:
+        if node3.proc.poll() is not None:
+            restart_engine(node3)
+        if s.primary is s.replica:  # the module's next tests talk to a replica: start one
+            s.replica = s.cluster.start_single_replica()
+    wait_for(lambda: copies() == [new_id], 30, "the new primary to remove the stale copy on node-3", poll=0.2)
+    assert f"container {old_id} was rescheduled on node" in s.primary.logs()

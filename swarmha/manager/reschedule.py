@@ -5,6 +5,8 @@ are created again on a healthy engine when theirs turns unhealthy.
 Driven by the manager after every engine refresh (:meth:`Watchdog.check`); every manager keeps track of which
 engines went down, only the primary acts. What it guarantees and how:
 
+* **Once.** Before moving a container the primary asks the healthy engines whether one with its swarm id
+  already runs (a primary that just took over may follow one that moved it a moment ago).
 * **Which containers move.** Those with the ``on-node-failure`` policy that were on the engine when it was last
   seen healthy; every other container is left alone (it comes back with its engine). The new container has the
   same name, configuration and labels — so the same ``com.docker.swarm.id`` and the same constraints and
@@ -17,11 +19,13 @@ engines went down, only the primary acts. What it guarantees and how:
 * **When.** At the first refresh that finds the engine unhealthy (one refresh interval, ``--engine-refresh``,
   after it died, plus the engine request timeout when it does not refuse connections but hangs), then one
   create (and start) on the new engine.
-* **No duplicate.** When the old engine answers again, its stale copy (same swarm id, not the new container) is
-  removed with ``force``. If the old engine comes back before the move was done, nothing moves.
+* **No duplicate.** When the old engine answers again, every container there with the policy whose swarm id is
+  now on another healthy engine (the stale copy) is removed with ``force``, as Swarm did. Every manager notes
+  engines coming back, so a primary elected after the move removes the stale copy too. If the old engine comes
+  back before the move was done, nothing moves.
 * **Failure modes.** No engine can take it (constraints, ports, resources): logged, retried after each refresh.
-  The knowledge of what moved lives in the primary's memory: a new primary elected between a move and the old
-  engine's return does not remove that stale copy (``docker rm`` it; both carry the same swarm id).
+  A manager started while the engine was away does not know it came back: it leaves a stale copy
+  (``docker rm`` it; both copies carry the same swarm id).
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class Watchdog:
         self.cluster = cluster
         self._healthy: dict[str, bool] = {}  # engine addr -> healthy at the last check
         self._lost: dict[str, dict[str, Container]] = {}  # dead engine addr -> its containers still to move
-        self._moved: dict[str, tuple[str, str, str]] = {}  # swarm id -> (new id, old engine addr, old id)
+        self._returned: set[str] = set()  # engine addrs back from unhealthy: their stale copies to remove
         self._failed: set[str] = set()  # old ids whose move failed once (logged once, retried quietly)
 
     async def check(self, act: bool) -> None:
@@ -75,6 +79,8 @@ class Watchdog:
                     self._lost[e.addr] = lost
             elif e.healthy:
                 self._lost.pop(e.addr, None)  # back before its containers moved: they stay where they are
+                if was is False:
+                    self._returned.add(e.addr)
         if not act:
             return
         for addr, lost in list(self._lost.items()):
@@ -91,6 +97,10 @@ class Watchdog:
         if full is None or old is None:
             log.error("cannot reschedule container %s: its configuration is not known", c.id[:12])
             return True  # nothing to retry with
+        swarm_id = c.swarm_id
+        if swarm_id and await self._exists_elsewhere(swarm_id, addr):
+            log.info("container %s is already running elsewhere (swarm id %s): not moved again", c.id, swarm_id[:12])
+            return True
         body: dict[str, Any] = dict(full.get("Config") or {})
         if body.get("Hostname") == c.id[:12]:
             body.pop("Hostname")  # Docker's default (the old id): the new container gets its own
@@ -118,13 +128,27 @@ class Watchdog:
         new_id = str(r.json()["Id"])
         self.cluster.placed(engine, new_id, body, name=name)
         self.cluster.forget(c.id)  # gone from the dead node's list: not shown twice, not counted there
-        self._moved[str(body["Labels"][SWARM_ID])] = (new_id, addr, c.id)
         self._failed.discard(c.id)
         log.info("Rescheduled container %s from %s to %s as %s", c.id, old.name, engine.name, new_id)
         if c.state == "running":
             log.info("Container %s was running, starting container %s", c.id, new_id)
             await self._start(engine, new_id)
         return True
+
+    async def _exists_elsewhere(self, swarm_id: str, addr: str) -> bool:
+        """Whether a healthy engine other than ``addr`` has a container with ``swarm_id`` now (asked, not taken
+        from the last refresh: a primary that just took over may follow one that moved it a moment ago)."""
+        query = {"all": "1", "filters": json.dumps({"label": [f"{SWARM_ID}={swarm_id}"]})}
+        for e in self.cluster.healthy():
+            if e.addr == addr:
+                continue
+            try:
+                r = await self.cluster.http.get(f"{e.url}/containers/json", params=query)
+            except httpx.HTTPError:
+                continue
+            if r.status_code == 200 and r.json():
+                return True
+        return False
 
     def _fail(self, c: Container, why: str) -> None:
         if c.id not in self._failed:
@@ -141,19 +165,34 @@ class Watchdog:
             log.error("Failed to start rescheduled container %s", cid)
 
     async def _remove_stale(self) -> None:
-        for swarm_id, (new_id, addr, old_id) in list(self._moved.items()):
+        for addr in list(self._returned):
             e = next((e for e in self.cluster.engines if e.addr == addr), None)
             if e is None or not e.healthy:
+                self._returned.discard(addr)  # gone again (or removed): checked when it next comes back
                 continue
-            if any(c.id == old_id for c in e.records):
+            elsewhere = {
+                c.swarm_id: (o, c.id)
+                for o in self.cluster.engines
+                if o.healthy and o.addr != addr
+                for c in o.records
+                if c.swarm_id
+            }
+            done = True
+            for c in [c for c in e.records if c.swarm_id in elsewhere and _has_policy(c)]:
+                other, new_id = elsewhere[c.swarm_id]
                 try:
-                    r = await self.cluster.http.delete(f"{e.url}/containers/{old_id}", params={"force": "1"})
+                    r = await self.cluster.http.delete(f"{e.url}/containers/{c.id}", params={"force": "1"})
                 except httpx.HTTPError as err:
-                    log.warning("cannot remove the stale copy %s on %s yet: %s", old_id[:12], e.name, err)
+                    log.warning("cannot remove the stale copy %s on %s yet: %s", c.id[:12], e.name, err)
+                    done = False
                     continue
                 if r.status_code not in (204, 404):
-                    log.warning("cannot remove the stale copy %s on %s: %s", old_id[:12], e.name, r.text.strip())
+                    log.warning("cannot remove the stale copy %s on %s: %s", c.id[:12], e.name, r.text.strip())
+                    done = False
                     continue
-                log.info("container %s was rescheduled as %s: removed its stale copy on %s", old_id, new_id, e.name)
-                self.cluster.forget(old_id)
-            del self._moved[swarm_id]
+                log.info(
+                    "container %s was rescheduled on node %s as %s: removed its stale copy", c.id, other.name, new_id
+                )
+                self.cluster.forget(c.id)
+            if done:
+                self._returned.discard(addr)

@@ -51,6 +51,19 @@ class Cluster:
         wait_for(lambda: healthy_count(first) == n, 20, "the primary's engines")
         return first, second
 
+    def start_single_replica(self, *extra: str) -> ManagerProc:
+        """One more replicated manager; returns once it sees a primary and every engine Healthy."""
+        m = ManagerProc(self.url, self.tmp, "--replication-ttl", "3s", *extra)
+        self.managers.append(m)
+        n = len(self.engines)
+
+        def ready() -> bool:
+            status = m.status()
+            return status.get("Role") == "Replica" and bool(status.get("Primary")) and healthy_count(m) == n
+
+        wait_for(ready, 20, "the new replica to see the primary and every engine healthy")
+        return m
+
     def start_single(self, *extra: str) -> ManagerProc:
         """One more manager without replication (always primary) on the same engines, ready when all are Healthy."""
         m = ManagerProc(self.url, self.tmp, *extra, replication=False)
