@@ -35,7 +35,7 @@ from typing import Any
 
 import attrs
 
-from swarmha.manager.http import READ_SIZE
+from swarmha.manager.http import READ_SIZE, header_value
 from swarmha.manager.tls import open_connection as open_tls
 
 __all__ = [
@@ -313,11 +313,7 @@ class Response:
 
     def header(self, name: str, default: str = "") -> str:
         """The first value of header ``name`` (case-insensitive), as text."""
-        key = name.lower().encode("ascii")
-        for n, v in self.headers:
-            if n.lower() == key:
-                return v.decode("latin-1")
-        return default
+        return header_value(self.headers, name, default)
 
     def json(self) -> Any:
         """The body parsed as JSON (ValueError when it is not)."""
@@ -415,7 +411,7 @@ class Streamed:
     _length: int
 
     def header(self, name: str, default: str = "") -> str:
-        return Response(self.status, self.headers, b"").header(name, default)
+        return header_value(self.headers, name, default)
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives (chunked decoded); ConnectionError and friends when the upstream breaks."""

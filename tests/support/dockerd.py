@@ -29,6 +29,7 @@ from pathlib import Path
 import attrs
 
 from tests.support.net import free_port
+from tests.support.procs import terminate
 
 IMAGE = "swarmha-test:busybox"
 _APPLETS = ("sh", "echo", "cat", "sleep", "true", "false", "ls", "env", "head", "seq", "printf")
@@ -159,13 +160,7 @@ class Registry:
     proc: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

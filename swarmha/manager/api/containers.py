@@ -101,16 +101,7 @@ class Containers(Base):
         limit = 0
         if "filters=" in query or "limit=" in query or "last=" in query:
             filters = self.filters(ex)
-            engines = self.engines_for(filters)
-            filters.pop("node", None)
-            nets = []
-            for n in filters.get("network", []):
-                e, name = self.split_node(n)
-                if e is not None:
-                    engines = [x for x in engines if x is e]
-                nets.append(name)
-            if nets:
-                filters["network"] = nets
+            engines = self.pinned_engines(filters, "network")
             with contextlib.suppress(ValueError):
                 limit = int(ex.arg("limit") or ex.arg("last") or 0)  # -n N / -l (last=1 in old clients)
             query = replace_query(query, filters=encode_filters(filters) if filters else None)
