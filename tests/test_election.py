@@ -98,6 +98,39 @@ def test_stop_twice_from_two_threads_is_safe(discovery: MemoryDiscovery) -> None
     assert discovery.get("k") is None
 
 
+def test_a_stop_racing_another_threads_release_returns_only_after_the_key_went(discovery: MemoryDiscovery) -> None:
+    """The signal-handler case (stop_on_signals): one thread's stop() is removing the key while the main thread's
+    stop() runs; the main thread may exit the process right after, so its stop() must wait for that release."""
+    releasing, let_go = threading.Event(), threading.Event()
+
+    class SlowRelease(MemoryDiscovery):
+        def __init__(self) -> None:
+            self.__dict__.update(discovery.__dict__)
+
+        def release(self, key: str, token: int, session: Session) -> None:
+            releasing.set()
+            assert let_go.wait(10.0)
+            super().release(key, token, session)
+
+    c = swarmha.Candidate(SlowRelease(), "k", node="n", ttl=30.0)
+    elections = c.run_for_election()
+    assert next(elections) is True
+    wait_for(lambda: c._campaign._watch is not None, 5.0, "the leader waiting between renewals")
+    first = threading.Thread(target=c.stop)
+    first.start()
+    assert releasing.wait(5.0)
+    second = threading.Thread(target=c.stop)
+    second.start()
+    second.join(0.3)
+    assert second.is_alive(), "a stop() returned while another thread's release was still removing the key"
+    assert discovery.get("k") is not None
+    let_go.set()
+    first.join(5.0)
+    second.join(5.0)
+    assert not second.is_alive() and discovery.get("k") is None
+    assert list(elections) == [False]
+
+
 def test_stop_releases_on_the_callers_thread_after_the_term_ended(discovery: MemoryDiscovery) -> None:
     """A leader idle between renewals hands over from stop()'s own thread (no hop to the worker first), and
     still ends the term before the key goes: is_leader is False while the key is being removed."""

@@ -20,8 +20,8 @@ import pytest
 
 import swarmha
 from swarmha.manager.cluster import Engine
-from swarmha.manager.forward import Upstream
 from swarmha.manager.info import system_status
+from swarmha.manager.upstream import Upstream
 from tests.support.helpers import wait_for
 from tests.support.manager import ManagerProc, make_certs, run_cli
 from tests.support.net import free_port
@@ -171,6 +171,68 @@ def test_malformed_and_oversized_requests_get_400_and_the_manager_keeps_serving(
     assert replica.get("/containers/json")[0] == 200
 
 
+def _exchange(port: int, payload: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``payload`` and read until the server closes (or ``timeout``): the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(payload)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def test_a_body_over_the_cap_gets_413_at_once_without_being_read(managers: list[ManagerProc]) -> None:
+    primary, replica = managers
+    for m in (primary, replica):
+        began = time.monotonic()
+        head = b"POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        answer = _exchange(m.port, head + b"Content-Length: %d\r\n\r\n{" % (1 << 30))  # 1 GiB declared, 1 byte sent
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"larger than the limit" in answer and b"connection: close" in answer.lower()
+        assert time.monotonic() - began < 3  # at once: nothing waited for the declared gigabyte
+    assert primary.get("/_ping") == (200, "OK")
+
+
+def test_bodies_in_memory_are_bounded_across_requests(managers: list[ManagerProc]) -> None:
+    """Many concurrent 15 MiB bodies (each under the cap): the ones past the shared budget get 503 at once."""
+    primary, _ = managers
+    socks = []
+    try:
+        head = b"POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        for _ in range(8):  # 8 x 15 MiB > the 64 MiB budget; each sends one byte and holds its reservation
+            s = socket.create_connection(("127.0.0.1", primary.port), timeout=5)
+            s.sendall(head + b"Content-Length: %d\r\n\r\n{" % (15 << 20))
+            socks.append(s)
+        refused = 0
+        for s in socks[4:]:
+            answer = s.recv(4096)
+            refused += answer.startswith(b"HTTP/1.1 503")
+        assert refused == 4  # the first four hold 60 MiB; every later one is refused, unread
+    finally:
+        for s in socks:
+            s.close()
+    wait_for(lambda: primary.get("/_ping") == (200, "OK"), 5, "the manager to serve on")
+
+
+def test_content_length_over_64_bits_gets_400_at_once(managers: list[ManagerProc]) -> None:
+    _, replica = managers
+    payload = b"POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n"
+    answer = _exchange(replica.port, payload)
+    assert answer.startswith(b"HTTP/1.1 400") and b"Content-Length" in answer
+
+
+def test_a_doubled_slash_is_the_same_path_and_api_versions_are_bounded(managers: list[ManagerProc]) -> None:
+    primary, replica = managers
+    for m in (primary, replica):
+        assert m.get("//containers/json")[0] == 200
+        assert m.get("/v1.41//containers/json")[0] == 200
+        code, body = m.get("/v99.99/containers/json")
+        assert code == 400 and "is too new. Maximum supported API version is 1.41" in body["message"]
+        code, body = m.get("/v0.0/info")
+        assert code == 400 and "is too old. Minimum supported API version is" in body["message"]
+        assert m.get("/v1.24/_ping") == (200, "OK")
+
+
 def test_unsupported_endpoint_answers_a_json_error_at_once(managers: list[ManagerProc]) -> None:
     _, replica = managers
     code, body = replica.get("/v1.41/swarm/unlock")
@@ -276,6 +338,9 @@ def test_tlsverify_accepts_the_stock_cli_with_a_ca_signed_cert_and_refuses_other
             check=False,
         )
         assert plain.returncode != 0
+        # plain HTTP on the TLS port: dockerd's (Go's) answer, not a silent close
+        answer = _exchange(the_replica.port, b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer == b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
     finally:
         primary.stop()
         replica.stop()

@@ -8,13 +8,18 @@ from typing import Any
 
 import pytest
 
-from swarmha.manager.api import _json_names, _rename_in_place
+from swarmha.manager.api.containers import _json_names, _rename_in_place
+
+NODE = {"Name": "n", "Addr": "127.0.0.1:1"}
+NODE_JSON = json.dumps(NODE, separators=(",", ":")).encode()
 
 
-def _renamed(raw: bytes, node: str) -> list[Any]:
+def _renamed(raw: bytes, node: str, with_node: bool = False) -> list[Any]:
     items: list[Any] = json.loads(raw)
     for item in items:
         item["Names"] = [f"/{node}{n}" for n in item.get("Names") or []]
+        if with_node:
+            item["Node"] = NODE
     return items
 
 
@@ -27,13 +32,14 @@ GO = (
 
 def test_names_are_renamed_in_the_engine_bytes_and_the_rest_is_kept_byte_for_byte() -> None:
     renamed = _renamed(GO, "node-1")
-    out = _rename_in_place(GO, renamed, "node-1")
+    out = _rename_in_place(GO, renamed, "node-1", NODE_JSON)
     assert out is not None
-    assert json.loads(out) == renamed
-    assert out == GO.replace(b'"/web","/lb/web"', b'"/node-1/web","/node-1/lb/web"').replace(
-        b'"/idle"', b'"/node-1/idle"'
+    assert json.loads(out) == _renamed(GO, "node-1", with_node=True)  # Swarm's Node object added to each
+    node = b',"Node":' + NODE_JSON
+    assert out == GO.replace(b'"/web","/lb/web"]', b'"/node-1/web","/node-1/lb/web"]' + node).replace(
+        b'"/idle"]', b'"/node-1/idle"]' + node
     )
-    assert _rename_in_place(b"[]\n", [], "n") == b"[]\n"
+    assert _rename_in_place(b"[]\n", [], "n", NODE_JSON) == b"[]\n"
 
 
 @pytest.mark.parametrize(
@@ -48,7 +54,7 @@ def test_names_are_renamed_in_the_engine_bytes_and_the_rest_is_kept_byte_for_byt
     ],
 )
 def test_anything_unusual_falls_back_to_a_full_re_encode(raw: bytes) -> None:
-    assert _rename_in_place(raw, _renamed(raw, "n"), "n") is None
+    assert _rename_in_place(raw, _renamed(raw, "n"), "n", NODE_JSON) is None
 
 
 @pytest.mark.parametrize(
@@ -62,21 +68,28 @@ class _Engine:
     def __init__(self, name: str) -> None:
         self.name = name
         self.upstream = "up"
+        self.addr = "127.0.0.1:1"
+
+    def node(self) -> dict[str, Any]:
+        return {"Name": self.name, "Addr": self.addr}
 
 
 class _Cluster:
-    pool = None
-    timeout = 1.0
-
     def __init__(self, engine: _Engine) -> None:
         self.engine = engine
         self.owners: list[tuple[str, str]] = []
+        self.answers: list[bytes] = []
 
     def healthy(self) -> list[_Engine]:
         return [self.engine]
 
     def remember(self, ident: str, e: _Engine) -> None:
         self.owners.append((ident, e.name))
+
+    async def call(self, e: _Engine, method: str, target: str, **kw: Any) -> Any:
+        from swarmha.manager.upstream import Response
+
+        return Response(200, [], self.answers.pop(0))
 
 
 class _Exchange:
@@ -88,9 +101,6 @@ class _Exchange:
     async def respond(self, status: int, body: bytes, content_type: str = "") -> None:
         self.sent.append((status, body))
 
-    async def json(self, status: int, obj: Any) -> None:
-        self.sent.append((status, json.dumps(obj).encode()))
-
 
 def test_the_same_engine_answer_is_renamed_once_and_gives_the_same_bytes_and_owners(
     monkeypatch: pytest.MonkeyPatch,
@@ -98,30 +108,24 @@ def test_the_same_engine_answer_is_renamed_once_and_gives_the_same_bytes_and_own
     """The last one-engine list is reused only for the same bytes from the same engine under the same name."""
     import asyncio
 
-    from swarmha.manager import api
-    from swarmha.manager.forward import Response
+    from swarmha.manager.api import containers
 
-    answers = [GO, GO, GO, GO.replace(b"/idle", b"/busy")]
     parsed: list[bytes] = []
-
-    async def fetch(pool: Any, up: Any, target: str, *, timeout: float) -> Response:
-        return Response(200, [], answers.pop(0))
-
     real_loads = json.loads
 
     def loads(raw: bytes) -> Any:
         parsed.append(raw)
         return real_loads(raw)
 
-    monkeypatch.setattr(api, "fetch", fetch)
-    monkeypatch.setattr(api.json, "loads", loads)
+    monkeypatch.setattr(containers.json, "loads", loads)
     engine = _Engine("node-1")
     cluster = _Cluster(engine)
-    primary = api.PrimaryAPI(cluster, dict)  # type: ignore[arg-type]
+    cluster.answers = [GO, GO, GO, GO.replace(b"/idle", b"/busy")]
+    api = containers.Containers(cluster)  # type: ignore[arg-type]
 
     def listed() -> bytes:
         ex = _Exchange()
-        asyncio.run(primary._list(ex, "containers"))  # type: ignore[arg-type]
+        asyncio.run(api.listing(ex))  # type: ignore[arg-type]
         assert ex.sent[0][0] == 200
         return ex.sent[0][1]
 
@@ -135,6 +139,13 @@ def test_the_same_engine_answer_is_renamed_once_and_gives_the_same_bytes_and_own
     third = listed()  # new bytes: parsed anew
     assert len(parsed) == 3
     monkeypatch.undo()
-    assert json.loads(first) == _renamed(GO, "node-1")
-    assert json.loads(second) == _renamed(GO, "node-2")
-    assert json.loads(third) == _renamed(GO.replace(b"/idle", b"/busy"), "node-2")
+
+    def expected(raw: bytes, name: str) -> list[Any]:
+        items = _renamed(raw, name)
+        for item in items:
+            item["Node"] = {"Name": name, "Addr": engine.addr}
+        return items
+
+    assert json.loads(first) == expected(GO, "node-1")
+    assert json.loads(second) == expected(GO, "node-2")
+    assert json.loads(third) == expected(GO.replace(b"/idle", b"/busy"), "node-2")

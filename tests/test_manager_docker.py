@@ -9,70 +9,22 @@ from __future__ import annotations
 
 import queue
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
-from tests.support.docker_cluster import Cluster
-from tests.support.docker_engines import IMAGE, DockerEngine, docker_cli, docker_engines
+from tests.support.docker_cluster import LOOP, Cluster, Lines, cli, cluster, pair, popen_cli
+from tests.support.docker_engines import IMAGE, NAMES, DockerEngine, docker_engines, registry
 from tests.support.helpers import wait_for
 from tests.support.manager import ManagerProc
 
-__all__ = ["docker_engines"]  # the session fixture, imported so pytest finds it
+__all__ = ["cluster", "docker_engines", "pair", "registry"]  # the fixtures, imported so pytest finds them
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
-
-LOOP = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"
-
-
-@pytest.fixture(scope="module")
-def cluster(docker_engines: list[DockerEngine], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(docker_engines, tmp_path_factory.mktemp("cluster"))
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture(scope="module")
-def pair(cluster: Cluster) -> tuple[ManagerProc, ManagerProc]:
-    return cluster.start_managers()
-
-
-def cli(m: ManagerProc, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return docker_cli(f"tcp://{m.addr}", *args, **kw)
-
-
-class Lines:
-    """Read a process's stdout lines on a thread; ``next(timeout)`` is bounded."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.q: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.q.put(line.rstrip("\n"))
-        self.q.put(None)
-
-    def next(self, timeout: float) -> str | None:
-        try:
-            return self.q.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no line within {timeout}s") from None
-
-
-def popen_cli(m: ManagerProc, *args: str) -> subprocess.Popen[str]:
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "DOCKER_HOST": f"tcp://{m.addr}"}
-    return subprocess.Popen(["docker", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 # -- docker info ----------------------------------------------------------------------------------------------
@@ -87,8 +39,8 @@ def test_docker_info_shows_role_primary_and_every_node(cluster: Cluster, pair: t
         assert "Strategy: spread" in out
         assert "Filters: health, port, containerslots, dependency, affinity, constraint, whitelist" in out
         assert "Nodes: 2" in out
-        for e in cluster.engines:
-            assert f"{e.addr}" in out
+        for e, name in zip(cluster.engines, NAMES, strict=True):
+            assert f" {name}: {e.addr}" in out
         assert "└ Status: Healthy" in out
         assert "└ Reserved Memory: " in out
         assert "└ Labels: " in out and "storagedriver=vfs" in out
@@ -192,16 +144,15 @@ def test_spread_places_across_both_engines_and_constraints_pin_the_node(
         assert abs(after[0] - after[1]) <= max(1, abs(before[0] - before[1]) - 4), (before, after)
         assert all(n > 0 for n in added) or abs(before[0] - before[1]) >= 3
 
-        target = cluster.engines[1]
         pinned = client.containers.create(
-            IMAGE, ["true"], network_mode="none", environment=[f"constraint:node=={target.addr}", "KEEP=1"]
+            IMAGE, ["true"], network_mode="none", environment=[f"constraint:node=={NAMES[1]}", "KEEP=1"]
         )
         created.append(pinned.id)
         on_target = direct[1].containers.get(pinned.id)
         assert "KEEP=1" in on_target.attrs["Config"]["Env"]
         assert not any(x.startswith("constraint:") for x in on_target.attrs["Config"]["Env"])
         listed = {c["Id"]: c["Names"][0] for c in client.api.containers(all=True)}
-        assert listed[pinned.id] == f"/{target.addr}/{pinned.name}"  # Swarm's /node-name/container-name
+        assert listed[pinned.id] == f"/{NAMES[1]}/{pinned.name}"  # Swarm's /node-name/container-name
 
         with pytest.raises(docker.errors.APIError, match="constraint"):
             client.containers.create(IMAGE, ["true"], environment=["constraint:node==no-such-node"])

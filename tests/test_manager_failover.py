@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 import swarmha
-from tests.support.docker_engines import IMAGE, DockerEngine, docker_cli, docker_engines
+from tests.support.docker_engines import IMAGE, DockerEngine, docker_cli, docker_engines, registry
 from tests.support.helpers import wait_for
 from tests.support.manager import ManagerProc
 from tests.support.stores import StoreFixture
 
-__all__ = ["docker_engines"]  # the session fixture, imported so pytest finds it
+__all__ = ["docker_engines", "registry"]  # the session fixtures, imported so pytest finds them
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(150)]
 

@@ -2,8 +2,9 @@
 malformed and smuggling-style framing, the rest served.
 
 In-process: :class:`swarmha.manager.http.Server` on loopback, raw sockets as clients; every test with each
-parser setting (``http.PARSER``) on each event loop. ``tests/test_manager_parse.py`` checks that every head the
-llhttp path accepts is one that h11 accepts with the same meaning.
+parser class (``http.H11Parser``, ``http.LlhttpFirstParser``) on each event loop.
+``tests/test_manager_parse.py`` checks that every head the llhttp path accepts is one that h11 accepts with
+the same meaning.
 """
 
 from __future__ import annotations
@@ -33,12 +34,18 @@ def event_loop_kind(request: pytest.FixtureRequest) -> None:
     _LOOP[0] = request.param
 
 
-@pytest.fixture(autouse=True, params=[*(["llhttp"] if front.PARSER == "llhttp" else []), "h11"])
+@pytest.fixture(autouse=True, params=[*(["llhttp"] if front.parsers.httptools is not None else []), "h11"])
 def parser_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test with llhttp reading request heads first (httptools installed: what the manager does) and with
     h11 alone (without httptools)."""
-    monkeypatch.setattr(front, "PARSER", request.param)
+    parser = front.LlhttpFirstParser() if request.param == "llhttp" else front.H11Parser()
+    monkeypatch.setattr(front.parsers, "DEFAULT", parser)
     return str(request.param)
+
+
+def _json_error(status: int, message: str) -> tuple[bytes, str]:
+    """The application's error shape (the manager passes Docker's; here a JSON one the tests read)."""
+    return json.dumps({"message": message}).encode() + b"\n", "application/json"
 
 
 async def _handle(ex: Exchange) -> None:
@@ -62,7 +69,7 @@ def serve(client: Callable[[int], Any]) -> Any:
     """Run the front with the echo handler and ``client(port)`` in a thread; return what the client returns."""
 
     async def main() -> Any:
-        server = Server(_handle)
+        server = Server(_handle, error_body=_json_error)
         port = (await server.listen("127.0.0.1", 0))[0][1]
         try:
             return await asyncio.wait_for(asyncio.to_thread(client, port), 30)
@@ -154,7 +161,12 @@ def test_pipelined_keep_alive_requests_are_answered_one_by_one_in_order() -> Non
         b"GET /four HTTP/1.1\r\n" + H + b"X-A: a\r\n b\r\n\r\n"  # obsolete folding: h11 unfolds it (RFC 9112 5.2)
     )
     got = _responses(serve(exchange(payload)))
-    assert [(r["path"], r["body"]) for r in got] == [("/one", ""), ("/two", "abc"), ("/three", "de"), ("/four", "")]
+    assert [(r["path"], r["body"]) for r in got] == [
+        ("/v1.41/one", ""),
+        ("/two", "abc"),
+        ("/three", "de"),
+        ("/four", ""),
+    ]
     assert got[3]["x"] == "a b"
 
 
@@ -184,7 +196,7 @@ def test_switch_answers_101_and_hands_over_the_bytes_sent_early() -> None:
 
 
 def test_a_head_not_complete_in_time_gets_400(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(front, "HEAD_TIMEOUT", 0.3)
+    monkeypatch.setattr(front.parsers, "HEAD_TIMEOUT", 0.3)  # where heads are read
 
     def client(port: int) -> bytes:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmha.manager import http as front
+from swarmha.manager.http import _exchange, parsers
 
-pytestmark = pytest.mark.skipif(front.PARSER != "llhttp", reason="httptools is not installed")
+pytestmark = pytest.mark.skipif(parsers.httptools is None, reason="httptools is not installed")
 
 
 def test_the_common_request_head_takes_the_llhttp_path() -> None:
-    parsed = front._parse_fast(b"GET /v1.41/containers/json?all=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: t \r\n\r\n")
+    parsed = parsers._parse_fast(b"GET /v1.41/containers/json?all=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: t \r\n\r\n")
     assert parsed is not None
     head, length = parsed
     assert (head.method, head.target, head.http_version, head.headers, length) == (
@@ -28,8 +28,8 @@ def test_the_common_request_head_takes_the_llhttp_path() -> None:
         0,
     )
     post = b"POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n"
-    assert front._parse_fast(post) is not None
-    assert front._parse_fast(post)[1] == 12  # type: ignore[index]
+    assert parsers._parse_fast(post) is not None
+    assert parsers._parse_fast(post)[1] == 12  # type: ignore[index]
 
 
 ACCEPTED: list[bytes] = []  # heads the llhttp path took in the differential test below
@@ -120,7 +120,7 @@ def test_every_head_the_llhttp_path_accepts_h11_accepts_alike(
     if end < 0:
         return
     head = head[: end + 4]  # what the server hands to _parse_fast: up to the first empty line
-    fast = front._parse_fast(head)
+    fast = parsers._parse_fast(head)
     if fast is None:
         return
     ACCEPTED.append(head)
@@ -134,6 +134,6 @@ def test_every_head_the_llhttp_path_accepts_h11_accepts_alike(
     assert isinstance(event, h11.Request), head
     assert (parsed.method, parsed.target, parsed.http_version) == (event.method, event.target, event.http_version)
     assert parsed.headers == event.headers.raw_items(), head
-    assert front._check_framing(event.http_version, event.headers.raw_items()) == (False, length), head
+    assert _exchange._check_framing(event.http_version, event.headers.raw_items()) == (False, length), head
     follows = conn.next_event()
     assert (follows is h11.NEED_DATA) if length else (type(follows) is h11.EndOfMessage), head

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from swarmha.manager.forward import Pool, Upstream, UpstreamBroken, fetch, forward
+from swarmha.manager.forward import forward
 from swarmha.manager.http import Exchange, Server
 from swarmha.manager.manager import loop_factory
+from swarmha.manager.upstream import Pool, Upstream, UpstreamBroken, fetch
 from tests.support.helpers import wait_for
 from tests.support.manager import ManagerProc
 

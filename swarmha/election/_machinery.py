@@ -297,6 +297,8 @@ class Campaign(_Worker):
         self._vacant = False  # the last watch saw the key deleted: campaign without reading it back
         self._spent: Watch | None = None  # that watch, closed after the campaign attempt (off the handover path)
         self._ticket: Session | None = None  # from Discovery.prepare: the session the next create() uses
+        self._handed_over = threading.Event()  # clear while a stop() releases the key on its caller's thread
+        self._handed_over.set()
 
     # -- what callers read ---------------------------------------------------------------------------
 
@@ -324,7 +326,8 @@ class Campaign(_Worker):
         When the worker is idle in its leader's wait (the usual case), the release runs right here on the
         caller's thread instead of after waking the worker: a thread hop less between ``stop()`` and the
         successor's win. The term ends (``term`` None, LOST delivered) before the key goes, as always. The
-        release is bounded by the store's request timeout, not by ``timeout`` (which bounds the join).
+        release is bounded by the store's request timeout, not by ``timeout`` (which bounds the join). Every
+        ``stop()`` returns after the key went, also one that raced another thread's ``stop()`` (a signal handler's).
         """
         with self._lock:
             lead = self._lead
@@ -333,13 +336,20 @@ class Campaign(_Worker):
                 lead = None
             else:
                 self._stopping = True
+                self._handed_over.clear()
                 self._take_lead(close_watch=False)
                 # under the lock, so no END from a worker that wakes now can come before this LOST
                 self._emit(Event(Kind.LOST, lead.term))
         if lead is not None and watch is not None:
-            watch.interrupt()
-            self._hand_over(lead, "stopped")
+            try:
+                watch.interrupt()
+                self._hand_over(lead, "stopped")
+            finally:
+                self._handed_over.set()
         super().stop(timeout)
+        # A stop() that found another thread's stop() releasing the key returns only once the key went (or the
+        # store gave up): its caller may exit the process next, and that must not cut the release short.
+        self._handed_over.wait(timeout)
 
     def resign(self) -> None:
         """Give up the current term (if any) and let a waiting candidate win before campaigning again."""

@@ -17,6 +17,7 @@ holds: ports, reservations, labels) and the images — plus the containers being
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import os
@@ -25,17 +26,17 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import attrs
-import httpx
 
 from swarmha import Discovery
 from swarmha.errors import DiscoveryError
-from swarmha.manager.forward import Pool, Upstream
 from swarmha.manager.scheduler import FILTERS, STRATEGIES, SWARM_ID, Container, Image, Node, Request, Scheduler
 from swarmha.manager.scheduler import SchedulingError as NoEngine
 from swarmha.manager.scheduler.node import Binding, bindings, port_key
 from swarmha.manager.scheduler.request import cpus_of
+from swarmha.manager.upstream import Pool, Response, Upstream, UpstreamBroken, UpstreamUnreachable, request
 
 __all__ = ["FILTERS", "NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine", "describe_error"]
 
@@ -58,6 +59,7 @@ class Engine:
     error: str = ""
     info: dict[str, Any] = attrs.field(factory=dict)
     api_version: str = ""
+    min_api_version: str = ""
     containers: int = 0
     running: int = 0
     paused: int = 0
@@ -93,7 +95,7 @@ class Engine:
     @property
     def labels(self) -> dict[str, str]:
         """Swarm's node labels: the built-in ones from ``/info``, then the engine's ``--label k=v`` (a label
-        cannot override a built-in one, and ``node`` is reserved for the node's name, as in Swarm)."""
+        cannot override a built-in one; a ``node`` label is shown but ``constraint:node`` means the node itself)."""
         out = {
             key: str(self.info[field])
             for key, field in _BUILTIN_LABELS.items()
@@ -101,9 +103,25 @@ class Engine:
         }
         for label in self.info.get("Labels") or []:
             k, _, v = str(label).partition("=")
-            if k != "node" and k not in out:
+            if k not in out:
                 out[k] = v
         return out
+
+    @property
+    def ip(self) -> str:
+        return self.upstream.host
+
+    def node(self) -> dict[str, Any]:
+        """Swarm classic's ``Node`` object, carried by container inspect and list answers."""
+        return {
+            "ID": self.id,
+            "IP": self.ip,
+            "Addr": self.addr,
+            "Name": self.name,
+            "Cpus": self.ncpu,
+            "Memory": self.memory,
+            "Labels": self.labels,
+        }
 
 
 _BUILTIN_LABELS = {
@@ -190,11 +208,11 @@ def _account(e: Engine) -> None:
 def describe_error(addr: str, err: BaseException) -> str:
     """An engine failure as an operator reads it: the address and the OS error under the client's wrapper.
 
-    ``cannot reach 10.0.0.5:2375: [Errno 111] Connection refused`` rather than httpx's bare ``All connection
-    attempts failed``; an HTTP error answer keeps its status line.
+    ``cannot reach 10.0.0.5:2375: [Errno 111] Connection refused`` rather than the wrapper's words; an HTTP
+    error answer keeps its status (``10.0.0.5:2375 answered 500 to /info``).
     """
-    if isinstance(err, httpx.HTTPStatusError):
-        return f"{addr} answered {err.response.status_code} {err.response.reason_phrase} to {err.request.url.path}"
+    if isinstance(err, _AnsweredBadly):
+        return f"{addr} {err}"
     seen: set[int] = set()
     cause: BaseException | None = err
     while cause is not None and id(cause) not in seen:
@@ -202,9 +220,13 @@ def describe_error(addr: str, err: BaseException) -> str:
         if isinstance(cause, OSError) and cause.errno is not None:
             return f"cannot reach {addr}: [Errno {cause.errno}] {os.strerror(cause.errno)}"
         cause = cause.__cause__ or cause.__context__
-    if isinstance(err, httpx.TimeoutException):
-        return f"{addr} did not answer within the timeout ({type(err).__name__})"
+    if isinstance(err, UpstreamBroken) and "no answer within" in str(err):
+        return f"{addr} did not answer within the timeout"
     return f"{addr}: {err or type(err).__name__}"
+
+
+class _AnsweredBadly(ValueError):
+    """An engine answered a refresh request with an error status (the message says which)."""
 
 
 def _reschedulable(item: Mapping[str, Any]) -> bool:
@@ -260,12 +282,14 @@ class Cluster:
         #: a refresh whose list was asked for before that does not undo it (see _settle).
         self._fresh: dict[str, tuple[str, Container, float]] = {}
         self._gone: dict[str, tuple[str, float]] = {}
-        verify: ssl.SSLContext | bool = engine_ssl if engine_ssl is not None else False
-        self.http = httpx.AsyncClient(timeout=timeout, verify=verify, trust_env=False)
-        #: Kept-alive connections to the engines for the request path (forwarding, aggregation).
+        #: Kept-alive connections to the engines: the one HTTP client (:mod:`swarmha.manager.upstream`) carries the
+        #: refresh, the aggregation and the forwarding.
         self.pool = Pool()
         self.timeout = timeout
         self._refreshing: asyncio.Lock = asyncio.Lock()
+        #: Called with (engine, "engine_connect" | "engine_disconnect") when an engine's health changes (the
+        #: ``/events`` streams turn them into Swarm's events).
+        self.listeners: list[Callable[[Engine, str], None]] = []
 
     @property
     def engines(self) -> list[Engine]:
@@ -279,7 +303,28 @@ class Cluster:
 
     async def close(self) -> None:
         self.pool.close()
-        await self.http.aclose()
+
+    def _notify(self, e: Engine, what: str) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(e, what)
+            except Exception:
+                log.exception("an engine event listener failed")
+
+    async def call(
+        self,
+        e: Engine,
+        method: str,
+        target: str,
+        *,
+        body: bytes | None = None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        timeout: float | None = None,
+    ) -> Response:
+        """One request to engine ``e`` over the pool (raises UpstreamUnreachable / UpstreamBroken)."""
+        return await request(
+            self.pool, e.upstream, method, target, body=body, headers=headers, timeout=timeout or self.timeout
+        )
 
     async def addresses(self) -> list[str]:
         """The engine addresses registered now (raises DiscoveryError when the store does not answer)."""
@@ -301,7 +346,9 @@ class Cluster:
             for addr in list(self._engines):
                 if addr not in addrs:
                     log.info("engine %s left the cluster", addr)
-                    del self._engines[addr]
+                    gone = self._engines.pop(addr)
+                    if gone.healthy:
+                        self._notify(gone, "engine_disconnect")
             for addr in addrs:
                 if addr not in self._engines:
                     try:
@@ -326,9 +373,11 @@ class Cluster:
         try:
             info = (await self._get(e, "/info")).json()
             if not e.api_version:
-                e.api_version = str((await self._get(e, "/version")).json().get("ApiVersion", ""))
+                version = (await self._get(e, "/version")).json()
+                e.api_version = str(version.get("ApiVersion", ""))
+                e.min_api_version = str(version.get("MinAPIVersion", ""))
             asked = time.monotonic()
-            listed = (await self._get(e, "/containers/json", params={"all": "1"})).json()
+            listed = (await self._get(e, "/containers/json?all=1")).json()
             images = (await self._get(e, "/images/json")).json()
             records = []
             for item in listed:
@@ -336,9 +385,13 @@ class Cluster:
                 self._owner[cid] = e.addr
                 known = self._inspected.get(cid)
                 if known is None or (known.full is None and _reschedulable(item)):
-                    known = self._inspected[cid] = await self._inspect(e, cid)
+                    inspected = await self._inspect(e, cid)
+                    if inspected is None:
+                        continue  # removed between the list and the inspect
+                    known = self._inspected[cid] = inspected
                 records.append(_listed(item, known.record))
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
+        except (UpstreamUnreachable, UpstreamBroken, ValueError, KeyError, TypeError) as err:
+            was = e.healthy
             error = describe_error(e.addr, err)
             failures = self._failures[e.addr] = self._failures.get(e.addr, 0) + 1
             if e.healthy and failures < self.failure_retry:
@@ -350,10 +403,13 @@ class Cluster:
                 log.warning("engine %s is unhealthy: %s", e.addr, error)
             e.healthy, e.error = False, error
             e.updated_at = datetime.datetime.now(datetime.UTC)
+            if was:
+                self._notify(e, "engine_disconnect")
             return
         self._failures.pop(e.addr, None)
         if not e.healthy and e.error:
             log.info("engine %s is healthy again", e.addr)
+        was = e.healthy
         e.info, e.id, e.healthy, e.error = info, str(info.get("ID", "")), True, ""
         e.records = self._settle(e, records, asked)
         e.images = [
@@ -364,10 +420,19 @@ class Cluster:
         e.updated_at = datetime.datetime.now(datetime.UTC)
         present = {c.id for c in records}
         for cid in [cid for cid, addr in self._owner.items() if addr == e.addr and cid not in present]:
-            self._inspected.pop(cid, None)  # gone from its engine: forget what it held
+            if cid not in self._fresh:  # created after the list was asked for: not gone
+                self._inspected.pop(cid, None)  # gone from its engine: forget what it held
+        if not was:
+            if not e.name or e.name == e.addr:
+                e.name = str(info.get("Name") or e.addr)  # named before the event (refresh renames duplicates)
+            self._notify(e, "engine_connect")
 
-    async def _inspect(self, e: Engine, cid: str) -> _Inspected:
-        r = await self._get(e, f"/containers/{cid}/json")
+    async def _inspect(self, e: Engine, cid: str) -> _Inspected | None:
+        r = await self.call(e, "GET", f"/containers/{cid}/json")
+        if r.status == 404:
+            return None
+        if r.status != 200:
+            raise _AnsweredBadly(f"answered {r.status} to /containers/{cid[:12]}/json")
         body = r.json()
         return _Inspected(_from_inspect(body), body if _reschedulable(body.get("Config") or {}) else None)
 
@@ -376,9 +441,28 @@ class Cluster:
         known = self._inspected.get(cid)
         return known.full if known is not None else None
 
-    async def _get(self, e: Engine, path: str, **kw: Any) -> httpx.Response:
-        r = await self.http.get(e.url + path, **kw)
-        r.raise_for_status()
+    async def recount(self, timeout: float = 2.0) -> None:
+        """Re-read every healthy engine's ``/info`` now, so ``docker info``'s container and image counts are the
+        engines' own at this moment (not a refresh old); an engine that does not answer within ``timeout``
+        keeps its last ones."""
+
+        async def one(e: Engine) -> None:
+            with contextlib.suppress(UpstreamUnreachable, UpstreamBroken, ValueError, KeyError, TypeError):
+                r = await self.call(e, "GET", "/info", timeout=timeout)
+                if r.status == 200:
+                    info = r.json()
+                    e.containers = int(info["Containers"])
+                    e.running = int(info["ContainersRunning"])
+                    e.paused = int(info["ContainersPaused"])
+                    e.stopped = int(info["ContainersStopped"])
+                    e.info = info
+
+        await asyncio.gather(*(one(e) for e in self.healthy()))
+
+    async def _get(self, e: Engine, path: str) -> Response:
+        r = await self.call(e, "GET", path)
+        if r.status != 200:
+            raise _AnsweredBadly(f"answered {r.status} to {path.partition('?')[0]}")
         return r
 
     # -- finding what lives where ----------------------------------------------------------------------
@@ -442,10 +526,10 @@ class Cluster:
 
         async def has(e: Engine) -> Engine | None:
             try:
-                r = await self.http.get(f"{e.url}/{kind}/{ident}/json")
-            except httpx.HTTPError:
+                r = await self.call(e, "GET", f"/{kind}/{quote(ident, safe='/:@')}/json")
+            except (UpstreamUnreachable, UpstreamBroken):
                 return None
-            return e if r.status_code == 200 else None
+            return e if r.status == 200 else None
 
         for e in await asyncio.gather(*(has(e) for e in candidates)):
             if e is not None:
@@ -476,14 +560,15 @@ class Cluster:
             for e in self.engines
         ]
 
-    def place(self, config: dict[str, Any]) -> tuple[Engine, list[str]]:
+    def place(self, config: dict[str, Any], *, reserve: bool = False) -> tuple[Engine, list[str]]:
         """Choose the engine for a new container (the scheduler's filters and strategy); returns it and the Env.
 
         ``config`` (a create body) is updated as Swarm did it: the ``constraint:``/``affinity:``/``whitelist:``/
         ``reschedule:`` Env entries move into the ``com.docker.swarm.*`` labels, the container gets a
         ``com.docker.swarm.id`` label (kept if it has one: a rescheduled container), and ``Env`` is the rest —
-        also returned. Until :meth:`placed` or :meth:`unplace` is called for it, the container counts as pending
-        on the chosen engine (its ports, slot and reservation are taken). Raises :class:`NoEngine` (Swarm's text).
+        also returned. With ``reserve``, until :meth:`placed` or :meth:`unplace` is called for it, the container
+        counts as pending on the chosen engine (its ports, slot and reservation are taken: parallel creates do not
+        collide); a caller that reserves must call one of them. Raises :class:`NoEngine` (Swarm's text).
         """
         request = Request.from_config(config)
         request.validate()
@@ -496,7 +581,8 @@ class Cluster:
         engine = self._engines[ranked[0].addr]
         config["Labels"] = labels
         config["Env"] = list(request.env)
-        self._pending[labels[SWARM_ID]] = (engine.addr, _record(request, config), time.monotonic())
+        if reserve:
+            self._pending[labels[SWARM_ID]] = (engine.addr, _record(request, config), time.monotonic())
         return engine, list(request.env)
 
     def placed(self, e: Engine, cid: str, config: Mapping[str, Any], name: str = "") -> None:
@@ -507,10 +593,33 @@ class Cluster:
         names = ("/" + name.lstrip("/"),) if name else ()
         record = attrs.evolve(_record(Request.from_config(config), config), id=cid, names=names)
         self._owner[cid] = e.addr
-        self._inspected[cid] = _Inspected(record, None)
+        full = None
+        if _reschedulable(config):  # what it takes to create it again elsewhere, even before a refresh inspects it
+            full = {
+                "Name": names[0] if names else "",
+                "Config": {k: v for k, v in config.items() if k not in ("HostConfig", "NetworkingConfig")},
+                "HostConfig": dict(config.get("HostConfig") or {}),
+            }
+        known = self._inspected.get(cid)
+        if known is None or known.full is None:  # a refresh may have inspected it already
+            self._inspected[cid] = _Inspected(known.record if known else record, full)
         self._fresh[cid] = (e.addr, record, time.monotonic())
         e.records = [c for c in e.records if c.id != cid] + [record]
         _account(e)
+
+    def started(self, ident: str) -> None:
+        """Container ``ident`` was started through this manager: it counts as running before a refresh says so
+        (rescheduling starts a moved container that ran)."""
+        for e in self._engines.values():
+            c = Node(e.id, e.name, e.addr, containers=e.records).container(ident)
+            if c is not None:
+                running = attrs.evolve(c, state="running")
+                e.records = [running if x is c else x for x in e.records]
+                if c.id in self._fresh:
+                    addr, _old, at = self._fresh[c.id]
+                    self._fresh[c.id] = (addr, running, at)
+                _account(e)
+                return
 
     def unplace(self, config: Mapping[str, Any]) -> None:
         """The create placed by :meth:`place` failed: its pending container no longer holds anything."""

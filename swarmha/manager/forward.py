@@ -1,302 +1,52 @@
-"""Forward one request to an upstream (the primary manager, or a Docker engine) and relay the answer.
+"""Forward one client request to an upstream (the primary manager, or a Docker engine) and relay the answer.
+
+Built on the manager's one HTTP client (:mod:`swarmha.manager.upstream`: connections, pool, wire format).
 
 Guarantees:
 
 * The caller picks the upstream per request, so a keep-alive client connection is still routed request by
-  request. Upstream connections are kept alive in a :class:`Pool` keyed by upstream address and reused only for
-  plain request/response exchanges; a hijacked request (``Upgrade``) or a request whose body is streamed gets a
-  dedicated connection, and a connection goes back to the pool only after a complete response that did not ask
-  to close.
+  request. A hijacked request (``Upgrade``) or a request whose body is streamed gets a dedicated upstream
+  connection; plain exchanges use the pool.
 * Responses are streamed, never buffered: each chunk the upstream sends is written to the client at once
   (``logs -f``, ``events``, ``stats`` and ``wait`` work through any number of hops). Only a response with a
-  ``Content-Length`` up to :data:`SMALL` bytes is read whole and written in one piece.
+  ``Content-Length`` up to :data:`~swarmha.manager.upstream.SMALL` bytes is read whole and written in one piece.
 * A hijacked request (``Connection: Upgrade``, ``Upgrade: tcp``: attach, exec start) that the upstream
-  switches with 101 is spliced both ways; end-of-input is propagated with a half-close (``shutdown(SHUT_WR)``)
-  on plain TCP. TLS has no half-close: there the stream ends when either side closes.
+  switches with 101 is spliced both ways (:func:`splice`); end-of-input is propagated with a half-close
+  (``shutdown(SHUT_WR)``) on plain TCP. TLS has no half-close: there the stream ends when either side closes.
 * A client that goes away while a response streams makes the upstream connection close (no orphan streams).
 
-Failure modes, so callers can decide about retrying:
-
-* :class:`UpstreamUnreachable`: the connection could not be opened; nothing was sent, any request may be retried.
-* A pooled connection that turns out closed (the upstream closed it while idle: it reads no request from an idle
-  connection it closes) is replaced by a fresh one and the request sent again, once, if its body is known.
-* :class:`UpstreamBroken`: the upstream failed before its response head arrived. ``retryable`` is True when the
-  request is idempotent and carried no body (so sending it again is safe).
-* Once the response head was sent to the client, an upstream failure closes the client connection
-  (:class:`~swarmha.manager.http.ClientGone`): the client sees a truncated response, never a made-up one.
-
-The upstream side is a small HTTP/1.1 client written for this (head parsing, Content-Length, chunked, until-close
-framing), not h11, by measurement: its peers are trusted (the primary manager, whose front parses with h11 and
-llhttp, and the Docker engines), and it is on every forwarded request's path twice (replica → primary,
-primary → engine).
-With h11 here as well (commit f6347b8) the added p50 per hop on ``/containers/json`` went from a median
-0.67-0.71 ms to 0.82-0.93 ms over six interleaved runs of ``python -m benchmarks.manager`` on 2 loaded cores,
-and past the 1 ms goal in 3 of 6 runs (h11 server with this client: 1 of 6, a round where both were over).
-Requests from untrusted clients are parsed by h11 or llhttp (:mod:`swarmha.manager.http`); what this client
-sends is framed anew from that parse (framing headers are never copied from the client).
+Failure modes: those of :mod:`swarmha.manager.upstream` (:class:`UpstreamUnreachable`, :class:`UpstreamBroken`)
+before the response head; once the head was sent to the client, an upstream failure closes the client connection
+(:class:`~swarmha.manager.http.ClientGone`): the client sees a truncated response, never a made-up one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
-import time
-from collections.abc import AsyncIterator, Callable
-
-import attrs
+from collections.abc import Callable
 
 from swarmha.manager.http import READ_SIZE, ClientGone, Exchange
-from swarmha.manager.tls import open_connection as open_tls
+from swarmha.manager.upstream import (
+    BROKEN,
+    HIJACK_GRACE,
+    HOP,
+    IDEMPOTENT,
+    NOT_COPIED,
+    SMALL,
+    Link,
+    Pool,
+    Stale,
+    Upstream,
+    UpstreamBroken,
+    framing,
+    keeps_alive,
+    read_body,
+    read_head,
+    request_head,
+)
 
-__all__ = [
-    "IDEMPOTENT",
-    "Pool",
-    "Response",
-    "Upstream",
-    "UpstreamBroken",
-    "UpstreamUnreachable",
-    "fetch",
-    "forward",
-    "splice",
-]
-
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"})
-_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-_NOT_COPIED = _HOP | _FRAMING  # request headers the forwarder does not copy (it frames the request anew)
-#: After the upstream ended a hijacked stream, how long the client may still send before we close.
-HIJACK_GRACE = 2.0
-#: Responses up to this size with a Content-Length are read whole and written to the client in one piece;
-#: request bodies up to this size are read before forwarding (so the request can use a pooled connection).
-SMALL = 256 * 1024
-#: Largest upstream response head accepted.
-MAX_HEAD = 64 * 1024
-
-
-@attrs.frozen(cache_hash=True)
-class Upstream:
-    """Where to forward: host, port, and the TLS context to use (None: plain TCP)."""
-
-    host: str
-    port: int
-    ssl: ssl.SSLContext | None = attrs.field(default=None, eq=False)
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-class UpstreamUnreachable(Exception):
-    """The upstream connection could not be opened; nothing was sent."""
-
-
-class UpstreamBroken(Exception):
-    """The upstream failed before answering; ``retryable`` says whether resending is safe."""
-
-    def __init__(self, message: str, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-class _Stale(Exception):
-    """A reused connection was closed by the upstream before it answered anything."""
-
-
-class _Link:
-    """One upstream connection."""
-
-    __slots__ = ("expired", "idle_since", "loop", "reader", "reused", "up", "writer")
-
-    def __init__(self, up: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.up = up
-        self.reader = reader
-        self.writer = writer
-        self.reused = False
-        self.idle_since = 0.0
-        self.loop = asyncio.get_running_loop()
-        #: :meth:`expire` ran: the connection was aborted because an exchange on it took too long.
-        self.expired = False
-
-    def expire(self) -> None:
-        """Abort the connection (a pending read on it ends at once): the exchange on it timed out."""
-        self.expired = True
-        self.writer.transport.abort()
-
-    def usable(self, now: float, idle_timeout: float) -> bool:
-        return not self.writer.is_closing() and not self.reader.at_eof() and now - self.idle_since < idle_timeout
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-async def connect(up: Upstream, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open a connection to ``up``; raises :class:`UpstreamUnreachable`."""
-    try:
-        if up.ssl is not None:  # with half-close, so a client's stdin EOF reaches the engine (see HalfCloseTLS)
-            return await asyncio.wait_for(open_tls(up.host, up.port, up.ssl, limit=READ_SIZE), timeout)
-        return await asyncio.wait_for(asyncio.open_connection(up.host, up.port, limit=READ_SIZE), timeout)
-    except (OSError, TimeoutError, ssl.SSLError) as e:
-        raise UpstreamUnreachable(f"cannot connect to {up}: {e or type(e).__name__}") from e
-
-
-class Pool:
-    """Idle keep-alive connections per upstream (at most ``per_upstream`` each, closed after ``idle_timeout``).
-
-    asyncio keeps reading every connection, so an upstream's FIN on an idle connection is seen before reuse
-    (``at_eof``); such connections are dropped on acquire.
-    """
-
-    def __init__(self, per_upstream: int = 32, idle_timeout: float = 30.0) -> None:
-        self.per_upstream = per_upstream
-        self.idle_timeout = idle_timeout
-        self._idle: dict[Upstream, list[_Link]] = {}
-
-    async def acquire(self, up: Upstream, timeout: float, fresh: bool = False) -> _Link:
-        link = None if fresh else self.take(up)
-        if link is None:
-            reader, writer = await connect(up, timeout)
-            link = _Link(up, reader, writer)
-        return link
-
-    def take(self, up: Upstream) -> _Link | None:
-        """An idle connection to ``up`` that is still usable, or None."""
-        links = self._idle.get(up)
-        if not links:
-            return None
-        now = time.monotonic()
-        while links:
-            link = links.pop()
-            if link.usable(now, self.idle_timeout):
-                link.reused = True
-                return link
-            link.close()
-        return None
-
-    def release(self, link: _Link) -> None:
-        links = self._idle.setdefault(link.up, [])
-        if len(links) >= self.per_upstream or link.writer.is_closing():
-            link.close()
-            return
-        link.idle_since = time.monotonic()
-        links.append(link)
-
-    def keep_only(self, up: Upstream | None) -> None:
-        """Close the idle connections to every upstream but ``up`` (the primary changed: drop the old one's)."""
-        for other in [u for u in self._idle if u != up]:
-            for link in self._idle.pop(other):
-                link.close()
-
-    def close(self) -> None:
-        self.keep_only(None)
-
-
-# -- the upstream side of an exchange: request out, response head and body in -------------------------------------
-
-
-@attrs.define
-class _Head:
-    status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    version: bytes
-    #: The first Transfer-Encoding, Content-Length and Connection values (None: no such header).
-    te: bytes | None = None
-    length: bytes | None = None
-    connection: bytes | None = None
-
-
-def _request_head(method: str, target: str, headers: list[tuple[bytes, bytes]]) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1".encode("latin-1")]
-    lines += [n + b": " + v for n, v in headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-def _parse_head(raw: bytes) -> _Head:
-    lines = raw[:-4].split(b"\r\n")
-    version, _, rest = lines[0].partition(b" ")
-    code, _, reason = rest.partition(b" ")
-    if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
-        raise ValueError(f"bad status line {lines[0][:80]!r}")
-    head = _Head(int(code), reason, [], version)
-    headers = head.headers
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
-            raise ValueError(f"bad header line {line[:80]!r}")
-        value = value.strip()
-        headers.append((name, value))
-        key = name.lower()
-        if key == b"content-length":
-            if head.length is None:
-                head.length = value
-        elif key == b"transfer-encoding":
-            if head.te is None:
-                head.te = value
-        elif key == b"connection" and head.connection is None:
-            head.connection = value
-    return head
-
-
-async def _read_head(reader: asyncio.StreamReader) -> _Head:
-    while True:
-        try:
-            raw = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError as e:
-            raise ValueError(f"response head larger than {MAX_HEAD} bytes") from e
-        head = _parse_head(raw)
-        if 100 <= head.status < 200 and head.status != 101:
-            continue  # 100 Continue and friends: the real answer follows
-        return head
-
-
-def _framing(head: _Head, method: str) -> tuple[str, int]:
-    """("none"|"length"|"chunked"|"close", length) for the response body."""
-    if method == "HEAD" or head.status in (204, 304) or 100 <= head.status < 200:
-        return "none", 0
-    te = head.te
-    if te is not None and b"chunked" in te.lower():
-        return "chunked", 0
-    length = head.length
-    if length is not None:
-        if not length.isdigit():
-            raise ValueError(f"bad Content-Length {length[:40]!r}")
-        return "length", int(length)
-    return "close", 0
-
-
-def _keeps_alive(head: _Head, kind: str) -> bool:
-    conn = (head.connection or b"").lower()
-    if kind == "close" or b"close" in conn:
-        return False
-    return head.version == b"HTTP/1.1" or b"keep-alive" in conn
-
-
-async def _body(reader: asyncio.StreamReader, kind: str, length: int) -> AsyncIterator[bytes]:
-    """The response body as it arrives (chunked decoded)."""
-    if kind == "length":
-        left = length
-        while left:
-            data = await reader.read(min(left, READ_SIZE))
-            if not data:
-                raise ConnectionError(f"connection closed with {left} body bytes missing")
-            left -= len(data)
-            yield data
-    elif kind == "chunked":
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            size = int(line.split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, dropped
-                    pass
-                return
-            yield await reader.readexactly(size)
-            await reader.readexactly(2)
-    elif kind == "close":
-        while data := await reader.read(READ_SIZE):
-            yield data
-
-
-_BROKEN = (OSError, ssl.SSLError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
+__all__ = ["forward", "splice"]
 
 
 def _request_headers(ex: Exchange, body: bytes | None, host: str) -> list[tuple[bytes, bytes]]:
@@ -305,7 +55,7 @@ def _request_headers(ex: Exchange, body: bytes | None, host: str) -> list[tuple[
     has_host = False
     for n, v in ex.headers:
         key = n.lower()
-        if key not in _NOT_COPIED:
+        if key not in NOT_COPIED:
             headers.append((n, v))
             has_host = has_host or key == b"host"
     if body is not None:
@@ -357,7 +107,7 @@ async def forward(
     try:
         try:
             keep = await _relay(ex, link, body, target, on_head)
-        except _Stale:
+        except Stale:
             link.close()
             link = await lender.acquire(up, connect_timeout, fresh=True)
             keep = await _relay(ex, link, body, target, on_head)
@@ -374,7 +124,7 @@ async def forward(
 
 async def _relay(
     ex: Exchange,
-    link: _Link,
+    link: Link,
     body: bytes | None,
     target: str | None,
     on_head: Callable[[int, list[tuple[bytes, bytes]]], None] | None,
@@ -384,24 +134,40 @@ async def _relay(
     retryable = ex.method in IDEMPOTENT and body in (None, b"") and not ex.has_body
     headers = _request_headers(ex, body, str(up))
     try:
-        head_bytes = _request_head(ex.method, target or ex.target, headers)
+        head_bytes = request_head(ex.method, target or ex.target, headers)
+        sending: asyncio.Task[None] | None = None
         if body is not None:
             writer.write(head_bytes + body)
         else:
             writer.write(head_bytes)
-            if ex.has_body:
-                await _send_streamed_body(ex, writer, ex.chunked)
-        if writer.transport.get_write_buffer_size() or writer.transport.is_closing():
+            if ex.has_body:  # sent while the answer is awaited: an upstream may answer (413) before the body ends
+                sending = asyncio.ensure_future(_send_streamed_body(ex, writer, ex.chunked))
+        if sending is None and (writer.transport.get_write_buffer_size() or writer.transport.is_closing()):
             await writer.drain()
-        head = await _read_head(reader)
+        try:
+            head = await read_head(reader)
+        except BaseException:
+            if sending is not None:
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sending
+            raise
+        if sending is not None:
+            if not sending.done() and head.status >= 400:
+                sending.cancel()  # refused before the whole body was sent (413): the rest is not read
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sending
+                ex.abandon_body()
+            else:
+                await sending  # an early success: the body is sent whole first, as before
     except ClientGone:
         raise
-    except _BROKEN as e:
+    except BROKEN as e:
         nothing = isinstance(e, ConnectionError) or (isinstance(e, asyncio.IncompleteReadError) and not e.partial)
         if link.reused and nothing:  # closed while idle in the pool: the upstream read nothing of this request
-            raise _Stale() from e
+            raise Stale() from e
         raise UpstreamBroken(f"{up} failed before answering: {e or type(e).__name__}", retryable) from e
-    headers = [(n, v) for n, v in head.headers if n.lower() not in _HOP]
+    headers = [(n, v) for n, v in head.headers if n.lower() not in HOP]
     if on_head is not None:
         on_head(head.status, headers)
     if head.status == 101:  # the upstream switched protocols
@@ -410,14 +176,14 @@ async def _relay(
         await splice(c_reader, c_writer, client_early, reader, writer, b"")
         return False
     try:
-        kind, length = _framing(head, ex.method)
+        kind, length = framing(head, ex.method)
     except ValueError as e:
         raise UpstreamBroken(f"{up} answered badly: {e}", retryable) from e
-    keep = _keeps_alive(head, kind)
+    keep = keeps_alive(head, kind)
     if kind in ("none", "length") and length <= SMALL:
         try:
             data = await reader.readexactly(length) if length else b""
-        except _BROKEN as e:
+        except BROKEN as e:
             raise UpstreamBroken(f"{up} broke during the response: {e or type(e).__name__}", retryable) from e
         await ex.complete(head.status, headers, data, head.reason)
         return keep
@@ -442,72 +208,11 @@ async def _relay(
 
 async def _pump(ex: Exchange, reader: asyncio.StreamReader, kind: str, length: int, up: Upstream) -> None:
     try:
-        async for data in _body(reader, kind, length):
+        async for data in read_body(reader, kind, length):
             await ex.send(data)
-    except _BROKEN as e:
+    except BROKEN as e:
         raise ClientGone(f"{up} broke during the response: {e or type(e).__name__}") from e
     await ex.end()
-
-
-@attrs.frozen
-class Response:
-    """A whole upstream response (from :func:`fetch`)."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-
-async def fetch(pool: Pool, up: Upstream, target: str, *, timeout: float = 5.0, limit: int = 64 << 20) -> Response:
-    """GET ``target`` from ``up`` over a pooled connection and read the whole answer (for aggregation).
-
-    Raises :class:`UpstreamUnreachable`, :class:`UpstreamBroken` (also on a timeout or a body over ``limit``).
-    """
-    request = _request_head("GET", target, [(b"host", str(up).encode())])
-    for attempt in (0, 1):
-        link = pool.take(up) if attempt == 0 else None
-        if link is None:
-            link = await pool.acquire(up, timeout, fresh=True)
-        # the timeout aborts the connection (the pending read ends at once): a timer, not a cancellation scope
-        timer = link.loop.call_later(timeout, link.expire)
-        try:
-            writer = link.writer
-            writer.write(request)
-            if writer.transport.get_write_buffer_size():
-                await writer.drain()
-            try:
-                head = await _read_head(link.reader)
-            except (OSError, asyncio.IncompleteReadError):
-                if link.reused and attempt == 0 and not link.expired:
-                    link.close()
-                    continue
-                raise
-            kind, length = _framing(head, "GET")
-            if kind == "length" and length <= limit:  # the common case: one read, no generator
-                body = await link.reader.readexactly(length) if length else b""
-            else:
-                chunks, size = [], 0
-                async for data in _body(link.reader, kind, length):
-                    size += len(data)
-                    if size > limit:
-                        raise ValueError(f"response larger than {limit} bytes")
-                    chunks.append(data)
-                body = b"".join(chunks)
-        except _BROKEN as e:
-            link.close()
-            why = f"no answer within {timeout:g} s" if link.expired else str(e) or type(e).__name__
-            raise UpstreamBroken(f"{up} failed: {why}", True) from e
-        except BaseException:
-            link.close()
-            raise
-        finally:
-            timer.cancel()
-        if _keeps_alive(head, kind):
-            pool.release(link)
-        else:
-            link.close()
-        return Response(head.status, head.headers, body)
-    raise AssertionError("unreachable")
 
 
 async def _pipe(src: asyncio.StreamReader, early: bytes, dst: asyncio.StreamWriter) -> None:

@@ -44,15 +44,17 @@ import attrs
 
 from swarmha import Discovery, Leader, aio
 from swarmha.errors import DiscoveryError
-from swarmha.manager.api import PrimaryAPI
+from swarmha.manager.api import PrimaryAPI, docker_path
+from swarmha.manager.api._docker import DockerError, error_body
 from swarmha.manager.cluster import Cluster
 from swarmha.manager.engine_list import FileEngines
-from swarmha.manager.forward import Pool, Upstream, UpstreamBroken, UpstreamUnreachable, forward
+from swarmha.manager.forward import forward
 from swarmha.manager.http import Exchange, Server
 from swarmha.manager.info import cluster_info
 from swarmha.manager.reschedule import Watchdog
 from swarmha.manager.store_state import StoreState
 from swarmha.manager.tls import TLSConfig
+from swarmha.manager.upstream import Pool, Upstream, UpstreamBroken, UpstreamUnreachable
 
 if TYPE_CHECKING:
     from swarmha.manager.metrics import ManagerMetrics
@@ -151,14 +153,14 @@ class Manager:
         self.api = PrimaryAPI(self.cluster, self._info)
         #: Rescheduling on node failure (``com.docker.swarm.reschedule-policies``), acted on by the primary only.
         self.watchdog = Watchdog(self.cluster)
-        self.server = Server(self.handle)
+        self.server = Server(self.handle, error_body=error_body)
         self.metrics: ManagerMetrics | None = None
         self._metrics_server: Server | None = None
         if config.metrics is not None:
             from swarmha.manager.metrics import ManagerMetrics
 
             self.metrics = ManagerMetrics(self)
-            self._metrics_server = Server(self._serve_metrics)
+            self._metrics_server = Server(self._serve_metrics, error_body=error_body)
         self._candidate: aio.Candidate | None = None
         self._follower: aio.Follower | None = None
         if config.replication:
@@ -295,11 +297,12 @@ class Manager:
         if self.metrics is None:
             return await self._handle(ex)
         began = time.monotonic()
-        via = "local" if ex.path in _LOCAL_PATHS else "primary" if self.is_primary else "replica"
+        path = docker_path(ex)[1]
+        via = "local" if path in _LOCAL_PATHS else "primary" if self.is_primary else "replica"
         try:
             await self._handle(ex)
         finally:
-            self.metrics.observe_request(ex.path, via, ex.status, time.monotonic() - began)
+            self.metrics.observe_request(path, via, ex.status, time.monotonic() - began)
 
     async def _serve_metrics(self, ex: Exchange) -> None:
         """The ``--metrics`` listener: ``/metrics`` and ``/health``; anything else 404."""
@@ -315,13 +318,20 @@ class Manager:
         await ex.error(404, "this is the metrics listener: GET /metrics or /health")
 
     async def _handle(self, ex: Exchange) -> None:
-        if ex.path == "/_ping" and ex.method in ("GET", "HEAD"):
-            return await self.api.ping(ex)
-        if ex.path == "/info" and ex.method == "GET":
-            return await ex.json(200, self._info())
-        if ex.path == HEALTH_PATH and ex.method in ("GET", "HEAD"):
-            healthy, details = self.health()
-            return await ex.json(200 if healthy else 503, details)
+        version, path = docker_path(ex)
+        if path in _LOCAL_PATHS:
+            try:
+                self.api.check_version(version)
+            except DockerError as e:
+                return await ex.error(e.status, str(e))
+            if path == "/_ping" and ex.method in ("GET", "HEAD"):
+                return await self.api.ping(ex)
+            if path == "/info" and ex.method == "GET":
+                await self.cluster.recount()  # the counts as they are now, as the engines answer them
+                return await ex.json(200, self._info())
+            if path == HEALTH_PATH and ex.method in ("GET", "HEAD"):
+                healthy, details = self.health()
+                return await ex.json(200 if healthy else 503, details)
         if self.is_primary:
             return await self.api.handle(ex)
         await self._forward(ex)

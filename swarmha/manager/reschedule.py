@@ -12,8 +12,7 @@ engines went down, only the primary acts. What it guarantees and how:
   same name, configuration and labels — so the same ``com.docker.swarm.id`` and the same constraints and
   affinities, which the scheduler applies again (a container pinned with ``constraint:node==X`` to the dead node
   cannot move and is retried after every refresh until X returns). It is started if the old one was running
-  at the last refresh that reached its engine (a container started less than one refresh before its engine
-  died is moved but left created).
+  (started through the manager, or seen running by the last refresh that reached its engine).
   Logs, as Swarm's: ``Rescheduled container OLD from NODE to NODE as NEW``, ``Container OLD was running,
   starting container NEW``.
 * **When.** At the first refresh that finds the engine unhealthy (one refresh interval, ``--engine-refresh``,
@@ -35,10 +34,12 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from swarmha.manager.cluster import Cluster, Engine, NoEngine
 from swarmha.manager.scheduler import SWARM_ID, Container
+from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable
+
+_JSON = [(b"content-type", b"application/json")]
+_FAILED = (UpstreamUnreachable, UpstreamBroken, OSError)
 
 __all__ = ["ON_NODE_FAILURE", "Watchdog"]
 
@@ -107,23 +108,21 @@ class Watchdog:
         body["HostConfig"] = dict(full.get("HostConfig") or {})
         name = str(full.get("Name") or c.name).lstrip("/")
         try:
-            engine, _env = self.cluster.place(body)
+            engine, _env = self.cluster.place(body, reserve=True)
         except NoEngine as e:
             self._fail(c, f"no node can take it: {e}")
             return False
         try:
-            r = await self.cluster.http.post(
-                f"{engine.url}/containers/create?name={quote(name)}",
-                content=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"},
+            r = await self.cluster.call(
+                engine, "POST", f"/containers/create?name={quote(name)}", body=json.dumps(body).encode(), headers=_JSON
             )
-        except httpx.HTTPError as e:
-            self.cluster.unplace(body)
+        except _FAILED as e:
             self._fail(c, f"node {engine.name} failed: {e}")
             return False
-        self.cluster.unplace(body)
-        if r.status_code != 201:
-            self._fail(c, f"node {engine.name} refused it: {r.status_code} {r.text.strip()}")
+        finally:
+            self.cluster.unplace(body)
+        if r.status != 201:
+            self._fail(c, f"node {engine.name} refused it: {r.status} {r.body.decode(errors='replace').strip()}")
             return False
         new_id = str(r.json()["Id"])
         self.cluster.placed(engine, new_id, body, name=name)
@@ -138,15 +137,15 @@ class Watchdog:
     async def _exists_elsewhere(self, swarm_id: str, addr: str) -> bool:
         """Whether a healthy engine other than ``addr`` has a container with ``swarm_id`` now (asked, not taken
         from the last refresh: a primary that just took over may follow one that moved it a moment ago)."""
-        query = {"all": "1", "filters": json.dumps({"label": [f"{SWARM_ID}={swarm_id}"]})}
+        filters = quote(json.dumps({"label": [f"{SWARM_ID}={swarm_id}"]}))
         for e in self.cluster.healthy():
             if e.addr == addr:
                 continue
             try:
-                r = await self.cluster.http.get(f"{e.url}/containers/json", params=query)
-            except httpx.HTTPError:
+                r = await self.cluster.call(e, "GET", f"/containers/json?all=1&filters={filters}")
+            except _FAILED:
                 continue
-            if r.status_code == 200 and r.json():
+            if r.status == 200 and r.json():
                 return True
         return False
 
@@ -157,9 +156,9 @@ class Watchdog:
 
     async def _start(self, engine: Engine, cid: str) -> None:
         try:
-            r = await self.cluster.http.post(f"{engine.url}/containers/{cid}/start")
-            ok = r.status_code in (204, 304)
-        except httpx.HTTPError:
+            r = await self.cluster.call(engine, "POST", f"/containers/{cid}/start", body=b"")
+            ok = r.status in (204, 304)
+        except _FAILED:
             ok = False
         if not ok:
             log.error("Failed to start rescheduled container %s", cid)
@@ -181,13 +180,14 @@ class Watchdog:
             for c in [c for c in e.records if c.swarm_id in elsewhere and _has_policy(c)]:
                 other, new_id = elsewhere[c.swarm_id]
                 try:
-                    r = await self.cluster.http.delete(f"{e.url}/containers/{c.id}", params={"force": "1"})
-                except httpx.HTTPError as err:
+                    r = await self.cluster.call(e, "DELETE", f"/containers/{c.id}?force=1")
+                except _FAILED as err:
                     log.warning("cannot remove the stale copy %s on %s yet: %s", c.id[:12], e.name, err)
                     done = False
                     continue
-                if r.status_code not in (204, 404):
-                    log.warning("cannot remove the stale copy %s on %s: %s", c.id[:12], e.name, r.text.strip())
+                if r.status not in (204, 404):
+                    why = r.body.decode(errors="replace").strip()
+                    log.warning("cannot remove the stale copy %s on %s: %s", c.id[:12], e.name, why)
                     done = False
                     continue
                 log.info(

@@ -86,6 +86,10 @@ class TLSConfig:
                 raise ConfigurationError(f"cannot load --tlscacert {self.cacert!r}: {e}") from e
 
 
+#: What dockerd (Go's net/http) answers a plain-HTTP request sent to its TLS port.
+PLAIN_HTTP_ANSWER = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+
+
 class HalfCloseTLS(asyncio.Protocol):
     """One TLS connection (server or client side) over a TCP transport that, unlike asyncio's, can half-close.
 
@@ -99,8 +103,9 @@ class HalfCloseTLS(asyncio.Protocol):
     ``write_eof()`` sends ``close_notify`` (then a TCP FIN) with the read side still open.
 
     The application protocol is made by ``app_factory`` once the handshake succeeded. A failed handshake (a
-    client without a certificate under ``--tlsverify``, a plain-HTTP client) sends the TLS alert and closes
-    the connection; a handshake not done within ``handshake_timeout`` aborts it. Both are logged at debug level.
+    client without a certificate under ``--tlsverify``) sends the TLS alert and closes the connection; a
+    plain-HTTP request gets dockerd's ``400 Client sent an HTTP request to an HTTPS server.`` and the close; a
+    handshake not done within ``handshake_timeout`` aborts it. Both are logged at debug level.
     """
 
     def __init__(
@@ -118,6 +123,8 @@ class HalfCloseTLS(asyncio.Protocol):
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
         self._app_factory = app_factory
+        self._server_side = server_side
+        self._seen = False  # some bytes of the handshake arrived
         self._handshake_timeout = handshake_timeout
         self._timer: asyncio.TimerHandle | None = None
         self._raw: asyncio.Transport | None = None
@@ -138,6 +145,13 @@ class HalfCloseTLS(asyncio.Protocol):
         self._do_handshake()
 
     def data_received(self, data: bytes) -> None:
+        if self._app is None and self._server_side and not self._seen and data[:1].isalpha() and data[:1].isupper():
+            # a plain-HTTP request on the TLS port (a TLS record starts with 0x16): Go's net/http answer, as dockerd
+            assert self._raw is not None
+            self._raw.write(PLAIN_HTTP_ANSWER)
+            self._fail(ssl.SSLError("plain HTTP on a TLS port"))
+            return
+        self._seen = True
         self._incoming.write(data)
         if self._app is None:
             self._do_handshake()

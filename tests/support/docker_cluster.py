@@ -1,23 +1,30 @@
-"""Managers in front of real engines: a sqlite store with the engines registered, manager processes on it."""
+"""A manager pair (primary and replica processes) in front of the session's real engines, for the Docker tests.
+
+:class:`Cluster` registers the engines under ``docker/swarm/nodes/`` in a sqlite store of its own and starts
+managers on it; :func:`cli` runs the stock docker CLI against a manager; :class:`Lines` reads a process's output
+with bounded waits. The module fixtures ``cluster`` and ``pair`` (import them into the test module) give each
+test module its own store and manager pair over the session's engines.
+"""
 
 from __future__ import annotations
 
+import queue
+import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import swarmha
-from tests.support.dockerd import DockerEngine
+from tests.support.docker_engines import DockerEngine, docker_cli
 from tests.support.helpers import wait_for
 from tests.support.manager import ManagerProc
 
-__all__ = ["Cluster", "healthy_count"]
+__all__ = ["LOOP", "Cluster", "Lines", "cli", "cluster", "healthy_count", "pair", "popen_cli"]
 
-
-def healthy_count(m: ManagerProc) -> int:
-    """How many engines ``m``'s ``docker info`` shows Healthy (0 when it does not answer)."""
-    code, info = m.get("/info")
-    if code != 200:
-        return 0
-    return sum(1 for k, v in info["SystemStatus"] if k.strip() == "└ Status" and v == "Healthy")
+LOOP = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"
 
 
 class Cluster:
@@ -76,3 +83,55 @@ class Cluster:
             m.stop()
         self.session.close()
         self.discovery.close()
+
+
+def healthy_count(m: ManagerProc) -> int:
+    """How many engines ``m``'s ``docker info`` shows Healthy (0 when it does not answer)."""
+    code, info = m.get("/info")
+    if code != 200:
+        return 0
+    return sum(1 for k, v in info["SystemStatus"] if k.strip() == "└ Status" and v == "Healthy")
+
+
+@pytest.fixture(scope="module")
+def cluster(docker_engines: list[DockerEngine], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(docker_engines, tmp_path_factory.mktemp("cluster"))
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def pair(cluster: Cluster) -> tuple[ManagerProc, ManagerProc]:
+    return cluster.start_managers()
+
+
+def cli(m: ManagerProc, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return docker_cli(f"tcp://{m.addr}", *args, **kw)
+
+
+class Lines:
+    """Read a process's stdout lines on a thread; ``next(timeout)`` is bounded."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.q: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.q.put(line.rstrip("\n"))
+        self.q.put(None)
+
+    def next(self, timeout: float) -> str | None:
+        try:
+            return self.q.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line within {timeout}s") from None
+
+
+def popen_cli(m: ManagerProc, *args: str) -> subprocess.Popen[str]:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "DOCKER_HOST": f"tcp://{m.addr}"}
+    return subprocess.Popen(["docker", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

@@ -1,22 +1,47 @@
-"""Session fixtures with real Docker engines for the manager tests (machinery: tests/support/dockerd.py).
+"""The session fixtures with a real registry and real Docker engines for the manager tests (machinery:
+tests/support/dockerd.py).
 
-* :func:`docker_engines`: two engines on the machine's host name (the manager calls them by address);
-* :func:`named_engines`: three engines ``node-1``..``node-3``, each in a UTS namespace of its own with its own
-  host name and the engine labels of :data:`NODE_LABELS` (for the scheduler's tests).
-
-Tests using them are skipped when dockerd, containerd, busybox or root are missing. Teardown kills each
+``registry``: Debian's ``docker-registry`` on a loopback port, holding :data:`REGISTRY_IMAGE` (the test image
+pushed there), so a pull needs no public registry. ``docker_engines``: two engines with their own host
+names (``node-1``, ``node-2``: ``unshare --uts``), engine labels ``node=1``/``node=2``, ``--insecure-registry``
+for that registry, each holding :data:`IMAGE`. ``named_engines``: three more engines ``node-1``..``node-3`` with
+the labels of :data:`NODE_LABELS` and engine IDs of their own, for the scheduler's tests. Tests using them are
+skipped when dockerd, containerd, busybox, docker-registry, unshare or root are missing. Teardown kills each
 engine's whole process group (dockerd and its containerd) and removes its directories.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 
 import pytest
 
-from tests.support.dockerd import IMAGE, DockerEngine, busybox_tar, docker_cli, missing, start_engine, stop_engine
+from tests.support.dockerd import (
+    IMAGE,
+    DockerEngine,
+    Registry,
+    busybox_tar,
+    docker_cli,
+    missing,
+    start_engine,
+    start_registry,
+    stop_engine,
+)
 
-__all__ = ["IMAGE", "NODE_LABELS", "DockerEngine", "docker_cli", "docker_engines", "named_engines"]
+__all__ = [
+    "IMAGE",
+    "NAMES",
+    "NODE_LABELS",
+    "DockerEngine",
+    "Registry",
+    "docker_cli",
+    "docker_engines",
+    "named_engines",
+    "registry",
+]
+
+#: The engines' host names (their node names in the cluster), in the order of ``docker_engines``.
+NAMES = ("node-1", "node-2")
 
 #: The engine labels of node-1, node-2, node-3 (:func:`named_engines`).
 NODE_LABELS: tuple[dict[str, str], ...] = (
@@ -26,25 +51,31 @@ NODE_LABELS: tuple[dict[str, str], ...] = (
 )
 
 
-def _engines(
-    tmp_path_factory: pytest.TempPathFactory,
-    count: int,
-    hostnames: Sequence[str | None] = (),
-    labels: Sequence[Mapping[str, str]] = (),
-) -> Iterator[list[DockerEngine]]:
+@pytest.fixture(scope="session")
+def registry() -> Iterator[Registry]:
+    """A registry on loopback for the session (empty: tests push what they pull)."""
     reason = missing()
     if reason:
         pytest.skip(reason)
+    try:
+        reg = start_registry()
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engines(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[DockerEngine]]:
+    """Two running engines, each holding :data:`IMAGE`; stopped and removed at the end of the session."""
     engines: list[DockerEngine] = []
     try:
-        for i in range(count):
+        for i, name in enumerate(NAMES):
             try:
                 engines.append(
-                    start_engine(
-                        i,
-                        hostname=hostnames[i] if hostnames else None,
-                        labels=labels[i] if labels else None,
-                    )
+                    start_engine(i, hostname=name, labels={"node": str(i + 1)}, insecure_registries=(registry.addr,))
                 )
             except RuntimeError as err:
                 pytest.fail(str(err))
@@ -58,14 +89,23 @@ def _engines(
 
 
 @pytest.fixture(scope="session")
-def docker_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[DockerEngine]]:
-    """Two running engines, each holding :data:`IMAGE`; stopped and removed at the end of the session."""
-    yield from _engines(tmp_path_factory, 2)
-
-
-@pytest.fixture(scope="session")
 def named_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[DockerEngine]]:
     """Three running engines with host names ``node-1``..``node-3`` and :data:`NODE_LABELS`, each holding
     :data:`IMAGE`. A test that kills one (``tests.support.dockerd.kill_engine``) restarts it before it ends."""
-    names = [f"node-{i + 1}" for i in range(3)]
-    yield from _engines(tmp_path_factory, 3, names, NODE_LABELS)
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    engines: list[DockerEngine] = []
+    try:
+        for i, labels in enumerate(NODE_LABELS):
+            try:
+                engines.append(start_engine(10 + i, hostname=f"node-{i + 1}", labels=labels))
+            except RuntimeError as err:
+                pytest.fail(str(err))
+        tar = busybox_tar(tmp_path_factory.mktemp("image"))
+        for e in engines:
+            e.docker("import", str(tar), IMAGE)
+        yield engines
+    finally:
+        for e in engines:
+            stop_engine(e)

@@ -7,7 +7,9 @@ managed containerd's unix socket lives there) and pid file, ``--iptables=false -
 :data:`IMAGE`, made without a registry: a tar of Debian's static busybox with /bin/sh, /bin/echo, ... linked
 to it, loaded with ``docker import``.
 
-:func:`missing` names what is missing (dockerd, containerd, docker, busybox, root) or returns None.
+:func:`missing` names what is missing (dockerd, containerd, docker, busybox, unshare, docker-registry, root) or
+returns None. :func:`start_registry` starts a registry on loopback for the engines to pull from and push to.
+:func:`kill_engine` / :func:`restart_engine` crash an engine and bring the same one back.
 :func:`stop_engine` kills each engine's whole process group (dockerd and its containerd) and removes its directories.
 """
 
@@ -30,6 +32,7 @@ from pathlib import Path
 import attrs
 
 from tests.support.net import free_port
+from tests.support.procs import terminate
 
 IMAGE = "swarmha-test:busybox"
 _APPLETS = ("sh", "echo", "cat", "sleep", "true", "false", "ls", "env", "head", "seq", "printf")
@@ -46,6 +49,7 @@ class DockerEngine:
     hostname: str | None = None
     #: Its engine labels (``--label k=v``).
     labels: dict[str, str] = attrs.field(factory=dict)
+    insecure_registries: tuple[str, ...] = ()
 
     @property
     def host(self) -> str:
@@ -76,7 +80,7 @@ def docker_cli(
 
 
 def missing() -> str | None:
-    for tool in ("dockerd", "containerd", "docker", "busybox"):
+    for tool in ("dockerd", "containerd", "docker", "busybox", "unshare", "docker-registry"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     if os.geteuid() != 0:
@@ -119,6 +123,7 @@ def start_engine(
     *,
     hostname: str | None = None,
     labels: Mapping[str, str] | None = None,
+    insecure_registries: tuple[str, ...] = (),
 ) -> DockerEngine:
     """Start dockerd ``index`` on a free loopback port; RuntimeError (after cleaning up) if it never answers.
 
@@ -126,17 +131,25 @@ def start_engine(
     ``--tlsverify`` (clients need a certificate signed by that CA) and its node certificate.
     ``hostname``: the engine runs in a UTS namespace of its own (``unshare --uts``) with that host name, so its
     ``/info`` reports it as ``Name`` (what a manager calls the node). ``labels``: engine labels (``--label k=v``).
+    ``insecure_registries``: ``--insecure-registry`` addresses (a plain-HTTP registry on loopback).
     """
     root = Path(tempfile.mkdtemp(prefix=f"shd{index}-", dir="/tmp"))
     port = free_port()
     addr = f"127.0.0.1:{port}"
-    engine = DockerEngine(addr, root, _spawn(root, addr, tls, hostname, labels), tls, hostname, dict(labels or {}))
+    engine = DockerEngine(addr, root, _spawn(root, addr, tls, hostname, labels, insecure_registries), tls, hostname)
+    engine.labels = dict(labels or {})
+    engine.insecure_registries = insecure_registries
     _wait_up(engine)
     return engine
 
 
 def _spawn(
-    root: Path, addr: str, tls: dict[str, Path] | None, hostname: str | None, labels: Mapping[str, str] | None
+    root: Path,
+    addr: str,
+    tls: dict[str, Path] | None,
+    hostname: str | None,
+    labels: Mapping[str, str] | None,
+    insecure_registries: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     # dockerd 20.10 derives its engine ID from a trust key, by default the machine's /etc/docker/key.json: a key
     # of its own per engine gives each engine its own ID, as on separate machines.
@@ -150,6 +163,8 @@ def _spawn(
     ]  # fmt: skip
     for k, v in (labels or {}).items():
         cmd += ["--label", f"{k}={v}"]
+    for registry in insecure_registries:
+        cmd += ["--insecure-registry", registry]
     if hostname is not None:  # a UTS namespace of its own: the host name is the engine's alone
         cmd = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *cmd]
     with open(root / "dockerd.log", "ab") as log:
@@ -171,7 +186,9 @@ def restart_engine(engine: DockerEngine) -> None:
     """Start a killed engine again on the same address, data root, host name and labels; waits until it answers."""
     (engine.root / "pid").unlink(missing_ok=True)
     shutil.rmtree(engine.root / "e", ignore_errors=True)  # run-time state (a /var/run): a rebooted host starts empty
-    engine.proc = _spawn(engine.root, engine.addr, engine.tls, engine.hostname, engine.labels)
+    engine.proc = _spawn(
+        engine.root, engine.addr, engine.tls, engine.hostname, engine.labels, engine.insecure_registries
+    )
     _wait_up(engine)
 
 
@@ -183,6 +200,48 @@ def _wait_up(engine: DockerEngine) -> None:
             log = (root / "dockerd.log").read_text(errors="replace")[-2000:]
             stop_engine(engine)
             raise RuntimeError(f"dockerd did not start: {log}")
+        time.sleep(0.1)
+
+
+@attrs.define
+class Registry:
+    """A Docker registry (Debian's ``docker-registry``) on a loopback port, storage in a temporary directory."""
+
+    addr: str
+    root: Path
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        terminate(self.proc)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_registry() -> Registry:
+    """Start ``docker-registry`` on 127.0.0.1 (a free port, no auth, deletes allowed); RuntimeError if it never
+    answers ``/v2/``."""
+    root = Path(tempfile.mkdtemp(prefix="shreg-", dir="/tmp"))
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n"
+    )
+    with open(root / "registry.log", "wb") as log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    registry = Registry(addr, root, proc)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{addr}/v2/", timeout=1) as r:
+                if r.status == 200:
+                    return registry
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            text = (root / "registry.log").read_text(errors="replace")[-2000:]
+            registry.stop()
+            raise RuntimeError(f"docker-registry did not start: {text}")
         time.sleep(0.1)
 
 

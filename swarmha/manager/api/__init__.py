@@ -1,0 +1,211 @@
+"""The primary's Docker Engine API over the cluster: a module per resource, as Swarm classic's ``api/``.
+
+* :mod:`.containers`: the merged list, placement of ``create``, ``commit``, ``/containers/{id}/...`` routed.
+* :mod:`.images`: pulls, loads and imports on every engine, ``tag``/``rmi`` where the image is, ``build``.
+* :mod:`.networks`, :mod:`.volumes`: merged lists (``node/name``), create on a node, routed by name.
+* :mod:`.system`: ``/version``, ``/system/df``, prunes, ``/events`` with Swarm's engine events.
+
+:class:`PrimaryAPI` routes a request to them. Every answer is the engine's or a Docker-shaped JSON error; a
+route the cluster does not serve answers ``501 {"message": "... is not supported by the cluster manager"}``
+naming it (docs/manager.md lists them, with why). A ``/vX.Y`` prefix outside the versions every engine
+supports is refused with 400, as dockerd does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from swarmha.manager.api._docker import DockerError, check_version, split_version
+from swarmha.manager.api.containers import Containers
+from swarmha.manager.api.images import Images
+from swarmha.manager.api.networks import Networks
+from swarmha.manager.api.system import DEFAULT_API_VERSION, System
+from swarmha.manager.api.volumes import Volumes
+from swarmha.manager.cluster import Cluster
+from swarmha.manager.http import Exchange
+from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable
+
+__all__ = ["DEFAULT_API_VERSION", "PrimaryAPI", "docker_path"]
+
+#: The last path segment of ``/containers/{id}/...`` (a container name never holds a "/"; ``node/name`` does).
+_CONTAINER_ACTIONS = frozenset(
+    [
+        "json",
+        "top",
+        "logs",
+        "changes",
+        "export",
+        "stats",
+        "resize",
+        "start",
+        "stop",
+        "restart",
+        "kill",
+        "update",
+        "rename",
+        "pause",
+        "unpause",
+        "attach",
+        "wait",
+        "archive",
+        "exec",
+    ]
+)
+_IMAGE_ACTIONS = frozenset({"json", "history", "push", "tag", "get"})
+_NETWORK_ACTIONS = frozenset({"connect", "disconnect"})
+#: Swarm-mode and plugin endpoints: the engines of a Swarm-classic cluster are not a swarm-mode cluster.
+_NOT_SERVED = {
+    "swarm": "swarm mode is not part of a Swarm-classic cluster",
+    "services": "swarm mode is not part of a Swarm-classic cluster",
+    "tasks": "swarm mode is not part of a Swarm-classic cluster",
+    "nodes": "swarm mode is not part of a Swarm-classic cluster (docker info lists the nodes)",
+    "secrets": "swarm mode is not part of a Swarm-classic cluster",
+    "configs": "swarm mode is not part of a Swarm-classic cluster",
+    "plugins": "plugins are per engine: manage them on each engine",
+    "session": "BuildKit sessions are not relayed: build with the classic builder (DOCKER_BUILDKIT=0)",
+    "grpc": "BuildKit is not relayed: build with the classic builder (DOCKER_BUILDKIT=0)",
+}
+
+Route = Callable[[Exchange], Awaitable[None]]
+
+
+def docker_path(ex: Exchange) -> tuple[str | None, str]:
+    """The request's API version (None without a prefix) and its path without it."""
+    return split_version(ex.path)
+
+
+def _split(rest: str, actions: frozenset[str]) -> tuple[str, str]:
+    """``id/action`` -> (``id``, ``/action``) when the last segment is a known action, else (``rest``, "")."""
+    head, sep, last = rest.rpartition("/")
+    if sep and head and last in actions:
+        return head, "/" + last
+    if rest.endswith("/attach/ws"):
+        return rest[: -len("/attach/ws")], "/attach/ws"
+    return rest, ""
+
+
+class PrimaryAPI:
+    """Serves Docker API requests for ``cluster`` (see the module docstring)."""
+
+    def __init__(self, cluster: Cluster, info: Callable[[], dict[str, Any]]) -> None:
+        self.cluster = cluster
+        self._info = info
+        self.containers = Containers(cluster)
+        self.images = Images(cluster)
+        self.networks = Networks(cluster)
+        self.volumes = Volumes(cluster)
+        self.system = System(cluster)
+        self._accepted: tuple[str | None, float] = (None, 0.0)  # (version, valid until)
+        s = self.system
+        self._routes: dict[tuple[str, str], Route] = {
+            ("GET", "/_ping"): self.ping,
+            ("HEAD", "/_ping"): self.ping,
+            ("GET", "/info"): self._info_route,
+            ("GET", "/version"): self._version,
+            ("GET", "/events"): s.events,
+            ("GET", "/system/df"): s.df,
+            ("POST", "/containers/prune"): lambda ex: s.prune(ex, "/containers/prune", "ContainersDeleted"),
+            ("POST", "/build/prune"): lambda ex: s.prune(ex, "/build/prune", "CachesDeleted"),
+            ("GET", "/containers/json"): self.containers.listing,
+            ("POST", "/containers/create"): self.containers.create,
+            ("POST", "/commit"): self.containers.commit,
+            ("GET", "/images/json"): self.images.listing,
+            ("POST", "/images/create"): self.images.create,
+            ("POST", "/images/load"): self.images.load,
+            ("GET", "/images/get"): self.images.get,
+            ("POST", "/images/prune"): self.images.prune,
+            ("POST", "/build"): self.images.build,
+            ("GET", "/images/search"): self._any_engine,
+            ("POST", "/auth"): self._any_engine,
+            ("GET", "/networks"): self.networks.listing,
+            ("POST", "/networks/create"): self.networks.create,
+            ("POST", "/networks/prune"): self.networks.prune,
+            ("GET", "/volumes"): self.volumes.listing,
+            ("POST", "/volumes/create"): self.volumes.create,
+            ("POST", "/volumes/prune"): self.volumes.prune,
+        }
+
+    def api_version(self) -> str:
+        return self.system.api_version()
+
+    def ping_headers(self) -> list[tuple[str, str]]:
+        return [
+            ("API-Version", self.api_version()),
+            ("Docker-Experimental", "false"),
+            ("OSType", "linux"),
+            ("Cache-Control", "no-cache, no-store, must-revalidate"),
+        ]
+
+    async def ping(self, ex: Exchange) -> None:
+        await ex.respond(200, b"OK", extra=self.ping_headers())
+
+    def check_version(self, version: str | None) -> None:
+        """DockerError 400 for an API version the engines do not all support (dockerd's wording).
+
+        The last accepted version is remembered for a second (the engines' versions change only on a refresh),
+        so the common request costs one comparison."""
+        if version is None:
+            return
+        now = time.monotonic()
+        if version == self._accepted[0] and now < self._accepted[1]:
+            return
+        check_version(version, self.system.min_api_version(), self.api_version())
+        self._accepted = (version, now + 1.0)
+
+    async def _info_route(self, ex: Exchange) -> None:
+        await self.cluster.recount()
+        await ex.json(200, self._info())
+
+    async def _version(self, ex: Exchange) -> None:
+        await ex.json(200, self.system.version())
+
+    async def _any_engine(self, ex: Exchange) -> None:
+        engines = self.cluster.healthy()
+        if not engines:
+            raise DockerError(500, "swarmha: no healthy node available in the cluster")
+        await self.containers.relay(ex, engines[0])
+
+    async def handle(self, ex: Exchange) -> None:
+        try:
+            version, path = docker_path(ex)
+            self.check_version(version)
+            await self._route(ex, path)
+        except DockerError as e:
+            if not ex.started:
+                await ex.error(e.status, str(e))
+        except (UpstreamUnreachable, UpstreamBroken) as e:
+            if not ex.started:
+                await ex.error(502, f"swarmha: {e}")
+
+    async def _route(self, ex: Exchange, path: str) -> None:
+        method = ex.method
+        route = self._routes.get((method, path))
+        if route is not None:
+            return await route(ex)
+        kind, _, rest = path[1:].partition("/")
+        if rest:
+            if kind == "containers":
+                ident, action = _split(rest, _CONTAINER_ACTIONS)
+                return await self.containers.scoped(ex, ident, action)
+            if kind == "images":
+                ident, action = _split(rest, _IMAGE_ACTIONS)
+                return await self.images.scoped(ex, ident, action)
+            if kind == "networks":
+                ident, action = _split(rest, _NETWORK_ACTIONS)
+                return await self.networks.scoped(ex, ident, action)
+            if kind == "volumes":
+                return await self.volumes.scoped(ex, rest)
+            if kind == "exec":
+                ident = rest.partition("/")[0]
+                engine = await self.cluster.locate("exec", ident)
+                if engine is None:
+                    raise DockerError(404, f"No such exec instance: {ident}")
+                await self.containers.relay(ex, engine)
+                return
+            if kind == "distribution":
+                return await self._any_engine(ex)
+        why = _NOT_SERVED.get(kind)
+        detail = f" ({why})" if why else ""
+        await ex.error(501, f"swarmha: {method} {path} is not supported by the cluster manager{detail}")

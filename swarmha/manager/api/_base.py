@@ -1,0 +1,209 @@
+"""What every resource module of the primary's API shares: the cluster, fan-out to engines, relaying, merging.
+
+Guarantees: :meth:`Base.gather` asks the engines at once and leaves out an engine that does not answer (it
+is reported as None, never raised); :meth:`Base.relay` forwards a request to one engine and turns a failure
+before the answer into ``502`` naming the node; :func:`tee` copies one request body to several engines with
+backpressure (the slowest engine sets the pace; nothing is buffered beyond a few chunks per engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+from urllib.parse import quote
+
+from swarmha.manager.api._docker import DockerError, parse_filters
+from swarmha.manager.cluster import Cluster, Engine
+from swarmha.manager.forward import forward
+from swarmha.manager.http import Exchange
+from swarmha.manager.upstream import Response, UpstreamBroken, UpstreamUnreachable
+
+__all__ = ["Base", "Tee", "local_name"]
+
+#: Seconds a pull, load, import or build on an engine may take in all.
+LONG = 3600.0
+
+
+def local_name(engine: Engine, name: str) -> str:
+    """Swarm's name for a node-local network or volume: ``node/name``."""
+    return f"{engine.name}/{name}"
+
+
+class Base:
+    """The cluster and the helpers the resource modules use (one instance per primary)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    # -- fan-out -------------------------------------------------------------------------------------------
+
+    async def gather(
+        self,
+        method: str,
+        target: str,
+        engines: Iterable[Engine] | None = None,
+        *,
+        body: bytes | None = None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        timeout: float | None = None,
+    ) -> list[tuple[Engine, Response | None]]:
+        """Every engine's (default: every healthy one's) answer to one request; None for one that failed."""
+        chosen = list(self.cluster.healthy() if engines is None else engines)
+        hs = list(headers)
+
+        async def one(e: Engine) -> tuple[Engine, Response | None]:
+            try:
+                return e, await self.cluster.call(e, method, target, body=body, headers=hs, timeout=timeout)
+            except (UpstreamUnreachable, UpstreamBroken):
+                return e, None
+
+        if len(chosen) == 1:
+            return [await one(chosen[0])]
+        return list(await asyncio.gather(*(one(e) for e in chosen)))
+
+    async def gather_json(self, target: str, engines: Iterable[Engine] | None = None) -> list[tuple[Engine, Any]]:
+        """(engine, parsed body) for every engine that answered ``GET target`` with 200 and JSON."""
+        out = []
+        for e, r in await self.gather("GET", target, engines):
+            if r is not None and r.status == 200:
+                with contextlib.suppress(ValueError):
+                    out.append((e, r.json()))
+        return out
+
+    def engines_for(self, filters: dict[str, list[str]]) -> list[Engine]:
+        """The healthy engines a ``node`` filter selects (names or addresses; all without one)."""
+        nodes = filters.get("node")
+        engines = self.cluster.healthy()
+        if not nodes:
+            return engines
+        return [e for e in engines if e.name in nodes or e.addr in nodes]
+
+    def split_node(self, name: str) -> tuple[Engine | None, str]:
+        """``node/name`` -> (that engine, ``name``) when ``node`` is an engine's name; else (None, ``name``)."""
+        node, sep, rest = name.partition("/")
+        if sep and rest:
+            e = self.cluster.engine_named(node)
+            if e is not None:
+                return e, rest
+        return None, name
+
+    def pinned_engines(self, filters: dict[str, list[str]], pinned: str) -> list[Engine]:
+        """The engines a request's ``filters`` select, with ``filters`` made fit to send to them: the ``node``
+        filter (the manager's own) is removed, and each ``pinned`` value written ``node/name`` narrows the
+        engines to that node and is sent as ``name``."""
+        engines = self.engines_for(filters)
+        filters.pop("node", None)
+        values = []
+        for value in filters.get(pinned, []):
+            e, name = self.split_node(value)
+            if e is not None:
+                engines = [x for x in engines if x is e]
+            values.append(name)
+        if values:
+            filters[pinned] = values
+        return engines
+
+    def filters(self, ex: Exchange) -> dict[str, list[str]]:
+        return parse_filters(ex.arg("filters"))
+
+    # -- one engine ----------------------------------------------------------------------------------------
+
+    async def relay(self, ex: Exchange, e: Engine, target: str | None = None, body: bytes | None = None) -> int:
+        """Forward ``ex`` to ``e`` (streams and hijacking included); returns the engine's status (0: failed)."""
+        status: list[int] = []
+
+        def on_head(code: int, headers: list[tuple[bytes, bytes]]) -> None:
+            status.append(code)
+
+        try:
+            await forward(ex, e.upstream, pool=self.cluster.pool, target=target, body=body, on_head=on_head)
+        except (UpstreamUnreachable, UpstreamBroken) as err:
+            if not ex.started:
+                await ex.error(502, f"swarmha: node {e.name} ({e.addr}) failed: {err}")
+            return 0
+        return status[0] if status else 0
+
+    async def call(self, e: Engine, method: str, target: str, **kw: Any) -> Response:
+        """One request to ``e``; a failure is DockerError 502 naming the node."""
+        try:
+            return await self.cluster.call(e, method, target, **kw)
+        except (UpstreamUnreachable, UpstreamBroken) as err:
+            raise DockerError(502, f"swarmha: node {e.name} ({e.addr}) failed: {err}") from err
+
+    async def find(self, kind: str, ident: str, engines: Iterable[Engine] | None = None) -> list[Engine]:
+        """The engines on which ``GET /{kind}/{ident}`` (networks, volumes) or ``/{kind}/{ident}/json`` (images)
+        answers 200, in engine order."""
+        suffix = "/json" if kind in ("images", "containers") else ""
+        target = f"/{kind}/{quote(ident, safe='/:@')}{suffix}"
+        return [e for e, r in await self.gather("GET", target, engines) if r is not None and r.status == 200]
+
+    async def respond(self, ex: Exchange, r: Response) -> None:
+        """Relay a whole engine answer as it came (status, content type, body)."""
+        await ex.respond(r.status, r.body, r.header("content-type", "application/json"))
+
+
+async def respond_json(ex: Exchange, status: int, obj: Any) -> None:
+    await ex.respond(status, json.dumps(obj).encode() + b"\n", "application/json")
+
+
+class Tee:
+    """One request body read once and copied to ``n`` engines at the pace of the slowest (bounded queues).
+
+    ``branch(i)`` is engine ``i``'s copy; ``close(i)`` drops it (its engine failed) so it never blocks the
+    others. The source is read only once some branch is read.
+    """
+
+    def __init__(self, source: AsyncIterator[bytes], n: int, depth: int = 4) -> None:
+        self._source = source
+        self._queues: list[asyncio.Queue[bytes | None]] = [asyncio.Queue(depth) for _ in range(n)]
+        self._closed = [False] * n
+        self._task: asyncio.Task[None] | None = None
+
+    async def _pump(self) -> None:
+        try:
+            async for chunk in self._source:
+                for i, q in enumerate(self._queues):
+                    if not self._closed[i]:
+                        await q.put(chunk)
+        finally:
+            for i, q in enumerate(self._queues):
+                if not self._closed[i]:
+                    await q.put(None)
+
+    def close(self, i: int) -> None:
+        self._closed[i] = True
+        q = self._queues[i]
+        while not q.empty():  # free a pump waiting on this queue
+            q.get_nowait()
+
+    async def branch(self, i: int) -> AsyncIterator[bytes]:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._pump())
+        q = self._queues[i]
+        try:
+            while (chunk := await q.get()) is not None:
+                yield chunk
+        finally:
+            self.close(i)
+
+    async def finish(self) -> None:
+        """Wait for the source to be read whole (the request must be read before the response ends)."""
+        for i in range(len(self._queues)):
+            self.close(i)
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+
+
+def engine_error_message(e: Engine, r: Response | None) -> str:
+    """What an engine said in its Docker error body (or that it did not answer), prefixed with its name."""
+    if r is None:
+        return f"{e.name}: no answer"
+    try:
+        msg = r.json().get("message")
+    except (ValueError, AttributeError):
+        msg = None
+    return f"{e.name}: {msg or r.body[:200].decode(errors='replace') or r.status}"

@@ -1,0 +1,291 @@
+"""Containers over the cluster: the merged list, placement of ``create`` (pulling a missing image there first),
+``commit``, prune, and everything under ``/containers/{id}`` routed to the engine that has the container.
+
+* ``GET /containers/json``: every healthy engine at once (``filters`` ``node=`` chooses the engines,
+  ``network=node/name`` the engine and the network); names carry the node (``/node/name``), each item carries
+  Swarm's ``Node`` object; ``limit`` (``ps -n``, ``-l``) applies to the merged list, newest first.
+* ``POST /containers/create``: the networks (``NetworkMode``, ``NetworkingConfig``) and named volumes
+  (``Binds``, ``Mounts``) it uses pin it to the node that has them (``constraint:node==`` in ``Env``, which
+  :meth:`Cluster.place` honours); ``node/name`` references are sent to the engine as ``name``. When the
+  chosen engine lacks the image, it pulls it (``X-Registry-Auth`` passed along) and the create is retried.
+* ``GET /containers/{id}/json`` carries ``Node``; the rest of ``/containers/{id}/...`` is forwarded (streams,
+  hijacked attach/exec included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from swarmha.manager.api._base import Base, respond_json
+from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
+from swarmha.manager.cluster import Engine, NoEngine
+from swarmha.manager.http import Exchange
+from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable, stream
+
+__all__ = ["Containers", "image_reference"]
+
+#: Largest engine answer kept as the last one-engine list (``Containers._last``).
+_LAST_MAX = 1 << 20
+_NAMES_KEY = b'"Names":['
+_PLAIN_NAMES = re.compile(r"[-/\w.]*", re.ASCII)  # Docker's name characters: json.dumps leaves them as they are
+_BUILTIN_NETWORKS = frozenset({"", "default", "bridge", "host", "none"})
+
+
+def _json_names(names: list[Any]) -> bytes:
+    """``json.dumps(names, separators=(",", ":"))`` as bytes; built directly for plain names (the usual case)."""
+    if names and all(isinstance(n, str) and _PLAIN_NAMES.fullmatch(n) for n in names):
+        return b'["' + '","'.join(names).encode() + b'"]'
+    return json.dumps(names, separators=(",", ":")).encode()
+
+
+def _rename_in_place(raw: bytes, renamed: list[Any], node: str, node_json: bytes) -> bytes | None:
+    """An engine's ``/containers/json`` bytes with each ``Names`` array replaced by its renamed one and the
+    ``Node`` object added after it, or None.
+
+    ``renamed`` is the parsed list of ``raw`` after renaming (``/node/name``). Each ``"Names":[...]`` in
+    ``raw`` is replaced only if the occurrences are exactly one per container, in order, and each array's
+    bytes are exactly the compact JSON of the container's original names; anything else (another
+    encoder's escaping, a ``Names`` key elsewhere, a container without names) returns None and the
+    caller re-encodes the whole list. So the result always decodes to ``renamed``.
+    """
+    parts: list[bytes] = []
+    pos = 0
+    prefix = f"/{node}"
+    for item in renamed:
+        names = item.get("Names") if isinstance(item, dict) else None
+        if not isinstance(names, list) or not names:
+            return None
+        start = raw.find(_NAMES_KEY, pos)
+        if start < 0:
+            return None
+        start += len(_NAMES_KEY) - 1  # at the '['
+        end = raw.find(b"]", start) + 1
+        original = [n[len(prefix) :] if isinstance(n, str) else n for n in names]
+        if end <= 0 or raw[start:end] != _json_names(original):
+            return None
+        parts += [raw[pos:start], _json_names(names), b',"Node":', node_json]
+        pos = end
+    if raw.find(_NAMES_KEY, pos) >= 0:
+        return None
+    parts.append(raw[pos:])
+    return b"".join(parts)
+
+
+def image_reference(image: str) -> tuple[str, str]:
+    """``repo[:tag|@digest]`` -> (``fromImage``, ``tag``) for ``POST /images/create`` (no tag: ``latest``)."""
+    if "@" in image:
+        return image, ""
+    repo, sep, tag = image.rpartition(":")
+    if sep and "/" not in tag:
+        return repo, tag
+    return image, "latest"
+
+
+class Containers(Base):
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        #: The last one-engine list answered: (engine, its name, the engine's bytes, the bytes sent, the container
+        #: ids). The answer is a function of the engine's bytes and name: the same bytes are not parsed and
+        #: renamed again (the ownership the parse taught is still recorded).
+        self._last: tuple[Engine, str, bytes, bytes, list[str]] | None = None
+
+    # -- list ----------------------------------------------------------------------------------------------
+
+    async def listing(self, ex: Exchange) -> None:
+        query = ex.query_string
+        engines = None
+        limit = 0
+        if "filters=" in query or "limit=" in query or "last=" in query:
+            filters = self.filters(ex)
+            engines = self.pinned_engines(filters, "network")
+            with contextlib.suppress(ValueError):
+                limit = int(ex.arg("limit") or ex.arg("last") or 0)  # -n N / -l (last=1 in old clients)
+            query = replace_query(query, filters=encode_filters(filters) if filters else None)
+        answers = await self.gather("GET", with_query("/containers/json", query), engines)
+        raws = [(e, r.body) for e, r in answers if r is not None and r.status == 200]
+        if len(raws) == 1:  # one engine: its own bytes, names renamed in place (no re-encoding), when that is exact
+            e, raw = raws[0]
+            last = self._last
+            if last is not None and last[0] is e and last[1] == e.name and last[2] == raw:
+                for ident in last[4]:  # the same answer as last time: the same renamed bytes, the same owners
+                    self.cluster.remember(ident, e)
+                return await ex.respond(200, last[3], "application/json")
+        lists: list[tuple[Engine, Any, bytes]] = []
+        for e, raw in raws:
+            try:
+                lists.append((e, json.loads(raw), raw))
+            except ValueError:
+                continue  # not JSON: left out, like an engine that did not answer
+        out: list[dict[str, Any]] = []
+        for e, items, _raw in lists:
+            node = e.node()
+            for item in items:
+                item["Names"] = [f"/{e.name}{n}" for n in item.get("Names") or []]
+                self.cluster.remember(item["Id"], e)
+                out.append(item)
+                if "Node" not in item:
+                    item["Node"] = node
+        if len(lists) == 1 and not limit:
+            e, items, raw = lists[0]
+            node_json = json.dumps(e.node(), separators=(",", ":")).encode()
+            body = _rename_in_place(raw, items, e.name, node_json)
+            if body is not None:
+                if len(raw) <= _LAST_MAX:
+                    self._last = (e, e.name, raw, body, [item["Id"] for item in items])
+                return await ex.respond(200, body, "application/json")
+        if len(lists) > 1:  # one engine's list is already newest first
+            out.sort(key=lambda i: i.get("Created", 0), reverse=True)
+        if limit > 0:
+            out = out[:limit]
+        await respond_json(ex, 200, out)
+
+    # -- create --------------------------------------------------------------------------------------------
+
+    async def _pin(self, config: dict[str, Any]) -> None:
+        """Add ``constraint:node==`` for the networks and named volumes the container needs (or, needing none, for
+        an image only one node has); rewrite ``node/``
+        references to the engine's own names. DockerError 404 for a ``node/`` that no engine has, 409 when the
+        needs name two different nodes."""
+        hc = config.setdefault("HostConfig", {}) or {}
+        config["HostConfig"] = hc
+        needs: list[tuple[str, Engine]] = []  # (what, the engine that has it)
+
+        async def network(name: str) -> str:
+            if name in _BUILTIN_NETWORKS or name.startswith("container:"):
+                return name
+            e, real = self.split_node(name)
+            if e is None:
+                have = await self.find("networks", name)
+                if len(have) == 1 and len(self.cluster.healthy()) > 1:
+                    needs.append((f"network {name}", have[0]))
+                return name
+            needs.append((f"network {name}", e))
+            return real
+
+        mode = str(hc.get("NetworkMode") or "")
+        if mode:
+            hc["NetworkMode"] = await network(mode)
+        endpoints = (config.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+        if endpoints:
+            config["NetworkingConfig"]["EndpointsConfig"] = {await network(k): v for k, v in endpoints.items()}
+
+        async def volume(name: str) -> str:
+            e, real = self.split_node(name)
+            if e is None:
+                have = await self.find("volumes", name)
+                if len(have) == 1 and len(self.cluster.healthy()) > 1:
+                    needs.append((f"volume {name}", have[0]))
+                return name
+            needs.append((f"volume {name}", e))
+            return real
+
+        binds = []
+        for bind in hc.get("Binds") or []:
+            src, sep, rest = str(bind).partition(":")
+            if sep and src and not src.startswith("/"):
+                src = await volume(src)
+            binds.append(src + sep + rest)
+        if binds:
+            hc["Binds"] = binds
+        for mount in hc.get("Mounts") or []:
+            if isinstance(mount, dict) and mount.get("Type", "volume") == "volume" and mount.get("Source"):
+                mount["Source"] = await volume(str(mount["Source"]))
+        image = str(config.get("Image") or "")
+        chosen = any(str(x).startswith("constraint:") for x in config.get("Env") or [])
+        if image and not needs and not chosen and len(self.cluster.healthy()) > 1:
+            have = await self.find("images", image)
+            if len(have) == 1:  # only one node has it (built or committed there): run it there, not pull it
+                needs.append((f"image {image}", have[0]))
+        nodes = {e.addr: e for _, e in needs}
+        if len(nodes) > 1:
+            where = ", ".join(f"{what} is on {e.name}" for what, e in needs)
+            raise DockerError(409, f"swarmha: unable to find a node that has everything this container uses: {where}")
+        if nodes:
+            (e,) = nodes.values()
+            config["Env"] = [*(config.get("Env") or []), f"constraint:node=={e.name}"]
+
+    async def create(self, ex: Exchange) -> None:
+        config = json_object(await ex.body(), "container config")
+        await self._pin(config)
+        try:
+            engine, env = self.cluster.place(config, reserve=True)  # pending (ports, slot) until created or not
+        except NoEngine as e:
+            raise DockerError(500, f"swarmha: {e}") from e
+        config["Env"] = env
+        query = ex.query_string
+        target = with_query("/containers/create", query)
+        body = json.dumps(config).encode()
+        headers = [(b"content-type", b"application/json")]
+        try:
+            r = await self.call(engine, "POST", target, body=body, headers=headers)
+            if r.status == 404 and b"No such image" in r.body and config.get("Image"):
+                await self._pull(ex, engine, str(config["Image"]))
+                r = await self.call(engine, "POST", target, body=body, headers=headers)
+        finally:
+            self.cluster.unplace(config)
+        if r.status == 201:
+            with contextlib.suppress(ValueError, KeyError):
+                self.cluster.placed(engine, r.json()["Id"], config, name=ex.arg("name") or "")
+        await self.respond(ex, r)
+
+    async def _pull(self, ex: Exchange, engine: Engine, image: str) -> None:
+        """Pull ``image`` on ``engine`` (as Swarm did before creating there); DockerError when it fails."""
+        name, tag = image_reference(image)
+        query = f"fromImage={quote(name, safe='')}" + (f"&tag={quote(tag, safe='')}" if tag else "")
+        auth = ex.header("x-registry-auth")
+        headers = [(b"x-registry-auth", auth.encode("latin-1"))] if auth else []
+        try:
+            async with stream(engine.upstream, "POST", f"/images/create?{query}", body=b"", headers=headers) as r:
+                if r.status != 200:
+                    raise DockerError(r.status, f"{engine.name}: {(await r.read(1 << 16)).decode(errors='replace')}")
+                async for line in r.lines():
+                    with contextlib.suppress(ValueError, AttributeError):
+                        msg = json.loads(line)
+                        if msg.get("error"):
+                            raise DockerError(404, f"swarmha: pulling {image} on {engine.name}: {msg['error']}")
+        except (UpstreamUnreachable, UpstreamBroken, OSError) as e:
+            raise DockerError(502, f"swarmha: pulling {image} on {engine.name} failed: {e}") from e
+
+    # -- commit, prune, the container's own endpoints ---------------------------------------------------------
+
+    async def commit(self, ex: Exchange) -> None:
+        ident = ex.arg("container")
+        engine, real = await self.owner(ident)
+        parts = urlsplit(ex.target)
+        target = with_query(parts.path, replace_query(parts.query, container=real))
+        await self.relay(ex, engine, target)
+
+    async def owner(self, ident: str) -> tuple[Engine, str]:
+        """The engine that has container ``ident`` (an id, unique id prefix, name or ``node/name``) and its name
+        there; DockerError 404 when none has it."""
+        engine, real = self.split_node(ident) if "/" in ident.strip("/") else (None, ident)
+        if engine is None:
+            engine = await self.cluster.locate("containers", ident)
+        if engine is None:
+            raise DockerError(404, f"No such container: {ident}")
+        return engine, real
+
+    async def scoped(self, ex: Exchange, ident: str, action: str) -> None:
+        engine, real = await self.owner(ident)
+        target = ex.target
+        if real != ident:
+            parts = urlsplit(ex.target)
+            path = parts.path.replace(f"/containers/{ident}", f"/containers/{quote(real)}", 1)
+            target = with_query(path, parts.query)
+        if action == "/json" and ex.method == "GET":
+            r = await self.call(engine, "GET", target)
+            if r.status == 200:
+                with contextlib.suppress(ValueError, AttributeError):
+                    info = r.json()
+                    info["Node"] = engine.node()
+                    return await respond_json(ex, 200, info)
+            return await self.respond(ex, r)
+        status = await self.relay(ex, engine, target)
+        if ex.method == "DELETE" and not action and 200 <= status < 300:
+            self.cluster.forget(ident)
+        elif ex.method == "POST" and action == "/start" and 200 <= status < 300:
+            self.cluster.started(ident)  # the scheduler's view: running now (rescheduling starts it again)

@@ -1,0 +1,121 @@
+"""Networks over the cluster, as Swarm classic served them.
+
+* ``GET /networks``: merged; a local-scope network is named ``node/name`` (one per engine: ``node-1/bridge``,
+  ``node-2/bridge``), a swarm- or global-scope one (the same id on several engines) is listed once.
+  ``filters``: ``node=`` chooses the engines, ``name=node/x`` the engine and the name; the rest is the
+  engines' own (``type=``, ``driver=``, ``label=``, ``id=``, ``scope=``).
+* ``POST /networks/create``: on the node a ``node/name`` names (created as ``name``), else on a node
+  :meth:`Cluster.place` chooses; a Compose project's network goes where the project already lives (its
+  other networks or volumes, ``com.docker.compose.project``), so its containers can have both.
+* ``GET``/``DELETE /networks/{id}``: ``node/name``, or the first engine (in node order) that has it.
+* ``POST /networks/{id}/connect|disconnect``: to the engine that has the container (``Container`` may be
+  ``node/name``).
+* ``POST /networks/prune``: on every engine, merged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from swarmha.manager.api._base import Base, local_name, respond_json
+from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
+from swarmha.manager.api.images import merge_prune
+from swarmha.manager.cluster import Engine, NoEngine
+from swarmha.manager.http import Exchange
+
+__all__ = ["COMPOSE_PROJECT", "Networks", "place_named"]
+
+COMPOSE_PROJECT = "com.docker.compose.project"
+
+
+async def place_named(api: Base, labels: dict[str, Any]) -> Engine:
+    """The engine for a new network or volume without a node: where its Compose project already has a network
+    or volume, else the one :meth:`Cluster.place` chooses. DockerError 500 when no engine fits."""
+    project = labels.get(COMPOSE_PROJECT) if isinstance(labels, dict) else None
+    if project:
+        label = encode_filters({"label": [f"{COMPOSE_PROJECT}={project}"]})
+        for kind in ("volumes", "networks"):
+            for e, found in await api.gather_json(f"/{kind}?filters={quote(label)}"):
+                items = found.get("Volumes") if isinstance(found, dict) else found
+                if items:
+                    return e
+    try:
+        engine, _ = api.cluster.place({})
+    except NoEngine as e:
+        raise DockerError(500, f"swarmha: {e}") from e
+    return engine
+
+
+class Networks(Base):
+    async def listing(self, ex: Exchange) -> None:
+        filters = self.filters(ex)
+        engines = self.pinned_engines(filters, "name")
+        query = replace_query(ex.query_string, filters=encode_filters(filters) if filters else None)
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for e, items in await self.gather_json(with_query("/networks", query), engines):
+            for item in items if isinstance(items, list) else []:
+                if item.get("Scope", "local") == "local":
+                    item["Name"] = local_name(e, str(item.get("Name", "")))
+                elif item.get("Id") in seen:
+                    continue
+                seen.add(str(item.get("Id", "")))
+                out.append(item)
+        await respond_json(ex, 200, out)
+
+    async def owner(self, ident: str) -> tuple[Engine, str]:
+        e, real = self.split_node(ident)
+        if e is not None:
+            return e, real
+        have = await self.find("networks", ident)
+        if not have:
+            raise DockerError(404, f"network {ident} not found")
+        return have[0], ident
+
+    async def create(self, ex: Exchange) -> None:
+        config = json_object(await ex.body(), "network config")
+        name = str(config.get("Name") or "")
+        if not name:
+            raise DockerError(400, "swarmha: a network needs a Name")
+        e, real = self.split_node(name)
+        if e is None:
+            e = await place_named(self, config.get("Labels") or {})
+        config["Name"] = real
+        r = await self.call(e, "POST", "/networks/create", body=json.dumps(config).encode(),
+                            headers=[(b"content-type", b"application/json")])  # fmt: skip
+        await self.respond(ex, r)
+
+    async def scoped(self, ex: Exchange, ident: str, action: str) -> None:
+        engine, real = await self.owner(ident)
+        target = f"/networks/{quote(real, safe='')}{action}"
+        if action in ("/connect", "/disconnect"):
+            config = json_object(await ex.body(), "request")
+            container = str(config.get("Container") or "")
+            owner, name = await self._container(container)
+            if owner is not engine and owner.addr != engine.addr:
+                raise DockerError(
+                    409, f"swarmha: container {container} is on {owner.name}, network {ident} on {engine.name}"
+                )
+            config["Container"] = name
+            r = await self.call(engine, "POST", target, body=json.dumps(config).encode(),
+                                headers=[(b"content-type", b"application/json")])  # fmt: skip
+            return await self.respond(ex, r)
+        await self.relay(ex, engine, with_query(target, ex.query_string))
+
+    async def _container(self, ident: str) -> tuple[Engine, str]:
+        e, real = self.split_node(ident)
+        if e is None:
+            e = await self.cluster.locate("containers", ident)
+        if e is None:
+            raise DockerError(404, f"No such container: {ident}")
+        return e, real
+
+    async def prune(self, ex: Exchange) -> None:
+        answers = [
+            r.json()
+            for _e, r in await self.gather("POST", with_query("/networks/prune", ex.query_string), timeout=120)
+            if r is not None and r.status == 200
+        ]
+        await respond_json(ex, 200, merge_prune(answers, "NetworksDeleted"))

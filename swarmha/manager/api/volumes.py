@@ -1,0 +1,75 @@
+"""Volumes over the cluster, as Swarm classic served them.
+
+* ``GET /volumes``: merged; a local volume is named ``node/name``; ``filters`` ``node=`` chooses the engines
+  (the rest is the engines' own: ``name=``, ``label=``, ``driver=``, ``dangling=``).
+* ``POST /volumes/create``: on the node a ``node/name`` names, else where its Compose project already lives,
+  else where :meth:`Cluster.place` chooses. ``GET``/``DELETE /volumes/{name}``: ``node/name``, or the first
+  engine (node order) that has it. ``POST /volumes/prune``: on every engine, merged.
+* ``docker run -v name:/path`` is placed where ``name`` is (:mod:`swarmha.manager.api.containers`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from swarmha.manager.api._base import Base, local_name, respond_json
+from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
+from swarmha.manager.api.images import merge_prune
+from swarmha.manager.api.networks import place_named
+from swarmha.manager.cluster import Engine
+from swarmha.manager.http import Exchange
+
+__all__ = ["Volumes"]
+
+
+class Volumes(Base):
+    async def listing(self, ex: Exchange) -> None:
+        filters = self.filters(ex)
+        engines = self.engines_for(filters)
+        filters.pop("node", None)
+        query = replace_query(ex.query_string, filters=encode_filters(filters) if filters else None)
+        volumes: list[dict[str, Any]] = []
+        warnings: list[str] = []
+        for e, found in await self.gather_json(with_query("/volumes", query), engines):
+            if not isinstance(found, dict):
+                continue
+            for v in found.get("Volumes") or []:
+                if v.get("Scope", "local") == "local":
+                    v["Name"] = local_name(e, str(v.get("Name", "")))
+                volumes.append(v)
+            warnings += [f"{e.name}: {w}" for w in found.get("Warnings") or []]
+        await respond_json(ex, 200, {"Volumes": volumes, "Warnings": warnings or None})
+
+    async def owner(self, ident: str) -> tuple[Engine, str]:
+        e, real = self.split_node(ident)
+        if e is not None:
+            return e, real
+        have = await self.find("volumes", ident)
+        if not have:
+            raise DockerError(404, f"get {ident}: no such volume")
+        return have[0], ident
+
+    async def create(self, ex: Exchange) -> None:
+        config = json_object(await ex.body(), "volume config")
+        name = str(config.get("Name") or "")
+        e, real = self.split_node(name) if name else (None, name)
+        if e is None:
+            e = await place_named(self, config.get("Labels") or {})
+        config["Name"] = real
+        r = await self.call(e, "POST", "/volumes/create", body=json.dumps(config).encode(),
+                            headers=[(b"content-type", b"application/json")])  # fmt: skip
+        await self.respond(ex, r)
+
+    async def scoped(self, ex: Exchange, ident: str) -> None:
+        engine, real = await self.owner(ident)
+        await self.relay(ex, engine, with_query(f"/volumes/{quote(real, safe='')}", ex.query_string))
+
+    async def prune(self, ex: Exchange) -> None:
+        answers = [
+            r.json()
+            for _e, r in await self.gather("POST", with_query("/volumes/prune", ex.query_string), timeout=120)
+            if r is not None and r.status == 200
+        ]
+        await respond_json(ex, 200, merge_prune(answers, "VolumesDeleted"))

@@ -1,0 +1,209 @@
+"""One client connection: the socket, the bytes received and not parsed yet, and h11 while it is in use.
+
+Which parser reads the next request head is the connection's :class:`~swarmha.manager.http.parsers.Parser`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import TYPE_CHECKING, Any
+
+import h11
+
+from swarmha.manager.http._exchange import (
+    IDLE_TIMEOUT,
+    READ_SIZE,
+    BadRequest,
+    BodyBudget,
+    ClientGone,
+    ErrorBody,
+    _Head,
+    plain_error,
+)
+
+if TYPE_CHECKING:
+    from swarmha.manager.http.parsers import Parser
+
+__all__ = ["_Conn"]
+
+
+class _Conn:
+    """One client connection: the socket, the bytes received and not parsed yet, and h11 while it is in use.
+
+    Between requests the received bytes wait in :attr:`buf`. A request head that llhttp accepts
+    (:func:`_parse_fast`) is taken from there and its body (Content-Length) too. Any other request is parsed
+    by an h11 state machine that gets the buffer and every byte received after it until that exchange ends;
+    then what h11 holds past the request goes back to the buffer.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        budget: BodyBudget,
+        parser: Parser,
+        error_body: ErrorBody = plain_error,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.budget = budget
+        self.parser = parser
+        self.error_body = error_body
+        #: Received bytes not parsed yet (while h11 does not parse: see :attr:`h11_parses`).
+        self.buf = b""
+        self._scanned = 0  # bytes of buf searched for the end of an incomplete head (less 3)
+        #: The h11 state of the current exchange: the one parsing it, or the one framing its response; or None.
+        self.h11: h11.Connection | None = None
+        #: h11 parses the current request (received bytes go to it, not to :attr:`buf`).
+        self.h11_parses = False
+        self.switched = False
+        #: The last response was framed without h11 (Exchange.complete's fast path): start a new h11 state.
+        self.fast_cycle = False
+        self.eof = False
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._reading: asyncio.Lock = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._idle_until = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._waiting = False  # waiting for the next request (the idle timer may close the connection)
+        #: The connection was closed for staying idle too long between requests.
+        self.idle_expired = False
+
+    async def _read(self) -> None:
+        """Read once: into :attr:`buf`, or fed to h11 while it parses (b"" at the end of the stream)."""
+        async with self._reading:
+            if self.eof:
+                return
+            try:
+                data = await self.reader.read(READ_SIZE)
+            except (ConnectionError, ssl.SSLError, OSError):
+                data = b""
+            if not data:
+                self.eof = True
+            h = self.h11
+            if not self.h11_parses or h is None:
+                if data:
+                    self.buf = self.buf + data if self.buf else data
+                return
+            if data and data[0] in b"\r\n" and h.their_state is h11.IDLE and not h.trailing_data[0]:
+                # empty lines before a request line are ignored (RFC 9112 §2.2); h11 would reject them
+                data = data.lstrip(b"\r\n")
+                if not data:
+                    return
+            h.receive_data(data)
+
+    async def _read_idle(self) -> bool:
+        """:meth:`_read` between requests; False when the client stayed idle for :data:`IDLE_TIMEOUT` seconds.
+
+        One timer per connection, re-armed only when it fires before the newest deadline (no timer object
+        per request): when it fires while the connection is still waiting for a request and the deadline
+        has passed, the connection is closed, which ends the read.
+        """
+        loop = self._loop
+        self._idle_until = loop.time() + IDLE_TIMEOUT
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_at(self._idle_until, self._idle_check)
+        self._waiting = True
+        try:
+            await self._read()
+        finally:
+            self._waiting = False
+        return not self.idle_expired
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if not self._waiting:
+            return  # inside an exchange: the next wait for a request arms a new timer
+        loop = self._loop
+        if loop.time() < self._idle_until:
+            self._idle_timer = loop.call_at(self._idle_until, self._idle_check)
+            return
+        self.idle_expired = True
+        self.writer.close()  # the pending read ends with EOF
+
+    async def linger(self, limit: int = 256 * 1024, timeout: float = 1.0) -> None:
+        """Half-close, then discard what the client still sends (at most ``limit`` bytes or ``timeout`` seconds).
+
+        After an answer to a request whose body was left unread (413), closing at once would make the kernel
+        answer the client's next bytes with a reset, which can destroy the answer before the client reads it
+        (Go's net/http and nginx linger the same way).
+        """
+        with contextlib.suppress(Exception):
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            async with asyncio.timeout(timeout):
+                got = len(self.buf)
+                while got < limit and not self.eof:
+                    data = await self.reader.read(READ_SIZE)
+                    if not data:
+                        break
+                    got += len(data)
+
+    def close(self) -> None:
+        """Close the connection and stop its idle timer."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self.writer.close()
+
+    async def next_event(self) -> Any:
+        """The next h11 event, reading as needed; BadRequest for what h11 rejects, ClientGone at a cut."""
+        h = self.h11
+        assert h is not None
+        while True:
+            try:
+                event = h.next_event()
+            except h11.RemoteProtocolError as e:
+                if self.eof:
+                    raise ClientGone(f"client closed the connection inside a request: {e}") from e
+                raise BadRequest(str(e) or "malformed request") from e
+            if event is not h11.NEED_DATA:
+                return event
+            await self._read()
+
+    async def read_request(self) -> tuple[_Head, int | None] | None:
+        """The next request head and, when llhttp parsed it, its body length (None: h11 parses this request);
+        None when the client closed (or stayed idle too long) between requests. The connection's parser reads it."""
+        return await self.parser.read_request(self)
+
+    async def wait_closed_by_peer(self) -> None:
+        while not self.eof:
+            await self._read()
+        # the EOF is left for the next request read to notice
+
+    def next_cycle(self) -> bool:
+        """Get ready for the next request on a keep-alive connection; False when the connection must close.
+
+        A response that h11 framed: h11 decides (both sides DONE, not MUST_CLOSE). A fast-path response is
+        only sent for a keep-alive HTTP/1.1 request read whole (see :meth:`Exchange.complete`). If h11 parsed
+        the request, the bytes it holds past the request go back to :attr:`buf`, where the next request is
+        read from (by llhttp, or by a fresh h11 state: as after ``start_next_cycle``).
+        """
+        h, self.h11 = self.h11, None
+        fast_cycle, self.fast_cycle = self.fast_cycle, False
+        h11_parsed, self.h11_parses = self.h11_parses, False
+        if self.switched:
+            return False
+        if h is None:  # llhttp parsed the request, the fast path framed the response
+            return True
+        if h.their_state is not h11.DONE or (not fast_cycle and h.our_state is not h11.DONE):
+            return False  # closing (MUST_CLOSE), or the exchange did not finish
+        if h11_parsed:
+            early, closed = h.trailing_data
+            self.buf = bytes(early)
+            if closed:
+                self.eof = True
+        return True
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            self.writer.write(data)
+            if self.writer.transport.get_write_buffer_size() or self.writer.transport.is_closing():
+                await self.writer.drain()  # the kernel did not take it all (or the connection is closing): wait
+        except (ConnectionError, ssl.SSLError, OSError, RuntimeError) as e:
+            raise ClientGone(str(e) or type(e).__name__) from e

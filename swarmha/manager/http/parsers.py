@@ -1,0 +1,184 @@
+"""The two ways a request head is read, one class each (as uvicorn's ``h11_impl`` / ``httptools_impl``).
+
+* :class:`H11Parser`: h11 parses every request (head, body, framing).
+* :class:`LlhttpFirstParser`: a complete head in the buffer is first given to llhttp (httptools, the extra
+  ``swarmha[fast]``) and taken from there only when it is of the common kind (:func:`_parse_fast`); every
+  other request is left to :class:`H11Parser`, so the verdicts are h11's (``tests/test_manager_parse.py``).
+
+:data:`DEFAULT` is what a :class:`~swarmha.manager.http.Server` uses unless given one: llhttp first when
+httptools is installed, else h11 alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import h11
+
+try:  # llhttp (Node.js's parser) through httptools: the fast path for the common request head, see _parse_fast
+    import httptools
+except ImportError:  # pragma: no cover - the extra swarmha[fast] is not installed: h11 parses every request
+    httptools = None  # type: ignore[assignment]
+
+from swarmha.manager.http._conn import _Conn
+from swarmha.manager.http._exchange import _TOKEN, HEAD_TIMEOUT, MAX_HEAD, BadRequest, _Head
+
+__all__ = ["DEFAULT", "H11Parser", "LlhttpFirstParser", "Parser"]
+
+#: A request head still incomplete once this many bytes arrived is read by h11 (incrementally) instead.
+FAST_HEAD_MAX = 8 * 1024
+# h11's request-line grammar (h11._abnf: method = token, request-target = vchar+, HTTP-version), restricted to
+# HTTP/1.0 and 1.1: llhttp is laxer here (it accepts "GET  / HTTP/1.1" and versions 0.9 and 2.0)
+_REQUEST_LINE = re.compile(rb"(%b) ([\x21-\x7e]+) HTTP/(1\.[01])\r\n" % _TOKEN)
+# request headers for which h11 parses the request (its body framing, hijacking and Host rules are h11's)
+_H11_PARSES = frozenset({b"transfer-encoding", b"upgrade"})
+
+
+class _Collect(list[tuple[bytes, bytes]]):
+    """httptools' callback object: collects the header lines and notes the end of the head."""
+
+    complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.append((name, value.rstrip(b" \t")))  # llhttp strips the leading OWS only; h11 strips both
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+def _parse_fast(head: bytes) -> tuple[_Head, int] | None:
+    """``head`` (bytes up to and including its empty line) parsed by llhttp: (head, Content-Length), or None.
+
+    None means "let h11 parse this request" (it then answers 400 or serves it exactly as before): whatever llhttp
+    rejects (h11 is the judge: it accepts some of it, like a repeated identical Content-Length or obsolete line
+    folding), a request line outside h11's grammar or other than HTTP/1.0 and 1.1, a Transfer-Encoding or Upgrade
+    header (chunked bodies and hijacking are h11's), and a Host header missing on HTTP/1.1 or repeated (h11's
+    400). So every head accepted here is one that h11 accepts with the same method, target, version, headers and
+    body length (``tests/test_manager_http.py`` checks this on generated heads). llhttp rejects a non-numeric,
+    overflowing or repeated Content-Length, bad header names, CR, LF or other control characters in values.
+    """
+    line = _REQUEST_LINE.match(head)
+    if line is None:
+        return None
+    headers = _Collect()
+    try:
+        httptools.HttpRequestParser(headers).feed_data(head)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None
+    if not headers.complete:
+        return None
+    hosts = 0
+    length = 0
+    for name, value in headers:
+        key = name.lower()
+        if key == b"host":
+            hosts += 1
+        elif key == b"content-length":  # llhttp checked: digits only, no overflow, not repeated
+            length = int(value)
+        elif key in _H11_PARSES:
+            return None
+    version = line.group(3)
+    if hosts > 1 or (hosts == 0 and version == b"1.1"):
+        return None
+    return _Head(line.group(1), line.group(2), version, headers), length
+
+
+class H11Parser:
+    """h11 parses every request."""
+
+    name = "h11"
+
+    async def read_request(self, conn: _Conn) -> tuple[_Head, int | None] | None:
+        """The next request, parsed by a fresh h11 state that then owns the connection's bytes until the
+        exchange ends; None when the client closed (or stayed idle too long) between requests."""
+        h = conn.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        conn.h11_parses = True
+        buf, conn.buf = conn.buf.lstrip(b"\r\n"), b""
+        if buf:
+            h.receive_data(buf)
+        if conn.eof:
+            h.receive_data(b"")
+        try:
+            event = h.next_event()
+            if event is h11.NEED_DATA:
+                while event is h11.NEED_DATA and not h.trailing_data[0]:  # idle: nothing of a request yet
+                    if not await conn._read_idle():
+                        return None
+                    event = h.next_event()
+                if event is h11.NEED_DATA:  # a head has begun: HEAD_TIMEOUT from here
+                    try:
+                        async with asyncio.timeout(HEAD_TIMEOUT):
+                            while event is h11.NEED_DATA:
+                                await conn._read()
+                                event = h.next_event()
+                    except TimeoutError:
+                        raise BadRequest("request head not received in time") from None
+        except h11.RemoteProtocolError as e:
+            raise BadRequest(str(e) or "malformed request") from e
+        if type(event) is h11.Request:
+            return _Head(event.method, event.target, event.http_version, event.headers.raw_items()), None
+        return None  # ConnectionClosed
+
+
+#: What a connection needs of a parser (both classes are one).
+Parser = H11Parser
+
+
+class LlhttpFirstParser(H11Parser):
+    """llhttp reads the common request head from the buffer; h11 (:class:`H11Parser`) everything else."""
+
+    name = "llhttp"
+
+    async def read_request(self, conn: _Conn) -> tuple[_Head, int | None] | None:
+        """The next request: (head, its Content-Length) when llhttp took it from the buffer, else h11's parse."""
+        got = self._fast_head(conn)
+        while got is None and not conn.buf:  # idle: nothing of a request yet
+            if not await conn._read_idle():
+                return None
+            got = self._fast_head(conn)
+        if got is None:  # a head has begun: HEAD_TIMEOUT from here
+            try:
+                async with asyncio.timeout(HEAD_TIMEOUT):
+                    while got is None:
+                        await conn._read()
+                        got = self._fast_head(conn)
+            except TimeoutError:
+                raise BadRequest("request head not received in time") from None
+        if got is True:
+            return None
+        if got is not False:
+            head, length = got
+            return head, length
+        return await super().read_request(conn)
+
+    def _fast_head(self, conn: _Conn) -> tuple[_Head, int] | bool | None:
+        """A request head from :attr:`buf` for :func:`_parse_fast`: (head, length) taken from the buffer; None:
+        more bytes are needed; True: the client closed between requests; False: h11 is to parse this request."""
+        buf = conn.buf
+        if buf and buf[0] in b"\r\n":  # empty lines before a request line are ignored (RFC 9112 §2.2)
+            buf = conn.buf = buf.lstrip(b"\r\n")
+            conn._scanned = 0
+        if not buf:
+            return True if conn.eof else None
+        start = conn._scanned  # searched already, less what a pattern may straddle
+        end = buf.find(b"\r\n\r\n", start)
+        if end < 0:
+            # not complete yet, unless the client closed, it is large (h11 reads a head that comes in pieces
+            # past FAST_HEAD_MAX incrementally), or its lines end in a bare LF (h11's)
+            if conn.eof or len(buf) > FAST_HEAD_MAX or buf.find(b"\n\n", start) >= 0 or buf.find(b"\n\r\n", start) >= 0:
+                conn._scanned = 0
+                return False
+            conn._scanned = max(0, len(buf) - 3)
+            return None
+        conn._scanned = 0
+        end += 4
+        parsed = _parse_fast(buf[:end]) if end <= MAX_HEAD else None
+        if parsed is None:
+            return False
+        conn.buf = buf[end:]
+        return parsed
+
+
+#: The parser a server uses unless given one.
+DEFAULT: H11Parser = LlhttpFirstParser() if httptools is not None else H11Parser()

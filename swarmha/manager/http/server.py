@@ -1,0 +1,164 @@
+"""The listening side: accept connections, serve their exchanges one by one, close and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+
+from swarmha.manager.http import parsers
+from swarmha.manager.http._conn import _Conn
+from swarmha.manager.http._exchange import (
+    READ_SIZE,
+    BadRequest,
+    BodyBudget,
+    BodyRefused,
+    ClientGone,
+    ErrorBody,
+    Exchange,
+    plain_error,
+)
+from swarmha.manager.tls import HalfCloseTLS
+
+__all__ = ["Handler", "Server"]
+
+log = logging.getLogger("swarmha.manager.http")
+
+Handler = Callable[[Exchange], Awaitable[None]]
+
+
+class Server:
+    """Serve ``handler`` on one listening socket (plain or TLS)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        budget: BodyBudget | None = None,
+        parser: parsers.H11Parser | None = None,
+        error_body: ErrorBody = plain_error,
+    ) -> None:
+        """``error_body`` shapes every error answer (the server's own 400/500 and :meth:`Exchange.error`)."""
+        self._handler = handler
+        self._error_body = error_body
+        #: How request heads are read (:data:`parsers.DEFAULT` unless given).
+        self.parser = parser or parsers.DEFAULT
+        #: The bytes of request bodies this server's exchanges may hold in memory at once.
+        self.budget = budget or BodyBudget()
+        self._servers: list[asyncio.Server] = []
+        self._busy: set[asyncio.Task[None]] = set()  # connections inside an exchange
+        self._idle: set[asyncio.Task[None]] = set()  # connections waiting for the next request
+        self._closing = False
+
+    async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> list[tuple[str, int]]:
+        """Bind and start accepting; returns the bound (host, port) pairs. Raises OSError if it cannot bind.
+
+        TLS is :class:`~swarmha.manager.tls.HalfCloseTLS`, not asyncio's SSL transport: a client's close_notify
+        must end only its own direction of a hijacked connection (the docker CLI sends one when stdin ends).
+        """
+        if ssl_context is None:
+            server = await asyncio.start_server(self._accept, host or None, port, reuse_address=True, limit=READ_SIZE)
+        else:
+
+            def app() -> asyncio.StreamReaderProtocol:
+                return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=READ_SIZE), self._accept)
+
+            server = await asyncio.get_running_loop().create_server(
+                lambda: HalfCloseTLS(ssl_context, app), host or None, port, reuse_address=True
+            )
+        self._servers.append(server)
+        return [s.getsockname()[:2] for s in server.sockets]
+
+    def close(self) -> None:
+        """Stop accepting connections now and close idle keep-alive connections."""
+        self._closing = True
+        for server in self._servers:
+            server.close()
+        for task in list(self._idle):
+            task.cancel()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._busy)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for in-flight exchanges, then cancel the rest."""
+        busy = list(self._busy | self._idle)
+        if busy:
+            _done, pending = await asyncio.wait(busy, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        conn = _Conn(reader, writer, self.budget, self.parser, self._error_body)
+        try:
+            await self._serve(conn, task)
+        except (asyncio.CancelledError, ClientGone):
+            pass
+        except Exception:
+            log.exception("connection from %s failed", conn.peer)
+        finally:
+            self._busy.discard(task)
+            self._idle.discard(task)
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    async def _serve(self, conn: _Conn, task: asyncio.Task[None]) -> None:
+        while not self._closing:
+            self._idle.add(task)
+            try:
+                request = await conn.read_request()
+                exchange = Exchange(conn, *request) if request is not None else None
+            except BadRequest as e:
+                await self._bad_request(conn, str(e))
+                return
+            finally:
+                self._idle.discard(task)
+            if exchange is None:
+                return
+            self._busy.add(task)
+            try:
+                await self._handler(exchange)
+                if not exchange.started:
+                    await exchange.error(500, "swarmha: the handler sent no response")
+            except ClientGone:
+                return
+            except BodyRefused as e:
+                if not exchange.started:
+                    with contextlib.suppress(Exception):
+                        await exchange.error(e.status, str(e))
+                await conn.linger()
+                return
+            except BadRequest as e:
+                if not exchange.started:
+                    await self._bad_request(conn, str(e))
+                return
+            except Exception as e:
+                log.exception("%s %s failed", exchange.method, exchange.target)
+                if not exchange.started:
+                    with contextlib.suppress(Exception):
+                        await exchange.error(500, f"swarmha: internal error: {e}")
+                return
+            finally:
+                self._busy.discard(task)
+                exchange.release()
+            if exchange.body_abandoned:
+                await conn.linger()
+                return
+            if not conn.next_cycle():
+                return  # switched, closing (MUST_CLOSE), or the exchange did not finish
+
+    async def _bad_request(self, conn: _Conn, message: str) -> None:
+        """400 and close (raw bytes: h11 may be in its ERROR state by now)."""
+        body, content_type = self._error_body(400, f"bad request: {message}")
+        head = b"HTTP/1.1 400 Bad Request\r\ncontent-type: %b\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (
+            content_type.encode(),
+            len(body),
+        )
+        with contextlib.suppress(Exception):
+            await conn.write(head + body)
