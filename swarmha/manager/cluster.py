@@ -34,8 +34,7 @@ from swarmha import Discovery
 from swarmha.errors import DiscoveryError
 from swarmha.manager.scheduler import FILTERS, STRATEGIES, SWARM_ID, Container, Image, Node, Request, Scheduler
 from swarmha.manager.scheduler import SchedulingError as NoEngine
-from swarmha.manager.scheduler.node import Binding, bindings, port_key
-from swarmha.manager.scheduler.request import cpus_of
+from swarmha.manager.scheduler.records import Inspected, from_inspect, from_list, from_request, reschedulable
 from swarmha.manager.upstream import Pool, Response, Upstream, UpstreamBroken, UpstreamUnreachable, request
 
 __all__ = ["FILTERS", "NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine", "describe_error"]
@@ -133,68 +132,6 @@ _BUILTIN_LABELS = {
 }
 
 
-@attrs.frozen
-class _Inspected:
-    """What one inspect of a container taught (it does not change): its record, and — for a container with a
-    reschedule policy — the whole inspect answer, to create it again elsewhere if its engine dies."""
-
-    record: Container
-    full: dict[str, Any] | None
-
-
-def _record(request: Request, config: Mapping[str, Any], cid: str = "") -> Container:
-    """The scheduler's record of a container from its create body (pending until it has an id)."""
-    hc = config.get("HostConfig") or {}
-    return Container(
-        id=cid,
-        names=(),
-        image=request.image,
-        labels=dict(request.labels),
-        state="created",
-        network_mode=request.network_mode,
-        requested=request.port_bindings,
-        exposed=request.exposed,
-        cpus=cpus_of(hc),
-        memory=int(hc.get("Memory") or 0),
-    )
-
-
-def _from_inspect(body: Mapping[str, Any]) -> Container:
-    hc = body.get("HostConfig") or {}
-    cfg = body.get("Config") or {}
-    return Container(
-        id=str(body.get("Id", "")),
-        names=(str(body.get("Name", "")),),
-        image=str(cfg.get("Image") or ""),
-        image_id=str(body.get("Image") or ""),
-        labels={str(k): str(v) for k, v in (cfg.get("Labels") or {}).items()},
-        network_mode=str(hc.get("NetworkMode") or ""),
-        requested=bindings(hc.get("PortBindings")),
-        exposed=tuple(port_key(p) for p in (cfg.get("ExposedPorts") or {})),
-        cpus=cpus_of(hc),
-        memory=int(hc.get("Memory") or 0),
-    )
-
-
-def _listed(item: Mapping[str, Any], known: Container) -> Container:
-    """A container as the engine's list shows it now, on top of what its inspect taught."""
-    published = tuple(
-        Binding(str(p.get("IP") or ""), str(p["PublicPort"]), str(p.get("Type") or "tcp"))
-        for p in item.get("Ports") or []
-        if isinstance(p, dict) and p.get("PublicPort")
-    )
-    return attrs.evolve(
-        known,
-        names=tuple(str(n) for n in item.get("Names") or []) or known.names,
-        image=str(item.get("Image") or known.image),
-        image_id=str(item.get("ImageID") or known.image_id),
-        labels={str(k): str(v) for k, v in (item.get("Labels") or {}).items()},
-        state=str(item.get("State") or ""),
-        network_mode=str((item.get("HostConfig") or {}).get("NetworkMode") or known.network_mode),
-        published=published,
-    )
-
-
 def _account(e: Engine) -> None:
     """The engine's counts and reservations from its records."""
     e.containers = len(e.records)
@@ -227,12 +164,6 @@ def describe_error(addr: str, err: BaseException) -> str:
 
 class _AnsweredBadly(ValueError):
     """An engine answered a refresh request with an error status (the message says which)."""
-
-
-def _reschedulable(item: Mapping[str, Any]) -> bool:
-    """Whether a container (its list entry or inspect ``Config``) carries the ``on-node-failure`` policy."""
-    labels = item.get("Labels") or {}
-    return "on-node-failure" in str(labels.get("com.docker.swarm.reschedule-policies", ""))
 
 
 def _split_addr(addr: str) -> tuple[str, int]:
@@ -275,7 +206,7 @@ class Cluster:
         self._ssl = engine_ssl
         self._engines: dict[str, Engine] = {}
         self._owner: dict[str, str] = {}  # container or exec id -> engine addr
-        self._inspected: dict[str, _Inspected] = {}  # container id -> what its inspect taught
+        self._inspected: dict[str, Inspected] = {}  # container id -> what its inspect taught
         #: Containers placed and being created: swarm id -> (engine addr, record, monotonic time placed).
         self._pending: dict[str, tuple[str, Container, float]] = {}
         #: Containers created (id -> engine addr, record, when) and removed (id -> when) through this manager, so
@@ -384,12 +315,12 @@ class Cluster:
                 cid = item["Id"]
                 self._owner[cid] = e.addr
                 known = self._inspected.get(cid)
-                if known is None or (known.full is None and _reschedulable(item)):
+                if known is None or (known.full is None and reschedulable(item)):
                     inspected = await self._inspect(e, cid)
                     if inspected is None:
                         continue  # removed between the list and the inspect
                     known = self._inspected[cid] = inspected
-                records.append(_listed(item, known.record))
+                records.append(from_list(item, known.record))
         except (UpstreamUnreachable, UpstreamBroken, ValueError, KeyError, TypeError) as err:
             was = e.healthy
             error = describe_error(e.addr, err)
@@ -427,14 +358,14 @@ class Cluster:
                 e.name = str(info.get("Name") or e.addr)  # named before the event (refresh renames duplicates)
             self._notify(e, "engine_connect")
 
-    async def _inspect(self, e: Engine, cid: str) -> _Inspected | None:
+    async def _inspect(self, e: Engine, cid: str) -> Inspected | None:
         r = await self.call(e, "GET", f"/containers/{cid}/json")
         if r.status == 404:
             return None
         if r.status != 200:
             raise _AnsweredBadly(f"answered {r.status} to /containers/{cid[:12]}/json")
         body = r.json()
-        return _Inspected(_from_inspect(body), body if _reschedulable(body.get("Config") or {}) else None)
+        return Inspected(from_inspect(body), body if reschedulable(body.get("Config") or {}) else None)
 
     def inspected(self, cid: str) -> dict[str, Any] | None:
         """The inspect answer kept for a container with a reschedule policy (None for any other)."""
@@ -582,7 +513,7 @@ class Cluster:
         config["Labels"] = labels
         config["Env"] = list(request.env)
         if reserve:
-            self._pending[labels[SWARM_ID]] = (engine.addr, _record(request, config), time.monotonic())
+            self._pending[labels[SWARM_ID]] = (engine.addr, from_request(request, config), time.monotonic())
         return engine, list(request.env)
 
     def placed(self, e: Engine, cid: str, config: Mapping[str, Any], name: str = "") -> None:
@@ -591,10 +522,10 @@ class Cluster:
         swarm_id = str((config.get("Labels") or {}).get(SWARM_ID, ""))
         self._pending.pop(swarm_id, None)
         names = ("/" + name.lstrip("/"),) if name else ()
-        record = attrs.evolve(_record(Request.from_config(config), config), id=cid, names=names)
+        record = attrs.evolve(from_request(Request.from_config(config), config), id=cid, names=names)
         self._owner[cid] = e.addr
         full = None
-        if _reschedulable(config):  # what it takes to create it again elsewhere, even before a refresh inspects it
+        if reschedulable(config):  # what it takes to create it again elsewhere, even before a refresh inspects it
             full = {
                 "Name": names[0] if names else "",
                 "Config": {k: v for k, v in config.items() if k not in ("HostConfig", "NetworkingConfig")},
@@ -602,7 +533,7 @@ class Cluster:
             }
         known = self._inspected.get(cid)
         if known is None or known.full is None:  # a refresh may have inspected it already
-            self._inspected[cid] = _Inspected(known.record if known else record, full)
+            self._inspected[cid] = Inspected(known.record if known else record, full)
         self._fresh[cid] = (e.addr, record, time.monotonic())
         e.records = [c for c in e.records if c.id != cid] + [record]
         _account(e)

@@ -1,7 +1,8 @@
 """The scheduler: which engine gets a new container, as Swarm classic chose it.
 
 Layout (as Swarm's ``scheduler/``): :mod:`.request` reads a create request (``-e constraint:…``, the
-``com.docker.swarm.*`` labels), :mod:`.node` is the scheduler's view of an engine and its containers,
+``com.docker.swarm.*`` labels), :mod:`.node` is the scheduler's view of an engine and its containers (built
+from the Docker API's answers by :mod:`.records`),
 ``filter/`` holds one module per filter behind the small :class:`~.filter.Filter` protocol (health, port,
 containerslots, dependency, affinity, constraint, whitelist), ``strategy/`` one module per strategy (spread,
 binpack, random).
