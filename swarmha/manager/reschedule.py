@@ -36,6 +36,7 @@ from urllib.parse import quote
 
 from swarmha.manager.cluster import Cluster, Engine, NoEngine
 from swarmha.manager.scheduler import SWARM_ID, Container
+from swarmha.manager.scheduler.records import ON_NODE_FAILURE, reschedulable
 from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable
 
 _JSON = [(b"content-type", b"application/json")]
@@ -45,16 +46,9 @@ __all__ = ["ON_NODE_FAILURE", "Watchdog"]
 
 log = logging.getLogger("swarmha.manager.reschedule")
 
-ON_NODE_FAILURE = "on-node-failure"
-_POLICIES = "com.docker.swarm.reschedule-policies"
-
 
 def _has_policy(c: Container) -> bool:
-    try:
-        policies = json.loads(c.labels.get(_POLICIES, "[]"))
-    except ValueError:
-        return False
-    return isinstance(policies, list) and ON_NODE_FAILURE in policies
+    return reschedulable({"Labels": c.labels})
 
 
 class Watchdog:
@@ -160,6 +154,8 @@ class Watchdog:
             ok = r.status in (204, 304)
         except _FAILED:
             ok = False
+        if ok:
+            self.cluster.started(cid)
         if not ok:
             log.error("Failed to start rescheduled container %s", cid)
 

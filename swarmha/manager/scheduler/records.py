@@ -8,6 +8,7 @@ inspect taught, and for a container with the ``on-node-failure`` policy the whol
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,10 @@ import attrs
 from swarmha.manager.scheduler.node import Binding, Container, bindings, port_key
 from swarmha.manager.scheduler.request import Request, cpus_of
 
-__all__ = ["Inspected", "from_inspect", "from_list", "from_request", "reschedulable"]
+__all__ = ["ON_NODE_FAILURE", "Inspected", "from_inspect", "from_list", "from_request", "reschedulable"]
+
+ON_NODE_FAILURE = "on-node-failure"
+_POLICIES = "com.docker.swarm.reschedule-policies"
 
 
 @attrs.frozen
@@ -82,6 +86,11 @@ def from_list(item: Mapping[str, Any], known: Container) -> Container:
 
 
 def reschedulable(item: Mapping[str, Any]) -> bool:
-    """Whether a container (its list entry or inspect ``Config``) carries the ``on-node-failure`` policy."""
+    """Whether a container (its list entry, inspect ``Config``, create body or record's ``labels`` holder)
+    carries the ``on-node-failure`` policy in ``com.docker.swarm.reschedule-policies``."""
     labels = item.get("Labels") or {}
-    return "on-node-failure" in str(labels.get("com.docker.swarm.reschedule-policies", ""))
+    try:
+        policies = json.loads(str(labels.get(_POLICIES, "[]")))
+    except ValueError:
+        return False
+    return isinstance(policies, list) and ON_NODE_FAILURE in policies
