@@ -40,6 +40,7 @@ from swarmha.manager.tls import open_connection as open_tls
 
 __all__ = [
     "BROKEN",
+    "CLOSED",
     "HIJACK_GRACE",
     "HOP",
     "IDEMPOTENT",
@@ -300,7 +301,12 @@ async def read_body(reader: asyncio.StreamReader, kind: str, length: int) -> Asy
             yield data
 
 
-BROKEN = (OSError, ssl.SSLError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
+#: What an upstream connection's failure raises. RuntimeError: uvloop's ``write()`` on a transport whose peer
+#: closed it raises ``RuntimeError("unable to perform operation on <TCPTransport closed=True ...>")`` (asyncio's own
+#: loop drops the data and logs instead); nothing of that write was sent. Seen as a 500 "internal error" from a
+#: replica whose pooled connection to a primary SIGKILLed a moment before (tests/test_manager_failover.py).
+CLOSED = (ConnectionError, RuntimeError)
+BROKEN = (OSError, ssl.SSLError, ValueError, RuntimeError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
 
 
 @attrs.frozen
@@ -357,12 +363,12 @@ async def request(
         timer = link.loop.call_later(timeout, link.expire)
         try:
             writer = link.writer
-            writer.write(data)
-            if writer.transport.get_write_buffer_size():
-                await writer.drain()
             try:
+                writer.write(data)
+                if writer.transport.get_write_buffer_size():
+                    await writer.drain()
                 head = await read_head(link.reader)
-            except (OSError, asyncio.IncompleteReadError):
+            except (OSError, RuntimeError, asyncio.IncompleteReadError):  # RuntimeError: see CLOSED
                 if link.reused and attempt == 0 and not link.expired:
                     link.close()
                     continue
