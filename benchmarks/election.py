@@ -47,6 +47,7 @@ import swarmha
 from benchmarks.contenders import SYSTEMS, TOOZ_INTERVAL, Contender, backend_of
 from benchmarks.stores import BACKENDS, Stores
 from benchmarks.support import reached
+from tests.support.procs import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ["handover", "handover-procs", "crash", "elect", "idle"]
@@ -252,12 +253,7 @@ class _Proc:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.proc)
         self._reader.join(5)
 
 

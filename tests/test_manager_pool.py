@@ -142,6 +142,59 @@ def test_fetch_reuses_and_recovers_from_a_stale_connection() -> None:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("via", ["fetch", "forward"])
+def test_a_pooled_connection_closed_between_checkout_and_write_is_replaced(
+    via: str, loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upstream's close of an idle connection can land after the pool handed the connection out and before
+    the request is written (a primary SIGKILLed under a replica). uvloop then raises RuntimeError from write();
+    that must read as a closed connection (sent again on a fresh one), not as an internal error."""
+    upstream = Scripted(drop=lambda conn, req: conn == 1 and req == 2)  # closes conn 1 instead of answering twice
+    pool = Pool()
+
+    async def closed_while_idle(up: Upstream) -> None:
+        (link,) = pool._idle[up]
+        await asyncio.wait_for(link.reader.read(), 5)  # the upstream closed it: EOF ...
+        link.writer.transport.abort()  # ... and the transport is gone, as after the RST of a killed peer
+        await asyncio.sleep(0)
+        assert link.writer.is_closing()
+        monkeypatch.setattr(type(link), "usable", lambda self, now, idle: True)  # the race: handed out anyway
+
+    async def main() -> None:
+        server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
+        up = Upstream("127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            assert (await fetch(pool, up, "/x")).status == 200
+            upstream.drop = lambda conn, req: conn == 1  # the next request on conn 1 would find it closed
+            writer_closed = asyncio.ensure_future(closed_while_idle(up))
+            # the idle connection is closed by the upstream only when it reads a request; make it read one
+            (link,) = pool._idle[up]
+            link.writer.write(b"GET /probe HTTP/1.1\r\nhost: x\r\n\r\n")
+            await writer_closed
+            if via == "fetch":
+                assert (await fetch(pool, up, "/x")).status == 200
+            else:
+
+                async def handle(ex: Exchange) -> None:
+                    await forward(ex, up, pool=pool)
+
+                front = Server(handle)
+                port = (await front.listen("127.0.0.1", 0))[0][1]
+                try:
+                    await asyncio.wait_for(asyncio.to_thread(get_n(1), port), 10)
+                finally:
+                    front.close()
+                    await front.drain(1)
+        finally:
+            pool.close()
+            server.close()
+
+    with asyncio.Runner(loop_factory=loop_factory() if loop == "uvloop" else None) as runner:
+        runner.run(main())
+    assert upstream.connections == 2
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 def test_fetch_gives_up_on_an_upstream_that_does_not_answer_in_time_and_does_not_resend(loop: str) -> None:
     """The second request on a kept-alive connection gets no answer: UpstreamBroken after the timeout, the
     connection is closed, and the request is not sent again on a new one (that is for connections closed idle)."""

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 
 from swarmha.errors import ConfigurationError
+from swarmha.manager.scheduler import FILTERS
 
-__all__ = ["format_duration", "parse_address", "parse_duration", "parse_listen"]
+__all__ = ["format_duration", "parse_address", "parse_duration", "parse_filters", "parse_listen"]
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -90,3 +92,17 @@ def parse_listen(text: str, what: str = "-H") -> tuple[str, int]:
     An empty host means every interface (returned as ``""``).
     """
     return _split(text, what, allow_empty_host=True)
+
+
+def parse_filters(names: Iterable[str] | None, what: str = "--filter") -> tuple[str, ...] | None:
+    """The ``--filter`` names given (repeatable; ``a,b`` also accepted), checked; None when none was given
+    (Swarm's default set). An unknown name is refused with the list of the known ones."""
+    if not names:
+        return None
+    out: list[str] = []
+    for name in (n.strip() for text in names for n in str(text).split(",")):
+        if name not in FILTERS:
+            raise ConfigurationError(f"{what} {name!r}: filter not supported (expected one of {', '.join(FILTERS)})")
+        if name not in out:
+            out.append(name)
+    return tuple(out)

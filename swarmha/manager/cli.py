@@ -26,7 +26,7 @@ import swarmha
 from swarmha import Follower, Leader
 from swarmha.errors import ConfigurationError, DiscoveryError, SwarmHAError
 from swarmha.manager import demo as _demo
-from swarmha.manager._config import format_duration, parse_address, parse_duration, parse_listen
+from swarmha.manager._config import format_duration, parse_address, parse_duration, parse_filters, parse_listen
 from swarmha.manager.cluster import NODES_KEY, STRATEGIES
 from swarmha.manager.engine_list import FileEngines, host_list, is_host_list
 from swarmha.manager.join import run_join
@@ -217,6 +217,7 @@ def _manage(args: argparse.Namespace) -> int:
         advertise=advertise,
         ttl=ttl,
         strategy=args.strategy,
+        filters=parse_filters(args.filters),
         static_engines=static,
         engines_file=engines_file,
         tls=tls,
@@ -406,6 +407,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--replication-ttl", default="20s", help="leader lock release time on failure (default 20s)")
     m.add_argument("--strategy", default="spread", help="placement strategy: spread (default), binpack, random")
+    m.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        dest="filters",
+        metavar="NAME",
+        help="placement filter to use, repeatable (default: all of health, port, containerslots, dependency, "
+        "affinity, constraint, whitelist)",
+    )
     m.add_argument("--tls", action="store_true", help="serve TLS (implied by --tlsverify)")
     m.add_argument("--tlsverify", action="store_true", help="serve TLS and require client certificates from the CA")
     m.add_argument("--tlscacert", help="CA certificate that signs client (and manager) certificates")

@@ -7,7 +7,11 @@ placement until it answers again.
 
 Node names: an engine is called by its ``Name`` from ``/info`` (its host name), as Swarm did. When two engines
 report the same name (several engines on one host), each of them is called by its address instead, so names
-stay unique. ``constraint:node==X`` matches the name or the address.
+stay unique. ``constraint:node==X`` matches the name, the ID or the address.
+
+Placement is the scheduler's (:mod:`swarmha.manager.scheduler`): :meth:`Cluster.place` gives it a
+:class:`~swarmha.manager.scheduler.Node` per engine — built from the last refresh: the containers (with what each
+holds: ports, reservations, labels) and the images — plus the containers being created right now.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import fnmatch
 import logging
 import os
-import random
+import secrets
 import ssl
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -28,18 +32,18 @@ import attrs
 
 from swarmha import Discovery
 from swarmha.errors import DiscoveryError
+from swarmha.manager.scheduler import FILTERS, STRATEGIES, SWARM_ID, Container, Image, Node, Request, Scheduler
+from swarmha.manager.scheduler import SchedulingError as NoEngine
+from swarmha.manager.scheduler.records import Inspected, from_inspect, from_list, from_request, reschedulable
 from swarmha.manager.upstream import Pool, Response, Upstream, UpstreamBroken, UpstreamUnreachable, request
 
-__all__ = ["NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine", "describe_error"]
+__all__ = ["FILTERS", "NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine", "describe_error"]
 
 log = logging.getLogger("swarmha.manager.cluster")
 
 NODES_KEY = "docker/swarm/nodes"
-STRATEGIES = ("spread", "binpack", "random")
-
-
-class NoEngine(Exception):
-    """No healthy engine satisfies the request (the message says why)."""
+#: Longest a placed container stays pending without placed()/unplace() (see Cluster._expire_pending).
+_PENDING_MAX = 600.0
 
 
 @attrs.define
@@ -62,6 +66,9 @@ class Engine:
     reserved_cpus: float = 0.0
     reserved_memory: int = 0
     updated_at: datetime.datetime | None = None
+    #: The containers on the engine at its last refresh (and those created through this manager since).
+    records: list[Container] = attrs.field(factory=list)
+    images: list[Image] = attrs.field(factory=list)
 
     @property
     def status(self) -> str:
@@ -86,14 +93,17 @@ class Engine:
 
     @property
     def labels(self) -> dict[str, str]:
+        """Swarm's node labels: the built-in ones from ``/info``, then the engine's ``--label k=v`` (a label
+        cannot override a built-in one; a ``node`` label is shown but ``constraint:node`` means the node itself)."""
         out = {
-            "kernelversion": str(self.info.get("KernelVersion", "")),
-            "operatingsystem": str(self.info.get("OperatingSystem", "")),
-            "storagedriver": str(self.info.get("Driver", "")),
+            key: str(self.info[field])
+            for key, field in _BUILTIN_LABELS.items()
+            if self.info.get(field) not in (None, "")
         }
         for label in self.info.get("Labels") or []:
             k, _, v = str(label).partition("=")
-            out[k] = v
+            if k not in out:
+                out[k] = v
         return out
 
     @property
@@ -111,6 +121,25 @@ class Engine:
             "Memory": self.memory,
             "Labels": self.labels,
         }
+
+
+_BUILTIN_LABELS = {
+    "storagedriver": "Driver",
+    "kernelversion": "KernelVersion",
+    "operatingsystem": "OperatingSystem",
+    "ostype": "OSType",
+    "architecture": "Architecture",
+}
+
+
+def _account(e: Engine) -> None:
+    """The engine's counts and reservations from its records."""
+    e.containers = len(e.records)
+    e.running = sum(1 for c in e.records if c.state == "running")
+    e.paused = sum(1 for c in e.records if c.state == "paused")
+    e.stopped = e.containers - e.running - e.paused
+    e.reserved_cpus = sum(c.cpus for c in e.records)
+    e.reserved_memory = sum(c.memory for c in e.records)
 
 
 def describe_error(addr: str, err: BaseException) -> str:
@@ -158,14 +187,16 @@ class Cluster:
         engine_ssl: ssl.SSLContext | None = None,
         timeout: float = 5.0,
         failure_retry: int = 1,
+        filters: Iterable[str] | None = None,
     ) -> None:
         """``static``: engine addresses, or a function giving them (called on every refresh, e.g. a file).
 
         ``failure_retry``: consecutive failed refreshes before a healthy engine is marked unhealthy (Swarm's
         ``--engine-failure-retry``); an engine that never answered is unhealthy at its first failure.
+        ``filters``: the active placement filters by name (Swarm's default set when None).
         """
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        #: The filters (Swarm's default set when None) and strategy; ValueError names an unknown one.
+        self.scheduler = Scheduler(strategy, filters)
         self.strategy = strategy
         self._discovery = discovery
         self._source: Callable[[], list[str]] | None = static if callable(static) else None
@@ -175,7 +206,13 @@ class Cluster:
         self._ssl = engine_ssl
         self._engines: dict[str, Engine] = {}
         self._owner: dict[str, str] = {}  # container or exec id -> engine addr
-        self._reservations: dict[str, tuple[float, int]] = {}  # container id -> (cpus, memory)
+        self._inspected: dict[str, Inspected] = {}  # container id -> what its inspect taught
+        #: Containers placed and being created: swarm id -> (engine addr, record, monotonic time placed).
+        self._pending: dict[str, tuple[str, Container, float]] = {}
+        #: Containers created (id -> engine addr, record, when) and removed (id -> when) through this manager, so
+        #: a refresh whose list was asked for before that does not undo it (see _settle).
+        self._fresh: dict[str, tuple[str, Container, float]] = {}
+        self._gone: dict[str, tuple[str, float]] = {}
         #: Kept-alive connections to the engines: the one HTTP client (:mod:`swarmha.manager.upstream`) carries the
         #: refresh, the aggregation and the forwarding.
         self.pool = Pool()
@@ -270,15 +307,20 @@ class Cluster:
                 version = (await self._get(e, "/version")).json()
                 e.api_version = str(version.get("ApiVersion", ""))
                 e.min_api_version = str(version.get("MinAPIVersion", ""))
+            asked = time.monotonic()
             listed = (await self._get(e, "/containers/json?all=1")).json()
-            cpus, memory = 0.0, 0
-            for c in listed:
-                cid = c["Id"]
+            images = (await self._get(e, "/images/json")).json()
+            records = []
+            for item in listed:
+                cid = item["Id"]
                 self._owner[cid] = e.addr
-                if cid not in self._reservations:
-                    self._reservations[cid] = await self._reservation(e, cid)
-                cpus += self._reservations[cid][0]
-                memory += self._reservations[cid][1]
+                known = self._inspected.get(cid)
+                if known is None or (known.full is None and reschedulable(item)):
+                    inspected = await self._inspect(e, cid)
+                    if inspected is None:
+                        continue  # removed between the list and the inspect
+                    known = self._inspected[cid] = inspected
+                records.append(from_list(item, known.record))
         except (UpstreamUnreachable, UpstreamBroken, ValueError, KeyError, TypeError) as err:
             was = e.healthy
             error = describe_error(e.addr, err)
@@ -300,16 +342,35 @@ class Cluster:
             log.info("engine %s is healthy again", e.addr)
         was = e.healthy
         e.info, e.id, e.healthy, e.error = info, str(info.get("ID", "")), True, ""
-        e.containers = len(listed)
-        e.running = sum(1 for c in listed if c.get("State") == "running")
-        e.paused = sum(1 for c in listed if c.get("State") == "paused")
-        e.stopped = e.containers - e.running - e.paused
-        e.reserved_cpus, e.reserved_memory = cpus, memory
+        e.records = self._settle(e, records, asked)
+        e.images = [
+            Image(str(i.get("Id", "")), tuple(str(t) for t in i.get("RepoTags") or [] if t != "<none>:<none>"))
+            for i in images
+        ]
+        _account(e)
         e.updated_at = datetime.datetime.now(datetime.UTC)
+        present = {c.id for c in records}
+        for cid in [cid for cid, addr in self._owner.items() if addr == e.addr and cid not in present]:
+            if cid not in self._fresh:  # created after the list was asked for: not gone
+                self._inspected.pop(cid, None)  # gone from its engine: forget what it held
         if not was:
             if not e.name or e.name == e.addr:
                 e.name = str(info.get("Name") or e.addr)  # named before the event (refresh renames duplicates)
             self._notify(e, "engine_connect")
+
+    async def _inspect(self, e: Engine, cid: str) -> Inspected | None:
+        r = await self.call(e, "GET", f"/containers/{cid}/json")
+        if r.status == 404:
+            return None
+        if r.status != 200:
+            raise _AnsweredBadly(f"answered {r.status} to /containers/{cid[:12]}/json")
+        body = r.json()
+        return Inspected(from_inspect(body), body if reschedulable(body.get("Config") or {}) else None)
+
+    def inspected(self, cid: str) -> dict[str, Any] | None:
+        """The inspect answer kept for a container with a reschedule policy (None for any other)."""
+        known = self._inspected.get(cid)
+        return known.full if known is not None else None
 
     async def recount(self, timeout: float = 2.0) -> None:
         """Re-read every healthy engine's ``/info`` now, so ``docker info``'s container and image counts are the
@@ -329,13 +390,6 @@ class Cluster:
 
         await asyncio.gather(*(one(e) for e in self.healthy()))
 
-    async def _reservation(self, e: Engine, cid: str) -> tuple[float, int]:
-        with contextlib.suppress(UpstreamUnreachable, UpstreamBroken, ValueError):
-            r = await self._get(e, f"/containers/{cid}/json")
-            hc = r.json().get("HostConfig") or {}
-            return (float(hc.get("NanoCpus") or 0) / 1e9, int(hc.get("Memory") or 0))
-        return (0.0, 0)
-
     async def _get(self, e: Engine, path: str) -> Response:
         r = await self.call(e, "GET", path)
         if r.status != 200:
@@ -353,8 +407,40 @@ class Cluster:
     def remember(self, ident: str, e: Engine) -> None:
         self._owner[ident] = e.addr
 
+    def _settle(self, e: Engine, records: list[Container], asked: float) -> list[Container]:
+        """The engine's list as of now: ``records`` (listed at ``asked``), plus what this manager created there
+        since, minus what it removed since. What the list already reflects is no longer remembered."""
+        listed = {c.id for c in records}
+        gone = {cid: at for cid, (addr, at) in self._gone.items() if addr == e.addr}
+        out = [c for c in records if gone.get(c.id, -1.0) < asked]
+        for cid, (addr, record, at) in list(self._fresh.items()):
+            if addr != e.addr:
+                continue
+            if at < asked:
+                del self._fresh[cid]  # the list is newer: it has it, or it was removed since
+            elif cid not in listed and cid not in gone:
+                out.append(record)
+        for cid, at in gone.items():
+            if at < asked:
+                del self._gone[cid]
+        return out
+
     def forget(self, ident: str) -> None:
-        self._owner.pop(ident, None)
+        """Container (or exec) ``ident`` was removed: it no longer counts on its engine (reservations, slots)."""
+        addr = self._owner.pop(ident, None)
+        for e in self._engines.values():
+            if addr is not None and e.addr != addr:
+                continue
+            node = Node(e.id, e.name, e.addr, containers=e.records)
+            gone = node.container(ident)
+            if gone is not None:
+                e.records = [c for c in e.records if c is not gone]
+                self._gone[gone.id] = (e.addr, time.monotonic())
+                self._fresh.pop(gone.id, None)
+                self._owner.pop(gone.id, None)
+                self._inspected.pop(gone.id, None)
+                _account(e)
+                return
 
     async def locate(self, kind: str, ident: str) -> Engine | None:
         """The healthy engine that has container/exec/image ``ident`` (``kind``: containers, exec, images).
@@ -385,65 +471,94 @@ class Cluster:
 
     # -- placement -------------------------------------------------------------------------------------
 
-    def place(self, config: Mapping[str, Any]) -> tuple[Engine, list[str]]:
-        """Choose the engine for a new container; returns it and the Env without ``constraint:`` entries.
-
-        Honours ``constraint:node==NAME`` / ``constraint:node!=NAME`` (globs allowed) in ``Env``; skips unhealthy
-        engines. Raises :class:`NoEngine` naming the reason when no engine fits.
-        """
-        env = [str(x) for x in (config.get("Env") or [])]
-        constraints = [x[len("constraint:") :] for x in env if x.startswith("constraint:")]
-        rest = [x for x in env if not x.startswith("constraint:")]
-        engines = self.healthy()
-        if not engines:
-            raise NoEngine("no healthy node available in the cluster")
-        for c in constraints:
-            negate = "!=" in c
-            key, _, pattern = c.partition("!=" if negate else "==")
-            if not pattern:
-                raise NoEngine(f"invalid constraint {c!r}: expected key==value or key!=value")
-            key = key.strip()
-
-            def value(e: Engine, key: str = key) -> list[str]:
-                if key == "node":
-                    return [e.name, e.addr]
-                return [e.labels.get(key, "")]
-
-            engines = [e for e in engines if any(fnmatch.fnmatchcase(v, pattern) for v in value(e)) != negate]
-            if not engines:
-                raise NoEngine(f"unable to find a node that satisfies the constraint {c}")
-        hc = config.get("HostConfig") or {}
-        cpus = float(hc.get("NanoCpus") or 0) / 1e9
-        memory = int(hc.get("Memory") or 0)
-        fit = [
-            e
-            for e in engines
-            if (not memory or not e.memory or e.reserved_memory + memory <= e.memory)
-            and (not cpus or not e.ncpu or e.reserved_cpus + cpus <= e.ncpu)
-        ]
-        if not fit:
-            raise NoEngine("no node has enough free CPU or memory for this container")
-        if self.strategy == "random":
-            return random.choice(fit), rest
-
-        def load(e: Engine) -> tuple[float, int]:
-            used = max(
-                (e.reserved_memory + memory) / e.memory if e.memory else 0.0,
-                (e.reserved_cpus + cpus) / e.ncpu if e.ncpu else 0.0,
+    def nodes(self) -> list[Node]:
+        """The scheduler's view of every engine: its last refresh plus the containers being created on it."""
+        pending: dict[str, list[Container]] = {}
+        for addr, c, _at in self._pending.values():
+            pending.setdefault(addr, []).append(c)
+        return [
+            Node(
+                id=e.id,
+                name=e.name,
+                addr=e.addr,
+                labels=e.labels,
+                healthy=e.healthy,
+                containers=e.records + pending.get(e.addr, []),
+                images=e.images,
+                total_cpus=float(e.ncpu),
+                total_memory=e.memory,
             )
-            return (used, e.containers)
+            for e in self.engines
+        ]
 
-        ranked = sorted(fit, key=lambda e: (load(e), e.name))
-        chosen = ranked[-1] if self.strategy == "binpack" else ranked[0]
-        return chosen, rest
+    def place(self, config: dict[str, Any], *, reserve: bool = False) -> tuple[Engine, list[str]]:
+        """Choose the engine for a new container (the scheduler's filters and strategy); returns it and the Env.
 
-    def placed(self, e: Engine, cid: str, config: Mapping[str, Any]) -> None:
-        """Account a container just created on ``e`` (so the next placement sees it before a refresh)."""
-        hc = config.get("HostConfig") or {}
-        res = (float(hc.get("NanoCpus") or 0) / 1e9, int(hc.get("Memory") or 0))
+        ``config`` (a create body) is updated as Swarm did it: the ``constraint:``/``affinity:``/``whitelist:``/
+        ``reschedule:`` Env entries move into the ``com.docker.swarm.*`` labels, the container gets a
+        ``com.docker.swarm.id`` label (kept if it has one: a rescheduled container), and ``Env`` is the rest —
+        also returned. With ``reserve``, until :meth:`placed` or :meth:`unplace` is called for it, the container
+        counts as pending on the chosen engine (its ports, slot and reservation are taken: parallel creates do not
+        collide); a caller that reserves must call one of them. Raises :class:`NoEngine` (Swarm's text).
+        """
+        request = Request.from_config(config)
+        request.validate()
+        labels = dict(request.labels)
+        if not labels.get(SWARM_ID):
+            labels[SWARM_ID] = secrets.token_hex(32)
+        request = attrs.evolve(request, labels=labels)
+        self._expire_pending()
+        ranked = self.scheduler.select(request, self.nodes())
+        engine = self._engines[ranked[0].addr]
+        config["Labels"] = labels
+        config["Env"] = list(request.env)
+        if reserve:
+            self._pending[labels[SWARM_ID]] = (engine.addr, from_request(request, config), time.monotonic())
+        return engine, list(request.env)
+
+    def placed(self, e: Engine, cid: str, config: Mapping[str, Any], name: str = "") -> None:
+        """Account a container just created on ``e`` with ``name`` (so the next placement sees it — its ports,
+        reservation, slot, name for affinities and dependencies — before a refresh)."""
+        swarm_id = str((config.get("Labels") or {}).get(SWARM_ID, ""))
+        self._pending.pop(swarm_id, None)
+        names = ("/" + name.lstrip("/"),) if name else ()
+        record = attrs.evolve(from_request(Request.from_config(config), config), id=cid, names=names)
         self._owner[cid] = e.addr
-        self._reservations[cid] = res
-        e.containers += 1
-        e.stopped += 1
-        e.reserved_cpus += res[0]
-        e.reserved_memory += res[1]
+        full = None
+        if reschedulable(config):  # what it takes to create it again elsewhere, even before a refresh inspects it
+            full = {
+                "Name": names[0] if names else "",
+                "Config": {k: v for k, v in config.items() if k not in ("HostConfig", "NetworkingConfig")},
+                "HostConfig": dict(config.get("HostConfig") or {}),
+            }
+        known = self._inspected.get(cid)
+        if known is None or known.full is None:  # a refresh may have inspected it already
+            self._inspected[cid] = Inspected(known.record if known else record, full)
+        self._fresh[cid] = (e.addr, record, time.monotonic())
+        e.records = [c for c in e.records if c.id != cid] + [record]
+        _account(e)
+
+    def started(self, ident: str) -> None:
+        """Container ``ident`` was started through this manager: it counts as running before a refresh says so
+        (rescheduling starts a moved container that ran)."""
+        for e in self._engines.values():
+            c = Node(e.id, e.name, e.addr, containers=e.records).container(ident)
+            if c is not None:
+                running = attrs.evolve(c, state="running")
+                e.records = [running if x is c else x for x in e.records]
+                if c.id in self._fresh:
+                    addr, _old, at = self._fresh[c.id]
+                    self._fresh[c.id] = (addr, running, at)
+                _account(e)
+                return
+
+    def unplace(self, config: Mapping[str, Any]) -> None:
+        """The create placed by :meth:`place` failed: its pending container no longer holds anything."""
+        self._pending.pop(str((config.get("Labels") or {}).get(SWARM_ID, "")), None)
+
+    def _expire_pending(self) -> None:
+        # A create whose caller never said placed/unplace (a bug, or a task cancelled mid-request) must not hold
+        # its ports and slot for ever: a create request is bounded by the HTTP client's timeout, a pull too.
+        limit = time.monotonic() - _PENDING_MAX
+        for key in [k for k, (_a, _c, at) in self._pending.items() if at < limit]:
+            del self._pending[key]

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from swarmha.manager.http import READ_SIZE, ClientGone, Exchange
 from swarmha.manager.upstream import (
     BROKEN,
+    CLOSED,
     HIJACK_GRACE,
     HOP,
     IDEMPOTENT,
@@ -163,7 +164,7 @@ async def _relay(
     except ClientGone:
         raise
     except BROKEN as e:
-        nothing = isinstance(e, ConnectionError) or (isinstance(e, asyncio.IncompleteReadError) and not e.partial)
+        nothing = isinstance(e, CLOSED) or (isinstance(e, asyncio.IncompleteReadError) and not e.partial)
         if link.reused and nothing:  # closed while idle in the pool: the upstream read nothing of this request
             raise Stale() from e
         raise UpstreamBroken(f"{up} failed before answering: {e or type(e).__name__}", retryable) from e

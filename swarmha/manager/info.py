@@ -10,12 +10,13 @@ import platform
 import socket
 from typing import Any
 
+from swarmha.manager.cluster import FILTERS as _DEFAULT_FILTERS
 from swarmha.manager.cluster import Cluster, Engine
 
 __all__ = ["FILTERS", "bytes_size", "cluster_info", "system_status"]
 
-#: The placement filters this manager applies (Swarm listed "affinity, health, constraint, port, dependency").
-FILTERS = "health, constraint"
+#: The placement filters a manager applies by default (Swarm's set and order; ``--filter`` chooses others).
+FILTERS = ", ".join(_DEFAULT_FILTERS)
 SERVER_VERSION = "swarmha/0.1.0"
 
 
@@ -47,16 +48,24 @@ def _engine_lines(e: Engine) -> list[list[str]]:
 
 
 def system_status(
-    role: str, primary: str, strategy: str, engines: list[Engine], store: str | None = None
+    role: str,
+    primary: str,
+    strategy: str,
+    engines: list[Engine],
+    store: str | None = None,
+    filters: str = FILTERS,
 ) -> list[list[str]]:
     """The ``SystemStatus`` pairs: Role, Primary, (Store), Strategy, Filters, Nodes, then one block per engine.
 
     ``store``: the discovery store's state (``reachable`` or ``unreachable for ...``); None leaves the line out.
+    ``filters``: the active placement filters (the ``Filters:`` line). ``Reserved CPUs: x / n`` and ``Reserved
+    Memory: x / total`` sum what the engine's containers reserve (``-c``/``--cpu-shares`` counted as CPUs, as
+    Swarm did, plus ``--cpus``; ``-m``), stopped ones included.
     """
     pairs = [["Role", role], ["Primary", primary]]
     if store is not None:
         pairs.append(["Store", store])
-    pairs += [["Strategy", strategy], ["Filters", FILTERS]]
+    pairs += [["Strategy", strategy], ["Filters", filters]]
     pairs.append(["Nodes", str(len(engines))])
     for e in engines:
         pairs += _engine_lines(e)
@@ -79,7 +88,9 @@ def cluster_info(
         "Images": sum(int(e.info.get("Images") or 0) for e in healthy),
         "Driver": "",
         "DriverStatus": None,
-        "SystemStatus": system_status(role, primary, cluster.strategy, engines, store),
+        "SystemStatus": system_status(
+            role, primary, cluster.strategy, engines, store, filters=cluster.scheduler.filter_names
+        ),
         "Plugins": {"Volume": None, "Network": None, "Authorization": None, "Log": None},
         "MemoryLimit": True,
         "SwapLimit": True,

@@ -51,6 +51,7 @@ from swarmha.manager.engine_list import FileEngines
 from swarmha.manager.forward import forward
 from swarmha.manager.http import Exchange, Server
 from swarmha.manager.info import cluster_info
+from swarmha.manager.reschedule import Watchdog
 from swarmha.manager.store_state import StoreState
 from swarmha.manager.tls import TLSConfig
 from swarmha.manager.upstream import Pool, Upstream, UpstreamBroken, UpstreamUnreachable
@@ -100,6 +101,8 @@ class ManagerConfig:
     advertise: str | None = None
     ttl: float = 20.0
     strategy: str = "spread"
+    #: The active placement filters (None: Swarm's default set).
+    filters: tuple[str, ...] | None = None
     static_engines: tuple[str, ...] = ()
     tls: TLSConfig = attrs.field(factory=TLSConfig)
     #: Seconds between engine refreshes: each round waits a random time in [refresh, refresh_max] (Swarm's
@@ -145,8 +148,11 @@ class Manager:
             strategy=config.strategy,
             engine_ssl=self._client_ssl,
             failure_retry=config.failure_retry,
+            filters=config.filters,
         )
         self.api = PrimaryAPI(self.cluster, self._info)
+        #: Rescheduling on node failure (``com.docker.swarm.reschedule-policies``), acted on by the primary only.
+        self.watchdog = Watchdog(self.cluster)
         self.server = Server(self.handle, error_body=error_body)
         self.metrics: ManagerMetrics | None = None
         self._metrics_server: Server | None = None
@@ -272,6 +278,7 @@ class Manager:
         while True:
             try:
                 await self.cluster.refresh()
+                await self.watchdog.check(act=self.is_primary)
             except Exception:
                 log.exception("refreshing the engines failed")
             with contextlib.suppress(TimeoutError):

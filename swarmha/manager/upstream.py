@@ -35,11 +35,12 @@ from typing import Any
 
 import attrs
 
-from swarmha.manager.http import READ_SIZE
+from swarmha.manager.http import READ_SIZE, header_value
 from swarmha.manager.tls import open_connection as open_tls
 
 __all__ = [
     "BROKEN",
+    "CLOSED",
     "HIJACK_GRACE",
     "HOP",
     "IDEMPOTENT",
@@ -300,7 +301,12 @@ async def read_body(reader: asyncio.StreamReader, kind: str, length: int) -> Asy
             yield data
 
 
-BROKEN = (OSError, ssl.SSLError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
+#: What an upstream connection's failure raises. RuntimeError: uvloop's ``write()`` on a transport whose peer
+#: closed it raises ``RuntimeError("unable to perform operation on <TCPTransport closed=True ...>")`` (asyncio's own
+#: loop drops the data and logs instead); nothing of that write was sent. Seen as a 500 "internal error" from a
+#: replica whose pooled connection to a primary SIGKILLed a moment before (tests/test_manager_failover.py).
+CLOSED = (ConnectionError, RuntimeError)
+BROKEN = (OSError, ssl.SSLError, ValueError, RuntimeError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
 
 
 @attrs.frozen
@@ -313,11 +319,7 @@ class Response:
 
     def header(self, name: str, default: str = "") -> str:
         """The first value of header ``name`` (case-insensitive), as text."""
-        key = name.lower().encode("ascii")
-        for n, v in self.headers:
-            if n.lower() == key:
-                return v.decode("latin-1")
-        return default
+        return header_value(self.headers, name, default)
 
     def json(self) -> Any:
         """The body parsed as JSON (ValueError when it is not)."""
@@ -361,12 +363,12 @@ async def request(
         timer = link.loop.call_later(timeout, link.expire)
         try:
             writer = link.writer
-            writer.write(data)
-            if writer.transport.get_write_buffer_size():
-                await writer.drain()
             try:
+                writer.write(data)
+                if writer.transport.get_write_buffer_size():
+                    await writer.drain()
                 head = await read_head(link.reader)
-            except (OSError, asyncio.IncompleteReadError):
+            except (OSError, RuntimeError, asyncio.IncompleteReadError):  # RuntimeError: see CLOSED
                 if link.reused and attempt == 0 and not link.expired:
                     link.close()
                     continue
@@ -415,7 +417,7 @@ class Streamed:
     _length: int
 
     def header(self, name: str, default: str = "") -> str:
-        return Response(self.status, self.headers, b"").header(name, default)
+        return header_value(self.headers, name, default)
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives (chunked decoded); ConnectionError and friends when the upstream breaks."""

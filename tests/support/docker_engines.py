@@ -1,12 +1,13 @@
-"""The session fixtures with a real registry and two real Docker engines for the manager tests (machinery:
+"""The session fixtures with a real registry and real Docker engines for the manager tests (machinery:
 tests/support/dockerd.py).
 
 ``registry``: Debian's ``docker-registry`` on a loopback port, holding :data:`REGISTRY_IMAGE` (the test image
 pushed there), so a pull needs no public registry. ``docker_engines``: two engines with their own host
 names (``node-1``, ``node-2``: ``unshare --uts``), engine labels ``node=1``/``node=2``, ``--insecure-registry``
-for that registry, each holding :data:`IMAGE`. Tests using them are skipped when dockerd, containerd,
-busybox, docker-registry, unshare or root are missing. Teardown kills each engine's whole process group
-(dockerd and its containerd) and removes its directories.
+for that registry, each holding :data:`IMAGE`. ``named_engines``: three more engines ``node-1``..``node-3`` with
+the labels of :data:`NODE_LABELS` and engine IDs of their own, for the scheduler's tests. Tests using them are
+skipped when dockerd, containerd, busybox, docker-registry, unshare or root are missing. Teardown kills each
+engine's whole process group (dockerd and its containerd) and removes its directories.
 """
 
 from __future__ import annotations
@@ -27,10 +28,27 @@ from tests.support.dockerd import (
     stop_engine,
 )
 
-__all__ = ["IMAGE", "NAMES", "DockerEngine", "Registry", "docker_cli", "docker_engines", "registry"]
+__all__ = [
+    "IMAGE",
+    "NAMES",
+    "NODE_LABELS",
+    "DockerEngine",
+    "Registry",
+    "docker_cli",
+    "docker_engines",
+    "named_engines",
+    "registry",
+]
 
 #: The engines' host names (their node names in the cluster), in the order of ``docker_engines``.
 NAMES = ("node-1", "node-2")
+
+#: The engine labels of node-1, node-2, node-3 (:func:`named_engines`).
+NODE_LABELS: tuple[dict[str, str], ...] = (
+    {"com.example.type": "web", "zone": "a", "storage": "ssd"},
+    {"com.example.type": "db", "zone": "b", "storage": "disk"},
+    {"zone": "b", "containerslots": "4"},
+)
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +77,29 @@ def docker_engines(registry: Registry, tmp_path_factory: pytest.TempPathFactory)
                 engines.append(
                     start_engine(i, hostname=name, labels={"node": str(i + 1)}, insecure_registries=(registry.addr,))
                 )
+            except RuntimeError as err:
+                pytest.fail(str(err))
+        tar = busybox_tar(tmp_path_factory.mktemp("image"))
+        for e in engines:
+            e.docker("import", str(tar), IMAGE)
+        yield engines
+    finally:
+        for e in engines:
+            stop_engine(e)
+
+
+@pytest.fixture(scope="session")
+def named_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[DockerEngine]]:
+    """Three running engines with host names ``node-1``..``node-3`` and :data:`NODE_LABELS`, each holding
+    :data:`IMAGE`. A test that kills one (``tests.support.dockerd.kill_engine``) restarts it before it ends."""
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    engines: list[DockerEngine] = []
+    try:
+        for i, labels in enumerate(NODE_LABELS):
+            try:
+                engines.append(start_engine(10 + i, hostname=f"node-{i + 1}", labels=labels))
             except RuntimeError as err:
                 pytest.fail(str(err))
         tar = busybox_tar(tmp_path_factory.mktemp("image"))

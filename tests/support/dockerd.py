@@ -9,12 +9,14 @@ to it, loaded with ``docker import``.
 
 :func:`missing` names what is missing (dockerd, containerd, docker, busybox, unshare, docker-registry, root) or
 returns None. :func:`start_registry` starts a registry on loopback for the engines to pull from and push to.
+:func:`kill_engine` / :func:`restart_engine` crash an engine and bring the same one back.
 :func:`stop_engine` kills each engine's whole process group (dockerd and its containerd) and removes its directories.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -24,11 +26,13 @@ import tarfile
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
 
 from tests.support.net import free_port
+from tests.support.procs import terminate
 
 IMAGE = "swarmha-test:busybox"
 _APPLETS = ("sh", "echo", "cat", "sleep", "true", "false", "ls", "env", "head", "seq", "printf")
@@ -41,6 +45,11 @@ class DockerEngine:
     proc: subprocess.Popen[bytes]
     #: With ``--tlsverify``: the files of :func:`tests.support.manager.make_certs` it was started with.
     tls: dict[str, Path] | None = None
+    #: The host name of its own UTS namespace (None: the machine's).
+    hostname: str | None = None
+    #: Its engine labels (``--label k=v``).
+    labels: dict[str, str] = attrs.field(factory=dict)
+    insecure_registries: tuple[str, ...] = ()
 
     @property
     def host(self) -> str:
@@ -113,41 +122,85 @@ def start_engine(
     tls: dict[str, Path] | None = None,
     *,
     hostname: str | None = None,
-    labels: dict[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
     insecure_registries: tuple[str, ...] = (),
 ) -> DockerEngine:
     """Start dockerd ``index`` on a free loopback port; RuntimeError (after cleaning up) if it never answers.
 
     ``tls``: certificates from :func:`tests.support.manager.make_certs`; the engine then runs with
     ``--tlsverify`` (clients need a certificate signed by that CA) and its node certificate.
-    ``hostname``: the engine runs in a UTS namespace of its own (``unshare --uts``) with that host name, so
-    ``/info`` reports it as its ``Name``. ``labels``: engine labels (``--label k=v``).
+    ``hostname``: the engine runs in a UTS namespace of its own (``unshare --uts``) with that host name, so its
+    ``/info`` reports it as ``Name`` (what a manager calls the node). ``labels``: engine labels (``--label k=v``).
     ``insecure_registries``: ``--insecure-registry`` addresses (a plain-HTTP registry on loopback).
     """
     root = Path(tempfile.mkdtemp(prefix=f"shd{index}-", dir="/tmp"))
     port = free_port()
     addr = f"127.0.0.1:{port}"
+    engine = DockerEngine(addr, root, _spawn(root, addr, tls, hostname, labels, insecure_registries), tls, hostname)
+    engine.labels = dict(labels or {})
+    engine.insecure_registries = insecure_registries
+    _wait_up(engine)
+    return engine
+
+
+def _spawn(
+    root: Path,
+    addr: str,
+    tls: dict[str, Path] | None,
+    hostname: str | None,
+    labels: Mapping[str, str] | None,
+    insecure_registries: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
+    # dockerd 20.10 derives its engine ID from a trust key, by default the machine's /etc/docker/key.json: a key
+    # of its own per engine gives each engine its own ID, as on separate machines.
+    config = root / "daemon.json"
+    if not config.exists():
+        config.write_text(json.dumps({"deprecated-key-path": str(root / "key.json")}))
     cmd = [
         "dockerd", "--host", f"tcp://{addr}", "--data-root", str(root / "d"), "--exec-root", str(root / "e"),
         "--pidfile", str(root / "pid"), "--iptables=false", "--ip6tables=false", "--bridge=none",
-        "--storage-driver=vfs", "--log-level=warn", *tls_flags(tls),
+        "--storage-driver=vfs", "--log-level=warn", "--config-file", str(config), *tls_flags(tls),
     ]  # fmt: skip
     for k, v in (labels or {}).items():
         cmd += ["--label", f"{k}={v}"]
     for registry in insecure_registries:
         cmd += ["--insecure-registry", registry]
-    if hostname is not None:
-        cmd = ["unshare", "--uts", "sh", "-c", f'hostname {hostname} && exec "$@"', "dockerd", *cmd]
-    with open(root / "dockerd.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    engine = DockerEngine(addr, root, proc, tls)
+    if hostname is not None:  # a UTS namespace of its own: the host name is the engine's alone
+        cmd = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *cmd]
+    with open(root / "dockerd.log", "ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_engine(engine: DockerEngine) -> None:
+    """SIGKILL the engine's whole process group (dockerd, containerd, shims): the node dies as in a crash.
+
+    Its directories stay, so :func:`restart_engine` brings the same engine (same ID, same containers) back.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(engine.proc.pid, signal.SIGKILL)
+    engine.proc.wait(20)
+    _unmount(engine.root, keep_root=True)
+
+
+def restart_engine(engine: DockerEngine) -> None:
+    """Start a killed engine again on the same address, data root, host name and labels; waits until it answers."""
+    (engine.root / "pid").unlink(missing_ok=True)
+    shutil.rmtree(engine.root / "e", ignore_errors=True)  # run-time state (a /var/run): a rebooted host starts empty
+    engine.proc = _spawn(
+        engine.root, engine.addr, engine.tls, engine.hostname, engine.labels, engine.insecure_registries
+    )
+    _wait_up(engine)
+
+
+def _wait_up(engine: DockerEngine) -> None:
+    addr, root, proc, tls = engine.addr, engine.root, engine.proc, engine.tls
     deadline = time.monotonic() + 60
     while not ping(addr, tls):
         if proc.poll() is not None or time.monotonic() > deadline:
+            log = (root / "dockerd.log").read_text(errors="replace")[-2000:]
             stop_engine(engine)
-            raise RuntimeError(f"dockerd did not start: {(root / 'dockerd.log').read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(f"dockerd did not start: {log}")
         time.sleep(0.1)
-    return engine
 
 
 @attrs.define
@@ -159,13 +212,7 @@ class Registry:
     proc: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -210,8 +257,13 @@ def stop_engine(engine: DockerEngine) -> None:
         engine.proc.wait(10)
     with contextlib.suppress(ProcessLookupError):  # containerd and shims share the process group
         os.killpg(engine.proc.pid, signal.SIGKILL)
+    _unmount(engine.root)
+
+
+def _unmount(root: Path, keep_root: bool = False) -> None:
     with open("/proc/mounts") as mounts:
-        points = [line.split()[1] for line in mounts if line.split()[1].startswith(str(engine.root))]
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(str(root))]
     for point in sorted(points, reverse=True):
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
-    shutil.rmtree(engine.root, ignore_errors=True)
+    if not keep_root:
+        shutil.rmtree(root, ignore_errors=True)

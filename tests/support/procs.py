@@ -17,6 +17,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM ``proc`` (resumed first, in case a test SIGSTOPped it), SIGKILL it if it has not exited within
+    ``timeout``, and reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
 class CandidateProcess:
     """One candidate process; its JSON observations are collected by a reader thread."""
 
@@ -72,14 +85,7 @@ class CandidateProcess:
         self.proc.send_signal(sig)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         self._reader.join(5)
 
 

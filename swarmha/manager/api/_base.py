@@ -90,6 +90,22 @@ class Base:
                 return e, rest
         return None, name
 
+    def pinned_engines(self, filters: dict[str, list[str]], pinned: str) -> list[Engine]:
+        """The engines a request's ``filters`` select, with ``filters`` made fit to send to them: the ``node``
+        filter (the manager's own) is removed, and each ``pinned`` value written ``node/name`` narrows the
+        engines to that node and is sent as ``name``."""
+        engines = self.engines_for(filters)
+        filters.pop("node", None)
+        values = []
+        for value in filters.get(pinned, []):
+            e, name = self.split_node(value)
+            if e is not None:
+                engines = [x for x in engines if x is e]
+            values.append(name)
+        if values:
+            filters[pinned] = values
+        return engines
+
     def filters(self, ex: Exchange) -> dict[str, list[str]]:
         return parse_filters(ex.arg("filters"))
 

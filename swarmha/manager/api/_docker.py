@@ -83,12 +83,7 @@ def parse_filters(raw: str) -> dict[str, list[str]]:
     """The ``filters`` query parameter as ``{key: [values]}`` (DockerError 400 when malformed)."""
     if not raw:
         return {}
-    try:
-        obj = json.loads(raw)
-    except ValueError as e:
-        raise DockerError(400, f"invalid filters: {e}") from e
-    if not isinstance(obj, dict):
-        raise DockerError(400, "invalid filters: expected a JSON object")
+    obj = json_object(raw, "filters")
     out: dict[str, list[str]] = {}
     for k, v in obj.items():
         if isinstance(v, dict):
@@ -115,12 +110,13 @@ def with_query(path: str, query: str) -> str:
     return f"{path}?{query}" if query else path
 
 
-def json_object(raw: bytes, what: str) -> dict[str, Any]:
-    """``raw`` parsed as a JSON object; DockerError 400 naming ``what`` otherwise (an empty body is ``{}``)."""
+def json_object(raw: bytes | str, what: str) -> dict[str, Any]:
+    """``raw`` (a body or a query parameter) parsed as a JSON object; DockerError 400 naming ``what`` otherwise
+    (empty is ``{}``)."""
     try:
         obj = json.loads(raw or b"{}")
     except ValueError as e:
         raise DockerError(400, f"invalid {what}: {e}") from e
     if not isinstance(obj, dict):
-        raise DockerError(400, f"invalid {what}: the body must be a JSON object")
+        raise DockerError(400, f"invalid {what}: expected a JSON object")
     return obj

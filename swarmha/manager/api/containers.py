@@ -101,16 +101,7 @@ class Containers(Base):
         limit = 0
         if "filters=" in query or "limit=" in query or "last=" in query:
             filters = self.filters(ex)
-            engines = self.engines_for(filters)
-            filters.pop("node", None)
-            nets = []
-            for n in filters.get("network", []):
-                e, name = self.split_node(n)
-                if e is not None:
-                    engines = [x for x in engines if x is e]
-                nets.append(name)
-            if nets:
-                filters["network"] = nets
+            engines = self.pinned_engines(filters, "network")
             with contextlib.suppress(ValueError):
                 limit = int(ex.arg("limit") or ex.arg("last") or 0)  # -n N / -l (last=1 in old clients)
             query = replace_query(query, filters=encode_filters(filters) if filters else None)
@@ -221,7 +212,7 @@ class Containers(Base):
         config = json_object(await ex.body(), "container config")
         await self._pin(config)
         try:
-            engine, env = self.cluster.place(config)
+            engine, env = self.cluster.place(config, reserve=True)  # pending (ports, slot) until created or not
         except NoEngine as e:
             raise DockerError(500, f"swarmha: {e}") from e
         config["Env"] = env
@@ -229,13 +220,16 @@ class Containers(Base):
         target = with_query("/containers/create", query)
         body = json.dumps(config).encode()
         headers = [(b"content-type", b"application/json")]
-        r = await self.call(engine, "POST", target, body=body, headers=headers)
-        if r.status == 404 and b"No such image" in r.body and config.get("Image"):
-            await self._pull(ex, engine, str(config["Image"]))
+        try:
             r = await self.call(engine, "POST", target, body=body, headers=headers)
+            if r.status == 404 and b"No such image" in r.body and config.get("Image"):
+                await self._pull(ex, engine, str(config["Image"]))
+                r = await self.call(engine, "POST", target, body=body, headers=headers)
+        finally:
+            self.cluster.unplace(config)
         if r.status == 201:
             with contextlib.suppress(ValueError, KeyError):
-                self.cluster.placed(engine, r.json()["Id"], config)
+                self.cluster.placed(engine, r.json()["Id"], config, name=ex.arg("name") or "")
         await self.respond(ex, r)
 
     async def _pull(self, ex: Exchange, engine: Engine, image: str) -> None:
@@ -293,3 +287,5 @@ class Containers(Base):
         status = await self.relay(ex, engine, target)
         if ex.method == "DELETE" and not action and 200 <= status < 300:
             self.cluster.forget(ident)
+        elif ex.method == "POST" and action == "/start" and 200 <= status < 300:
+            self.cluster.started(ident)  # the scheduler's view: running now (rescheduling starts it again)

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from swarmha.manager.api._base import Base, Tee, engine_error_message, respond_json
-from swarmha.manager.api._docker import DockerError, replace_query, with_query
+from swarmha.manager.api._docker import DockerError, json_object, replace_query, with_query
 from swarmha.manager.cluster import Engine, NoEngine
 from swarmha.manager.http import Exchange
 from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable, stream
@@ -174,12 +174,7 @@ class Images(Base):
         args: dict[str, Any] = {}
         raw = ex.arg("buildargs")
         if raw:
-            try:
-                args = json.loads(raw)
-            except ValueError as e:
-                raise DockerError(400, f"invalid buildargs: {e}") from e
-            if not isinstance(args, dict):
-                raise DockerError(400, "invalid buildargs: expected a JSON object")
+            args = json_object(raw, "buildargs")
             for k in [k for k in args if str(k).startswith("constraint:")]:
                 env.append(f"{k}={args.pop(k)}")
         try:

@@ -51,16 +51,7 @@ async def place_named(api: Base, labels: dict[str, Any]) -> Engine:
 class Networks(Base):
     async def listing(self, ex: Exchange) -> None:
         filters = self.filters(ex)
-        engines = self.engines_for(filters)
-        filters.pop("node", None)
-        names = []
-        for n in filters.get("name", []):
-            e, name = self.split_node(n)
-            if e is not None:
-                engines = [x for x in engines if x is e]
-            names.append(name)
-        if names:
-            filters["name"] = names
+        engines = self.pinned_engines(filters, "name")
         query = replace_query(ex.query_string, filters=encode_filters(filters) if filters else None)
         out: list[dict[str, Any]] = []
         seen: set[str] = set()

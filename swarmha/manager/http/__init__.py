@@ -53,6 +53,7 @@ from swarmha.manager.http._exchange import (
     ClientGone,
     ErrorBody,
     Exchange,
+    header_value,
     plain_error,
 )
 from swarmha.manager.http.parsers import DEFAULT, H11Parser, LlhttpFirstParser
@@ -76,5 +77,6 @@ __all__ = [
     "Handler",
     "LlhttpFirstParser",
     "Server",
+    "header_value",
     "plain_error",
 ]

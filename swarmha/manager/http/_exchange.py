@@ -32,6 +32,7 @@ __all__ = [
     "ClientGone",
     "ErrorBody",
     "Exchange",
+    "header_value",
     "plain_error",
 ]
 
@@ -142,6 +143,15 @@ def _check_framing(http_version: bytes, headers: list[tuple[bytes, bytes]]) -> t
     return chunked, length or 0
 
 
+def header_value(headers: list[tuple[bytes, bytes]], name: str, default: str = "") -> str:
+    """The first value of header ``name`` in ``headers`` (case-insensitive), as text; ``default`` when absent."""
+    key = name.lower().encode("ascii")
+    for n, v in headers:
+        if n.lower() == key:
+            return v.decode("latin-1")
+    return default
+
+
 class Exchange:
     """One request and the means to answer it (or to switch protocols and get the raw stream)."""
 
@@ -222,11 +232,7 @@ class Exchange:
 
     def header(self, name: str, default: str = "") -> str:
         """The first value of header ``name`` (case-insensitive), as text."""
-        key = name.lower().encode("ascii")
-        for n, v in self.headers:
-            if n.lower() == key:
-                return v.decode("latin-1")
-        return default
+        return header_value(self.headers, name, default)
 
     def arg(self, name: str, default: str = "") -> str:
         values = self.query.get(name)
