@@ -48,6 +48,7 @@ from benchmarks.support import uptime, wait
 from tests.support.dockerd import IMAGE, DockerEngine, busybox_tar, missing, start_engine, stop_engine
 from tests.support.manager import ManagerProc
 from tests.support.net import free_port
+from tests.support.procs import stop_group
 
 __all__ = ["main"]
 
@@ -232,14 +233,7 @@ class Nginx:
         return nginx
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        stop_group(self.proc)
 
 
 def answers(addr: str, path: str = "/_ping") -> bool:

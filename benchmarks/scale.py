@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from tests.support.net import established_to
+
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
 TTL = 6.0
@@ -54,25 +56,11 @@ def _proc_stats(port: int) -> dict[str, int]:
     """Threads, fds, RSS (kB) and ESTABLISHED TCP connections to ``port`` of this process, from /proc."""
     status = Path("/proc/self/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    inodes = set()
-    fds = os.listdir("/proc/self/fd")
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            link = os.readlink(f"/proc/self/fd/{fd}")
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    conns = 0
-    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in f.readlines()[1:]:
-                cols = line.split()
-                if cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == port and cols[9] in inodes:
-                    conns += 1
     return {
         "threads": int(fields["Threads"].strip()),
-        "fds": len(fds),
+        "fds": len(os.listdir("/proc/self/fd")),
         "rss_kb": int(fields["VmRSS"].split()[0]),
-        "conns": conns,
+        "conns": established_to(port),
     }
 
 

@@ -17,6 +17,7 @@ from swarmha.discovery import Record, Session
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
 from tests.support import cluster_scenarios
 from tests.support.helpers import Collector, prepare_0_gives_no_ticket, wait_for
+from tests.support.net import established_to
 from tests.support.servers import Cluster, zk_cluster
 from tests.support.stores import fresh_prefix
 
@@ -222,26 +223,6 @@ def test_a_leader_demoted_during_an_outage_does_not_block_the_election_after_it(
         d.close()
 
 
-def _zk_sockets(port: int) -> int:
-    """ESTABLISHED TCP connections of this process to ``port`` (from /proc)."""
-    import os
-
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            link = os.readlink(f"/proc/self/fd/{fd}")
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    count = 0
-    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
-                    count += 1
-    return count
-
-
 def test_three_hundred_candidates_share_two_connections_and_a_few_threads(single: Cluster) -> None:
     # One KazooClient per Session used to exhaust the server's maxClientCnxns=60 at about 60 candidates.
     before = threading.active_count()
@@ -252,7 +233,7 @@ def test_three_hundred_candidates_share_two_connections_and_a_few_threads(single
         assert all(r is not None for r in records)
         assert len({r.session for r in records if r is not None}) == 300  # 300 Sessions told apart
         port = int(single.hosts.split(",")[0].rsplit(":", 1)[1])
-        assert _zk_sockets(port) <= 2
+        assert established_to(port) <= 2
         assert threading.active_count() - before <= 8  # kazoo runs 3 per client, plus the timer: not 3 per Session
         for s in sessions:
             s.keepalive()

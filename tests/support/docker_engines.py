@@ -12,7 +12,7 @@ engine's whole process group (dockerd and its containerd) and removes its direct
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -70,22 +70,15 @@ def registry() -> Iterator[Registry]:
 @pytest.fixture(scope="session")
 def docker_engines(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[DockerEngine]]:
     """Two running engines, each holding :data:`IMAGE`; stopped and removed at the end of the session."""
-    engines: list[DockerEngine] = []
-    try:
-        for i, name in enumerate(NAMES):
-            try:
-                engines.append(
-                    start_engine(i, hostname=name, labels={"node": str(i + 1)}, insecure_registries=(registry.addr,))
-                )
-            except RuntimeError as err:
-                pytest.fail(str(err))
-        tar = busybox_tar(tmp_path_factory.mktemp("image"))
-        for e in engines:
-            e.docker("import", str(tar), IMAGE)
-        yield engines
-    finally:
-        for e in engines:
-            stop_engine(e)
+    yield from _engines_holding_the_image(
+        tmp_path_factory,
+        [
+            lambda i=i, name=name: start_engine(
+                i, hostname=name, labels={"node": str(i + 1)}, insecure_registries=(registry.addr,)
+            )
+            for i, name in enumerate(NAMES)
+        ],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -95,11 +88,25 @@ def named_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Doc
     reason = missing()
     if reason:
         pytest.skip(reason)
+    yield from _engines_holding_the_image(
+        tmp_path_factory,
+        [
+            lambda i=i, labels=labels: start_engine(10 + i, hostname=f"node-{i + 1}", labels=labels)
+            for i, labels in enumerate(NODE_LABELS)
+        ],
+    )
+
+
+def _engines_holding_the_image(
+    tmp_path_factory: pytest.TempPathFactory, starts: list[Callable[[], DockerEngine]]
+) -> Iterator[list[DockerEngine]]:
+    """Start an engine with each of ``starts``, import :data:`IMAGE` into every one, yield them; stop them all
+    afterwards (also those started before one failed to start, which fails the test)."""
     engines: list[DockerEngine] = []
     try:
-        for i, labels in enumerate(NODE_LABELS):
+        for start in starts:
             try:
-                engines.append(start_engine(10 + i, hostname=f"node-{i + 1}", labels=labels))
+                engines.append(start())
             except RuntimeError as err:
                 pytest.fail(str(err))
         tar = busybox_tar(tmp_path_factory.mktemp("image"))

@@ -32,7 +32,7 @@ from pathlib import Path
 import attrs
 
 from tests.support.net import free_port
-from tests.support.procs import terminate
+from tests.support.procs import stop_group, terminate
 
 IMAGE = "swarmha-test:busybox"
 _APPLETS = ("sh", "echo", "cat", "sleep", "true", "false", "ls", "env", "head", "seq", "printf")
@@ -247,14 +247,7 @@ def start_registry() -> Registry:
 
 def stop_engine(engine: DockerEngine) -> None:
     """Kill the engine's process group (dockerd, containerd, shims), unmount and remove its directories."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(engine.proc.pid, signal.SIGTERM)
-    try:
-        engine.proc.wait(20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(engine.proc.pid, signal.SIGKILL)
-        engine.proc.wait(10)
+    stop_group(engine.proc, 20)
     with contextlib.suppress(ProcessLookupError):  # containerd and shims share the process group
         os.killpg(engine.proc.pid, signal.SIGKILL)
     _unmount(engine.root)

@@ -46,8 +46,11 @@ _PROXY_MODE = {"cut": "drop", "blackhole": "blackhole", "delay": "delay", "lossy
 
 
 class Worker:
-    def __init__(self, node: str, url: str, ttl: float, log: Path, proxies: list[FaultProxy]) -> None:
+    def __init__(
+        self, node: str, url: str, ttl: float, log: Path, proxies: list[FaultProxy], held: tuple[str, ...] = ()
+    ) -> None:
         self.node, self.url, self.ttl, self.log, self.proxies = node, url, ttl, log, proxies
+        self.held = held  # the worker's --keys/--lease arguments
         self.proc: subprocess.Popen[bytes] | None = None
         # the worker's own log (swarmha's messages with monotonic stamps): evidence when a check fails
         self.stderr = log.with_suffix(".err").open("ab")
@@ -71,6 +74,7 @@ class Worker:
                 str(self.ttl),
                 "--log",
                 str(self.log),
+                *self.held,
             ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -144,8 +148,14 @@ def run_faults(
     kinds: tuple[str, ...] | None = None,
     budget: float = 600.0,
     progress: Callable[[str], None] | None = None,
+    keys: int = 0,
+    lease: bool = False,
 ) -> Report:
-    """Run ``faults`` faults against ``store`` and return the checker's report (see the module docstring)."""
+    """Run ``faults`` faults against ``store`` and return the checker's report (see the module docstring).
+
+    ``keys``: each worker also campaigns for that many more keys (``lease``: all on one shared Lease), so the
+    faults land on processes holding many keys; the checked key is the same."""
+    held = (*(("--keys", str(keys)) if keys else ()), *(("--lease",) if lease else ()))
     rng = random.Random(seed)
     url = store.url()
     networked = parse_url(url).scheme not in ("sqlite", "memory")
@@ -179,7 +189,7 @@ def run_faults(
     try:
         for i in range(workers):
             wurl, proxies = _proxied_url(url)
-            pool.append(Worker(f"c{i}", wurl, ttl, workdir / f"c{i}.log", proxies))
+            pool.append(Worker(f"c{i}", wurl, ttl, workdir / f"c{i}.log", proxies, held))
 
         def await_leader(limit: float, since: float) -> Worker | None:
             """The one worker leading in observations made after ``since`` (None if none within ``limit``)."""

@@ -268,7 +268,17 @@ def soak(args: argparse.Namespace) -> tuple[Totals, float, LagMonitor]:
             budget = min(n * (8.0 * args.ttl + 10.0), max(30.0, end - time.monotonic()))
             t0 = time.monotonic()
             try:
-                report = run_faults(store, workdir, faults=n, seed=seed, ttl=args.ttl, budget=budget, kinds=kinds)
+                report = run_faults(
+                    store,
+                    workdir,
+                    faults=n,
+                    seed=seed,
+                    ttl=args.ttl,
+                    budget=budget,
+                    kinds=kinds,
+                    keys=args.keys,
+                    lease=args.lease,
+                )
             finally:
                 if store.can_stop:
                     store.start()  # a chunk interrupted mid-outage must not leave the store down
@@ -514,14 +524,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--kinds", default=None, help="comma-separated fault kinds (default: all the store supports)")
     p.add_argument("--max-minutes", type=float, default=100.0, help="stop starting chunks after this long")
+    p.add_argument("--keys", type=int, default=0, help="more keys each worker campaigns for (faults with many held)")
+    p.add_argument("--lease", action="store_true", help="each worker's candidates share one swarmha.Lease")
     p.add_argument(
         "--default-etcd-timeouts",
         action="store_true",
         help="run etcd with its default 1 s election timeout (minimum lease 2 s) instead of 500 ms (minimum 1 s)",
     )
     args = p.parse_args(argv)
-    if args.faults < 1 or args.chunk < 1 or args.ttl <= 0:
-        p.error("--faults and --chunk must be >= 1 and --ttl > 0")
+    if args.faults < 1 or args.chunk < 1 or args.ttl <= 0 or args.keys < 0:
+        p.error("--faults and --chunk must be >= 1, --ttl > 0 and --keys >= 0")
     return args
 
 

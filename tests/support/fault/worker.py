@@ -8,6 +8,10 @@ flight)::
 
 Leader work counts as done in [a, b] only if ``ta == tb`` and both are set: the token read just before and
 just after the work agree. The checker (tests/support/fault/checker.py) merges every worker's log.
+
+With ``--keys N`` the worker also campaigns for N more keys (``fault/held-0`` ...) on the same Discovery (and,
+with ``--lease``, through one shared :class:`swarmha.Lease`), so every fault lands on a process holding or
+waiting for many keys; the observed key is still ``fault/leader``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ def main() -> None:
     parser.add_argument("--log", required=True)
     parser.add_argument("--interval", type=float, default=0.01)
     parser.add_argument("--work", type=float, default=0.002, help="seconds of 'leader work' per observation")
+    parser.add_argument("--keys", type=int, default=0, help="more keys to campaign for beside the observed one")
+    parser.add_argument("--lease", action="store_true", help="every candidate of the process on one shared Lease")
     args = parser.parse_args()
 
     # swarmha's log on stderr (the harness keeps it next to the observation log), stamped with the same
@@ -48,7 +54,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     discovery = swarmha.connect(args.url)
-    candidate = swarmha.Candidate(discovery, "fault/leader", node=args.node, ttl=args.ttl).start()
+    lease = swarmha.Lease(discovery, args.ttl) if args.lease else None
+    candidate = swarmha.Candidate(discovery, "fault/leader", node=args.node, ttl=args.ttl, lease=lease).start()
+    held = [
+        swarmha.Candidate(discovery, f"fault/held-{i}", node=args.node, ttl=args.ttl, lease=lease).start()
+        for i in range(args.keys)
+    ]
     try:
         while not stopping.is_set():
             a = time.monotonic()
@@ -67,7 +78,10 @@ def main() -> None:
             os.write(fd, (json.dumps(line) + "\n").encode())
             stopping.wait(args.interval)
     finally:
-        candidate.stop()
+        for c in [candidate, *held]:
+            c.stop()
+        if lease is not None:
+            lease.close()
         discovery.close()
         os.close(fd)
 
