@@ -333,10 +333,10 @@ class Manager:
                 healthy, details = self.health()
                 return await ex.json(200 if healthy else 503, details)
         if self.is_primary:
-            return await self.api.handle(ex)
-        await self._forward(ex)
+            return await self.api.handle(ex, version, path)
+        await self._forward(ex, version, path)
 
-    async def _forward(self, ex: Exchange) -> None:
+    async def _forward(self, ex: Exchange, version: str | None, path: str) -> None:
         deadline = time.monotonic() + self.config.hold
         dead: str | None = None
         retried = False
@@ -344,7 +344,7 @@ class Manager:
         ex.headers.append(self._forwarded_header)
         while True:
             if self.is_primary:
-                return await self.api.handle(ex)
+                return await self.api.handle(ex, version, path)
             target = "" if forwarded else self.primary
             remaining = deadline - time.monotonic()
             if not target or target == dead:

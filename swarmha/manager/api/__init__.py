@@ -167,9 +167,9 @@ class PrimaryAPI:
             raise DockerError(500, "swarmha: no healthy node available in the cluster")
         await self.containers.relay(ex, engines[0])
 
-    async def handle(self, ex: Exchange) -> None:
+    async def handle(self, ex: Exchange, version: str | None, path: str) -> None:
+        """Serve ``ex``, whose path the caller already split into ``docker_path(ex)``: ``version``, ``path``."""
         try:
-            version, path = docker_path(ex)
             self.check_version(version)
             await self._route(ex, path)
         except DockerError as e:
