@@ -140,6 +140,17 @@ class Base:
         target = f"/{kind}/{quote(ident, safe='/:@')}{suffix}"
         return [e for e, r in await self.gather("GET", target, engines) if r is not None and r.status == 200]
 
+    async def named_owner(self, kind: str, ident: str, missing: str) -> tuple[Engine, str]:
+        """The engine holding network/volume ``ident`` and its name there: ``node/name`` names both; otherwise the
+        first engine that has it. DockerError 404 with ``missing`` (the engine's own wording) when none has."""
+        e, real = self.split_node(ident)
+        if e is not None:
+            return e, real
+        have = await self.find(kind, ident)
+        if not have:
+            raise DockerError(404, missing)
+        return have[0], ident
+
     async def respond(self, ex: Exchange, r: Response) -> None:
         """Relay a whole engine answer as it came (status, content type, body)."""
         await ex.respond(r.status, r.body, r.header("content-type", "application/json"))

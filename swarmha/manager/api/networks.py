@@ -66,13 +66,7 @@ class Networks(Base):
         await respond_json(ex, 200, out)
 
     async def owner(self, ident: str) -> tuple[Engine, str]:
-        e, real = self.split_node(ident)
-        if e is not None:
-            return e, real
-        have = await self.find("networks", ident)
-        if not have:
-            raise DockerError(404, f"network {ident} not found")
-        return have[0], ident
+        return await self.named_owner("networks", ident, f"network {ident} not found")
 
     async def create(self, ex: Exchange) -> None:
         config = json_object(await ex.body(), "network config")

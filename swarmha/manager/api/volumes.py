@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from swarmha.manager.api._base import Base, local_name, respond_json
-from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
+from swarmha.manager.api._docker import encode_filters, json_object, replace_query, with_query
 from swarmha.manager.api.images import merge_prune
 from swarmha.manager.api.networks import place_named
 from swarmha.manager.cluster import Engine
@@ -43,13 +43,7 @@ class Volumes(Base):
         await respond_json(ex, 200, {"Volumes": volumes, "Warnings": warnings or None})
 
     async def owner(self, ident: str) -> tuple[Engine, str]:
-        e, real = self.split_node(ident)
-        if e is not None:
-            return e, real
-        have = await self.find("volumes", ident)
-        if not have:
-            raise DockerError(404, f"get {ident}: no such volume")
-        return have[0], ident
+        return await self.named_owner("volumes", ident, f"get {ident}: no such volume")
 
     async def create(self, ex: Exchange) -> None:
         config = json_object(await ex.body(), "volume config")
