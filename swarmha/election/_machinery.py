@@ -659,8 +659,10 @@ class Campaign(_Worker):
         self._hand_over(lead, reason)
 
     def _hand_over(self, lead: _Lead, reason: str) -> None:
-        """Remove the key of a term already ended (LOST emitted) through its session, then close its watch."""
-        log.info("%s: leadership released by %s (token %d): %s", self.key, self.node, lead.term.token, reason)
+        """Remove the key of a term already ended (LOST emitted) through its session, then close its watch.
+
+        The delete is the first thing done: the log line and the watch's close come after it, off the path
+        between ``stop()`` and the successor's win."""
         try:
             if self.lease is None:
                 self._d.release(self.key, lead.term.token, lead.session)
@@ -668,6 +670,8 @@ class Campaign(_Worker):
                 self._d.delete(self.key, lead.term.token)
         except DiscoveryError as e:
             log.warning("%s: could not delete the leader key on release (it expires with the TTL): %s", self.key, e)
+        else:
+            log.info("%s: leadership released by %s (token %d): %s", self.key, self.node, lead.term.token, reason)
         finally:
             if lead.watch is not None:
                 lead.watch.close()

@@ -80,6 +80,7 @@ class ZkSession(Session):
         self._expiry: Call | None = None
         self._turn: Call | None = None
         self._turn_since = math.inf  # when the entry's predecessor was seen to go
+        discovery.timer.start()
         self._schedule()
 
     # -- the ttl clock ---------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """One thread per Discovery that runs timed callbacks: session deadlines and tickets' turn checks.
 
 A heap of ``(when, sequence, callback)``; :meth:`Timer.call_at` returns a handle whose ``cancel()`` drops the
-call. Callbacks run one after the other on the ``swarmha-zk-timer`` thread and may make bounded store requests;
-an exception in one is logged and does not stop the others. :meth:`Timer.stop` ends and joins the thread.
+call. The thread wakes at the earliest call or after :data:`NAP` s, whichever comes first (an idle Discovery:
+two wake-ups a second, no store request). Callbacks run one after the other on the ``swarmha-zk-timer`` thread
+and may make bounded store requests; an exception in one is logged and does not stop the others.
+:meth:`Timer.stop` ends and joins the thread.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +20,9 @@ from collections.abc import Callable
 __all__ = ["Timer"]
 
 log = logging.getLogger("swarmha.discovery.zookeeper")
+
+#: Seconds the thread waits at most before it looks at its heap again by itself (see :meth:`Timer.call_at`).
+NAP = 0.5
 
 
 class Call:
@@ -39,19 +45,36 @@ class Timer:
         self._cond = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._wake_at = -math.inf  # when the waiting thread wakes by itself; -inf while it is not waiting
+
+    def start(self) -> None:
+        """Start the thread now (idempotent), so that no later ``call_at`` pays for a thread start: the first
+        call often comes on a handover's path (a ticket's turn check, the claim's deadline)."""
+        with self._cond:
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None and not self._stopped:
+            self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
+            self._thread.start()
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Call:
-        """Run ``callback`` on the timer thread at monotonic time ``when`` (at once if past)."""
+        """Run ``callback`` on the timer thread at monotonic time ``when`` (at once if past).
+
+        The thread is woken only when the call is due before the thread wakes anyway (it naps at most
+        :data:`NAP` s): a wake-up it does not need would take the GIL from the thread busy with the event that
+        made the call. A ticket's turn check (1 s ahead) and a claim's deadline (``ttl`` ahead), both made on a
+        handover's path, therefore wake nothing.
+        """
         call = Call(when, callback)
         with self._cond:
             if self._stopped:
                 call.cancelled = True
                 return call
             heapq.heappush(self._heap, (when, next(self._seq), call))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
-                self._thread.start()
-            self._cond.notify()
+            self._start()
+            if when < self._wake_at:
+                self._cond.notify()
         return call
 
     def call_soon(self, callback: Callable[[], None]) -> Call:
@@ -69,7 +92,9 @@ class Timer:
                     if self._heap and self._heap[0][0] <= now:
                         call = heapq.heappop(self._heap)[2]
                         break
-                    self._cond.wait(None if not self._heap else self._heap[0][0] - now)
+                    self._wake_at = min(now + NAP, self._heap[0][0]) if self._heap else now + NAP
+                    self._cond.wait(self._wake_at - now)
+                    self._wake_at = -math.inf  # busy: call_at need not wake it, it reads the heap before waiting
             try:
                 call.callback()
             except Exception:
