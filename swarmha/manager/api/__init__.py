@@ -179,33 +179,35 @@ class PrimaryAPI:
             if not ex.started:
                 await ex.error(502, f"swarmha: {e}")
 
-    async def _route(self, ex: Exchange, path: str) -> None:
+    def _route(self, ex: Exchange, path: str) -> Awaitable[None]:
+        """The coroutine that serves ``ex`` (returned, not awaited here: one coroutine frame less per request)."""
         method = ex.method
         route = self._routes.get((method, path))
         if route is not None:
-            return await route(ex)
+            return route(ex)
         kind, _, rest = path[1:].partition("/")
         if rest:
             if kind == "containers":
                 ident, action = _split(rest, _CONTAINER_ACTIONS)
-                return await self.containers.scoped(ex, ident, action)
+                return self.containers.scoped(ex, ident, action)
             if kind == "images":
                 ident, action = _split(rest, _IMAGE_ACTIONS)
-                return await self.images.scoped(ex, ident, action)
+                return self.images.scoped(ex, ident, action)
             if kind == "networks":
                 ident, action = _split(rest, _NETWORK_ACTIONS)
-                return await self.networks.scoped(ex, ident, action)
+                return self.networks.scoped(ex, ident, action)
             if kind == "volumes":
-                return await self.volumes.scoped(ex, rest)
+                return self.volumes.scoped(ex, rest)
             if kind == "exec":
-                ident = rest.partition("/")[0]
-                engine = await self.cluster.locate("exec", ident)
-                if engine is None:
-                    raise DockerError(404, f"No such exec instance: {ident}")
-                await self.containers.relay(ex, engine)
-                return
+                return self._exec(ex, rest.partition("/")[0])
             if kind == "distribution":
-                return await self._any_engine(ex)
+                return self._any_engine(ex)
         why = _NOT_SERVED.get(kind)
         detail = f" ({why})" if why else ""
-        await ex.error(501, f"swarmha: {method} {path} is not supported by the cluster manager{detail}")
+        return ex.error(501, f"swarmha: {method} {path} is not supported by the cluster manager{detail}")
+
+    async def _exec(self, ex: Exchange, ident: str) -> None:
+        engine = await self.cluster.locate("exec", ident)
+        if engine is None:
+            raise DockerError(404, f"No such exec instance: {ident}")
+        await self.containers.relay(ex, engine)
