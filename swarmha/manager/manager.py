@@ -153,7 +153,6 @@ class Manager:
         self.api = PrimaryAPI(self.cluster, self._info)
         #: Rescheduling on node failure (``com.docker.swarm.reschedule-policies``), acted on by the primary only.
         self.watchdog = Watchdog(self.cluster)
-        self.server = Server(self.handle, error_body=error_body)
         self.metrics: ManagerMetrics | None = None
         self._metrics_server: Server | None = None
         if config.metrics is not None:
@@ -161,6 +160,8 @@ class Manager:
 
             self.metrics = ManagerMetrics(self)
             self._metrics_server = Server(self._serve_metrics, error_body=error_body)
+        # Without metrics the server calls _handle itself: no measuring frame around every request.
+        self.server = Server(self.handle if self.metrics is not None else self._handle, error_body=error_body)
         self._candidate: aio.Candidate | None = None
         self._follower: aio.Follower | None = None
         if config.replication:

@@ -86,6 +86,10 @@ class Upstream:
     host: str
     port: int
     ssl: ssl.SSLContext | None = attrs.field(default=None, eq=False)
+    #: The ``Host`` header value sent with every request (made once, not per request).
+    host_header: bytes = attrs.field(
+        init=False, eq=False, repr=False, default=attrs.Factory(lambda u: b"%s:%d" % (u.host.encode(), u.port), True)
+    )
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -329,7 +333,7 @@ class Response:
 def _client_request(
     method: str, target: str, up: Upstream, body: bytes | None, headers: Iterable[tuple[bytes, bytes]]
 ) -> bytes:
-    sent = [(b"host", b"%s:%d" % (up.host.encode(), up.port))]
+    sent = [(b"host", up.host_header)]
     if headers:
         sent += [(n, v) for n, v in headers if n.lower() not in NOT_COPIED and n.lower() != b"host"]
     if body is not None and (body or method in ("POST", "PUT", "PATCH")):

@@ -8,6 +8,7 @@ reads the ``filters`` query parameter in both shapes the clients send (``{"k": {
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -51,11 +52,13 @@ def vkey(v: str) -> tuple[int, ...]:
         return (0,)
 
 
+@functools.lru_cache(maxsize=4096)
 def split_version(path: str) -> tuple[str | None, str]:
     """``/v1.41/containers/json`` -> ``("1.41", "/containers/json")``; no prefix: ``(None, path)``.
 
     Repeated slashes collapse first (``//containers/json`` is ``/containers/json``, as Go's path cleaning
-    makes it for dockerd), so a doubled slash never shifts the route.
+    makes it for dockerd), so a doubled slash never shifts the route. Called on every request, for the same
+    few paths mostly: the answers are cached (a regex match costs more than the cache's lookup).
     """
     if "//" in path:
         path = re.sub("/{2,}", "/", path)
