@@ -52,6 +52,23 @@ def test_discovery_create_is_exclusive_and_delete_compares_token(discovery: swar
         s2.close()
 
 
+def test_a_session_whose_key_was_deleted_creates_it_anew_with_a_new_token(discovery: swarmha.Discovery) -> None:
+    """A shared session (a Lease's) outlives a term: after ``delete(key, token)`` of its own key (a demoted
+    leader removing its stale key), its next ``create`` must make a new key, never hand back the deleted one.
+    (The fault soak found ZooKeeper claiming the deleted queue entry again: two leaders.)"""
+    session = discovery.session(LONG_TTL)
+    try:
+        first = discovery.create(KEY, "a", session)
+        assert first is not None
+        assert discovery.delete(KEY, first.token)
+        assert discovery.get(KEY) is None
+        again = discovery.create(KEY, "a", session)
+        assert again is not None and again.token > first.token
+        assert discovery.get(KEY) == again
+    finally:
+        session.close()
+
+
 def test_closing_a_session_removes_its_keys_and_ends_it(discovery: swarmha.Discovery) -> None:
     session = discovery.session(LONG_TTL)
     assert discovery.create(KEY, "a", session) is not None

@@ -273,6 +273,39 @@ def test_info_counts_version_df_and_prune(cluster: Cluster, pair: Pair) -> None:
             d.close()
 
 
+def test_system_prune_prunes_every_engine_and_names_local_objects_node_name(
+    cluster: Cluster, replica: ManagerProc
+) -> None:
+    label = f"swarmha.test={_unique('prune')}"  # the prune is filtered to this test's objects only
+    stopped = [
+        cli(
+            replica, "create", "--label", label, "-e", f"constraint:node=={n}", "--network", "none", IMAGE, "true"
+        ).stdout.strip()
+        for n in NAMES
+    ]
+    net, vol = _unique("prunenet"), _unique("prunevol")
+    cli(replica, "network", "create", "--label", label, f"{NAMES[0]}/{net}")
+    cli(replica, "volume", "create", "--label", label, f"{NAMES[1]}/{vol}")
+    keep = _unique("keepnet")  # unlabelled: the filter must reach the engines, or this goes too
+    cli(replica, "network", "create", f"{NAMES[0]}/{keep}")
+    try:
+        assert [_on(e, "container", c) for e, c in zip(cluster.engines, stopped, strict=True)] == [True, True]
+        out = cli(replica, "system", "prune", "-f", "--volumes", "--filter", f"label={label}", timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert not any(_on(e, "container", c) for e in cluster.engines for c in stopped)
+        assert not _on(cluster.engines[0], "network", net) and not _on(cluster.engines[1], "volume", vol)
+        assert _on(cluster.engines[0], "network", keep)
+        for c in stopped:
+            assert c in out.stdout, out.stdout
+        assert f"{NAMES[0]}/{net}" in out.stdout.split() and f"{NAMES[1]}/{vol}" in out.stdout.split(), out.stdout
+    finally:
+        for c in stopped:
+            cli(replica, "rm", "-f", c, check=False)
+        for name in (net, keep):
+            cli(replica, "network", "rm", f"{NAMES[0]}/{name}", check=False)
+        cli(replica, "volume", "rm", f"{NAMES[1]}/{vol}", check=False)
+
+
 # -- events ------------------------------------------------------------------------------------------------------
 
 

@@ -335,7 +335,7 @@ class ZooKeeperDiscovery(Discovery):
             if entry is None:
                 return None
             self._note_entry(s, entry)
-        if fresh or not entry.first:
+        if fresh or entry.claimed or not entry.first:  # only a waiting ticket's turn may skip the read
             names = self.queues.entries(path, s.conn, s) or []
             with s.lock:
                 entry.saw(names)
@@ -459,14 +459,18 @@ class ZooKeeperDiscovery(Discovery):
         return True
 
     def _delete_entry(self, path: str, token: int) -> bool:
+        """Delete the queue entry of ``path`` whose czxid is ``token``. When one of our Sessions owns it, the
+        Session forgets it first: a later create through that Session (a Lease's, which outlives the term) must
+        queue a new entry, never claim the deleted one."""
         target = None
         with self.lock:
             members = list(self._members.get(path, ()))
         for s in members:
             with s.lock:
                 entry = s.entries.get(path)
-            if entry is not None and entry.record.token == token:
-                target = entry.path
+                if entry is not None and entry.record.token == token:
+                    target = entry.path
+                    del s.entries[path]
         if target is None:
             for name in self.queues.entries(path) or []:
                 stat = self.shared.op("delete", functools.partial(_exists, path=f"{path}/{name}"))

@@ -108,6 +108,9 @@ class PrimaryAPI:
             ("GET", "/system/df"): s.df,
             ("POST", "/containers/prune"): lambda ex: s.prune(ex, "/containers/prune", "ContainersDeleted"),
             ("POST", "/build/prune"): lambda ex: s.prune(ex, "/build/prune", "CachesDeleted"),
+            ("POST", "/images/prune"): lambda ex: s.prune(ex, "/images/prune", "ImagesDeleted"),
+            ("POST", "/networks/prune"): lambda ex: s.prune(ex, "/networks/prune", "NetworksDeleted", local=True),
+            ("POST", "/volumes/prune"): lambda ex: s.prune(ex, "/volumes/prune", "VolumesDeleted", local=True),
             ("GET", "/containers/json"): self.containers.listing,
             ("POST", "/containers/create"): self.containers.create,
             ("POST", "/commit"): self.containers.commit,
@@ -115,16 +118,13 @@ class PrimaryAPI:
             ("POST", "/images/create"): self.images.create,
             ("POST", "/images/load"): self.images.load,
             ("GET", "/images/get"): self.images.get,
-            ("POST", "/images/prune"): self.images.prune,
             ("POST", "/build"): self.images.build,
             ("GET", "/images/search"): self._any_engine,
             ("POST", "/auth"): self._any_engine,
             ("GET", "/networks"): self.networks.listing,
             ("POST", "/networks/create"): self.networks.create,
-            ("POST", "/networks/prune"): self.networks.prune,
             ("GET", "/volumes"): self.volumes.listing,
             ("POST", "/volumes/create"): self.volumes.create,
-            ("POST", "/volumes/prune"): self.volumes.prune,
         }
 
     def api_version(self) -> str:

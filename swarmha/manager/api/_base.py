@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from urllib.parse import quote
 
-from swarmha.manager.api._docker import DockerError, parse_filters
+from swarmha.manager.api._docker import DockerError, parse_filters, with_query
 from swarmha.manager.cluster import Cluster, Engine
 from swarmha.manager.forward import forward
 from swarmha.manager.http import Exchange
@@ -25,11 +25,28 @@ __all__ = ["Base", "Tee", "local_name"]
 
 #: Seconds a pull, load, import or build on an engine may take in all.
 LONG = 3600.0
+#: Seconds a prune on an engine may take (removing many images or build caches takes minutes).
+PRUNE = 600.0
 
 
 def local_name(engine: Engine, name: str) -> str:
     """Swarm's name for a node-local network or volume: ``node/name``."""
     return f"{engine.name}/{name}"
+
+
+def merge_prune(answers: list[Any], key: str) -> dict[str, Any]:
+    """Prune answers merged: the ``key`` lists concatenated, ``SpaceReclaimed`` summed (absent when no engine
+    reported it, as dockerd leaves it out of a network prune); ``key`` null when nothing was deleted."""
+    out: dict[str, Any] = {key: [], "SpaceReclaimed": 0}
+    for a in answers:
+        if isinstance(a, dict):
+            out[key] += a.get(key) or []
+            out["SpaceReclaimed"] += int(a.get("SpaceReclaimed") or 0)
+    if "SpaceReclaimed" not in (k for a in answers if isinstance(a, dict) for k in a):
+        del out["SpaceReclaimed"]
+    if not out[key]:
+        out[key] = None
+    return out
 
 
 class Base:
@@ -63,6 +80,25 @@ class Base:
         if len(chosen) == 1:
             return [await one(chosen[0])]
         return list(await asyncio.gather(*(one(e) for e in chosen)))
+
+    async def prune(self, ex: Exchange, path: str, key: str, *, local: bool = False) -> None:
+        """``POST path`` (a prune endpoint) on every healthy engine, the answers merged (:func:`merge_prune`).
+
+        ``local``: the deleted items are names of node-local objects (networks, volumes), shown ``node/name``
+        as the listings show them. An engine that fails or answers something else than a JSON 200 is left out.
+        """
+        answers = []
+        for e, r in await self.gather("POST", with_query(path, ex.query_string), timeout=PRUNE):
+            if r is None or r.status != 200:
+                continue
+            try:
+                answer = r.json()
+            except ValueError:
+                continue
+            if local and isinstance(answer, dict) and isinstance(answer.get(key), list):
+                answer[key] = [local_name(e, str(name)) for name in answer[key]]
+            answers.append(answer)
+        await respond_json(ex, 200, merge_prune(answers, key))
 
     async def gather_json(self, target: str, engines: Iterable[Engine] | None = None) -> list[tuple[Engine, Any]]:
         """(engine, parsed body) for every engine that answered ``GET target`` with 200 and JSON."""

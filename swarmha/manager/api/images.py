@@ -26,23 +26,9 @@ from swarmha.manager.cluster import Engine, NoEngine
 from swarmha.manager.http import Exchange
 from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable, stream
 
-__all__ = ["Images", "merge_prune"]
+__all__ = ["Images"]
 
 _BROKEN = (UpstreamUnreachable, UpstreamBroken, OSError, ValueError, asyncio.IncompleteReadError)
-
-
-def merge_prune(answers: list[Any], key: str) -> dict[str, Any]:
-    """Prune answers merged: the ``key`` lists concatenated, ``SpaceReclaimed`` summed."""
-    out: dict[str, Any] = {key: [], "SpaceReclaimed": 0}
-    for a in answers:
-        if isinstance(a, dict):
-            out[key] += a.get(key) or []
-            out["SpaceReclaimed"] += int(a.get("SpaceReclaimed") or 0)
-    if "SpaceReclaimed" not in (k for a in answers if isinstance(a, dict) for k in a):
-        del out["SpaceReclaimed"]
-    if not out[key]:
-        out[key] = None
-    return out
 
 
 class Images(Base):
@@ -184,14 +170,6 @@ class Images(Base):
         parts = urlsplit(ex.target)
         target = with_query(parts.path, replace_query(parts.query, buildargs=json.dumps(args) if raw else None))
         await self.relay(ex, engine, target)
-
-    async def prune(self, ex: Exchange) -> None:
-        answers = [
-            r.json()
-            for _e, r in await self.gather("POST", with_query("/images/prune", ex.query_string), timeout=600)
-            if r is not None and r.status == 200
-        ]
-        await respond_json(ex, 200, merge_prune(answers, "ImagesDeleted"))
 
     # -- one image -------------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@
 * ``GET``/``DELETE /networks/{id}``: ``node/name``, or the first engine (in node order) that has it.
 * ``POST /networks/{id}/connect|disconnect``: to the engine that has the container (``Container`` may be
   ``node/name``).
-* ``POST /networks/prune``: on every engine, merged.
+* ``POST /networks/prune``: on every engine, merged; the deleted networks named ``node/name`` (Base.prune).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from urllib.parse import quote
 
 from swarmha.manager.api._base import Base, local_name, respond_json
 from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
-from swarmha.manager.api.images import merge_prune
 from swarmha.manager.cluster import Engine, NoEngine
 from swarmha.manager.http import Exchange
 
@@ -105,11 +104,3 @@ class Networks(Base):
         if e is None:
             raise DockerError(404, f"No such container: {ident}")
         return e, real
-
-    async def prune(self, ex: Exchange) -> None:
-        answers = [
-            r.json()
-            for _e, r in await self.gather("POST", with_query("/networks/prune", ex.query_string), timeout=120)
-            if r is not None and r.status == 200
-        ]
-        await respond_json(ex, 200, merge_prune(answers, "NetworksDeleted"))

@@ -1,4 +1,4 @@
-"""The system endpoints over the cluster: ``/version``, ``/system/df``, the container and build-cache prunes,
+"""The system endpoints over the cluster: ``/version``, ``/system/df`` (the prunes: Base.prune, routed in the API),
 and ``/events`` merged from every engine with Swarm's ``engine_connect`` / ``engine_disconnect`` events.
 
 ``/events``: each engine's stream is relayed line by line as it arrives, each event carrying Swarm's ``node``
@@ -21,7 +21,6 @@ from typing import Any
 
 from swarmha.manager.api._base import Base, local_name, respond_json
 from swarmha.manager.api._docker import MIN_API_VERSION, encode_filters, replace_query, vkey, with_query
-from swarmha.manager.api.images import merge_prune
 from swarmha.manager.cluster import Cluster, Engine
 from swarmha.manager.http import ClientGone, Exchange
 from swarmha.manager.info import SERVER_VERSION
@@ -77,7 +76,7 @@ class System(Base):
             "Components": [{"Name": "swarmha", "Version": SERVER_VERSION, "Details": {}}],
         }
 
-    # -- disk usage and prunes -------------------------------------------------------------------------------
+    # -- disk usage ------------------------------------------------------------------------------------------
 
     async def df(self, ex: Exchange) -> None:
         out: dict[str, Any] = {"LayersSize": 0, "Images": [], "Containers": [], "Volumes": [], "BuildCache": []}
@@ -100,14 +99,6 @@ class System(Base):
             out["BuildCache"] += d.get("BuildCache") or []
         out["Images"] = list(images.values())
         await respond_json(ex, 200, out)
-
-    async def prune(self, ex: Exchange, path: str, key: str) -> None:
-        answers = [
-            r.json()
-            for _e, r in await self.gather("POST", with_query(path, ex.query_string), timeout=600)
-            if r is not None and r.status == 200
-        ]
-        await respond_json(ex, 200, merge_prune(answers, key))
 
     # -- events ----------------------------------------------------------------------------------------------
 

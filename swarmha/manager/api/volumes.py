@@ -4,7 +4,8 @@
   (the rest is the engines' own: ``name=``, ``label=``, ``driver=``, ``dangling=``).
 * ``POST /volumes/create``: on the node a ``node/name`` names, else where its Compose project already lives,
   else where :meth:`Cluster.place` chooses. ``GET``/``DELETE /volumes/{name}``: ``node/name``, or the first
-  engine (node order) that has it. ``POST /volumes/prune``: on every engine, merged.
+  engine (node order) that has it. ``POST /volumes/prune``: on every engine, merged; the deleted volumes
+  named ``node/name`` (Base.prune).
 * ``docker run -v name:/path`` is placed where ``name`` is (:mod:`swarmha.manager.api.containers`).
 """
 
@@ -16,7 +17,6 @@ from urllib.parse import quote
 
 from swarmha.manager.api._base import Base, local_name, respond_json
 from swarmha.manager.api._docker import encode_filters, json_object, replace_query, with_query
-from swarmha.manager.api.images import merge_prune
 from swarmha.manager.api.networks import place_named
 from swarmha.manager.cluster import Engine
 from swarmha.manager.http import Exchange
@@ -59,11 +59,3 @@ class Volumes(Base):
     async def scoped(self, ex: Exchange, ident: str) -> None:
         engine, real = await self.owner(ident)
         await self.relay(ex, engine, with_query(f"/volumes/{quote(real, safe='')}", ex.query_string))
-
-    async def prune(self, ex: Exchange) -> None:
-        answers = [
-            r.json()
-            for _e, r in await self.gather("POST", with_query("/volumes/prune", ex.query_string), timeout=120)
-            if r is not None and r.status == 200
-        ]
-        await respond_json(ex, 200, merge_prune(answers, "VolumesDeleted"))
