@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -23,8 +25,6 @@ import tempfile
 import threading
 import time
 from typing import Any
-
-import httpx
 
 import swarmha
 from swarmha.errors import DiscoveryError
@@ -49,6 +49,20 @@ def _free_port() -> int:
         return port
 
 
+def _get(host: str, port: int, path: str, timeout: float) -> tuple[int, bytes]:
+    """``GET path`` on a fresh loopback connection: (status, body). Raises OSError or http.client's errors.
+
+    The standard library's client: the demo makes a few hundred plain requests to local managers, which needs
+    no client library (the managers' own client is asyncio's; the demo is not)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
 def _engine(args: argparse.Namespace) -> str | None:
     if args.no_engine:
         return None
@@ -56,8 +70,10 @@ def _engine(args: argparse.Namespace) -> str | None:
     if candidate.startswith("tcp://") or (args.engine and candidate):
         host, port = parse_address(candidate, "--engine")
         try:
-            httpx.get(f"http://{host}:{port}/_ping", timeout=1.0).raise_for_status()
-        except httpx.HTTPError as e:
+            status, _ = _get(host, port, "/_ping", 1.0)
+            if status != 200:
+                raise http.client.HTTPException(f"/_ping answered {status}")
+        except (OSError, http.client.HTTPException) as e:
             print(f"engine {host}:{port} does not answer ({e}); running without an engine")
             return None
         return f"{host}:{port}"
@@ -81,11 +97,11 @@ def _relay_log(port: int, stream: Any) -> None:
     stream.close()
 
 
-def _info(client: httpx.Client, port: int) -> dict[str, str] | None:
+def _info(port: int) -> dict[str, str] | None:
     try:
-        r = client.get(f"http://127.0.0.1:{port}/info", timeout=0.5)
-        status = r.json().get("SystemStatus") or []
-    except (httpx.HTTPError, ValueError):
+        _, body = _get("127.0.0.1", port, "/info", 0.5)
+        status = json.loads(body).get("SystemStatus") or []
+    except (OSError, http.client.HTTPException, ValueError, AttributeError):
         return None
     out = {str(k).strip(): str(v) for k, v in status}
     # the engine lines as docker info prints them: " name: addr" (one per engine)
@@ -120,7 +136,6 @@ def run(args: argparse.Namespace) -> int:
     relays: list[threading.Thread] = []
     stop_join = threading.Event()
     join_thread: threading.Thread | None = None
-    client = httpx.Client(trust_env=False)
     try:
         if engine is not None:
             join_thread = threading.Thread(target=_join, args=(url, engine, stop_join), daemon=True)
@@ -137,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             relays.append(relay)
 
         def roles(alive: list[int]) -> dict[int, dict[str, str]] | None:
-            seen = {p: _info(client, p) for p in alive}
+            seen = {p: _info(p) for p in alive}
             if any(v is None for v in seen.values()):
                 return None
             primaries = [p for p, v in seen.items() if v and v.get("Role") == "primary".capitalize()]
@@ -161,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
             def new_primary(alive: list[int] = alive) -> int | None:
                 for p in alive:
-                    v = _info(client, p)
+                    v = _info(p)
                     if v and v.get("Role") == "Primary":
                         return p
                 return None
@@ -185,7 +200,6 @@ def run(args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
         return 1
     finally:
-        client.close()
         stop_join.set()
         for proc in procs.values():
             if proc.poll() is None:
