@@ -20,6 +20,7 @@ from swarmha.discovery.consul import ConsulDiscovery, session_ttl_for
 from swarmha.errors import ConfigurationError, DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
 from tests.support.consul_double import ConsulDouble, parse_go_duration
 from tests.support.helpers import Collector, wait_for
+from tests.support.net import established_to
 from tests.support.stores.consul import ENV, ConsulStoreFixture, real_agent_url
 
 KEY = "svc/leader"
@@ -408,3 +409,142 @@ def test_candidate_refuses_a_ttl_consul_would_refuse_at_construction() -> None:
             swarmha.Candidate(d, "svc/leader", node="n", ttl=15.0)
     finally:
         d.close()
+
+
+# -- the watch hub: one thread and one connection for every watch of a Discovery --------------------------------
+
+
+def _hub_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("swarmha-consul-watch")]
+
+
+def test_three_hundred_candidates_cost_two_connections_and_a_few_threads_per_discovery(
+    consul: ConsulStoreFixture,
+) -> None:
+    """Each waiting watch used to have a thread and a connection of its own, plus an engine thread parked in its
+    wait: 300 keys held by one Discovery and waited on by another ran ~1,800 threads and ~600 connections."""
+    def ours() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("swarmha-")]
+
+    before = len(ours())  # engine threads of earlier tests linger until their last deadline (they only end)
+    url = consul.url()
+    holder, waiter = swarmha.connect(url), swarmha.connect(url)
+    port = holder.url.endpoints(8500)[0][1]
+    leaders = [swarmha.Candidate(holder, f"shard/{i}", node=f"h{i}", ttl=30.0) for i in range(300)]
+    rivals = [swarmha.Candidate(waiter, f"shard/{i}", node=f"r{i}", ttl=30.0) for i in range(300)]
+    try:
+        for c in leaders:
+            c.start()
+        wait_for(lambda: all(c.is_leader for c in leaders), 30.0, "every shard to be led", poll=0.05)
+        for c in rivals:
+            c.start()
+        wait_for(lambda: all(c.phase.value == "waiting" for c in rivals), 30.0, "every rival to wait", poll=0.05)
+        assert not any(c.is_leader for c in rivals)
+        assert established_to(port) <= 4  # two Discoveries: requests on one connection, watches on another
+        threads = ours()
+        # per Discovery: the engine's timer and at most 4 workers, and the watch hub; no thread per waiting key
+        assert len(threads) - before <= 2 * (1 + 4 + 1), threads
+        assert len(_hub_threads()) == 2 and not [n for n in threads if n.startswith("swarmha-engine-wait")]
+        for c in leaders[:20]:
+            c.stop()  # the rivals' hub sees each key go and wakes exactly the rivals of those keys
+        wait_for(lambda: all(c.is_leader for c in rivals[:20]), 10.0, "the rivals to take over", poll=0.01)
+        assert not any(c.is_leader for c in rivals[20:])
+    finally:
+        for c in leaders + rivals:
+            c.stop()
+        holder.close()
+        waiter.close()
+    assert _hub_threads() == []
+
+
+def test_a_watch_does_not_miss_a_change_made_right_before_it_was_registered(consul: ConsulStoreFixture) -> None:
+    url = consul.url()
+    with swarmha.connect(url) as d, swarmha.connect(url) as other:
+        other.put(KEY, "one")
+        seen = d.get(KEY)
+        assert seen is not None
+        with d.watch(KEY, seen) as early:  # runs the hub; it fires once the hub's snapshot has the change
+            other.put(KEY, "two")
+            assert early.wait(5.0) is True
+        # The caller's read predates the change, which the hub saw before this watch existed: it fires at once.
+        with d.watch(KEY, seen) as late:
+            assert late.wait(5.0) is True and not late.known_absent
+            assert late.wait(0.3) is False  # re-armed at "two": no spurious second wake-up
+        current = d.get(KEY)
+        assert current is not None and current.value == "two"
+        with d.watch("svc/other", None) as keep:  # keeps the hub running while the key goes
+            assert other.delete(KEY, current.token)
+            wait_for(lambda: d.list("svc").get(KEY) is None, 5.0, "the delete")
+            with d.watch(KEY, current) as gone:
+                assert gone.wait(5.0) is True and gone.known_absent
+            # a key read absent, then created, fires a watch armed at "absent"
+            assert d.get(KEY) is None
+            other.put(KEY, "three")
+            with d.watch(KEY, None) as created:
+                assert created.wait(5.0) is True and not created.known_absent
+            assert keep.wait(0) is False
+
+
+def test_a_fresh_read_newer_than_the_hubs_snapshot_does_not_fire(consul: ConsulStoreFixture) -> None:
+    url = consul.url()
+    with swarmha.connect(url) as d, swarmha.connect(url) as other:
+        with d.watch("svc/other", None) as keep:
+            wait_for(lambda: _hub_threads(), 5.0, "the hub")
+            for i in range(20):  # each read may be newer than the hub's snapshot: that must not fire
+                other.put(KEY, f"v{i}")
+                seen = d.get(KEY)
+                with d.watch(KEY, seen) as w:
+                    assert w.wait(0.05) is False, f"fired for a state older than the read (round {i})"
+            assert keep.wait(0) is False
+
+
+def test_watches_fail_when_the_agent_stays_away_and_work_again_once_it_is_back(
+    consul: ConsulStoreFixture, double: ConsulDouble
+) -> None:
+    url = consul.url(timeout="1")
+    with swarmha.connect(url) as d, swarmha.connect(url) as other:
+        seen = d.get(KEY)
+        watch = d.watch(KEY, seen)
+        wait_for(lambda: _hub_threads(), 5.0, "the hub")
+        double.stop()
+        stopped_at = time.monotonic()
+        with pytest.raises(DiscoveryUnavailable):
+            watch.wait(10.0)
+        assert time.monotonic() - stopped_at < 3.0  # the URL's timeout (1 s) plus a backoff step
+        watch.close()
+        double.start()
+        wait_for(lambda: d.get(KEY) is None, 5.0, "the agent to answer")
+        with d.watch(KEY, None) as again:
+            other.put(KEY, "back")
+            assert again.wait(5.0) is True
+
+
+def test_a_short_outage_does_not_break_a_watch_and_loses_no_change(
+    consul: ConsulStoreFixture, double: ConsulDouble
+) -> None:
+    url = consul.url(timeout="3")
+    with swarmha.connect(url) as d, swarmha.connect(url) as other:
+        seen = d.get(KEY)
+        with d.watch(KEY, seen) as watch:
+            wait_for(lambda: _hub_threads(), 5.0, "the hub")
+            double.stop()
+            assert watch.wait(0.3) is False  # retrying quietly: no error yet
+            double.start()
+            other.put(KEY, "during")  # a change right after the break: the resumed query must bring it
+            assert watch.wait(5.0) is True
+
+
+def test_the_hub_thread_ends_after_the_last_watch_and_at_close(consul: ConsulStoreFixture) -> None:
+    notified = threading.Event()
+    with swarmha.connect(consul.url()) as d:
+        w = d.watch(KEY, d.get(KEY))
+        assert w.notify(notified.set) is True
+        wait_for(lambda: _hub_threads(), 5.0, "the hub")
+        w.close()
+        assert notified.is_set()  # a close wakes the notified caller too
+        wait_for(lambda: not _hub_threads(), 2.0 + 3.0, "the hub thread to end after its last watch")
+        blocked = d.watch(KEY, d.get(KEY))
+        wait_for(lambda: _hub_threads(), 5.0, "the hub again")
+        start = time.monotonic()
+    assert time.monotonic() - start < 1.0  # close() aborted the query in flight
+    assert _hub_threads() == [] and blocked.wait(0) is False

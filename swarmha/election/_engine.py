@@ -17,9 +17,9 @@ the consumer from the GIL for ~0.3 ms of a 2.7 ms ZooKeeper handover). When the 
 exit after :data:`IDLE` seconds without work, so an engine whose Discovery is no longer used leaves no thread
 behind; the other workers exit after :data:`IDLE` idle seconds in any case.
 
-A watch that can call back when it fires (``Watch.notify``: every built-in backend but Consul) costs no thread
-while it waits; for one that cannot, the engine waits in ``Watch.wait`` on a ``swarmha-engine-wait`` thread of
-its own for as long as the wait lasts (the old, thread-per-waiter cost).
+A watch that can call back when it fires (``Watch.notify``: every built-in backend) costs no thread while it
+waits; for one that cannot (a third-party backend), the engine waits in ``Watch.wait`` on a
+``swarmha-engine-wait`` thread of its own for as long as the wait lasts (the old, thread-per-waiter cost).
 
 Guarantees: a task's generator runs on one thread at a time, and a wake-up (watch, deadline, interrupt) that
 arrives while it runs is not lost: it is looked at before the task parks again.
