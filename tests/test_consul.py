@@ -423,6 +423,7 @@ def test_three_hundred_candidates_cost_two_connections_and_a_few_threads_per_dis
 ) -> None:
     """Each waiting watch used to have a thread and a connection of its own, plus an engine thread parked in its
     wait: 300 keys held by one Discovery and waited on by another ran ~1,800 threads and ~600 connections."""
+
     def ours() -> list[str]:
         return [t.name for t in threading.enumerate() if t.name.startswith("swarmha-")]
 
@@ -487,15 +488,14 @@ def test_a_watch_does_not_miss_a_change_made_right_before_it_was_registered(cons
 
 def test_a_fresh_read_newer_than_the_hubs_snapshot_does_not_fire(consul: ConsulStoreFixture) -> None:
     url = consul.url()
-    with swarmha.connect(url) as d, swarmha.connect(url) as other:
-        with d.watch("svc/other", None) as keep:
-            wait_for(lambda: _hub_threads(), 5.0, "the hub")
-            for i in range(20):  # each read may be newer than the hub's snapshot: that must not fire
-                other.put(KEY, f"v{i}")
-                seen = d.get(KEY)
-                with d.watch(KEY, seen) as w:
-                    assert w.wait(0.05) is False, f"fired for a state older than the read (round {i})"
-            assert keep.wait(0) is False
+    with swarmha.connect(url) as d, swarmha.connect(url) as other, d.watch("svc/other", None) as keep:
+        wait_for(lambda: _hub_threads(), 5.0, "the hub")
+        for i in range(20):  # each read may be newer than the hub's snapshot: that must not fire
+            other.put(KEY, f"v{i}")
+            seen = d.get(KEY)
+            with d.watch(KEY, seen) as w:
+                assert w.wait(0.05) is False, f"fired for a state older than the read (round {i})"
+        assert keep.wait(0) is False
 
 
 def test_watches_fail_when_the_agent_stays_away_and_work_again_once_it_is_back(
