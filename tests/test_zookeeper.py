@@ -9,6 +9,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,36 @@ def test_token_is_the_czxid_and_keys_are_ephemeral(single: Cluster) -> None:
         second = d.create("svc/leader", "n2", again)
         assert second is not None and second.token > record.token
         again.close()
+    finally:
+        d.close()
+
+
+def test_an_entry_whose_withdraw_failed_is_deleted_once_the_connection_answers(
+    single: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A losing create withdraws its queue entry; when that delete fails (ConnectionLoss in the fault soak) the
+    entry must still go, or it holds the key, unowned, for as long as the connection's session lives."""
+    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}?prepare=0")
+    try:
+        holder, loser = d.session(30), d.session(30)
+        first = d.create("svc/leader", "n1", holder)
+        assert first is not None
+        conn = loser.conn  # type: ignore[attr-defined]
+        op = conn.op
+
+        def failing_withdraw(what: str, fn: Any, session: Any = None) -> Any:
+            if what == "withdraw":
+                raise DiscoveryUnavailable("injected: the connection was lost")
+            return op(what, fn, session=session)
+
+        monkeypatch.setattr(conn, "op", failing_withdraw)
+        with pytest.raises(DiscoveryUnavailable, match="injected"):
+            d.create("svc/leader", "n2", loser)
+        monkeypatch.setattr(conn, "op", op)
+        assert d.delete("svc/leader", first.token)
+        wait_for(lambda: d.get("svc/leader") is None, 5.0, "the key free: no entry of the loser left in its queue")
+        again = d.create("svc/leader", "n2", loser)
+        assert again is not None and again.value == "n2" and again.token > first.token
     finally:
         d.close()
 

@@ -459,18 +459,23 @@ class ZooKeeperDiscovery(Discovery):
         return True
 
     def _delete_entry(self, path: str, token: int) -> bool:
-        """Delete the queue entry of ``path`` whose czxid is ``token``. When one of our Sessions owns it, the
-        Session forgets it first: a later create through that Session (a Lease's, which outlives the term) must
-        queue a new entry, never claim the deleted one."""
+        """Delete the queue entry of ``path`` whose czxid is ``token``.
+
+        When one of our Sessions owns it, the Session forgets it: a later create through that Session (a
+        Lease's, which outlives the term) queues a new entry, with a new token, and never claims this one
+        again. If the delete fails (connection lost; the error is raised), the owner's connection deletes the
+        entry once it is back: an entry no Session tracks would otherwise hold the key for as long as the
+        connection's ZooKeeper session lives.
+        """
         target = None
+        owner: tuple[ZkSession, Entry] | None = None
         with self.lock:
             members = list(self._members.get(path, ()))
         for s in members:
             with s.lock:
                 entry = s.entries.get(path)
-                if entry is not None and entry.record.token == token:
-                    target = entry.path
-                    del s.entries[path]
+            if entry is not None and entry.record.token == token:
+                target, owner = entry.path, (s, entry)
         if target is None:
             for name in self.queues.entries(path) or []:
                 stat = self.shared.op("delete", functools.partial(_exists, path=f"{path}/{name}"))
@@ -479,12 +484,22 @@ class ZooKeeperDiscovery(Discovery):
                     break
         if target is None:
             return False
+        if owner is not None:
+            s, entry = owner
+            with s.lock:
+                if s.entries.get(path) is entry:
+                    del s.entries[path]
         try:
             self.shared.op("delete", lambda c: c.delete_async(target))
+            deleted = True
         except NoNodeError:
-            return False
+            deleted = False
+        except DiscoveryError:
+            if owner is not None:
+                owner[0].conn.delete_later(target)
+            raise
         self._remember(target, None)
-        return True
+        return deleted
 
     def release(self, key: str, token: int, session: Session) -> None:
         """Hand over ``key``: delete the session's entry (by its unique name), then close ``session``.

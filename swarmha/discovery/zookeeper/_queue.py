@@ -12,7 +12,6 @@ name (never another entry), list a queue holder first, find the holder, and chec
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import TYPE_CHECKING, Any
 
@@ -173,12 +172,23 @@ class Queues:
         raise DiscoveryUnavailable(f"ZooKeeper queue {path} vanished under {RACE_LIMIT} creates in a row")
 
     def withdraw(self, session: ZkSession, entry: Entry) -> None:
-        """Delete ``entry`` (by its unique name: never another entry) and forget it."""
+        """Delete ``entry`` (by its unique name: never another entry) and forget it.
+
+        If the delete fails (the connection was lost; the error is raised), the connection deletes the entry
+        once it is back (:meth:`Connection.delete_later`): a forgotten entry left in the queue would hold the
+        key for as long as the connection's ZooKeeper session lives (the fault soak found that: no leader for
+        40 s after a withdraw hit ConnectionLoss).
+        """
         with session.lock:
             if session.entries.get(entry.parent) is entry:
                 del session.entries[entry.parent]
-        with contextlib.suppress(NoNodeError):
+        try:
             session.conn.op("withdraw", lambda c: c.delete_async(entry.path), session=session)
+        except NoNodeError:
+            pass
+        except DiscoveryError:
+            session.conn.delete_later(entry.path)
+            raise
 
     def check_turn(self, session: ZkSession) -> None:
         """For a ticket's unclaimed entries: start its clock if one holds the key, else watch its predecessor.
