@@ -201,12 +201,6 @@ class Hub:
         if thread is not None and thread is not threading.current_thread():
             thread.join(self._agents.timeout + 5.0)
 
-    @property
-    def watching(self) -> int:
-        """How many watches the hub serves now."""
-        with self._cond:
-            return sum(len(group) for group in self._watches.values())
-
     def _run(self) -> None:
         broken_since: float | None = None
         backoff = _BACKOFF_MIN

@@ -84,6 +84,11 @@ class FaultProxy:
             except OSError:
                 client.close()
                 continue
+            # A proxy is a wire, not a TCP endpoint that adds Nagle delays: without TCP_NODELAY a request sent as
+            # headers + body waited ~40 ms for a delayed ACK at each hop (measured: Consul txns 45 ms apart).
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pair = (client, upstream)
             with self._lock:
                 self._conns.append(pair)
