@@ -461,11 +461,12 @@ class ZooKeeperDiscovery(Discovery):
     def _delete_entry(self, path: str, token: int) -> bool:
         """Delete the queue entry of ``path`` whose czxid is ``token``.
 
-        When one of our Sessions owns it, the Session forgets it: a later create through that Session (a
-        Lease's, which outlives the term) queues a new entry, with a new token, and never claims this one
-        again. If the delete fails (connection lost; the error is raised), the owner's connection deletes the
-        entry once it is back: an entry no Session tracks would otherwise hold the key for as long as the
-        connection's ZooKeeper session lives.
+        When one of our Sessions owns it, the Session forgets it once the delete is answered (until then a
+        close of the Session still deletes it): a later create through that Session (a Lease's, which outlives
+        the term) queues a new entry, with a new token, and never claims this one again. If the delete fails
+        (connection lost; the error is raised), the owner's connection deletes the entry once it is back: an
+        entry no Session tracks would otherwise hold the key for as long as the connection's ZooKeeper
+        session lives.
         """
         target = None
         owner: tuple[ZkSession, Entry] | None = None
@@ -484,11 +485,6 @@ class ZooKeeperDiscovery(Discovery):
                     break
         if target is None:
             return False
-        if owner is not None:
-            s, entry = owner
-            with s.lock:
-                if s.entries.get(path) is entry:
-                    del s.entries[path]
         try:
             self.shared.op("delete", lambda c: c.delete_async(target))
             deleted = True
@@ -496,8 +492,11 @@ class ZooKeeperDiscovery(Discovery):
             deleted = False
         except DiscoveryError:
             if owner is not None:
+                owner[0].forget(owner[1])
                 owner[0].conn.delete_later(target)
             raise
+        if owner is not None:
+            owner[0].forget(owner[1])
         self._remember(target, None)
         return deleted
 

@@ -172,23 +172,22 @@ class Queues:
         raise DiscoveryUnavailable(f"ZooKeeper queue {path} vanished under {RACE_LIMIT} creates in a row")
 
     def withdraw(self, session: ZkSession, entry: Entry) -> None:
-        """Delete ``entry`` (by its unique name: never another entry) and forget it.
+        """Delete ``entry`` (by its unique name: never another entry), then forget it.
 
         If the delete fails (the connection was lost; the error is raised), the connection deletes the entry
         once it is back (:meth:`Connection.delete_later`): a forgotten entry left in the queue would hold the
         key for as long as the connection's ZooKeeper session lives (the fault soak found that: no leader for
         40 s after a withdraw hit ConnectionLoss).
         """
-        with session.lock:
-            if session.entries.get(entry.parent) is entry:
-                del session.entries[entry.parent]
         try:
             session.conn.op("withdraw", lambda c: c.delete_async(entry.path), session=session)
         except NoNodeError:
             pass
         except DiscoveryError:
+            session.forget(entry)
             session.conn.delete_later(entry.path)
             raise
+        session.forget(entry)  # only now: a close meanwhile still deletes it
 
     def check_turn(self, session: ZkSession) -> None:
         """For a ticket's unclaimed entries: start its clock if one holds the key, else watch its predecessor.

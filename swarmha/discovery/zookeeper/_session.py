@@ -164,6 +164,12 @@ class ZkSession(Session):
                 self._deadline = min(self._deadline, since + self.ttl)
         self._schedule()
 
+    def forget(self, entry: Entry) -> None:
+        """Stop tracking ``entry`` (deleted, or handed to a deferred delete): close no longer deletes it."""
+        with self.lock:
+            if self.entries.get(entry.parent) is entry:
+                del self.entries[entry.parent]
+
     def claim(self, entry: Entry, sent: float) -> None:
         """A create returned ``entry``'s Record: the session holds the key; its ttl clock runs from ``sent``."""
         with self.lock:
