@@ -176,6 +176,58 @@ def test_logs_follow_and_events_through_a_replica_go_on_across_a_graceful_failov
         docker_cli(f"tcp://{replica.addr}", "rm", "-f", cid_text, check=False)
 
 
+def _interactive(m: ManagerProc, *args: str) -> subprocess.Popen[str]:
+    """A docker CLI command through ``m`` with its stdin a pipe (line-buffered)."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "DOCKER_HOST": f"tcp://{m.addr}"}
+    return subprocess.Popen(
+        ["docker", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, bufsize=1,
+    )  # fmt: skip
+
+
+def test_exec_and_attach_through_a_replica_go_on_across_a_graceful_failover(managers: Managers) -> None:
+    """The hijacked streams (``docker exec -i``, ``docker attach``), both directions: lines typed before and
+    after the primary's graceful stop all come back, in order, through the connections opened before it."""
+    primary, replica = managers.start(2)
+    echo = "while read l; do echo {} $l; done"
+    run = docker_cli(f"tcp://{replica.addr}", "run", "-d", "-i", "--network", "none", IMAGE, "sh", "-c",
+                     echo.format("att"))  # fmt: skip
+    cid = run.stdout.strip()
+    execd = _interactive(replica, "exec", "-i", cid, "sh", "-c", echo.format("exe"))
+    attached = _interactive(replica, "attach", "--sig-proxy=false", cid)
+    streams = {"exe": (execd, Stream(execd)), "att": (attached, Stream(attached))}
+
+    def send(i: int) -> None:
+        for proc, _ in streams.values():
+            assert proc.stdin is not None
+            proc.stdin.write(f"{i}\n")
+            proc.stdin.flush()
+
+    def echoed(name: str) -> list[int]:
+        return _numbers(streams[name][1].lines, rf"{name} (\d+)")
+
+    try:
+        for i in range(5):
+            send(i)
+        wait_for(lambda: all(len(echoed(n)) == 5 for n in streams), 15, "the first lines echoed on both streams")
+        primary.signal(signal.SIGTERM)
+        wait_for(lambda: replica.role() == "Primary", 10, "the replica to take over", poll=0.01)
+        for i in range(5, 10):
+            send(i)
+        wait_for(lambda: all(len(echoed(n)) == 10 for n in streams), 15, "the lines typed after the handover")
+        assert echoed("exe") == list(range(10)) and echoed("att") == list(range(10))
+        assert primary.proc.poll() is None, "the old primary should still be serving the streams it has open"
+        assert execd.stdin is not None
+        execd.stdin.close()  # the exec's shell reads EOF and ends: the CLI exits 0 through the old primary
+        execd.stdin = None  # closed: Stream.stop's communicate() must not flush it
+        assert execd.wait(15) == 0, execd.stderr.read() if execd.stderr else ""
+    finally:
+        for _, stream in streams.values():
+            stream.stop()
+        docker_cli(f"tcp://{replica.addr}", "rm", "-f", cid, check=False)
+    assert primary.proc.wait(30) == 0  # its last streams closed, the old primary exits cleanly
+
+
 def test_docker_ps_through_a_replica_never_fails_while_the_primary_is_killed(managers: Managers) -> None:
     primary, *replicas = managers.start(3, "--replication-ttl", "4s")
     replica = replicas[0]
