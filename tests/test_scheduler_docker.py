@@ -17,6 +17,7 @@ import concurrent.futures
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -310,6 +311,36 @@ def test_dependencies_place_next_to_the_container_and_refuse_two_nodes(s: Sched)
     assert "(Unable to find a node fulfilling all dependencies: --volumes-from=dep-a --volumes-from=dep-b:ro)" in err
     err = s.refused("--link", "no-such:x")
     assert "Unable to find a node fulfilling all dependencies: --link=no-such:x" in err
+
+
+def test_dependencies_named_node_slash_name_go_to_that_node(s: Sched) -> None:
+    """The same name on two engines (made there directly): ``node/name``, as ``docker ps`` shows it, picks one."""
+    twin = f"twin-{uuid.uuid4().hex[:6]}"
+    one, three = s.engines[0], s.engines[2]
+    for e in (one, three):
+        e.docker("create", "--name", twin, "--net", "none", IMAGE, "true")
+    try:
+        placed: list[str] = []
+
+        def accepted() -> bool:  # the scheduler learns containers made on an engine at its next refresh
+            r = s.docker("create", "--volumes-from", f"node-3/{twin}", "--net", "none", IMAGE, "true")
+            if r.returncode == 0:
+                placed.append(r.stdout.strip())
+                s.created.append(placed[-1])
+            return r.returncode == 0
+
+        wait_for(accepted, 15, "the primary's scheduler to know both twins", poll=0.2)
+        assert s.node_of(placed[0]) == "node-3"
+        assert s.node_of(s.create("--volumes-from", f"node-1/{twin}:ro", "--net", "none")) == "node-1"
+        assert s.node_of(s.create("--link", f"node-3/{twin}:t")) == "node-3"
+        assert s.node_of(s.create("--net", f"container:node-1/{twin}")) == "node-1"
+        err = s.refused("--volumes-from", f"node-1/{twin}", "--link", f"node-3/{twin}:t")
+        assert "unable to find a node that has everything this container uses" in err, err
+        assert f"container node-1/{twin} is on node-1" in err and f"container node-3/{twin} is on node-3" in err
+    finally:
+        s.cleanup()
+        for e in (one, three):
+            e.docker("rm", "-f", twin, check=False)
 
 
 # -- containerslots -----------------------------------------------------------------------------------------------

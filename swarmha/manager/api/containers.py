@@ -146,16 +146,26 @@ class Containers(Base):
     # -- create --------------------------------------------------------------------------------------------
 
     async def _pin(self, config: dict[str, Any]) -> None:
-        """Add ``constraint:node==`` for the networks and named volumes the container needs (or, needing none, for
-        an image only one node has); rewrite ``node/``
-        references to the engine's own names. DockerError 404 for a ``node/`` that no engine has, 409 when the
-        needs name two different nodes."""
+        """Add ``constraint:node==`` for the networks, named volumes and containers (``--volumes-from``,
+        ``--link``, ``--net container:``) the container needs (or, needing none, for an image only one node
+        has); rewrite ``node/`` references to the engine's own names. DockerError 404 for a ``node/`` that no
+        engine has, 409 when the needs name two different nodes."""
         hc = config.setdefault("HostConfig", {}) or {}
         config["HostConfig"] = hc
         needs: list[tuple[str, Engine]] = []  # (what, the engine that has it)
 
+        def container(ref: str) -> str:
+            """A container named ``node/name`` (as the list shows it, without the slash): that node's ``name``."""
+            e, real = self.split_node(ref.lstrip("/"))
+            if e is None:
+                return ref
+            needs.append((f"container {ref}", e))
+            return real
+
         async def network(name: str) -> str:
-            if name in _BUILTIN_NETWORKS or name.startswith("container:"):
+            if name.startswith("container:"):
+                return "container:" + container(name[len("container:") :])
+            if name in _BUILTIN_NETWORKS:
                 return name
             e, real = self.split_node(name)
             if e is None:
@@ -183,6 +193,11 @@ class Containers(Base):
             needs.append((f"volume {name}", e))
             return real
 
+        # --volumes-from X[:ro|rw], --link X[:alias]: the dependency filter then finds X on its node
+        for field in ("VolumesFrom", "Links"):
+            refs = hc.get(field)
+            if isinstance(refs, list) and refs:
+                hc[field] = [container(ref) + sep + rest for ref, sep, rest in (str(v).partition(":") for v in refs)]
         binds = []
         for bind in hc.get("Binds") or []:
             src, sep, rest = str(bind).partition(":")
