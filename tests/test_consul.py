@@ -17,6 +17,7 @@ import pytest
 
 import swarmha
 from swarmha.discovery.consul import ConsulDiscovery, session_ttl_for
+from swarmha.discovery.consul._discovery import REQUEST_CONNECTIONS
 from swarmha.errors import ConfigurationError, DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
 from tests.support.consul_double import ConsulDouble, parse_go_duration
 from tests.support.helpers import Collector, wait_for
@@ -441,7 +442,8 @@ def test_three_hundred_candidates_cost_two_connections_and_a_few_threads_per_dis
             c.start()
         wait_for(lambda: all(c.phase.value == "waiting" for c in rivals), 30.0, "every rival to wait", poll=0.05)
         assert not any(c.is_leader for c in rivals)
-        assert established_to(port) <= 4  # two Discoveries: requests on one connection, watches on another
+        # two Discoveries: each its request pool and the watch hub's connection, whatever the number of keys
+        assert established_to(port) <= 2 * (REQUEST_CONNECTIONS + 1)
         threads = ours()
         # per Discovery: the engine's timer and at most 4 workers, and the watch hub; no thread per waiting key
         assert len(threads) - before <= 2 * (1 + 4 + 1), threads

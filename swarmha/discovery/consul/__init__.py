@@ -14,9 +14,10 @@ URL parameters (all optional)::
 
 Default port 8500; with several hosts, a host that fails at the transport level is skipped for the next call.
 
-Connections and threads, whatever the number of keys: **two connections and one thread per Discovery** -- one
-connection pool (normally one connection) for reads, writes and renewals, and one connection and one thread
-(``swarmha-consul-watch[PREFIX]``) for every watch. The modules, one concern each:
+Connections and threads, whatever the number of keys: **at most five connections and one thread per Discovery**
+-- a pool of at most four connections (as many as the election engine's workers; one while requests come one at
+a time) for reads, writes and renewals, and one connection and one thread (``swarmha-consul-watch[PREFIX]``)
+for every watch. The modules, one concern each:
 
 * :mod:`._client`: the agents of a URL, an HTTP client whose connections another thread can abort, and the
   translation of every failure into :class:`~swarmha.errors.DiscoveryError`.

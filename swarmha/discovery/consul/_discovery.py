@@ -30,9 +30,12 @@ __all__ = ["DEFAULT_PORT", "DEFAULT_TIMEOUT", "ConsulDiscovery"]
 
 DEFAULT_PORT = 8500
 DEFAULT_TIMEOUT = 5.0
-#: Connections for every request but the watches' (those have the hub's own): requests of one Discovery are sent
-#: one after the other on it (about 0.3 ms each on loopback against the double).
-REQUEST_CONNECTIONS = 1
+#: Connections for every request but the watches' (those have the hub's own): as many as the election engine's
+#: workers (swarmha.election._engine.WORKERS), the requests one Discovery's elections can have in flight at once.
+#: One connection was too few: 1,000 candidates with a session each (no Lease) renew 500 times a second at ttl
+#: 6 s, and on one connection the renewals queued past the renew deadline (``python -m benchmarks scale
+#: --backends consul --keys 1000 --systems swarmha``: leaders lost their terms).
+REQUEST_CONNECTIONS = 4
 
 _TRUE = {"1", "true", "yes", "on"}
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?$")
