@@ -62,6 +62,7 @@ from pyetcd import etcdrpc
 from pyetcd.etcdrpc import kv_pb2
 
 from swarmha.discovery._base import Discovery, Record, Session, Watch, check_key, check_ttl
+from swarmha.discovery._fed import FedWatch
 from swarmha.discovery._url import DiscoveryURL
 from swarmha.errors import (
     ConfigurationError,
@@ -226,63 +227,17 @@ class _EtcdSession(Session):
             log.debug("lease %s not revoked (it expires with its TTL): %s", self.id, e)
 
 
-class _EtcdWatch(Watch):
+class _EtcdWatch(FedWatch):
     """An etcd watch on one key, one of the many multiplexed on the Discovery's watch stream (:class:`_WatchStream`)."""
 
     def __init__(self, discovery: EtcdDiscovery, key: bytes, seen: Record | None, start: int, changed: bool) -> None:
+        super().__init__(seen, changed)
         self._d = discovery
         self.key = key
-        self._cond = threading.Condition()
-        self._seen = seen
         self.next_rev = start
-        self._changed = changed
-        self._error: DiscoveryError | None = None
-        self._closed = False
-        self._interrupted = False  # interrupt(): every wait() returns False
-        self._notify: Callable[[], None] | None = None
 
-    def notify(self, callback: Callable[[], None]) -> bool:
-        self._notify = callback
-        return True
-
-    def _kick(self) -> None:
-        """Wake a blocked wait() and the notified caller. Caller holds ``_cond``."""
-        self._cond.notify_all()
-        if self._notify is not None:
-            self._notify()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        with self._cond:
-            self._cond.wait_for(
-                lambda: self._closed or self._interrupted or self._changed or self._error is not None, timeout
-            )
-            if self._closed or self._interrupted:
-                return False
-            if self._changed:
-                self._changed = False
-                self.known_absent = self._seen is None
-                return True
-            if self._error is not None:
-                raise self._error
-            return False
-
-    def interrupt(self) -> None:
-        """Wake a pending :meth:`wait` (and make later ones return False)."""
-        with self._cond:
-            self._interrupted = True
-            self._kick()
-
-    def close(self) -> None:
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._kick()
+    def _unregister(self) -> None:
         self._d._stream.remove(self)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def observe(self, record: Record | None) -> None:
         """(The stream's thread) the key is now ``record``."""
@@ -291,11 +246,6 @@ class _EtcdWatch(Watch):
                 self._seen = record
                 self._changed = True
                 self._kick()
-
-    def fail(self, error: DiscoveryError) -> None:
-        with self._cond:
-            self._error = error
-            self._kick()
 
     def resync(self) -> None:
         """The revision to resume from was compacted away: read the key again and fire if it changed."""

@@ -33,9 +33,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
-from swarmha.discovery._base import Record, Watch
+from swarmha.discovery._base import Record
+from swarmha.discovery._fed import FedWatch
 from swarmha.discovery.consul._client import Agents, Client, decode, go_duration, index_of, kv_record
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable
 
@@ -51,61 +51,19 @@ _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 0.5
 
 
-class ConsulWatch(Watch):
+class ConsulWatch(FedWatch):
     """A watch on one key, fed by the :class:`Hub` of its Discovery (see the module docstring)."""
 
     def __init__(self, hub: Hub, key: str, seen: Record | None, read_index: int | None) -> None:
+        super().__init__(seen)
         self._hub = hub
         self.key = key  # the full key (with the Discovery's prefix)
-        self._cond = threading.Condition()
-        self._seen = seen
         # X-Consul-Index of the read that returned `seen` (used when `seen` is None), None if unknown
         self._read_index = read_index
         self._synced = False  # compared with a snapshot at least as new as that read
         self._generation = -1  # of the last snapshot observed: an older one is ignored
-        self._changed = False
-        self._error: DiscoveryError | None = None
-        self._closed = False
-        self._interrupted = False  # interrupt(): every wait() returns False
-        self._notify: Callable[[], None] | None = None
 
-    def notify(self, callback: Callable[[], None]) -> bool:
-        self._notify = callback
-        return True
-
-    def _kick(self) -> None:
-        """Wake a blocked wait() and the notified caller. Caller holds ``_cond``."""
-        self._cond.notify_all()
-        if self._notify is not None:
-            self._notify()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        with self._cond:
-            self._cond.wait_for(
-                lambda: self._closed or self._interrupted or self._changed or self._error is not None, timeout
-            )
-            if self._closed or self._interrupted:
-                return False
-            if self._changed:
-                self._changed = False
-                self.known_absent = self._seen is None
-                return True
-            if self._error is not None:
-                raise self._error
-            return False
-
-    def interrupt(self) -> None:
-        """Wake a pending :meth:`wait` (and make later ones return False)."""
-        with self._cond:
-            self._interrupted = True
-            self._kick()
-
-    def close(self) -> None:
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._kick()
+    def _unregister(self) -> None:
         self._hub.remove(self)
 
     def _predates_read(self, record: Record | None, index: int) -> bool:
@@ -131,11 +89,6 @@ class ConsulWatch(Watch):
                 self._seen = record
                 self._changed = True
                 self._kick()
-
-    def fail(self, error: DiscoveryError) -> None:
-        with self._cond:
-            self._error = error
-            self._kick()
 
 
 class Hub:
