@@ -50,7 +50,7 @@ from swarmha.manager.upstream import (
 __all__ = ["forward", "splice"]
 
 
-def _request_headers(ex: Exchange, body: bytes | None, host: str) -> list[tuple[bytes, bytes]]:
+def _request_headers(ex: Exchange, body: bytes | None, host: bytes) -> list[tuple[bytes, bytes]]:
     """The client's headers without hop-by-hop ones, framed anew for what is sent."""
     headers = []
     has_host = False
@@ -67,7 +67,7 @@ def _request_headers(ex: Exchange, body: bytes | None, host: str) -> list[tuple[
     elif ex.content_length:
         headers.append((b"content-length", b"%d" % ex.content_length))
     if not has_host:
-        headers.append((b"host", host.encode()))
+        headers.append((b"host", host))
     if ex.upgrade:
         headers += [(b"connection", b"Upgrade"), (b"upgrade", ex.header("upgrade", "tcp").encode("latin-1"))]
     return headers
@@ -133,7 +133,7 @@ async def _relay(
     """One exchange on ``link``; True when the connection may be reused."""
     reader, writer, up = link.reader, link.writer, link.up
     retryable = ex.method in IDEMPOTENT and body in (None, b"") and not ex.has_body
-    headers = _request_headers(ex, body, str(up))
+    headers = _request_headers(ex, body, up.host_header)
     try:
         head_bytes = request_head(ex.method, target or ex.target, headers)
         sending: asyncio.Task[None] | None = None

@@ -161,7 +161,7 @@ class Manager:
             self.metrics = ManagerMetrics(self)
             self._metrics_server = Server(self._serve_metrics, error_body=error_body)
         # Without metrics the server calls _handle itself: no measuring frame around every request.
-        self.server = Server(self.handle if self.metrics is not None else self._handle, error_body=error_body)
+        self.server = Server(self._measured if self.metrics is not None else self._handle, error_body=error_body)
         self._candidate: aio.Candidate | None = None
         self._follower: aio.Follower | None = None
         if config.replication:
@@ -293,10 +293,9 @@ class Manager:
 
     # -- requests ----------------------------------------------------------------------------------------
 
-    async def handle(self, ex: Exchange) -> None:
-        """Answer /_ping, /info and /health here; serve the rest as primary or forward it to the primary."""
-        if self.metrics is None:
-            return await self._handle(ex)
+    async def _measured(self, ex: Exchange) -> None:
+        """:meth:`_handle`, the request counted in the metrics (the server's handler under ``--metrics``)."""
+        assert self.metrics is not None
         began = time.monotonic()
         path = docker_path(ex)[1]
         via = "local" if path in _LOCAL_PATHS else "primary" if self.is_primary else "replica"
@@ -319,6 +318,7 @@ class Manager:
         await ex.error(404, "this is the metrics listener: GET /metrics or /health")
 
     async def _handle(self, ex: Exchange) -> None:
+        """Answer /_ping, /info and /health here; serve the rest as primary or forward it to the primary."""
         version, path = docker_path(ex)
         if path in _LOCAL_PATHS:
             try:

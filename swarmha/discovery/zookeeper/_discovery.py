@@ -492,8 +492,7 @@ class ZooKeeperDiscovery(Discovery):
             deleted = False
         except DiscoveryError:
             if owner is not None:
-                owner[0].forget(owner[1])
-                owner[0].conn.delete_later(target)
+                owner[0].forget(owner[1], gone=False)
             raise
         if owner is not None:
             owner[0].forget(owner[1])

@@ -184,8 +184,7 @@ class Queues:
         except NoNodeError:
             pass
         except DiscoveryError:
-            session.forget(entry)
-            session.conn.delete_later(entry.path)
+            session.forget(entry, gone=False)
             raise
         session.forget(entry)  # only now: a close meanwhile still deletes it
 

@@ -164,11 +164,14 @@ class ZkSession(Session):
                 self._deadline = min(self._deadline, since + self.ttl)
         self._schedule()
 
-    def forget(self, entry: Entry) -> None:
-        """Stop tracking ``entry`` (deleted, or handed to a deferred delete): close no longer deletes it."""
+    def forget(self, entry: Entry, *, gone: bool = True) -> None:
+        """Stop tracking ``entry``: close no longer deletes it. ``gone=False`` (its delete failed): the
+        connection deletes it once it is back, so that no entry is ever left in a queue that nothing tracks."""
         with self.lock:
             if self.entries.get(entry.parent) is entry:
                 del self.entries[entry.parent]
+        if not gone:
+            self.conn.delete_later(entry.path)
 
     def claim(self, entry: Entry, sent: float) -> None:
         """A create returned ``entry``'s Record: the session holds the key; its ttl clock runs from ``sent``."""
