@@ -77,9 +77,13 @@ def managers(stores: dict[str, StoreFixture], docker_engines: list[DockerEngine]
         m.close()
 
 
-def _docker(m: ManagerProc, *args: str) -> subprocess.Popen[str]:
+def _docker(m: ManagerProc, *args: str, stdin: bool = False) -> subprocess.Popen[str]:
+    """A docker CLI command through ``m``; ``stdin``: its stdin a pipe (line-buffered), else none."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "DOCKER_HOST": f"tcp://{m.addr}"}
-    return subprocess.Popen(["docker", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        ["docker", *args], stdin=subprocess.PIPE if stdin else None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env, bufsize=1 if stdin else -1,
+    )  # fmt: skip
 
 
 class Stream:
@@ -176,15 +180,6 @@ def test_logs_follow_and_events_through_a_replica_go_on_across_a_graceful_failov
         docker_cli(f"tcp://{replica.addr}", "rm", "-f", cid_text, check=False)
 
 
-def _interactive(m: ManagerProc, *args: str) -> subprocess.Popen[str]:
-    """A docker CLI command through ``m`` with its stdin a pipe (line-buffered)."""
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "DOCKER_HOST": f"tcp://{m.addr}"}
-    return subprocess.Popen(
-        ["docker", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=env, bufsize=1,
-    )  # fmt: skip
-
-
 def test_exec_and_attach_through_a_replica_go_on_across_a_graceful_failover(managers: Managers) -> None:
     """The hijacked streams (``docker exec -i``, ``docker attach``), both directions: lines typed before and
     after the primary's graceful stop all come back, in order, through the connections opened before it."""
@@ -193,8 +188,8 @@ def test_exec_and_attach_through_a_replica_go_on_across_a_graceful_failover(mana
     run = docker_cli(f"tcp://{replica.addr}", "run", "-d", "-i", "--network", "none", IMAGE, "sh", "-c",
                      echo.format("att"))  # fmt: skip
     cid = run.stdout.strip()
-    execd = _interactive(replica, "exec", "-i", cid, "sh", "-c", echo.format("exe"))
-    attached = _interactive(replica, "attach", "--sig-proxy=false", cid)
+    execd = _docker(replica, "exec", "-i", cid, "sh", "-c", echo.format("exe"), stdin=True)
+    attached = _docker(replica, "attach", "--sig-proxy=false", cid, stdin=True)
     streams = {"exe": (execd, Stream(execd)), "att": (attached, Stream(attached))}
 
     def send(i: int) -> None:
