@@ -75,8 +75,8 @@ def test_closing_a_session_removes_its_keys_and_ends_it(discovery: swarmha.Disco
     discovery.put("nodes/n1", "10.0.0.1:2375", session)
     discovery.put("nodes/n2", "10.0.0.2:2375")
     assert set(discovery.list("nodes")) == {"nodes/n1", "nodes/n2"}
-    session.close()
-    wait_for(lambda: discovery.get(KEY) is None, 5.0, "the key to go with its session")
+    session.close()  # on a store that answers, the keys are gone once close returns
+    assert discovery.get(KEY) is None
     assert set(discovery.list("nodes")) == {"nodes/n2"}
     with pytest.raises(SessionExpired):
         session.keepalive()

@@ -228,12 +228,13 @@ class Connection:
         if self.connected.is_set():
             self._flush()
 
-    def delete_all(self, paths: list[str], timeout: float) -> None:
-        """Delete ``paths`` (by name) and wait up to ``timeout`` for the answers; what the server could not be
-        told (connection down) is deleted once it is back, as with :meth:`delete_later`. Never raises."""
+    def delete_all(self, paths: list[str], timeout: float | None) -> None:
+        """Delete ``paths`` (by name) and wait up to ``timeout`` for the answers (None: send them and return);
+        what the server could not be told (connection down) is deleted once it is back, as with
+        :meth:`delete_later`. Never raises."""
         if not paths:
             return
-        if not self.connected.is_set():
+        if timeout is None or not self.connected.is_set():
             for path in paths:
                 self.delete_later(path)
             return
@@ -255,6 +256,74 @@ class Connection:
                 pass
         if self.connected.is_set():
             self._flush()
+
+    def delete_owned(self, owned: dict[str, int], timeout: float | None) -> None:
+        """Delete each ``path`` of ``owned`` if it is still the znode created at that ``czxid``, and wait up to
+        ``timeout`` for the answers (two round trips in all: the reads, then the versioned deletes).
+
+        A path that another session re-created meanwhile is left alone. What the server could not be told
+        (connection down, or it went down in between) is deleted once it is back, as with :meth:`delete_later`
+        (by name if the read never answered: nothing else can own an ephemeral of this session). ``timeout=None``
+        sends the same requests without waiting for any answer (a timer thread must not block). Never raises.
+        """
+        if not owned:
+            return
+        if not self.connected.is_set():
+            for path in owned:
+                self.delete_later(path)
+            return
+        if timeout is None:
+            for path, czxid in owned.items():
+                self._delete_owned_later(path, czxid)
+            return
+        deadline = time.monotonic() + timeout
+        reads: list[tuple[str, Any]] = []
+        for path in owned:
+            try:
+                reads.append((path, self.client.exists_async(path)))
+            except Exception:
+                self.delete_later(path)
+        versions: dict[str, int] = {}
+        for path, result in reads:
+            try:
+                stat = result.get(timeout=max(0.01, deadline - time.monotonic()))
+            except Exception:  # unanswered: by name once the connection is back
+                self.delete_later(path)
+                continue
+            if stat is not None and int(stat.czxid) == owned[path]:
+                versions[path] = int(stat.version)
+        generation = self.generation
+        sent: list[tuple[str, int, Any]] = []
+        for path, version in versions.items():
+            try:
+                sent.append((path, version, self.client.delete_async(path, version=version)))
+            except Exception:
+                self.delete_later(path, version)
+        for path, version, result in sent:
+            try:
+                result.get(timeout=max(0.01, deadline - time.monotonic()))
+            except _UNAVAILABLE:
+                with self._lock:
+                    self._pending.setdefault(path, (version, generation))
+            except Exception:  # gone or changed already, or the session expired (then it is gone too)
+                pass
+        if self.connected.is_set():
+            self._flush()
+
+    def _delete_owned_later(self, path: str, czxid: int) -> None:
+        def check(result: Any) -> None:  # on kazoo's thread: no blocking request
+            try:
+                stat = result.get_nowait()
+            except Exception:
+                self.delete_later(path)
+                return
+            if stat is not None and int(stat.czxid) == czxid:
+                self.delete_later(path, int(stat.version))
+
+        try:
+            self.client.exists_async(path).rawlink(check)
+        except Exception:
+            self.delete_later(path)
 
     def _flush(self) -> None:
         with self._lock:

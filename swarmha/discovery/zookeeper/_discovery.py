@@ -156,28 +156,17 @@ class ZooKeeperDiscovery(Discovery):
                         del self._members[entry.parent]
                 self._reads.pop(entry.path, None)
 
-    def delete_plain_later(self, session: ZkSession, path: str, czxid: int) -> None:
-        """Delete the plain ephemeral ``path`` that ``session`` put (it ended), if it is still that znode."""
+    def delete_plain(self, session: ZkSession, plain: dict[str, int], timeout: float | None) -> None:
+        """Delete the plain ephemerals ``session`` put (path -> czxid; it ended) that are still those znodes.
+
+        Waits up to ``timeout`` for the answers (None: not at all), so that once a connected Session's close
+        returned its keys are gone; see :meth:`~._connection.Connection.delete_owned` for a connection that is down.
+        """
         with self.lock:
-            if self._plain.get(path, (0, None))[1] is session:
-                del self._plain[path]
-        conn = session.conn
-
-        def check(result: Any) -> None:  # on kazoo's thread: no blocking request
-            try:
-                stat = result.get_nowait()
-            except Exception:
-                return
-            if stat is not None and int(stat.czxid) == czxid:
-                conn.delete_later(path, int(stat.version))
-
-        if conn.connected.is_set():
-            try:
-                conn.client.exists_async(path).rawlink(check)
-                return
-            except Exception:
-                pass
-        conn.delete_later(path)  # not connected: by name once it is back (no other session can own it meanwhile)
+            for path in plain:
+                if self._plain.get(path, (0, None))[1] is session:
+                    del self._plain[path]
+        session.conn.delete_owned(plain, timeout)
 
     @staticmethod
     def _session(session: Session) -> ZkSession:

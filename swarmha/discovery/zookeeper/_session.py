@@ -110,10 +110,14 @@ class ZkSession(Session):
             self._schedule()
             return
         self._d.log.warning("ZooKeeper session %s expired: not renewed within ttl=%ss", self.id, self.ttl)
-        self._drop()
+        self._drop(wait=False)
 
-    def _drop(self) -> None:
-        """Delete what this session made (by name; later if the connection is down) and forget it."""
+    def _drop(self, *, wait: bool = True) -> None:
+        """Delete what this session made (later, if the connection is down) and forget it.
+
+        ``wait``: return once the server answered (or the discovery's timeout passed), so that a closed Session's
+        keys are gone when :meth:`close` returns; the timer thread's expiry sends the deletes without waiting.
+        """
         with self.lock:
             entries = list(self.entries.values())
             plain = dict(self.plain)
@@ -121,9 +125,9 @@ class ZkSession(Session):
             self.plain.clear()
             if self._turn is not None:
                 self._turn.cancel()
-        self.conn.delete_all([entry.path for entry in entries], self._d.timeout)
-        for path, czxid in plain.items():
-            self._d.delete_plain_later(self, path, czxid)
+        timeout = self._d.timeout if wait else None
+        self.conn.delete_all([entry.path for entry in entries], timeout)
+        self._d.delete_plain(self, plain, timeout)
         self._d.disown(self, entries)
 
     # -- tickets ---------------------------------------------------------------------------------------------
