@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -67,8 +68,11 @@ def test_ipv6_user_password_and_params() -> None:
         ("nosuch://h1/p", "unknown scheme 'nosuch'"),
         ("sqlite://", "names no file"),
         ("sqlite:///no/such/dir/x.db", "does not exist"),
-        ("sqlite:///tmp/x.db?poll=-1", "poll must be seconds > 0, not '-1'"),
-        ("sqlite:///tmp/x.db?timeout=soon", "timeout must be seconds > 0, not 'soon'"),
+        ("sqlite:///tmp/x.db?poll=-1", "poll must be a duration > 0 .*, not '-1'"),
+        ("sqlite:///tmp/x.db?timeout=soon", "timeout must be a duration > 0 .*, not 'soon'"),
+        ("etcd://h1/p?timeout=0s", "timeout must be a duration > 0 .*, not '0s'"),
+        ("zk://h1/p?timeout=5x", "timeout must be a duration > 0 .*, not '5x'"),
+        ("consul://h1/p?session_ttl_min=inf", "session_ttl_min must be a duration > 0 .*, not 'inf'"),
         ("sqlite:///tmp/x.db?prefx=a", "unknown option.*prefx.*known: poll, prefix, timeout"),
         ("memory://a,b/p", "must name one store"),
     ],
@@ -77,6 +81,17 @@ def test_bad_urls_raise_value_errors_naming_the_bad_part(url: str, part: str) ->
     with pytest.raises(ValueError, match=part.replace("(", r"\(")) as info:
         swarmha.connect(url)
     assert isinstance(info.value, InvalidDiscoveryURL)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("2.5", 2.5), ("500ms", 0.5), ("10s", 10.0), ("1m30s", 90.0), (" 1h ", 3600.0)]
+)
+def test_every_url_takes_the_flags_durations(text: str, seconds: float, tmp_path: Path) -> None:
+    # one syntax for a duration everywhere: the manager's flags, and every backend's URL options
+    assert parse_url(f"etcd://h1/p?timeout={text}").seconds("timeout", 1.0) == seconds
+    assert parse_url("etcd://h1/p").seconds("timeout", 1.0) == 1.0
+    with swarmha.connect(f"sqlite://{tmp_path}/d.db?timeout={text}") as d:
+        assert d._timeout == seconds  # type: ignore[attr-defined]
 
 
 def test_unknown_scheme_lists_known_ones() -> None:

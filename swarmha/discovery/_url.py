@@ -9,14 +9,14 @@ Every error is an :class:`~swarmha.errors.InvalidDiscoveryURL` whose message nam
 
 from __future__ import annotations
 
-import math
 import re
 import urllib.parse
 from collections.abc import Iterable
 
 import attrs
 
-from swarmha.errors import InvalidDiscoveryURL
+from swarmha._duration import parse_duration
+from swarmha.errors import ConfigurationError, InvalidDiscoveryURL
 
 __all__ = ["DiscoveryURL", "parse_url"]
 
@@ -59,17 +59,18 @@ class DiscoveryURL:
             )
 
     def seconds(self, name: str, default: float) -> float:
-        """Query option ``name`` as a positive, finite number of seconds; ``default`` when absent."""
+        """Query option ``name`` as a positive, finite duration in seconds (``2.5``, ``500ms``, ``10s``, ``1m``:
+        :func:`~swarmha._duration.parse_duration`); ``default`` when absent."""
         raw = self.params.get(name)
         if raw is None:
             return default
         try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise InvalidDiscoveryURL(f"{self.scheme} URL {str(self)!r}: {name} must be seconds > 0, not {raw!r}")
-        return value
+            return parse_duration(raw, name)
+        except ConfigurationError:
+            raise InvalidDiscoveryURL(
+                f"{self.scheme} URL {str(self)!r}: {name} must be a duration > 0 (seconds, or e.g. 500ms, 10s), "
+                f"not {raw!r}"
+            ) from None
 
 
 def _redact(raw: str) -> str:

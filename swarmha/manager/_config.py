@@ -1,4 +1,6 @@
-"""Parsing and checking what the command line gives: durations (``20s``), addresses (``HOST:PORT``, ``:4000``).
+"""Parsing and checking what the command line gives: addresses (``HOST:PORT``, ``:4000``), filters.
+
+Durations (``20s``) are :mod:`swarmha._duration`'s, shared with the discovery URLs.
 
 Every check raises :class:`~swarmha.errors.ConfigurationError` with a message naming the bad value, before
 anything is started (no socket bound, no session opened).
@@ -13,43 +15,9 @@ from collections.abc import Iterable
 from swarmha.errors import ConfigurationError
 from swarmha.manager.scheduler import FILTERS
 
-__all__ = ["format_duration", "parse_address", "parse_duration", "parse_filters", "parse_listen"]
+__all__ = ["parse_address", "parse_filters", "parse_listen"]
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?$")
-
-
-def parse_duration(text: str, what: str = "duration") -> float:
-    """Seconds in a Go-style duration (``20s``, ``1m30s``, ``500ms``, ``1.5h``); a bare number means seconds.
-
-    Raises ConfigurationError for anything else, or a duration that is not > 0.
-    """
-    s = str(text).strip()
-    if not s:
-        raise ConfigurationError(f"{what}: empty duration")
-    try:
-        seconds = float(s)
-    except ValueError:
-        pos = 0
-        seconds = 0.0
-        for m in _DURATION.finditer(s):
-            if m.start() != pos:
-                break
-            seconds += float(m.group(1)) * _UNITS[m.group(2)]
-            pos = m.end()
-        if pos != len(s) or pos == 0:
-            raise ConfigurationError(f"{what}: invalid duration {text!r} (expected e.g. 20s, 500ms, 1m30s)") from None
-    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
-        raise ConfigurationError(f"{what}: duration must be positive, not {text!r}")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """``20.0`` -> ``"20s"``, ``0.5`` -> ``"500ms"``."""
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    return f"{seconds:g}s"
 
 
 def _check_host(host: str, text: str, what: str) -> str:

@@ -24,9 +24,10 @@ from urllib.parse import parse_qsl, urlencode
 
 import swarmha
 from swarmha import Follower, Leader
+from swarmha._duration import format_duration, parse_duration
 from swarmha.errors import ConfigurationError, DiscoveryError, SwarmHAError
 from swarmha.manager import demo as _demo
-from swarmha.manager._config import format_duration, parse_address, parse_duration, parse_filters, parse_listen
+from swarmha.manager._config import parse_address, parse_filters, parse_listen
 from swarmha.manager.cluster import NODES_KEY, STRATEGIES
 from swarmha.manager.engine_list import FileEngines, host_list, is_host_list
 from swarmha.manager.join import run_join

@@ -27,8 +27,9 @@ import time
 from typing import Any
 
 import swarmha
+from swarmha._duration import parse_duration
 from swarmha.errors import DiscoveryError
-from swarmha.manager._config import parse_address, parse_duration
+from swarmha.manager._config import parse_address
 from swarmha.manager.cluster import NODES_KEY
 
 __all__ = ["add_arguments", "run"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import math
 import socket
 import ssl
 import threading
@@ -26,7 +25,7 @@ import httpx
 from swarmha.discovery._base import Record
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable, SessionExpired
 
-__all__ = ["Agents", "Client", "decode", "go_duration", "index_of", "kv_record"]
+__all__ = ["Agents", "Client", "decode", "index_of", "kv_record"]
 
 
 class Agents:
@@ -59,11 +58,6 @@ class Agents:
         with self._lock:
             if self.bases[self._current % len(self.bases)] == failed:
                 self._current += 1
-
-
-def go_duration(seconds: float) -> str:
-    """A Go duration string Consul parses exactly (millisecond resolution, at least 1ms)."""
-    return f"{max(1, math.ceil(seconds * 1000))}ms"
 
 
 def decode(response: httpx.Response, what: str) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import ssl
 import threading
 import urllib.parse
@@ -38,15 +37,6 @@ DEFAULT_TIMEOUT = 5.0
 REQUEST_CONNECTIONS = 4
 
 _TRUE = {"1", "true", "yes", "on"}
-_DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?$")
-_DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def _duration(text: str, what: str, url: DiscoveryURL) -> float:
-    m = _DURATION.match(text.strip())
-    if m is None:
-        raise InvalidDiscoveryURL(f"consul URL {str(url)!r}: {what}={text!r} is not a duration like 10s, 500ms or 2.5")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
 class ConsulDiscovery(Discovery):
@@ -63,12 +53,8 @@ class ConsulDiscovery(Discovery):
             raise InvalidDiscoveryURL(
                 f"consul URL {str(url)!r} has unknown parameters {unknown}; known: {', '.join(sorted(known))}"
             )
-        timeout = _duration(p["timeout"], "timeout", url) if "timeout" in p else DEFAULT_TIMEOUT
-        if timeout <= 0:
-            raise InvalidDiscoveryURL(f"consul URL {str(url)!r}: timeout must be positive")
-        self.session_ttl_min = (
-            _duration(p["session_ttl_min"], "session_ttl_min", url) if "session_ttl_min" in p else SESSION_TTL_MIN
-        )
+        timeout = url.seconds("timeout", DEFAULT_TIMEOUT)
+        self.session_ttl_min = url.seconds("session_ttl_min", SESSION_TTL_MIN)
         tls = p.get("https", "").lower() in _TRUE or "ca" in p or "cert" in p
         if "key" in p and "cert" not in p:
             raise InvalidDiscoveryURL(f"consul URL {str(url)!r}: key= needs cert=")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 
+from swarmha._duration import go_duration
 from swarmha.discovery._base import Session, check_ttl
-from swarmha.discovery.consul._client import Client, decode, go_duration
+from swarmha.discovery.consul._client import Client, decode
 from swarmha.errors import ConfigurationError, DiscoveryError, SessionExpired
 
 __all__ = ["SESSION_TTL_MAX", "SESSION_TTL_MIN", "TTL_MULTIPLIER", "ConsulSession", "session_ttl_for"]

@@ -34,9 +34,10 @@ import logging
 import threading
 import time
 
+from swarmha._duration import go_duration
 from swarmha.discovery._base import Record
 from swarmha.discovery._fed import FedWatch
-from swarmha.discovery.consul._client import Agents, Client, decode, go_duration, index_of, kv_record
+from swarmha.discovery.consul._client import Agents, Client, decode, index_of, kv_record
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable
 
 __all__ = ["HUB_IDLE", "WATCH_WAIT", "ConsulWatch", "Hub"]
