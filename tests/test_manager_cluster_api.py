@@ -163,6 +163,37 @@ def test_networks_are_listed_as_node_name_created_on_a_node_and_routed(cluster: 
     assert gone.returncode != 0 and "not found" in gone.stderr
 
 
+def test_a_network_name_on_several_nodes_is_refused_naming_each_not_acted_on_at_one(
+    cluster: Cluster, replica: ManagerProc
+) -> None:
+    # `none` is on every engine, a different network on each: which one `inspect none` means is not known
+    none = cli(replica, "network", "inspect", "none", check=False)
+    assert none.returncode != 0
+    assert "ambiguous" in none.stderr and all(f"{n}/none" in none.stderr for n in NAMES), none.stderr
+    assert json.loads(cli(replica, "network", "inspect", f"{NAMES[1]}/none").stdout)[0]["Name"] == "none"
+    net, own = _unique("twin"), _unique("own")
+    for name in (f"{NAMES[0]}/{net}", f"{NAMES[1]}/{net}", f"{NAMES[1]}/{own}"):
+        cli(replica, "network", "create", name)
+    cid = cli(replica, "run", "-d", "--net", f"{NAMES[1]}/{own}", IMAGE, "sleep", "60").stdout.strip()
+    try:
+        # connect/disconnect: the name means the network on the container's node
+        cli(replica, "network", "connect", net, cid)
+        on_2 = json.loads(cluster.engines[1].docker("network", "inspect", net).stdout)[0]["Containers"] or {}
+        on_1 = json.loads(cluster.engines[0].docker("network", "inspect", net).stdout)[0]["Containers"] or {}
+        assert cid in on_2 and not on_1
+        cli(replica, "network", "disconnect", net, cid)
+        assert not json.loads(cluster.engines[1].docker("network", "inspect", net).stdout)[0]["Containers"]
+    finally:
+        cli(replica, "rm", "-f", cid, check=False)
+    refused = cli(replica, "network", "rm", net, check=False)
+    assert refused.returncode != 0 and "ambiguous" in refused.stderr, refused.stderr
+    assert [_on(e, "network", net) for e in cluster.engines] == [True, True]  # nothing removed
+    cli(replica, "network", "rm", f"{NAMES[0]}/{net}", f"{NAMES[1]}/{own}")
+    assert json.loads(cli(replica, "network", "inspect", net).stdout)[0]["Name"] == net  # one left: unique
+    cli(replica, "network", "rm", net)
+    assert [_on(e, "network", net) for e in cluster.engines] == [False, False]
+
+
 # -- volumes -----------------------------------------------------------------------------------------------------
 
 
@@ -190,6 +221,28 @@ def test_volumes_are_listed_as_node_name_and_a_container_goes_where_its_volume_i
     assert cli(replica, "volume", "rm", vol).returncode == 0
     assert not _on(cluster.engines[1], "volume", vol)
     assert cli(replica, "volume", "inspect", vol, check=False).returncode != 0
+
+
+def test_a_volume_name_on_several_nodes_is_removed_on_each_as_swarm_did(cluster: Cluster, replica: ManagerProc) -> None:
+    vol = _unique("twin")
+    for n in NAMES:
+        cli(replica, "volume", "create", f"{n}/{vol}")
+    assert [_on(e, "volume", vol) for e in cluster.engines] == [True, True]
+    ambiguous = cli(replica, "volume", "inspect", vol, check=False)
+    assert ambiguous.returncode != 0 and "ambiguous" in ambiguous.stderr, ambiguous.stderr
+    assert all(f"{n}/{vol}" in ambiguous.stderr for n in NAMES)
+    used = cluster.engines[0].docker("run", "-d", "-v", f"{vol}:/data", IMAGE, "sleep", "60").stdout.strip()
+    try:  # in use on node-1: refused there, named; node-2's goes
+        busy = cli(replica, "volume", "rm", vol, check=False)
+        assert busy.returncode != 0 and f"{NAMES[0]}:" in busy.stderr and "in use" in busy.stderr, busy.stderr
+        assert [_on(e, "volume", vol) for e in cluster.engines] == [True, False]
+    finally:
+        cluster.engines[0].docker("rm", "-f", used)
+    cli(replica, "volume", "create", f"{NAMES[1]}/{vol}")
+    assert cli(replica, "volume", "rm", vol).stdout.strip() == vol
+    assert [_on(e, "volume", vol) for e in cluster.engines] == [False, False]
+    gone = cli(replica, "volume", "rm", vol, check=False)
+    assert gone.returncode != 0 and "no such volume" in gone.stderr
 
 
 # -- containers and system ---------------------------------------------------------------------------------------

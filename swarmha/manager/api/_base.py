@@ -34,6 +34,18 @@ def local_name(engine: Engine, name: str) -> str:
     return f"{engine.name}/{name}"
 
 
+def _identity(e: Engine, found: Any) -> str:
+    """What makes a network or volume one object: its ``Id`` (a network), its name for a non-local volume,
+    else the engine and the name (a local volume: the same name on two engines is two volumes)."""
+    if not isinstance(found, dict):
+        return f"{e.addr}/?"
+    if found.get("Id"):
+        return str(found["Id"])
+    if found.get("Scope", "local") != "local":
+        return str(found.get("Name", ""))
+    return f"{e.addr}/{found.get('Name', '')}"
+
+
 def merge_prune(answers: list[Any], key: str) -> dict[str, Any]:
     """Prune answers merged: the ``key`` lists concatenated, ``SpaceReclaimed`` summed (absent when no engine
     reported it, as dockerd leaves it out of a network prune); ``key`` null when nothing was deleted."""
@@ -176,16 +188,40 @@ class Base:
         target = f"/{kind}/{quote(ident, safe='/:@')}{suffix}"
         return [e for e, r in await self.gather("GET", target, engines) if r is not None and r.status == 200]
 
-    async def named_owner(self, kind: str, ident: str, missing: str) -> tuple[Engine, str]:
-        """The engine holding network/volume ``ident`` and its name there: ``node/name`` names both; otherwise the
-        first engine that has it. DockerError 404 with ``missing`` (the engine's own wording) when none has."""
+    async def holders(self, kind: str, ident: str) -> list[tuple[Engine, Any]]:
+        """(engine, its answer) for every healthy engine that has network/volume ``ident``, in engine order."""
+        return await self.gather_json(f"/{kind}/{quote(ident, safe='')}")
+
+    async def named_owner(
+        self, kind: str, ident: str, missing: str, *, prefer: Engine | None = None
+    ) -> tuple[Engine, str]:
+        """The engine holding network/volume ``ident`` and its name there.
+
+        ``node/name`` names both. Otherwise the one engine that has it; several engines holding the same object
+        (a global- or swarm-scope network: the same ``Id``) count as one; several holding *different* objects
+        of that name (``bridge``, ``host``: one per engine) are ambiguous: ``prefer``'s (the engine of the
+        container a connect names) if it is one of them, else DockerError 400 naming each ``node/name``, as
+        dockerd refuses an ambiguous network name (Swarm classic answered "not found"). DockerError 404 with
+        ``missing`` (the engine's own wording) when none has it.
+        """
         e, real = self.split_node(ident)
         if e is not None:
             return e, real
-        have = await self.find(kind, ident)
+        have = await self.holders(kind, ident)
         if not have:
             raise DockerError(404, missing)
-        return have[0], ident
+        if prefer is not None:
+            for e, _ in have:
+                if e is prefer or e.addr == prefer.addr:
+                    return e, ident
+        if len({_identity(e, found) for e, found in have}) > 1:
+            where = ", ".join(local_name(e, ident) for e, _ in have)
+            raise DockerError(
+                400,
+                f"{kind[:-1]} {ident} is ambiguous ({len(have)} matches found on name): it is on several nodes "
+                f"({where}); name one as NODE/{ident}",
+            )
+        return have[0][0], ident
 
     async def respond(self, ex: Exchange, r: Response) -> None:
         """Relay a whole engine answer as it came (status, content type, body)."""

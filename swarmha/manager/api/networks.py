@@ -7,9 +7,11 @@
 * ``POST /networks/create``: on the node a ``node/name`` names (created as ``name``), else on a node
   :meth:`Cluster.place` chooses; a Compose project's network goes where the project already lives (its
   other networks or volumes, ``com.docker.compose.project``), so its containers can have both.
-* ``GET``/``DELETE /networks/{id}``: ``node/name``, or the first engine (in node order) that has it.
+* ``GET``/``DELETE /networks/{id}``: ``node/name``, or the one engine that has it; a name several engines
+  have for different networks (``host``, ``none``, ``bridge``: one each) is refused (400) naming each
+  ``node/name`` (:meth:`Base.named_owner`), rather than acting on an arbitrary one.
 * ``POST /networks/{id}/connect|disconnect``: to the engine that has the container (``Container`` may be
-  ``node/name``).
+  ``node/name``); an ambiguous network name means that engine's network of that name.
 * ``POST /networks/prune``: on every engine, merged; the deleted networks named ``node/name`` (Base.prune).
 """
 
@@ -64,8 +66,8 @@ class Networks(Base):
                 out.append(item)
         await respond_json(ex, 200, out)
 
-    async def owner(self, ident: str) -> tuple[Engine, str]:
-        return await self.named_owner("networks", ident, f"network {ident} not found")
+    async def owner(self, ident: str, prefer: Engine | None = None) -> tuple[Engine, str]:
+        return await self.named_owner("networks", ident, f"network {ident} not found", prefer=prefer)
 
     async def create(self, ex: Exchange) -> None:
         config = json_object(await ex.body(), "network config")
@@ -81,12 +83,12 @@ class Networks(Base):
         await self.respond(ex, r)
 
     async def scoped(self, ex: Exchange, ident: str, action: str) -> None:
-        engine, real = await self.owner(ident)
-        target = f"/networks/{quote(real, safe='')}{action}"
         if action in ("/connect", "/disconnect"):
             config = json_object(await ex.body(), "request")
             container = str(config.get("Container") or "")
             owner, name = await self._container(container)
+            engine, real = await self.owner(ident, prefer=owner)
+            target = f"/networks/{quote(real, safe='')}{action}"
             if owner is not engine and owner.addr != engine.addr:
                 raise DockerError(
                     409, f"swarmha: container {container} is on {owner.name}, network {ident} on {engine.name}"
@@ -95,7 +97,8 @@ class Networks(Base):
             r = await self.call(engine, "POST", target, body=json.dumps(config).encode(),
                                 headers=[(b"content-type", b"application/json")])  # fmt: skip
             return await self.respond(ex, r)
-        await self.relay(ex, engine, with_query(target, ex.query_string))
+        engine, real = await self.owner(ident)
+        await self.relay(ex, engine, with_query(f"/networks/{quote(real, safe='')}{action}", ex.query_string))
 
     async def _container(self, ident: str) -> tuple[Engine, str]:
         e, real = self.split_node(ident)

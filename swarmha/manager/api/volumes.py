@@ -3,9 +3,11 @@
 * ``GET /volumes``: merged; a local volume is named ``node/name``; ``filters`` ``node=`` chooses the engines
   (the rest is the engines' own: ``name=``, ``label=``, ``driver=``, ``dangling=``).
 * ``POST /volumes/create``: on the node a ``node/name`` names, else where its Compose project already lives,
-  else where :meth:`Cluster.place` chooses. ``GET``/``DELETE /volumes/{name}``: ``node/name``, or the first
-  engine (node order) that has it. ``POST /volumes/prune``: on every engine, merged; the deleted volumes
-  named ``node/name`` (Base.prune).
+  else where :meth:`Cluster.place` chooses. ``GET /volumes/{name}``: ``node/name``, or the one engine that
+  has it (the name on several engines is refused, 400, naming each ``node/name``). ``DELETE
+  /volumes/{name}``: ``node/name``, or every engine that has one of that name, as Swarm classic removed them
+  (204 once all are gone; else the engines' errors, each naming its node). ``POST /volumes/prune``: on every
+  engine, merged; the deleted volumes named ``node/name`` (Base.prune).
 * ``docker run -v name:/path`` is placed where ``name`` is (:mod:`swarmha.manager.api.containers`).
 """
 
@@ -15,8 +17,8 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from swarmha.manager.api._base import Base, local_name, respond_json
-from swarmha.manager.api._docker import encode_filters, json_object, replace_query, with_query
+from swarmha.manager.api._base import Base, engine_error_message, local_name, respond_json
+from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
 from swarmha.manager.api.networks import place_named
 from swarmha.manager.cluster import Engine
 from swarmha.manager.http import Exchange
@@ -57,5 +59,20 @@ class Volumes(Base):
         await self.respond(ex, r)
 
     async def scoped(self, ex: Exchange, ident: str) -> None:
+        if ex.method == "DELETE" and self.split_node(ident)[0] is None:
+            return await self._remove_everywhere(ex, ident)
         engine, real = await self.owner(ident)
         await self.relay(ex, engine, with_query(f"/volumes/{quote(real, safe='')}", ex.query_string))
+
+    async def _remove_everywhere(self, ex: Exchange, ident: str) -> None:
+        """``docker volume rm NAME``: on every engine that has a volume ``NAME``, as Swarm classic did."""
+        have = [e for e, _ in await self.holders("volumes", ident)]
+        if not have:
+            raise DockerError(404, f"get {ident}: no such volume")
+        target = with_query(f"/volumes/{quote(ident, safe='')}", ex.query_string)
+        answers = await self.gather("DELETE", target, have)
+        failed = [(e, r) for e, r in answers if r is None or r.status >= 300]
+        if not failed:
+            return await ex.respond(204, b"")
+        status = next((r.status for _, r in failed if r is not None), 502)
+        raise DockerError(status, "\n".join(engine_error_message(e, r) for e, r in failed))
