@@ -19,7 +19,10 @@ engines went down, only the primary acts. What it guarantees and how:
   after it died, plus the engine request timeout when it does not refuse connections but hangs), then one
   create (and start) on the new engine.
 * **No duplicate.** When the old engine answers again, every container there with the policy whose swarm id is
-  now on another healthy engine (the stale copy) is removed with ``force``, as Swarm did. Every manager notes
+  now on another healthy engine (the stale copy) is removed with ``force``, as Swarm did. Only a copy on an
+  engine that did not come back itself counts: of two engines back at once, each holding a copy, neither
+  removes its copy on the other's account (a removal whose answer was lost after the engine did it would
+  otherwise leave the container nowhere; tests/test_reschedule.py). Every manager notes
   engines coming back, so a primary elected after the move removes the stale copy too. If the old engine comes
   back before the move was done, nothing moves.
 * **Failure modes.** No engine can take it (constraints, ports, resources): logged, retried after each refresh.
@@ -165,10 +168,12 @@ class Watchdog:
             if e is None or not e.healthy:
                 self._returned.discard(addr)  # gone again (or removed): checked when it next comes back
                 continue
+            # The copy to keep is on an engine that did not come back itself: were two returned engines to count
+            # each other's copy, a removal on one whose answer was lost would leave both copies removed.
             elsewhere = {
                 c.swarm_id: (o, c.id)
                 for o in self.cluster.engines
-                if o.healthy and o.addr != addr
+                if o.healthy and o.addr != addr and o.addr not in self._returned
                 for c in o.records
                 if c.swarm_id
             }

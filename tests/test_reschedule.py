@@ -1,0 +1,68 @@
+"""The watchdog's stale-copy removal on hand-built engines (the rule; the real path is tests/test_scheduler_docker.py).
+
+Two engines come back at once, each holding a copy of one rescheduled container, and a removal's answer is lost
+after the engine did remove it (UpstreamBroken): whatever order the engines are looked at in, one copy is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from swarmha.manager.cluster import Engine
+from swarmha.manager.reschedule import Watchdog
+from swarmha.manager.scheduler import SWARM_ID, Container
+from swarmha.manager.upstream import Response, UpstreamBroken
+
+POLICY = {SWARM_ID: "swarm-1", "com.docker.swarm.reschedule-policies": '["on-node-failure"]'}
+
+
+class Engines:
+    """The part of Cluster the watchdog's removal uses; ``lossy``: the engine whose DELETE answers are lost."""
+
+    def __init__(self, lossy: str) -> None:
+        self.engines = [
+            Engine(addr=addr, upstream=None, name=addr, healthy=True, records=[Container(cid, labels=POLICY)])  # type: ignore[arg-type]
+            for addr, cid in (("a", "original"), ("b", "moved"))
+        ]
+        self.alive = {"original", "moved"}  # what the engines really hold
+        self.lossy = lossy
+
+    def healthy(self) -> list[Engine]:
+        return [e for e in self.engines if e.healthy]
+
+    async def call(self, e: Engine, method: str, target: str, **kw: Any) -> Response:
+        assert method == "DELETE", target
+        cid = target.split("/")[2].split("?")[0]
+        self.alive.discard(cid)
+        if e.addr == self.lossy:
+            raise UpstreamBroken("the answer was lost", retryable=False)
+        return Response(204, [], b"")
+
+    def inspected(self, ident: str) -> None:
+        return None  # no configuration known: the watchdog does not move it (not what this test is about)
+
+    def forget(self, ident: str) -> None:
+        for e in self.engines:
+            e.records = [c for c in e.records if c.id != ident]
+
+
+@pytest.mark.parametrize("lossy", ["a", "b"])
+def test_two_engines_back_at_once_never_lose_both_copies(lossy: str) -> None:
+    cluster = Engines(lossy)
+    wd = Watchdog(cluster)  # type: ignore[arg-type]
+
+    async def rounds() -> None:
+        await wd.check(act=True)  # both seen healthy
+        for e in cluster.engines:
+            e.healthy = False
+        await wd.check(act=True)  # both down (not moved: no configuration known here)
+        for e in cluster.engines:
+            e.healthy = True
+        for _ in range(3):
+            await wd.check(act=True)  # both back: stale copies removed
+
+    asyncio.run(rounds())
+    assert len(cluster.alive) == 1, cluster.alive
