@@ -238,24 +238,7 @@ class Connection:
             for path in paths:
                 self.delete_later(path)
             return
-        generation = self.generation
-        sent: list[tuple[str, Any]] = []
-        for path in paths:
-            try:
-                sent.append((path, self.client.delete_async(path)))
-            except Exception:
-                self.delete_later(path)
-        deadline = time.monotonic() + timeout
-        for path, result in sent:
-            try:
-                result.get(timeout=max(0.01, deadline - time.monotonic()))
-            except _UNAVAILABLE:
-                with self._lock:
-                    self._pending.setdefault(path, (None, generation))
-            except Exception:  # gone already, or the session expired (then it is gone too)
-                pass
-        if self.connected.is_set():
-            self._flush()
+        self._delete_and_wait(dict.fromkeys(paths), time.monotonic() + timeout)
 
     def delete_owned(self, owned: dict[str, int], timeout: float | None) -> None:
         """Delete each ``path`` of ``owned`` if it is still the znode created at that ``czxid``, and wait up to
@@ -283,7 +266,7 @@ class Connection:
                 reads.append((path, self.client.exists_async(path)))
             except Exception:
                 self.delete_later(path)
-        versions: dict[str, int] = {}
+        versions: dict[str, int | None] = {}
         for path, result in reads:
             try:
                 stat = result.get(timeout=max(0.01, deadline - time.monotonic()))
@@ -292,11 +275,16 @@ class Connection:
                 continue
             if stat is not None and int(stat.czxid) == owned[path]:
                 versions[path] = int(stat.version)
+        self._delete_and_wait(versions, deadline)
+
+    def _delete_and_wait(self, versions: dict[str, int | None], deadline: float) -> None:
+        """Delete each path (at its version if not None) and wait until ``deadline`` for the answers; what the
+        connection lost is deleted once it is back; a path gone or changed already is left alone."""
         generation = self.generation
-        sent: list[tuple[str, int, Any]] = []
+        sent: list[tuple[str, int | None, Any]] = []
         for path, version in versions.items():
             try:
-                sent.append((path, version, self.client.delete_async(path, version=version)))
+                sent.append((path, version, self.client.delete_async(path, version=-1 if version is None else version)))
             except Exception:
                 self.delete_later(path, version)
         for path, version, result in sent:
