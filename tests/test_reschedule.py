@@ -1,7 +1,8 @@
 """The watchdog's stale-copy removal on hand-built engines (the rule; the real path is tests/test_scheduler_docker.py).
 
-Two engines come back at once, each holding a copy of one rescheduled container, and a removal's answer is lost
-after the engine did remove it (UpstreamBroken): whatever order the engines are looked at in, one copy is left.
+Two engines come back at once, each holding a copy of one rescheduled container, and a removal's answer may be
+lost after the engine did remove it (UpstreamBroken): whatever order the engines are looked at in, exactly one
+copy is left, and it is the running one when only one runs.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ POLICY = {SWARM_ID: "swarm-1", "com.docker.swarm.reschedule-policies": '["on-nod
 class Engines:
     """The part of Cluster the watchdog's removal uses; ``lossy``: the engine whose DELETE answers are lost."""
 
-    def __init__(self, lossy: str) -> None:
+    def __init__(self, lossy: str, states: tuple[str, str] = ("exited", "exited")) -> None:
         self.engines = [
-            Engine(addr=addr, upstream=None, name=addr, healthy=True, records=[Container(cid, labels=POLICY)])  # type: ignore[arg-type]
-            for addr, cid in (("a", "original"), ("b", "moved"))
+            Engine(
+                addr=addr, upstream=None, name=addr, healthy=True, records=[Container(cid, labels=POLICY, state=state)]
+            )  # type: ignore[arg-type]
+            for addr, cid, state in (("a", "original", states[0]), ("b", "moved", states[1]))
         ]
         self.alive = {"original", "moved"}  # what the engines really hold
         self.lossy = lossy
@@ -49,9 +52,15 @@ class Engines:
             e.records = [c for c in e.records if c.id != ident]
 
 
-@pytest.mark.parametrize("lossy", ["a", "b"])
-def test_two_engines_back_at_once_never_lose_both_copies(lossy: str) -> None:
-    cluster = Engines(lossy)
+STATES = [("exited", "exited"), ("running", "running"), ("running", "exited"), ("exited", "running")]
+
+
+@pytest.mark.parametrize("states", STATES, ids=["-".join(s) for s in STATES])
+@pytest.mark.parametrize("lossy", ["a", "b", ""])
+def test_two_engines_back_at_once_keep_exactly_one_copy_the_running_one_if_any(
+    lossy: str, states: tuple[str, str]
+) -> None:
+    cluster = Engines(lossy, states)
     wd = Watchdog(cluster)  # type: ignore[arg-type]
 
     async def rounds() -> None:
@@ -66,3 +75,5 @@ def test_two_engines_back_at_once_never_lose_both_copies(lossy: str) -> None:
 
     asyncio.run(rounds())
     assert len(cluster.alive) == 1, cluster.alive
+    if states.count("running") == 1:  # a stopped copy yields to the running one
+        assert cluster.alive == {("original", "moved")[states.index("running")]}

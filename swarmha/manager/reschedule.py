@@ -19,10 +19,10 @@ engines went down, only the primary acts. What it guarantees and how:
   after it died, plus the engine request timeout when it does not refuse connections but hangs), then one
   create (and start) on the new engine.
 * **No duplicate.** When the old engine answers again, every container there with the policy whose swarm id is
-  now on another healthy engine (the stale copy) is removed with ``force``, as Swarm did. Only a copy on an
-  engine that did not come back itself counts: of two engines back at once, each holding a copy, neither
-  removes its copy on the other's account (a removal whose answer was lost after the engine did it would
-  otherwise leave the container nowhere; tests/test_reschedule.py). Every manager notes
+  now on another healthy engine (the stale copy) is removed with ``force``, as Swarm did. Of two engines back
+  at once, each holding a copy, a stopped copy yields to a running one, and otherwise neither removes its copy
+  on the other's account until the other is done (a removal whose answer was lost after the engine did it
+  would otherwise leave the container nowhere): exactly one copy stays (tests/test_reschedule.py). Every manager notes
   engines coming back, so a primary elected after the move removes the stale copy too. If the old engine comes
   back before the move was done, nothing moves.
 * **Failure modes.** No engine can take it (constraints, ports, resources): logged, retried after each refresh.
@@ -168,18 +168,26 @@ class Watchdog:
             if e is None or not e.healthy:
                 self._returned.discard(addr)  # gone again (or removed): checked when it next comes back
                 continue
-            # The copy to keep is on an engine that did not come back itself: were two returned engines to count
-            # each other's copy, a removal on one whose answer was lost would leave both copies removed.
-            elsewhere = {
-                c.swarm_id: (o, c.id)
-                for o in self.cluster.engines
-                if o.healthy and o.addr != addr and o.addr not in self._returned
-                for c in o.records
-                if c.swarm_id
-            }
+            # The copy to keep is on an engine that did not come back itself, or a running one: were two returned
+            # engines to count each other's copy alike, a removal on one whose answer was lost would leave both
+            # copies removed.
+            elsewhere: dict[str, tuple[Engine, str, bool]] = {}  # swarm id -> (engine, id, on a returned engine)
+            for o in self.cluster.engines:
+                if not o.healthy or o.addr == addr:
+                    continue
+                back = o.addr in self._returned
+                for c in o.records:
+                    if not c.swarm_id or (back and c.state != "running"):
+                        continue
+                    if c.swarm_id not in elsewhere or (elsewhere[c.swarm_id][2] and not back):
+                        elsewhere[c.swarm_id] = (o, c.id, back)  # a copy on an engine that stayed wins
             done = True
-            for c in [c for c in e.records if c.swarm_id in elsewhere and _has_policy(c)]:
-                other, new_id = elsewhere[c.swarm_id]
+            for c in e.records:
+                if c.swarm_id not in elsewhere or not _has_policy(c):
+                    continue
+                if c.state == "running" and elsewhere[c.swarm_id][2]:
+                    continue  # both running and both back: the engine looked at first keeps its copy
+                other, new_id, _ = elsewhere[c.swarm_id]
                 try:
                     r = await self.cluster.call(e, "DELETE", f"/containers/{c.id}?force=1")
                 except _FAILED as err:
