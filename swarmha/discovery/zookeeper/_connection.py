@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -70,6 +71,22 @@ class Checkable(Protocol):
     def check(self) -> None: ...
 
 
+def handshake_hosts(hosts: str, session_timeout: float, timeout: float) -> str:
+    """``hosts`` (``h:p,h:p``) listed as many times over as makes kazoo wait at most ``timeout`` for a handshake.
+
+    kazoo waits ``session timeout / number of hosts`` for the answer to a connection handshake and has no option
+    for it. A restarted server can leave a handshake sent into its start-up window unanswered: with one host and
+    a 10 s session the connection then stayed away 10 s, long enough for the restarted server to expire the
+    session (tests/test_zookeeper.py::test_a_handshake_the_server_never_answers_is_retried_within_the_url_timeout:
+    9.97 s before, within the 1 s timeout after). Listing the hosts k times over divides that wait by k; kazoo
+    tries the next entry (the same server again) after it, with the same session. Nothing else kazoo does per
+    host changes: it still cycles through the hosts in order, and a refused connect costs microseconds.
+    """
+    count = len([h for h in hosts.split(",") if h])
+    copies = max(1, math.ceil(session_timeout / (count * timeout) - 1e-9))
+    return ",".join([hosts] * copies)
+
+
 class Connection:
     """A KazooClient with session timeout ``session_timeout``; see the module docstring."""
 
@@ -88,7 +105,7 @@ class Connection:
         self._pending: dict[str, tuple[int | None, int]] = {}  # path -> (version or None, generation) to delete
         self._confirm: tuple[float, Any] | None = None  # (sent, async result) of the shared round trip
         self.client = KazooClient(
-            hosts=owner.hosts,
+            hosts=handshake_hosts(owner.hosts, session_timeout, owner.timeout),
             timeout=session_timeout,
             # Reconnect fast and forever (attempts at most 0.2 s apart): after a store outage the connection's
             # return bounds the election's; commands are never retried by kazoo (we bound and retry them).

@@ -29,9 +29,9 @@ log = logging.getLogger("swarmha.discovery.zookeeper")
 DEFAULT_PORT = 2181
 DEFAULT_TIMEOUT = 5.0
 #: Longest session timeout of the read connection (it holds no ephemerals; expiry only costs a re-arm of the
-#: watches). It is also ``timeout`` when that is shorter: kazoo waits up to the requested session timeout
-#: (divided by the number of hosts) for a connection handshake, so a handshake the server never answers
-#: (seen in the fault soak right after a server restart) would otherwise stall reads and watches.
+#: watches). It is also ``timeout`` when that is shorter, so that its session is not kept long for nothing; the
+#: wait for a handshake the server never answers is bounded by ``timeout`` on every connection
+#: (:func:`~._connection.handshake_hosts`).
 SHARED_SESSION_TIMEOUT = 10.0
 _OPTIONS = {"timeout", "prepare"}
 _CACHE_LIMIT = 4096
