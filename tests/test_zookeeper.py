@@ -6,6 +6,7 @@ The election contract itself runs on ZooKeeper in tests/test_contract.py; this f
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -199,6 +200,24 @@ def test_suspended_connection_is_unavailable_not_expired(single: Cluster) -> Non
         single.start()
         session.close()
         d.close()
+
+
+def test_kazoo_reconnect_lines_are_said_once_a_second_not_at_every_attempt() -> None:
+    from swarmha.discovery.zookeeper._connection import _KAZOO_LOG, _Repeats
+
+    assert any(isinstance(f, _Repeats) for f in _KAZOO_LOG.filters)
+    repeats = _Repeats(window=60.0)
+
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(_KAZOO_LOG.name, logging.WARNING, __file__, 1, msg, args, None)
+
+    refused = "Connection dropped: socket connection error: %s"
+    assert repeats.filter(record(refused, "Connection refused"))
+    assert not repeats.filter(record(refused, "Connection refused"))  # the same text again: dropped
+    assert repeats.filter(record(refused, "Connection reset by peer"))  # another text: said
+    assert repeats.filter(record("Session has expired"))
+    always = _Repeats(window=0.0)
+    assert always.filter(record("x")) and always.filter(record("x"))  # the window is what drops a repeat
 
 
 def _absent(d: swarmha.Discovery, key: str) -> bool:

@@ -45,6 +45,40 @@ __all__ = ["ANSWERS", "Connection", "Settings"]
 
 log = logging.getLogger("swarmha.discovery.zookeeper")
 
+
+class _Repeats(logging.Filter):
+    """Drop a record whose message passed less than ``window`` seconds ago.
+
+    kazoo's reconnect loop logs the same two lines ("Connecting to …", "Connection dropped: … refused") at every
+    attempt, on every connection; with the hosts listed k times over (:func:`handshake_hosts`) that is k times
+    per pass: 155 warnings in 3 s of outage for one Session and the read connection (``timeout=1``, ttl 10 s),
+    against 32 before the hosts were repeated. Once a second per distinct message says the same.
+    """
+
+    def __init__(self, window: float = 1.0) -> None:
+        super().__init__()
+        self.window = window
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # a bad format string is not ours to judge
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(text, -math.inf) < self.window:
+                return False
+            if len(self._last) > 256:
+                self._last.clear()
+            self._last[text] = now
+        return True
+
+
+_KAZOO_LOG = logging.getLogger("swarmha.discovery.zookeeper.kazoo")
+_KAZOO_LOG.addFilter(_Repeats())
+
 # Answers, not failures: callers handle them.
 ANSWERS = (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError)
 _UNAVAILABLE = (ConnectionLoss, ConnectionClosedError, OperationTimeoutError, KazooTimeoutError)
@@ -114,7 +148,7 @@ class Connection:
             randomize_hosts=False,
             auth_data=owner.auth_data,
             default_acl=owner.acl,
-            logger=logging.getLogger("swarmha.discovery.zookeeper.kazoo"),
+            logger=_KAZOO_LOG,
         )
         self.client.add_listener(self._listen)
 
