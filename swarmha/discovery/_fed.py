@@ -5,7 +5,8 @@ treat it, written once.
 The feeding thread sets ``_changed`` (with ``_seen`` the record it saw) or calls :meth:`FedWatch.fail`, under
 ``_cond``, then :meth:`FedWatch._kick`; ``wait`` reports a change once and re-arms, raises the error of a failed
 watch, and returns False once interrupted or closed. A subclass says how to leave its feeder
-(:meth:`FedWatch._unregister`) and how records arrive.
+(:meth:`FedWatch._unregister`) and how records arrive. :class:`Outage` is the feeding thread's side of a break:
+when to try again and when to give its watches up.
 """
 
 from __future__ import annotations
@@ -17,7 +18,43 @@ from collections.abc import Callable
 from swarmha.discovery._base import Record, Watch
 from swarmha.errors import DiscoveryError
 
-__all__ = ["FedWatch"]
+__all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "FedWatch", "Outage"]
+
+#: Pause between a feeding thread's tries after a break: 50 ms, doubling to 500 ms.
+BACKOFF_MIN, BACKOFF_MAX = 0.05, 0.5
+
+
+class Outage:
+    """How long a thread that feeds many watches has failed to resume them, and its pause before the next try.
+
+    After each failed try, :meth:`failed` says whether the failures have now lasted ``timeout`` (the caller then
+    fails its watches, and the clock starts over); else :meth:`pause` waits the backoff, cut short by
+    ``closed()``. :meth:`ok` after a try that worked.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.since: float | None = None  # when the failures began; None while it works
+        self.backoff = BACKOFF_MIN
+
+    def ok(self, broke_at: float | None = None) -> None:
+        """A try worked. ``broke_at``: it worked, then broke at that moment (the clock runs from there)."""
+        self.since, self.backoff = broke_at, BACKOFF_MIN
+
+    def failed(self, now: float) -> bool:
+        """Count a failed try at ``now``; True once the failures have lasted ``timeout`` (the clock starts over)."""
+        if self.since is None:
+            self.since = now
+        if now - self.since >= self.timeout:
+            self.since = None
+            return True
+        return False
+
+    def pause(self, cond: threading.Condition, closed: Callable[[], bool]) -> None:
+        """Wait the backoff on ``cond`` (taken here) unless ``closed()``, then double it up to the cap."""
+        with cond:
+            cond.wait_for(closed, self.backoff)
+        self.backoff = min(BACKOFF_MAX, self.backoff * 2)
 
 
 class FedWatch(Watch):

@@ -62,7 +62,7 @@ from pyetcd import etcdrpc
 from pyetcd.etcdrpc import kv_pb2
 
 from swarmha.discovery._base import Discovery, Record, Session, Watch, check_key, check_ttl
-from swarmha.discovery._fed import FedWatch
+from swarmha.discovery._fed import FedWatch, Outage
 from swarmha.discovery._url import DiscoveryURL
 from swarmha.errors import (
     ConfigurationError,
@@ -326,8 +326,7 @@ class _WatchStream:
             thread.join(10.0)
 
     def _run(self) -> None:
-        broken_since: float | None = None
-        backoff = 0.05
+        outage = Outage(self._d.timeout)
         try:
             while True:
                 with self._cond:
@@ -352,20 +351,16 @@ class _WatchStream:
                 now = time.monotonic()
                 log.debug("etcd watch stream broke (%s); resuming %d watches", reason, len(self._open))
                 if live:  # it had worked: a fresh break, resume at once
-                    broken_since, backoff = now, 0.05
+                    outage.ok(broke_at=now)
                     continue
-                broken_since = now if broken_since is None else broken_since
-                if now - broken_since >= self._d.timeout:
+                if outage.failed(now):
                     with self._cond:
                         failed, self._open = list(self._open), set()
                     error = DiscoveryUnavailable(f"etcd watches could not be resumed: {reason}")
                     for watch in failed:
                         watch.fail(error)
-                    broken_since = None
                     continue
-                with self._cond:
-                    self._cond.wait_for(lambda: self._closed, backoff)
-                backoff = min(0.5, backoff * 2)
+                outage.pause(self._cond, lambda: self._closed)
         finally:
             with self._cond:
                 if self._thread is threading.current_thread():

@@ -36,7 +36,7 @@ import time
 
 from swarmha._duration import go_duration
 from swarmha.discovery._base import Record
-from swarmha.discovery._fed import FedWatch
+from swarmha.discovery._fed import FedWatch, Outage
 from swarmha.discovery.consul._client import Agents, Client, decode, index_of, kv_record
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable
 
@@ -48,8 +48,6 @@ log = logging.getLogger("swarmha.discovery.consul")
 WATCH_WAIT = 300.0
 #: Seconds the hub's thread lingers after its last watch closed.
 HUB_IDLE = 2.0
-_BACKOFF_MIN = 0.05
-_BACKOFF_MAX = 0.5
 
 
 class ConsulWatch(FedWatch):
@@ -156,8 +154,7 @@ class Hub:
             thread.join(self._agents.timeout + 5.0)
 
     def _run(self) -> None:
-        broken_since: float | None = None
-        backoff = _BACKOFF_MIN
+        outage = Outage(self._agents.timeout)
         client: Client | None = None
         try:
             while True:
@@ -187,26 +184,21 @@ class Hub:
                 if dropped or error is not None:
                     client.close()
                 if answered:
-                    broken_since, backoff = None, _BACKOFF_MIN
+                    outage.ok()
                     continue
                 if dropped:
                     continue
-                now = time.monotonic()
-                if broken_since is None:
-                    broken_since = now
+                if outage.since is None:
                     log.debug("consul watch on %s broke (%s); resuming", self._scope, error)
-                if now - broken_since >= self._agents.timeout:
+                if outage.failed(time.monotonic()):
                     with self._cond:
                         failed = [w for group in self._watches.values() for w in group]
                         self._watches.clear()
                     failure = DiscoveryUnavailable(f"consul watches on {self._scope} could not be resumed: {error}")
                     for watch in failed:
                         watch.fail(failure)
-                    broken_since = None
                     continue
-                with self._cond:
-                    self._cond.wait_for(lambda: self._closed, backoff)
-                backoff = min(_BACKOFF_MAX, backoff * 2)
+                outage.pause(self._cond, lambda: self._closed)
         finally:
             with self._cond:
                 if self._thread is threading.current_thread():
