@@ -181,16 +181,16 @@ class Base:
         except (UpstreamUnreachable, UpstreamBroken) as err:
             raise DockerError(502, f"swarmha: node {e.name} ({e.addr}) failed: {err}") from err
 
-    async def find(self, kind: str, ident: str, engines: Iterable[Engine] | None = None) -> list[Engine]:
-        """The engines on which ``GET /{kind}/{ident}`` (networks, volumes) or ``/{kind}/{ident}/json`` (images)
-        answers 200, in engine order."""
+    async def holders(self, kind: str, ident: str, engines: Iterable[Engine] | None = None) -> list[tuple[Engine, Any]]:
+        """(engine, its inspect answer) for every engine (default: every healthy one) on which ``GET
+        /{kind}/{ident}`` (networks, volumes) or ``/{kind}/{ident}/json`` (images, containers) answers 200, in
+        engine order."""
         suffix = "/json" if kind in ("images", "containers") else ""
-        target = f"/{kind}/{quote(ident, safe='/:@')}{suffix}"
-        return [e for e, r in await self.gather("GET", target, engines) if r is not None and r.status == 200]
+        return await self.gather_json(f"/{kind}/{quote(ident, safe='/:@')}{suffix}", engines)
 
-    async def holders(self, kind: str, ident: str) -> list[tuple[Engine, Any]]:
-        """(engine, its answer) for every healthy engine that has network/volume ``ident``, in engine order."""
-        return await self.gather_json(f"/{kind}/{quote(ident, safe='')}")
+    async def find(self, kind: str, ident: str, engines: Iterable[Engine] | None = None) -> list[Engine]:
+        """The engines of :meth:`holders`."""
+        return [e for e, _ in await self.holders(kind, ident, engines)]
 
     async def named_owner(
         self, kind: str, ident: str, missing: str, *, prefer: Engine | None = None
