@@ -13,14 +13,21 @@ of keys with one ttl. The modules, one concern each:
 
 * :mod:`._connection`: a kazoo client, its state, bounded requests, shared keepalive round trips, deletes sent
   once the connection is back.
+* :mod:`._core`: what the parts share, built once per Discovery: the connections, one lock, the timer, the watch
+  hub and the read cache. The parts get it (and each other) at construction; none calls back into the facade.
+* :mod:`._entry`: the queue layout (kazoo ``Lock``'s) and :class:`~._entry.Entry`, a session's place in a queue.
 * :mod:`._session`: a :class:`~swarmha.discovery.Session` is a *logical* session on the connection of its ttl,
   with a local ttl guard (the design, its guarantees and its failure modes are stated there: in short, when the
   process dies or is cut off longer than ``ttl``, the connection's ZooKeeper session expires and every key held
-  through it goes at once).
-* :mod:`._queue`: election keys as queues of entries (kazoo ``Lock``'s layout), tickets waiting in them.
-* :mod:`._watch`: one kazoo watcher per znode fanned out to every waiting watch, re-armed after session loss.
+  through it goes at once); :class:`~._session.Owners` records which Session owns which entry and plain key.
+* :mod:`._queue`: election keys as queues of entries, tickets waiting in them.
+* :mod:`._hub`: one kazoo watcher per znode fanned out to every subscriber.
+* :mod:`._watch`: a watch on one key, armed through the hub and re-armed after session loss.
 * :mod:`._timer`: one thread per Discovery for every session deadline and ticket turn check.
-* :mod:`._discovery`: the Discovery contract over those.
+* :mod:`._discovery`: the Discovery contract over those, and nothing else.
+
+Imports point one way: ``_discovery`` → ``_watch`` → ``_queue`` → ``_session`` → ``_core`` → ``_connection``,
+``_hub``, ``_timer``, ``_entry``.
 
 How the contract maps to ZooKeeper, briefly: ``create`` adds an entry ``lead-<session>-<sequence>`` to the key's
 queue and holds the key when it is first; the token is the entry's ``czxid``. ``delete(key, token)`` of an

@@ -15,11 +15,11 @@ from kazoo.security import make_digest_acl
 
 from swarmha.discovery._base import Discovery, Record, Session, Watch, check_key, check_ttl
 from swarmha.discovery._url import DiscoveryURL
-from swarmha.discovery.zookeeper._connection import Connection
-from swarmha.discovery.zookeeper._queue import QUEUE_MARK, RACE_LIMIT, Entry, Queues, queue_order, record
-from swarmha.discovery.zookeeper._session import ZkSession
-from swarmha.discovery.zookeeper._timer import Timer
-from swarmha.discovery.zookeeper._watch import Hub, ZkWatch
+from swarmha.discovery.zookeeper._core import SHARED_SESSION_TIMEOUT, Core
+from swarmha.discovery.zookeeper._entry import QUEUE_MARK, Entry, record
+from swarmha.discovery.zookeeper._queue import Queues
+from swarmha.discovery.zookeeper._session import Owners, ZkSession
+from swarmha.discovery.zookeeper._watch import ZkWatch
 from swarmha.errors import ConfigurationError, DiscoveryError, DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_TIMEOUT", "SHARED_SESSION_TIMEOUT", "ZooKeeperDiscovery"]
@@ -28,13 +28,7 @@ log = logging.getLogger("swarmha.discovery.zookeeper")
 
 DEFAULT_PORT = 2181
 DEFAULT_TIMEOUT = 5.0
-#: Longest session timeout of the read connection (it holds no ephemerals; expiry only costs a re-arm of the
-#: watches). It is also ``timeout`` when that is shorter, so that its session is not kept long for nothing; the
-#: wait for a handshake the server never answers is bounded by ``timeout`` on every connection
-#: (:func:`~._connection.handshake_hosts`).
-SHARED_SESSION_TIMEOUT = 10.0
 _OPTIONS = {"timeout", "prepare"}
-_CACHE_LIMIT = 4096
 _MAX_LIST_NODES = 100_000
 
 
@@ -50,123 +44,33 @@ class ZooKeeperDiscovery(Discovery):
             raise InvalidDiscoveryURL(f"zk URL {str(url)!r} names no host: zk://host[:port][,host...]/prefix")
         url.check_options(_OPTIONS)
         self.url = url
-        self.timeout = url.seconds("timeout", DEFAULT_TIMEOUT)
+        timeout = url.seconds("timeout", DEFAULT_TIMEOUT)
         prepare = url.params.get("prepare", "1")
         if prepare not in ("0", "1"):
             raise InvalidDiscoveryURL(f"zk URL {str(url)!r}: prepare must be 0 or 1, not {prepare!r}")
         self._prepare = prepare == "1"
         if url.username is not None and url.password is None:
             raise InvalidDiscoveryURL(f"zk URL {str(url)!r} needs user:password@ for digest auth")
-        self.auth_data: list[tuple[str, str]] | None = None
-        self.acl: list[Any] | None = None
+        auth_data: list[tuple[str, str]] | None = None
+        acl: list[Any] | None = None
         if url.username is not None:
-            self.auth_data = [("digest", f"{url.username}:{url.password}")]
-            self.acl = [make_digest_acl(url.username, url.password or "", all=True)]
-        self.hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in url.endpoints(DEFAULT_PORT))
+            auth_data = [("digest", f"{url.username}:{url.password}")]
+            acl = [make_digest_acl(url.username, url.password or "", all=True)]
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in url.endpoints(DEFAULT_PORT))
         self._root = "/" + url.path if url.path else ""
-        self.lock = threading.Lock()
-        self._closed = False
-        self._reads: dict[str, tuple[Record, int]] = {}  # path -> (record, mzxid) of the last read
         self._watches: weakref.WeakSet[ZkWatch] = weakref.WeakSet()
-        self._members: dict[str, set[ZkSession]] = {}  # queue path -> live Sessions with an entry there
-        self._plain: dict[str, tuple[int, ZkSession]] = {}  # plain ephemeral path -> (czxid, the Session that put it)
-        self._conns: dict[float, Connection] = {}  # ttl -> the connection whose ZooKeeper session backs Sessions
-        self.timer = Timer("swarmha-zk-timer")
-        self.hub = Hub()
-        self.queues = Queues(self)
-        self.shared = self._connect(min(SHARED_SESSION_TIMEOUT, self.timeout), "shared")
+        self._watches_lock = threading.Lock()
+        self._core = Core(url, timeout, hosts, auth_data, acl)
+        self._owners = Owners(self._core)
+        self._queues = Queues(self._core)
+        self.timeout = timeout
 
     @property
     def closed(self) -> bool:
-        return self._closed
-
-    def _connect(self, session_timeout: float, what: str) -> Connection:
-        conn = Connection(self, session_timeout, what)
-        conn.on_connected(lambda replaced: self.hub.wake_all() if replaced else None)
-        conn.start()
-        return conn
-
-    def connection(self, ttl: float) -> Connection:
-        """The connection whose ZooKeeper session (timeout ``ttl``) backs every Session of ``ttl``."""
-        with self.lock:
-            if self._closed:
-                raise DiscoveryError(f"ZooKeeper discovery {self.url} is closed")
-            conn = self._conns.get(ttl)
-            if conn is None:
-                conn = self._conns[ttl] = self._connect(ttl, f"sessions(ttl={ttl:g})")
-            return conn
-
-    # -- plumbing ----------------------------------------------------------------------------------------------
+        return self._core.closed
 
     def _path(self, key: str) -> str:
         return f"{self._root}/{check_key(key)}"
-
-    def _remember(self, path: str, found: Record | None, mzxid: int = 0) -> None:
-        with self.lock:
-            if found is None:
-                self._reads.pop(path, None)
-                return
-            if path not in self._reads and len(self._reads) >= _CACHE_LIMIT:
-                self._reads.pop(next(iter(self._reads)))
-            self._reads[path] = (found, mzxid)
-
-    def _cached(self, path: str, czxid: int, mzxid: int) -> Record | None:
-        with self.lock:
-            known = self._reads.get(path)
-        if known is not None and known[0].token == czxid and known[1] == mzxid:
-            return known[0]
-        return None
-
-    def cached_entry(self, path: str) -> Record | None:
-        with self.lock:
-            known = self._reads.get(path)
-        return None if known is None else known[0]
-
-    def read(self, path: str, via: ZkSession | None = None) -> Record | None:
-        conn = via.conn if via is not None else self.shared
-        try:
-            data, stat = conn.op("get", lambda c: c.get_async(path), session=via)
-        except NoNodeError:
-            self._remember(path, None)
-            return None
-        found = self._owned_record(path, record(data, stat, path))
-        self._remember(path, found, int(stat.mzxid))
-        return found
-
-    def _owned_record(self, path: str, found: Record) -> Record:
-        """A plain ephemeral put with one of our Sessions names that Session (not the shared connection's)."""
-        with self.lock:
-            mine = self._plain.get(path)
-        if mine is not None and mine[0] == found.token:
-            return Record(found.value, found.token, mine[1].id)
-        return found
-
-    def _note_entry(self, session: ZkSession, entry: Entry) -> None:
-        with self.lock:
-            self._members.setdefault(entry.parent, set()).add(session)
-
-    def disown(self, session: ZkSession, entries: list[Entry]) -> None:
-        """Forget a Session that ended (called by it) and the entries it had."""
-        with self.lock:
-            for entry in entries:
-                members = self._members.get(entry.parent)
-                if members is not None:
-                    members.discard(session)
-                    if not members:
-                        del self._members[entry.parent]
-                self._reads.pop(entry.path, None)
-
-    def delete_plain(self, session: ZkSession, plain: dict[str, int], timeout: float | None) -> None:
-        """Delete the plain ephemerals ``session`` put (path -> czxid; it ended) that are still those znodes.
-
-        Waits up to ``timeout`` for the answers (None: not at all), so that once a connected Session's close
-        returned its keys are gone; see :meth:`~._connection.Connection.delete_owned` for a connection that is down.
-        """
-        with self.lock:
-            for path in plain:
-                if self._plain.get(path, (0, None))[1] is session:
-                    del self._plain[path]
-        session.conn.delete_owned(plain, timeout)
 
     @staticmethod
     def _session(session: Session) -> ZkSession:
@@ -174,102 +78,20 @@ class ZooKeeperDiscovery(Discovery):
             raise ConfigurationError(f"{session!r} is not a session of a ZooKeeper discovery")
         return session
 
-    # -- watches -------------------------------------------------------------------------------------------------
+    def _new_session(self, ttl: float, *, ticket: bool = False) -> ZkSession:
+        conn = self._core.connection(ttl)
+        return ZkSession(self._core, self._owners, conn, ttl, ticket=ticket, check_turn=self._queues.check_turn)
 
-    def _via(self, path: str) -> ZkSession | None:
-        """A live, connected Session of this Discovery with an entry in the queue ``path``, if any.
-
-        A watch on that queue goes through its connection rather than the read one: the reads that follow are
-        ordered after the event on that connection, and a waiting ticket's create can then skip a read.
-        """
-        with self.lock:
-            members = list(self._members.get(path, ()))
-        usable = []
-        for s in members:
-            entry = s.entries.get(path)
-            if entry is not None and s.alive and s.conn.connected.is_set():
-                usable.append((entry.claimed, s.id, s))  # a waiting ticket first
-        return min(usable, key=lambda u: (u[0], u[1]))[2] if usable else None
-
-    def arm(self, path: str, watch: ZkWatch) -> Record | None:
-        """Set a watcher for the next change of key ``path`` and return the key's state at that moment.
-
-        A queue: an exists-watch on the holder's entry, or (empty) a child watch on the queue. A plain key: a
-        data watch, or (absent) an exists-watch for its creation. Through :meth:`_via`'s session's connection if
-        there is one (``watch.via``), else the read connection.
-        """
-        via = self._via(path)
-        conn = via.conn if via is not None else self.shared
-        watch.via = via
-
-        def subscribe(target: str) -> Any:
-            old = watch.subscription
-            if old is not None and old != (conn, target):
-                self.hub.unsubscribe(old[0], old[1], watch.fire)
-            watch.subscription = (conn, target)
-            return self.hub.subscribe(conn, target, watch.fire)
-
-        for _ in range(RACE_LIMIT):
-            kind = self.queues.kind(path)
-            if kind is None:
-                callback = subscribe(path)
-                if conn.op("watch", functools.partial(_exists, path=path, watch=callback), session=via) is None:
-                    return None
-                continue  # created meanwhile
-            if kind == "plain":
-                callback = subscribe(path)
-                try:
-                    data, stat = conn.op("watch", functools.partial(_get, path=path, watch=callback), session=via)
-                except NoNodeError:
-                    continue
-                if data == QUEUE_MARK:
-                    continue
-                found = self._cached(path, int(stat.czxid), int(stat.mzxid)) or self._owned_record(
-                    path, record(data, stat, path)
-                )
-                self._remember(path, found, int(stat.mzxid))
-                return found
-            names = self.queues.entries(path, conn, via)
-            if names is None:
-                continue
-            if via is not None:
-                with via.lock:
-                    entry = via.entries.get(path)
-                    if entry is not None and not entry.claimed:
-                        entry.saw(names)
-            if not names:
-                callback = subscribe(path)
-                try:
-                    children = conn.op("watch", functools.partial(_children, path=path, watch=callback), session=via)
-                except NoNodeError:
-                    continue
-                if not queue_order(children):
-                    return None
-                continue  # an entry arrived meanwhile
-            head = f"{path}/{names[0]}"
-            callback = subscribe(head)
-            stat = conn.op("watch", functools.partial(_exists, path=head, watch=callback), session=via)
-            if stat is None:
-                continue  # the holder left meanwhile
-            held = self._cached(head, int(stat.czxid), int(stat.mzxid)) or self.read(head, via)
-            if held is not None:
-                return held
-        raise DiscoveryUnavailable(f"ZooKeeper key {path} changed under {RACE_LIMIT} watch attempts in a row")
-
-    def unwatch(self, watch: ZkWatch) -> None:
-        sub, watch.subscription = watch.subscription, None
-        if sub is not None:
-            self.hub.unsubscribe(sub[0], sub[1], watch.fire)
-
-    def check_turn(self, session: ZkSession) -> None:
-        self.queues.check_turn(session)
+    def _read(self, path: str) -> Record | None:
+        found = self._core.read(path)
+        return None if found is None else self._owners.owned_record(path, found)
 
     # -- the Discovery contract ----------------------------------------------------------------------------------
 
     def session(self, ttl: float) -> Session:
         """A new Session of ``ttl`` on the connection of that ttl (see the package docstring)."""
         ttl = check_ttl(ttl)
-        return ZkSession(self, self.connection(ttl), ttl)
+        return self._new_session(ttl)
 
     def prepare(self, key: str, value: str, ttl: float) -> Session | None:
         """A ticket: a Session of ``ttl`` queued for ``key`` now (see :meth:`Discovery.prepare`).
@@ -277,7 +99,7 @@ class ZooKeeperDiscovery(Discovery):
         Its cost while it waits: one entry znode in the key's queue and one exists-watch on its predecessor (no
         periodic request; the connection is shared). ``?prepare=0`` in the URL turns it off.
         """
-        if not self._prepare or self._closed:
+        if not self._prepare or self._core.closed:
             return None
         try:
             ttl = check_ttl(ttl)
@@ -286,13 +108,13 @@ class ZooKeeperDiscovery(Discovery):
             return None
         ticket: ZkSession | None = None
         try:
-            ticket = ZkSession(self, self.connection(ttl), ttl, ticket=True)
-            entry = self.queues.enqueue(path, value, ticket)
+            ticket = self._new_session(ttl, ticket=True)
+            entry = self._queues.enqueue(path, value, ticket)
             if entry is None:
                 ticket.close()
                 return None
-            self._note_entry(ticket, entry)
-            self.queues.check_turn(ticket)
+            self._owners.note_entry(ticket, entry)
+            self._queues.check_turn(ticket)
             return ticket
         except Exception as e:  # never raises: the campaign opens a session itself
             log.debug("preparing a ZooKeeper ticket for %s: %s", path, e)
@@ -316,16 +138,16 @@ class ZooKeeperDiscovery(Discovery):
         with s.lock:
             entry = s.entries.get(path)
         if entry is not None and entry.record.value != value:
-            self.queues.withdraw(s, entry)
+            self._queues.withdraw(s, entry)
             entry = None
         fresh = entry is None
         if entry is None:
-            entry = self.queues.enqueue(path, value, s)
+            entry = self._queues.enqueue(path, value, s)
             if entry is None:
                 return None
-            self._note_entry(s, entry)
+            self._owners.note_entry(s, entry)
         if fresh or entry.claimed or not entry.first:  # only a waiting ticket's turn may skip the read
-            names = self.queues.entries(path, s.conn, s) or []
+            names = self._queues.entries(path, s.conn, s) or []
             with s.lock:
                 entry.saw(names)
             if entry.name not in names:  # deleted (delete(key, token) of a holder claimed earlier): gone for good
@@ -335,10 +157,10 @@ class ZooKeeperDiscovery(Discovery):
                 return None
             if names[0] != entry.name:
                 if fresh and not s.ticket:
-                    self.queues.withdraw(s, entry)  # a plain session leaves nothing behind when it did not win
+                    self._queues.withdraw(s, entry)  # a plain session leaves nothing behind when it did not win
                 return None
         s.claim(entry, sent)
-        self._remember(entry.path, entry.record, entry.mzxid)
+        self._core.remember(entry.path, entry.record, entry.mzxid)
         return entry.record
 
     def put(self, key: str, value: str, session: Session | None = None) -> Record:
@@ -349,7 +171,7 @@ class ZooKeeperDiscovery(Discovery):
         """
         path = self._path(key)
         s = self._session(session) if session is not None else None
-        conn = s.conn if s is not None else self.shared
+        conn = s.conn if s is not None else self._core.shared
         data = value.encode()
         for _ in range(5):
             try:
@@ -358,8 +180,7 @@ class ZooKeeperDiscovery(Discovery):
                 old, stat = b"", None
             if old == QUEUE_MARK:
                 raise DiscoveryError(f"ZooKeeper put of {path}: it is an election key (a queue); put cannot replace it")
-            with self.lock:
-                mine = self._plain.get(path)
+            mine = self._owners.plain_owner(path)
             ours = stat is not None and mine is not None and mine[1] is s and mine[0] == int(stat.czxid)
             try:
                 if stat is None:
@@ -390,12 +211,9 @@ class ZooKeeperDiscovery(Discovery):
                 continue
             found = record(data_now, stat_now, path)
             if s is not None:
-                with self.lock:
-                    self._plain[path] = (found.token, s)
-                with s.lock:
-                    s.plain[path] = found.token
+                self._owners.own_plain(path, found.token, s)
                 found = Record(found.value, found.token, s.id)
-            self._remember(path, found, int(stat_now.mzxid))
+            self._core.remember(path, found, int(stat_now.mzxid))
             return found
         raise DiscoveryError(f"ZooKeeper put of {path} lost the race with other writers 5 times")
 
@@ -403,10 +221,10 @@ class ZooKeeperDiscovery(Discovery):
         """The key's Record: the holder's entry of its queue (token = the entry's czxid), or a plain znode, as the
         member the read connection talks to has it."""
         path = self._path(key)
-        kind = self.queues.kind(path)
+        kind = self._queues.kind(path)
         if kind is None:
             return None
-        return self.queues.holder(path) if kind == "queue" else self.read(path)
+        return self._queues.holder(path) if kind == "queue" else self._read(path)
 
     def delete(self, key: str, token: int) -> bool:
         """Delete ``key`` if its token equals ``token``.
@@ -416,18 +234,17 @@ class ZooKeeperDiscovery(Discovery):
         that Session's connection (see the package docstring: versions cannot tell znodes apart).
         """
         path = self._path(key)
-        kind = self.queues.kind(path)
+        kind = self._queues.kind(path)
         if kind == "queue":
             return self._delete_entry(path, token)
         if kind is None:
             return False
         try:
-            _, stat = self.shared.op("delete", lambda c: c.get_async(path))
+            _, stat = self._core.shared.op("delete", lambda c: c.get_async(path))
             if int(stat.czxid) != token:
                 return False
             if int(stat.ephemeralOwner):
-                with self.lock:
-                    mine = self._plain.get(path)
+                mine = self._owners.plain_owner(path)
                 if mine is None or mine[0] != token or not mine[1].alive:
                     return False  # another session's key, or ours already ended: it goes with that session
                 s = mine[1]
@@ -436,15 +253,12 @@ class ZooKeeperDiscovery(Discovery):
                 if int(stat.czxid) != token:
                     return False
                 s.conn.op("delete", lambda c: c.delete_async(path, version=stat.version), session=s)
-                with self.lock:
-                    self._plain.pop(path, None)
-                with s.lock:
-                    s.plain.pop(path, None)
+                self._owners.drop_plain(path, s)
             else:
-                self.shared.op("delete", lambda c: c.delete_async(path, version=stat.version))
+                self._core.shared.op("delete", lambda c: c.delete_async(path, version=stat.version))
         except (NoNodeError, BadVersionError, NotEmptyError, SessionExpired):
             return False
-        self._remember(path, None)
+        self._core.remember(path, None)
         return True
 
     def _delete_entry(self, path: str, token: int) -> bool:
@@ -459,23 +273,21 @@ class ZooKeeperDiscovery(Discovery):
         """
         target = None
         owner: tuple[ZkSession, Entry] | None = None
-        with self.lock:
-            members = list(self._members.get(path, ()))
-        for s in members:
+        for s in self._owners.members(path):
             with s.lock:
                 entry = s.entries.get(path)
             if entry is not None and entry.record.token == token:
                 target, owner = entry.path, (s, entry)
         if target is None:
-            for name in self.queues.entries(path) or []:
-                stat = self.shared.op("delete", functools.partial(_exists, path=f"{path}/{name}"))
+            for name in self._queues.entries(path) or []:
+                stat = self._core.shared.op("delete", functools.partial(_exists, path=f"{path}/{name}"))
                 if stat is not None and int(stat.czxid) == token:
                     target = f"{path}/{name}"
                     break
         if target is None:
             return False
         try:
-            self.shared.op("delete", lambda c: c.delete_async(target))
+            self._core.shared.op("delete", lambda c: c.delete_async(target))
             deleted = True
         except NoNodeError:
             deleted = False
@@ -485,7 +297,7 @@ class ZooKeeperDiscovery(Discovery):
             raise
         if owner is not None:
             owner[0].forget(owner[1])
-        self._remember(target, None)
+        self._core.remember(target, None)
         return deleted
 
     def release(self, key: str, token: int, session: Session) -> None:
@@ -504,7 +316,7 @@ class ZooKeeperDiscovery(Discovery):
             entry = s.entries.get(path)
         try:
             if entry is not None and entry.record.token == token and reachable and s.alive:
-                self.queues.withdraw(s, entry)
+                self._queues.withdraw(s, entry)
         except DiscoveryUnavailable:
             reachable = False
             with s.lock:
@@ -514,7 +326,7 @@ class ZooKeeperDiscovery(Discovery):
         finally:
             s.close()
             if entry is not None:
-                self._remember(entry.path, None)
+                self._core.remember(entry.path, None)
         if not reachable:
             raise DiscoveryUnavailable(
                 f"ZooKeeper session {s.id} was not connected when released: {path} goes once the store "
@@ -531,52 +343,46 @@ class ZooKeeperDiscovery(Discovery):
         while pending and visited < _MAX_LIST_NODES:
             parent = pending.pop()
             try:
-                children = self.shared.op("list", functools.partial(_children, path=parent))
+                children = self._core.shared.op("list", functools.partial(_children, path=parent))
             except NoNodeError:
                 continue
             for child in children:
                 path = f"{parent}/{child}"
                 visited += 1
                 try:
-                    data, stat = self.shared.op("list", functools.partial(_get, path=path))
+                    data, stat = self._core.shared.op("list", functools.partial(_get, path=path))
                 except NoNodeError:
                     continue
                 if data == QUEUE_MARK:
-                    self.queues.remember(path)
-                    holder = self.queues.holder(path)
+                    self._queues.remember(path)
+                    holder = self._queues.holder(path)
                     if holder is not None:
                         found[path[skip:]] = holder
                     continue
                 if stat.numChildren:
                     pending.append(path)
                 if data or stat.ephemeralOwner or not stat.numChildren:
-                    found[path[skip:]] = self._owned_record(path, record(data, stat, path))
+                    found[path[skip:]] = self._owners.owned_record(path, record(data, stat, path))
         return found
 
     def watch(self, key: str, seen: Record | None) -> Watch:
         """A watch armed on the first :meth:`Watch.wait`, compared with ``seen`` then."""
-        watch = ZkWatch(self, self._path(key), seen)
-        with self.lock:
+        watch = ZkWatch(self._core, self._queues, self._owners, self._path(key), seen)
+        with self._watches_lock:
             self._watches.add(watch)
-            closed = self._closed
-        if closed:
+        if self._core.closed:
             watch.close()
         return watch
 
     def close(self) -> None:
         """Close every connection (their ZooKeeper sessions end: every key held through them goes). Idempotent."""
-        with self.lock:
-            if self._closed:
-                return
-            self._closed = True
+        if not self._core.close():
+            return
+        with self._watches_lock:
             watches = list(self._watches)
-            conns = list(self._conns.values())
         for watch in watches:
             watch.close()
-        self.timer.stop()
-        for conn in conns:
-            conn.stop()
-        self.shared.stop()
+        self._core.stop()
 
 
 def _exists(client: Any, path: str, watch: Any = None) -> Any:

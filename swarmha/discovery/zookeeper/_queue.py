@@ -1,10 +1,4 @@
-"""Election keys as queues of entries, and tickets waiting in them (kazoo ``Lock``'s layout).
-
-An election key is a persistent znode whose data is :data:`QUEUE_MARK`; its children are *entries*, ephemeral
-sequential znodes ``lead-<session name>-<sequence>`` holding each candidate's value. The first entry holds the key;
-its token is its ``czxid`` (entries come first in creation order and zxids strictly increase, so each holder's
-token exceeds every earlier holder's). The Session that owns an entry is named in it, so :attr:`Record.session`
-tells the Sessions of one connection apart.
+"""Election keys as queues of entries, and tickets waiting in them (the layout: :mod:`._entry`).
 
 :class:`Queues` makes and reads them for a Discovery: enqueue an entry for a Session, withdraw it by its unique
 name (never another entry), list a queue holder first, find the holder, and check a waiting ticket's turn.
@@ -15,90 +9,39 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
-import attrs
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from swarmha.discovery._base import Record
+from swarmha.discovery.zookeeper._connection import Connection
+from swarmha.discovery.zookeeper._core import CACHE_LIMIT, Core, log
+from swarmha.discovery.zookeeper._entry import ENTRY, QUEUE_MARK, RACE_LIMIT, Entry, queue_order, record
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable
 
 if TYPE_CHECKING:
-    from swarmha.discovery.zookeeper._connection import Connection
-    from swarmha.discovery.zookeeper._discovery import ZooKeeperDiscovery
     from swarmha.discovery.zookeeper._session import ZkSession
 
-__all__ = ["ENTRY", "QUEUE_MARK", "RACE_LIMIT", "Entry", "Queues", "queue_order", "record"]
-
-#: Data of a key's queue znode. Not valid UTF-8, so no put() value can equal it.
-QUEUE_MARK = b"\xffswarmha-election-queue"
-#: Name prefix of a queue entry: ``lead-<session name>-`` and the 10-digit sequence number ZooKeeper appends.
-ENTRY = "lead-"
-#: Bound of the read-again loops when a queue changes between two reads.
-RACE_LIMIT = 10
-_CACHE_LIMIT = 4096
-
-
-def record(data: bytes, stat: Any, path: str = "") -> Record:
-    """The Record of a znode; an entry's session is the name in it, a plain ephemeral's its owner's id."""
-    name = path.rsplit("/", 1)[-1]
-    if name.startswith(ENTRY) and len(name) > len(ENTRY) + 11:
-        return Record(data.decode(), int(stat.czxid), name[len(ENTRY) : -11])
-    owner = int(stat.ephemeralOwner)
-    return Record(data.decode(), int(stat.czxid), f"{owner:x}" if owner else None)
-
-
-def queue_order(children: Any) -> list[str]:
-    """The entry names among ``children``, holder first (by the sequence number ZooKeeper appended)."""
-    return sorted((c for c in children if c.startswith(ENTRY)), key=lambda c: c[-10:])
-
-
-@attrs.define
-class Entry:
-    """A session's place in a key's queue: its sequential ephemeral znode and whether a create claimed it."""
-
-    parent: str  # the key's znode (the queue)
-    path: str  # the entry's znode
-    record: Record
-    mzxid: int
-    claimed: bool = False
-    #: The entry right before this one and how many were before it, in the last read of the queue through
-    #: the owning session's connection (entries before this one can only leave, never arrive).
-    predecessor: str | None = None
-    ahead: int = -1
-    #: The only entry ahead was seen deleted (through the owning connection): this one holds the key now.
-    first: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[1]
-
-    def saw(self, names: list[str]) -> None:
-        """Note this entry's place in ``names`` (a read of its queue through the owning session's connection)."""
-        if self.name in names:
-            at = names.index(self.name)
-            self.ahead = at
-            self.predecessor = f"{self.parent}/{names[at - 1]}" if at else None
-            self.first = self.first or at == 0
+__all__ = ["Queues"]
 
 
 class Queues:
     """Queue operations of one Discovery (see the module docstring). Thread-safe."""
 
-    def __init__(self, discovery: ZooKeeperDiscovery) -> None:
-        self._d = discovery
+    def __init__(self, core: Core) -> None:
+        self._core = core
         self._known: set[str] = set()  # znodes known to be queues (a queue znode is never removed by us)
 
     def known(self, path: str) -> bool:
-        with self._d.lock:
+        with self._core.lock:
             return path in self._known
 
     def remember(self, path: str) -> None:
-        with self._d.lock:
-            if path not in self._known and len(self._known) >= _CACHE_LIMIT:
+        with self._core.lock:
+            if path not in self._known and len(self._known) >= CACHE_LIMIT:
                 self._known.pop()
             self._known.add(path)
 
     def forget(self, path: str) -> None:
-        with self._d.lock:
+        with self._core.lock:
             self._known.discard(path)
 
     def kind(self, path: str) -> str | None:
@@ -106,7 +49,7 @@ class Queues:
         if self.known(path):
             return "queue"
         try:
-            data, _ = self._d.shared.op("get", lambda c: c.get_async(path))
+            data, _ = self._core.shared.op("get", lambda c: c.get_async(path))
         except NoNodeError:
             return None
         if data != QUEUE_MARK:
@@ -117,7 +60,7 @@ class Queues:
     def entries(self, path: str, conn: Connection | None = None, session: ZkSession | None = None) -> list[str] | None:
         """The entry names of the queue ``path``, holder first; None if ``path`` does not exist."""
         try:
-            children = (conn or self._d.shared).op("read", lambda c: c.get_children_async(path), session=session)
+            children = (conn or self._core.shared).op("read", lambda c: c.get_children_async(path), session=session)
         except NoNodeError:
             self.forget(path)
             return None
@@ -130,10 +73,10 @@ class Queues:
             if not names:
                 return None
             head = f"{path}/{names[0]}"
-            known = self._d.cached_entry(head)
+            known = self._core.cached_entry(head)
             if known is not None:  # an entry's data never changes
                 return known
-            found = self._d.read(head)
+            found = self._core.read(head)
             if found is not None:
                 return found
         raise DiscoveryUnavailable(f"ZooKeeper queue {path} changed under {RACE_LIMIT} reads in a row")
@@ -210,13 +153,13 @@ class Queues:
                         break
                     before = entry.predecessor
                     assert before is not None  # not first: saw() noted the entry right before it
-                    callback = self._d.hub.subscribe(session.conn, before, session.predecessor_gone)
+                    callback = self._core.hub.subscribe(session.conn, before, session.predecessor_gone)
                     exists = functools.partial(_exists, path=before, watch=callback)
                     if session.conn.op("watch", exists, session=session):
                         break
             except DiscoveryError as e:
                 if session.alive:
-                    self._d.log.debug("ZooKeeper ticket %s: checking its turn failed (%s); again soon", session.id, e)
+                    log.debug("ZooKeeper ticket %s: checking its turn failed (%s); again soon", session.id, e)
                     session.predecessor_gone()
 
 

@@ -30,20 +30,19 @@ import itertools
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from kazoo.protocol.states import EventType
 
-from swarmha.discovery._base import Session
+from swarmha.discovery._base import Record, Session
 from swarmha.discovery.zookeeper._connection import Connection
-from swarmha.discovery.zookeeper._queue import Entry
+from swarmha.discovery.zookeeper._core import Core
+from swarmha.discovery.zookeeper._entry import Entry
 from swarmha.discovery.zookeeper._timer import Call
 from swarmha.errors import DiscoveryUnavailable, SessionExpired
 
-if TYPE_CHECKING:
-    from swarmha.discovery.zookeeper._discovery import ZooKeeperDiscovery
-
-__all__ = ["TURN_CHECK_GRACE", "ZkSession"]
+__all__ = ["TURN_CHECK_GRACE", "Owners", "ZkSession"]
 
 #: A ticket's turn is checked this long after its predecessor went (or ttl/3 if shorter), unless a create claimed
 #: it by then: the check stays off the handover's path.
@@ -59,12 +58,24 @@ class ZkSession(Session):
     from the predecessor's departure, so a stuck owner holds the key for at most ``ttl``.
     """
 
-    def __init__(self, discovery: ZooKeeperDiscovery, conn: Connection, ttl: float, *, ticket: bool = False) -> None:
-        """A new Session on ``conn`` (waits up to the discovery's timeout for the connection)."""
+    def __init__(
+        self,
+        core: Core,
+        owners: Owners,
+        conn: Connection,
+        ttl: float,
+        *,
+        ticket: bool = False,
+        check_turn: Callable[[ZkSession], None] | None = None,
+    ) -> None:
+        """A new Session on ``conn`` (waits up to the discovery's timeout for the connection). ``check_turn``: what
+        checks a ticket's turn (:meth:`~._queue.Queues.check_turn`), called on the timer thread."""
         sent = time.monotonic()
-        if not conn.connected.wait(discovery.timeout):
-            raise DiscoveryUnavailable(f"ZooKeeper {discovery.url}: no connection within {discovery.timeout}s")
-        self._d = discovery
+        if not conn.connected.wait(core.timeout):
+            raise DiscoveryUnavailable(f"ZooKeeper {core.url}: no connection within {core.timeout}s")
+        self._core = core
+        self._owners = owners
+        self._check_turn_of = check_turn
         self.conn = conn
         self.ttl = ttl
         self.ticket = ticket
@@ -80,7 +91,7 @@ class ZkSession(Session):
         self._expiry: Call | None = None
         self._turn: Call | None = None
         self._turn_since = math.inf  # when the entry's predecessor was seen to go
-        discovery.timer.start()
+        core.timer.start()
         self._schedule()
 
     # -- the ttl clock ---------------------------------------------------------------------------------------
@@ -94,7 +105,7 @@ class ZkSession(Session):
                 if self._expiry.when <= self._deadline:
                     return  # it fires first and re-arms itself from the (later) deadline
                 self._expiry.cancel()
-            self._expiry = self._d.timer.call_at(self._deadline, self._on_deadline)
+            self._expiry = self._core.timer.call_at(self._deadline, self._on_deadline)
 
     def _on_deadline(self) -> None:
         with self.lock:
@@ -109,7 +120,7 @@ class ZkSession(Session):
         if later:
             self._schedule()
             return
-        self._d.log.warning("ZooKeeper session %s expired: not renewed within ttl=%ss", self.id, self.ttl)
+        self._core.log.warning("ZooKeeper session %s expired: not renewed within ttl=%ss", self.id, self.ttl)
         self._drop(wait=False)
 
     def _drop(self, *, wait: bool = True) -> None:
@@ -125,10 +136,10 @@ class ZkSession(Session):
             self.plain.clear()
             if self._turn is not None:
                 self._turn.cancel()
-        timeout = self._d.timeout if wait else None
+        timeout = self._core.timeout if wait else None
         self.conn.delete_all([entry.path for entry in entries], timeout)
-        self._d.delete_plain(self, plain, timeout)
-        self._d.disown(self, entries)
+        self._owners.delete_plain(self, plain, timeout)
+        self._owners.disown(self, entries)
 
     # -- tickets ---------------------------------------------------------------------------------------------
 
@@ -153,12 +164,13 @@ class ZkSession(Session):
                 return
             if self._turn is not None:
                 self._turn.cancel()
-            self._turn = self._d.timer.call_at(when, self._check_turn)
+            self._turn = self._core.timer.call_at(when, self._check_turn)
 
     def _check_turn(self) -> None:
         with self.lock:
             self._turn = None
-        self._d.check_turn(self)
+        if self._check_turn_of is not None:
+            self._check_turn_of(self)
 
     def leads_unclaimed(self, entry: Entry) -> None:
         """``entry`` holds the key unclaimed: start the ttl clock from the predecessor's departure."""
@@ -220,3 +232,73 @@ class ZkSession(Session):
             if self._expiry is not None:
                 self._expiry.cancel()
         self._drop()
+
+
+class Owners:
+    """Which live Sessions of one Discovery own what: the Sessions with an entry in each queue, and the plain
+    ephemeral keys put with a Session (path -> czxid and that Session). Thread-safe (under the core's lock)."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._members: dict[str, set[ZkSession]] = {}  # queue path -> live Sessions with an entry there
+        self._plain: dict[str, tuple[int, ZkSession]] = {}  # plain ephemeral path -> (czxid, the Session that put it)
+
+    def note_entry(self, session: ZkSession, entry: Entry) -> None:
+        """``session`` has ``entry`` in the queue ``entry.parent``."""
+        with self._core.lock:
+            self._members.setdefault(entry.parent, set()).add(session)
+
+    def members(self, path: str) -> list[ZkSession]:
+        """The Sessions with an entry in the queue ``path`` (as noted; a member may have ended since)."""
+        with self._core.lock:
+            return list(self._members.get(path, ()))
+
+    def plain_owner(self, path: str) -> tuple[int, ZkSession] | None:
+        """The czxid and the Session of the plain ephemeral key ``path`` if one of our Sessions put it."""
+        with self._core.lock:
+            return self._plain.get(path)
+
+    def own_plain(self, path: str, czxid: int, session: ZkSession) -> None:
+        """``session`` put the plain ephemeral ``path`` (its znode's czxid)."""
+        with self._core.lock:
+            self._plain[path] = (czxid, session)
+        with session.lock:
+            session.plain[path] = czxid
+
+    def drop_plain(self, path: str, session: ZkSession) -> None:
+        """The plain ephemeral ``path`` of ``session`` was deleted."""
+        with self._core.lock:
+            self._plain.pop(path, None)
+        with session.lock:
+            session.plain.pop(path, None)
+
+    def owned_record(self, path: str, found: Record) -> Record:
+        """A plain ephemeral put with one of our Sessions names that Session (not the connection's session)."""
+        mine = self.plain_owner(path)
+        if mine is not None and mine[0] == found.token:
+            return Record(found.value, found.token, mine[1].id)
+        return found
+
+    def disown(self, session: ZkSession, entries: list[Entry]) -> None:
+        """Forget a Session that ended (called by it) and the entries it had."""
+        with self._core.lock:
+            for entry in entries:
+                members = self._members.get(entry.parent)
+                if members is not None:
+                    members.discard(session)
+                    if not members:
+                        del self._members[entry.parent]
+        for entry in entries:
+            self._core.remember(entry.path, None)
+
+    def delete_plain(self, session: ZkSession, plain: dict[str, int], timeout: float | None) -> None:
+        """Delete the plain ephemerals ``session`` put (path -> czxid; it ended) that are still those znodes.
+
+        Waits up to ``timeout`` for the answers (None: not at all), so that once a connected Session's close
+        returned its keys are gone; see :meth:`~._connection.Connection.delete_owned` for a connection that is down.
+        """
+        with self._core.lock:
+            for path in plain:
+                if self._plain.get(path, (0, None))[1] is session:
+                    del self._plain[path]
+        session.conn.delete_owned(plain, timeout)
