@@ -118,7 +118,8 @@ def test_a_fresh_ticket_claims_with_one_request_an_old_one_takes_a_new_lease(
     ticket older than ttl/6 gets a new lease at the claim, so a term never starts deep into its lease."""
     d = swarmha.connect(f"etcd://{single.hosts}/{fresh_prefix('etcd')}")
     calls: list[str] = []
-    real_call = d._call  # type: ignore[attr-defined]
+    client = d._client  # type: ignore[attr-defined]
+    real_call = client.call
 
     def counting(what: str, fn: Any, timeout: float | None = None) -> Any:
         calls.append(what)
@@ -131,7 +132,7 @@ def test_a_fresh_ticket_claims_with_one_request_an_old_one_takes_a_new_lease(
         assert ticket is not None and ticket.clock is not None
         granted_at = ticket.clock
         assert granted_at <= time.monotonic()
-        monkeypatch.setattr(d, "_call", counting)
+        monkeypatch.setattr(client, "call", counting)
         assert d.create("k", "w", ticket) is None  # lost: the ticket stays usable
         holder.close()
         calls.clear()
@@ -165,10 +166,10 @@ def test_watch_from_a_compacted_revision_rereads_the_key(single: Cluster) -> Non
         assert seen is None
         updated = d.put("k", "v1")
         latest = d.put("other", "x")
-        kv = etcdrpc.KVStub(d._endpoints[0].open()._channel)  # type: ignore[attr-defined]
+        kv = etcdrpc.KVStub(d._client._endpoints[0].open()._channel)  # type: ignore[attr-defined]
         kv.Compact(etcdrpc.CompactionRequest(revision=latest.token, physical=True), timeout=5)
-        d._reads.clear()  # type: ignore[attr-defined]  # force the watch to start from the stale revision
-        d._remember(d._k("k"), None, 1)  # type: ignore[attr-defined]
+        d._client._reads.clear()  # type: ignore[attr-defined]  # force the watch to start from the stale revision
+        d._client.remember(d._k("k"), None, 1)  # type: ignore[attr-defined]
         with d.watch("k", seen) as watch:
             assert watch.wait(2.0) is True
         assert d.get("k") == updated
