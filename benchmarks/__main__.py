@@ -11,7 +11,10 @@
 * ``scale``: N = 1 .. 10,000 keys x 3 processes, swarmha beside kazoo and the etcd lock (``benchmarks/scale.py``;
   writes its table into ``docs/benchmarks.md``); takes ``--quick`` and ``--out FILE`` too.
 
-``manager-ab`` and ``outage-recovery`` take only their own options (``python -m benchmarks manager-ab --help``),
+* ``consul-client``: the Consul backend's own HTTP client against py-consul on the Consul API double
+  (``benchmarks/consul_client.py``; prints its table).
+
+``manager-ab``, ``outage-recovery`` and ``consul-client`` take only their own options (``python -m benchmarks manager-ab --help``),
 not --quick/--out.
 
 ``--quick`` is the CI smoke mode (each part under a minute, figures mean little); without it, the full runs.
@@ -29,7 +32,7 @@ from pathlib import Path
 
 PARTS = ["election", "core", "manager"]
 #: Parts run only by name (not by ``all``), with their own options only.
-EXTRA = ["manager-ab", "outage-recovery", "scale"]
+EXTRA = ["manager-ab", "outage-recovery", "scale", "consul-client"]
 #: Parts of EXTRA that also take the common --quick / --out (passed on as they are).
 EXTRA_COMMON = {"scale"}
 
