@@ -14,8 +14,8 @@
 * ``consul-client``: the Consul backend's own HTTP client against py-consul on the Consul API double
   (``benchmarks/consul_client.py``; prints its table).
 
-``manager-ab``, ``outage-recovery`` and ``consul-client`` take only their own options (``python -m benchmarks manager-ab --help``),
-not --quick/--out.
+``manager-ab``, ``outage-recovery`` and ``consul-client`` take only their own options
+(``python -m benchmarks manager-ab --help``), not --quick/--out.
 
 ``--quick`` is the CI smoke mode (each part under a minute, figures mean little); without it, the full runs.
 Other options go to the part: ``python -m benchmarks election --help``.
