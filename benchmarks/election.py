@@ -609,7 +609,7 @@ def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
         lines.append(f"- measurement failed: {error}")
     if goals:
         lines = [
-            "### Goals (issues 3 and 6), evaluated from the figures below",
+            "### Targets, evaluated from the figures below",
             "",
             "| goal | measured | |",
             "|---|---|---|",

@@ -517,7 +517,7 @@ def report(
                 f"| {kind} | {len(runs)} | {_ms(took['p50'])} | {_ms(took['max'])} | {sum(r.failed for r in runs)} "
                 f"of {sum(r.requests for r in runs)} | {_ms(stall['p50'])} | {_ms(stall['max'])} |"
             )
-    out += ["", "### Goals (issues 5 and 6), from the figures above", ""]
+    out += ["", "### Targets, from the figures above", ""]
     out += ["| goal | measured | met |", "|---|---|---|"]
     out += _goals(lat, tput, logs, fail)
     return "\n".join(out)

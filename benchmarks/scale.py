@@ -364,7 +364,8 @@ def report(results: list[dict[str, Any]], command: str) -> str:
         BEGIN,
         "## Scale: N keys x 3 processes",
         "",
-        f"Command: `{command}` — {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
+        f"Command: `{command}` — {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "ttl 6 s; every figure measured in that one run, all systems on the same servers (ZooKeeper with its "
         "default `maxClientCnxns=60`). Per process: the largest of the three. idle req/s: server-side requests "
         "over 6 s with every key held, per process (ZooKeeper counts heartbeat pings; n/m: not measured, the "

@@ -13,8 +13,8 @@ Request counters (``Stores.requests(backend)`` → ``{name: count}``), read befo
   (ZooKeeper does not count pings apart). ``Connections`` comes from the same answer.
 * consul: the double's count of served HTTP requests (a blocking query counts once, when it is sent).
 * sqlite: statements seen by a trace callback on every connection the backend opens (a wrapper installed by
-  the benchmark, not library code): write transactions (``BEGIN``), autocommit reads, and
-  ``PRAGMA data_version`` polls (the change detector's safety net) apart.
+  the benchmark, not library code): write transactions (``BEGIN``), autocommit reads, and the change feed's
+  reads of its key-change counter (``meta.kv_version``: on a notify event or its safety poll) apart as ``poll``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class _SqliteCounter:
         head = sql.lstrip()[:24].upper()
         if head.startswith("BEGIN"):
             kind = "write txn"
-        elif head.startswith("PRAGMA DATA_VERSION"):
+        elif "'kv_version'" in sql and head.startswith("SELECT"):
             kind = "poll"
         elif head.startswith("SELECT") and not conn.in_transaction:
             kind = "read"

@@ -14,7 +14,8 @@ Several processes on one host elect a leader through one file. What makes that s
   (shared by every :class:`SqliteDiscovery` on it) waits on that file with inotify while at least one watch
   is open, reads ``kv_version`` and wakes the watches when it moved. So a graceful handover is noticed
   within a millisecond or so, and a session renewal (no key changed) wakes nobody. ``kv_version`` is also
-  read every ``poll`` seconds as a safety net (default 1 s with inotify, 5 ms without it, e.g. off Linux).
+  read every ``poll`` seconds as a safety net (default 1 s on Linux, 5 ms elsewhere; on Linux without a usable
+  inotify, e.g. the per-user instance limit reached, that poll alone notices changes).
   A watch also wakes by itself at the expiry of the session that holds its key, so a crash is noticed at
   the expiry, not a poll later. No fixed sleep decides failover time. With no watch open, no thread runs.
 
