@@ -170,7 +170,8 @@ def design_table_names() -> set[str]:
     """The files docs/manager-design.md's module table names, relative to swarmha/manager/.
 
     A row's first column names modules (`` `cluster.py` ``) or packages (`` `api/` ``); a package row's description
-    names the package's modules (`` `containers.py` ``), which count as ``api/containers.py``."""
+    names the package's modules and subpackages (`` `containers.py` ``, `` `filter/` ``), which count as
+    ``api/containers.py`` and ``scheduler/filter/``."""
     text = (ROOT / "docs" / "manager-design.md").read_text()
     lines = text.splitlines()
     start = lines.index("| module | does |")
@@ -182,7 +183,7 @@ def design_table_names() -> set[str]:
         names = re.findall(r"`([\w/]+(?:\.py|/))`", first)
         named.update(names)
         for package in (n for n in names if n.endswith("/")):
-            named.update(package + m for m in re.findall(r"`([\w/]+\.py)`", does))
+            named.update(package + m for m in re.findall(r"`([\w/]+(?:\.py|/))`", does))
     return named
 
 
@@ -200,3 +201,24 @@ def test_manager_design_module_table_matches_the_tree() -> None:
         and not (p.name == "__init__.py" and (m.removesuffix("__init__.py") in packages or p.parent == manager))
     )
     assert not unnamed, f"modules of swarmha/manager/ missing from docs/manager-design.md's module table: {unnamed}"
+
+
+ISSUE_REFERENCE = re.compile(r"(?i)\bissues?\s*#?\d|(?<![\w&/])#\d+\b")
+
+
+def test_user_docs_name_no_issue_numbers() -> None:
+    """Docs are for users: what is true now, not the tracker's numbering (``issue 5``, ``#16``)."""
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}"
+        for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if ISSUE_REFERENCE.search(line)
+    ]
+    assert not found, "issue numbers in user docs:\n" + "\n".join(found)
+
+
+def test_the_issue_reference_pattern_catches_the_usual_forms() -> None:
+    for text in ("as issue 5 asked", "issues 12-16", "(#16)", "Issue #3"):
+        assert ISSUE_REFERENCE.search(text), text
+    for text in ("see backends.md#client", "# Heading", "&#8203;", "fd 1024", "v1.41"):
+        assert not ISSUE_REFERENCE.search(text), text
