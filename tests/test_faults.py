@@ -158,8 +158,8 @@ def test_zk_deposed_leaders_late_delete_spares_its_successors_key(
 
             monkeypatch.setattr(conn, "op", op)
 
-        patch(deposed.shared)  # type: ignore[attr-defined]
-        patch(deposed.connection(1.0))  # type: ignore[attr-defined]
+        patch(deposed._core.shared)  # type: ignore[attr-defined]
+        patch(deposed._core.connection(1.0))  # type: ignore[attr-defined]
         deleted = deposed.delete("svc/leader", old.token)
         assert replaced and successor.get("svc/leader") == replaced[0]
         # Sent late, it finds nothing to delete; in the other order the first step removed c0's own entry.
