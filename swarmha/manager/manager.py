@@ -153,12 +153,19 @@ class Manager:
         self.api = PrimaryAPI(self.cluster, self._info)
         #: Rescheduling on node failure (``com.docker.swarm.reschedule-policies``), acted on by the primary only.
         self.watchdog = Watchdog(self.cluster)
+        #: Whether the discovery store answers (None: a static engine list, no store).
+        self.store = StoreState(str(discovery.url)) if discovery is not None else None
         self.metrics: ManagerMetrics | None = None
         self._metrics_server: Server | None = None
         if config.metrics is not None:
             from swarmha.manager.metrics import ManagerMetrics
 
-            self.metrics = ManagerMetrics(self)
+            self.metrics = ManagerMetrics(
+                is_primary=lambda: self.is_primary,
+                term=self.term_token,
+                engine_statuses=lambda: [e.status for e in self.cluster.engines],
+                store=self.store,
+            )
             self._metrics_server = Server(self._serve_metrics, error_body=error_body)
         # Without metrics the server calls _handle itself: no measuring frame around every request.
         self.server = Server(self._measured if self.metrics is not None else self._handle, error_body=error_body)
@@ -169,8 +176,6 @@ class Manager:
             self._candidate = aio.Candidate(discovery, LEADER_KEY, config.advertise, ttl=config.ttl)
             self._follower = aio.Follower(discovery, LEADER_KEY)
         self._leader: Leader | None = None
-        #: Whether the discovery store answers (None: a static engine list, no store).
-        self.store = StoreState(str(discovery.url)) if discovery is not None else None
         #: Kept-alive connections to the primary; the upstream is chosen per request, never per connection.
         self._pool = Pool()
         self._upstreams: dict[str, Upstream] = {}

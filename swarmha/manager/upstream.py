@@ -36,7 +36,7 @@ from typing import Any
 import attrs
 
 from swarmha.manager.http import READ_SIZE, header_value
-from swarmha.manager.tls import open_connection as open_tls
+from swarmha.manager.http.tls import open_connection as open_tls
 
 __all__ = [
     "BROKEN",
