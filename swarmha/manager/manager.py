@@ -15,8 +15,12 @@ or, on a replica, forwarded per request to the current primary:
   during a crash failover is answered late instead of failing;
 * the primary refuses the connection → wait for the next leader (same bound) and send it there;
 * the primary breaks before answering an idempotent, body-less request → sent once more to the next leader;
-* a request that was already forwarded once is never forwarded again (no ping-pong between two managers
-  that disagree for a moment about who leads): it waits to become primary itself or answers 503.
+* a forwarded request carries ``X-Swarmha-Forwarded``: the managers it went through. It is never sent back to
+  one of them nor through more than :data:`MAX_HOPS` managers (no ping-pong between two managers that disagree
+  for a moment about who leads): it waits for another primary or to become primary itself, or answers 503.
+  The header only ever steers the request that carries it: a client's own (``X-Swarmha-Forwarded: 1``) names
+  no manager, so its request is forwarded as any other; the primary strips it before anything reaches an
+  engine.
 
 Shutdown (:meth:`Manager.shutdown`, run on SIGINT/SIGTERM): stop accepting, stop the candidate at once
 (it deletes the leader key, so a replica takes over within one watch round trip and new requests go there),
@@ -65,12 +69,32 @@ log = logging.getLogger("swarmha.manager")
 
 LEADER_KEY = "docker/swarm/leader"
 FORWARDED = "x-swarmha-forwarded"
+_FORWARDED_RAW = FORWARDED.encode()
+_FORWARDED_LEN = len(FORWARDED)
 NO_PRIMARY = "No elected primary cluster manager"
 #: Answered by every manager: 200 when healthy, 503 naming the problems (for load balancers and watchdogs).
 HEALTH_PATH = "/health"
 _LOCAL_PATHS = frozenset({"/_ping", "/info", HEALTH_PATH})
 #: Seconds a replica holds a request beyond the replication TTL while no primary answers (one election).
 HOLD_MARGIN = 2.0
+#: The most managers a request is forwarded through (the client's first included).
+MAX_HOPS = 3
+
+
+def _take_via(ex: Exchange) -> list[str]:
+    """The managers ``ex`` was forwarded through (its ``X-Swarmha-Forwarded`` values), the header removed."""
+    headers = ex.headers
+    if not any(len(name) == _FORWARDED_LEN and name.lower() == _FORWARDED_RAW for name, _ in headers):
+        return []  # the common case: one pass, nothing built
+    via: list[str] = []
+    kept = []
+    for name, value in headers:
+        if name.lower() == _FORWARDED_RAW:
+            via += [v.strip() for v in value.decode("latin-1").split(",") if v.strip()]
+        else:
+            kept.append((name, value))
+    ex.headers = kept
+    return via
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -179,7 +203,8 @@ class Manager:
         #: Kept-alive connections to the primary; the upstream is chosen per request, never per connection.
         self._pool = Pool()
         self._upstreams: dict[str, Upstream] = {}
-        self._forwarded_header = (FORWARDED.encode(), (config.advertise or "1").encode())
+        #: How this manager names itself in X-Swarmha-Forwarded.
+        self._me = config.advertise or self.id
         self._leader_changed = asyncio.Event()
         self._announced = False
         self._stopping = asyncio.Event()
@@ -338,20 +363,25 @@ class Manager:
             if path == HEALTH_PATH and ex.method in ("GET", "HEAD"):
                 healthy, details = self.health()
                 return await ex.json(200 if healthy else 503, details)
+        via = _take_via(ex)
         if self.is_primary:
             return await self.api.handle(ex, version, path)
-        await self._forward(ex, version, path)
+        await self._forward(ex, version, path, via)
 
-    async def _forward(self, ex: Exchange, version: str | None, path: str) -> None:
+    async def _forward(self, ex: Exchange, version: str | None, path: str, via: list[str]) -> None:
+        """Forward ``ex`` to the primary; ``via``: the managers it came through (see the module docstring)."""
         deadline = time.monotonic() + self.config.hold
         dead: str | None = None
         retried = False
-        forwarded = bool(ex.header(FORWARDED))
-        ex.headers.append(self._forwarded_header)
+        forwardable = len(via) < MAX_HOPS - 1
+        ex.headers.append((_FORWARDED_RAW, ",".join([*via, self._me]).encode("latin-1")))
         while True:
             if self.is_primary:
+                _take_via(ex)  # our own header: not for the engines
                 return await self.api.handle(ex, version, path)
-            target = "" if forwarded else self.primary
+            target = self.primary if forwardable else ""
+            if target in via:
+                target = ""  # it came from there: wait for the next leader instead of sending it back
             remaining = deadline - time.monotonic()
             if not target or target == dead:
                 if remaining <= 0 or self._stopping.is_set():

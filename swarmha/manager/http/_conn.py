@@ -69,6 +69,8 @@ class Conn:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._reading: asyncio.Lock = asyncio.Lock()
+        #: While h11 reads a request head: the bytes given to it (for checks of the raw head), else None.
+        self.fed: list[bytes] | None = None
         self._loop = asyncio.get_running_loop()
         self._idle_until = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -99,6 +101,8 @@ class Conn:
                 data = data.lstrip(b"\r\n")
                 if not data:
                     return n
+            if self.fed is not None:
+                self.fed.append(data)
             h.receive_data(data)
             return n
 

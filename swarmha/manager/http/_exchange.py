@@ -50,9 +50,9 @@ def _check_framing(http_version: bytes, headers: list[tuple[bytes, bytes]]) -> t
     h11 accepts Transfer-Encoding with Content-Length (it uses the chunked framing and ignores the length) and
     Transfer-Encoding on HTTP/1.0. RFC 9112 §6.1 allows rejecting the first and requires treating the second as
     faulty framing, and requires closing the connection after either (h11 would keep it open): both are how
-    request smuggling desynchronises two parsers, so both get 400 here, as does a Content-Length holding a list
-    (``2, 2``: h11 takes it, Go's net/http refuses it). The rest (one chunked coding only, numeric and
-    non-conflicting Content-Length, Host) is h11's.
+    request smuggling desynchronises two parsers, so both get 400 here (a Content-Length holding a list, ``2, 2``,
+    which h11 takes and Go's net/http refuses, gets its 400 in :mod:`.parsers`, which sees the raw head). The
+    rest (one chunked coding only, numeric and non-conflicting Content-Length, Host) is h11's.
     """
     chunked = False
     length: int | None = None
@@ -60,11 +60,8 @@ def _check_framing(http_version: bytes, headers: list[tuple[bytes, bytes]]) -> t
         key = name.lower()
         if key == b"transfer-encoding":
             chunked = True
-        elif key == b"content-length":  # h11 checked: digits, all values equal
-            if b"," in value:  # h11 takes "2, 2" as 2; Go's net/http (dockerd) refuses it
-                raise BadRequest("bad Content-Length: a list of values")
-            if length is None:
-                length = int(value)
+        elif key == b"content-length" and length is None:  # h11 checked: digits, all values equal
+            length = int(value)
     if length is not None and length > MAX_CONTENT_LENGTH:
         raise BadRequest("Content-Length out of range")
     if chunked and length is not None:
@@ -228,8 +225,9 @@ class Exchange:
 
         Raises :class:`BodyRefused` 413 when it is larger than ``limit`` bytes (a declared length at once,
         without reading it; a chunked body once it passes the limit), 503 when the server's bodies in memory
-        would pass its :class:`BodyBudget`. The bytes count against the budget until the exchange ends; a body
-        that fails (the client leaves, bad framing, the body timeout) gives them back at once.
+        would pass its :class:`BodyBudget`. The bytes count against the budget from their arrival (a declared
+        length costs nothing until its bytes come) until the exchange ends; a body that fails (the client
+        leaves, bad framing, the body timeout) gives them back at once.
         """
         if self._body_done:
             return b""
@@ -244,19 +242,15 @@ class Exchange:
         if declared > limit:
             raise self._refuse(413, f"request body of {declared} bytes is larger than the limit of {limit} bytes")
         budget = self._conn.budget
-        if declared and not budget.take(declared):
-            raise self._refuse(503, "too many request bodies are being received; retry later")
-        self._reserved += declared
         chunks: list[bytes] = []
         size = 0
-        async for chunk in self.body_chunks():
+        async for chunk in self.body_chunks():  # the budget is taken as bytes arrive, not for a declared length
             size += len(chunk)
-            if self.chunked:
-                if size > limit:
-                    raise self._refuse(413, f"request body larger than the limit of {limit} bytes")
-                if not budget.take(len(chunk)):
-                    raise self._refuse(503, "too many request bodies are being received; retry later")
-                self._reserved += len(chunk)
+            if size > limit:
+                raise self._refuse(413, f"request body larger than the limit of {limit} bytes")
+            if not budget.take(len(chunk)):
+                raise self._refuse(503, "too many request bodies are being received; retry later")
+            self._reserved += len(chunk)
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -85,6 +85,19 @@ def _parse_fast(head: bytes) -> tuple[Head, int] | None:
     return Head(line.group(1), line.group(2), version, headers), length
 
 
+_LISTED_LENGTH = re.compile(rb"\ncontent-length:[^\n]*,", re.IGNORECASE)
+
+
+def _listed_length(fed: list[bytes]) -> bool:
+    """Whether the head in ``fed`` (the bytes given to h11, the head first) has a Content-Length holding a list
+    (``2, 2``): h11 takes it as one value and shows only that; Go's net/http (dockerd) answers 400."""
+    raw = b"".join(fed)
+    end = raw.find(b"\n\r\n")
+    end2 = raw.find(b"\n\n")
+    ends = [e for e in (end, end2) if e >= 0]
+    return _LISTED_LENGTH.search(raw, 0, min(ends) + 1 if ends else len(raw)) is not None
+
+
 class H11Conn(Conn):
     """A connection whose requests h11 parses."""
 
@@ -96,6 +109,7 @@ class H11Conn(Conn):
         h = self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.h11_parses = True
         buf, self.buf = self.buf.lstrip(b"\r\n"), b""
+        self.fed = [buf]  # what h11 gets while it reads the head (see _content_length_list)
         if buf:
             h.receive_data(buf)
         if self.eof:
@@ -117,8 +131,13 @@ class H11Conn(Conn):
                         raise BadRequest("request head not received in time") from None
         except h11.RemoteProtocolError as e:
             raise BadRequest(str(e) or "malformed request") from e
+        finally:
+            fed, self.fed = self.fed, None
         if type(event) is h11.Request:
-            return Head(event.method, event.target, event.http_version, event.headers.raw_items()), None
+            headers = event.headers.raw_items()
+            if fed is not None and any(n.lower() == b"content-length" for n, _ in headers) and _listed_length(fed):
+                raise BadRequest("bad Content-Length: a list of values")
+            return Head(event.method, event.target, event.http_version, headers), None
         return None  # ConnectionClosed
 
 
