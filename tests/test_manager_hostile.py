@@ -125,12 +125,14 @@ BAD_CHUNK = b"POST /v1.41/containers/prune HTTP/1.1\r\nHost: x\r\nTransfer-Encod
 def test_a_bad_chunked_body_is_answered_400_by_a_replica_as_by_the_primary(
     pair: tuple[ManagerProc, ManagerProc],
 ) -> None:
+    load = b"POST /v1.41/images/load HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
     for m in pair:
-        with connect(m) as s:
-            s.sendall(BAD_CHUNK)  # no half-close: the manager must answer and close by itself
-            answer = read_all(s)
-        assert status_of(answer) == 400, (m.addr, answer)
-        assert "chunk" in body_of(answer)["message"]
+        for raw in (BAD_CHUNK, load):  # a body read by the manager, a body copied to every engine as it comes
+            with connect(m) as s:
+                s.sendall(raw)  # no half-close: the manager must answer and close by itself
+                answer = read_all(s)
+            assert status_of(answer) == 400, (m.addr, raw, answer)
+            assert "chunk" in body_of(answer)["message"]
 
 
 def abandon_chunked(m: ManagerProc) -> None:
