@@ -1,4 +1,4 @@
-"""A small asyncio HTTP/1.1 server on h11 (and llhttp), with the one extra a Docker API front needs: hijacking.
+"""A small asyncio HTTP/1.1 server on h11 (and llhttp), with the one extra an API front needs: hijacking.
 
 h11 does the HTTP/1.1 framing both ways (request heads and bodies in, response framing out): this server
 reads requests from untrusted clients, and malformed input and request smuggling are what h11 is for. By
@@ -16,7 +16,7 @@ Guarantees:
   byte gets ``400 {"message": ...}`` and the connection is closed; the server keeps serving others. On top of
   h11 one check (:func:`_check_framing`) refuses Transfer-Encoding together with Content-Length, and
   Transfer-Encoding on HTTP/1.0 (RFC 9112 §6.1: both are smuggling vectors; h11 would use the chunked
-  framing and keep the connection open). Also refused where h11 is lenient and Go's net/http (dockerd) is not:
+  framing and keep the connection open). Also refused where h11 is lenient and Go's net/http is not:
   a Content-Length holding a list (``2, 2``), DEL (0x7f) in a header value, an absolute-form target that is
   no URL (``http://[/``): 400; an HTTP version other than 1.0 and 1.1: 505. A handler that raises gets a 500
   JSON error if no response was started, else the connection is closed.
@@ -49,7 +49,7 @@ Guarantees:
 Layout (imports go down this list only): :mod:`._wire` (limits, errors, the parsed head, the body budget),
 :mod:`.tls` (TLS with half-close), :mod:`._conn` (one connection), :mod:`.parsers` (the connection class per
 parser: h11 alone, or llhttp first; a server picks one once), :mod:`._exchange` (one request and its answer),
-:mod:`.server` (accept, serve, drain). Nothing here knows Docker: the application reads its own meaning into
+:mod:`.server` (accept, serve, drain). Nothing here knows the application's API: it reads its own meaning into
 :attr:`Exchange.path` (the path as sent) and passes its certificates as an :class:`ssl.SSLContext`.
 """
 

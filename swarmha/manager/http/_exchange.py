@@ -85,11 +85,11 @@ class Exchange:
         size = len(request.target)
         has_upgrade = False
         connection = b""  # every Connection header's value, lowercased
-        if request.http_version not in _VERSIONS:  # h11 takes any HTTP/x.y; dockerd answers 505
+        if request.http_version not in _VERSIONS:  # h11 takes any HTTP/x.y; Go's net/http answers 505
             raise BadRequest(f"unsupported protocol version HTTP/{request.http_version.decode('latin-1')}", 505)
         for n, v in self.headers:  # one pass for the head size and the headers decided on below
             size += len(n) + len(v) + 4
-            if b"\x7f" in v:  # h11's field-value grammar admits DEL; Go's net/http (dockerd) does not
+            if b"\x7f" in v:  # h11's field-value grammar admits DEL; Go's net/http does not
                 raise BadRequest(f"invalid header value for {n.decode('latin-1')!r}: DEL (0x7f)")
             key = n.lower()
             if key == b"connection":

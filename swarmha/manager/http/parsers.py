@@ -90,7 +90,7 @@ _LISTED_LENGTH = re.compile(rb"\ncontent-length:[^\n]*,", re.IGNORECASE)
 
 def _listed_length(fed: list[bytes]) -> bool:
     """Whether the head in ``fed`` (the bytes given to h11, the head first) has a Content-Length holding a list
-    (``2, 2``): h11 takes it as one value and shows only that; Go's net/http (dockerd) answers 400."""
+    (``2, 2``): h11 takes it as one value and shows only that; Go's net/http answers 400."""
     raw = b"".join(fed)
     end = raw.find(b"\n\r\n")
     end2 = raw.find(b"\n\n")

@@ -61,7 +61,7 @@ class Server:
         """Bind and start accepting; returns the bound (host, port) pairs. Raises OSError if it cannot bind.
 
         TLS is :class:`~swarmha.manager.http.tls.HalfCloseTLS`, not asyncio's SSL transport: a client's close_notify
-        must end only its own direction of a hijacked connection (the docker CLI sends one when stdin ends).
+        must end only its own direction of a hijacked connection (a client sends one when its input ends).
         """
         if ssl_context is None:
             server = await asyncio.start_server(self._accept, host or None, port, reuse_address=True, limit=READ_SIZE)

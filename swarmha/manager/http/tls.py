@@ -1,6 +1,6 @@
 """TLS with half-close for the HTTP server and its clients: :class:`HalfCloseTLS` and :func:`open_connection`.
 
-asyncio's SSL transport cannot half-close (see :class:`HalfCloseTLS`); a hijacked Docker connection needs it.
+asyncio's SSL transport cannot half-close (see :class:`HalfCloseTLS`); a hijacked connection needs it.
 Which certificates to use is the application's business (it passes an :class:`ssl.SSLContext`).
 """
 
@@ -19,7 +19,7 @@ log = logging.getLogger("swarmha.manager.tls")
 _READ_SIZE = 64 * 1024
 
 
-#: What dockerd (Go's net/http) answers a plain-HTTP request sent to its TLS port.
+#: What Go's net/http answers a plain-HTTP request sent to its TLS port.
 PLAIN_HTTP_ANSWER = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
 
 
@@ -27,17 +27,17 @@ class HalfCloseTLS(asyncio.Protocol):
     """One TLS connection (server or client side) over a TCP transport that, unlike asyncio's, can half-close.
 
     asyncio's SSL transport (and uvloop's, a port of it) ends the whole connection when the peer sends
-    ``close_notify``, and cannot send one while still reading (``can_write_eof()`` is False). Docker clients
-    use exactly that: the CLI's CloseWrite on a TLS connection is a ``close_notify``, sent when stdin ends
-    (``docker run`` without ``-i``: right after the attach), after which it still reads the container's output.
-    Through asyncio's transport that output was lost. This protocol runs TLS itself (``ssl.SSLObject`` over
+    ``close_notify``, and cannot send one while still reading (``can_write_eof()`` is False). Clients of
+    hijacked connections use exactly that: Go's CloseWrite on a TLS connection is a ``close_notify``, sent when
+    the client's input ends, after which it still reads the other direction. Through asyncio's transport that
+    output was lost. This protocol runs TLS itself (``ssl.SSLObject`` over
     memory BIOs, as asyncio does) and gives the application protocol a transport where the peer's
     ``close_notify`` (or a bare TCP FIN) is ``eof_received()`` with the write side still open, and
     ``write_eof()`` sends ``close_notify`` (then a TCP FIN) with the read side still open.
 
     The application protocol is made by ``app_factory`` once the handshake succeeded. A failed handshake (a
-    client without a certificate under ``--tlsverify``) sends the TLS alert and closes the connection; a
-    plain-HTTP request gets dockerd's ``400 Client sent an HTTP request to an HTTPS server.`` and the close; a
+    client without a certificate where one is required) sends the TLS alert and closes the connection; a
+    plain-HTTP request gets Go's ``400 Client sent an HTTP request to an HTTPS server.`` and the close; a
     handshake not done within ``handshake_timeout`` aborts it. Both are logged at debug level.
     """
 
@@ -79,7 +79,7 @@ class HalfCloseTLS(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._app is None and self._server_side and not self._seen and data[:1].isalpha() and data[:1].isupper():
-            # a plain-HTTP request on the TLS port (a TLS record starts with 0x16): Go's net/http answer, as dockerd
+            # a plain-HTTP request on the TLS port (a TLS record starts with 0x16): Go's net/http answer
             assert self._raw is not None
             self._raw.write(PLAIN_HTTP_ANSWER)
             self._fail(ssl.SSLError("plain HTTP on a TLS port"))
