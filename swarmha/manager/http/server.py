@@ -9,7 +9,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 
-from swarmha.manager.http import parsers
+import swarmha.manager.http.parsers as parsers
 from swarmha.manager.http._conn import Conn
 from swarmha.manager.http._exchange import Exchange
 from swarmha.manager.http._wire import (
