@@ -16,11 +16,12 @@ or, on a replica, forwarded per request to the current primary:
 * the primary refuses the connection → wait for the next leader (same bound) and send it there;
 * the primary breaks before answering an idempotent, body-less request → sent once more to the next leader;
 * a forwarded request carries ``X-Swarmha-Forwarded``: the managers it went through. It is never sent back to
-  one of them nor through more than :data:`MAX_HOPS` managers (no ping-pong between two managers that disagree
-  for a moment about who leads): it waits for another primary or to become primary itself, or answers 503.
-  The header only ever steers the request that carries it: a client's own (``X-Swarmha-Forwarded: 1``) names
-  no manager, so its request is forwarded as any other; the primary strips it before anything reaches an
-  engine.
+  the one it came from (named there, and its connection from that host) nor through more than
+  :data:`MAX_HOPS` managers (no ping-pong between two managers that disagree for a moment about who leads):
+  it waits for another primary or to become primary itself, or answers 503. The header only ever steers the
+  request that carries it: a client's own (``X-Swarmha-Forwarded: 1``) names no manager, or names one its
+  connection does not come from, so its request is forwarded as any other; the primary strips it before
+  anything reaches an engine.
 
 Shutdown (:meth:`Manager.shutdown`, run on SIGINT/SIGTERM): stop accepting, stop the candidate at once
 (it deletes the leader key, so a replica takes over within one watch round trip and new requests go there),
@@ -95,6 +96,11 @@ def _take_via(ex: Exchange) -> list[str]:
             kept.append((name, value))
     ex.headers = kept
     return via
+
+
+def _host(addr: str) -> str:
+    """``host:port`` -> ``host`` (brackets of an IPv6 address removed)."""
+    return addr.rpartition(":")[0].strip("[]")
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -380,7 +386,7 @@ class Manager:
                 _take_via(ex)  # our own header: not for the engines
                 return await self.api.handle(ex, version, path)
             target = self.primary if forwardable else ""
-            if target in via:
+            if target in via and _host(ex.peer) == _host(target):
                 target = ""  # it came from there: wait for the next leader instead of sending it back
             remaining = deadline - time.monotonic()
             if not target or target == dead:
