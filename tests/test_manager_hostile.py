@@ -169,6 +169,7 @@ def test_abandoned_uploads_through_a_replica_free_both_managers_and_creates_stil
         create_works(primary)
 
 
+@pytest.mark.slow
 def test_abandoned_archive_uploads_do_not_wedge_the_container(
     pair: tuple[ManagerProc, ManagerProc], docker_engines: list[DockerEngine]
 ) -> None:
@@ -259,6 +260,7 @@ def test_clients_writing_into_an_event_stream_leave_memory_bounded(pair: tuple[M
     assert sent[0] >= 100 << 20
 
 
+@pytest.mark.slow
 def test_long_paths_leave_memory_bounded(pair: tuple[ManagerProc, ManagerProc]) -> None:
     primary, _replica = pair
     with bounded(primary), connect(primary) as s:
