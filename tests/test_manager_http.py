@@ -2,7 +2,7 @@
 malformed and smuggling-style framing, the rest served.
 
 In-process: :class:`swarmha.manager.http.Server` on loopback, raw sockets as clients; every test with each
-parser class (``http.H11Parser``, ``http.LlhttpFirstParser``) on each event loop.
+connection class (``http.H11Conn``, ``http.LlhttpConn``) on each event loop.
 ``tests/test_manager_parse.py`` checks that every head the llhttp path accepts is one that h11 accepts with
 the same meaning.
 """
@@ -38,7 +38,7 @@ def event_loop_kind(request: pytest.FixtureRequest) -> None:
 def parser_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test with llhttp reading request heads first (httptools installed: what the manager does) and with
     h11 alone (without httptools)."""
-    parser = front.LlhttpFirstParser() if request.param == "llhttp" else front.H11Parser()
+    parser = front.LlhttpConn if request.param == "llhttp" else front.H11Conn
     monkeypatch.setattr(front.parsers, "DEFAULT", parser)
     return str(request.param)
 

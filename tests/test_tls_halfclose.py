@@ -1,4 +1,4 @@
-"""swarmha.manager.tls.HalfCloseTLS: TLS with half-close, which asyncio's own SSL transport lacks.
+"""swarmha.manager.http.tls.HalfCloseTLS: TLS with half-close, which asyncio's own SSL transport lacks.
 
 The peer's close_notify must end only its direction: the server still answers after it (what the docker CLI
 needs of a hijacked connection when stdin ends), and ``write_eof()`` sends close_notify while still reading.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from swarmha.manager.tls import HalfCloseTLS
+from swarmha.manager.http.tls import HalfCloseTLS
 from tests.support.manager import make_certs
 
 LOOPS: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]

@@ -32,10 +32,19 @@ import attrs
 
 from swarmha import Discovery
 from swarmha.errors import DiscoveryError
+from swarmha.manager.http import MAX_BODY
 from swarmha.manager.scheduler import FILTERS, STRATEGIES, SWARM_ID, Container, Image, Node, Request, Scheduler
 from swarmha.manager.scheduler import SchedulingError as NoEngine
 from swarmha.manager.scheduler.records import Inspected, from_inspect, from_list, from_request, reschedulable
-from swarmha.manager.upstream import Pool, Response, Upstream, UpstreamBroken, UpstreamUnreachable, request
+from swarmha.manager.upstream import (
+    RESPONSE_LIMIT,
+    Pool,
+    Response,
+    Upstream,
+    UpstreamBroken,
+    UpstreamUnreachable,
+    request,
+)
 
 __all__ = ["FILTERS", "NODES_KEY", "STRATEGIES", "Cluster", "Engine", "NoEngine", "describe_error"]
 
@@ -140,6 +149,14 @@ def _account(e: Engine) -> None:
     e.stopped = e.containers - e.running - e.paused
     e.reserved_cpus = sum(c.cpus for c in e.records)
     e.reserved_memory = sum(c.memory for c in e.records)
+
+
+def _list_limit(info: Mapping[str, Any]) -> int:
+    """The most an engine whose ``/info`` is ``info`` may answer to ``/containers/json``: each entry holds at most
+    what its create body held (:data:`~swarmha.manager.http.MAX_BODY`, the most the front accepts), plus
+    :data:`~swarmha.manager.upstream.RESPONSE_LIMIT` for the rest (an engine with many small containers)."""
+    n = info.get("Containers")
+    return RESPONSE_LIMIT + (n if isinstance(n, int) and n > 0 else 0) * MAX_BODY
 
 
 def describe_error(addr: str, err: BaseException) -> str:
@@ -311,7 +328,7 @@ class Cluster:
                 e.api_version = str(version.get("ApiVersion", ""))
                 e.min_api_version = str(version.get("MinAPIVersion", ""))
             asked = time.monotonic()
-            listed = (await self._get(e, "/containers/json?all=1")).json()
+            listed = (await self._get(e, "/containers/json?all=1", _list_limit(info))).json()
             images = (await self._get(e, "/images/json")).json()
             records = []
             for item in listed:
@@ -393,8 +410,10 @@ class Cluster:
 
         await asyncio.gather(*(one(e) for e in self.healthy()))
 
-    async def _get(self, e: Engine, path: str) -> Response:
-        r = await self.call(e, "GET", path)
+    async def _get(self, e: Engine, path: str, limit: int = RESPONSE_LIMIT) -> Response:
+        # a large answer gets a second per 32 MiB beyond the timeout
+        timeout = self.timeout + limit / (32 << 20) - 2
+        r = await request(self.pool, e.upstream, "GET", path, timeout=timeout, limit=limit)
         if r.status != 200:
             raise _AnsweredBadly(f"answered {r.status} to {path.partition('?')[0]}")
         return r

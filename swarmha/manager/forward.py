@@ -13,7 +13,10 @@ Guarantees:
 * A hijacked request (``Connection: Upgrade``, ``Upgrade: tcp``: attach, exec start) that the upstream
   switches with 101 is spliced both ways (:func:`splice`); end-of-input is propagated with a half-close
   (``shutdown(SHUT_WR)``) on plain TCP. TLS has no half-close: there the stream ends when either side closes.
-* A client that goes away while a response streams makes the upstream connection close (no orphan streams).
+* A client that goes away while a response streams makes the upstream connection close (no orphan streams);
+  so does a request body that fails while it is streamed upstream (the client leaves, bad chunk framing, the
+  body timeout): the upstream connection closes at once and the client gets the front's 400/408 or the close.
+* Hop-by-hop headers are not forwarded either way, those a ``Connection`` header names included.
 
 Failure modes: those of :mod:`swarmha.manager.upstream` (:class:`UpstreamUnreachable`, :class:`UpstreamBroken`)
 before the response head; once the head was sent to the client, an upstream failure closes the client connection
@@ -26,7 +29,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from swarmha.manager.http import READ_SIZE, ClientGone, Exchange
+from swarmha.manager.http import READ_SIZE, BadRequest, ClientGone, Exchange
 from swarmha.manager.upstream import (
     BROKEN,
     CLOSED,
@@ -35,11 +38,13 @@ from swarmha.manager.upstream import (
     IDEMPOTENT,
     NOT_COPIED,
     SMALL,
+    Head,
     Link,
     Pool,
     Stale,
     Upstream,
     UpstreamBroken,
+    connection_named,
     framing,
     keeps_alive,
     read_body,
@@ -54,9 +59,10 @@ def _request_headers(ex: Exchange, body: bytes | None, host: bytes) -> list[tupl
     """The client's headers without hop-by-hop ones, framed anew for what is sent."""
     headers = []
     has_host = False
+    named = connection_named(ex.headers)
     for n, v in ex.headers:
         key = n.lower()
-        if key not in NOT_COPIED:
+        if key not in NOT_COPIED and key not in named:
             headers.append((n, v))
             has_host = has_host or key == b"host"
     if body is not None:
@@ -80,6 +86,26 @@ async def _send_streamed_body(ex: Exchange, writer: asyncio.StreamWriter, chunke
             await writer.drain()
     if chunked:
         writer.write(b"0\r\n\r\n")
+
+
+async def _head_unless_body_fails(reader: asyncio.StreamReader, sending: asyncio.Task[None]) -> Head:
+    """The upstream's response head, read while ``sending`` streams the client's body to it; the client's error
+    (:class:`ClientGone`, :class:`BadRequest`: it left, bad chunk framing, the body timeout) as soon as the body
+    fails, so the caller closes the upstream connection at once instead of waiting for a head that cannot come.
+    A failure to write to the upstream is left for the head read to tell (it may have answered first: 413)."""
+    reading = asyncio.ensure_future(read_head(reader))
+    try:
+        await asyncio.wait({reading, sending}, return_when=asyncio.FIRST_COMPLETED)
+        if not reading.done() and not sending.cancelled():
+            error = sending.exception()
+            if isinstance(error, ClientGone | BadRequest):
+                raise error
+        return await reading
+    finally:
+        if not reading.done():
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reading
 
 
 async def forward(
@@ -146,7 +172,7 @@ async def _relay(
         if sending is None and (writer.transport.get_write_buffer_size() or writer.transport.is_closing()):
             await writer.drain()
         try:
-            head = await read_head(reader)
+            head = await read_head(reader) if sending is None else await _head_unless_body_fails(reader, sending)
         except BaseException:
             if sending is not None:
                 sending.cancel()
@@ -168,7 +194,8 @@ async def _relay(
         if link.reused and nothing:  # closed while idle in the pool: the upstream read nothing of this request
             raise Stale() from e
         raise UpstreamBroken(f"{up} failed before answering: {e or type(e).__name__}", retryable) from e
-    headers = [(n, v) for n, v in head.headers if n.lower() not in HOP]
+    named = connection_named(head.headers)
+    headers = [(n, v) for n, v in head.headers if n.lower() not in HOP and n.lower() not in named]
     if on_head is not None:
         on_head(head.status, headers)
     if head.status == 101:  # the upstream switched protocols

@@ -15,8 +15,13 @@ or, on a replica, forwarded per request to the current primary:
   during a crash failover is answered late instead of failing;
 * the primary refuses the connection → wait for the next leader (same bound) and send it there;
 * the primary breaks before answering an idempotent, body-less request → sent once more to the next leader;
-* a request that was already forwarded once is never forwarded again (no ping-pong between two managers
-  that disagree for a moment about who leads): it waits to become primary itself or answers 503.
+* a forwarded request carries ``X-Swarmha-Forwarded``: the managers it went through. It is never sent back to
+  the one it came from (named there, and its connection from that host) nor through more than
+  :data:`MAX_HOPS` managers (no ping-pong between two managers that disagree for a moment about who leads):
+  it waits for another primary or to become primary itself, or answers 503. The header only ever steers the
+  request that carries it: a client's own (``X-Swarmha-Forwarded: 1``) names no manager, or names one its
+  connection does not come from, so its request is forwarded as any other; the primary strips it before
+  anything reaches an engine.
 
 Shutdown (:meth:`Manager.shutdown`, run on SIGINT/SIGTERM): stop accepting, stop the candidate at once
 (it deletes the leader key, so a replica takes over within one watch round trip and new requests go there),
@@ -65,12 +70,37 @@ log = logging.getLogger("swarmha.manager")
 
 LEADER_KEY = "docker/swarm/leader"
 FORWARDED = "x-swarmha-forwarded"
+_FORWARDED_RAW = FORWARDED.encode()
+_FORWARDED_LEN = len(FORWARDED)
 NO_PRIMARY = "No elected primary cluster manager"
 #: Answered by every manager: 200 when healthy, 503 naming the problems (for load balancers and watchdogs).
 HEALTH_PATH = "/health"
 _LOCAL_PATHS = frozenset({"/_ping", "/info", HEALTH_PATH})
 #: Seconds a replica holds a request beyond the replication TTL while no primary answers (one election).
 HOLD_MARGIN = 2.0
+#: The most managers a request is forwarded through (the client's first included).
+MAX_HOPS = 3
+
+
+def _take_via(ex: Exchange) -> list[str]:
+    """The managers ``ex`` was forwarded through (its ``X-Swarmha-Forwarded`` values), the header removed."""
+    headers = ex.headers
+    if not any(len(name) == _FORWARDED_LEN and name.lower() == _FORWARDED_RAW for name, _ in headers):
+        return []  # the common case: one pass, nothing built
+    via: list[str] = []
+    kept = []
+    for name, value in headers:
+        if name.lower() == _FORWARDED_RAW:
+            via += [v.strip() for v in value.decode("latin-1").split(",") if v.strip()]
+        else:
+            kept.append((name, value))
+    ex.headers = kept
+    return via
+
+
+def _host(addr: str) -> str:
+    """``host:port`` -> ``host`` (brackets of an IPv6 address removed)."""
+    return addr.rpartition(":")[0].strip("[]")
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -153,12 +183,19 @@ class Manager:
         self.api = PrimaryAPI(self.cluster, self._info)
         #: Rescheduling on node failure (``com.docker.swarm.reschedule-policies``), acted on by the primary only.
         self.watchdog = Watchdog(self.cluster)
+        #: Whether the discovery store answers (None: a static engine list, no store).
+        self.store = StoreState(str(discovery.url)) if discovery is not None else None
         self.metrics: ManagerMetrics | None = None
         self._metrics_server: Server | None = None
         if config.metrics is not None:
             from swarmha.manager.metrics import ManagerMetrics
 
-            self.metrics = ManagerMetrics(self)
+            self.metrics = ManagerMetrics(
+                is_primary=lambda: self.is_primary,
+                term=self.term_token,
+                engine_statuses=lambda: [e.status for e in self.cluster.engines],
+                store=self.store,
+            )
             self._metrics_server = Server(self._serve_metrics, error_body=error_body)
         # Without metrics the server calls _handle itself: no measuring frame around every request.
         self.server = Server(self._measured if self.metrics is not None else self._handle, error_body=error_body)
@@ -169,12 +206,11 @@ class Manager:
             self._candidate = aio.Candidate(discovery, LEADER_KEY, config.advertise, ttl=config.ttl)
             self._follower = aio.Follower(discovery, LEADER_KEY)
         self._leader: Leader | None = None
-        #: Whether the discovery store answers (None: a static engine list, no store).
-        self.store = StoreState(str(discovery.url)) if discovery is not None else None
         #: Kept-alive connections to the primary; the upstream is chosen per request, never per connection.
         self._pool = Pool()
         self._upstreams: dict[str, Upstream] = {}
-        self._forwarded_header = (FORWARDED.encode(), (config.advertise or "1").encode())
+        #: How this manager names itself in X-Swarmha-Forwarded.
+        self._me = config.advertise or self.id
         self._leader_changed = asyncio.Event()
         self._announced = False
         self._stopping = asyncio.Event()
@@ -333,20 +369,25 @@ class Manager:
             if path == HEALTH_PATH and ex.method in ("GET", "HEAD"):
                 healthy, details = self.health()
                 return await ex.json(200 if healthy else 503, details)
+        via = _take_via(ex)
         if self.is_primary:
             return await self.api.handle(ex, version, path)
-        await self._forward(ex, version, path)
+        await self._forward(ex, version, path, via)
 
-    async def _forward(self, ex: Exchange, version: str | None, path: str) -> None:
+    async def _forward(self, ex: Exchange, version: str | None, path: str, via: list[str]) -> None:
+        """Forward ``ex`` to the primary; ``via``: the managers it came through (see the module docstring)."""
         deadline = time.monotonic() + self.config.hold
         dead: str | None = None
         retried = False
-        forwarded = bool(ex.header(FORWARDED))
-        ex.headers.append(self._forwarded_header)
+        forwardable = len(via) < MAX_HOPS - 1
+        ex.headers.append((_FORWARDED_RAW, ",".join([*via, self._me]).encode("latin-1")))
         while True:
             if self.is_primary:
+                _take_via(ex)  # our own header: not for the engines
                 return await self.api.handle(ex, version, path)
-            target = "" if forwarded else self.primary
+            target = self.primary if forwardable else ""
+            if target in via and _host(ex.peer) == _host(target):
+                target = ""  # it came from there: wait for the next leader instead of sending it back
             remaining = deadline - time.monotonic()
             if not target or target == dead:
                 if remaining <= 0 or self._stopping.is_set():

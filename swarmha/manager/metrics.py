@@ -23,25 +23,94 @@ port), never on the Docker API port, so a scrape neither needs the API's TLS cli
 ``swarmha_engines{status}``                          engines ``Healthy`` / ``Unhealthy`` / ``Pending``
 =================================================== ==============================================================
 
-Routes are low-cardinality: ``containers/json``, ``containers/logs`` (for ``/containers/{id}/logs``), ``events``...
+Routes are route templates, never raw paths, so the label sets are bounded whatever clients send: the first
+path segment when it is one the Docker API has (``containers``, ``images``, ``events``...), then the action when
+it is a known one (``containers/json``, ``containers/logs`` for ``/containers/{id}/logs``) or ``{id}``
+(``containers/{id}`` for ``DELETE /containers/abc``); anything else is ``other``.
+
+The manager feeds this module through callbacks (what it reads at scrape time) and the ``observe_*`` and
+``*_changed`` calls; it never sees the manager itself.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from swarmha.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from swarmha.manager.manager import Manager
+from swarmha.manager.store_state import StoreState
 
 __all__ = ["ManagerMetrics", "check_installed", "route_of"]
 
-_SCOPED = re.compile(r"^/(containers|exec|images|networks|volumes|plugins|services|nodes)/[^/]+/([a-z]+)$")
-_SECOND = re.compile(r"^/([a-z_]+)/([a-z]+)$")
+#: First path segments that are a route of their own (anything else is ``other``).
+_KINDS = frozenset(
+    [
+        "_ping",
+        "auth",
+        "build",
+        "commit",
+        "configs",
+        "containers",
+        "distribution",
+        "events",
+        "exec",
+        "grpc",
+        "health",
+        "images",
+        "info",
+        "networks",
+        "nodes",
+        "plugins",
+        "secrets",
+        "services",
+        "session",
+        "swarm",
+        "system",
+        "tasks",
+        "version",
+        "volumes",
+    ]
+)
+#: Path segments that name an action or a fixed sub-route (anything else in their place is ``{id}``).
+_ACTIONS = frozenset(
+    [
+        "archive",
+        "attach",
+        "changes",
+        "connect",
+        "create",
+        "df",
+        "disconnect",
+        "export",
+        "get",
+        "history",
+        "import",
+        "inspect",
+        "json",
+        "kill",
+        "load",
+        "logs",
+        "pause",
+        "prune",
+        "push",
+        "remove",
+        "rename",
+        "resize",
+        "restart",
+        "search",
+        "start",
+        "stats",
+        "stop",
+        "tag",
+        "top",
+        "unpause",
+        "update",
+        "upgrade",
+        "wait",
+        "ws",
+    ]
+)
 
 
 def check_installed() -> None:
@@ -55,19 +124,21 @@ def check_installed() -> None:
 
 
 def route_of(path: str) -> str:
-    """A request path (API version stripped) as a metric label: ``/containers/abc/logs`` -> ``containers/logs``."""
-    m = _SCOPED.match(path)
-    if m is not None:
-        return f"{m.group(1)}/{m.group(2)}"
-    m = _SECOND.match(path)
-    if m is not None:
-        return f"{m.group(1)}/{m.group(2)}"
-    first = path.strip("/").partition("/")[0]
-    return first if re.fullmatch(r"[a-z_]{1,32}", first) else "other"
+    """A request path (API version stripped) as a metric label (see the module docstring):
+    ``/containers/abc/logs`` -> ``containers/logs``, ``/containers/abc`` -> ``containers/{id}``,
+    ``/whatever/x`` -> ``other``."""
+    segments = path.strip("/").split("/", 8)
+    kind = segments[0]
+    if kind not in _KINDS:
+        return "other"
+    if len(segments) == 1:
+        return kind
+    last = segments[-1]
+    return f"{kind}/{last}" if last in _ACTIONS else f"{kind}/{{id}}"
 
 
 class _Live:
-    """The gauges read from the manager at scrape time (a prometheus_client collector)."""
+    """The gauges read at scrape time (a prometheus_client collector)."""
 
     def __init__(self, metrics: ManagerMetrics) -> None:
         self._metrics = metrics
@@ -77,15 +148,27 @@ class _Live:
 
 
 class ManagerMetrics:
-    """The metrics of one :class:`~swarmha.manager.manager.Manager` (see the module docstring)."""
+    """The metrics of one manager (see the module docstring)."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(
+        self,
+        *,
+        is_primary: Callable[[], bool],
+        term: Callable[[], int],
+        engine_statuses: Callable[[], Iterable[str]],
+        store: StoreState | None = None,
+    ) -> None:
+        """What is read at scrape time: ``is_primary()``, ``term()`` (the fencing token as this manager sees it),
+        ``engine_statuses()`` (``Healthy`` / ``Unhealthy`` / ``Pending`` per engine), ``store`` (None: no store)."""
         import prometheus_client as prom
         from prometheus_client.core import GaugeMetricFamily
 
         self._prom = prom
         self.registry = prom.CollectorRegistry()
-        self._manager = manager
+        self._is_primary = is_primary
+        self._term = term
+        self._engine_statuses = engine_statuses
+        self._store = store
         reg = self.registry
         self.requests = prom.Counter("swarmha_requests", "requests served", ["route", "via", "code"], registry=reg)
         self.latency = prom.Histogram(
@@ -111,17 +194,17 @@ class ManagerMetrics:
         self.registry.register(_Live(self))
 
     def _collect(self) -> Iterator[Any]:
-        m = self._manager
         g = self._gauge
-        yield g("swarmha_manager_primary", "1 while this manager is the primary", value=1 if m.is_primary else 0)
-        yield g("swarmha_manager_term", "fencing token of the primary's term", value=m.term_token())
-        if m.store is not None:
-            yield g("swarmha_manager_store_reachable", "1 while the store answers", value=int(m.store.reachable))
-            yield g("swarmha_manager_store_outages_total", "store outages that ended", value=m.store.outages)
+        yield g("swarmha_manager_primary", "1 while this manager is the primary", value=1 if self._is_primary() else 0)
+        yield g("swarmha_manager_term", "fencing token of the primary's term", value=self._term())
+        store = self._store
+        if store is not None:
+            yield g("swarmha_manager_store_reachable", "1 while the store answers", value=int(store.reachable))
+            yield g("swarmha_manager_store_outages_total", "store outages that ended", value=store.outages)
         engines = g("swarmha_engines", "engines by status", labels=["status"])
         counts = {"Healthy": 0, "Unhealthy": 0, "Pending": 0}
-        for e in m.cluster.engines:
-            counts[e.status] = counts.get(e.status, 0) + 1
+        for status in self._engine_statuses():
+            counts[status] = counts.get(status, 0) + 1
         for status, n in counts.items():
             engines.add_metric([status], n)
         yield engines

@@ -36,7 +36,7 @@ from typing import Any
 import attrs
 
 from swarmha.manager.http import READ_SIZE, header_value
-from swarmha.manager.tls import open_connection as open_tls
+from swarmha.manager.http.tls import open_connection as open_tls
 
 __all__ = [
     "BROKEN",
@@ -45,6 +45,7 @@ __all__ = [
     "HOP",
     "IDEMPOTENT",
     "NOT_COPIED",
+    "RESPONSE_LIMIT",
     "SMALL",
     "Head",
     "Link",
@@ -56,6 +57,7 @@ __all__ = [
     "UpstreamBroken",
     "UpstreamUnreachable",
     "connect",
+    "connection_named",
     "fetch",
     "framing",
     "keeps_alive",
@@ -70,6 +72,18 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"})
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 NOT_COPIED = HOP | FRAMING  # request headers the forwarder does not copy (it frames the request anew)
+
+
+def connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The header names (lowercased) that a ``Connection`` header lists: hop-by-hop too (RFC 9110 §7.6.1), so
+    never forwarded. Empty for the common message without one (one pass over the names)."""
+    named: frozenset[bytes] = frozenset()
+    for n, v in headers:
+        if len(n) == 10 and n.lower() == b"connection":
+            named |= {t.strip().lower() for t in v.split(b",") if t.strip()}
+    return named
+
+
 #: After the upstream ended a hijacked stream, how long the client may still send before we close.
 HIJACK_GRACE = 2.0
 #: Responses up to this size with a Content-Length are read whole and written to the client in one piece;
@@ -77,6 +91,8 @@ HIJACK_GRACE = 2.0
 SMALL = 256 * 1024
 #: Largest upstream response head accepted.
 MAX_HEAD = 64 * 1024
+#: Largest whole response :func:`request` reads unless told otherwise.
+RESPONSE_LIMIT = 64 << 20
 
 
 @attrs.frozen(cache_hash=True)
@@ -350,7 +366,7 @@ async def request(
     body: bytes | None = None,
     headers: Iterable[tuple[bytes, bytes]] = (),
     timeout: float = 5.0,
-    limit: int = 64 << 20,
+    limit: int = RESPONSE_LIMIT,
 ) -> Response:
     """One request to ``up`` over a pooled connection, the whole answer read (the manager's own calls).
 
@@ -405,7 +421,9 @@ async def request(
     raise AssertionError("unreachable")
 
 
-async def fetch(pool: Pool, up: Upstream, target: str, *, timeout: float = 5.0, limit: int = 64 << 20) -> Response:
+async def fetch(
+    pool: Pool, up: Upstream, target: str, *, timeout: float = 5.0, limit: int = RESPONSE_LIMIT
+) -> Response:
     """``GET target`` with :func:`request` (for aggregation)."""
     return await request(pool, up, "GET", target, timeout=timeout, limit=limit)
 

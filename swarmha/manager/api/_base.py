@@ -236,25 +236,31 @@ class Tee:
     """One request body read once and copied to ``n`` engines at the pace of the slowest (bounded queues).
 
     ``branch(i)`` is engine ``i``'s copy; ``close(i)`` drops it (its engine failed) so it never blocks the
-    others. The source is read only once some branch is read.
+    others. The source is read only once some branch is read. A source that fails (the client left, bad chunk
+    framing, the body timeout) makes every branch raise its error, so no engine takes a cut body for a whole
+    one: each engine's connection is closed without the body's end.
     """
 
     def __init__(self, source: AsyncIterator[bytes], n: int, depth: int = 4) -> None:
         self._source = source
-        self._queues: list[asyncio.Queue[bytes | None]] = [asyncio.Queue(depth) for _ in range(n)]
+        self._queues: list[asyncio.Queue[bytes | Exception | None]] = [asyncio.Queue(depth) for _ in range(n)]
         self._closed = [False] * n
         self._task: asyncio.Task[None] | None = None
 
     async def _pump(self) -> None:
+        end: Exception | None = None
         try:
             async for chunk in self._source:
                 for i, q in enumerate(self._queues):
                     if not self._closed[i]:
                         await q.put(chunk)
+        except Exception as e:
+            end = e
+            raise
         finally:
             for i, q in enumerate(self._queues):
                 if not self._closed[i]:
-                    await q.put(None)
+                    await q.put(end)
 
     def close(self, i: int) -> None:
         self._closed[i] = True
@@ -265,20 +271,23 @@ class Tee:
     async def branch(self, i: int) -> AsyncIterator[bytes]:
         if self._task is None:
             self._task = asyncio.ensure_future(self._pump())
+            self._task.add_done_callback(lambda t: t.cancelled() or t.exception())  # raised again by finish()
         q = self._queues[i]
         try:
             while (chunk := await q.get()) is not None:
+                if isinstance(chunk, Exception):
+                    raise chunk
                 yield chunk
         finally:
             self.close(i)
 
     async def finish(self) -> None:
-        """Wait for the source to be read whole (the request must be read before the response ends)."""
+        """Wait for the source to be read whole (the request must be read before the response ends); raises what
+        the source raised (:class:`ClientGone`, :class:`BadRequest`), so the client gets 400 for a bad body."""
         for i in range(len(self._queues)):
             self.close(i)
         if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
+            await self._task
 
 
 def engine_error_message(e: Engine, r: Response | None) -> str:

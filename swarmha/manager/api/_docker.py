@@ -3,13 +3,16 @@
 Nothing here does I/O. :func:`split_version` takes ``/v1.41/containers/json`` apart; :func:`check_version`
 refuses a version outside what the engines support with dockerd's own 400 messages; :func:`parse_filters`
 reads the ``filters`` query parameter in both shapes the clients send (``{"k": {"v": true}}`` and
-``{"k": ["v"]}``) and raises ValueError for anything else.
+``{"k": ["v"]}``) and raises ValueError for anything else. :func:`json_object` parses a request body the way
+Go's decoder would accept it: out-of-range numbers (``1e400``), ``NaN`` and nesting deeper than Python's
+recursion limit are a 400, never a Python error.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -52,14 +55,30 @@ def vkey(v: str) -> tuple[int, ...]:
         return (0,)
 
 
-@functools.lru_cache(maxsize=4096)
+#: Paths up to this long are cached by :func:`split_version` (so the cache holds at most 4,096 paths of this length).
+_CACHED_PATH = 256
+
+
 def split_version(path: str) -> tuple[str | None, str]:
     """``/v1.41/containers/json`` -> ``("1.41", "/containers/json")``; no prefix: ``(None, path)``.
 
     Repeated slashes collapse first (``//containers/json`` is ``/containers/json``, as Go's path cleaning
     makes it for dockerd), so a doubled slash never shifts the route. Called on every request, for the same
-    few paths mostly: the answers are cached (a regex match costs more than the cache's lookup).
+    few paths mostly: the answers for paths up to :data:`_CACHED_PATH` characters are cached (a regex match
+    costs more than the cache's lookup), at most 4,096 of them, so the cache stays under ~2 MB whatever
+    paths clients send.
     """
+    if len(path) <= _CACHED_PATH:
+        return _split_cached(path)
+    return _split_version(path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_cached(path: str) -> tuple[str | None, str]:
+    return _split_version(path)
+
+
+def _split_version(path: str) -> tuple[str | None, str]:
     if "//" in path:
         path = re.sub("/{2,}", "/", path)
     m = _VERSION.match(path)
@@ -117,9 +136,24 @@ def json_object(raw: bytes | str, what: str) -> dict[str, Any]:
     """``raw`` (a body or a query parameter) parsed as a JSON object; DockerError 400 naming ``what`` otherwise
     (empty is ``{}``)."""
     try:
-        obj = json.loads(raw or b"{}")
+        obj = json.loads(raw or b"{}", parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:
+        raise DockerError(400, f"invalid {what}: JSON nested too deeply") from None
     except ValueError as e:
         raise DockerError(400, f"invalid {what}: {e}") from e
     if not isinstance(obj, dict):
         raise DockerError(400, f"invalid {what}: expected a JSON object")
     return obj
+
+
+def _finite(literal: str) -> float:
+    """A JSON number as a float; ValueError when it does not fit one (``1e400``), as Go's decoder refuses it."""
+    value = float(literal)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"json: cannot unmarshal number {literal} into a float64 (out of range)")
+    return value
+
+
+def _no_constant(literal: str) -> Any:
+    """``NaN``, ``Infinity``: not JSON (Python's parser takes them; Go's does not)."""
+    raise ValueError(f"invalid character {literal[0]!r} looking for beginning of value")

@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit
 
 from swarmha.manager.api._base import Base, respond_json
 from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
+from swarmha.manager.api._schema import check_create
 from swarmha.manager.cluster import Engine, NoEngine
 from swarmha.manager.http import Exchange
 from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable, stream
@@ -225,6 +226,7 @@ class Containers(Base):
 
     async def create(self, ex: Exchange) -> None:
         config = json_object(await ex.body(), "container config")
+        check_create(config)
         await self._pin(config)
         try:
             engine, env = self.cluster.place(config, reserve=True)  # pending (ports, slot) until created or not

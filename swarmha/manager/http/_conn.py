@@ -1,6 +1,7 @@
 """One client connection: the socket, the bytes received and not parsed yet, and h11 while it is in use.
 
-Which parser reads the next request head is the connection's :class:`~swarmha.manager.http.parsers.Parser`.
+How the next request head is read is the subclass's (:mod:`.parsers`: one whole class per parser, chosen once
+per server, as uvicorn chooses its protocol class).
 """
 
 from __future__ import annotations
@@ -8,28 +9,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h11
 
-from swarmha.manager.http._exchange import (
+from swarmha.manager.http._wire import (
+    BODY_TIMEOUT,
     IDLE_TIMEOUT,
+    LINGER_LIMIT,
+    MAX_EARLY,
     READ_SIZE,
     BadRequest,
     BodyBudget,
     ClientGone,
     ErrorBody,
-    _Head,
+    Head,
     plain_error,
 )
 
-if TYPE_CHECKING:
-    from swarmha.manager.http.parsers import Parser
-
-__all__ = ["_Conn"]
+__all__ = ["Conn"]
 
 
-class _Conn:
+class Conn:
     """One client connection: the socket, the bytes received and not parsed yet, and h11 while it is in use.
 
     Between requests the received bytes wait in :attr:`buf`. A request head that llhttp accepts
@@ -43,14 +44,17 @@ class _Conn:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         budget: BodyBudget,
-        parser: Parser,
         error_body: ErrorBody = plain_error,
+        body_timeout: float = BODY_TIMEOUT,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.budget = budget
-        self.parser = parser
         self.error_body = error_body
+        #: Seconds a request body may make no progress (:meth:`read_body`).
+        self.body_timeout = body_timeout
+        #: Bytes the client sent during a streamed response were dropped (past MAX_EARLY): close after it.
+        self.overflowed = False
         #: Received bytes not parsed yet (while h11 does not parse: see :attr:`h11_parses`).
         self.buf = b""
         self._scanned = 0  # bytes of buf searched for the end of an incomplete head (less 3)
@@ -65,6 +69,8 @@ class _Conn:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._reading: asyncio.Lock = asyncio.Lock()
+        #: While h11 reads a request head: the bytes given to it (for checks of the raw head), else None.
+        self.fed: list[bytes] | None = None
         self._loop = asyncio.get_running_loop()
         self._idle_until = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -72,11 +78,12 @@ class _Conn:
         #: The connection was closed for staying idle too long between requests.
         self.idle_expired = False
 
-    async def _read(self) -> None:
-        """Read once: into :attr:`buf`, or fed to h11 while it parses (b"" at the end of the stream)."""
+    async def _read(self) -> int:
+        """Read once: into :attr:`buf`, or fed to h11 while it parses (b"" at the end of the stream); the bytes
+        read."""
         async with self._reading:
             if self.eof:
-                return
+                return 0
             try:
                 data = await self.reader.read(READ_SIZE)
             except (ConnectionError, ssl.SSLError, OSError):
@@ -87,13 +94,25 @@ class _Conn:
             if not self.h11_parses or h is None:
                 if data:
                     self.buf = self.buf + data if self.buf else data
-                return
+                return len(data)
+            n = len(data)
             if data and data[0] in b"\r\n" and h.their_state is h11.IDLE and not h.trailing_data[0]:
                 # empty lines before a request line are ignored (RFC 9112 §2.2); h11 would reject them
                 data = data.lstrip(b"\r\n")
                 if not data:
-                    return
+                    return n
+            if self.fed is not None:
+                self.fed.append(data)
             h.receive_data(data)
+            return n
+
+    async def read_body(self) -> None:
+        """:meth:`_read` for a request body: BadRequest (408) when nothing arrives for :attr:`body_timeout` s."""
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                await self._read()
+        except TimeoutError:
+            raise BadRequest(f"request body not received: nothing for {self.body_timeout:g} s", 408) from None
 
     async def _read_idle(self) -> bool:
         """:meth:`_read` between requests; False when the client stayed idle for :data:`IDLE_TIMEOUT` seconds.
@@ -124,12 +143,13 @@ class _Conn:
         self.idle_expired = True
         self.writer.close()  # the pending read ends with EOF
 
-    async def linger(self, limit: int = 256 * 1024, timeout: float = 1.0) -> None:
+    async def linger(self, limit: int = LINGER_LIMIT, timeout: float = 5.0) -> None:
         """Half-close, then discard what the client still sends (at most ``limit`` bytes or ``timeout`` seconds).
 
         After an answer to a request whose body was left unread (413), closing at once would make the kernel
         answer the client's next bytes with a reset, which can destroy the answer before the client reads it
-        (Go's net/http and nginx linger the same way).
+        (Go's net/http and nginx linger the same way). The client that stops sending once it read the answer
+        ends this at once; one that sends on is cut at ``limit`` bytes.
         """
         with contextlib.suppress(Exception):
             if self.writer.can_write_eof():
@@ -150,7 +170,8 @@ class _Conn:
         self.writer.close()
 
     async def next_event(self) -> Any:
-        """The next h11 event, reading as needed; BadRequest for what h11 rejects, ClientGone at a cut."""
+        """The next h11 event of a request body, reading as needed; BadRequest for what h11 rejects (408 when the
+        body stalls), ClientGone at a cut."""
         h = self.h11
         assert h is not None
         while True:
@@ -162,16 +183,29 @@ class _Conn:
                 raise BadRequest(str(e) or "malformed request") from e
             if event is not h11.NEED_DATA:
                 return event
-            await self._read()
+            await self.read_body()
 
-    async def read_request(self) -> tuple[_Head, int | None] | None:
+    async def read_request(self) -> tuple[Head, int | None] | None:
         """The next request head and, when llhttp parsed it, its body length (None: h11 parses this request);
-        None when the client closed (or stayed idle too long) between requests. The connection's parser reads it."""
-        return await self.parser.read_request(self)
+        None when the client closed (or stayed idle too long) between requests. BadRequest for a bad head."""
+        raise NotImplementedError  # the parser's subclass (see .parsers)
 
     async def wait_closed_by_peer(self) -> None:
+        """Return when the client closes. What it sends meanwhile is kept for the next request, up to
+        :data:`MAX_EARLY` bytes; past that it is dropped and the connection closes after this exchange."""
+        kept = 0
         while not self.eof:
-            await self._read()
+            if kept <= MAX_EARLY:
+                kept += await self._read()
+                continue
+            self.overflowed = True
+            async with self._reading:
+                try:
+                    data = await self.reader.read(READ_SIZE)
+                except (ConnectionError, ssl.SSLError, OSError):
+                    data = b""
+                if not data:
+                    self.eof = True
         # the EOF is left for the next request read to notice
 
     def next_cycle(self) -> bool:
@@ -185,7 +219,7 @@ class _Conn:
         h, self.h11 = self.h11, None
         fast_cycle, self.fast_cycle = self.fast_cycle, False
         h11_parsed, self.h11_parses = self.h11_parses, False
-        if self.switched:
+        if self.switched or self.overflowed:
             return False
         if h is None:  # llhttp parsed the request, the fast path framed the response
             return True

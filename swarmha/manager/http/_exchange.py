@@ -1,4 +1,4 @@
-"""One request and its answer (:class:`Exchange`), the request-side errors, and the body budget.
+"""One request and its answer (:class:`Exchange`).
 
 See :mod:`swarmha.manager.http` for the guarantees. Nothing here knows what the application serves.
 """
@@ -9,112 +9,39 @@ import asyncio
 import http
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 
+from swarmha.manager.http._wire import (
+    LINGER_LIMIT,
+    MAX_BODY,
+    MAX_CONTENT_LENGTH,
+    MAX_HEAD,
+    TOKEN,
+    BadRequest,
+    BodyRefused,
+    ClientGone,
+    Head,
+    header_value,
+)
+
 if TYPE_CHECKING:
-    from swarmha.manager.http._conn import _Conn
+    from swarmha.manager.http._conn import Conn
 
-__all__ = [
-    "BODY_BUDGET",
-    "HEAD_TIMEOUT",
-    "IDLE_TIMEOUT",
-    "MAX_BODY",
-    "MAX_CONTENT_LENGTH",
-    "MAX_HEAD",
-    "READ_SIZE",
-    "BadRequest",
-    "BodyBudget",
-    "BodyRefused",
-    "ClientGone",
-    "ErrorBody",
-    "Exchange",
-    "header_value",
-    "plain_error",
-]
-
-#: Largest request head (request line + headers) accepted, in bytes.
-MAX_HEAD = 64 * 1024
-#: Seconds a client has to send a complete request head once it started one.
-HEAD_TIMEOUT = 30.0
-#: Seconds an idle keep-alive connection may wait for its next request.
-IDLE_TIMEOUT = 120.0
-READ_SIZE = 64 * 1024
-
-#: Largest request body :meth:`Exchange.body` reads into memory; a larger one is refused (413) before it is read.
-MAX_BODY = 16 * 1024 * 1024
-#: Bytes of request bodies that all exchanges of one server may hold in memory at once (:class:`BodyBudget`).
-BODY_BUDGET = 64 * 1024 * 1024
-#: The largest Content-Length accepted (a signed 64-bit integer, as Go's net/http reads it); more is a 400.
-MAX_CONTENT_LENGTH = (1 << 63) - 1
+__all__ = ["Exchange"]
 
 _NO_BODY_STATUS = frozenset({204, 304})
+_VERSIONS = frozenset({b"1.0", b"1.1"})
 # h11's own grammar for what it sends (h11._abnf: token, field-value, reason-phrase): a response that the fast
 # path of Exchange.complete frames itself must be one that h11 would have accepted byte for byte.
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
 _FIELD_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
-_HEADER_LINES = re.compile(rb"(?:%b: %b\r\n)*" % (_TOKEN, _FIELD_VALUE))  # "name: value" lines as sent
+_HEADER_LINES = re.compile(rb"(?:%b: %b\r\n)*" % (TOKEN, _FIELD_VALUE))  # "name: value" lines as sent
 _REASON = re.compile(rb"[ \t\x21-\x7e\x80-\xff]*")
 # response headers that make the fast path step aside for h11 (it decides framing and keep-alive for them)
 _H11_DECIDES = frozenset({b"transfer-encoding", b"connection"})
-
-
-#: How the application shapes an error answer: (status, message) -> (body, content type).
-ErrorBody = Callable[[int, str], tuple[bytes, str]]
-
-
-def plain_error(status: int, message: str) -> tuple[bytes, str]:
-    """The default error body: the message as text."""
-    return message.encode() + b"\n", "text/plain; charset=utf-8"
-
-
-class ClientGone(Exception):
-    """The client closed its connection (or it broke) before the exchange finished."""
-
-
-class BadRequest(Exception):
-    """The client sent something that is not an acceptable HTTP/1.1 request (answered with 400)."""
-
-
-class BodyRefused(Exception):
-    """A request body that :meth:`Exchange.body` will not buffer: ``status`` 413 (over the limit) or 503 (the
-    server's :class:`BodyBudget` is spent). The answer closes the connection; the body is never read."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class BodyBudget:
-    """The bytes of request bodies one server holds in memory at once, shared by all its exchanges."""
-
-    def __init__(self, total: int = BODY_BUDGET) -> None:
-        self.total = total
-        self.used = 0
-
-    def take(self, n: int) -> bool:
-        if self.used + n > self.total:
-            return False
-        self.used += n
-        return True
-
-    def give(self, n: int) -> None:
-        self.used -= n
-
-
-class _Head:
-    """A request head as parsed: method, target, version, headers (names as sent, values without OWS)."""
-
-    __slots__ = ("headers", "http_version", "method", "target")
-
-    def __init__(self, method: bytes, target: bytes, http_version: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        self.method = method
-        self.target = target
-        self.http_version = http_version
-        self.headers = headers
 
 
 def _check_framing(http_version: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[bool, int]:
@@ -123,8 +50,9 @@ def _check_framing(http_version: bytes, headers: list[tuple[bytes, bytes]]) -> t
     h11 accepts Transfer-Encoding with Content-Length (it uses the chunked framing and ignores the length) and
     Transfer-Encoding on HTTP/1.0. RFC 9112 §6.1 allows rejecting the first and requires treating the second as
     faulty framing, and requires closing the connection after either (h11 would keep it open): both are how
-    request smuggling desynchronises two parsers, so both get 400 here. The rest (one chunked coding only,
-    numeric and non-conflicting Content-Length, Host) is h11's.
+    request smuggling desynchronises two parsers, so both get 400 here (a Content-Length holding a list, ``2, 2``,
+    which h11 takes and Go's net/http refuses, gets its 400 in :mod:`.parsers`, which sees the raw head). The
+    rest (one chunked coding only, numeric and non-conflicting Content-Length, Host) is h11's.
     """
     chunked = False
     length: int | None = None
@@ -133,7 +61,7 @@ def _check_framing(http_version: bytes, headers: list[tuple[bytes, bytes]]) -> t
         if key == b"transfer-encoding":
             chunked = True
         elif key == b"content-length" and length is None:  # h11 checked: digits, all values equal
-            length = int(next(v for v in value.split(b",") if v.strip()))
+            length = int(value)
     if length is not None and length > MAX_CONTENT_LENGTH:
         raise BadRequest("Content-Length out of range")
     if chunked and length is not None:
@@ -143,19 +71,10 @@ def _check_framing(http_version: bytes, headers: list[tuple[bytes, bytes]]) -> t
     return chunked, length or 0
 
 
-def header_value(headers: list[tuple[bytes, bytes]], name: str, default: str = "") -> str:
-    """The first value of header ``name`` in ``headers`` (case-insensitive), as text; ``default`` when absent."""
-    key = name.lower().encode("ascii")
-    for n, v in headers:
-        if n.lower() == key:
-            return v.decode("latin-1")
-    return default
-
-
 class Exchange:
     """One request and the means to answer it (or to switch protocols and get the raw stream)."""
 
-    def __init__(self, conn: _Conn, request: _Head, fast_length: int | None = None) -> None:
+    def __init__(self, conn: Conn, request: Head, fast_length: int | None = None) -> None:
         """``fast_length``: the body length of a head that llhttp parsed (:func:`_parse_fast`); None: h11 did."""
         self._conn = conn
         self.method: str = request.method.decode("ascii", "replace").upper()
@@ -166,8 +85,12 @@ class Exchange:
         size = len(request.target)
         has_upgrade = False
         connection = b""  # every Connection header's value, lowercased
+        if request.http_version not in _VERSIONS:  # h11 takes any HTTP/x.y; Go's net/http answers 505
+            raise BadRequest(f"unsupported protocol version HTTP/{request.http_version.decode('latin-1')}", 505)
         for n, v in self.headers:  # one pass for the head size and the headers decided on below
             size += len(n) + len(v) + 4
+            if b"\x7f" in v:  # h11's field-value grammar admits DEL; Go's net/http does not
+                raise BadRequest(f"invalid header value for {n.decode('latin-1')!r}: DEL (0x7f)")
             key = n.lower()
             if key == b"connection":
                 connection += b"," + v.lower()
@@ -195,7 +118,10 @@ class Exchange:
             path, _, self._query = target.partition("?")
             path = path.partition("#")[0]
         else:
-            parts = urlsplit(target)
+            try:  # absolute form ("http://host/path"): a bad authority ("http://[/") is the client's error
+                parts = urlsplit(target)
+            except ValueError as e:
+                raise BadRequest(f"invalid request target: {e}") from None
             path, self._query = parts.path or "/", parts.query
         #: The request's path, as sent (the application reads its own words into it).
         self.path: str = path
@@ -243,12 +169,15 @@ class Exchange:
         return self.chunked or self.content_length > 0
 
     async def body_chunks(self) -> AsyncIterator[bytes]:
-        """The request body as it arrives (empty for a body already read)."""
+        """The request body as it arrives (empty for a body already read).
+
+        Raises :class:`ClientGone` when the client closes inside the body, :class:`BadRequest` for bad chunk
+        framing and (408) when nothing arrives for the server's body timeout."""
         conn = self._conn
         if self._fast:
             while self._left:
                 if not conn.buf:
-                    await conn._read()
+                    await conn.read_body()
                     if not conn.buf:
                         raise ClientGone("client closed the connection inside a request body")
                 chunk = conn.buf[: self._left]
@@ -266,6 +195,13 @@ class Exchange:
                 self._body_done = True
             else:
                 raise ClientGone(f"unexpected {event!r} while reading the request body")
+
+    @property
+    def body_left(self) -> int:
+        """Body bytes not read yet, as far as known (a chunked body: :data:`LINGER_LIMIT`)."""
+        if self._fast:
+            return self._left
+        return LINGER_LIMIT if self.chunked else self.content_length
 
     @property
     def body_abandoned(self) -> bool:
@@ -289,27 +225,32 @@ class Exchange:
 
         Raises :class:`BodyRefused` 413 when it is larger than ``limit`` bytes (a declared length at once,
         without reading it; a chunked body once it passes the limit), 503 when the server's bodies in memory
-        would pass its :class:`BodyBudget`. The bytes count against the budget until the exchange ends.
+        would pass its :class:`BodyBudget`. The bytes count against the budget from their arrival (a declared
+        length costs nothing until its bytes come) until the exchange ends; a body that fails (the client
+        leaves, bad framing, the body timeout) gives them back at once.
         """
         if self._body_done:
             return b""
+        try:
+            return await self._read_whole(limit)
+        except BaseException:
+            self.release()
+            raise
+
+    async def _read_whole(self, limit: int) -> bytes:
         declared = self.content_length
         if declared > limit:
             raise self._refuse(413, f"request body of {declared} bytes is larger than the limit of {limit} bytes")
         budget = self._conn.budget
-        if declared and not budget.take(declared):
-            raise self._refuse(503, "too many request bodies are being received; retry later")
-        self._reserved += declared
         chunks: list[bytes] = []
         size = 0
-        async for chunk in self.body_chunks():
+        async for chunk in self.body_chunks():  # the budget is taken as bytes arrive, not for a declared length
             size += len(chunk)
-            if self.chunked:
-                if size > limit:
-                    raise self._refuse(413, f"request body larger than the limit of {limit} bytes")
-                if not budget.take(len(chunk)):
-                    raise self._refuse(503, "too many request bodies are being received; retry later")
-                self._reserved += len(chunk)
+            if size > limit:
+                raise self._refuse(413, f"request body larger than the limit of {limit} bytes")
+            if not budget.take(len(chunk)):
+                raise self._refuse(503, "too many request bodies are being received; retry later")
+            self._reserved += len(chunk)
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -1,9 +1,10 @@
-"""The two ways a request head is read, one class each (as uvicorn's ``h11_impl`` / ``httptools_impl``).
+"""The two ways a request head is read: one whole connection class each, chosen once per server (as uvicorn
+chooses between its ``h11_impl`` and ``httptools_impl`` protocol classes).
 
-* :class:`H11Parser`: h11 parses every request (head, body, framing).
-* :class:`LlhttpFirstParser`: a complete head in the buffer is first given to llhttp (httptools, the extra
+* :class:`H11Conn`: h11 parses every request (head, body, framing).
+* :class:`LlhttpConn`: a complete head in the buffer is first given to llhttp (httptools, the extra
   ``swarmha[fast]``) and taken from there only when it is of the common kind (:func:`_parse_fast`); every
-  other request is left to :class:`H11Parser`, so the verdicts are h11's (``tests/test_manager_parse.py``).
+  other request is left to :class:`H11Conn`'s way, so the verdicts are h11's (``tests/test_manager_parse.py``).
 
 :data:`DEFAULT` is what a :class:`~swarmha.manager.http.Server` uses unless given one: llhttp first when
 httptools is installed, else h11 alone.
@@ -21,16 +22,16 @@ try:  # llhttp (Node.js's parser) through httptools: the fast path for the commo
 except ImportError:  # pragma: no cover - the extra swarmha[fast] is not installed: h11 parses every request
     httptools = None  # type: ignore[assignment]
 
-from swarmha.manager.http._conn import _Conn
-from swarmha.manager.http._exchange import _TOKEN, HEAD_TIMEOUT, MAX_HEAD, BadRequest, _Head
+from swarmha.manager.http._conn import Conn
+from swarmha.manager.http._wire import HEAD_TIMEOUT, MAX_HEAD, TOKEN, BadRequest, Head
 
-__all__ = ["DEFAULT", "H11Parser", "LlhttpFirstParser", "Parser"]
+__all__ = ["DEFAULT", "H11Conn", "LlhttpConn"]
 
 #: A request head still incomplete once this many bytes arrived is read by h11 (incrementally) instead.
 FAST_HEAD_MAX = 8 * 1024
 # h11's request-line grammar (h11._abnf: method = token, request-target = vchar+, HTTP-version), restricted to
 # HTTP/1.0 and 1.1: llhttp is laxer here (it accepts "GET  / HTTP/1.1" and versions 0.9 and 2.0)
-_REQUEST_LINE = re.compile(rb"(%b) ([\x21-\x7e]+) HTTP/(1\.[01])\r\n" % _TOKEN)
+_REQUEST_LINE = re.compile(rb"(%b) ([\x21-\x7e]+) HTTP/(1\.[01])\r\n" % TOKEN)
 # request headers for which h11 parses the request (its body framing, hijacking and Host rules are h11's)
 _H11_PARSES = frozenset({b"transfer-encoding", b"upgrade"})
 
@@ -47,7 +48,7 @@ class _Collect(list[tuple[bytes, bytes]]):
         self.complete = True
 
 
-def _parse_fast(head: bytes) -> tuple[_Head, int] | None:
+def _parse_fast(head: bytes) -> tuple[Head, int] | None:
     """``head`` (bytes up to and including its empty line) parsed by llhttp: (head, Content-Length), or None.
 
     None means "let h11 parse this request" (it then answers 400 or serves it exactly as before): whatever llhttp
@@ -81,68 +82,83 @@ def _parse_fast(head: bytes) -> tuple[_Head, int] | None:
     version = line.group(3)
     if hosts > 1 or (hosts == 0 and version == b"1.1"):
         return None
-    return _Head(line.group(1), line.group(2), version, headers), length
+    return Head(line.group(1), line.group(2), version, headers), length
 
 
-class H11Parser:
-    """h11 parses every request."""
+_LISTED_LENGTH = re.compile(rb"\ncontent-length:[^\n]*,", re.IGNORECASE)
+
+
+def _listed_length(fed: list[bytes]) -> bool:
+    """Whether the head in ``fed`` (the bytes given to h11, the head first) has a Content-Length holding a list
+    (``2, 2``): h11 takes it as one value and shows only that; Go's net/http answers 400."""
+    raw = b"".join(fed)
+    end = raw.find(b"\n\r\n")
+    end2 = raw.find(b"\n\n")
+    ends = [e for e in (end, end2) if e >= 0]
+    return _LISTED_LENGTH.search(raw, 0, min(ends) + 1 if ends else len(raw)) is not None
+
+
+class H11Conn(Conn):
+    """A connection whose requests h11 parses."""
 
     name = "h11"
 
-    async def read_request(self, conn: _Conn) -> tuple[_Head, int | None] | None:
+    async def read_request(self) -> tuple[Head, int | None] | None:
         """The next request, parsed by a fresh h11 state that then owns the connection's bytes until the
         exchange ends; None when the client closed (or stayed idle too long) between requests."""
-        h = conn.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        conn.h11_parses = True
-        buf, conn.buf = conn.buf.lstrip(b"\r\n"), b""
+        h = self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.h11_parses = True
+        buf, self.buf = self.buf.lstrip(b"\r\n"), b""
+        self.fed = [buf]  # what h11 gets while it reads the head (see _content_length_list)
         if buf:
             h.receive_data(buf)
-        if conn.eof:
+        if self.eof:
             h.receive_data(b"")
         try:
             event = h.next_event()
             if event is h11.NEED_DATA:
                 while event is h11.NEED_DATA and not h.trailing_data[0]:  # idle: nothing of a request yet
-                    if not await conn._read_idle():
+                    if not await self._read_idle():
                         return None
                     event = h.next_event()
                 if event is h11.NEED_DATA:  # a head has begun: HEAD_TIMEOUT from here
                     try:
                         async with asyncio.timeout(HEAD_TIMEOUT):
                             while event is h11.NEED_DATA:
-                                await conn._read()
+                                await self._read()
                                 event = h.next_event()
                     except TimeoutError:
                         raise BadRequest("request head not received in time") from None
         except h11.RemoteProtocolError as e:
             raise BadRequest(str(e) or "malformed request") from e
+        finally:
+            fed, self.fed = self.fed, None
         if type(event) is h11.Request:
-            return _Head(event.method, event.target, event.http_version, event.headers.raw_items()), None
+            headers = event.headers.raw_items()
+            if fed is not None and any(n.lower() == b"content-length" for n, _ in headers) and _listed_length(fed):
+                raise BadRequest("bad Content-Length: a list of values")
+            return Head(event.method, event.target, event.http_version, headers), None
         return None  # ConnectionClosed
 
 
-#: What a connection needs of a parser (both classes are one).
-Parser = H11Parser
-
-
-class LlhttpFirstParser(H11Parser):
-    """llhttp reads the common request head from the buffer; h11 (:class:`H11Parser`) everything else."""
+class LlhttpConn(H11Conn):
+    """A connection whose common request heads llhttp reads from the buffer; h11 (:class:`H11Conn`) the rest."""
 
     name = "llhttp"
 
-    async def read_request(self, conn: _Conn) -> tuple[_Head, int | None] | None:
+    async def read_request(self) -> tuple[Head, int | None] | None:
         """The next request: (head, its Content-Length) when llhttp took it from the buffer, else h11's parse."""
-        got = self._fast_head(conn)
-        while got is None and not conn.buf:  # idle: nothing of a request yet
-            if not await conn._read_idle():
+        got = self._fast_head()
+        while got is None and not self.buf:  # idle: nothing of a request yet
+            if not await self._read_idle():
                 return None
-            got = self._fast_head(conn)
+            got = self._fast_head()
         if got is None:  # a head has begun: HEAD_TIMEOUT from here
             try:
                 async with asyncio.timeout(HEAD_TIMEOUT):
                     while got is None:
-                        await conn._read()
-                        got = self._fast_head(conn)
+                        await self._read()
+                        got = self._fast_head()
             except TimeoutError:
                 raise BadRequest("request head not received in time") from None
         if got is True:
@@ -150,35 +166,35 @@ class LlhttpFirstParser(H11Parser):
         if got is not False:
             head, length = got
             return head, length
-        return await super().read_request(conn)
+        return await super().read_request()
 
-    def _fast_head(self, conn: _Conn) -> tuple[_Head, int] | bool | None:
+    def _fast_head(self) -> tuple[Head, int] | bool | None:
         """A request head from :attr:`buf` for :func:`_parse_fast`: (head, length) taken from the buffer; None:
         more bytes are needed; True: the client closed between requests; False: h11 is to parse this request."""
-        buf = conn.buf
+        buf = self.buf
         if buf and buf[0] in b"\r\n":  # empty lines before a request line are ignored (RFC 9112 §2.2)
-            buf = conn.buf = buf.lstrip(b"\r\n")
-            conn._scanned = 0
+            buf = self.buf = buf.lstrip(b"\r\n")
+            self._scanned = 0
         if not buf:
-            return True if conn.eof else None
-        start = conn._scanned  # searched already, less what a pattern may straddle
+            return True if self.eof else None
+        start = self._scanned  # searched already, less what a pattern may straddle
         end = buf.find(b"\r\n\r\n", start)
         if end < 0:
             # not complete yet, unless the client closed, it is large (h11 reads a head that comes in pieces
             # past FAST_HEAD_MAX incrementally), or its lines end in a bare LF (h11's)
-            if conn.eof or len(buf) > FAST_HEAD_MAX or buf.find(b"\n\n", start) >= 0 or buf.find(b"\n\r\n", start) >= 0:
-                conn._scanned = 0
+            if self.eof or len(buf) > FAST_HEAD_MAX or buf.find(b"\n\n", start) >= 0 or buf.find(b"\n\r\n", start) >= 0:
+                self._scanned = 0
                 return False
-            conn._scanned = max(0, len(buf) - 3)
+            self._scanned = max(0, len(buf) - 3)
             return None
-        conn._scanned = 0
+        self._scanned = 0
         end += 4
         parsed = _parse_fast(buf[:end]) if end <= MAX_HEAD else None
         if parsed is None:
             return False
-        conn.buf = buf[end:]
+        self.buf = buf[end:]
         return parsed
 
 
-#: The parser a server uses unless given one.
-DEFAULT: H11Parser = LlhttpFirstParser() if httptools is not None else H11Parser()
+#: The connection class (the parser) a server uses unless given one.
+DEFAULT: type[H11Conn] = LlhttpConn if httptools is not None else H11Conn

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
 
-from swarmha.manager.http import parsers
-from swarmha.manager.http._conn import _Conn
-from swarmha.manager.http._exchange import (
+import swarmha.manager.http.parsers as parsers
+from swarmha.manager.http._conn import Conn
+from swarmha.manager.http._exchange import Exchange
+from swarmha.manager.http._wire import (
+    BODY_TIMEOUT,
+    LINGER_LIMIT,
     READ_SIZE,
     BadRequest,
     BodyBudget,
     BodyRefused,
     ClientGone,
     ErrorBody,
-    Exchange,
     plain_error,
 )
-from swarmha.manager.tls import HalfCloseTLS
+from swarmha.manager.http.tls import HalfCloseTLS
 
 __all__ = ["Handler", "Server"]
 
@@ -36,13 +39,16 @@ class Server:
         self,
         handler: Handler,
         budget: BodyBudget | None = None,
-        parser: parsers.H11Parser | None = None,
+        parser: type[parsers.H11Conn] | None = None,
         error_body: ErrorBody = plain_error,
+        body_timeout: float = BODY_TIMEOUT,
     ) -> None:
-        """``error_body`` shapes every error answer (the server's own 400/500 and :meth:`Exchange.error`)."""
+        """``error_body`` shapes every error answer (the server's own 400/500 and :meth:`Exchange.error`);
+        ``body_timeout``: seconds a request body may make no progress before its exchange ends with 408."""
         self._handler = handler
         self._error_body = error_body
-        #: How request heads are read (:data:`parsers.DEFAULT` unless given).
+        self._body_timeout = body_timeout
+        #: The connection class, which reads request heads (:data:`parsers.DEFAULT` unless given).
         self.parser = parser or parsers.DEFAULT
         #: The bytes of request bodies this server's exchanges may hold in memory at once.
         self.budget = budget or BodyBudget()
@@ -54,8 +60,8 @@ class Server:
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> list[tuple[str, int]]:
         """Bind and start accepting; returns the bound (host, port) pairs. Raises OSError if it cannot bind.
 
-        TLS is :class:`~swarmha.manager.tls.HalfCloseTLS`, not asyncio's SSL transport: a client's close_notify
-        must end only its own direction of a hijacked connection (the docker CLI sends one when stdin ends).
+        TLS is :class:`~swarmha.manager.http.tls.HalfCloseTLS`, not asyncio's SSL transport: a client's close_notify
+        must end only its own direction of a hijacked connection (a client sends one when its input ends).
         """
         if ssl_context is None:
             server = await asyncio.start_server(self._accept, host or None, port, reuse_address=True, limit=READ_SIZE)
@@ -95,7 +101,7 @@ class Server:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        conn = _Conn(reader, writer, self.budget, self.parser, self._error_body)
+        conn = self.parser(reader, writer, self.budget, self._error_body, self._body_timeout)
         try:
             await self._serve(conn, task)
         except (asyncio.CancelledError, ClientGone):
@@ -108,14 +114,14 @@ class Server:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    async def _serve(self, conn: _Conn, task: asyncio.Task[None]) -> None:
+    async def _serve(self, conn: Conn, task: asyncio.Task[None]) -> None:
         while not self._closing:
             self._idle.add(task)
             try:
                 request = await conn.read_request()
                 exchange = Exchange(conn, *request) if request is not None else None
             except BadRequest as e:
-                await self._bad_request(conn, str(e))
+                await self._bad_request(conn, e)
                 return
             finally:
                 self._idle.discard(task)
@@ -132,11 +138,11 @@ class Server:
                 if not exchange.started:
                     with contextlib.suppress(Exception):
                         await exchange.error(e.status, str(e))
-                await conn.linger()
+                await conn.linger(min(LINGER_LIMIT, exchange.body_left + READ_SIZE))
                 return
             except BadRequest as e:
                 if not exchange.started:
-                    await self._bad_request(conn, str(e))
+                    await self._bad_request(conn, e)
                 return
             except Exception as e:
                 log.exception("%s %s failed", exchange.method, exchange.target)
@@ -148,15 +154,19 @@ class Server:
                 self._busy.discard(task)
                 exchange.release()
             if exchange.body_abandoned:
-                await conn.linger()
+                await conn.linger(min(LINGER_LIMIT, exchange.body_left + READ_SIZE))
                 return
             if not conn.next_cycle():
                 return  # switched, closing (MUST_CLOSE), or the exchange did not finish
 
-    async def _bad_request(self, conn: _Conn, message: str) -> None:
-        """400 and close (raw bytes: h11 may be in its ERROR state by now)."""
-        body, content_type = self._error_body(400, f"bad request: {message}")
-        head = b"HTTP/1.1 400 Bad Request\r\ncontent-type: %b\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (
+    async def _bad_request(self, conn: Conn, error: BadRequest) -> None:
+        """Its status (400, 408, 505) and close (raw bytes: h11 may be in its ERROR state by now)."""
+        status = error.status
+        body, content_type = self._error_body(status, f"bad request: {error}" if status == 400 else str(error))
+        reason = http.HTTPStatus(status).phrase.encode()
+        head = b"HTTP/1.1 %d %b\r\ncontent-type: %b\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (
+            status,
+            reason,
             content_type.encode(),
             len(body),
         )
