@@ -22,6 +22,7 @@ from tests.support.docker_engines import IMAGE, DockerEngine, docker_cli, docker
 from tests.support.helpers import wait_for
 from tests.support.manager import ManagerProc
 from tests.support.stores import StoreFixture
+from tests.support.stores.cluster import ClusterStore
 
 __all__ = ["docker_engines", "registry"]  # the session fixtures, imported so pytest finds them
 
@@ -223,36 +224,98 @@ def test_exec_and_attach_through_a_replica_go_on_across_a_graceful_failover(mana
     assert primary.proc.wait(30) == 0  # its last streams closed, the old primary exits cleanly
 
 
+class PsLoops:
+    """``docker ps`` through each of ``managers``, back to back on a thread each; ``results``: (manager, seconds,
+    exit status, stderr) per request."""
+
+    def __init__(self, managers: list[ManagerProc]) -> None:
+        self.results: list[tuple[str, float, int, str]] = []
+        self._addrs = [m.addr for m in managers]
+        self._done = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(m,), daemon=True) for m in managers]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self, m: ManagerProc) -> None:
+        while not self._done.is_set() and len(self.results) < 4000:
+            began = time.monotonic()
+            r = docker_cli(f"tcp://{m.addr}", "ps", "-q", check=False, timeout=30)
+            self.results.append((m.addr, time.monotonic() - began, r.returncode, r.stderr.strip()))
+
+    def wait_more(self, n: int, what: str) -> None:
+        """Wait until ``n`` more requests through every manager have ended."""
+        base = {a: self._count(a) for a in self._addrs}
+        wait_for(lambda: all(self._count(a) >= base[a] + n for a in base), 30, what)
+
+    def _count(self, addr: str) -> int:
+        return sum(1 for r in self.results if r[0] == addr)
+
+    def stop(self) -> None:
+        self._done.set()
+        for t in self._threads:
+            t.join(40)
+
+    def failed(self) -> list[tuple[str, float, int, str]]:
+        return [r for r in self.results if r[2] != 0]
+
+    def slowest(self) -> float:
+        return max(r[1] for r in self.results)
+
+
 def test_docker_ps_through_a_replica_never_fails_while_the_primary_is_killed(managers: Managers) -> None:
     primary, *replicas = managers.start(3, "--replication-ttl", "4s")
-    replica = replicas[0]
-    results: list[tuple[float, int, str]] = []
-    done = threading.Event()
-
-    def loop() -> None:
-        while not done.is_set() and len(results) < 2000:
-            began = time.monotonic()
-            r = docker_cli(f"tcp://{replica.addr}", "ps", "-q", check=False, timeout=30)
-            results.append((time.monotonic() - began, r.returncode, r.stderr.strip()))
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
+    loops = PsLoops(replicas[:1])
     try:
-        wait_for(lambda: len(results) >= 3, 20, "a few docker ps")
+        wait_for(lambda: len(loops.results) >= 3, 20, "a few docker ps")
         primary.signal(signal.SIGKILL)
         killed = time.monotonic()
         primary.proc.wait(10)
         wait_for(lambda: any(m.role() == "Primary" for m in replicas), 15, "a new primary")
         elected = time.monotonic() - killed
-        n = len(results)
-        wait_for(lambda: len(results) >= n + 3, 20, "docker ps served by the new primary")
+        loops.wait_more(3, "docker ps served by the new primary")
     finally:
-        done.set()
-        t.join(40)
-    failed = [r for r in results if r[1] != 0]
-    assert not failed, failed
-    slowest = max(r[0] for r in results)
+        loops.stop()
+    results = loops.results
+    assert not loops.failed(), loops.failed()
+    slowest = loops.slowest()
     assert slowest > 1, "no docker ps was held across the failover: the test did not exercise it"
     assert slowest < 4 + 2 + 2, f"a docker ps took {slowest:.1f}s: held longer than the TTL + one election"
     print(f"crash failover with --replication-ttl 4s: new primary after {elected:.1f}s, "
           f"{len(results)} docker ps, none failed, slowest {slowest:.1f}s")  # fmt: skip
+
+
+def test_docker_ps_through_each_replica_never_fails_while_the_store_pauses_or_restarts(
+    managers: Managers, stores: dict[str, StoreFixture]
+) -> None:
+    """etcd SIGSTOPped, then killed and restarted, each time for 5 s: longer than the primary's renew deadline (it
+    steps down: requests wait for the next primary), shorter than the replicas' wait (ttl + 2 s = 6 s). Requests
+    held meanwhile go to whichever manager is primary once the store is back, none fails."""
+    etcd = stores["etcd"]
+    assert isinstance(etcd, ClusterStore)
+    ttl, outage = 4.0, 5.0
+    managers.start(3, "--replication-ttl", f"{ttl:g}s")
+    replicas = [m for m in managers.all if m.role() == "Replica"]
+    loops = PsLoops(replicas)
+    took: dict[str, float] = {}
+    try:
+        loops.wait_more(3, "a few docker ps through each replica")
+        for fault in ("pause", "restart"):
+            leader = next(m for m in managers.all if m.role() == "Primary")
+            began = time.monotonic()
+            etcd.pause() if fault == "pause" else etcd.stop()
+            try:
+                wait_for(lambda: leader.role() != "Primary", ttl, f"the primary to step down ({fault})", poll=0.05)
+                time.sleep(max(0.0, outage - (time.monotonic() - began)))  # the outage's length, not a verdict
+            finally:
+                etcd.resume() if fault == "pause" else etcd.start()
+            back = time.monotonic()
+            wait_for(lambda: sum(m.role() == "Primary" for m in managers.all) == 1, 10, f"a primary ({fault})")
+            took[fault] = time.monotonic() - back
+            loops.wait_more(3, f"docker ps through each replica after the {fault}")
+    finally:
+        loops.stop()
+    assert not loops.failed(), loops.failed()
+    assert loops.slowest() > 2, "no docker ps was held across the outage: the test did not exercise it"
+    print(f"etcd paused, then restarted, {outage:g}s each, --replication-ttl {ttl:g}s: a primary "
+          f"{took['pause']:.2f}s / {took['restart']:.2f}s after the store was back, {len(loops.results)} docker ps "
+          f"through 2 replicas, none failed, slowest {loops.slowest():.1f}s")  # fmt: skip

@@ -9,21 +9,30 @@ Requests. ``/_ping`` and ``/info`` are answered locally by every manager (``/inf
 manager's view of the engines). Everything else is served by the primary's :class:`~swarmha.manager.api.PrimaryAPI`
 or, on a replica, forwarded per request to the current primary:
 
+* the request goes to whichever manager is primary *when it is sent*: a request waiting for a primary goes to
+  the one elected meanwhile, and to none other; if this manager became primary meanwhile it serves it itself;
 * no primary known (or it is this manager's stale key) → wait for an election, then
   ``503 No elected primary cluster manager``; the wait is ``primary_wait``, by default the replication TTL plus
   :data:`HOLD_MARGIN` (the longest a crashed primary's key can linger, plus one election), so a request sent
-  during a crash failover is answered late instead of failing;
+  during a crash failover or a store outage shorter than that is answered late instead of failing;
 * the primary refuses the connection → wait for the next leader (same bound) and send it there;
 * the primary breaks before answering an idempotent, body-less request → sent once more to the next leader;
-* a request that was already forwarded once is never forwarded again (no ping-pong between two managers
-  that disagree for a moment about who leads): it waits to become primary itself or answers 503.
+* a forwarded request carries :data:`FORWARDED`, the fencing token of the term its sender saw the target lead.
+  A manager that receives one and is not primary (a primary demoted while the request travelled, or stepped
+  down during a store outage) sends it on, but only to a *newer* term: each hop goes to a later primary, so no
+  request circles between managers that disagree for a moment about who leads;
+* ``logs``, ``events``, ``stats`` and ``wait`` streams survive the primary that serves them:
+  :mod:`swarmha.manager.resume` tells a cut from an end and resumes them on the next primary (this manager
+  included) from where the client is.
 
 Shutdown (:meth:`Manager.shutdown`, run on SIGINT/SIGTERM): stop accepting, stop the candidate at once
 (it deletes the leader key, so a replica takes over within one watch round trip and new requests go there),
 then keep serving what is already open — ``docker logs -f``, ``docker events``, attach and exec streams
 included, whether they came from a client or through a replica — until each ends or ``drain_timeout``
-(``--shutdown-timeout``, 30 s by default) passes; a second SIGINT/SIGTERM cuts them at once. Then close
-everything. So a graceful failover shows the client no error: the stream it has goes on, on the old primary.
+(``--shutdown-timeout``, 30 s by default) passes; a second SIGINT/SIGTERM cuts them at once. The log says how
+many were cut, of which kind, and why. Then close everything. So a graceful failover shows the client no error:
+the stream it has goes on, on the old primary; a resumable stream a replica relays then goes on on the new one;
+a hijacked one (attach, exec) ends with the old primary.
 """
 
 from __future__ import annotations
@@ -44,12 +53,13 @@ import attrs
 
 from swarmha import Discovery, Leader, aio
 from swarmha.errors import DiscoveryError
+from swarmha.manager import resume
 from swarmha.manager.api import PrimaryAPI, docker_path
 from swarmha.manager.api._docker import DockerError, error_body
 from swarmha.manager.cluster import Cluster
 from swarmha.manager.engine_list import FileEngines
 from swarmha.manager.forward import forward
-from swarmha.manager.http import Exchange, Server
+from swarmha.manager.http import ClientGone, Exchange, Server
 from swarmha.manager.info import cluster_info
 from swarmha.manager.reschedule import Watchdog
 from swarmha.manager.store_state import StoreState
@@ -64,7 +74,10 @@ __all__ = ["FORWARDED", "HEALTH_PATH", "LEADER_KEY", "Manager", "ManagerConfig",
 log = logging.getLogger("swarmha.manager")
 
 LEADER_KEY = "docker/swarm/leader"
+#: Set on every request a manager forwards: the fencing token of the term its target was seen to lead. A manager
+#: that is not primary (any more) sends such a request on only to a newer term, so no request circles.
 FORWARDED = "x-swarmha-forwarded"
+_FORWARDED_B = FORWARDED.encode()
 NO_PRIMARY = "No elected primary cluster manager"
 #: Answered by every manager: 200 when healthy, 503 naming the problems (for load balancers and watchdogs).
 HEALTH_PATH = "/health"
@@ -174,10 +187,15 @@ class Manager:
         #: Kept-alive connections to the primary; the upstream is chosen per request, never per connection.
         self._pool = Pool()
         self._upstreams: dict[str, Upstream] = {}
-        self._forwarded_header = (FORWARDED.encode(), (config.advertise or "1").encode())
+        #: The highest term token seen (own terms and the leaders followed): what a forwarded claim is checked with.
+        self._seen_token = 0
         self._leader_changed = asyncio.Event()
         self._announced = False
         self._stopping = asyncio.Event()
+        #: The exchanges inside the handler (what a shutdown drains, and cuts at its end).
+        self._open: set[Exchange] = set()
+        self._none_open = asyncio.Event()
+        self._none_open.set()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- roles -------------------------------------------------------------------------------------------
@@ -249,6 +267,7 @@ class Manager:
 
     def _set_leader(self, leader: Leader | None) -> None:
         self._leader = leader
+        self._seen_token = max(self._seen_token, leader.token if leader is not None else 0, self.term_token())
         current = self.primary
         self._pool.keep_only(self._upstreams.get(current))  # connections to a deposed primary are dropped
         self._leader_changed.set()
@@ -319,6 +338,16 @@ class Manager:
 
     async def _handle(self, ex: Exchange) -> None:
         """Answer /_ping, /info and /health here; serve the rest as primary or forward it to the primary."""
+        self._open.add(ex)
+        self._none_open.clear()
+        try:
+            await self._dispatch(ex)
+        finally:
+            self._open.discard(ex)
+            if not self._open:
+                self._none_open.set()
+
+    async def _dispatch(self, ex: Exchange) -> None:
         version, path = docker_path(ex)
         if path in _LOCAL_PATHS:
             try:
@@ -337,39 +366,88 @@ class Manager:
             return await self.api.handle(ex, version, path)
         await self._forward(ex, version, path)
 
+    def _claim(self, ex: Exchange) -> int | None:
+        """The term a manager that forwarded ``ex`` here believed this manager to lead (:data:`FORWARDED`).
+
+        None when no manager forwarded it, or when the claim names a term newer than any this manager has seen
+        (not a manager's view: a client's own header), so it is routed as a client's request."""
+        raw = ex.header(FORWARDED)
+        if not raw:
+            return None
+        try:
+            claim = int(raw)
+        except ValueError:
+            return None
+        return claim if 0 <= claim <= self._seen_token else None
+
+    def _route(self, claim: int | None, dead: tuple[str, int] | None) -> tuple[str, int]:
+        """(address, term token) of the primary to send a request to now; ("", 0) while there is none to send
+        it to: none known, or a term not newer than ``claim`` (the term the request was already sent to), or
+        ``dead`` (the term whose primary refused the connection)."""
+        if self.is_primary:
+            term = self._candidate.term if self._candidate is not None else None
+            return self.config.advertise or "", term.token if term is not None else 0
+        leader = self._leader
+        target = self.primary
+        if not target or leader is None or (claim is not None and leader.token <= claim):
+            return "", 0
+        if (target, leader.token) == dead:
+            return "", 0
+        return target, leader.token
+
+    def _mark(self, ex: Exchange, token: int) -> None:
+        """Name the term ``ex`` is sent to in its :data:`FORWARDED` header (replacing any)."""
+        ex.headers[:] = [(n, v) for n, v in ex.headers if n.lower() != _FORWARDED_B] + [(_FORWARDED_B, b"%d" % token)]
+
     async def _forward(self, ex: Exchange, version: str | None, path: str) -> None:
+        """Send ``ex`` to the primary, waiting for one (see the module docstring); a stream :mod:`resume` knows
+        goes on on the next primary when the one serving it goes."""
         deadline = time.monotonic() + self.config.hold
-        dead: str | None = None
+        dead: tuple[str, int] | None = None
         retried = False
-        forwarded = bool(ex.header(FORWARDED))
-        ex.headers.append(self._forwarded_header)
+        claim = self._claim(ex)
+        cursor = resume.plan(ex, path)
+        fruitless = 0
         while True:
-            if self.is_primary:
+            if self.is_primary and not ex.started:
                 return await self.api.handle(ex, version, path)
-            target = "" if forwarded else self.primary
+            target, token = self._route(claim, dead)
             remaining = deadline - time.monotonic()
-            if not target or target == dead:
+            if not target:
                 if remaining <= 0 or self._stopping.is_set():
+                    if ex.started:
+                        raise ClientGone(f"no primary to resume the stream on within {self.config.hold:g}s")
                     return await ex.error(503, NO_PRIMARY)
                 await self._wait_leader_change(remaining)
                 continue
             up = self._upstream(target)
+            self._mark(ex, token)
+            timeout = max(0.5, min(3.0, remaining))
             try:
-                return await forward(ex, up, pool=self._pool, connect_timeout=max(0.5, min(3.0, remaining)))
+                if cursor is None:
+                    return await forward(ex, up, pool=self._pool, connect_timeout=timeout)
+                return await resume.relay(ex, up, cursor, connect_timeout=timeout)
+            except resume.StreamCut as e:
+                assert cursor is not None
+                fruitless = 0 if cursor.delivered else fruitless + 1
+                if fruitless > 2 or self._stopping.is_set():
+                    raise ClientGone(f"giving up the stream: {e}") from e
+                log.info("resuming %s %s on the next primary: %s", ex.method, path, e)
+                deadline, dead, claim = time.monotonic() + self.config.hold, (target, token), None
             except UpstreamUnreachable as e:
                 log.warning("primary %s unreachable: %s", target, e)
                 if self.metrics is not None:
                     self.metrics.upstream_error("unreachable")
-                dead = target
+                dead = (target, token)
             except UpstreamBroken as e:
                 if self.metrics is not None:
                     self.metrics.upstream_error("broken")
                 if ex.started:
                     return
-                if not e.retryable or retried:
+                if not (e.retryable or cursor is not None) or retried:
                     return await ex.error(502, f"swarmha: the primary {target} failed: {e}")
                 log.warning("primary %s failed, retrying with the next one: %s", target, e)
-                retried, dead = True, target
+                retried, dead = True, (target, token)
 
     def _upstream(self, target: str) -> Upstream:
         up = self._upstreams.get(target)
@@ -429,27 +507,37 @@ class Manager:
             await asyncio.to_thread(self._discovery.close)
 
     async def _drain(self, force: asyncio.Event | None) -> None:
-        """Let the open exchanges finish for at most ``drain_timeout`` (less if ``force`` is set)."""
+        """Let the open exchanges finish for at most ``drain_timeout`` (less if ``force`` is set), then cut the
+        rest, saying how many and of which kind."""
         timeout = self.config.drain_timeout
-        if self.server.in_flight:
+        if self._open:
             log.info(
                 "serving %d open request(s) until they end, for at most %s (--shutdown-timeout); "
                 "signal again to stop now",
-                self.server.in_flight,
+                len(self._open),
                 f"{timeout:g}s",
             )
-        drain = asyncio.ensure_future(self.server.drain(timeout))
-        if force is None:
-            await drain
-            return
-        forced = asyncio.ensure_future(force.wait())
-        await asyncio.wait([drain, forced], return_when=asyncio.FIRST_COMPLETED)
-        forced.cancel()
-        if not drain.done():
-            log.info("second signal: closing the open requests now")
-            drain.cancel()
-            await asyncio.gather(drain, return_exceptions=True)
-            await self.server.drain(0)
+        waits = {asyncio.ensure_future(self._none_open.wait())}
+        if force is not None:
+            waits.add(asyncio.ensure_future(force.wait()))
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        if self._open:
+            forced = force is not None and force.is_set()
+            why = "a second signal" if forced else f"--shutdown-timeout {timeout:g}s passed"
+            hijacked = sum(1 for ex in self._open if ex.upgrade)
+            others = sorted(f"{ex.method} {ex.path}" for ex in self._open if not ex.upgrade)
+            log.warning(
+                "%s: cutting %d open request(s): %d hijacked (attach/exec), %d other%s",
+                why,
+                len(self._open),
+                hijacked,
+                len(others),
+                f" ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})" if others else "",
+            )
+        await self.server.drain(0 if self._open else 1.0)
 
     async def run(self) -> None:
         """Start, serve until SIGINT/SIGTERM, then shut down gracefully (a second signal cuts the drain)."""
