@@ -305,10 +305,12 @@ def test_docker_ps_through_each_replica_never_fails_while_the_store_pauses_or_re
     replicas = [m for m in managers.all if m.role() == "Replica"]
     loops = PsLoops(replicas)
     took: dict[str, float] = {}
+    leaders: list[ManagerProc] = []
     try:
         loops.wait_more(3, "a few docker ps through each replica")
         for fault in ("pause", "restart"):
             leader = next(m for m in managers.all if m.role() == "Primary")
+            leaders.append(leader)
             began = time.monotonic()
             etcd.pause() if fault == "pause" else etcd.stop()
             try:
@@ -324,6 +326,17 @@ def test_docker_ps_through_each_replica_never_fails_while_the_store_pauses_or_re
         loops.stop()
     assert not loops.failed(), loops.failed()
     assert loops.slowest() > 2, "no docker ps was held across the outage: the test did not exercise it"
+    for leader in leaders:  # the step-down says why, and the outage is counted from the store's last answer
+        text = leader.logs()
+        assert re.search(r"Cluster leadership lost: renew deadline passed: the discovery store has not answered "
+                         r"since \S+Z \([\d.]+s ago; renew deadline 2\.\d+s\)", text), text  # fmt: skip
+    for m in managers.all:
+
+        def outages(m: ManagerProc = m) -> list[float]:
+            return [float(x) for x in re.findall(r"reachable again after ([\d.]+)s", m.logs())]
+
+        wait_for(lambda: len(outages()) == 2, 10, f"{m.addr} to see the store back twice")
+        assert all(outage <= x <= outage + 5 for x in outages()), (m.addr, outages())
     print(f"etcd paused, then restarted, {outage:g}s each, --replication-ttl {ttl:g}s: a primary "
           f"{took['pause']:.2f}s / {took['restart']:.2f}s after the store was back, {len(loops.results)} docker ps "
           f"through 2 replicas, none failed, slowest {loops.slowest():.1f}s")  # fmt: skip

@@ -61,6 +61,7 @@ from swarmha.manager.engine_list import FileEngines
 from swarmha.manager.forward import forward
 from swarmha.manager.http import ClientGone, Exchange, Server
 from swarmha.manager.info import cluster_info
+from swarmha.manager.leadership import SILENT, why_lost
 from swarmha.manager.reschedule import Watchdog
 from swarmha.manager.store_state import StoreState
 from swarmha.manager.tls import TLSConfig
@@ -246,19 +247,46 @@ class Manager:
         }
         return not problems, details
 
+    @property
+    def _probe_period(self) -> float:
+        return min(1.0, self.config.ttl / 3)
+
     async def _watch_store(self) -> None:
-        """Probe the store every ``min(1s, ttl/3)``: feeds :attr:`store` (one WARN when lost, one INFO when back)."""
+        """Probe the store every ``min(1s, ttl/3)``: feeds :attr:`store` (one WARN when lost, one INFO when back),
+        and notes how late the loop woke up (a process that was stopped or starved)."""
         assert self._discovery is not None and self.store is not None
-        period = min(1.0, self.config.ttl / 3)
+        period = self._probe_period
         while not self._stopping.is_set():
+            self.store.sending()
             try:
                 await asyncio.to_thread(self._discovery.get, LEADER_KEY)
             except DiscoveryError as e:
                 self.store.failed(e)
             else:
                 self.store.succeeded()
+            self.store.sleeping(period)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), period)
+            self.store.woke()
+
+    async def _say_lost(self) -> None:
+        """Log ``Cluster leadership lost: <why>`` (see :mod:`swarmha.manager.leadership`)."""
+        assert self._candidate is not None
+        store = self.store
+        if store is not None and store.reachable and store.waiting_for > SILENT:
+            # the probe in flight has not failed yet (the store's timeout is longer): say the store is gone first
+            store.failed(TimeoutError(f"a request has waited {store.waiting_for:.1f}s for an answer"))
+        why = await why_lost(
+            stopping=self._stopping.is_set(),
+            store=self.store,
+            discovery=self._discovery,
+            key=LEADER_KEY,
+            node=self.config.advertise or "",
+            renew_deadline=self._candidate.renew_deadline,
+            probe_period=self._probe_period,
+            stalled=self.store.stalled() if self.store is not None else 0.0,
+        )
+        log.info("Cluster leadership lost: %s", why)
 
     async def _wait_leader_change(self, timeout: float) -> None:
         event = self._leader_changed
@@ -277,10 +305,13 @@ class Manager:
         assert self._candidate is not None
         async for elected in self._candidate.run_for_election():
             self._announced = True
-            log.info("Cluster leadership acquired" if elected else "Cluster leadership lost")
+            self._set_leader(self._leader)  # wake waiters first: our role changed
             if self.metrics is not None:
                 self.metrics.leadership_changed(elected)
-            self._set_leader(self._leader)  # wake waiters: our role changed
+            if elected:
+                log.info("Cluster leadership acquired")
+            else:
+                await self._say_lost()
 
     async def _follow(self) -> None:
         assert self._follower is not None
@@ -288,7 +319,7 @@ class Manager:
             if leader is not None:
                 if not self._announced and leader.node != self.config.advertise:
                     self._announced = True
-                    log.info("Cluster leadership lost")  # Swarm's first word on a replica
+                    log.info("Cluster leadership lost: %s is the primary", leader.node)  # Swarm's first word
                 log.info("New leader elected: %s", leader.node)
             if self.metrics is not None:
                 self.metrics.primary_seen(leader is not None)
