@@ -124,9 +124,10 @@ def _numbers(lines: list[tuple[float, str]], pattern: str) -> list[int]:
 def test_logs_follow_and_events_through_a_replica_outlive_the_primary_that_served_them(
     managers: Managers, docker_engines: list[DockerEngine]
 ) -> None:
-    """The primary is SIGTERMed under a ``docker logs -f`` and a ``docker events`` relayed by the replica: they go
-    on on the old primary until its --shutdown-timeout (4 s here) cuts them, then the replica (the new primary)
-    resumes both from where they were: every line and every event exactly once, in order, no client error."""
+    """The primary is SIGTERMed under a ``docker logs -f``, a ``docker events``, a ``docker wait`` and a ``docker
+    attach`` relayed by the replica: they go on on the old primary until its --shutdown-timeout (4 s here) cuts
+    them (it logs how many, and which kind), then the replica (the new primary) resumes the first three from where
+    they were: every line and every event exactly once, in order, no client error; the attach ends there."""
     drain, after = 4.0, 10.0
     primary, replica = managers.start(2, "--shutdown-timeout", f"{drain:g}s")
     engine = docker_engines[0]
@@ -150,10 +151,18 @@ def test_logs_follow_and_events_through_a_replica_outlive_the_primary_that_serve
             stop_making.wait(0.3)
 
     maker = threading.Thread(target=make_events, daemon=True)
+    attach: Stream | None = None
+    waiter = ""
     try:
         wait_for(lambda: len(logs.lines) >= 3, 10, "the first log lines")
         maker.start()
         wait_for(lambda: len(events.lines) >= 2, 10, "the first events")
+        attach = Stream(_docker(replica, "attach", "--no-stdin", "--sig-proxy=false", cid_text))
+        wait_for(lambda: len(attach.lines) >= 2, 10, "the attach to stream")
+        waiter = docker_cli(f"tcp://{replica.addr}", "run", "-d", "--network", "none", IMAGE, "sh", "-c",
+                            "sleep 8; exit 3").stdout.strip()  # fmt: skip
+        waited = _docker(replica, "wait", waiter)
+        time.sleep(1)  # lets the wait request reach the primary; the resume count below checks it did
         primary.signal(signal.SIGTERM)
         handover = time.monotonic()
         wait_for(lambda: replica.role() == "Primary", 10, "the replica to take over", poll=0.01)
@@ -161,6 +170,11 @@ def test_logs_follow_and_events_through_a_replica_outlive_the_primary_that_serve
         assert primary.proc.wait(drain + 10) == 0
         exited = time.monotonic()
         assert exited - handover > drain - 1, "the old primary did not serve its open streams until the timeout"
+        wait_for(lambda: len(logs.lines) > 0 and logs.lines[-1][0] > exited + 1, 10, "log lines after the exit")
+        assert attach.lines[-1][0] < exited + 0.5, "the attach (hijacked) outlived the old primary"
+        out, err = waited.communicate(timeout=20)
+        assert (waited.returncode, out.strip(), err) == (0, "3", ""), (waited.returncode, out, err)
+        assert time.monotonic() > exited, "the wait ended before the old primary exited: not resumed"
         # both streams keep delivering after the old primary exited
         wait_for(lambda: time.monotonic() - exited > after, after + 5, f"{after:g} s after the exit", poll=0.1)
         stop_making.set()
@@ -176,8 +190,11 @@ def test_logs_follow_and_events_through_a_replica_outlive_the_primary_that_serve
         assert got == made, "an event lost, duplicated or reordered"
         assert late_logs and late_events, "a stream stopped delivering after the old primary exited"
         cut = primary.logs()
-        assert "--shutdown-timeout 4s passed: cutting 2 open request(s): 0 hijacked" in cut, cut
-        assert replica.logs().count("resuming GET ") == 2, replica.logs()
+        # the CLI's attach also waits for the container's exit (a wait of its own): 3 or 4 others
+        assert re.search(r"--shutdown-timeout 4s passed: cutting \d open request\(s\): 1 hijacked \(attach/exec\), "
+                         r"[34] other \(", cut), cut  # fmt: skip
+        resumed = replica.logs()
+        assert resumed.count("resuming GET ") == 2 and resumed.count("resuming POST ") >= 1, resumed
         print(f"graceful failover under two streams: handover {took * 1000:.0f} ms, old primary exited after "
               f"{exited - handover:.1f}s, streams followed {after:g}s more: {len(n)} log lines, {len(got)} events, "
               "none lost, repeated or reordered")  # fmt: skip
@@ -185,6 +202,10 @@ def test_logs_follow_and_events_through_a_replica_outlive_the_primary_that_serve
         stop_making.set()
         logs.stop()
         events.stop()
+        if attach is not None:
+            attach.stop()
+        if waiter:
+            docker_cli(f"tcp://{replica.addr}", "rm", "-f", waiter, check=False)
         docker_cli(engine.host, "rm", "-f", *made, check=False)
         docker_cli(f"tcp://{replica.addr}", "rm", "-f", cid_text, check=False)
 

@@ -368,9 +368,10 @@ async def _pump(ex: Exchange, chunks: Any, cursor: Cursor, up: Upstream) -> None
         try:
             data = await anext(chunks, None)
         except BROKEN as e:
+            why = "closed the connection mid-stream" if isinstance(e, asyncio.IncompleteReadError) else str(e)
             if cursor.resumable:
-                raise StreamCut(f"{up} broke the stream: {e or type(e).__name__}") from e
-            raise ClientGone(f"{up} broke during the response: {e or type(e).__name__}") from e
+                raise StreamCut(f"{up} broke the stream: {why or type(e).__name__}") from e
+            raise ClientGone(f"{up} broke during the response: {why or type(e).__name__}") from e
         if data is None:
             break
         out = cursor.feed(data)
