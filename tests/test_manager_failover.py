@@ -335,12 +335,12 @@ def test_docker_ps_through_each_replica_never_fails_while_the_store_pauses_or_re
             began = time.monotonic()
             etcd.pause() if fault == "pause" else etcd.stop()
             try:
-                wait_for(lambda m=leader: m.role() != "Primary", ttl, f"the primary to step down ({fault})", poll=0.05)
+                wait_for(lambda m=leader: m.role() != "Primary", outage, f"a step-down ({fault})", poll=0.05)
                 time.sleep(max(0.0, outage - (time.monotonic() - began)))  # the outage's length, not a verdict
             finally:
                 etcd.resume() if fault == "pause" else etcd.start()
             back = time.monotonic()
-            wait_for(lambda: sum(m.role() == "Primary" for m in managers.all) == 1, 10, f"a primary ({fault})")
+            wait_for(lambda: sum(m.role() == "Primary" for m in managers.all) == 1, 15, f"a primary ({fault})")
             took[fault] = time.monotonic() - back
             loops.wait_more(3, f"docker ps through each replica after the {fault}")
     finally:
