@@ -190,19 +190,20 @@ class _Logs(Cursor):
                 return b"", b""
             self.mux = buf[0] < 0x20  # a frame header's stream byte; a raw stream starts with its timestamp
         out = []
-        while buf:
+        pos, n = 0, len(buf)
+        while pos < n:  # offsets, not slices of the rest: a chunk of many small messages costs one pass
             if self.mux:
-                if len(buf) < 8:
+                if n - pos < 8:
                     break
-                size = int.from_bytes(buf[4:8], "big")
-                if len(buf) < 8 + size:
+                size = int.from_bytes(buf[pos + 4 : pos + 8], "big")
+                if n - pos < 8 + size:
                     break
-                kind, payload, buf = buf[:1], buf[8 : 8 + size], buf[8 + size :]
+                kind, payload, pos = buf[pos : pos + 1], buf[pos + 8 : pos + 8 + size], pos + 8 + size
             else:
-                end = buf.find(b"\n")
+                end = buf.find(b"\n", pos)
                 if end < 0:
                     break
-                kind, payload, buf = b"", buf[: end + 1], buf[end + 1 :]
+                kind, payload, pos = b"", buf[pos : end + 1], end + 1
             stamp, _, line = payload.partition(b" ")
             ts = stamp_ns(stamp)
             if ts is None:  # not stamped (not a log line the engine framed): delivered as it is
@@ -211,7 +212,7 @@ class _Logs(Cursor):
                 continue
             text = payload if self.stamped or ts < 0 else line
             out.append(kind + b"\0\0\0" + len(text).to_bytes(4, "big") + text if self.mux else text)
-        return b"".join(out), buf
+        return b"".join(out), buf[pos:]
 
     def _seen(self, ts: int, digest: bytes) -> bool:
         """True if this replayed message was delivered before; else remember it as delivered."""
