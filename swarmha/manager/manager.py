@@ -20,7 +20,8 @@ or, on a replica, forwarded per request to the current primary:
 * a forwarded request carries :data:`FORWARDED`, the fencing token of the term its sender saw the target lead.
   A manager that receives one and is not primary (a primary demoted while the request travelled, or stepped
   down during a store outage) sends it on, but only to a *newer* term: each hop goes to a later primary, so no
-  request circles between managers that disagree for a moment about who leads;
+  request circles between managers that disagree for a moment about who leads. A claim naming a term this
+  manager never led is no manager's view (a client wrote the header): the request is routed as a client's;
 * ``logs``, ``events``, ``stats`` and ``wait`` streams survive the primary that serves them:
   :mod:`swarmha.manager.resume` tells a cut from an end and resumes them on the next primary (this manager
   included) from where the client is.
@@ -188,8 +189,8 @@ class Manager:
         #: Kept-alive connections to the primary; the upstream is chosen per request, never per connection.
         self._pool = Pool()
         self._upstreams: dict[str, Upstream] = {}
-        #: The highest term token seen (own terms and the leaders followed): what a forwarded claim is checked with.
-        self._seen_token = 0
+        #: The tokens of the terms this manager led lately: a forwarded claim is believed only if it names one.
+        self._led: set[int] = set()
         self._leader_changed = asyncio.Event()
         self._announced = False
         self._stopping = asyncio.Event()
@@ -295,7 +296,13 @@ class Manager:
 
     def _set_leader(self, leader: Leader | None) -> None:
         self._leader = leader
-        self._seen_token = max(self._seen_token, leader.token if leader is not None else 0, self.term_token())
+        own = self._candidate.term if self._candidate is not None else None
+        mine = leader is not None and leader.node == self.config.advertise  # our own key, as the store shows it
+        for token in (own.token if own is not None else 0, leader.token if leader is not None and mine else 0):
+            if token:
+                self._led.add(token)
+                if len(self._led) > 64:
+                    self._led.discard(min(self._led))
         current = self.primary
         self._pool.keep_only(self._upstreams.get(current))  # connections to a deposed primary are dropped
         self._leader_changed.set()
@@ -400,8 +407,9 @@ class Manager:
     def _claim(self, ex: Exchange) -> int | None:
         """The term a manager that forwarded ``ex`` here believed this manager to lead (:data:`FORWARDED`).
 
-        None when no manager forwarded it, or when the claim names a term newer than any this manager has seen
-        (not a manager's view: a client's own header), so it is routed as a client's request."""
+        None when no manager forwarded it, or when the claim names a term this manager did not lead (not a
+        manager's view, which names the term of the key it read: a client's own header), so it is routed as a
+        client's request."""
         raw = ex.header(FORWARDED)
         if not raw:
             return None
@@ -409,7 +417,7 @@ class Manager:
             claim = int(raw)
         except ValueError:
             return None
-        return claim if 0 <= claim <= self._seen_token else None
+        return claim if claim in self._led else None
 
     def _route(self, claim: int | None, dead: tuple[str, int] | None) -> tuple[str, int]:
         """(address, term token) of the primary to send a request to now; ("", 0) while there is none to send
