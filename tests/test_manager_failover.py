@@ -291,26 +291,40 @@ class PsLoops:
         return max(r[1] for r in self.results)
 
 
-def test_docker_ps_through_a_replica_never_fails_while_the_primary_is_killed(managers: Managers) -> None:
+def test_docker_ps_and_logs_follow_through_a_replica_never_fail_while_the_primary_is_killed(
+    managers: Managers,
+) -> None:
+    """SIGKILL of the primary: each ``docker ps`` through a replica is held until the next primary, and a ``docker
+    logs -f`` through it is resumed there, every line once, in order."""
     primary, *replicas = managers.start(3, "--replication-ttl", "4s")
+    replica = replicas[0]
+    run = docker_cli(f"tcp://{replica.addr}", "run", "-d", "--network", "none", IMAGE, "sh", "-c", LOOP)
+    cid = run.stdout.strip()
+    logs = Stream(_docker(replica, "logs", "-f", cid))
     loops = PsLoops(replicas[:1])
     try:
-        wait_for(lambda: len(loops.results) >= 3, 20, "a few docker ps")
+        wait_for(lambda: len(loops.results) >= 3 and len(logs.lines) >= 3, 20, "a few docker ps and log lines")
         primary.signal(signal.SIGKILL)
         killed = time.monotonic()
         primary.proc.wait(10)
         wait_for(lambda: any(m.role() == "Primary" for m in replicas), 15, "a new primary")
         elected = time.monotonic() - killed
         loops.wait_more(3, "docker ps served by the new primary")
+        wait_for(lambda: logs.lines[-1][0] > killed + elected + 2, 15, "log lines from the new primary")
     finally:
         loops.stop()
+        logs_err = logs.stop()
+        docker_cli(f"tcp://{replica.addr}", "rm", "-f", cid, check=False)
     results = loops.results
     assert not loops.failed(), loops.failed()
     slowest = loops.slowest()
     assert slowest > 1, "no docker ps was held across the failover: the test did not exercise it"
     assert slowest < 4 + 2 + 2, f"a docker ps took {slowest:.1f}s: held longer than the TTL + one election"
+    assert logs_err == "", logs_err
+    n = _numbers(logs.lines, r"line (\d+)")
+    assert n == list(range(len(n))), "a log line lost, duplicated or reordered"
     print(f"crash failover with --replication-ttl 4s: new primary after {elected:.1f}s, "
-          f"{len(results)} docker ps, none failed, slowest {slowest:.1f}s")  # fmt: skip
+          f"{len(results)} docker ps, none failed, slowest {slowest:.1f}s; logs -f: {len(n)} lines")  # fmt: skip
 
 
 def test_docker_ps_through_each_replica_never_fails_while_the_store_pauses_or_restarts(

@@ -45,7 +45,7 @@ from typing import Any
 
 from swarmha.manager.api._docker import replace_query
 from swarmha.manager.http import ClientGone, Exchange
-from swarmha.manager.upstream import BROKEN, HOP, Upstream, UpstreamBroken, stream
+from swarmha.manager.upstream import BROKEN, HOP, Streamed, Upstream, UpstreamBroken, stream
 
 __all__ = ["EVENTS_KEPT", "KEPT", "Cursor", "StreamCut", "plan", "relay"]
 
@@ -335,33 +335,43 @@ async def relay(ex: Exchange, up: Upstream, cursor: Cursor, *, connect_timeout: 
     """One attempt of a resumable stream on ``up``: the first (the client's response starts with its head) or a
     resume (``ex.started``: the body goes on).
 
-    Raises :class:`~swarmha.manager.upstream.UpstreamUnreachable` / ``UpstreamBroken`` when ``up`` fails before
-    answering (or answers a resume with another status: ``retryable`` False), :class:`StreamCut` when it breaks a
-    resumable stream mid-body, ``ClientGone`` when the client leaves (or a stream that cannot be resumed breaks).
+    Raises :class:`~swarmha.manager.upstream.UpstreamUnreachable` when ``up`` cannot be reached, ``UpstreamBroken``
+    when it fails before answering the first attempt, :class:`StreamCut` when it breaks a resumable stream
+    mid-body or fails before answering a resume, ``ClientGone`` when the client leaves, a stream that cannot be
+    resumed breaks, or a resume is answered with another status than the first attempt (the stream is given up).
     """
     first = not ex.started
     target = cursor.target() if first else cursor.resume_target()
-    async with stream(up, ex.method, target, headers=ex.headers, connect_timeout=connect_timeout) as r:
-        chunked = r.header("transfer-encoding").lower() == "chunked"
+    try:
+        async with stream(up, ex.method, target, headers=ex.headers, connect_timeout=connect_timeout) as r:
+            await _relay(ex, r, up, cursor, first)
+    except UpstreamBroken as e:  # before the head
         if first:
-            await ex.start(r.status, cursor.begin(r.status, r.headers))
-        elif r.status != cursor.status or not chunked:
-            raise UpstreamBroken(f"{up} answered {r.status} to the resumed stream", False)
-        pump = asyncio.ensure_future(_pump(ex, r.chunks(), cursor, up))
-        gone = asyncio.ensure_future(ex.client_closed())
-        try:
-            await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (pump, gone):
-                if not task.done():
-                    task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gone
-        if not pump.done():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
-            raise ClientGone("client closed the connection during a streamed response")
-        pump.result()
+            raise
+        raise StreamCut(f"{up} failed before answering the resumed stream: {e}") from e
+
+
+async def _relay(ex: Exchange, r: Streamed, up: Upstream, cursor: Cursor, first: bool) -> None:
+    chunked = r.header("transfer-encoding").lower() == "chunked"
+    if first:
+        await ex.start(r.status, cursor.begin(r.status, r.headers))
+    elif r.status != cursor.status or not chunked:
+        raise ClientGone(f"{up} answered {r.status} to the resumed stream: giving it up")
+    pump = asyncio.ensure_future(_pump(ex, r.chunks(), cursor, up))
+    gone = asyncio.ensure_future(ex.client_closed())
+    try:
+        await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pump, gone):
+            if not task.done():
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+    if not pump.done():
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pump
+        raise ClientGone("client closed the connection during a streamed response")
+    pump.result()
 
 
 async def _pump(ex: Exchange, chunks: Any, cursor: Cursor, up: Upstream) -> None:
