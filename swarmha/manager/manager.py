@@ -423,9 +423,10 @@ class Manager:
         """(address, term token) of the primary to send a request to now; ("", 0) while there is none to send
         it to: none known, or a term not newer than ``claim`` (the term the request was already sent to), or
         ``dead`` (the term whose primary refused the connection)."""
-        if self.is_primary:
+        if self.is_primary:  # a stream resumed on this manager: through its own listener
             term = self._candidate.term if self._candidate is not None else None
-            return self.config.advertise or "", term.token if term is not None else 0
+            own = (self.config.advertise or "", term.token if term is not None else 0)
+            return ("", 0) if own == dead else own
         leader = self._leader
         target = self.primary
         if not target or leader is None or (claim is not None and leader.token <= claim):
