@@ -13,8 +13,8 @@ How each stream is resumed, exactly:
   them), so every message carries the engine's nanosecond timestamp. A resume asks ``since`` the oldest
   timestamp among the last :data:`KEPT` messages delivered, ``tail=all``; the engine replays from its log file
   in file order, and each replayed message that is one of those kept (same stream, same bytes, counted per
-  copy) is dropped. Nothing delivered yet: the client's own query again (``tail=0``: ``since`` the stream's
-  start instead).
+  copy) is dropped. Nothing delivered yet: the whole log again if the client asked all of it, else ``since``
+  the stream's start (this manager's clock).
 * **events**: each event is known by (``node.Addr``, ``timeNano``, type, action, actor); a resume asks ``since``
   the oldest ``timeNano`` kept; the new primary replays what each engine still buffers (Docker keeps 256
   events) and replayed events already delivered are dropped (the last :data:`EVENTS_KEPT` per node are kept,
@@ -106,7 +106,8 @@ class Cursor:
         self.status = 0
         #: Whether the stream can be resumed (a chunked 200 answer: its end is told from a cut).
         self.resumable = False
-        #: Messages delivered since the last (re)start: a resume that delivers nothing twice in a row gives up.
+        #: Messages delivered since the last (re)start (the manager gives a stream up after three resumes in a
+        #: row that deliver nothing).
         self.delivered = 0
         self._buf = b""
 
@@ -173,11 +174,11 @@ class _Logs(Cursor):
         return replace_query(self.query, timestamps="1")
 
     def next_query(self) -> str:
-        if not self.kept:
-            if self.tail.strip() == "0":
-                since = max(self.began_ns, _query_ns(dict(_pairs(self.query)).get("since", "")) or 0)
-                return replace_query(self.query, timestamps="1", tail="all", since=unix_ns(since))
-            return self.first_query()
+        if not self.kept:  # nothing delivered yet: all of it again, or (a tail asked) what came since the start
+            if self.tail.strip().lower() in ("", "all", "-1"):
+                return self.first_query()
+            since = max(self.began_ns, _query_ns(dict(_pairs(self.query)).get("since", "")) or 0)
+            return replace_query(self.query, timestamps="1", tail="all", since=unix_ns(since))
         since = min(ts for ts, _ in self.kept)
         self._expect = collections.Counter(d for _, d in self.kept)
         ts, count = self._last_evicted
