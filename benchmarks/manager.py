@@ -16,7 +16,10 @@ replica). Then, side by side in one run (targets interleaved in blocks, so load 
   difference of the client-side arrival times;
 * failover: a client sends ``/containers/json`` to the replica back to back while the primary gets SIGTERM
   (graceful) or SIGKILL (crash); per round, the time until the replica answers ``/info`` as Primary, the
-  failed requests and the longest request (the stall). The stopped manager comes back as a replica.
+  failed requests and the longest request (the stall). The stopped manager comes back as a replica. Then the
+  store pause: the same pair over a one-member etcd, SIGSTOPped for 1.5 x ttl (past the primary's renew
+  deadline, within the replica's wait); the time from SIGCONT to a primary, and what the client saw
+  (:mod:`benchmarks.manager_failover`).
 
 The load generator is a small blocking-socket HTTP/1.1 client in this process (threads for concurrency 8),
 so every target pays the same client cost. Prints the tables and writes them to ``--out`` with the command,
@@ -26,29 +29,27 @@ the machine and the load (``uptime``) before and after.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 
-import swarmha
 from benchmarks.core import machine, percentiles
+from benchmarks.loadgen import Conn, HTTPError
+from benchmarks.manager_failover import Failover, Managers, failover, store_pause
 from benchmarks.support import uptime, wait
 from tests.support.dockerd import IMAGE, DockerEngine, busybox_tar, missing, start_engine, stop_engine
-from tests.support.manager import ManagerProc
 from tests.support.net import free_port
 from tests.support.procs import stop_group
+from tests.support.servers import Cluster, etcd_cluster
 
 __all__ = ["main"]
 
@@ -56,78 +57,6 @@ PATHS = ("/_ping", "/v1.41/containers/json")
 
 
 # -- a small HTTP/1.1 client: the same cost in front of every target ------------------------------------------
-
-
-class HTTPError(Exception):
-    """The target answered something unusable or the connection broke."""
-
-
-class Conn:
-    """One keep-alive HTTP/1.1 connection (blocking socket, TCP_NODELAY)."""
-
-    def __init__(self, addr: str, timeout: float = 10.0) -> None:
-        host, _, port = addr.rpartition(":")
-        self.addr = addr
-        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-    def _fill(self) -> None:
-        data = self.sock.recv(65536)
-        if not data:
-            raise HTTPError("connection closed")
-        self.buf += data
-
-    def _take(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self._fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def _line(self) -> bytes:
-        while (i := self.buf.find(b"\r\n")) < 0:
-            self._fill()
-        out, self.buf = self.buf[:i], self.buf[i + 2 :]
-        return out
-
-    def head(self, method: str, path: str) -> tuple[int, dict[str, str]]:
-        """Send a body-less request; read the status line and headers."""
-        self.sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {self.addr}\r\nUser-Agent: bench\r\n\r\n".encode())
-        while (i := self.buf.find(b"\r\n\r\n")) < 0:
-            self._fill()
-        raw, self.buf = self.buf[:i], self.buf[i + 4 :]
-        lines = raw.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return status, headers
-
-    def chunks(self, headers: dict[str, str]) -> Iterator[bytes]:
-        """The response body as it arrives (chunked or Content-Length)."""
-        if "chunked" in headers.get("transfer-encoding", ""):
-            while True:
-                size = int(self._line().split(b";")[0], 16)
-                if size == 0:
-                    self._line()
-                    return
-                yield self._take(size)
-                self._line()
-        length = int(headers.get("content-length", "0"))
-        if length:
-            yield self._take(length)
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        status, headers = self.head("GET", path)
-        body = b"".join(self.chunks(headers))
-        if headers.get("connection", "").lower() == "close":
-            raise HTTPError("the server closed the connection")
-        return status, body
 
 
 def latency(addr: str, path: str, n: int) -> list[float]:
@@ -250,49 +179,6 @@ def answers(addr: str, path: str = "/_ping") -> bool:
         conn.close()
 
 
-class Managers:
-    """A primary and a replica over one sqlite file, and the means to replace a stopped one."""
-
-    def __init__(self, engine: str, directory: Path, ttl: str) -> None:
-        self.dir = directory
-        self.url = f"sqlite://{directory}/swarmha.db"
-        self.ttl = ttl
-        self.discovery = swarmha.connect(self.url)
-        self.session = self.discovery.session(3600)
-        self.discovery.put(f"docker/swarm/nodes/{engine}", engine, self.session)
-        self.all: list[ManagerProc] = []
-        self.primary = self._start()
-        wait(lambda: self.primary.role() == "Primary", 30, "a primary")
-        self.replica = self._start()
-        self._ready(self.replica, self.primary)
-
-    def _start(self) -> ManagerProc:
-        m = ManagerProc(self.url, self.dir, "--replication-ttl", self.ttl, "--engine-refresh", "5s")
-        self.all.append(m)
-        return m
-
-    def _ready(self, replica: ManagerProc, primary: ManagerProc) -> None:
-        def ok() -> bool:
-            s = replica.status()
-            return s.get("Primary") == primary.addr and s.get("Nodes") == "1" and s.get("Role") == "Replica"
-
-        wait(ok, 30, "the replica to see the primary and the engine")
-        wait(lambda: primary.get("/v1.41/containers/json")[0] == 200, 30, "the primary to serve")
-
-    def replace_primary(self) -> None:
-        """The old replica is the primary now; start a new replica in place of the stopped manager."""
-        self.primary, self.replica = self.replica, self._start()
-        self._ready(self.replica, self.primary)
-
-    def close(self) -> None:
-        for m in self.all:
-            with contextlib.suppress(Exception):
-                m.stop()
-        with contextlib.suppress(Exception):
-            self.session.close()
-        self.discovery.close()
-
-
 # -- measurements -------------------------------------------------------------------------------------------------
 
 
@@ -395,53 +281,6 @@ def logs_latency(engine: DockerEngine, replica: str, lines: int, period: float) 
     return [via[i] - direct[i] for i in both[:lines]]
 
 
-@attrs.frozen
-class Failover:
-    took: float  # signal -> the old replica answers /info as Primary
-    failed: int  # requests of the hammering client that did not get 200
-    stall: float  # the longest request of the hammering client around the switch
-    requests: int
-
-
-def failover(managers: Managers, sig: signal.Signals, timeout: float) -> Failover:
-    """Hammer the replica with /containers/json; stop the primary with ``sig``; see what the client saw."""
-    replica, primary = managers.replica, managers.primary
-    durations: list[float] = []
-    failed = [0]
-    stop = threading.Event()
-
-    def hammer() -> None:
-        conn: Conn | None = None
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                if conn is None:
-                    conn = Conn(replica.addr, timeout=timeout)
-                status, _ = conn.get("/v1.41/containers/json")
-                if status != 200:
-                    failed[0] += 1
-            except (OSError, HTTPError):
-                failed[0] += 1
-                if conn is not None:
-                    conn.close()
-                conn = None
-            durations.append(time.perf_counter() - t0)
-        if conn is not None:
-            conn.close()
-
-    thread = threading.Thread(target=hammer, daemon=True)
-    thread.start()
-    time.sleep(0.3)
-    primary.signal(sig)
-    took = wait(lambda: replica.role() == "Primary", timeout, "the replica to take over", poll=0.002)
-    time.sleep(0.3)
-    stop.set()
-    thread.join(timeout)
-    primary.proc.wait(20)
-    managers.replace_primary()
-    return Failover(took, failed[0], max(durations), len(durations))
-
-
 # -- the report -------------------------------------------------------------------------------------------------
 
 
@@ -510,6 +349,7 @@ def report(
             "longest request p50 ms | longest request max ms |",
             "|" + "---|" * 7,
         ]
+        notes = [k for k in fail if k.startswith("store pause")]
         for kind, runs in fail.items():
             took = percentiles([r.took for r in runs])
             stall = percentiles([r.stall for r in runs])
@@ -517,6 +357,13 @@ def report(
                 f"| {kind} | {len(runs)} | {_ms(took['p50'])} | {_ms(took['max'])} | {sum(r.failed for r in runs)} "
                 f"of {sum(r.requests for r in runs)} | {_ms(stall['p50'])} | {_ms(stall['max'])} |"
             )
+        if notes:
+            out += [
+                "",
+                "Store pause: the same two managers over a one-member etcd, SIGSTOPped past the primary's renew "
+                "deadline (it steps down) and within the replica's wait (ttl + 2 s); takeover counts from SIGCONT to "
+                "a primary, the longest request includes the pause.",
+            ]
     out += ["", "### Targets, from the figures above", ""]
     out += ["| goal | measured | met |", "|---|---|---|"]
     out += _goals(lat, tput, logs, fail)
@@ -549,6 +396,10 @@ def _goals(
     if logs:
         worst = percentiles(logs)["p99"]
         row("a `logs -f` line through a replica within 10 ms of the engine (p99)", f"{_ms(worst)} ms", worst <= 0.010)
+    for kind, runs in fail.items():
+        if kind.startswith("store pause"):
+            failed = sum(r.failed for r in runs)
+            row("no failed request through a replica across a store pause", f"{failed} failed", failed == 0)
     graceful = fail.get("graceful (SIGTERM)")
     if graceful:
         took = percentiles([r.took for r in graceful])["p50"]
@@ -568,12 +419,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-lines", type=int, default=100, help="logs -f lines compared (default 100)")
     parser.add_argument("--failovers", type=int, default=10, help="graceful failover rounds (default 10)")
     parser.add_argument("--crashes", type=int, default=3, help="crash failover rounds (default 3)")
+    parser.add_argument("--store-pauses", type=int, default=3, help="etcd pause rounds (default 3)")
     parser.add_argument("--ttl", default="2s", help="--replication-ttl of the managers (default 2s)")
     parser.add_argument("--out", default="docs/benchmarks-manager.md", help="where to write the markdown")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.block, args.seconds, args.repeats = 3, 50, 0.5, 1
-        args.log_lines, args.failovers, args.crashes = 20, 2, 1
+        args.log_lines, args.failovers, args.crashes, args.store_pauses = 20, 2, 1, 1
     reason = missing()
     if reason:
         sys.exit(f"benchmarks.manager: cannot run: {reason}")
@@ -586,6 +438,8 @@ def main(argv: list[str] | None = None) -> None:
     engine = start_engine(0)
     nginx: Nginx | None = None
     managers: Managers | None = None
+    etcd: Cluster | None = None
+    on_etcd: Managers | None = None
     try:
         engine.docker("import", str(busybox_tar(tmp)), IMAGE)
         parts = f"one dockerd ({_version(engine)}), nginx {_nginx_version()}"
@@ -617,9 +471,22 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(args.crashes):
             print(f"crash failover {i + 1}/{args.crashes} ...", flush=True)
             fail["crash (SIGKILL)"].append(failover(managers, signal.SIGKILL, ttl + 10))
-    finally:
-        if managers is not None:
+        if args.store_pauses:
             managers.close()
+            managers = None
+            etcd = etcd_cluster(tmp / "etcd", 1)
+            on_etcd = Managers(engine.addr, tmp, args.ttl, url=f"etcd://{etcd.hosts}/bench?timeout=2")
+            kind = f"store pause (etcd SIGSTOP {1.5 * ttl:g} s)"
+            fail[kind] = []
+            for i in range(args.store_pauses):
+                print(f"store pause {i + 1}/{args.store_pauses} ...", flush=True)
+                fail[kind].append(store_pause(on_etcd, etcd, 1.5 * ttl, ttl + 10))
+    finally:
+        for group in (managers, on_etcd):
+            if group is not None:
+                group.close()
+        if etcd is not None:
+            etcd.close()
         if nginx is not None:
             nginx.stop()
         stop_engine(engine)

@@ -22,6 +22,7 @@ from tests.support.docker_engines import IMAGE, DockerEngine, docker_cli, docker
 from tests.support.helpers import wait_for
 from tests.support.manager import ManagerProc
 from tests.support.stores import StoreFixture
+from tests.support.stores.cluster import ClusterStore
 
 __all__ = ["docker_engines", "registry"]  # the session fixtures, imported so pytest finds them
 
@@ -120,10 +121,15 @@ def _numbers(lines: list[tuple[float, str]], pattern: str) -> list[int]:
     return out
 
 
-def test_logs_follow_and_events_through_a_replica_go_on_across_a_graceful_failover(
+def test_logs_follow_and_events_through_a_replica_outlive_the_primary_that_served_them(
     managers: Managers, docker_engines: list[DockerEngine]
 ) -> None:
-    primary, replica = managers.start(2)  # the default --shutdown-timeout (30s) lets open streams go on
+    """The primary is SIGTERMed under a ``docker logs -f``, a ``docker events``, a ``docker wait`` and a ``docker
+    attach`` relayed by the replica: they go on on the old primary until its --shutdown-timeout (4 s here) cuts
+    them (it logs how many, and which kind), then the replica (the new primary) resumes the first three from where
+    they were: every line and every event exactly once, in order, no client error; the attach ends there."""
+    drain, after = 4.0, 10.0
+    primary, replica = managers.start(2, "--shutdown-timeout", f"{drain:g}s")
     engine = docker_engines[0]
     cid = docker_cli(f"tcp://{replica.addr}", "run", "-d", "--network", "none", IMAGE, "sh", "-c", LOOP)
     cid_text = cid.stdout.strip()
@@ -142,40 +148,64 @@ def test_logs_follow_and_events_through_a_replica_go_on_across_a_graceful_failov
             engine.docker("create", "--name", name, "--network", "none", IMAGE, "true")
             made.append(name)
             i += 1
-            stop_making.wait(0.4)
+            stop_making.wait(0.3)
 
     maker = threading.Thread(target=make_events, daemon=True)
+    attach: Stream | None = None
+    waiter = ""
     try:
         wait_for(lambda: len(logs.lines) >= 3, 10, "the first log lines")
         maker.start()
         wait_for(lambda: len(events.lines) >= 2, 10, "the first events")
+        attach = Stream(_docker(replica, "attach", "--no-stdin", "--sig-proxy=false", cid_text))
+        wait_for(lambda: len(attach.lines) >= 2, 10, "the attach to stream")
+        waiter = docker_cli(f"tcp://{replica.addr}", "run", "-d", "--network", "none", IMAGE, "sh", "-c",
+                            "sleep 8; exit 3").stdout.strip()  # fmt: skip
+        waited = _docker(replica, "wait", waiter)
+        time.sleep(1)  # lets the wait request reach the primary; the resume count below checks it did
         primary.signal(signal.SIGTERM)
         handover = time.monotonic()
         wait_for(lambda: replica.role() == "Primary", 10, "the replica to take over", poll=0.01)
         took = time.monotonic() - handover
-        # both streams keep delivering for 12 s after the handover
-        wait_for(lambda: time.monotonic() - handover > 12, 15, "12 s after the handover", poll=0.1)
-        assert primary.proc.poll() is None, "the old primary should still be serving the streams it has open"
+        assert primary.proc.wait(drain + 10) == 0
+        exited = time.monotonic()
+        assert exited - handover > drain - 1, "the old primary did not serve its open streams until the timeout"
+        wait_for(lambda: len(logs.lines) > 0 and logs.lines[-1][0] > exited + 1, 10, "log lines after the exit")
+        assert attach.lines[-1][0] < exited + 0.5, "the attach (hijacked) outlived the old primary"
+        out, err = waited.communicate(timeout=20)
+        assert (waited.returncode, out.strip(), err) == (0, "3", ""), (waited.returncode, out, err)
+        assert time.monotonic() > exited, "the wait ended before the old primary exited: not resumed"
+        # both streams keep delivering after the old primary exited
+        wait_for(lambda: time.monotonic() - exited > after, after + 5, f"{after:g} s after the exit", poll=0.1)
         stop_making.set()
         maker.join(30)
         wait_for(lambda: len(events.lines) >= len(made), 10, "every event made to arrive")
-        late_logs = [t for t, _ in logs.lines if t > handover + 10]
-        late_events = [t for t, _ in events.lines if t > handover + 10]
+        late_logs = [t for t, _ in logs.lines if t > exited + after - 2]
+        late_events = [t for t, _ in events.lines if t > exited + after - 2]
         logs_err, events_err = logs.stop(), events.stop()
         assert logs_err == "" and events_err == "", (logs_err, events_err)
         n = _numbers(logs.lines, r"line (\d+)")
-        assert n == list(range(len(n))), "a log line lost or duplicated"
+        assert n == list(range(len(n))), "a log line lost, duplicated or reordered"
         got = [name for _, name in events.lines if name.startswith("evt-")]
-        assert got == made, "an event lost or duplicated"
-        assert late_logs and late_events, "a stream stopped delivering before 10 s after the handover"
-        # with its streams closed by their clients, the old primary exits cleanly
-        assert primary.proc.wait(30) == 0
-        print(f"graceful failover under two streams: handover {took * 1000:.0f} ms, {len(n)} log lines, "
-              f"{len(got)} events, none lost or duplicated")  # fmt: skip
+        assert got == made, "an event lost, duplicated or reordered"
+        assert late_logs and late_events, "a stream stopped delivering after the old primary exited"
+        cut = primary.logs()
+        # the CLI's attach also waits for the container's exit (a wait of its own): 3 or 4 others
+        assert re.search(r"--shutdown-timeout 4s passed: cutting \d open request\(s\): 1 hijacked \(attach/exec\), "
+                         r"[34] other \(", cut), cut  # fmt: skip
+        resumed = replica.logs()
+        assert resumed.count("resuming GET ") == 2 and resumed.count("resuming POST ") >= 1, resumed
+        print(f"graceful failover under two streams: handover {took * 1000:.0f} ms, old primary exited after "
+              f"{exited - handover:.1f}s, streams followed {after:g}s more: {len(n)} log lines, {len(got)} events, "
+              "none lost, repeated or reordered")  # fmt: skip
     finally:
         stop_making.set()
         logs.stop()
         events.stop()
+        if attach is not None:
+            attach.stop()
+        if waiter:
+            docker_cli(f"tcp://{replica.addr}", "rm", "-f", waiter, check=False)
         docker_cli(engine.host, "rm", "-f", *made, check=False)
         docker_cli(f"tcp://{replica.addr}", "rm", "-f", cid_text, check=False)
 
@@ -223,36 +253,125 @@ def test_exec_and_attach_through_a_replica_go_on_across_a_graceful_failover(mana
     assert primary.proc.wait(30) == 0  # its last streams closed, the old primary exits cleanly
 
 
-def test_docker_ps_through_a_replica_never_fails_while_the_primary_is_killed(managers: Managers) -> None:
+class PsLoops:
+    """``docker ps`` through each of ``managers``, back to back on a thread each; ``results``: (manager, seconds,
+    exit status, stderr) per request."""
+
+    def __init__(self, managers: list[ManagerProc]) -> None:
+        self.results: list[tuple[str, float, int, str]] = []
+        self._addrs = [m.addr for m in managers]
+        self._done = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(m,), daemon=True) for m in managers]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self, m: ManagerProc) -> None:
+        while not self._done.is_set() and len(self.results) < 4000:
+            began = time.monotonic()
+            r = docker_cli(f"tcp://{m.addr}", "ps", "-q", check=False, timeout=30)
+            self.results.append((m.addr, time.monotonic() - began, r.returncode, r.stderr.strip()))
+
+    def wait_more(self, n: int, what: str) -> None:
+        """Wait until ``n`` more requests through every manager have ended."""
+        base = {a: self._count(a) for a in self._addrs}
+        wait_for(lambda: all(self._count(a) >= base[a] + n for a in base), 30, what)
+
+    def _count(self, addr: str) -> int:
+        return sum(1 for r in self.results if r[0] == addr)
+
+    def stop(self) -> None:
+        self._done.set()
+        for t in self._threads:
+            t.join(40)
+
+    def failed(self) -> list[tuple[str, float, int, str]]:
+        return [r for r in self.results if r[2] != 0]
+
+    def slowest(self) -> float:
+        return max(r[1] for r in self.results)
+
+
+def test_docker_ps_and_logs_follow_through_a_replica_never_fail_while_the_primary_is_killed(
+    managers: Managers,
+) -> None:
+    """SIGKILL of the primary: each ``docker ps`` through a replica is held until the next primary, and a ``docker
+    logs -f`` through it is resumed there, every line once, in order."""
     primary, *replicas = managers.start(3, "--replication-ttl", "4s")
     replica = replicas[0]
-    results: list[tuple[float, int, str]] = []
-    done = threading.Event()
-
-    def loop() -> None:
-        while not done.is_set() and len(results) < 2000:
-            began = time.monotonic()
-            r = docker_cli(f"tcp://{replica.addr}", "ps", "-q", check=False, timeout=30)
-            results.append((time.monotonic() - began, r.returncode, r.stderr.strip()))
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
+    run = docker_cli(f"tcp://{replica.addr}", "run", "-d", "--network", "none", IMAGE, "sh", "-c", LOOP)
+    cid = run.stdout.strip()
+    logs = Stream(_docker(replica, "logs", "-f", cid))
+    loops = PsLoops(replicas[:1])
     try:
-        wait_for(lambda: len(results) >= 3, 20, "a few docker ps")
+        wait_for(lambda: len(loops.results) >= 3 and len(logs.lines) >= 3, 20, "a few docker ps and log lines")
         primary.signal(signal.SIGKILL)
         killed = time.monotonic()
         primary.proc.wait(10)
         wait_for(lambda: any(m.role() == "Primary" for m in replicas), 15, "a new primary")
         elected = time.monotonic() - killed
-        n = len(results)
-        wait_for(lambda: len(results) >= n + 3, 20, "docker ps served by the new primary")
+        loops.wait_more(3, "docker ps served by the new primary")
+        wait_for(lambda: logs.lines[-1][0] > killed + elected + 2, 15, "log lines from the new primary")
     finally:
-        done.set()
-        t.join(40)
-    failed = [r for r in results if r[1] != 0]
-    assert not failed, failed
-    slowest = max(r[0] for r in results)
+        loops.stop()
+        logs_err = logs.stop()
+        docker_cli(f"tcp://{replica.addr}", "rm", "-f", cid, check=False)
+    results = loops.results
+    assert not loops.failed(), loops.failed()
+    slowest = loops.slowest()
     assert slowest > 1, "no docker ps was held across the failover: the test did not exercise it"
     assert slowest < 4 + 2 + 2, f"a docker ps took {slowest:.1f}s: held longer than the TTL + one election"
+    assert logs_err == "", logs_err
+    n = _numbers(logs.lines, r"line (\d+)")
+    assert n == list(range(len(n))), "a log line lost, duplicated or reordered"
     print(f"crash failover with --replication-ttl 4s: new primary after {elected:.1f}s, "
-          f"{len(results)} docker ps, none failed, slowest {slowest:.1f}s")  # fmt: skip
+          f"{len(results)} docker ps, none failed, slowest {slowest:.1f}s; logs -f: {len(n)} lines")  # fmt: skip
+
+
+def test_docker_ps_through_each_replica_never_fails_while_the_store_pauses_or_restarts(
+    managers: Managers, stores: dict[str, StoreFixture]
+) -> None:
+    """etcd SIGSTOPped, then killed and restarted, each time for 5 s: longer than the primary's renew deadline (it
+    steps down: requests wait for the next primary), shorter than the replicas' wait (ttl + 2 s = 6 s). Requests
+    held meanwhile go to whichever manager is primary once the store is back, none fails."""
+    etcd = stores["etcd"]
+    assert isinstance(etcd, ClusterStore)
+    ttl, outage = 4.0, 5.0
+    managers.start(3, "--replication-ttl", f"{ttl:g}s")
+    replicas = [m for m in managers.all if m.role() == "Replica"]
+    loops = PsLoops(replicas)
+    took: dict[str, float] = {}
+    leaders: list[ManagerProc] = []
+    try:
+        loops.wait_more(3, "a few docker ps through each replica")
+        for fault in ("pause", "restart"):
+            leader = next(m for m in managers.all if m.role() == "Primary")
+            leaders.append(leader)
+            began = time.monotonic()
+            etcd.pause() if fault == "pause" else etcd.stop()
+            try:
+                wait_for(lambda m=leader: m.role() != "Primary", outage, f"a step-down ({fault})", poll=0.05)
+                time.sleep(max(0.0, outage - (time.monotonic() - began)))  # the outage's length, not a verdict
+            finally:
+                etcd.resume() if fault == "pause" else etcd.start()
+            back = time.monotonic()
+            wait_for(lambda: sum(m.role() == "Primary" for m in managers.all) == 1, 15, f"a primary ({fault})")
+            took[fault] = time.monotonic() - back
+            loops.wait_more(3, f"docker ps through each replica after the {fault}")
+    finally:
+        loops.stop()
+    assert not loops.failed(), loops.failed()
+    assert loops.slowest() > 2, "no docker ps was held across the outage: the test did not exercise it"
+    for leader in leaders:  # the step-down says why, and the outage is counted from the store's last answer
+        text = leader.logs()
+        assert re.search(r"Cluster leadership lost: renew deadline passed: the discovery store has not answered "
+                         r"since \S+Z \([\d.]+s ago; renew deadline 2\.\d+s\)", text), text  # fmt: skip
+    for m in managers.all:
+
+        def outages(m: ManagerProc = m) -> list[float]:
+            return [float(x) for x in re.findall(r"reachable again after ([\d.]+)s", m.logs())]
+
+        wait_for(lambda: len(outages()) == 2, 10, f"{m.addr} to see the store back twice")
+        assert all(outage <= x <= outage + 5 for x in outages()), (m.addr, outages())
+    print(f"etcd paused, then restarted, {outage:g}s each, --replication-ttl {ttl:g}s: a primary "
+          f"{took['pause']:.2f}s / {took['restart']:.2f}s after the store was back, {len(loops.results)} docker ps "
+          f"through 2 replicas, none failed, slowest {loops.slowest():.1f}s")  # fmt: skip

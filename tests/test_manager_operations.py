@@ -158,18 +158,39 @@ def test_an_unhealthy_engine_error_names_its_address_and_the_os_error() -> None:
     assert error == f"cannot reach {addr}: [Errno 111] Connection refused"
 
 
-class _Ping(http.server.BaseHTTPRequestHandler):
+class _Engine(http.server.BaseHTTPRequestHandler):
+    """The two answers ``join`` checks: ``/_ping`` OK and ``/version`` with an ApiVersion."""
+
+    protocol_version = "HTTP/1.1"
+    answers = {"/_ping": b"OK", "/version": b'{"ApiVersion": "1.47", "Version": "27.0.0"}'}
+
     def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
+        body = self.answers.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        body = body if body is not None else b'{"message":"page not found"}'
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(b"OK")
+        self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-def test_join_to_a_dead_engine_warns_and_registers_it_once_it_answers(tmp_path: Path) -> None:
+class _NotAnEngine(_Engine):
+    """An HTTP server that is not a Docker engine (as etcd's client port: 404 for ``/_ping``)."""
+
+    answers: dict[str, bytes] = {}
+
+
+def _serve(port: int, handler: type[http.server.BaseHTTPRequestHandler]) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_join_registers_an_engine_only_once_it_answers_the_docker_api(tmp_path: Path) -> None:
+    """Nothing listening, then an HTTP server that is not an engine: each warned about, not registered; then an
+    engine (``/_ping`` OK, ``/version`` with an ApiVersion): registered."""
     url = f"sqlite://{tmp_path}/s.db"
     port = free_port()
     addr = f"127.0.0.1:{port}"
@@ -184,8 +205,13 @@ def test_join_to_a_dead_engine_warns_and_registers_it_once_it_answers(tmp_path: 
         text = log.read_text()
         assert f"engine {addr} does not answer" in text and "[Errno 111] Connection refused" in text, text
         assert run_cli("list", url).stdout.split() == []  # not registered while nothing answers
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Ping)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server = _serve(port, _NotAnEngine)
+        wait_for(lambda: "/_ping answered 404" in log.read_text(), 15, "the warning about what answered")
+        assert f"{addr} is not a Docker engine: GET /_ping answered 404" in log.read_text()
+        assert run_cli("list", url).stdout.split() == []  # an HTTP server is not an engine
+        server.shutdown()
+        server.server_close()
+        server = _serve(port, _Engine)
         wait_for(lambda: run_cli("list", url).stdout.split() == [addr], 20, "the registration once it answers")
     finally:
         join.send_signal(signal.SIGTERM)

@@ -9,26 +9,31 @@ Requests. ``/_ping`` and ``/info`` are answered locally by every manager (``/inf
 manager's view of the engines). Everything else is served by the primary's :class:`~swarmha.manager.api.PrimaryAPI`
 or, on a replica, forwarded per request to the current primary:
 
+* the request goes to whichever manager is primary *when it is sent*: a request waiting for a primary goes to
+  the one elected meanwhile, and to none other; if this manager became primary meanwhile it serves it itself;
 * no primary known (or it is this manager's stale key) → wait for an election, then
   ``503 No elected primary cluster manager``; the wait is ``primary_wait``, by default the replication TTL plus
   :data:`HOLD_MARGIN` (the longest a crashed primary's key can linger, plus one election), so a request sent
-  during a crash failover is answered late instead of failing;
+  during a crash failover or a store outage shorter than that is answered late instead of failing;
 * the primary refuses the connection → wait for the next leader (same bound) and send it there;
 * the primary breaks before answering an idempotent, body-less request → sent once more to the next leader;
-* a forwarded request carries ``X-Swarmha-Forwarded``: the managers it went through. It is never sent back to
-  the one it came from (named there, and its connection from that host) nor through more than
-  :data:`MAX_HOPS` managers (no ping-pong between two managers that disagree for a moment about who leads):
-  it waits for another primary or to become primary itself, or answers 503. The header only ever steers the
-  request that carries it: a client's own (``X-Swarmha-Forwarded: 1``) names no manager, or names one its
-  connection does not come from, so its request is forwarded as any other; the primary strips it before
-  anything reaches an engine.
+* a forwarded request carries :data:`FORWARDED`, the fencing token of the term its sender saw the target lead.
+  A manager that receives one and is not primary (a primary demoted while the request travelled, or stepped
+  down during a store outage) sends it on, but only to a *newer* term: each hop goes to a later primary, so no
+  request circles between managers that disagree for a moment about who leads. A claim naming a term this
+  manager never led is no manager's view (a client wrote the header): the request is routed as a client's;
+* ``logs``, ``events``, ``stats`` and ``wait`` streams survive the primary that serves them:
+  :mod:`swarmha.manager.resume` tells a cut from an end and resumes them on the next primary (this manager
+  included) from where the client is.
 
 Shutdown (:meth:`Manager.shutdown`, run on SIGINT/SIGTERM): stop accepting, stop the candidate at once
 (it deletes the leader key, so a replica takes over within one watch round trip and new requests go there),
 then keep serving what is already open — ``docker logs -f``, ``docker events``, attach and exec streams
 included, whether they came from a client or through a replica — until each ends or ``drain_timeout``
-(``--shutdown-timeout``, 30 s by default) passes; a second SIGINT/SIGTERM cuts them at once. Then close
-everything. So a graceful failover shows the client no error: the stream it has goes on, on the old primary.
+(``--shutdown-timeout``, 30 s by default) passes; a second SIGINT/SIGTERM cuts them at once. The log says how
+many were cut, of which kind, and why. Then close everything. So a graceful failover shows the client no error:
+the stream it has goes on, on the old primary; a resumable stream a replica relays then goes on on the new one;
+a hijacked one (attach, exec) ends with the old primary.
 """
 
 from __future__ import annotations
@@ -49,13 +54,16 @@ import attrs
 
 from swarmha import Discovery, Leader, aio
 from swarmha.errors import DiscoveryError
+from swarmha.manager import hops, resume
 from swarmha.manager.api import PrimaryAPI, docker_path
 from swarmha.manager.api._docker import DockerError, error_body
 from swarmha.manager.cluster import Cluster
 from swarmha.manager.engine_list import FileEngines
 from swarmha.manager.forward import forward
-from swarmha.manager.http import Exchange, Server
+from swarmha.manager.hops import FORWARDED
+from swarmha.manager.http import ClientGone, Exchange, Server
 from swarmha.manager.info import cluster_info
+from swarmha.manager.leadership import SILENT, why_lost
 from swarmha.manager.reschedule import Watchdog
 from swarmha.manager.store_state import StoreState
 from swarmha.manager.tls import TLSConfig
@@ -69,38 +77,12 @@ __all__ = ["FORWARDED", "HEALTH_PATH", "LEADER_KEY", "Manager", "ManagerConfig",
 log = logging.getLogger("swarmha.manager")
 
 LEADER_KEY = "docker/swarm/leader"
-FORWARDED = "x-swarmha-forwarded"
-_FORWARDED_RAW = FORWARDED.encode()
-_FORWARDED_LEN = len(FORWARDED)
 NO_PRIMARY = "No elected primary cluster manager"
 #: Answered by every manager: 200 when healthy, 503 naming the problems (for load balancers and watchdogs).
 HEALTH_PATH = "/health"
 _LOCAL_PATHS = frozenset({"/_ping", "/info", HEALTH_PATH})
 #: Seconds a replica holds a request beyond the replication TTL while no primary answers (one election).
 HOLD_MARGIN = 2.0
-#: The most managers a request is forwarded through (the client's first included).
-MAX_HOPS = 3
-
-
-def _take_via(ex: Exchange) -> list[str]:
-    """The managers ``ex`` was forwarded through (its ``X-Swarmha-Forwarded`` values), the header removed."""
-    headers = ex.headers
-    if not any(len(name) == _FORWARDED_LEN and name.lower() == _FORWARDED_RAW for name, _ in headers):
-        return []  # the common case: one pass, nothing built
-    via: list[str] = []
-    kept = []
-    for name, value in headers:
-        if name.lower() == _FORWARDED_RAW:
-            via += [v.strip() for v in value.decode("latin-1").split(",") if v.strip()]
-        else:
-            kept.append((name, value))
-    ex.headers = kept
-    return via
-
-
-def _host(addr: str) -> str:
-    """``host:port`` -> ``host`` (brackets of an IPv6 address removed)."""
-    return addr.rpartition(":")[0].strip("[]")
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -209,11 +191,15 @@ class Manager:
         #: Kept-alive connections to the primary; the upstream is chosen per request, never per connection.
         self._pool = Pool()
         self._upstreams: dict[str, Upstream] = {}
-        #: How this manager names itself in X-Swarmha-Forwarded.
-        self._me = config.advertise or self.id
+        #: The tokens of the terms this manager led lately: a forwarded claim is believed only if it names one.
+        self._led: set[int] = set()
         self._leader_changed = asyncio.Event()
         self._announced = False
         self._stopping = asyncio.Event()
+        #: The exchanges inside the handler (what a shutdown drains, and cuts at its end).
+        self._open: set[Exchange] = set()
+        self._none_open = asyncio.Event()
+        self._none_open.set()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- roles -------------------------------------------------------------------------------------------
@@ -264,19 +250,46 @@ class Manager:
         }
         return not problems, details
 
+    @property
+    def _probe_period(self) -> float:
+        return min(1.0, self.config.ttl / 3)
+
     async def _watch_store(self) -> None:
-        """Probe the store every ``min(1s, ttl/3)``: feeds :attr:`store` (one WARN when lost, one INFO when back)."""
+        """Probe the store every ``min(1s, ttl/3)``: feeds :attr:`store` (one WARN when lost, one INFO when back),
+        and notes how late the loop woke up (a process that was stopped or starved)."""
         assert self._discovery is not None and self.store is not None
-        period = min(1.0, self.config.ttl / 3)
+        period = self._probe_period
         while not self._stopping.is_set():
+            self.store.sending()
             try:
                 await asyncio.to_thread(self._discovery.get, LEADER_KEY)
             except DiscoveryError as e:
                 self.store.failed(e)
             else:
                 self.store.succeeded()
+            self.store.sleeping(period)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), period)
+            self.store.woke()
+
+    async def _say_lost(self) -> None:
+        """Log ``Cluster leadership lost: <why>`` (see :mod:`swarmha.manager.leadership`)."""
+        assert self._candidate is not None
+        store = self.store
+        if store is not None and store.reachable and store.waiting_for > SILENT:
+            # the probe in flight has not failed yet (the store's timeout is longer): say the store is gone first
+            store.failed(TimeoutError(f"a request has waited {store.waiting_for:.1f}s for an answer"))
+        why = await why_lost(
+            stopping=self._stopping.is_set(),
+            store=self.store,
+            discovery=self._discovery,
+            key=LEADER_KEY,
+            node=self.config.advertise or "",
+            renew_deadline=self._candidate.renew_deadline,
+            probe_period=self._probe_period,
+            stalled=self.store.stalled() if self.store is not None else 0.0,
+        )
+        log.info("Cluster leadership lost: %s", why)
 
     async def _wait_leader_change(self, timeout: float) -> None:
         event = self._leader_changed
@@ -285,6 +298,13 @@ class Manager:
 
     def _set_leader(self, leader: Leader | None) -> None:
         self._leader = leader
+        own = self._candidate.term if self._candidate is not None else None
+        mine = leader is not None and leader.node == self.config.advertise  # our own key, as the store shows it
+        for token in (own.token if own is not None else 0, leader.token if leader is not None and mine else 0):
+            if token:
+                self._led.add(token)
+                if len(self._led) > 64:
+                    self._led.discard(min(self._led))
         current = self.primary
         self._pool.keep_only(self._upstreams.get(current))  # connections to a deposed primary are dropped
         self._leader_changed.set()
@@ -294,10 +314,13 @@ class Manager:
         assert self._candidate is not None
         async for elected in self._candidate.run_for_election():
             self._announced = True
-            log.info("Cluster leadership acquired" if elected else "Cluster leadership lost")
+            self._set_leader(self._leader)  # wake waiters first: our role changed
             if self.metrics is not None:
                 self.metrics.leadership_changed(elected)
-            self._set_leader(self._leader)  # wake waiters: our role changed
+            if elected:
+                log.info("Cluster leadership acquired")
+            else:
+                await self._say_lost()
 
     async def _follow(self) -> None:
         assert self._follower is not None
@@ -305,7 +328,7 @@ class Manager:
             if leader is not None:
                 if not self._announced and leader.node != self.config.advertise:
                     self._announced = True
-                    log.info("Cluster leadership lost")  # Swarm's first word on a replica
+                    log.info("Cluster leadership lost: %s is the primary", leader.node)  # Swarm's first word
                 log.info("New leader elected: %s", leader.node)
             if self.metrics is not None:
                 self.metrics.primary_seen(leader is not None)
@@ -355,6 +378,16 @@ class Manager:
 
     async def _handle(self, ex: Exchange) -> None:
         """Answer /_ping, /info and /health here; serve the rest as primary or forward it to the primary."""
+        self._open.add(ex)
+        self._none_open.clear()
+        try:
+            await self._dispatch(ex)
+        finally:
+            self._open.discard(ex)
+            if not self._open:
+                self._none_open.set()
+
+    async def _dispatch(self, ex: Exchange) -> None:
         version, path = docker_path(ex)
         if path in _LOCAL_PATHS:
             try:
@@ -369,48 +402,76 @@ class Manager:
             if path == HEALTH_PATH and ex.method in ("GET", "HEAD"):
                 healthy, details = self.health()
                 return await ex.json(200 if healthy else 503, details)
-        via = _take_via(ex)
+        forwarded = hops.take(ex)
         if self.is_primary:
             return await self.api.handle(ex, version, path)
-        await self._forward(ex, version, path, via)
+        await self._forward(ex, version, path, hops.claim(forwarded, self._led))
 
-    async def _forward(self, ex: Exchange, version: str | None, path: str, via: list[str]) -> None:
-        """Forward ``ex`` to the primary; ``via``: the managers it came through (see the module docstring)."""
+    def _route(self, claim: int | None, dead: tuple[str, int] | None) -> tuple[str, int]:
+        """(address, term token) of the primary to send a request to now; ("", 0) while there is none to send
+        it to: none known, or a term not newer than ``claim`` (the term the request was already sent to), or
+        ``dead`` (the term whose primary refused the connection)."""
+        if self.is_primary:  # a stream resumed on this manager: through its own listener
+            term = self._candidate.term if self._candidate is not None else None
+            own = (self.config.advertise or "", term.token if term is not None else 0)
+            return ("", 0) if own == dead else own
+        leader = self._leader
+        target = self.primary
+        if not target or leader is None or (claim is not None and leader.token <= claim):
+            return "", 0
+        if (target, leader.token) == dead:
+            return "", 0
+        return target, leader.token
+
+    async def _forward(self, ex: Exchange, version: str | None, path: str, claim: int | None) -> None:
+        """Send ``ex`` to the primary, waiting for one (see the module docstring); a stream :mod:`resume` knows
+        goes on on the next primary when the one serving it goes."""
         deadline = time.monotonic() + self.config.hold
-        dead: str | None = None
+        dead: tuple[str, int] | None = None
         retried = False
-        forwardable = len(via) < MAX_HOPS - 1
-        ex.headers.append((_FORWARDED_RAW, ",".join([*via, self._me]).encode("latin-1")))
+        cursor = resume.plan(ex, path)
+        fruitless = 0
         while True:
-            if self.is_primary:
-                _take_via(ex)  # our own header: not for the engines
+            if self.is_primary and not ex.started:
+                hops.take(ex)  # our own mark: not for the engines
                 return await self.api.handle(ex, version, path)
-            target = self.primary if forwardable else ""
-            if target in via and _host(ex.peer) == _host(target):
-                target = ""  # it came from there: wait for the next leader instead of sending it back
+            target, token = self._route(claim, dead)
             remaining = deadline - time.monotonic()
-            if not target or target == dead:
+            if not target:
                 if remaining <= 0 or self._stopping.is_set():
+                    if ex.started:
+                        raise ClientGone(f"no primary to resume the stream on within {self.config.hold:g}s")
                     return await ex.error(503, NO_PRIMARY)
                 await self._wait_leader_change(remaining)
                 continue
             up = self._upstream(target)
+            hops.mark(ex, token)
+            timeout = max(0.5, min(3.0, remaining))
             try:
-                return await forward(ex, up, pool=self._pool, connect_timeout=max(0.5, min(3.0, remaining)))
+                if cursor is None:
+                    return await forward(ex, up, pool=self._pool, connect_timeout=timeout)
+                return await resume.relay(ex, up, cursor, connect_timeout=timeout)
+            except resume.StreamCut as e:
+                assert cursor is not None
+                fruitless = 0 if cursor.delivered else fruitless + 1
+                if fruitless > 2 or self._stopping.is_set():
+                    raise ClientGone(f"giving up the stream: {e}") from e
+                log.info("resuming %s %s on the next primary: %s", ex.method, path, e)
+                deadline, dead, claim = time.monotonic() + self.config.hold, (target, token), None
             except UpstreamUnreachable as e:
                 log.warning("primary %s unreachable: %s", target, e)
                 if self.metrics is not None:
                     self.metrics.upstream_error("unreachable")
-                dead = target
+                dead = (target, token)
             except UpstreamBroken as e:
                 if self.metrics is not None:
                     self.metrics.upstream_error("broken")
                 if ex.started:
                     return
-                if not e.retryable or retried:
+                if not (e.retryable or cursor is not None) or retried:
                     return await ex.error(502, f"swarmha: the primary {target} failed: {e}")
                 log.warning("primary %s failed, retrying with the next one: %s", target, e)
-                retried, dead = True, target
+                retried, dead = True, (target, token)
 
     def _upstream(self, target: str) -> Upstream:
         up = self._upstreams.get(target)
@@ -470,27 +531,37 @@ class Manager:
             await asyncio.to_thread(self._discovery.close)
 
     async def _drain(self, force: asyncio.Event | None) -> None:
-        """Let the open exchanges finish for at most ``drain_timeout`` (less if ``force`` is set)."""
+        """Let the open exchanges finish for at most ``drain_timeout`` (less if ``force`` is set), then cut the
+        rest, saying how many and of which kind."""
         timeout = self.config.drain_timeout
-        if self.server.in_flight:
+        if self._open:
             log.info(
                 "serving %d open request(s) until they end, for at most %s (--shutdown-timeout); "
                 "signal again to stop now",
-                self.server.in_flight,
+                len(self._open),
                 f"{timeout:g}s",
             )
-        drain = asyncio.ensure_future(self.server.drain(timeout))
-        if force is None:
-            await drain
-            return
-        forced = asyncio.ensure_future(force.wait())
-        await asyncio.wait([drain, forced], return_when=asyncio.FIRST_COMPLETED)
-        forced.cancel()
-        if not drain.done():
-            log.info("second signal: closing the open requests now")
-            drain.cancel()
-            await asyncio.gather(drain, return_exceptions=True)
-            await self.server.drain(0)
+        waits = {asyncio.ensure_future(self._none_open.wait())}
+        if force is not None:
+            waits.add(asyncio.ensure_future(force.wait()))
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        if self._open:
+            forced = force is not None and force.is_set()
+            why = "a second signal" if forced else f"--shutdown-timeout {timeout:g}s passed"
+            hijacked = sum(1 for ex in self._open if ex.upgrade)
+            others = sorted(f"{ex.method} {ex.path}" for ex in self._open if not ex.upgrade)
+            log.warning(
+                "%s: cutting %d open request(s): %d hijacked (attach/exec), %d other%s",
+                why,
+                len(self._open),
+                hijacked,
+                len(others),
+                f" ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})" if others else "",
+            )
+        await self.server.drain(0 if self._open else 1.0)
 
     async def run(self) -> None:
         """Start, serve until SIGINT/SIGTERM, then shut down gracefully (a second signal cuts the drain)."""

@@ -236,6 +236,19 @@ class Cluster:
     def restart(self, index: int) -> None:
         self.members[index].start()
 
+    def pause(self, index: int | None = None) -> None:
+        """SIGSTOP one member (``index``) or all of them: connections stay open and requests get no answer."""
+        self._signal(signal.SIGSTOP, index)
+
+    def resume(self, index: int | None = None) -> None:
+        """SIGCONT what :meth:`pause` stopped."""
+        self._signal(signal.SIGCONT, index)
+
+    def _signal(self, sig: int, index: int | None) -> None:
+        for i, m in enumerate(self.members):
+            if (index is None or i == index) and m.proc is not None and m.proc.poll() is None:
+                m.proc.send_signal(sig)
+
     def close(self) -> None:
         """Kill every member and delete its data."""
         self.kill()

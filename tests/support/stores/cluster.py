@@ -23,6 +23,13 @@ class ClusterStore:
     def start(self) -> None:
         self.cluster.start()
 
+    def pause(self) -> None:
+        """SIGSTOP every member (a hung store: connections stay open, nothing answers); :meth:`resume` ends it."""
+        self.cluster.pause()
+
+    def resume(self) -> None:
+        self.cluster.resume()
+
     def close(self) -> None:
         self.cluster.close()
 
