@@ -140,7 +140,7 @@ def test_a_role_that_may_not_create_the_tables_is_told_the_sql_file_and_works_on
     server.psql(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
     d = swarmha.connect(server.url(user=role, password="pw", schema=schema, prefix="p", timeout="2"))
     try:
-        with pytest.raises(DiscoveryError, match="swarmha-postgres.sql") as info:
+        with pytest.raises(DiscoveryError, match=r"swarmha-postgres\.sql") as info:
             d.get("k")
         assert "may not create" in str(info.value)
         # the DBA runs the file (for another schema: with the name replaced, as its header says) and grants

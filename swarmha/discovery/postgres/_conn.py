@@ -110,8 +110,6 @@ def _connect_error(url: DiscoveryURL, error: psycopg.Error) -> DiscoveryError:
         return DiscoveryUnavailable(_read_only(url) + f" ({text})")
     if "no pg_hba.conf entry" in lowered:
         return DiscoveryError(f"{where}: the server's pg_hba.conf does not admit this client: {text}")
-    if "invalid" in lowered and ("option" in lowered or "sslmode" in lowered):
-        return InvalidDiscoveryURL(f"{where}: {text}")
     return DiscoveryUnavailable(f"{where}: cannot connect: {text}")
 
 
