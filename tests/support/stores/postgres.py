@@ -134,6 +134,12 @@ class PostgresStoreFixture:
     def start(self) -> None:
         self.server.start()
 
+    def pause(self) -> None:
+        self.server.pause()
+
+    def resume(self) -> None:
+        self.server.resume()
+
     def close(self) -> None:
         self.server.close()
 
