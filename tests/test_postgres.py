@@ -4,6 +4,7 @@ part, no writes through a read-only standby, and two connections per Discovery h
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -230,3 +231,32 @@ def test_behind_pgbouncer_watches_poll_instead_of_listening(stores: dict[str, St
         assert d._feed.listening is False  # type: ignore[attr-defined]
     finally:
         d.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_the_manager_elects_its_primary_in_postgres_with_swarms_key_layout(
+    server: PostgresServer, tmp_path: Path
+) -> None:
+    from tests.support.manager import ManagerProc
+
+    url = _url(server)
+    first = ManagerProc(url, tmp_path, "--replication-ttl", "2s", "--primary-wait", "1s")
+    second = None
+    try:
+        wait_for(lambda: first.role() == "Primary", 15, "the first manager to become primary")
+        second = ManagerProc(url, tmp_path, "--replication-ttl", "2s", "--primary-wait", "1s")
+        wait_for(lambda: second.status().get("Primary") == first.addr, 15, "the replica to see the primary")
+        d = swarmha.connect(url)
+        try:
+            leader = d.get("docker/swarm/leader")
+            assert leader is not None and leader.value == first.addr
+        finally:
+            d.close()
+        first.signal(signal.SIGTERM)
+        wait_for(lambda: second.role() == "Primary", 5, "the replica to take over", poll=0.005)
+        assert first.proc.wait(10) == 0
+    finally:
+        for m in (first, second):
+            if m is not None:
+                m.stop()

@@ -126,8 +126,10 @@ class Feed:
         self._wake()
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
+        with self._cond:  # never a write to a closed (and maybe reused) descriptor
+            if self._wake_w >= 0:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    os.write(self._wake_w, b"x")
 
     def close(self) -> None:
         """Close every watch and end the thread (joined). Idempotent."""
@@ -140,9 +142,14 @@ class Feed:
         self._wake()
         if thread is not None and thread is not threading.current_thread():
             thread.join(10.0)
-        with contextlib.suppress(OSError):
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            if thread.is_alive():
+                return  # the thread still reads the pipe: leave it open
+        with self._cond:
+            fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     # -- the thread --------------------------------------------------------------------------------------------
 
@@ -282,10 +289,10 @@ class Feed:
                 wake = min(wake, self._expiries[0][0])
             if not self._watches:
                 wake = min(wake, time.monotonic() + IDLE)
-        waitables = [self._wake_r]
+        waitables = [self._wake_r] if self._wake_r >= 0 else []
         if conn is not None and self.listening:
             waitables.append(conn.fileno())
         with contextlib.suppress(OSError, ValueError):
             select.select(waitables, [], [], max(0.0, wake - time.monotonic()))
-        with contextlib.suppress(BlockingIOError, OSError):
+        with contextlib.suppress(BlockingIOError, OSError, ValueError):
             os.read(self._wake_r, 4096)
