@@ -36,16 +36,27 @@ _Conn = psycopg.Connection[Any]
 class _PgSession(Session):
     """A row of ``swarmha_sessions``; its expiry is the server's ``clock_timestamp() + ttl``."""
 
-    def __init__(self, owner: PostgresDiscovery, ttl: float) -> None:
+    def __init__(self, owner: PostgresDiscovery, ttl: float, *, ticket: bool = False) -> None:
         self._owner = owner
         self.ttl = ttl
         self.id = uuid.uuid4().hex
         self.closed = False
-        owner._run("session", lambda c: c.execute(owner._sql.session_open, {"id": self.id, "ttl": ttl}))
+        #: A ticket (:meth:`PostgresDiscovery.prepare`) whose row does not exist yet: the claim creates it.
+        self.pending = ticket
+        if not ticket:
+            self.open()
+
+    def open(self) -> None:
+        """Insert the session's row (its ttl clock starts on the server now)."""
+        owner = self._owner
+        owner._run("session", lambda c: c.execute(owner._sql.session_open, {"id": self.id, "ttl": self.ttl}))
+        self.pending = False
 
     def keepalive(self) -> None:
         if self.closed:
             raise SessionExpired(f"session {self.id} was closed")
+        if self.pending:
+            raise SessionExpired(f"session {self.id} is a ticket that never claimed a key")
         timeout = min(self._owner.timeout, max(0.5, 2.0 * self.ttl / 3.0))
         cur = self._owner._run(
             "keepalive", lambda c: c.execute(self._owner._sql.keepalive, {"id": self.id}), timeout=timeout
@@ -61,6 +72,9 @@ class _PgSession(Session):
 
     def close(self) -> None:
         if self.closed:
+            return
+        if self.pending:  # a ticket that never claimed: nothing in the database
+            self.closed = True
             return
         try:
             self.end()
@@ -243,15 +257,30 @@ class PostgresDiscovery(Discovery):
     def session(self, ttl: float) -> Session:
         return _PgSession(self, check_ttl(ttl))
 
+    def prepare(self, key: str, value: str, ttl: float) -> Session | None:
+        """A ticket that costs nothing until used: its session row is created by the claim that uses it, in the
+        same transaction, and only if the claim succeeds. So a candidate that waited claims in one round trip
+        instead of two (a session, then the claim), and its ttl clock starts at the claim (``clock`` is None).
+        A claim that fails leaves nothing in the database; the ticket can be used again."""
+        try:
+            return _PgSession(self, check_ttl(ttl), ticket=True)
+        except DiscoveryError:
+            return None
+
     def create(self, key: str, value: str, session: Session) -> Record | None:
         """Claim ``key`` in one call of ``swarmha_claim`` (one transaction); token = the key's counter + 1."""
-        args = self._args(key=self._k(key), value=value, id=self._own(session).id)
+        own = self._own(session)
+        new_ttl = own.ttl if own.pending else None
+        args = self._args(key=self._k(key), value=value, id=own.id, new_ttl=new_ttl)
         row = self._run("create", lambda c: c.execute(self._sql.claim, args).fetchone())
         if row is None or not row[0]:
             return None
+        own.pending = False
         return Record(str(row[1]), int(row[2]), str(row[3]))
 
     def put(self, key: str, value: str, session: Session | None = None) -> Record:
+        if isinstance(session, _PgSession) and session.pending and not session.closed:
+            session.open()
         sid = None if session is None else self._own(session).id
         args = self._args(key=self._k(key), value=value, id=sid)
         row = self._run("put", lambda c: c.execute(self._sql.put, args).fetchone())
@@ -272,7 +301,9 @@ class PostgresDiscovery(Discovery):
         session's: a successor's key has a session of its own). Raises when the server was not reached."""
         if not isinstance(session, _PgSession):
             raise ConfigurationError(f"{session!r} is not a session of a postgresql discovery")
-        if not session.closed:
+        if session.pending:
+            session.closed = True
+        elif not session.closed:
             session.end()
 
     def list(self, prefix: str) -> Mapping[str, Record]:

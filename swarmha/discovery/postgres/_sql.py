@@ -15,7 +15,11 @@ Two tables and four functions:
     is missing or expired by the server's clock is absent to every read.
 ``swarmha_claim`` / ``swarmha_put``
     Create-if-absent and create-or-overwrite, as one call each (one round trip), with the row locks described
-    in the package docstring.
+    in the package docstring. A claim may create its session too (a ticket, see ``PostgresDiscovery.prepare``).
+
+Notifications on the schema's channel carry ``C<key>`` (claimed or overwritten: read it) or ``D<key>`` (deleted,
+or its session closed: absent from that commit on); an empty payload (a key too long for one) means "read every
+key".
 ``swarmha_schema_version()``
     What a Discovery asks first: the schema is there and of this version.
 """
@@ -53,16 +57,20 @@ CREATE INDEX IF NOT EXISTS swarmha_keys_session ON {{s}}.swarmha_keys (session)
 ;;
 CREATE INDEX IF NOT EXISTS swarmha_sessions_expires_at ON {{s}}.swarmha_sessions (expires_at)
 ;;
-CREATE OR REPLACE FUNCTION {{s}}.swarmha_claim(p_key text, p_value text, p_session text, p_channel text)
+CREATE OR REPLACE FUNCTION {{s}}.swarmha_claim(
+    p_key text, p_value text, p_session text, p_channel text, p_new_ttl float8 DEFAULT NULL)
 RETURNS TABLE (claimed boolean, value text, token bigint, session text)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     r record;
     n bigint;
 BEGIN
-    PERFORM 1 FROM {{s}}.swarmha_sessions s WHERE s.id = p_session AND s.expires_at > clock_timestamp();
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'swarmha session % has expired', p_session USING ERRCODE = '{SessionExpiredState}';
+    -- p_new_ttl: the session is new (a ticket); it is created with the claim, and only if the claim succeeds.
+    IF p_new_ttl IS NULL THEN
+        PERFORM 1 FROM {{s}}.swarmha_sessions s WHERE s.id = p_session AND s.expires_at > clock_timestamp();
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'swarmha session % has expired', p_session USING ERRCODE = '{SessionExpiredState}';
+        END IF;
     END IF;
     INSERT INTO {{s}}.swarmha_keys AS k (key) VALUES (p_key) ON CONFLICT (key) DO NOTHING;
     SELECT k.value, k.token, k.session INTO r FROM {{s}}.swarmha_keys k WHERE k.key = p_key FOR UPDATE;
@@ -86,9 +94,13 @@ BEGIN
             END IF;
         END IF;
     END IF;
+    IF p_new_ttl IS NOT NULL THEN
+        INSERT INTO {{s}}.swarmha_sessions (id, ttl, expires_at)
+        VALUES (p_session, make_interval(secs => p_new_ttl), clock_timestamp() + make_interval(secs => p_new_ttl));
+    END IF;
     UPDATE {{s}}.swarmha_keys k SET value = p_value, session = p_session, token = k.token + 1
         WHERE k.key = p_key RETURNING k.token INTO n;
-    PERFORM pg_notify(p_channel, CASE WHEN octet_length(p_key) < 7000 THEN p_key ELSE '' END);
+    PERFORM pg_notify(p_channel, CASE WHEN octet_length(p_key) < 7000 THEN 'C' || p_key ELSE '' END);
     RETURN QUERY SELECT true, p_value, n, p_session;
 END
 $fn$
@@ -114,7 +126,7 @@ BEGIN
     UPDATE {{s}}.swarmha_keys k SET value = p_value, session = p_session,
         token = CASE WHEN live THEN k.token ELSE k.token + 1 END
         WHERE k.key = p_key RETURNING k.token INTO n;
-    PERFORM pg_notify(p_channel, CASE WHEN octet_length(p_key) < 7000 THEN p_key ELSE '' END);
+    PERFORM pg_notify(p_channel, CASE WHEN octet_length(p_key) < 7000 THEN 'C' || p_key ELSE '' END);
     RETURN n;
 END
 $fn$
@@ -183,12 +195,13 @@ class Statements:
             WITH gone AS (DELETE FROM {s}.swarmha_sessions WHERE id = %(id)s),
             cleared AS (UPDATE {s}.swarmha_keys SET value = NULL, session = NULL
                         WHERE session = %(id)s AND value IS NOT NULL RETURNING key)
-            SELECT pg_notify(%(channel)s, CASE WHEN octet_length(key) < 7000 THEN key ELSE '' END) FROM cleared
+            SELECT pg_notify(%(channel)s, CASE WHEN octet_length(key) < 7000 THEN 'D' || key ELSE '' END) FROM cleared
             """,
             schema,
         )
         self.claim = _statement(
-            "SELECT claimed, value, token, session FROM {s}.swarmha_claim(%(key)s, %(value)s, %(id)s, %(channel)s)",
+            "SELECT claimed, value, token, session "
+            "FROM {s}.swarmha_claim(%(key)s, %(value)s, %(id)s, %(channel)s, %(new_ttl)s)",
             schema,
         )
         self.put = _statement("SELECT {s}.swarmha_put(%(key)s, %(value)s, %(id)s, %(channel)s)", schema)
@@ -196,7 +209,7 @@ class Statements:
             """
             WITH cleared AS (UPDATE {s}.swarmha_keys SET value = NULL, session = NULL
                              WHERE key = %(key)s AND token = %(token)s AND value IS NOT NULL RETURNING key)
-            SELECT pg_notify(%(channel)s, CASE WHEN octet_length(key) < 7000 THEN key ELSE '' END) FROM cleared
+            SELECT pg_notify(%(channel)s, CASE WHEN octet_length(key) < 7000 THEN 'D' || key ELSE '' END) FROM cleared
             """,
             schema,
         )

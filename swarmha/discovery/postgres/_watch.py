@@ -226,20 +226,27 @@ class Feed:
             watch.fail(error)
 
     def _drain(self, conn: psycopg.Connection[Any]) -> None:
-        """Take the notifications that arrived; their keys become due (an empty payload: every key)."""
-        keys: list[str] = []
+        """Take the notifications that arrived, in commit order: a claimed key (``C``) becomes due for a read; a
+        deleted one (``D``) is absent from that commit on, so its watches are told at once, with no read (a later
+        claim of it comes after, in a notification of its own); an empty payload makes every key due."""
+        changed: dict[str, bool] = {}  # key -> deleted by the last notification about it
         everything = False
         for note in conn.notifies(timeout=0.0):
-            if note.payload:
-                keys.append(note.payload)
-            else:
+            kind, key = note.payload[:1], note.payload[1:]
+            if not kind:
                 everything = True
-        if keys or everything:
-            with self._cond:
-                if everything:
-                    self._due.update(self._watches)
-                else:
-                    self._due.update(k for k in keys if k in self._watches)
+            else:
+                changed.pop(key, None)
+                changed[key] = kind == "D"
+        if not (changed or everything):
+            return
+        with self._cond:
+            if everything:
+                self._due.update(self._watches)
+            self._due.update(k for k, deleted in changed.items() if not deleted and k in self._watches)
+            gone = [k for k, deleted in changed.items() if deleted and k in self._watches and k not in self._due]
+        if gone:
+            self._deliver(gone, {}, time.monotonic())
 
     def _refresh(self, conn: psycopg.Connection[Any]) -> None:
         """Read the due keys (and those whose holder's session has expired by now) and tell their watches."""

@@ -21,16 +21,20 @@ CREATE INDEX IF NOT EXISTS swarmha_keys_session ON "public".swarmha_keys (sessio
 
 CREATE INDEX IF NOT EXISTS swarmha_sessions_expires_at ON "public".swarmha_sessions (expires_at);
 
-CREATE OR REPLACE FUNCTION "public".swarmha_claim(p_key text, p_value text, p_session text, p_channel text)
+CREATE OR REPLACE FUNCTION "public".swarmha_claim(
+    p_key text, p_value text, p_session text, p_channel text, p_new_ttl float8 DEFAULT NULL)
 RETURNS TABLE (claimed boolean, value text, token bigint, session text)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     r record;
     n bigint;
 BEGIN
-    PERFORM 1 FROM "public".swarmha_sessions s WHERE s.id = p_session AND s.expires_at > clock_timestamp();
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'swarmha session % has expired', p_session USING ERRCODE = 'SWSE1';
+    -- p_new_ttl: the session is new (a ticket); it is created with the claim, and only if the claim succeeds.
+    IF p_new_ttl IS NULL THEN
+        PERFORM 1 FROM "public".swarmha_sessions s WHERE s.id = p_session AND s.expires_at > clock_timestamp();
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'swarmha session % has expired', p_session USING ERRCODE = 'SWSE1';
+        END IF;
     END IF;
     INSERT INTO "public".swarmha_keys AS k (key) VALUES (p_key) ON CONFLICT (key) DO NOTHING;
     SELECT k.value, k.token, k.session INTO r FROM "public".swarmha_keys k WHERE k.key = p_key FOR UPDATE;
@@ -54,9 +58,13 @@ BEGIN
             END IF;
         END IF;
     END IF;
+    IF p_new_ttl IS NOT NULL THEN
+        INSERT INTO "public".swarmha_sessions (id, ttl, expires_at)
+        VALUES (p_session, make_interval(secs => p_new_ttl), clock_timestamp() + make_interval(secs => p_new_ttl));
+    END IF;
     UPDATE "public".swarmha_keys k SET value = p_value, session = p_session, token = k.token + 1
         WHERE k.key = p_key RETURNING k.token INTO n;
-    PERFORM pg_notify(p_channel, CASE WHEN octet_length(p_key) < 7000 THEN p_key ELSE '' END);
+    PERFORM pg_notify(p_channel, CASE WHEN octet_length(p_key) < 7000 THEN 'C' || p_key ELSE '' END);
     RETURN QUERY SELECT true, p_value, n, p_session;
 END
 $fn$;
@@ -82,7 +90,7 @@ BEGIN
     UPDATE "public".swarmha_keys k SET value = p_value, session = p_session,
         token = CASE WHEN live THEN k.token ELSE k.token + 1 END
         WHERE k.key = p_key RETURNING k.token INTO n;
-    PERFORM pg_notify(p_channel, CASE WHEN octet_length(p_key) < 7000 THEN p_key ELSE '' END);
+    PERFORM pg_notify(p_channel, CASE WHEN octet_length(p_key) < 7000 THEN 'C' || p_key ELSE '' END);
     RETURN n;
 END
 $fn$;
