@@ -91,6 +91,12 @@ class PgBouncerStoreFixture:
     def start(self) -> None:
         self.server.start()
 
+    def pause(self) -> None:
+        self.server.pause()
+
+    def resume(self) -> None:
+        self.server.resume()
+
     def close(self) -> None:
         self.bouncer.stop()
         self.server.close()
