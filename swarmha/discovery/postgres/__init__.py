@@ -13,7 +13,7 @@ Every other option goes to libpq as is (``sslmode``, ``sslrootcert``, ``applicat
 does not know is refused, naming it). ``target_session_attrs`` defaults to ``read-write``: with several hosts,
 libpq connects to the one that takes writes, so the URL can list a primary and its standbys.
 
-Tables (two, plus four functions, all in ``schema``; see :mod:`swarmha.discovery.postgres._sql`) are created on
+Tables (two, plus five functions, all in ``schema``; see :mod:`swarmha.discovery.postgres._sql`) are created on
 first use in one transaction under ``pg_advisory_xact_lock`` (several processes starting at once create them once).
 A role that may not create them gets an error naming ``swarmha-postgres.sql``, shipped in this package, for a DBA
 to run once.

@@ -5,7 +5,7 @@ Every statement names its tables with the schema the URL chose (``schema=``, def
 puts the quoted schema name in. ``swarmha-postgres.sql`` next to this module is :func:`schema_sql` for ``public``
 (a test keeps the two equal).
 
-Two tables and four functions:
+Two tables and five functions:
 
 ``swarmha_sessions (id, ttl, expires_at)``
     One row per TTL session; ``expires_at`` is the *server's* ``clock_timestamp() + ttl`` at the last renewal.
@@ -20,6 +20,8 @@ Two tables and four functions:
 Notifications on the schema's channel carry ``C<key>`` (claimed or overwritten: read it) or ``D<key>`` (deleted,
 or its session closed: absent from that commit on); an empty payload (a key too long for one) means "read every
 key".
+``swarmha_close``
+    Ends a session: its keys first (row locks in the order a claim takes them), then the session row.
 ``swarmha_schema_version()``
     What a Discovery asks first: the schema is there and of this version.
 """
@@ -32,7 +34,7 @@ from psycopg import sql
 
 __all__ = ["SCHEMA_VERSION", "SQL_FILE", "SessionExpiredState", "Statements", "render", "schema_sql"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: The DDL for ``schema=public``, shipped with the package for a DBA to run (see the package docstring).
 SQL_FILE = Path(__file__).with_name("swarmha-postgres.sql")
 #: The SQLSTATE the functions raise for a session that is gone or expired.
@@ -131,6 +133,20 @@ BEGIN
 END
 $fn$
 ;;
+CREATE OR REPLACE FUNCTION {{s}}.swarmha_close(p_session text, p_channel text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    k text;
+BEGIN
+    -- The keys first, then the session: the order in which a claim takes the same row locks (no deadlock).
+    FOR k IN UPDATE {{s}}.swarmha_keys SET value = NULL, session = NULL
+             WHERE session = p_session AND value IS NOT NULL RETURNING key LOOP
+        PERFORM pg_notify(p_channel, CASE WHEN octet_length(k) < 7000 THEN 'D' || k ELSE '' END);
+    END LOOP;
+    DELETE FROM {{s}}.swarmha_sessions s WHERE s.id = p_session;
+END
+$fn$
+;;
 CREATE OR REPLACE FUNCTION {{s}}.swarmha_schema_version() RETURNS integer
 LANGUAGE sql IMMUTABLE AS $fn$ SELECT {SCHEMA_VERSION} $fn$
 """
@@ -190,15 +206,7 @@ class Statements:
             schema,
         )
         # Ends a session: its keys go (each change announced), then the session row.
-        self.session_close = _statement(
-            """
-            WITH gone AS (DELETE FROM {s}.swarmha_sessions WHERE id = %(id)s),
-            cleared AS (UPDATE {s}.swarmha_keys SET value = NULL, session = NULL
-                        WHERE session = %(id)s AND value IS NOT NULL RETURNING key)
-            SELECT pg_notify(%(channel)s, CASE WHEN octet_length(key) < 7000 THEN 'D' || key ELSE '' END) FROM cleared
-            """,
-            schema,
-        )
+        self.session_close = _statement("SELECT {s}.swarmha_close(%(id)s, %(channel)s)", schema)
         self.claim = _statement(
             "SELECT claimed, value, token, session "
             "FROM {s}.swarmha_claim(%(key)s, %(value)s, %(id)s, %(channel)s, %(new_ttl)s)",

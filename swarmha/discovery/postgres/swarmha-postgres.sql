@@ -2,7 +2,7 @@
 -- Run it once as a role that may: psql -d DBNAME -f swarmha-postgres.sql (schema public; for
 -- another schema replace the schema name, and set schema=NAME in the discovery URL). Then grant the
 -- application's role: SELECT, INSERT, UPDATE, DELETE on both tables and EXECUTE on the functions.
--- Schema version 1.
+-- Schema version 2.
 
 CREATE TABLE IF NOT EXISTS "public".swarmha_sessions (
     id text PRIMARY KEY,
@@ -95,5 +95,19 @@ BEGIN
 END
 $fn$;
 
+CREATE OR REPLACE FUNCTION "public".swarmha_close(p_session text, p_channel text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    k text;
+BEGIN
+    -- The keys first, then the session: the order in which a claim takes the same row locks (no deadlock).
+    FOR k IN UPDATE "public".swarmha_keys SET value = NULL, session = NULL
+             WHERE session = p_session AND value IS NOT NULL RETURNING key LOOP
+        PERFORM pg_notify(p_channel, CASE WHEN octet_length(k) < 7000 THEN 'D' || k ELSE '' END);
+    END LOOP;
+    DELETE FROM "public".swarmha_sessions s WHERE s.id = p_session;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION "public".swarmha_schema_version() RETURNS integer
-LANGUAGE sql IMMUTABLE AS $fn$ SELECT 1 $fn$;
+LANGUAGE sql IMMUTABLE AS $fn$ SELECT 2 $fn$;

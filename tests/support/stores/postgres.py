@@ -8,6 +8,7 @@ over TCP; ``postgres`` (superuser) connects by trust over the unix socket in the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -96,12 +97,15 @@ class PostgresServer:
 
     def pause(self) -> None:
         """SIGSTOP every process of the server: it takes connections (the kernel does) but answers nothing."""
-        for pid in self.pids():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal(signal.SIGSTOP)
 
     def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: int) -> None:
         for pid in self.pids():
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # a backend that just exited
+                os.kill(pid, sig)
 
     def psql(self, command: str, database: str = "postgres") -> str:
         return _as_postgres(
