@@ -260,3 +260,18 @@ def test_the_manager_elects_its_primary_in_postgres_with_swarms_key_layout(
         for m in (first, second):
             if m is not None:
                 m.stop()
+
+
+def test_an_older_schema_is_brought_up_to_date_on_first_use(server: PostgresServer) -> None:
+    schema = f"old_{uuid.uuid4().hex[:8]}"
+    server.psql(
+        f"CREATE SCHEMA {schema} AUTHORIZATION swarmha; "
+        f"CREATE FUNCTION {schema}.swarmha_schema_version() RETURNS integer LANGUAGE sql AS 'SELECT 1'; "
+        f"ALTER FUNCTION {schema}.swarmha_schema_version() OWNER TO swarmha",
+        database=DATABASE,
+    )
+    d = swarmha.connect(_url(server, schema=schema))
+    try:
+        assert d.create("svc/leader", "a", d.session(5.0)) is not None
+    finally:
+        d.close()

@@ -53,7 +53,12 @@ Row = tuple[Record | None, float | None]  # the key's live record, seconds left 
 
 
 class PgWatch(FedWatch):
-    """A watch on one key, fed by the Discovery's :class:`Feed`."""
+    """A watch on one key, fed by the Discovery's :class:`Feed`.
+
+    :meth:`notify` calls back when the feed saw the key change, including when the holder's session expired by
+    the server's clock: the feed reads the key again at that moment itself, so :meth:`recheck_at` stays None (a
+    caller has nothing to look at on its own).
+    """
 
     def __init__(self, feed: Feed, key: str, seen: Record | None) -> None:
         super().__init__(seen)
