@@ -17,6 +17,9 @@ Systems (``SYSTEMS``), with the settings a fair comparison needs (the same ttl e
   loop every ``TOOZ_INTERVAL`` (0.1 s, the loop in tooz's leader-election example); release =
   ``stand_down_group_leader`` after leaving the loop. tooz elects inside ``run_watchers`` with a
   non-blocking kazoo Lock attempt, so a waiting member polls.
+* ``pg-advisory-lock``: the PostgreSQL recipe: ``SELECT pg_advisory_lock(hashtext(key))`` on a psycopg connection
+  of its own (the server wakes the waiter as the holder unlocks); release = ``pg_advisory_unlock``. A session-level
+  lock: it needs a direct connection (not through a transaction pooler) and no one notices its loss.
 
 Run as ``python -m benchmarks.contenders --system S --url U --key K --node N --ttl T`` it is one contender
 process for the crash-failover runs: it prints ``{"event": "ready"}``, campaigns, prints
@@ -61,7 +64,8 @@ def _split(url: str) -> tuple[str, str, str]:
 
 def backend_of(system: str) -> str:
     """The backend a peer system runs on (swarmha runs on every backend: returns "")."""
-    return {"kazoo-lock": "zk", "kazoo-election": "zk", "tooz": "zk", "etcd-lock": "etcd"}.get(system, "")
+    peers = {"kazoo-lock": "zk", "kazoo-election": "zk", "tooz": "zk", "etcd-lock": "etcd"}
+    return {**peers, "pg-advisory-lock": "postgres"}.get(system, "")
 
 
 class Contender(abc.ABC):
@@ -271,12 +275,48 @@ class ToozContender(Contender):
             self.coordinator.stop()
 
 
+class PgAdvisoryLockContender(Contender):
+    def __init__(self, url: str, key: str, node: str, ttl: float) -> None:
+        import psycopg
+
+        super().__init__(url, key, node, ttl)
+        parts = urllib.parse.urlsplit(url)
+        prefix = urllib.parse.parse_qs(parts.query).get("prefix", [""])[0]
+        self.name = f"{prefix}/{key}"
+        conninfo = urllib.parse.urlunsplit(("postgresql", parts.netloc, parts.path, "", ""))
+        self.conn = psycopg.connect(conninfo, autocommit=True)
+
+    def campaign(self) -> None:
+        def run() -> None:
+            with contextlib.suppress(Exception):  # a cancelled wait
+                self.conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (self.name,))
+                self._won()
+
+        self._spawn(run)
+
+    def release(self) -> None:
+        if self.elected.is_set():
+            self._join()
+            self.conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (self.name,))
+        else:
+            with contextlib.suppress(Exception):
+                self.conn.cancel_safe()
+            self._join()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.release()
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
 SYSTEMS: dict[str, type[Contender]] = {
     "swarmha": SwarmhaContender,
     "kazoo-lock": KazooLockContender,
     "kazoo-election": KazooElectionContender,
     "etcd-lock": EtcdLockContender,
     "tooz": ToozContender,
+    "pg-advisory-lock": PgAdvisoryLockContender,
 }
 
 

@@ -3,6 +3,8 @@
 * etcd 3.4 and ZooKeeper 3.8: real servers from ``tests/support/servers.py`` (single members, loopback, free ports).
 * consul: the Consul HTTP API double (``tests/support/consul_double.py``), in this process.
 * sqlite: a file in a temp dir; memory: in process.
+* postgres: PostgreSQL 15 from ``tests/support/stores/postgres.py`` with ``fsync=on`` (a commit waits for the disk,
+  as in production).
 
 Request counters (``Stores.requests(backend)`` → ``{name: count}``), read before and after a window:
 
@@ -12,6 +14,8 @@ Request counters (``Stores.requests(backend)`` → ``{name: count}``), read befo
 * zk: ``Received`` of the ``srvr`` four-letter word: every packet the server read, *heartbeat pings included*
   (ZooKeeper does not count pings apart). ``Connections`` comes from the same answer.
 * consul: the double's count of served HTTP requests (a blocking query counts once, when it is sent).
+* postgres: ``xact_commit + xact_rollback`` of the database in ``pg_stat_database`` (every request is one
+  transaction); the server's statistics are flushed about once a second, so short windows read low.
 * sqlite: statements seen by a trace callback on every connection the backend opens (a wrapper installed by
   the benchmark, not library code): write transactions (``BEGIN``), autocommit reads, and the change feed's
   reads of its key-change counter (``meta.kv_version``: on a notify event or its safety poll) apart as ``poll``.
@@ -37,7 +41,7 @@ from tests.support.servers import Cluster, etcd_cluster, zk_cluster
 
 __all__ = ["BACKENDS", "Stores"]
 
-BACKENDS = ["memory", "sqlite", "etcd", "zk", "consul"]
+BACKENDS = ["memory", "sqlite", "etcd", "zk", "consul", "postgres"]
 _METRIC = re.compile(r'^grpc_server_msg_received_total\{grpc_method="(\w+)",grpc_service="([\w.]+)".*\}\s+(\S+)$')
 
 
@@ -99,6 +103,7 @@ class Stores:
         self.etcd: Cluster | None = None
         self.zk: Cluster | None = None
         self.consul: ConsulDouble | None = None
+        self.postgres: Any = None
         self.sqlite = _SqliteCounter()
 
     def __enter__(self) -> Stores:
@@ -111,6 +116,10 @@ class Stores:
                 self.consul = ConsulDouble(session_ttl_min=0.001).start()
             if "sqlite" in self.backends:
                 self.sqlite.install()
+            if "postgres" in self.backends:
+                from tests.support.stores.postgres import PostgresServer
+
+                self.postgres = PostgresServer(fsync="on")
         except BaseException:
             self.close()
             raise
@@ -125,7 +134,9 @@ class Stores:
                 cluster.close()
         if self.consul is not None:
             self.consul.close()
-        self.etcd = self.zk = self.consul = None
+        if self.postgres is not None:
+            self.postgres.close()
+        self.etcd = self.zk = self.consul = self.postgres = None
         import shutil
 
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -144,9 +155,15 @@ class Stores:
         if backend == "consul":
             assert self.consul is not None
             return self.consul.url(prefix, session_ttl_min="1ms")
+        if backend == "postgres":
+            assert self.postgres is not None
+            return str(self.postgres.url(prefix=prefix))
         raise ValueError(backend)
 
     def server_pid(self, backend: str) -> int | None:
+        if backend == "postgres":
+            pids = self.postgres.pids() if self.postgres is not None else []
+            return pids[0] if pids else None
         cluster = {"etcd": self.etcd, "zk": self.zk}.get(backend)
         if cluster is None or cluster.members[0].proc is None:
             return None
@@ -187,6 +204,10 @@ class Stores:
             return {"http": float(self.consul.requests)}
         if backend == "sqlite":
             return self.sqlite.snapshot()
+        if backend == "postgres":
+            assert self.postgres is not None
+            query = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'swarmha'"
+            return {"transactions": float(self.postgres.psql(query).strip() or 0)}
         return {}
 
 

@@ -28,8 +28,10 @@ _BUILTIN: dict[str, str] = {
     "etcd": "swarmha.discovery.etcd:EtcdDiscovery",
     "zk": "swarmha.discovery.zookeeper:ZooKeeperDiscovery",
     "consul": "swarmha.discovery.consul:ConsulDiscovery",
+    "postgresql": "swarmha.discovery.postgres:PostgresDiscovery",
+    "postgres": "swarmha.discovery.postgres:PostgresDiscovery",
 }
-_EXTRA = {"etcd": "etcd", "zk": "zookeeper", "consul": "consul"}
+_EXTRA = {"etcd": "etcd", "zk": "zookeeper", "consul": "consul", "postgresql": "postgres", "postgres": "postgres"}
 _registered: dict[str, Factory | str] = {}
 _lock = threading.Lock()
 _entry_points_loaded = False
