@@ -28,8 +28,11 @@ _BUILTIN: dict[str, str] = {
     "etcd": "swarmha.discovery.etcd:EtcdDiscovery",
     "zk": "swarmha.discovery.zookeeper:ZooKeeperDiscovery",
     "consul": "swarmha.discovery.consul:ConsulDiscovery",
+    "redis": "swarmha.discovery.redis:RedisDiscovery",
+    "rediss": "swarmha.discovery.redis:RedisDiscovery",
+    "redis+sentinel": "swarmha.discovery.redis:RedisDiscovery",
 }
-_EXTRA = {"etcd": "etcd", "zk": "zookeeper", "consul": "consul"}
+_EXTRA = {"etcd": "etcd", "zk": "zookeeper", "consul": "consul", "rediss": "redis", "redis+sentinel": "redis"}
 _registered: dict[str, Factory | str] = {}
 _lock = threading.Lock()
 _entry_points_loaded = False
