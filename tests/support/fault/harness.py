@@ -13,6 +13,10 @@ bounded in count and time):
 * ``lossy`` (only when asked for in ``kinds``) — one candidate's link loses the bytes sent for a while;
 * ``store_outage`` — the whole store becomes unreachable for a while (server killed and restarted, or
   the sqlite file locked), if the store fixture supports ``stop()``/``start()``;
+* ``store_pause`` — every process of the store is stopped (SIGSTOP) for a while, then continued, if the
+  fixture has ``pause()``/``resume()``: connections stay open but nothing answers;
+* ``store_partition`` (only when asked for in ``kinds``) — every candidate's link to the store goes silent at once
+  (networked backends);
 * ``member_loss`` — one member of a 3-member cluster is killed and restarted, if the fixture has
   ``kill_member(i)``/``restart_member(i)``.
 
@@ -40,8 +44,9 @@ from tests.support.fault.proxy import FaultProxy
 ROOT = Path(__file__).resolve().parents[3]
 NETWORK_KINDS = ("cut", "blackhole", "delay", "lossy")
 #: Fault kinds injected only when asked for by name (``kinds=``): ``lossy`` loses bytes mid-stream, which
-#: TCP never does (see tests/support/fault/proxy.py); it stands for a broken middlebox.
-OPT_IN_KINDS = ("lossy",)
+#: TCP never does (see tests/support/fault/proxy.py); it stands for a broken middlebox. ``store_partition``
+#: cuts every candidate off at once (a soak asks for it, so older soaks' default mix stays the same).
+OPT_IN_KINDS = ("lossy", "store_partition")
 _PROXY_MODE = {"cut": "drop", "blackhole": "blackhole", "delay": "delay", "lossy": "lossy"}
 
 
@@ -162,8 +167,12 @@ def run_faults(
     available = ["kill_leader", "kill_any", "pause_leader"]
     if networked:
         available += list(NETWORK_KINDS)
+    if networked:
+        available.append("store_partition")
     if getattr(store, "can_stop", False):
         available.append("store_outage")
+    if hasattr(store, "pause"):
+        available.append("store_pause")
     if hasattr(store, "kill_member"):
         available.append("member_loss")
     default = tuple(k for k in available if k not in OPT_IN_KINDS)
@@ -244,6 +253,20 @@ def run_faults(
                 store.stop()
                 time.sleep(duration)
                 store.start()
+                heal = time.monotonic()
+            elif kind == "store_pause":
+                store.pause()
+                time.sleep(duration)
+                store.resume()
+                heal = time.monotonic()
+            elif kind == "store_partition":
+                for w in pool:
+                    for p in w.proxies:
+                        p.set_mode("blackhole")
+                time.sleep(duration)
+                for w in pool:
+                    for p in w.proxies:
+                        p.set_mode("pass")
                 heal = time.monotonic()
             else:  # member_loss
                 member = rng.randrange(3)

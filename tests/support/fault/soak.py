@@ -56,7 +56,7 @@ from tests.support.fault.harness import run_faults
 from tests.support.servers import ETCD, Cluster, etcd_cluster, zk_cluster
 from tests.support.stores.cluster import ClusterStore, MemberClusterStore
 
-BACKENDS = ("sqlite", "etcd", "zk", "consul", "etcd-cluster", "zk-cluster")
+BACKENDS = ("sqlite", "etcd", "zk", "consul", "etcd-cluster", "zk-cluster", "redis")
 SUMMARY_BEGIN, SUMMARY_END = "<!-- soak:summary:begin -->", "<!-- soak:summary:end -->"
 SECTIONS_END = "<!-- soak:sections:end -->"
 DATA = re.compile(r"<!-- soak:data (\{.*?\}) -->")
@@ -99,6 +99,10 @@ def open_store(backend: str, base: Path, fast_etcd: bool) -> Any:
         from tests.support.stores.consul import open_store as open_consul
 
         return open_consul(factory)  # type: ignore[arg-type]
+    if backend == "redis":
+        from tests.support.stores.redis import open_store as open_redis
+
+        return open_redis(factory)  # type: ignore[arg-type]
     if backend == "zk":
         from tests.support.stores.zookeeper import open_store as open_zk
 
@@ -342,7 +346,11 @@ def _server_version(backend: str) -> str:
             return "ZooKeeper 3.8 (Debian zookeeper), tickTime=200, minSessionTimeout=400"
     except (OSError, subprocess.SubprocessError):
         return backend
-    names = {"sqlite": f"sqlite {sqlite3.sqlite_version}", "consul": "the Consul HTTP API double"}
+    names = {
+        "sqlite": f"sqlite {sqlite3.sqlite_version}",
+        "consul": "the Consul HTTP API double",
+        "redis": "Redis 7.0 (Debian redis-server), appendfsync always",
+    }
     return names.get(backend, backend)
 
 
