@@ -67,14 +67,20 @@ class Target:
         sentinel = url.scheme == "redis+sentinel"
         url.check_options(_SENTINEL_OPTIONS if sentinel else _OPTIONS)
         if not url.hosts:
-            form = "redis+sentinel://HOST:26379[,HOST:PORT...]/SERVICE[/PREFIX]" if sentinel else "redis://HOST[:PORT]/PREFIX"
+            form = (
+                "redis+sentinel://HOST:26379[,HOST:PORT...]/SERVICE[/PREFIX]"
+                if sentinel
+                else "redis://HOST[:PORT]/PREFIX"
+            )
             raise InvalidDiscoveryURL(f"{url.scheme} URL {shown!r} names no host: expected {form}")
         raw_db = url.params.get("db", "0")
         if not raw_db.isdigit():
             raise InvalidDiscoveryURL(f"{url.scheme} URL {shown!r}: db must be a database number >= 0, not {raw_db!r}")
         events = url.params.get("events", "auto")
         if events not in _EVENTS:
-            raise InvalidDiscoveryURL(f"{url.scheme} URL {shown!r}: events must be one of {', '.join(_EVENTS)}, not {events!r}")
+            raise InvalidDiscoveryURL(
+                f"{url.scheme} URL {shown!r}: events must be one of {', '.join(_EVENTS)}, not {events!r}"
+            )
         common: dict[str, Any] = {
             "url": url,
             "db": int(raw_db),
@@ -95,7 +101,7 @@ class Target:
                 f"{url.scheme} URL {shown!r} names {len(url.hosts)} hosts: a redis:// URL names one server; for a "
                 "Sentinel-managed primary use redis+sentinel://SENTINEL:26379,.../SERVICE/PREFIX"
             )
-        (host, port), = url.endpoints(DEFAULT_PORT)
+        ((host, port),) = url.endpoints(DEFAULT_PORT)
         return cls(prefix=url.path, host=host, port=port, ssl=_ssl_options(url), **common)
 
 
@@ -115,7 +121,9 @@ def _ssl_options(url: DiscoveryURL) -> dict[str, Any]:
             try:
                 open(path, "rb").close()
             except OSError as e:
-                raise InvalidDiscoveryURL(f"rediss URL {str(url)!r}: cannot read {name}={path!r}: {e.strerror}") from None
+                raise InvalidDiscoveryURL(
+                    f"rediss URL {str(url)!r}: cannot read {name}={path!r}: {e.strerror}"
+                ) from None
     return {
         "ssl": True,
         "ssl_ca_certs": ca,
@@ -202,7 +210,8 @@ class Link:
         kwargs = self._kwargs if retry else {**self._kwargs, "retry": Retry(NoBackoff(), 0)}
         if self._sentinel is not None:
             assert self.target.service is not None
-            return self._sentinel.master_for(self.target.service, **kwargs)
+            client: redis.Redis = self._sentinel.master_for(self.target.service, **kwargs)
+            return client
         return redis.Redis(host=self.target.host, port=self.target.port, **kwargs)
 
     def primary(self) -> tuple[str, int] | None:
@@ -218,7 +227,9 @@ class Link:
     def call(self, what: str, fn: Callable[[redis.Redis], _T]) -> _T:
         """``fn(client)`` on the one request connection, within about the URL's timeout; errors translated."""
         if not self.lock.acquire(timeout=self.target.timeout):
-            raise DiscoveryUnavailable(f"redis {what} at {self.target.where}: the connection stayed busy for {self.target.timeout}s")
+            raise DiscoveryUnavailable(
+                f"redis {what} at {self.target.where}: the connection stayed busy for {self.target.timeout}s"
+            )
         try:
             return fn(self.client)
         except (rx.RedisError, OSError) as e:

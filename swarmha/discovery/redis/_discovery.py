@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -57,7 +58,9 @@ class RedisSession(Session):
 
     def keepalive(self) -> None:
         if self._closed or self.ticket:
-            raise SessionExpired(f"redis session {self.id} was closed" if self._closed else f"ticket {self.id} holds no key")
+            raise SessionExpired(
+                f"redis session {self.id} was closed" if self._closed else f"ticket {self.id} holds no key"
+            )
         if not int(self._d._run("keepalive", _scripts.KEEPALIVE, [], [self.id, self.ms])):
             raise SessionExpired(f"redis session {self.id} expired")
 
@@ -67,10 +70,8 @@ class RedisSession(Session):
         self._closed = True
         if self.ticket:
             return  # never stored
-        try:
+        with contextlib.suppress(DiscoveryError):  # not reached: it expires with its ttl
             self._d._run("close session", _scripts.CLOSE, [], [self.id])
-        except DiscoveryError:
-            pass  # it expires with its ttl
 
     def release(self) -> None:
         """Close now, raising a DiscoveryError when the server was not reached (the keys then expire with it)."""
@@ -167,7 +168,10 @@ class RedisDiscovery(Discovery):
         seq = self._hub.seq
         sent = time.monotonic()
         result = self._run(
-            "create", _scripts.CREATE, [k, self._ns + "token/" + k, self._index], [own.id, value, own.ms if own.ticket else ""]
+            "create",
+            _scripts.CREATE,
+            [k, self._ns + "token/" + k, self._index],
+            [own.id, value, own.ms if own.ticket else ""],
         )
         status = int(result[0])
         if status < 0:
@@ -183,7 +187,9 @@ class RedisDiscovery(Discovery):
         k = self._k(key)
         own = None if session is None else self._own(session)
         if own is not None and (own._closed or own.ticket):
-            raise SessionExpired(f"redis session {own.id} was closed" if own._closed else f"ticket {own.id} holds no key")
+            raise SessionExpired(
+                f"redis session {own.id} was closed" if own._closed else f"ticket {own.id} holds no key"
+            )
         result = self._run(
             "put", _scripts.PUT, [k, self._ns + "token/" + k, self._index], [value, "" if own is None else own.id]
         )

@@ -64,9 +64,7 @@ def glob_escape(text: str) -> str:
 class RedisWatch(FedWatch):
     """A watch on one data key; ``holder``: the session of the record seen, ``deadline``: when it should expire."""
 
-    def __init__(
-        self, hub: Hub, key: str, seen: Record | None, changed: bool, deadline: float | None
-    ) -> None:
+    def __init__(self, hub: Hub, key: str, seen: Record | None, changed: bool, deadline: float | None) -> None:
         super().__init__(seen, changed)
         self._hub = hub
         self.key = key
@@ -190,11 +188,15 @@ class Hub:
             if self._closed:
                 raise DiscoveryError("redis discovery is closed")
             self._start()
-            self._cond.wait_for(lambda: self._mode is not None or self._error is not None or self._closed, self._timeout)
+            self._cond.wait_for(
+                lambda: self._mode is not None or self._error is not None or self._closed, self._timeout
+            )
             if self._mode is not None:
                 return
             error = self._error
-        raise error or DiscoveryUnavailable(f"redis at {self._link.target.where}: no subscription within {self._timeout}s")
+        raise error or DiscoveryUnavailable(
+            f"redis at {self._link.target.where}: no subscription within {self._timeout}s"
+        )
 
     def add(self, watch: RedisWatch, seq: int) -> bool:
         """Serve ``watch``, whose caller's read was made when the hub had received ``seq`` events. False: events
