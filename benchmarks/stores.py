@@ -3,6 +3,8 @@
 * etcd 3.4 and ZooKeeper 3.8: real servers from ``tests/support/servers.py`` (single members, loopback, free ports).
 * consul: the Consul HTTP API double (``tests/support/consul_double.py``), in this process.
 * sqlite: a file in a temp dir; memory: in process.
+* redis: Redis 7.0 from Debian's ``redis-server`` (``tests/support/stores/redis.py``) with its default persistence
+  (no append-only file: what a default install runs).
 
 Request counters (``Stores.requests(backend)`` → ``{name: count}``), read before and after a window:
 
@@ -12,6 +14,7 @@ Request counters (``Stores.requests(backend)`` → ``{name: count}``), read befo
 * zk: ``Received`` of the ``srvr`` four-letter word: every packet the server read, *heartbeat pings included*
   (ZooKeeper does not count pings apart). ``Connections`` comes from the same answer.
 * consul: the double's count of served HTTP requests (a blocking query counts once, when it is sent).
+* redis: ``total_commands_processed`` of ``INFO stats`` (a script counts once; the ``INFO`` that reads it, too).
 * sqlite: statements seen by a trace callback on every connection the backend opens (a wrapper installed by
   the benchmark, not library code): write transactions (``BEGIN``), autocommit reads, and
   ``PRAGMA data_version`` polls (the change detector's safety net) apart.
@@ -37,7 +40,7 @@ from tests.support.servers import Cluster, etcd_cluster, zk_cluster
 
 __all__ = ["BACKENDS", "Stores"]
 
-BACKENDS = ["memory", "sqlite", "etcd", "zk", "consul"]
+BACKENDS = ["memory", "sqlite", "etcd", "zk", "consul", "redis"]
 _METRIC = re.compile(r'^grpc_server_msg_received_total\{grpc_method="(\w+)",grpc_service="([\w.]+)".*\}\s+(\S+)$')
 
 
@@ -99,6 +102,7 @@ class Stores:
         self.etcd: Cluster | None = None
         self.zk: Cluster | None = None
         self.consul: ConsulDouble | None = None
+        self.redis: Any = None
         self.sqlite = _SqliteCounter()
 
     def __enter__(self) -> Stores:
@@ -111,6 +115,10 @@ class Stores:
                 self.consul = ConsulDouble(session_ttl_min=0.001).start()
             if "sqlite" in self.backends:
                 self.sqlite.install()
+            if "redis" in self.backends:
+                from tests.support.stores.redis import RedisServer
+
+                self.redis = RedisServer(self.tmp / "redis", extra=["appendonly no"]).start()
         except BaseException:
             self.close()
             raise
@@ -125,7 +133,9 @@ class Stores:
                 cluster.close()
         if self.consul is not None:
             self.consul.close()
-        self.etcd = self.zk = self.consul = None
+        if self.redis is not None:
+            self.redis.close()
+        self.etcd = self.zk = self.consul = self.redis = None
         import shutil
 
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -144,9 +154,14 @@ class Stores:
         if backend == "consul":
             assert self.consul is not None
             return self.consul.url(prefix, session_ttl_min="1ms")
+        if backend == "redis":
+            assert self.redis is not None
+            return f"redis://{self.redis.address}/{prefix}"
         raise ValueError(backend)
 
     def server_pid(self, backend: str) -> int | None:
+        if backend == "redis":
+            return None if self.redis is None or self.redis.proc is None else int(self.redis.proc.pid)
         cluster = {"etcd": self.etcd, "zk": self.zk}.get(backend)
         if cluster is None or cluster.members[0].proc is None:
             return None
@@ -187,6 +202,12 @@ class Stores:
             return {"http": float(self.consul.requests)}
         if backend == "sqlite":
             return self.sqlite.snapshot()
+        if backend == "redis":
+            assert self.redis is not None
+            import redis
+
+            with redis.Redis(port=self.redis.port, protocol=2) as client:
+                return {"commands": float(client.info("stats")["total_commands_processed"])}
         return {}
 
 

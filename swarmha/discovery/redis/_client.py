@@ -224,6 +224,14 @@ class Link:
             raise translate(e, "primary lookup", self.target) from None
         return (str(address[0]), int(address[1]))
 
+    def follow_primary(self) -> None:
+        """(Sentinel) the Sentinels name a new primary: drop the request connection, so that the next request asks
+        them again instead of going on with the old primary (still accepting writes when it was cut off)."""
+        try:
+            self.client.connection_pool.disconnect(inuse_connections=True)
+        except Exception as e:  # never raises: the next request reconnects in any case
+            log.debug("dropping the request connection failed: %s", e)
+
     def call(self, what: str, fn: Callable[[redis.Redis], _T]) -> _T:
         """``fn(client)`` on the one request connection, within about the URL's timeout; errors translated."""
         if not self.lock.acquire(timeout=self.target.timeout):

@@ -363,6 +363,7 @@ class Hub:
             if message is not None and message.get("type") == "pmessage":
                 self._event(str(message["channel"]), str(message["data"]))
         if self._primary is not None and self._link.primary() != self._primary:
+            self._link.follow_primary()
             raise DiscoveryUnavailable("the Sentinels name a new primary")
 
     def _event(self, channel: str, event: str) -> None:
