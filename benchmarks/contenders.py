@@ -67,7 +67,8 @@ def _split(url: str) -> tuple[str, str, str]:
 
 def backend_of(system: str) -> str:
     """The backend a peer system runs on (swarmha runs on every backend: returns "")."""
-    return {"kazoo-lock": "zk", "kazoo-election": "zk", "tooz": "zk", "etcd-lock": "etcd", **REDIS_PEERS}.get(system, "")
+    peers = {"kazoo-lock": "zk", "kazoo-election": "zk", "tooz": "zk", "etcd-lock": "etcd", **REDIS_PEERS}
+    return peers.get(system, "")
 
 
 class Contender(abc.ABC):

@@ -362,9 +362,15 @@ class Hub:
             message = self._pubsub.get_message(timeout=max(0.0, end - time.monotonic()))
             if message is not None and message.get("type") == "pmessage":
                 self._event(str(message["channel"]), str(message["data"]))
-        if self._primary is not None and self._link.primary() != self._primary:
-            self._link.follow_primary()
-            raise DiscoveryUnavailable("the Sentinels name a new primary")
+        if self._primary is not None:
+            try:
+                primary = self._link.primary()
+            except DiscoveryError as e:  # the Sentinels are out of reach: the primary still serves this subscription
+                log.debug("asking the Sentinels for the primary failed: %s", e)
+                return
+            if primary != self._primary:
+                self._link.follow_primary()
+                raise DiscoveryUnavailable(f"the Sentinels name a new primary {primary}")
 
     def _event(self, channel: str, event: str) -> None:
         name = channel.partition(":")[2]
