@@ -3,8 +3,10 @@
 The hub's thread, ``swarmha-redis-watch[PREFIX]``, keeps one ``PSUBSCRIBE __keyspace@DB__:PREFIX/*`` on a
 connection of its own and wakes the watches of the key (or of the session) an event names: ``hset``/``del`` on a
 data key, ``expired``/``del`` on a session key (every key bound to that session is absent from then on). Events
-carry no data: a woken watch tells its caller to read the key again, except that a ``del``/``expired`` sets
-:attr:`~swarmha.discovery.Watch.known_absent`. Session renewals (``expire`` events) wake nobody.
+carry no data: a ``del``/``expired`` fires the watches that saw a record, with
+:attr:`~swarmha.discovery.Watch.known_absent` set; a write fires those that saw the key absent, and for those that
+saw a record the hub reads the key once (is it a change, or the late event of the write they saw?). Session
+renewals (``expire`` events) wake nobody.
 
 No change is missed between the caller's read and the watch: the hub numbers the events it receives, every read
 notes the number before it is sent, and a new watch fires at once if an event for its key (or its holder's
@@ -18,7 +20,9 @@ Expiry: Redis deletes an expired key when it is next touched or when its active 
 then publishes ``expired``. So each watch also knows when its holder's session should expire by the server's
 ``PTTL`` (read with the record) and asks the server again then (:meth:`Watch.recheck_at`): one ``PTTL`` per
 session, not per key (answers are shared by the hub), which touches the key and makes the server expire it. A
-crashed holder's key is therefore seen gone within a round trip of its expiry on the server.
+crashed holder's key is therefore seen gone within a round trip of its expiry on the server. A live holder's
+renewals publish ``expire`` events, each moving that time on by the session's ttl (read from the session key with
+the first ``PTTL``), so watching a live holder sends no request.
 
 Poll fallback: where the server's CONFIG may not be used (renamed, ACL) and ``events=server`` was not given, the
 hub reads every watched key every ``poll`` seconds (one script, 500 keys a round trip) instead of subscribing.
@@ -171,6 +175,7 @@ class Hub:
         # "k:<key>" / "s:<sid>" -> (seq, name) of its last event
         self._recent: collections.OrderedDict[str, tuple[int, str]] = collections.OrderedDict()
         self._deadlines: collections.OrderedDict[str, float | None] = collections.OrderedDict()  # sid -> expiry
+        self._ttls: collections.OrderedDict[str, float] = collections.OrderedDict()  # sid -> its ttl in seconds
         self._mode: str | None = None  # "events" while subscribed, "poll" while polling, None: neither yet
         self._error: DiscoveryError | None = None
         self._pubsub: Any = None
@@ -233,16 +238,32 @@ class Hub:
                         del index[name]
 
     def session_deadline(self, sid: str) -> float | None:
-        """When session ``sid`` expires by the server's PTTL (monotonic, plus a little), or None if it is gone."""
+        """When session ``sid`` expires by the server's PTTL (monotonic, plus a little), or None if it is gone.
+
+        Asks the server only when the last answer has run out: its renewals (``expire`` events) move the answer
+        on by the session's ttl, which the first question also read (the session key holds it)."""
         with self._cond:
             if sid in self._deadlines:
                 known = self._deadlines[sid]
                 if known is None or known > time.monotonic():
                     return known
         key = self._ns + "session/" + sid
+
+        def ask(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.pttl(key)
+            pipe.get(key)
+            return list(pipe.execute())
+
         sent = time.monotonic()
-        pttl = int(self._link.call("session check", lambda client: client.pttl(key)))
+        pttl, ttl_ms = self._link.call("session check", ask)
+        pttl = int(pttl)
         deadline = None if pttl == -2 else sent + (pttl / 1000.0 if pttl >= 0 else self.poll) + GRACE
+        if ttl_ms is not None and str(ttl_ms).isdigit():
+            with self._cond:
+                self._ttls[sid] = int(ttl_ms) / 1000.0
+                while len(self._ttls) > _REMEMBER:
+                    self._ttls.popitem(last=False)
         self.note_session(sid, deadline)
         return deadline
 
@@ -376,9 +397,12 @@ class Hub:
         name = channel.partition(":")[2]
         session_prefix = self._ns + "session/"
         if name.startswith(session_prefix):
-            if event not in _GONE:
-                return  # a renewal
             sid = name[len(session_prefix) :]
+            if event not in _GONE:
+                ttl = self._ttls.get(sid)
+                if event == "expire" and ttl is not None:  # a renewal: it expires a ttl from now at the latest
+                    self.note_session(sid, time.monotonic() + ttl + GRACE)
+                return
             self.note_session(sid, None)
             for w in self._note("s:" + sid, event, self._by_session.get(sid)):
                 w.gone(sid)
