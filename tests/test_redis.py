@@ -6,6 +6,8 @@ The election contract itself runs on Redis in tests/test_contract.py; this file 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -272,3 +274,16 @@ def test_a_sentinel_failover_moves_leadership_to_the_new_primary_with_a_higher_t
     finally:
         for s in (sentinel, replica, primary):
             s.close()
+
+
+def test_without_redis_py_the_error_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import swarmha\n"
+        "try:\n"
+        "    swarmha.connect('redis+sentinel://h/svc/p')\n"
+        "except swarmha.errors.BackendNotInstalled as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "pip install 'swarmha[redis]'" in out, out
