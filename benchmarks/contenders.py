@@ -17,8 +17,10 @@ Systems (``SYSTEMS``), with the settings a fair comparison needs (the same ttl e
   loop every ``TOOZ_INTERVAL`` (0.1 s, the loop in tooz's leader-election example); release =
   ``stand_down_group_leader`` after leaving the loop. tooz elects inside ``run_watchers`` with a
   non-blocking kazoo Lock attempt, so a waiting member polls.
-* ``tooz-redis``: the same tooz loop on tooz's Redis driver (``redis://HOST:PORT?timeout=ttl``).
-* ``redis-lock``: redis-py's ``Lock(client, name, timeout=ttl)``: ``acquire()`` (blocking, retried every 0.1 s,
+* ``tooz-redis``: the same tooz loop on tooz's Redis driver (``redis://HOST:PORT?timeout=ttl``); release = the
+  coordinator's ``stop()`` (the driver has no ``stand_down_group_leader``; stopping releases its leader lock).
+* ``redis-lock``: redis-py's ``Lock(client, name, timeout=ttl)`` (``thread_local=False``: it is released from
+  another thread than the one that took it): ``acquire()`` (blocking, retried every 0.1 s,
   its default ``sleep``); the holder extends it every ttl/3; release = ``lock.release()``.
 * ``python-redis-lock``: ``redis_lock.Lock(client, name, expire=ttl, auto_renewal=True)``: ``acquire()`` waits
   on ``BLPOP`` of the lock's signal list, which ``release()`` pushes to.
@@ -285,6 +287,13 @@ class ToozRedisContender(ToozContender):
     def _backend_url(hosts: str, prefix: str, ttl: float) -> str:
         return f"redis://{hosts}?timeout={max(1, round(ttl))}&namespace={prefix or 'tooz'}"
 
+    def release(self) -> None:
+        """tooz's Redis driver has no ``stand_down_group_leader``: stopping the coordinator releases its locks."""
+        self._stop.set()
+        self._join()
+        if self.elected.is_set():
+            self.coordinator.stop()
+
 
 class _RedisContender(Contender):
     def __init__(self, url: str, key: str, node: str, ttl: float) -> None:
@@ -308,7 +317,7 @@ class _RedisContender(Contender):
 
 class RedisLockContender(_RedisContender):
     def campaign(self) -> None:
-        self.lock = self.client.lock(self.name, timeout=self.ttl)
+        self.lock = self.client.lock(self.name, timeout=self.ttl, thread_local=False)  # released from another thread
 
         def run() -> None:
             if not self.lock.acquire(blocking=True):

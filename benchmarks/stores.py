@@ -14,7 +14,8 @@ Request counters (``Stores.requests(backend)`` → ``{name: count}``), read befo
 * zk: ``Received`` of the ``srvr`` four-letter word: every packet the server read, *heartbeat pings included*
   (ZooKeeper does not count pings apart). ``Connections`` comes from the same answer.
 * consul: the double's count of served HTTP requests (a blocking query counts once, when it is sent).
-* redis: ``total_commands_processed`` of ``INFO stats`` (a script counts once; the ``INFO`` that reads it, too).
+* redis: calls of ``EVALSHA``/``EVAL`` in ``INFO commandstats`` (every request swarmha sends is one script, CONFIG
+  and connecting aside; the commands a script runs inside are not requests, and are not counted).
 * sqlite: statements seen by a trace callback on every connection the backend opens (a wrapper installed by
   the benchmark, not library code): write transactions (``BEGIN``), autocommit reads, and
   ``PRAGMA data_version`` polls (the change detector's safety net) apart.
@@ -207,7 +208,8 @@ class Stores:
             import redis
 
             with redis.Redis(port=self.redis.port, protocol=2) as client:
-                return {"commands": float(client.info("stats")["total_commands_processed"])}
+                stats = client.info("commandstats")
+            return {"scripts": float(sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval")))}
         return {}
 
 

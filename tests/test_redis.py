@@ -161,9 +161,8 @@ def test_a_server_without_scripting_is_named_as_such(tmp_path: Path) -> None:
     try:
         d = swarmha.connect(url_of(server))
         try:
-            session = d.session(5.0)
             with pytest.raises(DiscoveryError, match="no script support") as info:
-                d.create(KEY, "n", session)
+                d.session(5.0)
             assert not isinstance(info.value, DiscoveryUnavailable)
         finally:
             d.close()

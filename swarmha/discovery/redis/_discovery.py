@@ -53,8 +53,7 @@ class RedisSession(Session):
         self.ticket = ticket
         self._closed = False
         if not ticket:
-            key = discovery._ns + "session/" + self.id
-            discovery._link.call("session", lambda client: client.set(key, self.ms, px=self.ms, nx=True))
+            discovery._run("session", _scripts.OPEN, [], [self.id, self.ms])
 
     def keepalive(self) -> None:
         if self._closed or self.ticket:
@@ -93,7 +92,7 @@ class RedisDiscovery(Discovery):
         self._link = Link(self.target)
         self._scripts: dict[str, Any] = {}
         pattern = f"__keyspace@{self.target.db}__:" + (glob_escape(prefix) + "/*" if prefix else "*")
-        self._hub = Hub(self._link, self._ns, pattern, self._read_many)
+        self._hub = Hub(self._link, self._ns, pattern, self._read_many, self._check)
         self._lock = threading.Lock()
         self._reads: dict[str, _Read] = {}
         self._closed = False
@@ -143,6 +142,11 @@ class RedisDiscovery(Discovery):
     def _read_many(self, keys: list[str]) -> list[Record | None]:
         rows = self._run("poll", _scripts.READ_MANY, keys, [])
         return [self._record(row)[0] for row in rows]
+
+    def _check(self, sid: str) -> tuple[int, int | None]:
+        """(PTTL of session ``sid`` in ms, -2 if gone; its ttl in ms if known)."""
+        pttl, ttl = self._run("session check", _scripts.CHECK, [], [sid])
+        return int(pttl), int(ttl) if ttl is not None and str(ttl).isdigit() else None
 
     @staticmethod
     def _own(session: Session) -> RedisSession:

@@ -1,4 +1,4 @@
-"""The Lua scripts every write (and every read) of the Redis backend runs: each one atomic on the server.
+"""The Lua scripts behind every request of the Redis backend (CONFIG and connecting aside), each atomic on the server.
 
 Every script gets the Discovery's namespace ``NS`` (``<prefix>//``) as ``ARGV[1]``; the keys it derives from it:
 
@@ -19,7 +19,7 @@ behind the old one's by more than the failover took (see docs/guarantees.md). In
 
 from __future__ import annotations
 
-__all__ = ["CLOSE", "CREATE", "DELETE", "GET", "KEEPALIVE", "LIST", "PUT", "READ_MANY"]
+__all__ = ["CHECK", "CLOSE", "CREATE", "DELETE", "GET", "KEEPALIVE", "LIST", "OPEN", "PUT", "READ_MANY"]
 
 _PRELUDE = """
 local ns = ARGV[1]
@@ -147,6 +147,24 @@ redis.call('ZREM', KEYS[2], KEYS[1])
 if r[2] then redis.call('SREM', ns .. 'keys/' .. r[2], KEYS[1]) end
 if live then return 1 end
 return 0
+"""
+)
+
+#: ARGV: ns, sid, ttl in ms. A new session. -> 1
+OPEN = (
+    _PRELUDE
+    + """
+redis.call('SET', ns .. 'session/' .. ARGV[2], ARGV[3], 'PX', ARGV[3], 'NX')
+return 1
+"""
+)
+
+#: ARGV: ns, sid. -> {pttl in ms (-2: gone), the session's ttl in ms or false}
+CHECK = (
+    _PRELUDE
+    + """
+local sk = ns .. 'session/' .. ARGV[2]
+return {redis.call('PTTL', sk), redis.call('GET', sk)}
 """
 )
 

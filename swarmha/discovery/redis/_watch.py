@@ -160,11 +160,19 @@ class RedisWatch(FedWatch):
 class Hub:
     """Every watch of one Discovery on one pub/sub connection (or one poll loop); see the module docstring."""
 
-    def __init__(self, link: Link, namespace: str, pattern: str, read_many: Callable[[list[str]], list[Any]]) -> None:
+    def __init__(
+        self,
+        link: Link,
+        namespace: str,
+        pattern: str,
+        read_many: Callable[[list[str]], list[Any]],
+        check: Callable[[str], tuple[int, int | None]],
+    ) -> None:
         self._link = link
         self._ns = namespace  # "<prefix>//": session keys are <ns>session/<sid>
         self._pattern = pattern
         self._read_many = read_many
+        self._check = check
         self.poll = link.target.poll
         self._timeout = link.target.timeout
         self._cond = threading.Condition()
@@ -247,21 +255,12 @@ class Hub:
                 known = self._deadlines[sid]
                 if known is None or known > time.monotonic():
                     return known
-        key = self._ns + "session/" + sid
-
-        def ask(client: Any) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            pipe.pttl(key)
-            pipe.get(key)
-            return list(pipe.execute())
-
         sent = time.monotonic()
-        pttl, ttl_ms = self._link.call("session check", ask)
-        pttl = int(pttl)
+        pttl, ttl_ms = self._check(sid)
         deadline = None if pttl == -2 else sent + (pttl / 1000.0 if pttl >= 0 else self.poll) + GRACE
-        if ttl_ms is not None and str(ttl_ms).isdigit():
+        if ttl_ms is not None:
             with self._cond:
-                self._ttls[sid] = int(ttl_ms) / 1000.0
+                self._ttls[sid] = ttl_ms / 1000.0
                 while len(self._ttls) > _REMEMBER:
                     self._ttls.popitem(last=False)
         self.note_session(sid, deadline)
