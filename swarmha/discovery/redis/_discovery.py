@@ -119,7 +119,7 @@ class RedisDiscovery(Discovery):
         """(Record, session pttl in ms) from a GET/READ_MANY row."""
         if not row:
             return None, -1
-        value, token, session, pttl = row
+        value, token, session, pttl = row[:4]
         return Record(str(value), int(token), str(session) or None), int(pttl)
 
     def _remember(self, key: str, read: _Read) -> None:
@@ -131,12 +131,14 @@ class RedisDiscovery(Discovery):
     def _read(self, key: str) -> _Read:
         seq = self._hub.seq
         sent = time.monotonic()
-        record, pttl = self._record(self._run("get", _scripts.GET, [key], []))
+        row = self._run("get", _scripts.GET, [key], [])
+        record, pttl = self._record(row)
         deadline = sent + pttl / 1000.0 if record is not None and record.session is not None and pttl >= 0 else None
         read = _Read(record, deadline, seq)
         self._remember(key, read)
         if record is not None and record.session is not None and deadline is not None:
-            self._hub.note_session(record.session, deadline)
+            ttl = str(row[4])
+            self._hub.note_session(record.session, deadline, int(ttl) if ttl.isdigit() else None)
         return read
 
     def _read_many(self, keys: list[str]) -> list[Record | None]:

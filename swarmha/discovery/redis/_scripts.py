@@ -54,13 +54,16 @@ local function bind(k, sid, pttl)
 end
 """
 
-#: KEYS: data. -> nil, or {value, token, session ('' if none), pttl of the session in ms (-1 if none)}
+#: KEYS: data. -> nil, or {value, token, session ('' if none), pttl of the session in ms (-1 if none),
+#: the session's ttl in ms ('' if none)}
 GET = (
     _PRELUDE
     + """
 local r = load(KEYS[1])
 if not r then return false end
-return {r[1], r[2], r[3] or '', pttl_of(r[3])}
+local ttl = ''
+if r[3] then ttl = redis.call('GET', ns .. 'session/' .. r[3]) or '' end
+return {r[1], r[2], r[3] or '', pttl_of(r[3]), ttl}
 """
 )
 

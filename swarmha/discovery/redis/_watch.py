@@ -258,17 +258,17 @@ class Hub:
         sent = time.monotonic()
         pttl, ttl_ms = self._check(sid)
         deadline = None if pttl == -2 else sent + (pttl / 1000.0 if pttl >= 0 else self.poll) + GRACE
-        if ttl_ms is not None:
-            with self._cond:
-                self._ttls[sid] = ttl_ms / 1000.0
-                while len(self._ttls) > _REMEMBER:
-                    self._ttls.popitem(last=False)
-        self.note_session(sid, deadline)
+        self.note_session(sid, deadline, ttl_ms)
         return deadline
 
-    def note_session(self, sid: str, deadline: float | None) -> None:
-        """Remember when ``sid`` expires (None: it is gone); a gone session stays gone."""
+    def note_session(self, sid: str, deadline: float | None, ttl_ms: int | None = None) -> None:
+        """Remember when ``sid`` expires (None: it is gone; a gone session stays gone) and its ttl if known."""
         with self._cond:
+            if ttl_ms is not None:
+                self._ttls[sid] = ttl_ms / 1000.0
+                self._ttls.move_to_end(sid)
+                while len(self._ttls) > _REMEMBER:
+                    self._ttls.popitem(last=False)
             if sid in self._deadlines and self._deadlines[sid] is None:
                 return
             self._deadlines[sid] = deadline
