@@ -1,7 +1,7 @@
 """The discovery layer: an abstract TTL-lease key store and its backends.
 
 :func:`connect` turns a URL into a :class:`Discovery`; backends live one per module
-(``memory``, ``sqlite``, ``etcd``, ``zookeeper``, ``consul``) and depend only on the abstract classes here.
+(``memory``, ``sqlite``, ``etcd``, ``zookeeper``, ``consul``, ``redis``) and depend only on the abstract classes here.
 """
 
 from swarmha.discovery._base import Discovery, Record, Session, Watch
