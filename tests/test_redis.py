@@ -51,6 +51,10 @@ def test_url_forms_and_options_are_checked() -> None:
         swarmha.connect("redis://h1,h2/p")
     with pytest.raises(InvalidDiscoveryURL, match="use rediss://"):
         swarmha.connect("redis://127.0.0.1/p?ca=/etc/ssl/x.pem")
+    with pytest.raises(InvalidDiscoveryURL, match="cert and key go together"):
+        swarmha.connect("rediss://127.0.0.1/p?cert=/etc/hostname")
+    with pytest.raises(InvalidDiscoveryURL, match="cannot read ca="):
+        swarmha.connect("rediss://127.0.0.1/p?ca=/no/such/ca.pem")
     with pytest.raises(InvalidDiscoveryURL, match="events must be"):
         swarmha.connect("redis://127.0.0.1/p?events=maybe")
     with pytest.raises(InvalidDiscoveryURL, match="names no service"):
@@ -286,3 +290,33 @@ def test_without_redis_py_the_error_names_the_extra() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert "pip install 'swarmha[redis]'" in out, out
+
+
+def test_rediss_talks_tls_and_verifies_the_server(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        [*request, "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    (port,) = free_ports(1)
+    extra = ["port 0", f"tls-port {port}", f"tls-cert-file {cert}", f"tls-key-file {key}", "tls-auth-clients no"]
+    server = RedisServer(tmp_path / "r", port=port, extra=extra, tls=True).start()
+    try:
+        d = swarmha.connect(f"rediss://127.0.0.1:{port}/{fresh_prefix('tls')}?ca={cert}&timeout=2")
+        try:
+            c = swarmha.Candidate(d, KEY, node="n", ttl=5.0).start()
+            wait_for(lambda: c.is_leader, 10.0, "a leader over TLS")
+            c.stop()
+        finally:
+            d.close()
+        unverified = swarmha.connect(f"rediss://127.0.0.1:{port}/p?timeout=2")  # the system roots: not this cert
+        try:
+            with pytest.raises(DiscoveryUnavailable, match="certificate"):
+                unverified.session(5.0)
+        finally:
+            unverified.close()
+    finally:
+        server.close()

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Sequence
@@ -32,11 +33,18 @@ class RedisServer:
     """One ``redis-server`` (or ``redis-server --sentinel`` with ``sentinel=True``) on 127.0.0.1:``port``."""
 
     def __init__(
-        self, workdir: Path, port: int | None = None, extra: Sequence[str] = (), *, sentinel: bool = False
+        self,
+        workdir: Path,
+        port: int | None = None,
+        extra: Sequence[str] = (),
+        *,
+        sentinel: bool = False,
+        tls: bool = False,
     ) -> None:
         self.workdir = workdir
         self.port = port if port is not None else free_ports(1)[0]
         self.sentinel = sentinel
+        self.tls = tls  # the port speaks TLS (``extra`` sets tls-port and the certificates)
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         lines = [
@@ -79,7 +87,12 @@ class RedisServer:
     def ping(self) -> bool:
         """True when the server answers PING with PONG (or -NOAUTH: it serves, behind a password)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                s = raw
+                if self.tls:
+                    context = ssl.create_default_context()
+                    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+                    s = context.wrap_socket(raw)
                 s.sendall(b"PING\r\n")
                 answer = s.recv(64)
         except OSError:
