@@ -18,6 +18,7 @@ import redis
 
 import swarmha
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable, InvalidDiscoveryURL
+from tests.support.fault.proxy import FaultProxy
 from tests.support.helpers import wait_for
 from tests.support.net import free_ports
 from tests.support.stores import fresh_prefix
@@ -320,3 +321,28 @@ def test_rediss_talks_tls_and_verifies_the_server(tmp_path: Path) -> None:
             unverified.close()
     finally:
         server.close()
+
+
+def test_a_silent_pubsub_connection_is_noticed_and_wakes_the_watches(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link that goes silent without a reset (a partition, a NAT that forgot the flow): the hub's PING after a
+    quiet spell gets no answer within the timeout, so it reconnects and wakes every watch to read again."""
+    from swarmha.discovery.redis import _watch
+
+    monkeypatch.setattr(_watch, "PING_IDLE", 0.3)
+    proxy = FaultProxy(("127.0.0.1", server.port))
+    d = swarmha.connect(f"redis://{proxy.address}/{fresh_prefix('silent')}?timeout=1")
+    try:
+        record = d.create(KEY, "n", d.session(30.0))
+        with d.watch(KEY, record) as watch:
+            assert watch.wait(0.5) is False  # quiet, answered PINGs: nothing happens
+            proxy.set_mode("blackhole")
+            start = time.monotonic()
+            assert watch.wait(10.0) is True
+            assert time.monotonic() - start < 0.3 + 1.0 + 1.5
+            proxy.set_mode("pass")
+    finally:
+        proxy.set_mode("pass")
+        d.close()
+        proxy.close()

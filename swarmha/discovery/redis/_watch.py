@@ -14,7 +14,9 @@ session) arrived since. A read made before the current subscription is not trust
 the pub/sub connection breaks, every watch fires (its caller reads again) and the hub subscribes anew, asking the
 server to publish the events first (``CONFIG SET notify-keyspace-events``: a restarted server forgot it); with
 Sentinel it also follows the primary when the Sentinels name a new one. If that does not work within the URL's
-``timeout``, every open watch fails with :class:`~swarmha.errors.DiscoveryUnavailable`.
+``timeout``, every open watch fails with :class:`~swarmha.errors.DiscoveryUnavailable`. A connection that goes
+silent without breaking (a partition, a NAT that forgot the flow) is found by a ``PING`` after :data:`PING_IDLE`
+quiet seconds that gets no answer within ``timeout``, and handled as a break.
 
 Expiry: Redis deletes an expired key when it is next touched or when its active expiry cycle finds it, and only
 then publishes ``expired``. So each watch also knows when its holder's session should expire by the server's
@@ -52,6 +54,8 @@ log = logging.getLogger("swarmha.discovery.redis")
 
 #: Seconds the hub's thread lingers after its last watch closed.
 HUB_IDLE = 2.0
+#: Quiet seconds on the pub/sub connection after which the hub sends a PING (no answer within timeout: a break).
+PING_IDLE = 5.0
 #: Seconds after the server's expiry time at which a watch asks whether its holder's session is gone.
 GRACE = 0.005
 _READ_BATCH = 500
@@ -189,6 +193,8 @@ class Hub:
         self._pubsub: Any = None
         self._client: Any = None
         self._primary: tuple[str, int] | None = None
+        self._heard = 0.0  # when the pub/sub connection last delivered anything
+        self._pinged: float | None = None  # when a PING went unanswered so far
         self._thread: threading.Thread | None = None
         self._idle_since: float | None = None
         self._closed = False
@@ -297,6 +303,7 @@ class Hub:
         """Start the thread if it is not running (caller holds the lock)."""
         self._idle_since = None
         if self._thread is None and not self._closed:
+            self._error = None  # of an earlier thread: this one tries afresh
             scope = self._ns[:-2] or "*"
             self._thread = threading.Thread(target=self._run, name=f"swarmha-redis-watch[{scope}]", daemon=True)
             self._thread.start()
@@ -364,6 +371,7 @@ class Hub:
                     break
                 if time.monotonic() >= deadline:
                     raise DiscoveryUnavailable(f"redis at {self._link.target.where} did not confirm PSUBSCRIBE")
+        self._heard, self._pinged = time.monotonic(), None
         with self._cond:
             self.seq += 1
             self.floor = self.seq
@@ -375,12 +383,26 @@ class Hub:
             w.hint()
 
     def _listen(self) -> None:
-        """Handle the events of up to one second (then look at idleness, and at the primary with Sentinel)."""
+        """Handle the events of up to one second (then look at idleness, and at the primary with Sentinel).
+
+        A connection that went silent (a peer or a middlebox that vanished without a reset) is found by a PING
+        after :data:`PING_IDLE` quiet seconds: no answer within the URL's timeout counts as a break."""
         assert self._pubsub is not None
-        end = time.monotonic() + (min(1.0, self.poll) if self._primary is not None else 1.0)
+        now = time.monotonic()
+        end = now + (min(1.0, self.poll) if self._primary is not None else 1.0)
+        if self._pinged is not None and now - self._pinged > self._timeout:
+            raise DiscoveryUnavailable(
+                f"redis at {self._link.target.where}: no answer to PING on the pub/sub connection"
+            )
+        if self._pinged is None and now - self._heard > PING_IDLE:
+            self._pubsub.ping()
+            self._pinged = now
         while time.monotonic() < end and not self._closed:
             message = self._pubsub.get_message(timeout=max(0.0, end - time.monotonic()))
-            if message is not None and message.get("type") == "pmessage":
+            if message is None:
+                continue
+            self._heard, self._pinged = time.monotonic(), None
+            if message.get("type") == "pmessage":
                 self._event(str(message["channel"]), str(message["data"]))
         if self._primary is not None:
             try:
