@@ -1,4 +1,4 @@
-"""``redis://``, ``rediss://`` and ``redis+sentinel://``: Discovery on Redis (5.0 or later) through redis-py.
+"""``redis://``, ``rediss://`` and ``redis+sentinel://``: Discovery on Redis (5.0 or later; tested on 7.0), redis-py.
 
 URL forms (``user:password@`` optional, for ``AUTH``/ACL users)::
 
