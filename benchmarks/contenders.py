@@ -20,6 +20,13 @@ Systems (``SYSTEMS``), with the settings a fair comparison needs (the same ttl e
 * ``pg-advisory-lock``: the PostgreSQL recipe: ``SELECT pg_advisory_lock(hashtext(key))`` on a psycopg connection
   of its own (the server wakes the waiter as the holder unlocks); release = ``pg_advisory_unlock``. A session-level
   lock: it needs a direct connection (not through a transaction pooler) and no one notices its loss.
+* ``tooz-redis``: the same tooz loop on tooz's Redis driver (``redis://HOST:PORT?timeout=ttl``); release = the
+  coordinator's ``stop()`` (the driver has no ``stand_down_group_leader``; stopping releases its leader lock).
+* ``redis-lock``: redis-py's ``Lock(client, name, timeout=ttl)`` (``thread_local=False``: it is released from
+  another thread than the one that took it): ``acquire()`` (blocking, retried every 0.1 s,
+  its default ``sleep``); the holder extends it every ttl/3; release = ``lock.release()``.
+* ``python-redis-lock``: ``redis_lock.Lock(client, name, expire=ttl, auto_renewal=True)``: ``acquire()`` waits
+  on ``BLPOP`` of the lock's signal list, which ``release()`` pushes to.
 
 Run as ``python -m benchmarks.contenders --system S --url U --key K --node N --ttl T`` it is one contender
 process for the crash-failover runs: it prints ``{"event": "ready"}``, campaigns, prints
@@ -51,6 +58,7 @@ __all__ = ["SYSTEMS", "TOOZ_INTERVAL", "Contender", "backend_of"]
 #: Period of the tooz member's ``heartbeat(); run_watchers()`` loop (tooz's leader-election example sleeps 0.1 s).
 TOOZ_INTERVAL = 0.1
 JOIN_TIMEOUT = 10.0
+REDIS_PEERS = {"tooz-redis": "redis", "redis-lock": "redis", "python-redis-lock": "redis"}
 
 logging.getLogger("kazoo").setLevel(logging.CRITICAL)
 logging.getLogger("swarmha").setLevel(logging.CRITICAL)
@@ -64,7 +72,7 @@ def _split(url: str) -> tuple[str, str, str]:
 
 def backend_of(system: str) -> str:
     """The backend a peer system runs on (swarmha runs on every backend: returns "")."""
-    peers = {"kazoo-lock": "zk", "kazoo-election": "zk", "tooz": "zk", "etcd-lock": "etcd"}
+    peers = {"kazoo-lock": "zk", "kazoo-election": "zk", "tooz": "zk", "etcd-lock": "etcd", **REDIS_PEERS}
     return {**peers, "pg-advisory-lock": "postgres"}.get(system, "")
 
 
@@ -237,14 +245,16 @@ class ToozContender(Contender):
         super().__init__(url, key, node, ttl)
         _, hosts, prefix = _split(url)
         self.group = key.replace("/", "-").encode()
-        self.coordinator = coordination.get_coordinator(
-            f"zookeeper://{hosts}?timeout={max(1, round(ttl))}&namespace={prefix or 'tooz'}", node.encode()
-        )
+        self.coordinator = coordination.get_coordinator(self._backend_url(hosts, prefix, ttl), node.encode())
         self.coordinator.start()
         with contextlib.suppress(coordination.GroupAlreadyExist):
             self.coordinator.create_group(self.group).get()
         self.coordinator.join_group(self.group).get()
         self._stop = threading.Event()
+
+    @staticmethod
+    def _backend_url(hosts: str, prefix: str, ttl: float) -> str:
+        return f"zookeeper://{hosts}?timeout={max(1, round(ttl))}&namespace={prefix or 'tooz'}"
 
     def _on_elected(self, event: Any) -> None:
         self._won()
@@ -310,6 +320,80 @@ class PgAdvisoryLockContender(Contender):
             self.conn.close()
 
 
+class ToozRedisContender(ToozContender):
+    @staticmethod
+    def _backend_url(hosts: str, prefix: str, ttl: float) -> str:
+        return f"redis://{hosts}?timeout={max(1, round(ttl))}&namespace={prefix or 'tooz'}"
+
+    def release(self) -> None:
+        """tooz's Redis driver has no ``stand_down_group_leader``: stopping the coordinator releases its locks."""
+        self._stop.set()
+        self._join()
+        if self.elected.is_set():
+            self.coordinator.stop()
+
+
+class _RedisContender(Contender):
+    def __init__(self, url: str, key: str, node: str, ttl: float) -> None:
+        import redis
+
+        super().__init__(url, key, node, ttl)
+        _, hosts, prefix = _split(url)
+        host, port = hosts.split(",")[0].rsplit(":", 1)
+        self.client = redis.Redis(host=host, port=int(port))
+        self.client.ping()
+        self.name = f"{prefix}/{key}"
+        self._stop = threading.Event()
+        self.lock: Any = None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.release()
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+
+class RedisLockContender(_RedisContender):
+    def campaign(self) -> None:
+        self.lock = self.client.lock(self.name, timeout=self.ttl, thread_local=False)  # released from another thread
+
+        def run() -> None:
+            if not self.lock.acquire(blocking=True):
+                return
+            self._won()
+            while not self._stop.wait(self.ttl / 3.0):  # the holder keeps the lock alive itself
+                with contextlib.suppress(Exception):
+                    self.lock.extend(self.ttl, replace_ttl=True)
+
+        self._spawn(run)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self.lock is not None and self.elected.is_set():
+            with contextlib.suppress(Exception):
+                self.lock.release()
+        self._join()
+
+
+class PythonRedisLockContender(_RedisContender):
+    def campaign(self) -> None:
+        import redis_lock
+
+        self.lock = redis_lock.Lock(self.client, self.name, expire=max(1, round(self.ttl)), auto_renewal=True)
+
+        def run() -> None:
+            if self.lock.acquire(blocking=True):
+                self._won()
+
+        self._spawn(run)
+
+    def release(self) -> None:
+        if self.lock is not None and self.elected.is_set():
+            with contextlib.suppress(Exception):
+                self.lock.release()
+        self._join()
+
+
 SYSTEMS: dict[str, type[Contender]] = {
     "swarmha": SwarmhaContender,
     "kazoo-lock": KazooLockContender,
@@ -317,6 +401,9 @@ SYSTEMS: dict[str, type[Contender]] = {
     "etcd-lock": EtcdLockContender,
     "tooz": ToozContender,
     "pg-advisory-lock": PgAdvisoryLockContender,
+    "tooz-redis": ToozRedisContender,
+    "redis-lock": RedisLockContender,
+    "python-redis-lock": PythonRedisLockContender,
 }
 
 

@@ -51,7 +51,16 @@ from tests.support.procs import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ["handover", "handover-procs", "crash", "elect", "idle"]
-PEERS = ["kazoo-lock", "kazoo-election", "tooz", "etcd-lock", "pg-advisory-lock"]
+PEERS = [
+    "kazoo-lock",
+    "kazoo-election",
+    "tooz",
+    "etcd-lock",
+    "pg-advisory-lock",
+    "tooz-redis",
+    "redis-lock",
+    "python-redis-lock",
+]
 #: How long the next contender waits before the leader gives up (a waiting candidate has waited a while).
 SETTLE = 0.1
 HANDOVER_TTL = 30.0
@@ -81,7 +90,13 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 def missing(system: str, ttl: float = 0.0) -> dict[str, Any] | None:
     """A result saying the peer's library is not installed (so the run goes on without it), or None."""
     modules = {"kazoo-lock": "kazoo", "kazoo-election": "kazoo", "tooz": "tooz", "etcd-lock": "pyetcd"}
-    module = {**modules, "pg-advisory-lock": "psycopg"}.get(system)
+    module = {
+        **modules,
+        "pg-advisory-lock": "psycopg",
+        "tooz-redis": "tooz",
+        "redis-lock": "redis",
+        "python-redis-lock": "redis_lock",
+    }.get(system)
     if module is None or importlib.util.find_spec(module) is not None:
         return None
     print(f"  {system}: {module} is not installed (pip install -e '.[bench]'); skipped", flush=True)

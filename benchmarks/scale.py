@@ -1,6 +1,6 @@
 """Scale: N keys, three processes campaigning for all of them, swarmha beside kazoo and the etcd lock.
 
-    python -m benchmarks scale [--quick] [--keys 1,100,1000,10000] [--backends etcd,zk,sqlite[,consul,postgres]]
+    python -m benchmarks scale [--quick] [--keys 1,100,1000,10000] [--backends etcd,zk,sqlite[,consul,postgres,redis]]
                                [--systems swarmha,swarmha-lease,kazoo-election,kazoo-lock,etcd-lock] [--out FILE]
 
 For every backend, system and N: three worker processes (``python -m benchmarks.scale worker ...``) each
@@ -357,6 +357,8 @@ def _store_port(stores: Any, backend: str) -> int:
         return int(stores.consul.port) if stores.consul is not None else 0
     if backend == "postgres":
         return int(stores.postgres.port) if stores.postgres is not None else 0
+    if backend == "redis":
+        return int(stores.redis.port) if stores.redis is not None else 0
     cluster = {"etcd": stores.etcd, "zk": stores.zk}.get(backend)
     return 0 if cluster is None else int(cluster.members[0].client_port)
 

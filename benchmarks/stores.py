@@ -5,6 +5,8 @@
 * sqlite: a file in a temp dir; memory: in process.
 * postgres: PostgreSQL 15 from ``tests/support/stores/postgres.py`` with ``fsync=on`` (a commit waits for the disk,
   as in production).
+* redis: Redis 7.0 from Debian's ``redis-server`` (``tests/support/stores/redis.py``) with its default persistence
+  (no append-only file: what a default install runs).
 
 Request counters (``Stores.requests(backend)`` → ``{name: count}``), read before and after a window:
 
@@ -16,6 +18,8 @@ Request counters (``Stores.requests(backend)`` → ``{name: count}``), read befo
 * consul: the double's count of served HTTP requests (a blocking query counts once, when it is sent).
 * postgres: ``xact_commit + xact_rollback`` of the database in ``pg_stat_database`` (every request is one
   transaction); the server's statistics are flushed about once a second, so short windows read low.
+* redis: calls of ``EVALSHA``/``EVAL`` in ``INFO commandstats`` (every request swarmha sends is one script, CONFIG
+  and connecting aside; the commands a script runs inside are not requests, and are not counted).
 * sqlite: statements seen by a trace callback on every connection the backend opens (a wrapper installed by
   the benchmark, not library code): write transactions (``BEGIN``), autocommit reads, and the change feed's
   reads of its key-change counter (``meta.kv_version``: on a notify event or its safety poll) apart as ``poll``.
@@ -41,7 +45,7 @@ from tests.support.servers import Cluster, etcd_cluster, zk_cluster
 
 __all__ = ["BACKENDS", "Stores"]
 
-BACKENDS = ["memory", "sqlite", "etcd", "zk", "consul", "postgres"]
+BACKENDS = ["memory", "sqlite", "etcd", "zk", "consul", "postgres", "redis"]
 _METRIC = re.compile(r'^grpc_server_msg_received_total\{grpc_method="(\w+)",grpc_service="([\w.]+)".*\}\s+(\S+)$')
 
 
@@ -104,6 +108,7 @@ class Stores:
         self.zk: Cluster | None = None
         self.consul: ConsulDouble | None = None
         self.postgres: Any = None
+        self.redis: Any = None
         self.sqlite = _SqliteCounter()
 
     def __enter__(self) -> Stores:
@@ -120,6 +125,10 @@ class Stores:
                 from tests.support.stores.postgres import PostgresServer
 
                 self.postgres = PostgresServer(fsync="on")
+            if "redis" in self.backends:
+                from tests.support.stores.redis import RedisServer
+
+                self.redis = RedisServer(self.tmp / "redis", extra=["appendonly no"]).start()
         except BaseException:
             self.close()
             raise
@@ -136,7 +145,9 @@ class Stores:
             self.consul.close()
         if self.postgres is not None:
             self.postgres.close()
-        self.etcd = self.zk = self.consul = self.postgres = None
+        if self.redis is not None:
+            self.redis.close()
+        self.etcd = self.zk = self.consul = self.postgres = self.redis = None
         import shutil
 
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -158,12 +169,18 @@ class Stores:
         if backend == "postgres":
             assert self.postgres is not None
             return str(self.postgres.url(prefix=prefix))
+
+        if backend == "redis":
+            assert self.redis is not None
+            return f"redis://{self.redis.address}/{prefix}"
         raise ValueError(backend)
 
     def server_pid(self, backend: str) -> int | None:
         if backend == "postgres":
             pids = self.postgres.pids() if self.postgres is not None else []
             return pids[0] if pids else None
+        if backend == "redis":
+            return None if self.redis is None or self.redis.proc is None else int(self.redis.proc.pid)
         cluster = {"etcd": self.etcd, "zk": self.zk}.get(backend)
         if cluster is None or cluster.members[0].proc is None:
             return None
@@ -208,6 +225,13 @@ class Stores:
             assert self.postgres is not None
             query = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'swarmha'"
             return {"transactions": float(self.postgres.psql(query).strip() or 0)}
+        if backend == "redis":
+            assert self.redis is not None
+            import redis
+
+            with redis.Redis(port=self.redis.port, protocol=2) as client:
+                stats = client.info("commandstats")
+            return {"scripts": float(sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval")))}
         return {}
 
 

@@ -41,7 +41,13 @@ def store(request: pytest.FixtureRequest, stores: dict[str, StoreFixture]) -> It
 # Threads that must not outlive a test: a lease's keeper (joined by Lease.close), an etcd Discovery's watch stream
 # and a Consul Discovery's watch hub (both joined by close). Candidates and followers have no thread of their own:
 # the engine's timer and workers end 2 s after the last work, so they are not listed.
-_TEST_SCOPED_THREADS = ("swarmha-lease[", "swarmha-etcd-watch", "swarmha-consul-watch", "swarmha-postgres-watch")
+_TEST_SCOPED_THREADS = (
+    "swarmha-lease[",
+    "swarmha-etcd-watch",
+    "swarmha-consul-watch",
+    "swarmha-postgres-watch",
+    "swarmha-redis-watch",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ from tests.support.helpers import wait_for
 from tests.support.stores import BACKENDS, StoreFixture
 
 # ttl per backend: etcd leases are whole seconds with a ~2 s server minimum
-FAULT_TTL = {"sqlite": 1.0, "etcd": 2.0, "zk": 1.5, "consul": 2.0, "postgres": 1.0}
+FAULT_TTL = {"sqlite": 1.0, "etcd": 2.0, "zk": 1.5, "consul": 2.0, "postgres": 1.0, "redis": 1.0}
 SHORT_RUN_FAULTS = 8
 
 

@@ -29,7 +29,13 @@ def key_lifetime(url: str, ttl: float) -> float:
     return max(2.0, math.ceil(ttl)) + 0.5 if url.startswith("etcd://") else ttl
 
 
-CASES = [("sqlite", "start"), ("sqlite", "never-iterate"), ("etcd", "never-iterate"), ("zk", "never-iterate")]
+CASES = [
+    ("sqlite", "start"),
+    ("sqlite", "never-iterate"),
+    ("etcd", "never-iterate"),
+    ("zk", "never-iterate"),
+    ("redis", "never-iterate"),
+]
 
 
 @pytest.fixture(params=CASES, ids=[f"{b}-{m}" for b, m in CASES])

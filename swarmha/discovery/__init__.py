@@ -1,8 +1,8 @@
 """The discovery layer: an abstract TTL-lease key store and its backends.
 
 :func:`connect` turns a URL into a :class:`Discovery`; backends live one per module
-(``memory``, ``sqlite``, ``etcd``, ``zookeeper``, ``consul``, ``postgres``) and depend only on the abstract
-classes here.
+(``memory``, ``sqlite``, ``etcd``, ``zookeeper``, ``consul``, ``postgres``, ``redis``) and depend only on the
+abstract classes here.
 """
 
 from swarmha.discovery._base import Discovery, Record, Session, Watch

@@ -30,8 +30,19 @@ _BUILTIN: dict[str, str] = {
     "consul": "swarmha.discovery.consul:ConsulDiscovery",
     "postgresql": "swarmha.discovery.postgres:PostgresDiscovery",
     "postgres": "swarmha.discovery.postgres:PostgresDiscovery",
+    "redis": "swarmha.discovery.redis:RedisDiscovery",
+    "rediss": "swarmha.discovery.redis:RedisDiscovery",
+    "redis+sentinel": "swarmha.discovery.redis:RedisDiscovery",
 }
-_EXTRA = {"etcd": "etcd", "zk": "zookeeper", "consul": "consul", "postgresql": "postgres", "postgres": "postgres"}
+_EXTRA = {
+    "etcd": "etcd",
+    "zk": "zookeeper",
+    "consul": "consul",
+    "postgresql": "postgres",
+    "postgres": "postgres",
+    "rediss": "redis",
+    "redis+sentinel": "redis",
+}
 _registered: dict[str, Factory | str] = {}
 _lock = threading.Lock()
 _entry_points_loaded = False

@@ -99,7 +99,7 @@ def _discovery_arg(args: argparse.Namespace) -> str:
     if url.startswith("token://"):
         raise ConfigurationError(
             "token:// discovery (Docker Hub's hosted service) was shut down; use a store (etcd://, zk://, consul://, "
-            "sqlite://), nodes://H:P,H:P or file:///PATH"
+            "redis://, sqlite://), nodes://H:P,H:P or file:///PATH"
         )
     return _with_discovery_opts(url, getattr(args, "discovery_opt", None) or [])
 
@@ -161,7 +161,7 @@ def _engine_source(url: str, replication: bool) -> tuple[tuple[str, ...], str | 
     static = is_host_list(url)
     if (static or url.startswith("file://")) and replication:
         raise ConfigurationError(
-            "Leader election is only supported with consul, etcd and zookeeper discovery (and sqlite://): "
+            "Leader election is only supported with consul, etcd and zookeeper discovery (and sqlite://, redis://): "
             f"--replication needs a discovery store, not {url.partition('://')[0] if '://' in url else 'a host list'}"
         )
     if static:
@@ -384,7 +384,8 @@ def _parser() -> argparse.ArgumentParser:
     common = _global_flags(False)
 
     disc_help = (
-        "discovery: sqlite:///PATH, etcd://H:P/PREFIX, zk://..., consul://..., nodes://H:P,H:P, a bare H:P,H:P "
+        "discovery: sqlite:///PATH, etcd://H:P/PREFIX, zk://..., consul://..., redis://H:P/PREFIX, nodes://H:P,H:P, "
+        "a bare H:P,H:P "
         "list (ranges as in Swarm: 10.0.0.[1:3]:2375), file:///PATH (one engine a line) ($SWARM_DISCOVERY)"
     )
     opt_help = "store option, repeatable: kv.cacertfile=, kv.certfile=, kv.keyfile= (TLS to etcd), kv.path="

@@ -56,7 +56,7 @@ from tests.support.fault.harness import run_faults
 from tests.support.servers import ETCD, Cluster, etcd_cluster, zk_cluster
 from tests.support.stores.cluster import ClusterStore, MemberClusterStore
 
-BACKENDS = ("sqlite", "etcd", "zk", "consul", "etcd-cluster", "zk-cluster", "postgres", "pgbouncer")
+BACKENDS = ("sqlite", "etcd", "zk", "consul", "etcd-cluster", "zk-cluster", "postgres", "pgbouncer", "redis")
 SUMMARY_BEGIN, SUMMARY_END = "<!-- soak:summary:begin -->", "<!-- soak:summary:end -->"
 SECTIONS_END = "<!-- soak:sections:end -->"
 DATA = re.compile(r"<!-- soak:data (\{.*?\}) -->")
@@ -107,6 +107,10 @@ def open_store(backend: str, base: Path, fast_etcd: bool) -> Any:
         from tests.support.stores.pgbouncer import open_store as open_pgbouncer
 
         return open_pgbouncer(factory)  # type: ignore[arg-type]
+    if backend == "redis":
+        from tests.support.stores.redis import open_store as open_redis
+
+        return open_redis(factory)  # type: ignore[arg-type]
     if backend == "zk":
         from tests.support.stores.zookeeper import open_store as open_zk
 
@@ -355,6 +359,7 @@ def _server_version(backend: str) -> str:
         "consul": "the Consul HTTP API double",
         "postgres": "PostgreSQL 15 (Debian postgresql-15), fsync=off",
         "pgbouncer": "PostgreSQL 15 (Debian postgresql-15), fsync=off, behind PgBouncer (transaction pooling)",
+        "redis": "Redis 7.0 (Debian redis-server), appendfsync always",
     }
     return names.get(backend, backend)
 

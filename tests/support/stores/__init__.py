@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from typing import Protocol
 
-BACKENDS = ["memory", "sqlite", "etcd", "zk", "consul", "postgres", "pgbouncer"]
+BACKENDS = ["memory", "sqlite", "etcd", "zk", "consul", "postgres", "pgbouncer", "redis"]
 
 _counter = itertools.count(1)
 
