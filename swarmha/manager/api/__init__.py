@@ -26,6 +26,7 @@ from swarmha.manager.api.volumes import Volumes
 from swarmha.manager.cluster import Cluster
 from swarmha.manager.http import Exchange
 from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable
+from swarmha.manager.view import ClusterView
 
 __all__ = ["DEFAULT_API_VERSION", "PrimaryAPI", "docker_path"]
 
@@ -97,6 +98,10 @@ class PrimaryAPI:
         self.networks = Networks(cluster)
         self.volumes = Volumes(cluster)
         self.system = System(cluster)
+        #: Answers list and inspect calls from the engines' event-fed state (swarmha.manager.view).
+        self.view = ClusterView(cluster)
+        for part in (self.containers, self.images, self.networks, self.volumes, self.system):
+            part.view = self.view
         self._accepted: tuple[str | None, float] = (None, 0.0)  # (version, valid until)
         s = self.system
         self._routes: dict[tuple[str, str], Route] = {
