@@ -50,6 +50,15 @@ class ClusterView:
         self.cluster = cluster
         self._views: dict[str, tuple[EngineView, asyncio.Task[None]]] = {}
         cluster.closers.append(self.stop)
+        cluster.listeners.append(self._health_changed)
+
+    def _health_changed(self, e: Engine, what: str) -> None:
+        """An engine the cluster found unhealthy is followed anew once it is back (a full read): its stream may be
+        a dead connection that would never tell (a network partition sends no reset)."""
+        held = self._views.get(e.addr)
+        if what == "engine_disconnect" and held is not None:
+            held[1].cancel()
+            del self._views[e.addr]
 
     def view(self, e: Engine) -> EngineView | None:
         held = self._views.get(e.addr)
