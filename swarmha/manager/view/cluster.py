@@ -23,11 +23,11 @@ import contextlib
 import json
 import re
 import time
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from swarmha.manager.cluster import Cluster, Engine
 from swarmha.manager.view.engine import IMAGES, NETWORKS, VOLUMES, EngineView, Entry
-from swarmha.manager.view.status import status_text
 
 __all__ = ["SETTLE_TIMEOUT", "ClusterView"]
 
@@ -49,6 +49,10 @@ class ClusterView:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self._views: dict[str, tuple[EngineView, asyncio.Task[None]]] = {}
+        #: The last list answer: (what it was built from, valid until (epoch seconds), its bytes).
+        self._last: tuple[Any, float, bytes] | None = None
+        #: Each engine's ``Node`` JSON, kept while its ``/info`` answer and name are the same objects.
+        self._nodes: dict[str, tuple[Any, bytes]] = {}
         cluster.closers.append(self.stop)
         cluster.listeners.append(self._health_changed)
 
@@ -157,16 +161,38 @@ class ClusterView:
         if views is None or not await self._settled(views):
             return None
         running_only = not _true(arg.get("all", "")) and limit <= 0
+        nodes = [self._node(v.engine) for v in views]
+        key = (running_only, limit, [(v, v.version, v.engine.name, node) for v, node in zip(views, nodes, strict=True)])
+        now = time.time()
+        last = self._last
+        if last is not None and now < last[1] and last[0] == key:
+            return last[2]
         rows: list[tuple[float, Entry, Engine, bytes]] = []
-        for v in views:
+        for v, node in zip(views, nodes, strict=True):
             e = v.engine
-            node = json.dumps(e.node(), separators=(",", ":")).encode()
             rows += [(entry.created, entry, e, node) for entry in v.entries(running_only)]
         rows.sort(key=lambda r: r[0], reverse=True)
         if limit > 0:
             rows = rows[:limit]
-        now = time.time()
-        return b"[" + b",".join(_item(entry, e, node, now) for _, entry, e, node in rows) + b"]\n"
+        until = float("inf")
+        parts = []
+        for _, entry, e, node in rows:
+            text, valid = entry.status(now)
+            until = min(until, valid)
+            parts.append(_item(entry, e, node, text))
+        body = b"[" + b",".join(parts) + b"]\n"
+        self._last = (key, until, body)
+        return body
+
+    def _node(self, e: Engine) -> bytes:
+        """``e``'s Swarm ``Node`` object as JSON (rebuilt when its name or ``/info`` answer changed)."""
+        key = (e.info, e.name, e.id)
+        held = self._nodes.get(e.addr)
+        if held is not None and held[0][0] is e.info and held[0][1:] == key[1:]:
+            return held[1]
+        node = json.dumps(e.node(), separators=(",", ":")).encode()
+        self._nodes[e.addr] = (key, node)
+        return node
 
     async def inspect(self, ident: str, query: str) -> bytes | None:
         """The ``GET /containers/{ident}/json`` answer body, or None: ask the engines (a query, an unknown or
@@ -186,7 +212,7 @@ class ClusterView:
         if len(found) != 1:
             return None
         e, entry = found[0]
-        node = json.dumps(e.node(), separators=(",", ":")).encode()
+        node = self._node(e)
         cached = entry.inspect_cache
         if cached is not None and cached[0] == node:
             return cached[1]
@@ -195,9 +221,8 @@ class ClusterView:
         return body
 
 
-def _item(entry: Entry, e: Engine, node: bytes, now: float) -> bytes:
-    """One container's list item for a client: names ``/node/name``, ``Node``, ``Status`` as of ``now``."""
-    status = status_text(entry.inspect.get("State") or {}, now)
+def _item(entry: Entry, e: Engine, node: bytes, status: str) -> bytes:
+    """One container's list item for a client: names ``/node/name``, ``Node``, ``Status`` (its text now)."""
     key = (status, e.name, node)
     cached = entry.item_cache
     if cached is not None and cached[0] == key:

@@ -32,7 +32,7 @@ import attrs
 
 from swarmha.manager.cluster import Cluster, Engine
 from swarmha.manager.upstream import Response, UpstreamBroken, UpstreamUnreachable, stream
-from swarmha.manager.view.status import parse_time
+from swarmha.manager.view.status import parse_time, status
 
 __all__ = ["EngineView", "Entry"]
 
@@ -61,6 +61,9 @@ class Entry:
     #: Creation time (seconds, sub-second precision) for ordering; running as ``docker ps`` without ``-a`` shows.
     created: float
     running: bool
+    #: ``State.StartedAt`` and ``FinishedAt`` as epoch seconds (0.0: never).
+    started: float
+    finished: float
     #: (the key it was built for, the bytes) of the last list item and inspect answer encoded for a client.
     item_cache: tuple[Any, bytes] | None = None
     inspect_cache: tuple[Any, bytes] | None = None
@@ -76,7 +79,13 @@ class Entry:
             inspect,
             parse_time(str(inspect.get("Created") or "")) or float(item.get("Created") or 0),
             bool(state.get("Running")),
+            parse_time(str(state.get("StartedAt") or "")),
+            parse_time(str(state.get("FinishedAt") or "")),
         )
+
+    def status(self, now: float) -> tuple[str, float]:
+        """The ``Status`` text as of ``now`` and until when it holds."""
+        return status(self.inspect.get("State") or {}, self.started, self.finished, now)
 
 
 class EngineView:
@@ -92,6 +101,8 @@ class EngineView:
         self.synced = False
         #: Full reads made so far (the first at connect, one per reconnect).
         self.full_reads = 0
+        #: Changes applied to the containers so far (an answer built at one version holds until the next).
+        self.version = 0
         self._seq = 0
         self._dirty: dict[tuple[str, ...], int] = {}
         self._inflight: dict[tuple[str, ...], int] = {}
@@ -248,6 +259,7 @@ class EngineView:
         lists = await asyncio.gather(*(self._get(t) for t in _LISTS.values()))
         containers = {str(i["Id"]): Entry.of(i, body) for i, body in pairs if body is not None}
         self.containers = containers
+        self.version += 1
         self._names = {str(en.inspect.get("Name")): cid for cid, en in containers.items()}
         for key, r in zip(_LISTS, lists, strict=True):
             self.lists[key] = r.json()  # type: ignore[union-attr]
@@ -302,6 +314,7 @@ class EngineView:
         if old is not None:
             self._names.pop(str(old.inspect.get("Name")), None)
         self.containers[cid] = entry
+        self.version += 1
         self._names[str(entry.inspect.get("Name"))] = cid
         self.cluster.remember(cid, self.engine)
 
@@ -311,6 +324,7 @@ class EngineView:
             return
         cid = str(entry.item["Id"])
         self.containers.pop(cid, None)
+        self.version += 1
         self._names.pop(str(entry.inspect.get("Name")), None)
 
     def entries(self, running_only: bool) -> Iterable[Entry]:

@@ -11,7 +11,7 @@ import datetime
 import time
 from typing import Any
 
-__all__ = ["human_duration", "parse_time", "status_text"]
+__all__ = ["human_duration", "parse_time", "status", "status_text"]
 
 _ZERO_YEAR = "0001-"
 
@@ -67,28 +67,46 @@ def human_duration(seconds: float) -> str:
     return f"{int(seconds / 3600) // 24 // 365} years"
 
 
-def status_text(state: dict[str, Any], now: float | None = None) -> str:
-    """dockerd's ``State.String()`` for an inspected ``State``."""
-    now = time.time() if now is None else now
+def _boundary(seconds: float) -> float:
+    """How many seconds from an age of ``seconds`` until :func:`human_duration`'s text may change."""
+    if seconds < 60:
+        return int(seconds) + 1 - seconds if seconds >= 0 else -seconds
+    if seconds < 3600:
+        return (int(seconds / 60) + 1) * 60 - seconds
+    return (int(seconds / 3600 + 0.5) + 0.5) * 3600 - seconds
+
+
+def status(state: dict[str, Any], started: float, finished: float, now: float) -> tuple[str, float]:
+    """dockerd's ``State.String()`` for an inspected ``State`` whose ``StartedAt``/``FinishedAt`` are ``started``
+    and ``finished`` (:func:`parse_time`), as of ``now``; and the time until which that text stays the same."""
+    forever = float("inf")
     if state.get("Running"):
-        since = now - parse_time(str(state.get("StartedAt") or ""))
+        since = now - started
         if state.get("Paused"):
-            return f"Up {human_duration(since)} (Paused)"
+            return f"Up {human_duration(since)} (Paused)", now + _boundary(since)
         if state.get("Restarting"):
-            ago = now - parse_time(str(state.get("FinishedAt") or ""))
-            return f"Restarting ({int(state.get('ExitCode') or 0)}) {human_duration(ago)} ago"
+            ago = now - finished
+            return f"Restarting ({int(state.get('ExitCode') or 0)}) {human_duration(ago)} ago", now + _boundary(ago)
         health = state.get("Health")
         if isinstance(health, dict) and health.get("Status"):
             h = str(health["Status"])
-            return f"Up {human_duration(since)} ({'health: starting' if h == 'starting' else h})"
-        return f"Up {human_duration(since)}"
+            text = f"Up {human_duration(since)} ({'health: starting' if h == 'starting' else h})"
+            return text, now + _boundary(since)
+        return f"Up {human_duration(since)}", now + _boundary(since)
     if state.get("Status") == "removing":
-        return "Removal In Progress"
+        return "Removal In Progress", forever
     if state.get("Dead") or state.get("Status") == "dead":
-        return "Dead"
-    if not parse_time(str(state.get("StartedAt") or "")):
-        return "Created"
-    finished = parse_time(str(state.get("FinishedAt") or ""))
+        return "Dead", forever
+    if not started:
+        return "Created", forever
     if not finished:
-        return ""
-    return f"Exited ({int(state.get('ExitCode') or 0)}) {human_duration(now - finished)} ago"
+        return "", forever
+    ago = now - finished
+    return f"Exited ({int(state.get('ExitCode') or 0)}) {human_duration(ago)} ago", now + _boundary(ago)
+
+
+def status_text(state: dict[str, Any], now: float | None = None) -> str:
+    """dockerd's ``State.String()`` for an inspected ``State``."""
+    started = parse_time(str(state.get("StartedAt") or ""))
+    finished = parse_time(str(state.get("FinishedAt") or ""))
+    return status(state, started, finished, time.time() if now is None else now)[0]
