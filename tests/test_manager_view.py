@@ -251,3 +251,41 @@ def test_an_engine_that_reconnects_is_read_in_full_again(docker_engines: list[Do
         await cut.down()
 
     asyncio.run(main())
+
+
+def test_a_replica_marks_every_engine_when_the_primary_answers_a_write(
+    docker_engines: list[DockerEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica does not know which engine the primary chose: the primary's answer head marks them all."""
+    monkeypatch.setattr(EngineView, "event", lambda self, ev: None)  # only the marks keep the view current
+    engine = docker_engines[1]
+
+    async def main() -> None:
+        async with primary([e.addr for e in docker_engines]) as p:
+            view = p.api.view
+            name = f"fwd{uuid.uuid4().hex[:8]}"
+
+            async def written(method: str, target: str, *cmd: str) -> str:
+                """``cmd`` run on the engine (as the primary would), then the replica's mark for ``target``."""
+                out = (await asyncio.to_thread(engine.docker, *cmd)).stdout.strip()
+                on_head = view.forwarded(method, target)
+                assert on_head is not None
+                on_head(200, [])
+                return out
+
+            cid = await written("POST", "/v1.41/containers/create", "create", "--network", "none", "--name", name,
+                                IMAGE, "sleep", "60")  # fmt: skip
+            try:
+                assert cid in _ids(await p.listed(all="1"))
+                await written("POST", f"/containers/{name}/start", "start", name)
+                found = await p.inspected(name)
+                assert found is not None and found["State"]["Running"] is True
+                await written("POST", f"/containers/{name}/update", "update", "--cpu-shares", "512", name)
+                found = await p.inspected(cid)  # an inspect-only change: the named container is fetched again
+                assert found is not None and found["HostConfig"]["CpuShares"] == 512
+            finally:
+                await written("DELETE", f"/containers/{name}?force=1", "rm", "-f", name)
+            assert cid not in _ids(await p.listed(all="1"))
+            assert view.forwarded("GET", "/containers/json") is None
+
+    asyncio.run(main())

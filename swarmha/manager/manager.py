@@ -335,9 +335,26 @@ class Manager:
                 return await ex.json(200 if healthy else 503, details)
         if self.is_primary:
             return await self.api.handle(ex, version, path)
-        await self._forward(ex, version, path)
+        if (body := await self._local_answer(ex, version, path)) is not None:
+            return await ex.respond(200, body, "application/json")
+        await self._forward(ex, version, path, self.api.view.forwarded(ex.method, ex.target))
 
-    async def _forward(self, ex: Exchange, version: str | None, path: str) -> None:
+    async def _local_answer(self, ex: Exchange, version: str | None, path: str) -> bytes | None:
+        """A list or inspect a replica answers from its own view of the engines (swarmha.manager.view), which its
+        own forwarded writes mark; None: forward it."""
+        try:
+            self.api.check_version(version)
+        except DockerError:
+            return None  # the primary refuses it in its words
+        return await self.api.view.answer(ex, path)
+
+    async def _forward(
+        self,
+        ex: Exchange,
+        version: str | None,
+        path: str,
+        on_head: Callable[[int, list[tuple[bytes, bytes]]], None] | None = None,
+    ) -> None:
         deadline = time.monotonic() + self.config.hold
         dead: str | None = None
         retried = False
@@ -355,7 +372,9 @@ class Manager:
                 continue
             up = self._upstream(target)
             try:
-                return await forward(ex, up, pool=self._pool, connect_timeout=max(0.5, min(3.0, remaining)))
+                return await forward(
+                    ex, up, pool=self._pool, connect_timeout=max(0.5, min(3.0, remaining)), on_head=on_head
+                )
             except UpstreamUnreachable as e:
                 log.warning("primary %s unreachable: %s", target, e)
                 if self.metrics is not None:

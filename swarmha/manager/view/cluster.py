@@ -1,7 +1,8 @@
 """The primary's view of every engine (:class:`ClusterView`): list and inspect answers without asking the engines.
 
-One :class:`~swarmha.manager.view.engine.EngineView` per healthy engine, started the first time the primary
-answers a list or inspect (a replica, which forwards everything, keeps none). What is answered from it:
+One :class:`~swarmha.manager.view.engine.EngineView` per healthy engine, started the first time a manager
+answers a list or inspect: the primary, and a replica too (it answers these two itself and forwards everything
+else to the primary). What is answered from it:
 
 * ``GET /containers/json`` with no query, or only ``all``, ``limit`` (``last``) and a false ``size``: the
   merged list, newest first, names ``/node/name``, each item with Swarm's ``Node``, ``Status`` computed from the
@@ -11,9 +12,15 @@ answers a list or inspect (a replica, which forwards everything, keeps none). Wh
 
 Guarantee: an answer is built only when every healthy engine's view is synced and settled (see
 :mod:`~swarmha.manager.view.engine`): every event the view received and every mutating call the manager relayed
-before the request (marked by :meth:`ClusterView.touched` when the engine's answer arrives, before the client
-sees it) has been fetched again. Otherwise — an engine's view not yet (or no longer) synced, or not settled
-within :data:`SETTLE_TIMEOUT` — the methods return None and the caller asks the engines as it did without a view.
+before the request has been fetched again. The primary marks what a call touched on the engine it sent it to
+(:meth:`ClusterView.touched`, when the engine's answer head arrives, before the client sees it); a replica, which
+does not know the engine the primary chose, marks on every engine when the primary's answer head arrives
+(:meth:`ClusterView.forwarded`): the container list is compared with the view and the container the path names
+is fetched again. So a write through a manager is seen by the next list or inspect through the same manager.
+A write through another manager (or on an engine directly) is seen once its event arrived.
+
+Otherwise — an engine's view not yet (or no longer) synced, or not settled within :data:`SETTLE_TIMEOUT` — the
+methods return None and the caller asks the engines (the primary) or forwards (a replica) as without a view.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ import contextlib
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from swarmha.manager.cluster import Cluster, Engine
-from swarmha.manager.view.engine import IMAGES, NETWORKS, VOLUMES, EngineView, Entry
+from swarmha.manager.http import Exchange
+from swarmha.manager.view.engine import CONTAINERS, IMAGES, NETWORKS, VOLUMES, EngineView, Entry
 
 __all__ = ["SETTLE_TIMEOUT", "ClusterView"]
 
@@ -143,7 +152,32 @@ class ClusterView:
         elif kind == "volumes":
             v.mark(VOLUMES)
 
+    def forwarded(self, method: str, target: str) -> Callable[[int, list[tuple[bytes, bytes]]], None] | None:
+        """For a replica forwarding ``method target`` to the primary: the ``on_head`` that marks, when the
+        primary's answer arrives (before the client sees it), what the call may have changed — on every engine,
+        since the replica does not know which one the primary chose: the container list is compared and the
+        container the path names fetched again. None for a GET or HEAD (nothing to mark)."""
+        if method in ("GET", "HEAD"):
+            return None
+
+        def on_head(status: int, headers: list[tuple[bytes, bytes]]) -> None:
+            for v, _task in list(self._views.values()):
+                v.mark(CONTAINERS)
+                self.touched(v.engine, method, target)
+
+        return on_head
+
     # -- answers ----------------------------------------------------------------------------------------------
+
+    async def answer(self, ex: Exchange, path: str) -> bytes | None:
+        """The body for ``ex`` (``path``: its path without the version) when it is a list or inspect the view
+        answers (see the module docstring), else None."""
+        if ex.method != "GET" or not path.startswith("/containers/"):
+            return None
+        if path == "/containers/json":
+            return await self.listing(ex.query)
+        ident = path[len("/containers/") : -len("/json")] if path.endswith("/json") else ""
+        return await self.inspect(ident, ex.query_string) if ident else None
 
     async def listing(self, query: dict[str, list[str]]) -> bytes | None:
         """The ``GET /containers/json`` answer body for ``query`` (parsed), or None: ask the engines."""

@@ -34,7 +34,7 @@ from swarmha.manager.cluster import Cluster, Engine
 from swarmha.manager.upstream import Response, UpstreamBroken, UpstreamUnreachable, stream
 from swarmha.manager.view.status import parse_time, status
 
-__all__ = ["EngineView", "Entry"]
+__all__ = ["CONTAINERS", "IMAGES", "NETWORKS", "VOLUMES", "EngineView", "Entry"]
 
 log = logging.getLogger("swarmha.manager.view")
 
@@ -45,7 +45,14 @@ _PARALLEL = 8
 _BACKOFF_MIN, _BACKOFF_MAX = 0.2, 5.0
 #: Keys for the whole image, network and volume lists (a container's key is ("c", its id or name)).
 IMAGES, NETWORKS, VOLUMES = ("images",), ("networks",), ("volumes",)
+#: The key for "compare the engine's container list with the view; fetch again what differs" (a change somewhere
+#: on the engine, which container unknown: a write a replica forwarded to the primary).
+CONTAINERS = ("containers",)
 _LISTS = {IMAGES: "/images/json", NETWORKS: "/networks", VOLUMES: "/volumes"}
+
+
+def _without_status(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k != "Status"}
 
 
 class _Failed(Exception):
@@ -288,6 +295,8 @@ class EngineView:
                     self._changed.notify_all()
 
     async def _fetch(self, key: tuple[str, ...]) -> None:
+        if key == CONTAINERS:
+            return await self._compare()
         if key in _LISTS:
             self.lists[key] = (await self._get(_LISTS[key])).json()  # type: ignore[union-attr]
             return
@@ -307,6 +316,26 @@ class EngineView:
             self._remove(cid)
             return
         self._put(Entry.of(items[0], body))
+
+    async def _compare(self) -> None:
+        """Fetch again every container whose list item differs from the view's (``Status`` aside: it is the
+        clock's), the new ones, and drop the ones no longer listed."""
+        listed = (await self._get("/containers/json?all=1")).json()  # type: ignore[union-attr]
+        present = {str(i.get("Id")) for i in listed}
+        changed = []
+        for item in listed:
+            known = self.containers.get(str(item.get("Id")))
+            if known is None or _without_status(known.item) != _without_status(item):
+                changed.append(("c", str(item.get("Id"))))
+        for cid in [c for c in self.containers if c not in present]:
+            self._remove(cid)
+        sem = asyncio.Semaphore(_PARALLEL)
+
+        async def one(key: tuple[str, ...]) -> None:
+            async with sem:
+                await self._fetch(key)
+
+        await asyncio.gather(*(one(k) for k in changed))
 
     def _put(self, entry: Entry) -> None:
         cid = str(entry.item["Id"])
