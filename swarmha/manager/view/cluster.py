@@ -84,7 +84,10 @@ class ClusterView:
         self._views.clear()
 
     def _ensure(self, engines: list[Engine]) -> list[EngineView] | None:
-        """The synced views of ``engines`` (starting the missing ones), or None when one is not synced."""
+        """The synced views of ``engines`` (starting the missing ones), or None when one is not synced or there is
+        no engine (nothing to answer from: the request goes the ordinary way)."""
+        if not engines:
+            return None
         out: list[EngineView] = []
         ready = True
         for e in engines:
