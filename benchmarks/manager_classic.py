@@ -35,7 +35,7 @@ from pathlib import Path
 
 import swarmha
 from benchmarks.core import machine, percentiles
-from benchmarks.manager import latency, throughput
+from benchmarks.http_load import latency, throughput
 from benchmarks.support import uptime, wait
 from tests.support.dockerd import IMAGE, DockerEngine, busybox_tar, missing, start_engine, stop_engine
 from tests.support.manager import ManagerProc
@@ -276,7 +276,8 @@ def _one_size(
         targets = dict(zip(TARGETS, (engines[0].addr, sp.addr, sr.addr, cp.addr, cr.addr), strict=True))
         paths = {"list": "/v1.24/containers/json", "inspect": f"/v1.24/containers/{cid}/json"}
         for addr in targets.values():  # every target knows the container (the managers' views are up)
-            wait(lambda a=addr: _get(f"http://{a}{paths['inspect']}")[0] == 200, 30, f"{addr} to inspect")
+            url = f"http://{addr}{paths['inspect']}"
+            wait(lambda u=url: _get(u)[0] == 200, 30, f"{addr} to inspect")  # type: ignore[misc]
         return measure(targets, paths, args.rounds, args.block, args.seconds, args.repeats)
     finally:
         for p in procs:
