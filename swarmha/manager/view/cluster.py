@@ -61,7 +61,7 @@ class ClusterView:
         #: The last list answer: (what it was built from, valid until (epoch seconds), its bytes).
         self._last: tuple[Any, float, bytes] | None = None
         #: Each engine's ``Node`` JSON, kept while its ``/info`` answer and name are the same objects.
-        self._nodes: dict[str, tuple[Any, bytes]] = {}
+        self._nodes: dict[str, tuple[Any, str, str, bytes]] = {}
         cluster.closers.append(self.stop)
         cluster.listeners.append(self._health_changed)
 
@@ -184,26 +184,32 @@ class ClusterView:
 
     async def listing(self, query: dict[str, list[str]]) -> bytes | None:
         """The ``GET /containers/json`` answer body for ``query`` (parsed), or None: ask the engines."""
-        if any(k not in _LIST_ARGS for k in query):
+        running_only, limit = True, 0
+        if query:
+            if any(k not in _LIST_ARGS for k in query):
+                return None
+            arg = {k: v[-1] for k, v in query.items()}
+            if _true(arg.get("size", "")):
+                return None
+            try:
+                limit = int(arg.get("limit") or arg.get("last") or 0)
+            except ValueError:
+                return None  # the engines' own refusal
+            running_only = not _true(arg.get("all", "")) and limit <= 0
+        views = self._ensure(self.cluster.healthy())
+        if views is None:
             return None
-        arg = {k: v[-1] for k, v in query.items()}
-        if _true(arg.get("size", "")):
-            return None
-        try:
-            limit = int(arg.get("limit") or arg.get("last") or 0)
-        except ValueError:
-            return None  # the engines' own refusal
-        engines = self.cluster.healthy()
-        views = self._ensure(engines)
-        if views is None or not await self._settled(views):
-            return None
-        running_only = not _true(arg.get("all", "")) and limit <= 0
-        nodes = [self._node(v.engine) for v in views]
-        key = (running_only, limit, [(v, v.version, v.engine.name, node) for v, node in zip(views, nodes, strict=True)])
+        for v in views:
+            if not v.clean():
+                if not await self._settled(views):
+                    return None
+                break
+        key = (running_only, limit, *[(v, v.version, v.engine.name, self._node(v.engine)) for v in views])
         now = time.time()
         last = self._last
         if last is not None and now < last[1] and last[0] == key:
             return last[2]
+        nodes = [k[3] for k in key[2:]]  # type: ignore[index]
         rows: list[tuple[float, Entry, Engine, bytes]] = []
         for v, node in zip(views, nodes, strict=True):
             e = v.engine
@@ -223,12 +229,11 @@ class ClusterView:
 
     def _node(self, e: Engine) -> bytes:
         """``e``'s Swarm ``Node`` object as JSON (rebuilt when its name or ``/info`` answer changed)."""
-        key = (e.info, e.name, e.id)
         held = self._nodes.get(e.addr)
-        if held is not None and held[0][0] is e.info and held[0][1:] == key[1:]:
-            return held[1]
+        if held is not None and held[0] is e.info and held[1] == e.name and held[2] == e.id:
+            return held[3]
         node = json.dumps(e.node(), separators=(",", ":")).encode()
-        self._nodes[e.addr] = (key, node)
+        self._nodes[e.addr] = (e.info, e.name, e.id, node)
         return node
 
     async def inspect(self, ident: str, query: str) -> bytes | None:
