@@ -43,7 +43,8 @@ __all__ = ["SETTLE_TIMEOUT", "ClusterView"]
 #: Longest a list or inspect waits for an engine's view to apply what it was told before asking the engine.
 SETTLE_TIMEOUT = 2.0
 _VERSION = re.compile(r"^/v[0-9]+(\.[0-9]+)?(?=/)")
-_LIST_ARGS = frozenset({"all", "limit", "last", "size"})
+#: The list arguments the view answers (docker-py sends ``trunc_cmd``, which dockerd ignores).
+_LIST_ARGS = frozenset({"all", "limit", "last", "size", "trunc_cmd"})
 _FALSE = frozenset({"", "0", "no", "false", "none"})
 
 
