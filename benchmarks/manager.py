@@ -7,15 +7,15 @@ reverse proxy to it (``daemon off``, one worker, upstream keep-alive: the refere
 ``swarmha manage --replication`` processes over a sqlite discovery (the first is the primary, the second a
 replica). Then, side by side in one run (targets interleaved in blocks, so load changes hit all of them):
 
-* ``/_ping``, ``/containers/json`` and ``/images/json`` latency (p50/p90/p99, one keep-alive connection,
-  sequential) and throughput (closed loop, concurrency 1 and 8, keep-alive) direct to dockerd, through nginx,
-  through the primary, through replica → primary (the replica answers ``/_ping`` itself, as Swarm did, and
-  each manager answers ``/containers/json`` from its view of the engines; ``/images/json`` crosses every hop),
-  with the manager process's CPU time per request during its throughput runs (``/proc``; what a shared
-  machine's load changes least);
+* ``/_ping``, ``/containers/json`` and ``/containers/json?filters={"status":["running"]}`` latency
+  (p50/p90/p99, one keep-alive connection, sequential) and throughput (closed loop, concurrency 1 and 8,
+  keep-alive) direct to dockerd, through nginx, through the primary, through replica → primary (the replica
+  answers ``/_ping`` itself, as Swarm did, and each manager answers ``/containers/json`` from its view of the
+  engines; the filtered list crosses every hop), with the manager process's CPU time per request during its
+  throughput runs (``/proc``; what a shared machine's load changes least);
 * ``logs -f``: the same container's log stream read directly and through the replica at once; per line, the
   difference of the client-side arrival times;
-* failover: a client sends ``/images/json`` (forwarded) to the replica back to back while the primary gets SIGTERM
+* failover: a client sends the filtered list (forwarded) to the replica back to back while the primary gets SIGTERM
   (graceful) or SIGKILL (crash); per round, the time until the replica answers ``/info`` as Primary, the
   failed requests and the longest request (the stall). The stopped manager comes back as a replica.
 
@@ -56,9 +56,9 @@ from tests.support.procs import stop_group
 
 __all__ = ["main"]
 
-#: Forwarded by a replica and relayed by the primary to the engine (a list and an inspect of containers are
-#: answered by each manager from its view of the engines: no hop to measure there).
-FORWARDED = "/v1.41/images/json"
+#: Forwarded by a replica and relayed by the primary to the engine: a container list with a filter (a plain list
+#: and an inspect are answered by each manager from its view of the engines: no hop to measure there).
+FORWARDED = "/v1.41/containers/json?filters=%7B%22status%22%3A%5B%22running%22%5D%7D"
 PATHS = ("/_ping", "/v1.41/containers/json", FORWARDED)
 
 

@@ -223,9 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if etcd is not None:
             etcd.stop()
-        for e, _ in engines:
-            with contextlib.suppress(Exception):
-                stop_engine(e)
+        with concurrent.futures.ThreadPoolExecutor(len(engines) or 1) as pool:  # each takes seconds to stop
+            list(pool.map(lambda held: stop_engine(held[0]), engines))
     table = report(results)
     print(table)
     command = "python -m benchmarks.manager_classic " + " ".join(sys.argv[1:] if argv is None else argv)

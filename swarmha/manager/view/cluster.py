@@ -85,9 +85,10 @@ class ClusterView:
         self._views.clear()
 
     def _ensure(self, engines: list[Engine]) -> list[EngineView] | None:
-        """The synced views of ``engines`` (starting the missing ones), or None when one is not synced or there is
-        no engine (nothing to answer from: the request goes the ordinary way)."""
-        if not engines:
+        """The synced views of ``engines`` (starting the missing ones), or None when one is not synced, when there
+        is no engine, or when an engine of the cluster is not healthy (what to show of its containers is the
+        ordinary path's business): the request goes the ordinary way."""
+        if not engines or not all(e.healthy for e in self.cluster.engines):
             return None
         out: list[EngineView] = []
         ready = True
