@@ -289,3 +289,17 @@ def test_a_replica_marks_every_engine_when_the_primary_answers_a_write(
             assert view.forwarded("GET", "/containers/json") is None
 
     asyncio.run(main())
+
+
+def test_the_view_steps_aside_while_an_engine_is_unhealthy(docker_engines: list[DockerEngine]) -> None:
+    async def main() -> None:
+        down = f"127.0.0.1:{free_port()}"  # nothing listens there
+        p = Primary([docker_engines[0].addr, down])
+        try:
+            await p.cluster.refresh()
+            assert [e.addr for e in p.cluster.healthy()] == [docker_engines[0].addr]
+            assert await p.api.view.listing({}) is None  # what to show of its containers is the ordinary path's
+        finally:
+            await p.close()
+
+    asyncio.run(main())
