@@ -7,24 +7,21 @@ reverse proxy to it (``daemon off``, one worker, upstream keep-alive: the refere
 ``swarmha manage --replication`` processes over a sqlite discovery (the first is the primary, the second a
 replica). Then, side by side in one run (targets interleaved in blocks, so load changes hit all of them):
 
-* ``/_ping``, ``/containers/json`` and ``/containers/json?filters={"status":["running"]}`` latency
-  (p50/p90/p99, one keep-alive connection, sequential) and throughput (closed loop, concurrency 1 and 8,
-  keep-alive) direct to dockerd, through nginx, through the primary, through replica → primary (the replica
-  answers ``/_ping`` itself, as Swarm did, and each manager answers ``/containers/json`` from its view of the
-  engines; the filtered list crosses every hop), with the manager process's CPU time per request during its
-  throughput runs (``/proc``; what a shared machine's load changes least);
+* ``/_ping``, ``/containers/json`` and ``/containers/json?filters={"status":["running"]}`` latency (p50/p90/p99,
+  one keep-alive connection, sequential) and throughput (closed loop, concurrency 1 and 8, keep-alive) direct to
+  dockerd, through nginx, through the primary, through replica → primary (the replica answers ``/_ping``
+  itself, as Swarm did, and each manager answers the plain list from its view of the engines), with the manager
+  process's CPU time per request during its throughput runs (``/proc``; what a shared machine's load changes
+  least);
 * ``logs -f``: the same container's log stream read directly and through the replica at once; per line, the
   difference of the client-side arrival times;
 * failover: a client sends the filtered list (forwarded) to the replica back to back while the primary gets SIGTERM
   (graceful) or SIGKILL (crash); per round, the time until the replica answers ``/info`` as Primary, the
   failed requests and the longest request (the stall). The stopped manager comes back as a replica.
 
-Then, when Swarm classic's binary is built, :mod:`benchmarks.manager_classic` adds its section (list and inspect
-beside Swarm classic at 1, 3 and 10 engines; it says so and skips otherwise).
-
-The load generator is a small blocking-socket HTTP/1.1 client in this process (:mod:`benchmarks.http_load`,
-threads for concurrency 8), so every target pays the same client cost. Prints the tables and writes them to
-``--out`` with the command, the machine and the load (``uptime``) before and after.
+The load generator is a small blocking-socket HTTP/1.1 client in this process (threads for concurrency 8),
+so every target pays the same client cost. Prints the tables and writes them to ``--out`` with the command,
+the machine and the load (``uptime``) before and after.
 """
 
 from __future__ import annotations
@@ -35,19 +32,19 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 
 import swarmha
-from benchmarks import manager_classic
 from benchmarks.core import machine, percentiles
-from benchmarks.http_load import Conn, HTTPError, latency, throughput
 from benchmarks.support import uptime, wait
 from tests.support.dockerd import IMAGE, DockerEngine, busybox_tar, missing, start_engine, stop_engine
 from tests.support.manager import ManagerProc
@@ -57,9 +54,135 @@ from tests.support.procs import stop_group
 __all__ = ["main"]
 
 #: Forwarded by a replica and relayed by the primary to the engine: a container list with a filter (a plain list
-#: and an inspect are answered by each manager from its view of the engines: no hop to measure there).
+#: and an inspect are answered by each manager from its event-fed view of the engines: no hop to measure there).
 FORWARDED = "/v1.41/containers/json?filters=%7B%22status%22%3A%5B%22running%22%5D%7D"
 PATHS = ("/_ping", "/v1.41/containers/json", FORWARDED)
+
+
+# -- a small HTTP/1.1 client: the same cost in front of every target ------------------------------------------
+
+
+class HTTPError(Exception):
+    """The target answered something unusable or the connection broke."""
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection (blocking socket, TCP_NODELAY)."""
+
+    def __init__(self, addr: str, timeout: float = 10.0) -> None:
+        host, _, port = addr.rpartition(":")
+        self.addr = addr
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise HTTPError("connection closed")
+        self.buf += data
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _line(self) -> bytes:
+        while (i := self.buf.find(b"\r\n")) < 0:
+            self._fill()
+        out, self.buf = self.buf[:i], self.buf[i + 2 :]
+        return out
+
+    def head(self, method: str, path: str) -> tuple[int, dict[str, str]]:
+        """Send a body-less request; read the status line and headers."""
+        self.sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {self.addr}\r\nUser-Agent: bench\r\n\r\n".encode())
+        while (i := self.buf.find(b"\r\n\r\n")) < 0:
+            self._fill()
+        raw, self.buf = self.buf[:i], self.buf[i + 4 :]
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers
+
+    def chunks(self, headers: dict[str, str]) -> Iterator[bytes]:
+        """The response body as it arrives (chunked or Content-Length)."""
+        if "chunked" in headers.get("transfer-encoding", ""):
+            while True:
+                size = int(self._line().split(b";")[0], 16)
+                if size == 0:
+                    self._line()
+                    return
+                yield self._take(size)
+                self._line()
+        length = int(headers.get("content-length", "0"))
+        if length:
+            yield self._take(length)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        status, headers = self.head("GET", path)
+        body = b"".join(self.chunks(headers))
+        if headers.get("connection", "").lower() == "close":
+            raise HTTPError("the server closed the connection")
+        return status, body
+
+
+def latency(addr: str, path: str, n: int) -> list[float]:
+    """``n`` sequential requests on one keep-alive connection; seconds each."""
+    conn = Conn(addr)
+    out = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            status, _ = conn.get(path)
+            out.append(time.perf_counter() - t0)
+            if status != 200:
+                raise HTTPError(f"{addr}{path}: status {status}")
+    finally:
+        conn.close()
+    return out
+
+
+def throughput(addr: str, path: str, concurrency: int, seconds: float) -> float:
+    """Completed requests per second with ``concurrency`` keep-alive connections in a closed loop."""
+    counts = [0] * concurrency
+    errors: list[BaseException] = []
+    start = threading.Barrier(concurrency + 1)
+    stop_at = [0.0]
+
+    def worker(i: int) -> None:
+        conn = Conn(addr)
+        try:
+            start.wait(10)
+            while time.perf_counter() < stop_at[0]:
+                status, _ = conn.get(path)
+                if status != 200:
+                    raise HTTPError(f"status {status}")
+                counts[i] += 1
+        except BaseException as e:  # reported by the caller
+            errors.append(e)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    stop_at[0] = t0 + seconds
+    start.wait(10)
+    for t in threads:
+        t.join(seconds + 30)
+    took = time.perf_counter() - t0
+    if errors:
+        raise HTTPError(f"{addr}{path}: {errors[0]!r}")
+    return sum(counts) / took
 
 
 # -- the parts: dockerd, nginx, managers ------------------------------------------------------------------------
@@ -285,8 +408,7 @@ class Failover:
 
 
 def failover(managers: Managers, sig: signal.Signals, timeout: float) -> Failover:
-    """Hammer the replica with a forwarded request (:data:`FORWARDED`); stop the primary with ``sig``; see what the
-    client saw."""
+    """Hammer the replica with the filtered list (forwarded); stop the primary with ``sig``; see what the client saw."""
     replica, primary = managers.replica, managers.primary
     durations: list[float] = []
     failed = [0]
@@ -518,14 +640,12 @@ def main(argv: list[str] | None = None) -> None:
         "is this process (blocking sockets, one thread per connection). `/_ping` through the replica is answered "
         "by the replica itself (as Swarm did); `/containers/json` is answered by each manager from its event-fed "
         'view of the engines (swarmha.manager.view), so it crosses no hop (its "added" latency is what the view '
-        f"saves over asking the engine); `{FORWARDED}` crosses both hops (replica, primary, engine), and the goals "
-        "and the failover rounds use it.\n\n"
+        "saves over asking the engine); the filtered list crosses both hops (replica, primary, engine), and the "
+        "goals and the failover rounds use it.\n\n"
         f"{table}\n"
     )
     Path(args.out).write_text(text)
     print(f"written to {args.out}")
-    # Swarm classic beside swarmha at 1, 3 and 10 engines, when its binary is built (else it says it skipped)
-    manager_classic.main(["--out", args.out, *(["--quick"] if args.quick else [])])
 
 
 def _which(name: str) -> bool:

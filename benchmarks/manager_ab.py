@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 import swarmha
-from benchmarks.http_load import latency, throughput
-from benchmarks.manager import Nginx, answers, cpu_seconds
+from benchmarks.manager import Nginx, answers, cpu_seconds, latency, throughput
 from benchmarks.support import uptime, wait
 from tests.support.dockerd import IMAGE, busybox_tar, missing, start_engine, stop_engine
 from tests.support.manager import ROOT

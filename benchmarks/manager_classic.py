@@ -35,7 +35,7 @@ from pathlib import Path
 
 import swarmha
 from benchmarks.core import machine, percentiles
-from benchmarks.http_load import latency, throughput
+from benchmarks.manager import latency, throughput
 from benchmarks.support import uptime, wait
 from tests.support.dockerd import IMAGE, DockerEngine, busybox_tar, missing, start_engine, stop_engine
 from tests.support.manager import ManagerProc
