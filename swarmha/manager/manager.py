@@ -335,26 +335,11 @@ class Manager:
                 return await ex.json(200 if healthy else 503, details)
         if self.is_primary:
             return await self.api.handle(ex, version, path)
-        if (body := await self._local_answer(ex, version, path)) is not None:
+        if (body := await self.api.local_answer(ex, version, path)) is not None:  # list, inspect: from the view
             return await ex.respond(200, body, "application/json")
-        await self._forward(ex, version, path, self.api.view.forwarded(ex.method, ex.target))
+        await self._forward(ex, version, path)
 
-    async def _local_answer(self, ex: Exchange, version: str | None, path: str) -> bytes | None:
-        """A list or inspect a replica answers from its own view of the engines (swarmha.manager.view), which its
-        own forwarded writes mark; None: forward it."""
-        try:
-            self.api.check_version(version)
-        except DockerError:
-            return None  # the primary refuses it in its words
-        return await self.api.view.answer(ex, path)
-
-    async def _forward(
-        self,
-        ex: Exchange,
-        version: str | None,
-        path: str,
-        on_head: Callable[[int, list[tuple[bytes, bytes]]], None] | None = None,
-    ) -> None:
+    async def _forward(self, ex: Exchange, version: str | None, path: str) -> None:
         deadline = time.monotonic() + self.config.hold
         dead: str | None = None
         retried = False
@@ -372,6 +357,7 @@ class Manager:
                 continue
             up = self._upstream(target)
             try:
+                on_head = self.api.view.forwarded(ex.method, ex.target)  # marks what a write changed, for the view
                 return await forward(
                     ex, up, pool=self._pool, connect_timeout=max(0.5, min(3.0, remaining)), on_head=on_head
                 )

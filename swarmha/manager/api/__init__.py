@@ -159,6 +159,15 @@ class PrimaryAPI:
         check_version(version, self.system.min_api_version(), self.api_version())
         self._accepted = (version, now + 1.0)
 
+    async def local_answer(self, ex: Exchange, version: str | None, path: str) -> bytes | None:
+        """A replica's answer to a list or inspect, from its own view of the engines (:mod:`swarmha.manager.view`);
+        None: forward it (also for an API version the primary would refuse, in its words)."""
+        try:
+            self.check_version(version)
+        except DockerError:
+            return None
+        return await self.view.answer(ex, path)
+
     async def _info_route(self, ex: Exchange) -> None:
         await self.cluster.recount()
         await ex.json(200, self._info())
