@@ -3,7 +3,9 @@
 * ``election``: swarmha on every backend and its peers (kazoo, the etcd lock, tooz) on the same servers
   (``benchmarks/election.py``; writes ``DIR/benchmarks.md`` and plots under ``DIR/img/``).
 * ``core``: the embedded backends alone (``benchmarks/core.py``; writes ``DIR/benchmarks-core.md``).
-* ``manager``: the HA Docker manager (``benchmarks/manager.py``; writes ``DIR/benchmarks-manager.md``).
+* ``manager``: the HA Docker manager (``benchmarks/manager.py``; writes ``DIR/benchmarks-manager.md``), then, when
+  Swarm classic's binary is built, list and inspect beside it at 1, 3 and 10 engines (``benchmarks/manager_classic.py``;
+  its section of the same file).
 * ``all``: the three in turn; a part that fails (or is missing) is reported and the others still run.
 * ``manager-ab``: the manager's forwarding hop, this checkout against another one (``--base DIR``), interleaved
   (``benchmarks/manager_ab.py``; prints its table).
@@ -59,6 +61,17 @@ def _runner(part: str) -> Callable[[list[str]], None]:
                 sys.argv = saved
 
         return run_core
+    if part == "manager":  # then Swarm classic beside swarmha, when its binary is built (it says so otherwise)
+
+        def run_manager(argv: list[str]) -> None:
+            main(argv)
+            if "-h" not in argv and "--help" not in argv:
+                common = ["--quick"] if "--quick" in argv else []
+                if "--out" in argv[:-1]:
+                    common += ["--out", argv[argv.index("--out") + 1]]
+                importlib.import_module("benchmarks.manager_classic").main(common)
+
+        return run_manager
     return lambda argv: main(argv)
 
 

@@ -7,7 +7,10 @@ import contextlib
 import socket
 from collections.abc import Iterator
 
-__all__ = ["Conn", "HTTPError"]
+__all__ = ["FORWARDED", "Conn", "HTTPError"]
+
+#: A list every manager forwards to the primary (a filter: not answered from a replica's own view).
+FORWARDED = "/v1.41/containers/json?filters=%7B%22status%22%3A%5B%22running%22%5D%7D"
 
 
 class HTTPError(Exception):

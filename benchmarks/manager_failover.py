@@ -7,7 +7,8 @@
   deadline (the primary steps down) and shorter than the replica's wait (``ttl`` + 2 s), then SIGCONTed: the
   time from SIGCONT until a manager is primary, and what the client of the replica saw meanwhile.
 
-A client thread sends ``GET /v1.41/containers/json`` to the replica back to back on one keep-alive connection
+A client thread sends a filtered ``GET /v1.41/containers/json`` (forwarded, not answered from the replica's own
+view) to the replica back to back on one keep-alive connection
 (a new one after an error) while it happens. Used by :mod:`benchmarks.manager`.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import attrs
 
 import swarmha
-from benchmarks.loadgen import Conn, HTTPError
+from benchmarks.loadgen import FORWARDED, Conn, HTTPError
 from benchmarks.support import wait
 from tests.support.manager import ManagerProc
 from tests.support.servers import Cluster
@@ -90,7 +91,7 @@ class Failover:
 
 
 class _Hammer:
-    """``GET /v1.41/containers/json`` to ``addr`` back to back on a thread until :meth:`stop`."""
+    """The filtered container list (forwarded) to ``addr`` back to back on a thread until :meth:`stop`."""
 
     def __init__(self, addr: str, timeout: float) -> None:
         self.addr, self.timeout = addr, timeout
@@ -107,7 +108,7 @@ class _Hammer:
             try:
                 if conn is None:
                     conn = Conn(self.addr, timeout=self.timeout)
-                status, _ = conn.get("/v1.41/containers/json")
+                status, _ = conn.get(FORWARDED)
                 if status != 200:
                     self.failed += 1
             except (OSError, HTTPError):
@@ -126,7 +127,7 @@ class _Hammer:
 
 
 def failover(managers: Managers, sig: signal.Signals, timeout: float) -> Failover:
-    """Hammer the replica with /containers/json; stop the primary with ``sig``; see what the client saw."""
+    """Hammer the replica with the filtered (forwarded) container list; stop the primary with ``sig``; see what the client saw."""
     replica, primary = managers.replica, managers.primary
     hammer = _Hammer(replica.addr, timeout)
     time.sleep(0.3)  # requests before the fault, not a verdict

@@ -268,7 +268,8 @@ class PsLoops:
     def _loop(self, m: ManagerProc) -> None:
         while not self._done.is_set() and len(self.results) < 4000:
             began = time.monotonic()
-            r = docker_cli(f"tcp://{m.addr}", "ps", "-q", check=False, timeout=30)
+            # with a filter: forwarded to the primary (a plain ps a replica answers from its own view)
+            r = docker_cli(f"tcp://{m.addr}", "ps", "-q", "--filter", "status=running", check=False, timeout=30)
             self.results.append((m.addr, time.monotonic() - began, r.returncode, r.stderr.strip()))
 
     def wait_more(self, n: int, what: str) -> None:

@@ -238,6 +238,8 @@ class Cluster:
         #: Called with (engine, "engine_connect" | "engine_disconnect") when an engine's health changes (the
         #: ``/events`` streams turn them into Swarm's events).
         self.listeners: list[Callable[[Engine, str], None]] = []
+        #: Called by :meth:`close` (what follows the engines stops with the cluster).
+        self.closers: list[Callable[[], None]] = []
 
     @property
     def engines(self) -> list[Engine]:
@@ -250,6 +252,8 @@ class Cluster:
         return [e for e in self.engines if e.healthy]
 
     async def close(self) -> None:
+        for stop in self.closers:
+            stop()
         self.pool.close()
 
     def _notify(self, e: Engine, what: str) -> None:

@@ -405,6 +405,8 @@ class Manager:
         forwarded = hops.take(ex)
         if self.is_primary:
             return await self.api.handle(ex, version, path)
+        if (body := await self.api.local_answer(ex, version, path)) is not None:  # list, inspect: from the view
+            return await ex.respond(200, body, "application/json")
         await self._forward(ex, version, path, hops.claim(forwarded, self._led))
 
     def _route(self, claim: int | None, dead: tuple[str, int] | None) -> tuple[str, int]:
@@ -449,7 +451,8 @@ class Manager:
             timeout = max(0.5, min(3.0, remaining))
             try:
                 if cursor is None:
-                    return await forward(ex, up, pool=self._pool, connect_timeout=timeout)
+                    on_head = self.api.view.forwarded(ex.method, ex.target)  # marks what a write changed, for the view
+                    return await forward(ex, up, pool=self._pool, connect_timeout=timeout, on_head=on_head)
                 return await resume.relay(ex, up, cursor, connect_timeout=timeout)
             except resume.StreamCut as e:
                 assert cursor is not None

@@ -26,6 +26,7 @@ from swarmha.manager.api.volumes import Volumes
 from swarmha.manager.cluster import Cluster
 from swarmha.manager.http import Exchange
 from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable
+from swarmha.manager.view import ClusterView
 
 __all__ = ["DEFAULT_API_VERSION", "PrimaryAPI", "docker_path"]
 
@@ -97,6 +98,10 @@ class PrimaryAPI:
         self.networks = Networks(cluster)
         self.volumes = Volumes(cluster)
         self.system = System(cluster)
+        #: Answers list and inspect calls from the engines' event-fed state (swarmha.manager.view).
+        self.view = ClusterView(cluster)
+        for part in (self.containers, self.images, self.networks, self.volumes, self.system):
+            part.view = self.view
         self._accepted: tuple[str | None, float] = (None, 0.0)  # (version, valid until)
         s = self.system
         self._routes: dict[tuple[str, str], Route] = {
@@ -153,6 +158,15 @@ class PrimaryAPI:
             return
         check_version(version, self.system.min_api_version(), self.api_version())
         self._accepted = (version, now + 1.0)
+
+    async def local_answer(self, ex: Exchange, version: str | None, path: str) -> bytes | None:
+        """A replica's answer to a list or inspect, from its own view of the engines (:mod:`swarmha.manager.view`);
+        None: forward it (also for an API version the primary would refuse, in its words)."""
+        try:
+            self.check_version(version)
+        except DockerError:
+            return None
+        return await self.view.answer(ex, path)
 
     async def _info_route(self, ex: Exchange) -> None:
         await self.cluster.recount()

@@ -20,6 +20,7 @@ from swarmha.manager.cluster import Cluster, Engine
 from swarmha.manager.forward import forward
 from swarmha.manager.http import Exchange
 from swarmha.manager.upstream import Response, UpstreamBroken, UpstreamUnreachable
+from swarmha.manager.view import ClusterView
 
 __all__ = ["Base", "Tee", "local_name"]
 
@@ -64,6 +65,9 @@ def merge_prune(answers: list[Any], key: str) -> dict[str, Any]:
 class Base:
     """The cluster and the helpers the resource modules use (one instance per primary)."""
 
+    #: The event-fed view of the engines (set by the primary's API); told of every mutating call made here.
+    view: ClusterView | None = None
+
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
 
@@ -89,9 +93,12 @@ class Base:
             except (UpstreamUnreachable, UpstreamBroken):
                 return e, None
 
-        if len(chosen) == 1:
-            return [await one(chosen[0])]
-        return list(await asyncio.gather(*(one(e) for e in chosen)))
+        one_engine = len(chosen) == 1
+        answers = [await one(chosen[0])] if one_engine else list(await asyncio.gather(*(one(e) for e in chosen)))
+        if self.view is not None and method != "GET":
+            for e, _r in answers:
+                self.view.touched(e, method, target, body)
+        return answers
 
     async def prune(self, ex: Exchange, path: str, key: str, *, local: bool = False) -> None:
         """``POST path`` (a prune endpoint) on every healthy engine, the answers merged (:func:`merge_prune`).
@@ -165,6 +172,8 @@ class Base:
 
         def on_head(code: int, headers: list[tuple[bytes, bytes]]) -> None:
             status.append(code)
+            if self.view is not None:  # before the client sees the answer: its next request sees the change
+                self.view.touched(e, ex.method, target or ex.target)
 
         try:
             await forward(ex, e.upstream, pool=self.cluster.pool, target=target, body=body, on_head=on_head)
@@ -177,9 +186,12 @@ class Base:
     async def call(self, e: Engine, method: str, target: str, **kw: Any) -> Response:
         """One request to ``e``; a failure is DockerError 502 naming the node."""
         try:
-            return await self.cluster.call(e, method, target, **kw)
+            r = await self.cluster.call(e, method, target, **kw)
         except (UpstreamUnreachable, UpstreamBroken) as err:
             raise DockerError(502, f"swarmha: node {e.name} ({e.addr}) failed: {err}") from err
+        if self.view is not None and method != "GET":
+            self.view.touched(e, method, target, kw.get("body"), r.body if r.status == 201 else None)
+        return r
 
     async def holders(self, kind: str, ident: str, engines: Iterable[Engine] | None = None) -> list[tuple[Engine, Any]]:
         """(engine, its inspect answer) for every engine (default: every healthy one) on which ``GET

@@ -97,6 +97,8 @@ class Containers(Base):
     # -- list ----------------------------------------------------------------------------------------------
 
     async def listing(self, ex: Exchange) -> None:
+        if self.view is not None and (body := await self.view.listing(ex.query)) is not None:
+            return await ex.respond(200, body, "application/json")
         query = ex.query_string
         engines = None
         limit = 0
@@ -287,6 +289,9 @@ class Containers(Base):
         return engine, real
 
     async def scoped(self, ex: Exchange, ident: str, action: str) -> None:
+        view = self.view if action == "/json" and ex.method == "GET" else None
+        if view is not None and (body := await view.inspect(ident, ex.query_string)) is not None:
+            return await ex.respond(200, body, "application/json")
         engine, real = await self.owner(ident)
         target = ex.target
         if real != ident:
