@@ -127,7 +127,8 @@ class _Hammer:
 
 
 def failover(managers: Managers, sig: signal.Signals, timeout: float) -> Failover:
-    """Hammer the replica with the filtered (forwarded) container list; stop the primary with ``sig``; see what the client saw."""
+    """Hammer the replica with the filtered (forwarded) container list; stop the primary with ``sig``; see what the
+    client saw."""
     replica, primary = managers.replica, managers.primary
     hammer = _Hammer(replica.addr, timeout)
     time.sleep(0.3)  # requests before the fault, not a verdict
