@@ -7,7 +7,15 @@ the store refuses) exit with status 1. A manager or join agent stopped with SIGI
 Swarm classic's flags (its ``cli/flags.go``) are all accepted with Swarm's meaning, or refused with exit status 2
 and the reason swarmha cannot honour them (:data:`REFUSED`); none is silently ignored. Swarm's global flags
 (``-l/--log-level``, ``--debug``, ``--experimental``) go before or after the command. The commands answer to
-Swarm's one-letter names too (``m``, ``j``, ``l``).
+Swarm's one-letter names too (``m``, ``j``, ``l``, ``h``).
+
+The command line is read as Swarm's (Go's ``flag`` package) read it: a long flag may be written with one dash
+(``-cluster-opt swarm.createretry=1``, ``-experimental``), and a flag's value may start with a dash
+(``--replication-ttl -5s`` is the value ``-5s``, refused with Swarm's sentence, not a usage text). Durations are
+Go's: ``20s``, ``500ms``, ``1m30s``, ``0``; a bare number such as ``20`` is refused naming the fix (``20s``), as
+Go's ``time.ParseDuration`` refused it, rather than guessed. Checks fail with Swarm's own sentences
+(``--heartbeat should be at least one second``, ``min refresh interval should be a positive number``, ...), so
+scripts matching them keep working.
 """
 
 from __future__ import annotations
@@ -16,15 +24,17 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 import threading
+import typing
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import swarmha
 from swarmha import Follower, Leader
-from swarmha._duration import format_duration, parse_duration
+from swarmha._duration import format_duration
 from swarmha.errors import ConfigurationError, DiscoveryError, SwarmHAError
 from swarmha.manager import demo as _demo
 from swarmha.manager._config import parse_address, parse_filters, parse_listen
@@ -48,25 +58,57 @@ TTL_RANGE = (0.5, 3600.0)
 #: Swarm flags swarmha does not honour, with the reason given when one is used.
 REFUSED = {
     "--api-enable-cors": "CORS headers are not implemented; put a reverse proxy in front to add them",
-    "--experimental": "swarmha has no experimental features (Swarm's flag only marked /info and /version "
-    "as experimental builds)",
 }
 
-#: Swarm's --cluster-opt keys, each refused with its reason.
-CLUSTER_OPTS = {
-    "swarm.overcommit": "placement reserves exactly the CPU and memory a container asks for, with no overcommit ratio",
-    "swarm.createretry": "a create that fails on the chosen engine is not retried on another one",
-}
+#: Swarm's --cluster-opt keys swarmha honours.
+CLUSTER_OPTS = ("swarm.overcommit", "swarm.createretry")
+
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+_GO_DURATION = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
+_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_duration(text: str, flag: str) -> float:
+    """Seconds in a Go duration as Swarm's flags took it (``20s``, ``-5s``, ``1m30s``, ``0``); may be zero or
+    negative (the caller says what it needs). ConfigurationError naming the flag otherwise; a bare number is
+    refused with the fix (``20`` -> ``20s``), as Go refused it."""
+    s = str(text).strip()
+    if _NUMBER.fullmatch(s):
+        if float(s) == 0:
+            return 0.0
+        raise ConfigurationError(
+            f"invalid {flag} {text!r}: a duration needs a unit (Go durations, as in Swarm): write {s}s for {s} seconds"
+        )
+    if not _GO_DURATION.fullmatch(s):
+        raise ConfigurationError(f"{flag}: invalid duration {text!r} (expected e.g. 20s, 500ms, 1m30s)")
+    seconds = sum(float(n) * _GO_UNITS[u] for n, u in _GO_PART.findall(s))
+    return -seconds if s.startswith("-") else seconds
+
+
+def _count(text: str | None, flag: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise ConfigurationError(f"invalid {flag} {text!r}: not an integer") from None
+
+
+def _positive(text: str, flag: str, sentence: str | None = None) -> float:
+    """A duration > 0; else Swarm's ``sentence`` (default ``FLAG should be a positive number``)."""
+    seconds = go_duration(text, flag)
+    if seconds <= 0:
+        raise ConfigurationError(f"{sentence or flag + ' should be a positive number'} ({flag} {text})")
+    return seconds
+
 
 #: Swarm's --discovery-opt keys for TLS to the store, and the etcd URL option each one becomes.
 DISCOVERY_TLS_OPTS = {"kv.cacertfile": "ca", "kv.certfile": "cert", "kv.keyfile": "key"}
 
 
 def _ttl(text: str, what: str) -> float:
-    try:
-        seconds = parse_duration(text, what)
-    except ConfigurationError as e:
-        raise ConfigurationError(f"{e}; {what} should be a positive number") from None
+    seconds = _positive(text, what)
     lo, hi = TTL_RANGE
     if not lo <= seconds <= hi:
         raise ConfigurationError(
@@ -76,12 +118,17 @@ def _ttl(text: str, what: str) -> float:
 
 
 def _nonnegative(text: str, what: str) -> float:
-    if str(text).strip() in ("0", "0s", "0ms"):
-        return 0.0
-    try:
-        return parse_duration(text, what)
-    except ConfigurationError as e:
-        raise ConfigurationError(f"{e}; {what} should not be a negative number") from None
+    seconds = go_duration(text, what)
+    if seconds < 0:
+        raise ConfigurationError(f"{what} should not be a negative number ({what} {text})")
+    return seconds
+
+
+def _heartbeat(text: str) -> float:
+    seconds = go_duration(text, "--heartbeat")
+    if seconds < 1:
+        raise ConfigurationError(f"--heartbeat should be at least one second (--heartbeat {text})")
+    return seconds
 
 
 def _advertise(text: str) -> str:
@@ -96,12 +143,28 @@ def _discovery_arg(args: argparse.Namespace) -> str:
     url: str | None = args.discovery or os.environ.get("SWARM_DISCOVERY")
     if not url:
         raise ConfigurationError("a discovery URL is required (argument or SWARM_DISCOVERY), e.g. sqlite:///tmp/s.db")
+    _check_scheme(url)
     if url.startswith("token://"):
         raise ConfigurationError(
             "token:// discovery (Docker Hub's hosted service) was shut down; use a store (etcd://, zk://, consul://, "
             "sqlite://), nodes://H:P,H:P or file:///PATH"
         )
     return _with_discovery_opts(url, getattr(args, "discovery_opt", None) or [])
+
+
+#: The discovery schemes, to recognise one written without its ``://``.
+_SCHEMES = ("etcd", "zk", "consul", "sqlite", "memory", "nodes", "file", "token")
+_MISTYPED = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)(?P<sep>//|:/(?!/)|:(?![0-9\[/]))(?P<rest>.*)")
+
+
+def _check_scheme(url: str) -> None:
+    """``etcd//h:2379/x``, ``etcd:/h...``, ``zk:h...``: a scheme with a mistyped ``://``, refused suggesting it."""
+    m = _MISTYPED.fullmatch(url)
+    if m and m["scheme"].lower() in _SCHEMES:
+        fixed = f"{m['scheme']}://{m['rest'].lstrip('/')}"
+        raise ConfigurationError(
+            f"discovery URL {url!r} is malformed: {m['scheme']}{m['sep']} is not followed by ://; did you mean {fixed}?"
+        )
 
 
 def _with_discovery_opts(url: str, opts: list[str]) -> str:
@@ -140,20 +203,43 @@ def _refuse_unsupported(args: argparse.Namespace) -> None:
             raise ConfigurationError(f"{flag} is not supported: {reason}")
 
 
-def _cluster_options(args: argparse.Namespace) -> None:
+def _cluster_options(args: argparse.Namespace) -> tuple[float, int]:
+    """(overcommit ratio, create retries) from ``--cluster-opt``, checked with Swarm's sentences."""
     if args.cluster_driver != "swarm":
         raise ConfigurationError(
             f"--cluster-driver {args.cluster_driver!r} is not supported: swarmha has only Swarm's own driver, 'swarm' "
             "(the mesos driver is not implemented)"
         )
+    overcommit, retry = 0.0, 0
     for opt in args.cluster_opt or []:
-        key, sep, _ = opt.partition("=")
+        key, sep, value = opt.partition("=")
         if not sep:
             raise ConfigurationError(f"--cluster-opt {opt!r} is not KEY=VALUE")
-        reason = CLUSTER_OPTS.get(key)
-        if reason is None and key.startswith("mesos."):
-            reason = "the mesos cluster driver is not implemented"
-        raise ConfigurationError(f"--cluster-opt {key} is not supported: {reason or 'unknown cluster option'}")
+        if key == "swarm.overcommit":
+            try:
+                overcommit = float(value)
+            except ValueError:
+                raise ConfigurationError(f"--cluster-opt swarm.overcommit={value!r} is not a number") from None
+            if not overcommit > -1 or overcommit == float("inf"):
+                raise ConfigurationError(f"swarm.overcommit should be larger than -1, {overcommit:f} is invalid")
+        elif key == "swarm.createretry":
+            try:
+                retry = int(value, 0)
+            except ValueError:
+                raise ConfigurationError(f"--cluster-opt swarm.createretry={value!r} is not an integer") from None
+            if retry < 0:
+                raise ConfigurationError(f"swarm.createretry can not be negative, {retry} is invalid")
+        elif key.startswith("mesos."):
+            raise ConfigurationError(
+                f"--cluster-opt {key} is not supported: the mesos cluster driver is not implemented"
+            )
+        else:
+            raise ConfigurationError(
+                f"--cluster-opt {key} is unknown: swarmha takes {', '.join(CLUSTER_OPTS)} (the engine refresh and "
+                "failure options are --engine-refresh-min-interval, --engine-refresh-max-interval, "
+                "--engine-failure-retry)"
+            )
+    return overcommit, retry
 
 
 def _engine_source(url: str, replication: bool) -> tuple[tuple[str, ...], str | None]:
@@ -167,7 +253,7 @@ def _engine_source(url: str, replication: bool) -> tuple[tuple[str, ...], str | 
     if static:
         return host_list(url), None
     if url.startswith("file://"):
-        FileEngines(url)  # the file must be readable now
+        FileEngines(url)  # the path must name a file (which may not exist yet: it is waited for)
         return (), url
     return (), None
 
@@ -177,7 +263,7 @@ def _engine_source(url: str, replication: bool) -> tuple[tuple[str, ...], str | 
 
 def _manage(args: argparse.Namespace) -> int:
     _refuse_unsupported(args)
-    _cluster_options(args)
+    overcommit, create_retry = _cluster_options(args)
     url = _discovery_arg(args)
     hosts = args.host or [os.environ.get("SWARM_HOST") or ":2375"]
     if len(hosts) > 1:
@@ -195,11 +281,14 @@ def _manage(args: argparse.Namespace) -> int:
             "--advertise address must be provided when using --leader-election (--replication needs --advertise "
             "HOST:PORT or SWARM_ADVERTISE)"
         )
-    refresh_min = parse_duration(
-        args.engine_refresh_min_interval or args.engine_refresh, "--engine-refresh-min-interval"
+    min_flag = "--engine-refresh-min-interval" if args.engine_refresh_min_interval else "--engine-refresh"
+    refresh_min = _positive(
+        args.engine_refresh_min_interval or args.engine_refresh,
+        min_flag,
+        "min refresh interval should be a positive number",
     )
     refresh_max = (
-        parse_duration(args.engine_refresh_max_interval, "--engine-refresh-max-interval")
+        go_duration(args.engine_refresh_max_interval, "--engine-refresh-max-interval")
         if args.engine_refresh_max_interval
         else refresh_min
     )
@@ -208,9 +297,13 @@ def _manage(args: argparse.Namespace) -> int:
             f"max refresh interval cannot be less than min refresh interval ({args.engine_refresh_max_interval} < "
             f"{format_duration(refresh_min)})"
         )
-    retry = args.engine_failure_retry if args.engine_failure_retry is not None else args.engine_refresh_retry
+    retry = _count(args.engine_failure_retry, "--engine-failure-retry")
+    if retry is None:
+        retry = _count(args.engine_refresh_retry, "--engine-refresh-retry")
     if retry is not None and retry <= 0:
-        raise ConfigurationError(f"--engine-failure-retry {retry} is invalid: it should be a positive number")
+        raise ConfigurationError(
+            f"invalid failure retry count: --engine-failure-retry {retry} should be a positive number"
+        )
     config = ManagerConfig(
         listen=listen,
         discovery_url=url,
@@ -224,10 +317,12 @@ def _manage(args: argparse.Namespace) -> int:
         tls=tls,
         refresh=refresh_min,
         refresh_max=refresh_max,
-        heartbeat=parse_duration(args.heartbeat, "--heartbeat"),
+        heartbeat=_heartbeat(args.heartbeat),
         failure_retry=retry or 1,
-        primary_wait=parse_duration(args.primary_wait, "--primary-wait") if args.primary_wait else None,
-        drain_timeout=parse_duration(args.shutdown_timeout, "--shutdown-timeout"),
+        primary_wait=_positive(args.primary_wait, "--primary-wait") if args.primary_wait else None,
+        drain_timeout=_nonnegative(args.shutdown_timeout, "--shutdown-timeout"),
+        overcommit=overcommit,
+        create_retry=create_retry,
         metrics=parse_listen(args.metrics, "--metrics") if args.metrics else None,
     )
     if config.metrics is not None:
@@ -260,15 +355,12 @@ def _join(args: argparse.Namespace) -> int:
         raise ConfigurationError("missing mandatory --advertise flag: join needs --advertise ENGINE_HOST:PORT")
     addr = _advertise(args.advertise)
     delay = _nonnegative(args.delay, "--delay")
-    heartbeat = parse_duration(args.heartbeat, "--heartbeat")
-    if heartbeat < 1:
-        raise ConfigurationError(f"--heartbeat {args.heartbeat!r}: --heartbeat should be at least one second")
-    ttl = _ttl(args.ttl, "--ttl")
-    if ttl <= heartbeat:
+    heartbeat = _heartbeat(args.heartbeat)
+    if go_duration(args.ttl, "--ttl") <= heartbeat:
         raise ConfigurationError(
-            f"--ttl ({args.ttl}) must be longer than --heartbeat ({args.heartbeat}): "
-            "--ttl must be strictly superior to the heartbeat value"
+            f"--ttl must be strictly superior to the heartbeat value (--ttl {args.ttl}, --heartbeat {args.heartbeat})"
         )
+    ttl = _ttl(args.ttl, "--ttl")
     if is_host_list(url) or url.startswith("file://"):
         raise ConfigurationError(f"join registers in a discovery store; {url!r} is a fixed engine list")
     discovery = swarmha.connect(url)
@@ -303,7 +395,7 @@ def _bounded(timeout: float, what: str, fn: Callable[[], T]) -> T:
 def _list(args: argparse.Namespace) -> int:
     _refuse_unsupported(args)
     url = _discovery_arg(args)
-    timeout = parse_duration(args.timeout, "--timeout")
+    timeout = _positive(args.timeout, "--timeout")
     if is_host_list(url):
         for node in host_list(url):
             print(node)
@@ -326,7 +418,7 @@ def _list(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     _refuse_unsupported(args)
     url = _discovery_arg(args)
-    timeout = parse_duration(args.timeout, "--timeout")
+    timeout = _positive(args.timeout, "--timeout")
 
     def read() -> tuple[Leader | None, int]:
         with swarmha.connect(url) as discovery:
@@ -346,9 +438,9 @@ def _status(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------------------------
 
 
-def _global_flags(defaults: bool) -> argparse.ArgumentParser:
+def _global_flags(defaults: bool) -> _Parser:
     """Swarm's global flags; on the commands too (``SUPPRESS``), so they work before or after the command."""
-    g = argparse.ArgumentParser(add_help=False)
+    g = _Parser(add_help=False)
     default = None if defaults else argparse.SUPPRESS
     g.add_argument(
         "-l",
@@ -368,19 +460,19 @@ def _global_flags(defaults: bool) -> argparse.ArgumentParser:
         "--experimental",
         action="store_true",
         default=False if defaults else argparse.SUPPRESS,
-        help=f"refused: {REFUSED['--experimental']}",
+        help="accepted, as Swarm 1.2 accepted it: swarmha's features (rescheduling included) are always on",
     )
     return g
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="swarmha",
         description="Docker Swarm classic style HA cluster manager (swarm manage --replication) on swarmha.",
         parents=[_global_flags(True)],
     )
     p.add_argument("-v", "--version", action="version", version=f"swarmha version {swarmha.__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     common = _global_flags(False)
 
     disc_help = (
@@ -432,15 +524,19 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--engine-refresh", default="5s", help="both refresh intervals at once (swarmha's; default 5s)")
     m.add_argument(
         "--engine-failure-retry",
-        type=int,
         help="consecutive failed refreshes before a healthy engine is marked unhealthy (default 1; Swarm's 3)",
     )
-    m.add_argument("--engine-refresh-retry", type=int, help="deprecated; replaced by --engine-failure-retry")
+    m.add_argument("--engine-refresh-retry", help="deprecated; replaced by --engine-failure-retry")
     m.add_argument(
         "--heartbeat", default="60s", help="longest time between two reads of the engine list from discovery (60s)"
     )
     m.add_argument("-c", "--cluster-driver", default="swarm", help="cluster driver: swarm (the only one)")
-    m.add_argument("--cluster-opt", action="append", help="cluster driver option KEY=VALUE (none is supported)")
+    m.add_argument(
+        "--cluster-opt",
+        action="append",
+        help="cluster driver option KEY=VALUE, repeatable: swarm.overcommit=RATIO (default 0: reserve no more than "
+        "an engine has; Swarm's 0.05), swarm.createretry=N (retry a failed create on another engine N times)",
+    )
     m.add_argument("--discovery-opt", action="append", help=opt_help)
     m.add_argument(
         "--refresh-on-node-filter",
@@ -508,18 +604,83 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("discovery", nargs="?", help=disc_help)
     st.set_defaults(func=_status)
 
+    h = sub.add_parser("help", aliases=["h"], help="show the help of swarmha or of one command")
+    h.add_argument("topic", nargs="?", metavar="COMMAND", help="the command to describe")
+
+    def show_help(args: argparse.Namespace) -> int:
+        name = _COMMANDS.get(args.topic, args.topic)
+        target = sub.choices.get(name) if name else p
+        if target is None:
+            raise ConfigurationError(f"no such command {args.topic!r}: expected one of {', '.join(_NAMES)}")
+        target.print_help()
+        return 0
+
+    h.set_defaults(func=show_help)
+
     d = sub.add_parser("demo", help="three managers on loopback: failover shown live", description=_demo.__doc__)
     _demo.add_arguments(d)
     d.set_defaults(func=_demo.run)
     return p
 
 
-_COMMANDS = {"m": "manage", "j": "join", "l": "list"}
+_COMMANDS = {"m": "manage", "j": "join", "l": "list", "h": "help"}
+_NAMES = ("manage", "join", "list", "status", "demo", "help")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with Swarm's way of saying a bad command line: one line and where the help is, exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message}\nSee '{self.prog} --help'.\n")
+
+
+def _value_flags(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
+    """(every option string, those that take a value) of ``parser`` and its commands."""
+    names: set[str] = set()
+    valued: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                n, v = _value_flags(sub)
+                names |= n
+                valued |= v
+            continue
+        names.update(action.option_strings)
+        if action.nargs != 0:
+            valued.update(action.option_strings)
+    return names, valued
+
+
+def go_style(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """The command line as Go's ``flag`` package (Swarm's) reads it, in argparse's terms: ``-cluster-opt X`` is
+    ``--cluster-opt X`` and a flag's value is the next word even when it starts with a dash (``--replication-ttl
+    -5s``); the words after ``--`` are left alone."""
+    names, valued = _value_flags(parser)
+    out: list[str] = []
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word == "--":
+            out += words[i - 1 :]
+            break
+        if word.startswith("-") and not word.startswith("--") and len(word) > 2:
+            name = word.partition("=")[0]
+            if "-" + name in names:
+                word = "-" + word
+        out.append(word)
+        if word in valued and i < len(words) and words[i].startswith("-") and words[i] != "--":
+            out[-1] = f"{word}={words[i]}"
+            i += 1
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``swarmha`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    words = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(go_style(words, parser))
     try:
         code: int = args.func(args)
     except ConfigurationError as e:

@@ -188,13 +188,20 @@ class Cluster:
         timeout: float = 5.0,
         failure_retry: int = 1,
         filters: Iterable[str] | None = None,
+        overcommit: float = 0.0,
+        create_retry: int = 0,
     ) -> None:
         """``static``: engine addresses, or a function giving them (called on every refresh, e.g. a file).
 
         ``failure_retry``: consecutive failed refreshes before a healthy engine is marked unhealthy (Swarm's
         ``--engine-failure-retry``); an engine that never answered is unhealthy at its first failure.
         ``filters``: the active placement filters by name (Swarm's default set when None).
+        ``overcommit``: placement counts an engine's CPUs and memory as this fraction more than it has (Swarm's
+        ``swarm.overcommit``; > -1). ``create_retry``: how many other engines a create the chosen one failed is
+        tried on (Swarm's ``swarm.createretry``).
         """
+        self.overcommit = overcommit
+        self.create_retry = max(0, create_retry)
         #: The filters (Swarm's default set when None) and strategy; ValueError names an unknown one.
         self.scheduler = Scheduler(strategy, filters)
         self.strategy = strategy
@@ -488,13 +495,15 @@ class Cluster:
                 healthy=e.healthy,
                 containers=e.records + pending.get(e.addr, []),
                 images=e.images,
-                total_cpus=float(e.ncpu),
-                total_memory=e.memory,
+                total_cpus=e.ncpu * (1 + self.overcommit),
+                total_memory=int(e.memory * (1 + self.overcommit)),
             )
             for e in self.engines
         ]
 
-    def place(self, config: dict[str, Any], *, reserve: bool = False) -> tuple[Engine, list[str]]:
+    def place(
+        self, config: dict[str, Any], *, reserve: bool = False, exclude: Iterable[str] = ()
+    ) -> tuple[Engine, list[str]]:
         """Choose the engine for a new container (the scheduler's filters and strategy); returns it and the Env.
 
         ``config`` (a create body) is updated as Swarm did it: the ``constraint:``/``affinity:``/``whitelist:``/
@@ -502,7 +511,8 @@ class Cluster:
         ``com.docker.swarm.id`` label (kept if it has one: a rescheduled container), and ``Env`` is the rest —
         also returned. With ``reserve``, until :meth:`placed` or :meth:`unplace` is called for it, the container
         counts as pending on the chosen engine (its ports, slot and reservation are taken: parallel creates do not
-        collide); a caller that reserves must call one of them. Raises :class:`NoEngine` (Swarm's text).
+        collide); a caller that reserves must call one of them. Engines whose address is in ``exclude`` (those
+        that just failed this create) are left out. Raises :class:`NoEngine` (Swarm's text).
         """
         request = Request.from_config(config)
         request.validate()
@@ -511,7 +521,8 @@ class Cluster:
             labels[SWARM_ID] = secrets.token_hex(32)
         request = attrs.evolve(request, labels=labels)
         self._expire_pending()
-        ranked = self.scheduler.select(request, self.nodes())
+        skip = set(exclude)
+        ranked = self.scheduler.select(request, [n for n in self.nodes() if n.addr not in skip])
         engine = self._engines[ranked[0].addr]
         config["Labels"] = labels
         config["Env"] = list(request.env)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -24,10 +25,15 @@ from swarmha.manager.api._base import Base, respond_json
 from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
 from swarmha.manager.cluster import Engine, NoEngine
 from swarmha.manager.http import Exchange
-from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable, stream
+from swarmha.manager.upstream import Response, UpstreamBroken, UpstreamUnreachable, stream
 
 __all__ = ["Containers", "image_reference"]
 
+log = logging.getLogger("swarmha.manager")
+
+#: How long a create may take on its engine: dockerd answers it only once the image, volume driver and logging
+#: driver said yes or no (a driver plugin may take many seconds to refuse), and the Docker CLI waits for it.
+CREATE_TIMEOUT = 300.0
 #: Largest engine answer kept as the last one-engine list (``Containers._last``).
 _LAST_MAX = 1 << 20
 _NAMES_KEY = b'"Names":['
@@ -224,28 +230,52 @@ class Containers(Base):
             config["Env"] = [*(config.get("Env") or []), f"constraint:node=={e.name}"]
 
     async def create(self, ex: Exchange) -> None:
+        """Place the container and create it there. An engine that fails the create (unreachable, or a 5xx) is
+        left out and the create placed again, up to ``swarm.createretry`` times (Swarm's); then its error."""
         config = json_object(await ex.body(), "container config")
         await self._pin(config)
-        try:
-            engine, env = self.cluster.place(config, reserve=True)  # pending (ports, slot) until created or not
-        except NoEngine as e:
-            raise DockerError(500, f"swarmha: {e}") from e
-        config["Env"] = env
-        query = ex.query_string
-        target = with_query("/containers/create", query)
-        body = json.dumps(config).encode()
-        headers = [(b"content-type", b"application/json")]
-        try:
-            r = await self.call(engine, "POST", target, body=body, headers=headers)
-            if r.status == 404 and b"No such image" in r.body and config.get("Image"):
-                await self._pull(ex, engine, str(config["Image"]))
-                r = await self.call(engine, "POST", target, body=body, headers=headers)
-        finally:
-            self.cluster.unplace(config)
+        failed: list[str] = []
+        while True:
+            try:
+                r, engine = await self._create_on_one(ex, config, failed)
+                break
+            except DockerError as e:
+                if len(failed) > self.cluster.create_retry or not failed or e.status < 500:
+                    raise
+                log.warning("Failed to create container: %s, retrying on another engine", e)
         if r.status == 201:
             with contextlib.suppress(ValueError, KeyError):
                 self.cluster.placed(engine, r.json()["Id"], config, name=ex.arg("name") or "")
         await self.respond(ex, r)
+
+    async def _create_on_one(self, ex: Exchange, config: dict[str, Any], failed: list[str]) -> tuple[Response, Engine]:
+        """One placement and create; an engine that fails it (502, 5xx) is added to ``failed`` and its error
+        raised as DockerError while retries remain (see :meth:`create`)."""
+        try:
+            # pending (ports, slot) until created or not
+            engine, env = self.cluster.place(config, reserve=True, exclude=failed)
+        except NoEngine as e:
+            raise DockerError(500, f"swarmha: {e}") from e
+        config["Env"] = env
+        target = with_query("/containers/create", ex.query_string)
+        body = json.dumps(config).encode()
+        headers = [(b"content-type", b"application/json")]
+        try:
+            try:
+                r = await self.call(engine, "POST", target, body=body, headers=headers, timeout=CREATE_TIMEOUT)
+                if r.status == 404 and b"No such image" in r.body and config.get("Image"):
+                    await self._pull(ex, engine, str(config["Image"]))
+                    r = await self.call(engine, "POST", target, body=body, headers=headers, timeout=CREATE_TIMEOUT)
+            except DockerError as e:
+                if e.status == 502:
+                    failed.append(engine.addr)
+                raise
+        finally:
+            self.cluster.unplace(config)
+        if r.status >= 500 and len(failed) < self.cluster.create_retry:
+            failed.append(engine.addr)
+            raise DockerError(r.status, f"{engine.name}: {r.body.decode(errors='replace').strip()}")
+        return r, engine
 
     async def _pull(self, ex: Exchange, engine: Engine, image: str) -> None:
         """Pull ``image`` on ``engine`` (as Swarm did before creating there); DockerError when it fails."""
