@@ -69,6 +69,9 @@ class Engine:
     #: The containers on the engine at its last refresh (and those created through this manager since).
     records: list[Container] = attrs.field(factory=list)
     images: list[Image] = attrs.field(factory=list)
+    #: The engine's own ``/containers/json?all=1`` items at its last refresh (shown as "Host Down" while it is
+    #: not healthy).
+    listed: list[dict[str, Any]] = attrs.field(factory=list)
 
     @property
     def status(self) -> str:
@@ -332,18 +335,15 @@ class Cluster:
                     known = self._inspected[cid] = inspected
                 records.append(from_list(item, known.record))
         except (UpstreamUnreachable, UpstreamBroken, ValueError, KeyError, TypeError) as err:
+            self.failed(e, err)
+            return
+        twin = self._same_id(e, str(info.get("ID", "")))
+        if twin is not None:
+            error = f"ID duplicated. {info.get('ID')} shared by this node {e.addr} and another node {twin.addr}"
+            if e.error != error:
+                log.error("ID duplicated. %s shared by %s and %s", info.get("ID"), twin.addr, e.addr)
             was = e.healthy
-            error = describe_error(e.addr, err)
-            failures = self._failures[e.addr] = self._failures.get(e.addr, 0) + 1
-            if e.healthy and failures < self.failure_retry:
-                log.debug(
-                    "engine %s failed (%d of %d before unhealthy): %s", e.addr, failures, self.failure_retry, error
-                )
-                return
-            if e.healthy or not e.error:
-                log.warning("engine %s is unhealthy: %s", e.addr, error)
-            e.healthy, e.error = False, error
-            e.updated_at = datetime.datetime.now(datetime.UTC)
+            e.healthy, e.error, e.info, e.id = False, error, info, ""
             if was:
                 self._notify(e, "engine_disconnect")
             return
@@ -353,6 +353,7 @@ class Cluster:
         was = e.healthy
         e.info, e.id, e.healthy, e.error = info, str(info.get("ID", "")), True, ""
         e.records = self._settle(e, records, asked)
+        e.listed = [item for item in listed if isinstance(item, dict)]
         e.images = [
             Image(str(i.get("Id", "")), tuple(str(t) for t in i.get("RepoTags") or [] if t != "<none>:<none>"))
             for i in images
@@ -367,6 +368,59 @@ class Cluster:
             if not e.name or e.name == e.addr:
                 e.name = str(info.get("Name") or e.addr)  # named before the event (refresh renames duplicates)
             self._notify(e, "engine_connect")
+
+    def failed(self, e: Engine, err: BaseException) -> None:
+        """Engine ``e`` failed a request (a refresh, or a client's request it could not be reached for): one more
+        consecutive failure; at ``failure_retry`` of them it is marked unhealthy (with the error). Until then its
+        :meth:`health` goes down, so placement prefers the engines that answer (Swarm's health indicator)."""
+        was = e.healthy
+        error = describe_error(e.addr, err)
+        failures = self._failures[e.addr] = self._failures.get(e.addr, 0) + 1
+        if e.healthy and failures < self.failure_retry:
+            log.debug("engine %s failed (%d of %d before unhealthy): %s", e.addr, failures, self.failure_retry, error)
+            return
+        if e.healthy or not e.error:
+            log.warning("engine %s is unhealthy: %s", e.addr, error)
+        e.healthy, e.error = False, error
+        e.updated_at = datetime.datetime.now(datetime.UTC)
+        if was:
+            self._notify(e, "engine_disconnect")
+
+    def health(self, e: Engine) -> int:
+        """Swarm's health indicator: 0 for an engine that is not healthy, else 100 less the share of
+        ``failure_retry`` its consecutive failures have used."""
+        if not e.healthy:
+            return 0
+        return max(0, 100 - self._failures.get(e.addr, 0) * 100 // self.failure_retry)
+
+    def _same_id(self, e: Engine, ident: str) -> Engine | None:
+        """Another engine, already validated, with the engine ID ``ident`` (a shared ``key.json``): Swarm keeps
+        the first one and refuses the second ("ID duplicated")."""
+        if not ident:
+            return None
+        for other in self._engines.values():
+            if other is not e and other.id == ident and other.healthy:
+                return other
+        return None
+
+    def owner_down(self, ident: str) -> Engine | None:
+        """The engine, not healthy now, that had container ``ident`` (id, unique id prefix, name, Swarm id) at
+        its last refresh; None when no such engine is known to have had it."""
+        for e in self._engines.values():
+            if not e.healthy and Node(e.id, e.name, e.addr, containers=e.records).container(ident) is not None:
+                return e
+        return None
+
+    def by_swarm_id(self, ident: str) -> tuple[Engine, str] | None:
+        """(engine, container id) of the container whose ``com.docker.swarm.id`` label is ``ident`` (or its
+        first 12 characters), from what the refreshes and this manager's creates taught; None when unknown."""
+        if len(ident) < 12:
+            return None
+        for e in self._engines.values():
+            for c in e.records:
+                if c.swarm_id and c.id and (c.swarm_id == ident or c.swarm_id[:12] == ident):
+                    return e, c.id
+        return None
 
     async def _inspect(self, e: Engine, cid: str) -> Inspected | None:
         r = await self.call(e, "GET", f"/containers/{cid}/json")
@@ -493,6 +547,7 @@ class Cluster:
                 addr=e.addr,
                 labels=e.labels,
                 healthy=e.healthy,
+                health=self.health(e),
                 containers=e.records + pending.get(e.addr, []),
                 images=e.images,
                 total_cpus=e.ncpu * (1 + self.overcommit),

@@ -86,7 +86,10 @@ class Base:
         async def one(e: Engine) -> tuple[Engine, Response | None]:
             try:
                 return e, await self.cluster.call(e, method, target, body=body, headers=hs, timeout=timeout)
-            except (UpstreamUnreachable, UpstreamBroken):
+            except UpstreamUnreachable as err:
+                self.cluster.failed(e, err)
+                return e, None
+            except UpstreamBroken:
                 return e, None
 
         if len(chosen) == 1:
@@ -175,10 +178,16 @@ class Base:
         return status[0] if status else 0
 
     async def call(self, e: Engine, method: str, target: str, **kw: Any) -> Response:
-        """One request to ``e``; a failure is DockerError 502 naming the node."""
+        """One request to ``e``; a failure is DockerError 502 naming the node (Swarm's "Cannot connect to the
+        docker engine endpoint" when it cannot be reached, which counts as one of its failures)."""
         try:
             return await self.cluster.call(e, method, target, **kw)
-        except (UpstreamUnreachable, UpstreamBroken) as err:
+        except UpstreamUnreachable as err:
+            self.cluster.failed(e, err)
+            raise DockerError(
+                502, f"Cannot connect to the docker engine endpoint: node {e.name} ({e.addr}): {err}"
+            ) from err
+        except UpstreamBroken as err:
             raise DockerError(502, f"swarmha: node {e.name} ({e.addr}) failed: {err}") from err
 
     async def holders(self, kind: str, ident: str, engines: Iterable[Engine] | None = None) -> list[tuple[Engine, Any]]:

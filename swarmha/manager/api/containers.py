@@ -113,7 +113,9 @@ class Containers(Base):
             query = replace_query(query, filters=encode_filters(filters) if filters else None)
         answers = await self.gather("GET", with_query("/containers/json", query), engines)
         raws = [(e, r.body) for e, r in answers if r is not None and r.status == 200]
-        if len(raws) == 1:  # one engine: its own bytes, names renamed in place (no re-encoding), when that is exact
+        down = [] if engines is not None or "filters=" in query else self._host_down(ex, {e.addr for e, _ in raws})
+        # one engine: its own bytes, names renamed in place (no re-encoding), when that is exact
+        if len(raws) == 1 and not down:
             e, raw = raws[0]
             last = self._last
             if last is not None and last[0] is e and last[1] == e.name and last[2] == raw:
@@ -135,7 +137,8 @@ class Containers(Base):
                 out.append(item)
                 if "Node" not in item:
                     item["Node"] = node
-        if len(lists) == 1 and not limit:
+        out += down
+        if len(lists) == 1 and not limit and not down:
             e, items, raw = lists[0]
             node_json = json.dumps(e.node(), separators=(",", ":")).encode()
             body = _rename_in_place(raw, items, e.name, node_json)
@@ -143,11 +146,28 @@ class Containers(Base):
                 if len(raw) <= _LAST_MAX:
                     self._last = (e, e.name, raw, body, [item["Id"] for item in items])
                 return await ex.respond(200, body, "application/json")
-        if len(lists) > 1:  # one engine's list is already newest first
+        if len(lists) > 1 or down:  # one engine's list is already newest first
             out.sort(key=lambda i: i.get("Created", 0), reverse=True)
         if limit > 0:
             out = out[:limit]
         await respond_json(ex, 200, out)
+
+    def _host_down(self, ex: Exchange, answered: set[str]) -> list[dict[str, Any]]:
+        """The containers of the engines that are not healthy (or did not answer), as their last refresh listed
+        them, with Swarm's status ``Host Down``; running ones only unless ``all`` was asked."""
+        every = (ex.arg("all") or "").lower() in ("1", "true")
+        out: list[dict[str, Any]] = []
+        for e in self.cluster.engines:
+            if e.addr in answered or not e.listed:
+                continue
+            node = e.node()
+            for item in e.listed:
+                if not every and item.get("State") != "running":
+                    continue
+                copy = dict(item, Status="Host Down", Node=node)
+                copy["Names"] = [f"/{e.name}{n}" for n in item.get("Names") or []]
+                out.append(copy)
+        return out
 
     # -- create --------------------------------------------------------------------------------------------
 
@@ -218,8 +238,11 @@ class Containers(Base):
         image = str(config.get("Image") or "")
         chosen = any(str(x).startswith("constraint:") for x in config.get("Env") or [])
         if image and not needs and not chosen and len(self.cluster.healthy()) > 1:
-            have = await self.find("images", image)
-            if len(have) == 1:  # only one node has it (built or committed there): run it there, not pull it
+            answers = await self.gather("GET", f"/images/{quote(image, safe='/:@')}/json")
+            have = [e for e, r in answers if r is not None and r.status == 200]
+            # only one node has it (built or committed there): run it there, not pull it -- when every engine
+            # said whether it has it (one that did not answer may have it too)
+            if len(have) == 1 and all(r is not None for _, r in answers):
                 needs.append((f"image {image}", have[0]))
         nodes = {e.addr: e for _, e in needs}
         if len(nodes) > 1:
@@ -311,6 +334,13 @@ class Containers(Base):
         if engine is None:
             engine = await self.cluster.locate("containers", ident)
         if engine is None:
+            known = self.cluster.by_swarm_id(ident)  # Swarm's com.docker.swarm.id names the container too
+            if known is not None:
+                engine, real = known
+        if engine is None:
+            down = self.cluster.owner_down(ident)
+            if down is not None:
+                raise DockerError(500, f"Container {ident} running on unhealthy node {down.name}")
             raise DockerError(404, f"No such container: {ident}")
         return engine, real
 
