@@ -205,3 +205,18 @@ def _failover_during_a_stream(cluster: Cluster) -> None:
         cli(replica, "rm", "-f", cid, check=False)
         primary.stop()
         replica.stop()
+
+
+def test_a_container_is_named_by_its_swarm_id_too(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    """Every container carries ``com.docker.swarm.id``; inspect, logs and ps find it by that id, as in Swarm."""
+    _, replica = pair
+    cid = cli(replica, "run", "-d", "--network", "none", IMAGE, "echo", "by swarm id").stdout.strip()
+    try:
+        swarm_id = cli(replica, "inspect", "-f", '{{ index .Config.Labels "com.docker.swarm.id" }}', cid).stdout.strip()
+        assert len(swarm_id) == 64 and swarm_id != cid
+        assert cli(replica, "inspect", "-f", "{{ .Id }}", swarm_id).stdout.strip() == cid
+        wait_for(lambda: "by swarm id" in cli(replica, "logs", swarm_id).stdout, 10, "the logs by swarm id")
+        listed = cli(replica, "ps", "-aq", "--no-trunc", "--filter", f"label=com.docker.swarm.id={swarm_id}")
+        assert listed.stdout.split() == [cid]
+    finally:
+        cli(replica, "rm", "-f", cid, check=False)

@@ -86,10 +86,7 @@ class Base:
         async def one(e: Engine) -> tuple[Engine, Response | None]:
             try:
                 return e, await self.cluster.call(e, method, target, body=body, headers=hs, timeout=timeout)
-            except UpstreamUnreachable as err:
-                self.cluster.failed(e, err)
-                return e, None
-            except UpstreamBroken:
+            except (UpstreamUnreachable, UpstreamBroken):
                 return e, None
 
         if len(chosen) == 1:

@@ -105,15 +105,19 @@ class Containers(Base):
         query = ex.query_string
         engines = None
         limit = 0
+        filtered = False
         if "filters=" in query or "limit=" in query or "last=" in query:
             filters = self.filters(ex)
+            filtered = bool(filters)
             engines = self.pinned_engines(filters, "network")
             with contextlib.suppress(ValueError):
                 limit = int(ex.arg("limit") or ex.arg("last") or 0)  # -n N / -l (last=1 in old clients)
             query = replace_query(query, filters=encode_filters(filters) if filters else None)
         answers = await self.gather("GET", with_query("/containers/json", query), engines)
         raws = [(e, r.body) for e, r in answers if r is not None and r.status == 200]
-        down = [] if engines is not None or "filters=" in query else self._host_down(ex, {e.addr for e, _ in raws})
+        # the containers of engines that are down, as Swarm listed them (unfiltered lists only: a filter is the
+        # engines' to apply)
+        down = [] if filtered else self._host_down(ex, {e.addr for e, _ in raws})
         # one engine: its own bytes, names renamed in place (no re-encoding), when that is exact
         if len(raws) == 1 and not down:
             e, raw = raws[0]
