@@ -6,6 +6,7 @@ Managers are real ``swarmha manage`` processes on loopback over a sqlite file.
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import shutil
 import signal
@@ -13,6 +14,8 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,9 +238,22 @@ def test_a_doubled_slash_is_the_same_path_and_api_versions_are_bounded(managers:
 
 def test_unsupported_endpoint_answers_a_json_error_at_once(managers: list[ManagerProc]) -> None:
     _, replica = managers
-    code, body = replica.get("/v1.41/swarm/unlock")
+    code, body = replica.get("/v1.41/plugins")
     assert code == 501
     assert "not supported" in body["message"]
+
+
+def test_swarm_mode_endpoints_answer_as_an_engine_outside_swarm_mode(managers: list[ManagerProc]) -> None:
+    """docker-py (and its users' clean-up code) read dockerd's 503 as "no swarm to leave"."""
+    _, replica = managers
+    for path, message in (("/v1.41/swarm", "not a swarm manager"), ("/v1.41/nodes", "not a swarm manager")):
+        code, body = replica.get(path)
+        assert (code, message in body["message"]) == (503, True), body
+    req = urllib.request.Request(replica.url("/v1.41/swarm/leave?force=1"), method="POST", data=b"")
+    with pytest.raises(urllib.error.HTTPError) as leave:
+        urllib.request.urlopen(req, timeout=5)
+    assert leave.value.code == 503
+    assert json.loads(leave.value.read())["message"] == "This node is not part of a swarm"
 
 
 def test_no_primary_answers_503_after_the_wait(url: str, tmp_path: Path) -> None:

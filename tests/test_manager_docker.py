@@ -220,3 +220,15 @@ def test_a_container_is_named_by_its_swarm_id_too(pair: tuple[ManagerProc, Manag
         assert listed.stdout.split() == [cid]
     finally:
         cli(replica, "rm", "-f", cid, check=False)
+
+
+def test_a_percent_encoded_name_in_a_path_is_decoded(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    _, replica = pair
+    created = cli(replica, "network", "create", "probe 01", check=False)
+    assert created.returncode == 0, created.stderr
+    try:
+        code, found = replica.get("/v1.41/networks/probe%2001")
+        assert code == 200, found
+        assert found["Name"] == "probe 01"
+    finally:
+        cli(replica, "network", "rm", "probe 01", check=False)
