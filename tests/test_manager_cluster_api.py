@@ -120,6 +120,7 @@ def test_save_and_load_go_through_the_cluster(cluster: Cluster, replica: Manager
     cluster.engines[0].docker("rmi", ref)
     loaded = cli(replica, "load", "-i", str(archive), timeout=120)
     assert loaded.returncode == 0 and ref in loaded.stdout, loaded.stderr
+    assert loaded.stdout.count(f"Loaded image: {ref}") == 1, loaded.stdout  # once, as one engine says it
     assert all(_has_image(e, ref) for e in cluster.engines)  # docker load: on every engine
     cli(replica, "rmi", ref)
 

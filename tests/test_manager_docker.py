@@ -232,3 +232,21 @@ def test_a_percent_encoded_name_in_a_path_is_decoded(pair: tuple[ManagerProc, Ma
         assert found["Name"] == "probe 01"
     finally:
         cli(replica, "network", "rm", "probe 01", check=False)
+
+
+def test_a_container_started_a_moment_ago_is_known_to_placement(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    """``--link``, ``--volumes-from`` and ``--net container:`` name a container started just before, through
+    another manager even: placement finds it at once, not after the next refresh."""
+    primary, replica = pair
+    made: list[str] = []
+    try:
+        for i in range(3):
+            c1 = f"moment-{i}"
+            made.append(c1)
+            cli(primary, "run", "-d", "--name", c1, "--network", "none", IMAGE, "sleep", "60")
+            for extra in (["--link", f"{c1}:l0"], ["--volumes-from", c1], ["--net", f"container:{c1}"]):
+                r = cli(replica, "create", *extra, IMAGE, "true", check=False)
+                assert r.returncode == 0, (extra, r.stderr)
+                made.append(r.stdout.strip())
+    finally:
+        cli(replica, "rm", "-f", *made, check=False)

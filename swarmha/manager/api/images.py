@@ -53,14 +53,23 @@ class Images(Base):
     # -- streams from every engine, merged ------------------------------------------------------------------
 
     async def _merged(
-        self, ex: Exchange, engines: list[Engine], target: str, body: Tee | None, headers: list[tuple[bytes, bytes]]
+        self,
+        ex: Exchange,
+        engines: list[Engine],
+        target: str,
+        body: Tee | None,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        once: bytes = b"",
     ) -> None:
         """``POST target`` on every engine at once; their JSON-lines answers merged into one 200 stream.
 
         Each message's ``id`` gets the node name in front (a message without one gets the node name); an engine
         that fails or refuses adds one error message naming it. When every engine refuses before streaming,
-        the first refusal is the answer (its status, the node named).
+        the first refusal is the answer (its status, the node named). A line holding ``once`` (``Loaded image``)
+        is sent once, as the first engine said it, however many engines say the same: clients count them.
         """
+        said: set[bytes] = set()
         if not engines:
             raise DockerError(500, "swarmha: no healthy node available in the cluster")
         lines: asyncio.Queue[tuple[Engine, bytes] | None] = asyncio.Queue(256)
@@ -115,6 +124,12 @@ class Images(Base):
                     live -= 1
                     continue
                 e, line = item
+                if once and once in line:
+                    if line in said:
+                        continue
+                    said.add(line)
+                    await ex.send(line + b"\r\n")
+                    continue
                 await ex.send(_renamed(e, line))
             if body is not None:
                 await body.finish()
@@ -141,7 +156,8 @@ class Images(Base):
         engines = self.cluster.healthy()
         headers = [(b"content-type", ex.header("content-type", "application/x-tar").encode("latin-1"))]
         body = Tee(ex.body_chunks(), len(engines))
-        await self._merged(ex, engines, with_query("/images/load", ex.query_string), body, headers)
+        target = with_query("/images/load", ex.query_string)
+        await self._merged(ex, engines, target, body, headers, once=b'"stream":"Loaded image')
 
     async def get(self, ex: Exchange) -> None:
         """``docker save a b``: from one engine that has the first image (it must have them all)."""
