@@ -246,6 +246,20 @@ def test_a_volume_name_on_several_nodes_is_removed_on_each_as_swarm_did(cluster:
     assert gone.returncode != 0 and "no such volume" in gone.stderr
 
 
+def test_a_volume_created_by_a_bare_name_is_created_on_every_node_as_swarm_did(
+    cluster: Cluster, replica: ManagerProc
+) -> None:
+    vol = _unique("everywhere")
+    assert cli(replica, "volume", "create", vol).stdout.strip() == vol
+    try:
+        assert [_on(e, "volume", vol) for e in cluster.engines] == [True, True]
+        listed = cli(replica, "volume", "ls", "--format", "{{.Name}}", "--filter", f"name={vol}").stdout.split()
+        assert sorted(listed) == [f"{n}/{vol}" for n in NAMES]
+    finally:
+        cli(replica, "volume", "rm", vol, check=False)
+    assert [_on(e, "volume", vol) for e in cluster.engines] == [False, False]
+
+
 # -- containers and system ---------------------------------------------------------------------------------------
 
 
