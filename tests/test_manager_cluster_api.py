@@ -195,6 +195,21 @@ def test_a_network_name_on_several_nodes_is_refused_naming_each_not_acted_on_at_
     assert [_on(e, "network", net) for e in cluster.engines] == [False, False]
 
 
+def test_network_create_and_ls_refuse_what_swarm_and_dockerd_refuse(cluster: Cluster, replica: ManagerProc) -> None:
+    bad_filter = cli(replica, "network", "ls", "--filter", "type=foo", check=False)
+    assert bad_filter.returncode != 0 and "type" in bad_filter.stderr, bad_filter.stderr
+    no_node = cli(replica, "network", "create", "node-9/" + _unique("n"), check=False)
+    assert no_node.returncode != 0 and "node==node-9" in no_node.stderr, no_node.stderr
+    net = _unique("dup")
+    cli(replica, "network", "create", f"{NAMES[1]}/{net}")
+    try:
+        again = cli(replica, "network", "create", net, check=False)  # the CLI asks CheckDuplicate
+        assert again.returncode != 0 and f"network with name {net} already exists" in again.stderr, again.stderr
+        assert [_on(e, "network", net) for e in cluster.engines] == [False, True]
+    finally:
+        cli(replica, "network", "rm", f"{NAMES[1]}/{net}", check=False)
+
+
 # -- volumes -----------------------------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from swarmha.manager.api._base import Base, engine_error_message, local_name, respond_json
 from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
-from swarmha.manager.api.networks import COMPOSE_PROJECT, place_named
+from swarmha.manager.api.networks import COMPOSE_PROJECT, place_named, unknown_node
 from swarmha.manager.cluster import Engine
 from swarmha.manager.http import Exchange
 
@@ -56,6 +56,8 @@ class Volumes(Base):
         e, real = self.split_node(name) if name else (None, name)
         labels = config.get("Labels") or {}
         headers = [(b"content-type", b"application/json")]
+        if e is None:
+            unknown_node(self, name)
         if e is None and isinstance(labels, dict) and labels.get(COMPOSE_PROJECT):
             e = await place_named(self, labels)
         if e is not None:
