@@ -273,6 +273,14 @@ def test_a_volume_created_by_a_bare_name_is_created_on_every_node_as_swarm_did(
     finally:
         cli(replica, "volume", "rm", vol, check=False)
     assert [_on(e, "volume", vol) for e in cluster.engines] == [False, False]
+    label = f'com.docker.swarm.whitelists=["node=={NAMES[1]}"]'
+    cli(replica, "volume", "create", "--label", label, vol)
+    try:
+        assert [_on(e, "volume", vol) for e in cluster.engines] == [False, True]  # where the whitelist lets it
+    finally:
+        cli(replica, "volume", "rm", vol, check=False)
+    no_node = cli(replica, "volume", "create", "node-9/" + vol, check=False)
+    assert no_node.returncode != 0 and "node==node-9" in no_node.stderr, no_node.stderr
 
 
 # -- containers and system ---------------------------------------------------------------------------------------

@@ -585,6 +585,12 @@ class Cluster:
             self._pending[labels[SWARM_ID]] = (engine.addr, from_request(request, config), time.monotonic())
         return engine, list(request.env)
 
+    def eligible(self, config: Mapping[str, Any]) -> list[Engine]:
+        """Every engine the scheduler's filters accept for ``config`` (its ``Env`` constraints, its
+        ``com.docker.swarm.whitelists`` label), best first; raises :class:`NoEngine` (Swarm's text) when none."""
+        request = Request.from_config(dict(config))
+        return [self._engines[n.addr] for n in self.scheduler.select(request, self.nodes())]
+
     def placed(self, e: Engine, cid: str, config: Mapping[str, Any], name: str = "") -> None:
         """Account a container just created on ``e`` with ``name`` (so the next placement sees it — its ports,
         reservation, slot, name for affinities and dependencies — before a refresh)."""

@@ -4,7 +4,8 @@
   (the rest is the engines' own: ``name=``, ``label=``, ``driver=``, ``dangling=``).
 * ``POST /volumes/create``: on the node a ``node/name`` names; a Compose project's volume where the project
   already lives (else where :meth:`Cluster.place` chooses); any other volume on every healthy engine, as Swarm
-  classic created them (no name: a random one, the same everywhere). The answer is the first engine's, or the
+  classic created them (no name: a random one, the same everywhere), or on every node its
+  ``com.docker.swarm.whitelists`` label lets through. The answer is the first engine's, or the
   first refusal naming its node. ``GET /volumes/{name}``: ``node/name``, or the one engine that
   has it (the name on several engines is refused, 400, naming each ``node/name``). ``DELETE
   /volumes/{name}``: ``node/name``, or every engine that has one of that name, as Swarm classic removed them
@@ -23,10 +24,12 @@ from urllib.parse import quote
 from swarmha.manager.api._base import Base, engine_error_message, local_name, respond_json
 from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
 from swarmha.manager.api.networks import COMPOSE_PROJECT, place_named, unknown_node
-from swarmha.manager.cluster import Engine
+from swarmha.manager.cluster import Engine, NoEngine
 from swarmha.manager.http import Exchange
 
 __all__ = ["Volumes"]
+
+WHITELISTS = "com.docker.swarm.whitelists"
 
 
 class Volumes(Base):
@@ -65,6 +68,11 @@ class Volumes(Base):
             r = await self.call(e, "POST", "/volumes/create", body=json.dumps(config).encode(), headers=headers)
             return await self.respond(ex, r)
         engines = self.cluster.healthy()
+        if isinstance(labels, dict) and labels.get(WHITELISTS):  # Swarm's: on every node the whitelist names
+            try:
+                engines = self.cluster.eligible({"Labels": {WHITELISTS: labels[WHITELISTS]}})
+            except NoEngine as err:
+                raise DockerError(500, f"swarmha: {err}") from err
         if not engines:
             raise DockerError(500, "swarmha: no healthy node available in the cluster")
         config["Name"] = real or secrets.token_hex(32)
