@@ -499,6 +499,7 @@ class Cluster:
             gone = node.container(ident)
             if gone is not None:
                 e.records = [c for c in e.records if c is not gone]
+                e.listed = [item for item in e.listed if item.get("Id") != gone.id]
                 self._gone[gone.id] = (e.addr, time.monotonic())
                 self._fresh.pop(gone.id, None)
                 self._owner.pop(gone.id, None)

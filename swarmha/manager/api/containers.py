@@ -158,16 +158,15 @@ class Containers(Base):
 
     def _host_down(self, ex: Exchange, answered: set[str]) -> list[dict[str, Any]]:
         """The containers of the engines that are not healthy (or did not answer), as their last refresh listed
-        them, with Swarm's status ``Host Down``; running ones only unless ``all`` was asked."""
-        every = (ex.arg("all") or "").lower() in ("1", "true")
+        them, with Swarm's status ``Host Down``; only when ``all`` was asked (``ps -a``), as in Swarm."""
+        if (ex.arg("all") or "").lower() not in ("1", "true"):
+            return []
         out: list[dict[str, Any]] = []
         for e in self.cluster.engines:
             if e.addr in answered or not e.listed:
                 continue
             node = e.node()
             for item in e.listed:
-                if not every and item.get("State") != "running":
-                    continue
                 copy = dict(item, Status="Host Down", Node=node)
                 copy["Names"] = [f"/{e.name}{n}" for n in item.get("Names") or []]
                 out.append(copy)
