@@ -37,6 +37,7 @@ def test_docker_info_shows_role_primary_and_every_node(cluster: Cluster, pair: t
         assert f"Role: {role}" in out
         assert f"Primary: {primary.addr}" in out
         assert "Strategy: spread" in out
+        assert "Server Version: swarm/1.2.9+swarmha-" in out  # Swarm's form (scripts match swarm/), naming swarmha
         assert "Filters: health, port, containerslots, dependency, affinity, constraint, whitelist" in out
         assert "Nodes: 2" in out
         for e, name in zip(cluster.engines, NAMES, strict=True):
