@@ -7,7 +7,13 @@ a second proxy to node-2, carries node-2's engine ID: an engine sharing another'
 
 from __future__ import annotations
 
+import http.server
+import json
 import re
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,3 +129,59 @@ def test_a_failing_node_is_avoided_and_a_create_retried_elsewhere(half_proxied: 
     logs = cli(watching, "logs", cid, check=False)
     assert logs.returncode != 0
     assert f"Container {cid} running on unhealthy node node-2" in logs.stderr
+
+
+class _SlowToRefuse(http.server.BaseHTTPRequestHandler):
+    """An engine whose volume driver takes seconds to refuse a create (dockerd answers only once it said no)."""
+
+    protocol_version = "HTTP/1.1"
+    delay = 6.5
+
+    def _json(self, status: int, body: object) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_GET(self) -> None:
+        path = self.path.partition("?")[0].removeprefix("/v1.41")
+        answers: dict[str, object] = {
+            "/info": {"ID": "SLOW:ENGINE", "Name": "slow", "NCPU": 1, "MemTotal": 1 << 30, "Labels": []},
+            "/version": {"ApiVersion": "1.41", "MinAPIVersion": "1.12", "Version": "20.10.0"},
+            "/containers/json": [],
+            "/images/json": [],
+        }
+        if path in answers:
+            self._json(200, answers[path])
+        else:
+            self._json(404, {"message": f"no {path}"})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        time.sleep(self.delay)
+        self._json(400, {"message": "error looking up volume plugin slow: plugin not found"})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_create_the_engine_takes_long_to_refuse_gets_the_engines_own_answer(tmp_path: Path) -> None:
+    """No relay limit of a few seconds on a create: the engine's 400 comes back, not a 502."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowToRefuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    m = ManagerProc(f"nodes://127.0.0.1:{server.server_port}", tmp_path, replication=False)
+    try:
+        wait_for(lambda: healthy_count(m) == 1, 20, "the slow engine healthy")
+        body = json.dumps({"Image": "busybox", "HostConfig": {"VolumeDriver": "slow"}}).encode()
+        req = urllib.request.Request(
+            m.url("/v1.41/containers/create"), data=body, headers={"Content-Type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=30)
+        assert refused.value.code == 400
+        assert "plugin not found" in json.loads(refused.value.read())["message"]
+    finally:
+        m.stop()
+        server.shutdown()
