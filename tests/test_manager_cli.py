@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from swarmha.errors import ConfigurationError
-from swarmha.manager.cli import _parser, go_duration, go_style, main
+from swarmha.manager.cli import _parser, main
+from swarmha.manager.cli_args import go_duration, go_style
 from tests.support.helpers import wait_for
 from tests.support.manager import ManagerProc, run_cli
 

@@ -251,3 +251,29 @@ def test_a_container_started_a_moment_ago_is_known_to_placement(pair: tuple[Mana
                 made.append(r.stdout.strip())
     finally:
         cli(replica, "rm", "-f", *made, check=False)
+
+
+def test_ps_is_task_and_a_rename_to_a_name_taken_on_another_node(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    """Swarm's ``ps --filter is-task`` (the engines do not know it) and cluster-wide names: a rename to a name
+    a container on the other node has is refused with dockerd's Conflict."""
+    _, replica = pair
+    task, plain = _unique("task"), _unique("plain")
+    cli(replica, "run", "-d", "--name", task, "-e", "constraint:node==node-1", "--label", "com.docker.swarm.task=",
+        "--network", "none", IMAGE, "sleep", "60")  # fmt: skip
+    cli(replica, "run", "-d", "--name", plain, "-e", "constraint:node==node-2", "--network", "none", IMAGE,
+        "sleep", "60")  # fmt: skip
+    try:
+        tasks = cli(replica, "ps", "--filter", "is-task=true", "--format", "{{.Names}}").stdout.split()
+        others = cli(replica, "ps", "--filter", "is-task=false", "--format", "{{.Names}}").stdout.split()
+        assert f"node-1/{task}" in tasks and f"node-2/{plain}" not in tasks
+        assert f"node-2/{plain}" in others and f"node-1/{task}" not in others
+        taken = cli(replica, "rename", task, plain, check=False)
+        assert taken.returncode != 0 and "Conflict" in taken.stderr, taken.stderr
+        cli(replica, "rename", task, task + "-x")
+        cli(replica, "rename", task + "-x", task)  # its old name is free again at once
+    finally:
+        cli(replica, "rm", "-f", task, plain, check=False)
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}{time.monotonic_ns() % 10**9}"

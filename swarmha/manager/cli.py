@@ -24,18 +24,16 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import sys
 import threading
-import typing
 from collections.abc import Callable, Sequence
 from typing import TypeVar
-from urllib.parse import parse_qsl, urlencode
 
 import swarmha
 from swarmha import Follower, Leader
 from swarmha._duration import format_duration
 from swarmha.errors import ConfigurationError, DiscoveryError, SwarmHAError
+from swarmha.manager import cli_args
 from swarmha.manager import demo as _demo
 from swarmha.manager._config import parse_address, parse_filters, parse_listen
 from swarmha.manager.cluster import NODES_KEY, STRATEGIES
@@ -51,84 +49,11 @@ log = logging.getLogger("swarmha.manager")
 
 T = TypeVar("T")
 
-#: Accepted range of --replication-ttl / join --ttl, in seconds.
-TTL_RANGE = (0.5, 3600.0)
-
 
 #: Swarm flags swarmha does not honour, with the reason given when one is used.
 REFUSED = {
     "--api-enable-cors": "CORS headers are not implemented; put a reverse proxy in front to add them",
 }
-
-#: Swarm's --cluster-opt keys swarmha honours.
-CLUSTER_OPTS = ("swarm.overcommit", "swarm.createretry")
-
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
-_GO_DURATION = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
-_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def go_duration(text: str, flag: str) -> float:
-    """Seconds in a Go duration as Swarm's flags took it (``20s``, ``-5s``, ``1m30s``, ``0``); may be zero or
-    negative (the caller says what it needs). ConfigurationError naming the flag otherwise; a bare number is
-    refused with the fix (``20`` -> ``20s``), as Go refused it."""
-    s = str(text).strip()
-    if _NUMBER.fullmatch(s):
-        if float(s) == 0:
-            return 0.0
-        raise ConfigurationError(
-            f"invalid {flag} {text!r}: a duration needs a unit (Go durations, as in Swarm): write {s}s for {s} seconds"
-        )
-    if not _GO_DURATION.fullmatch(s):
-        raise ConfigurationError(f"{flag}: invalid duration {text!r} (expected e.g. 20s, 500ms, 1m30s)")
-    seconds = sum(float(n) * _GO_UNITS[u] for n, u in _GO_PART.findall(s))
-    return -seconds if s.startswith("-") else seconds
-
-
-def _count(text: str | None, flag: str) -> int | None:
-    if text is None:
-        return None
-    try:
-        return int(str(text).strip())
-    except ValueError:
-        raise ConfigurationError(f"invalid {flag} {text!r}: not an integer") from None
-
-
-def _positive(text: str, flag: str, sentence: str | None = None) -> float:
-    """A duration > 0; else Swarm's ``sentence`` (default ``FLAG should be a positive number``)."""
-    seconds = go_duration(text, flag)
-    if seconds <= 0:
-        raise ConfigurationError(f"{sentence or flag + ' should be a positive number'} ({flag} {text})")
-    return seconds
-
-
-#: Swarm's --discovery-opt keys for TLS to the store, and the etcd URL option each one becomes.
-DISCOVERY_TLS_OPTS = {"kv.cacertfile": "ca", "kv.certfile": "cert", "kv.keyfile": "key"}
-
-
-def _ttl(text: str, what: str) -> float:
-    seconds = _positive(text, what)
-    lo, hi = TTL_RANGE
-    if not lo <= seconds <= hi:
-        raise ConfigurationError(
-            f"{what} {text!r} is out of range: it must be between {format_duration(lo)} and {format_duration(hi)}"
-        )
-    return seconds
-
-
-def _nonnegative(text: str, what: str) -> float:
-    seconds = go_duration(text, what)
-    if seconds < 0:
-        raise ConfigurationError(f"{what} should not be a negative number ({what} {text})")
-    return seconds
-
-
-def _heartbeat(text: str) -> float:
-    seconds = go_duration(text, "--heartbeat")
-    if seconds < 1:
-        raise ConfigurationError(f"--heartbeat should be at least one second (--heartbeat {text})")
-    return seconds
 
 
 def _advertise(text: str) -> str:
@@ -143,103 +68,19 @@ def _discovery_arg(args: argparse.Namespace) -> str:
     url: str | None = args.discovery or os.environ.get("SWARM_DISCOVERY")
     if not url:
         raise ConfigurationError("a discovery URL is required (argument or SWARM_DISCOVERY), e.g. sqlite:///tmp/s.db")
-    _check_scheme(url)
+    cli_args.check_scheme(url)
     if url.startswith("token://"):
         raise ConfigurationError(
             "token:// discovery (Docker Hub's hosted service) was shut down; use a store (etcd://, zk://, consul://, "
             "sqlite://), nodes://H:P,H:P or file:///PATH"
         )
-    return _with_discovery_opts(url, getattr(args, "discovery_opt", None) or [])
-
-
-#: The discovery schemes, to recognise one written without its ``://``.
-_SCHEMES = ("etcd", "zk", "consul", "sqlite", "memory", "nodes", "file", "token")
-_MISTYPED = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)(?P<sep>//|:/(?!/)|:(?![0-9\[/]))(?P<rest>.*)")
-
-
-def _check_scheme(url: str) -> None:
-    """``etcd//h:2379/x``, ``etcd:/h...``, ``zk:h...``: a scheme with a mistyped ``://``, refused suggesting it."""
-    m = _MISTYPED.fullmatch(url)
-    if m and m["scheme"].lower() in _SCHEMES:
-        fixed = f"{m['scheme']}://{m['rest'].lstrip('/')}"
-        raise ConfigurationError(
-            f"discovery URL {url!r} is malformed: {m['scheme']}{m['sep']} is not followed by ://; did you mean {fixed}?"
-        )
-
-
-def _with_discovery_opts(url: str, opts: list[str]) -> str:
-    """Swarm's ``--discovery-opt kv.cacertfile=...`` etc. as this URL's options (TLS to etcd), or refused."""
-    extra: list[tuple[str, str]] = []
-    for opt in opts:
-        key, sep, value = opt.partition("=")
-        if not sep or not value:
-            raise ConfigurationError(f"--discovery-opt {opt!r} is not KEY=VALUE")
-        if key in DISCOVERY_TLS_OPTS:
-            if not url.startswith("etcd://"):
-                raise ConfigurationError(
-                    f"--discovery-opt {key} is supported with etcd:// only (TLS to {url.partition(':')[0]} is not)"
-                )
-            extra.append((DISCOVERY_TLS_OPTS[key], value))
-        elif key == "kv.path":
-            if value.strip("/") != NODES_KEY:
-                raise ConfigurationError(
-                    f"--discovery-opt kv.path={value} is not supported: engines are read from <prefix>/{NODES_KEY}; "
-                    "put the prefix in the URL path (etcd://host:2379/PREFIX)"
-                )
-        else:
-            raise ConfigurationError(
-                f"--discovery-opt {key} is unknown: swarmha takes kv.cacertfile, kv.certfile, kv.keyfile, kv.path; "
-                "other store options go in the URL (?timeout=SECONDS)"
-            )
-    if not extra:
-        return url
-    base, _, query = url.partition("?")
-    return base + "?" + urlencode([*parse_qsl(query), *extra])
+    return cli_args.with_discovery_opts(url, getattr(args, "discovery_opt", None) or [])
 
 
 def _refuse_unsupported(args: argparse.Namespace) -> None:
     for flag, reason in REFUSED.items():
         if getattr(args, flag.lstrip("-").replace("-", "_"), False):
             raise ConfigurationError(f"{flag} is not supported: {reason}")
-
-
-def _cluster_options(args: argparse.Namespace) -> tuple[float, int]:
-    """(overcommit ratio, create retries) from ``--cluster-opt``, checked with Swarm's sentences."""
-    if args.cluster_driver != "swarm":
-        raise ConfigurationError(
-            f"--cluster-driver {args.cluster_driver!r} is not supported: swarmha has only Swarm's own driver, 'swarm' "
-            "(the mesos driver is not implemented)"
-        )
-    overcommit, retry = 0.0, 0
-    for opt in args.cluster_opt or []:
-        key, sep, value = opt.partition("=")
-        if not sep:
-            raise ConfigurationError(f"--cluster-opt {opt!r} is not KEY=VALUE")
-        if key == "swarm.overcommit":
-            try:
-                overcommit = float(value)
-            except ValueError:
-                raise ConfigurationError(f"--cluster-opt swarm.overcommit={value!r} is not a number") from None
-            if not overcommit > -1 or overcommit == float("inf"):
-                raise ConfigurationError(f"swarm.overcommit should be larger than -1, {overcommit:f} is invalid")
-        elif key == "swarm.createretry":
-            try:
-                retry = int(value, 0)
-            except ValueError:
-                raise ConfigurationError(f"--cluster-opt swarm.createretry={value!r} is not an integer") from None
-            if retry < 0:
-                raise ConfigurationError(f"swarm.createretry can not be negative, {retry} is invalid")
-        elif key.startswith("mesos."):
-            raise ConfigurationError(
-                f"--cluster-opt {key} is not supported: the mesos cluster driver is not implemented"
-            )
-        else:
-            raise ConfigurationError(
-                f"--cluster-opt {key} is unknown: swarmha takes {', '.join(CLUSTER_OPTS)} (the engine refresh and "
-                "failure options are --engine-refresh-min-interval, --engine-refresh-max-interval, "
-                "--engine-failure-retry)"
-            )
-    return overcommit, retry
 
 
 def _engine_source(url: str, replication: bool) -> tuple[tuple[str, ...], str | None]:
@@ -263,14 +104,14 @@ def _engine_source(url: str, replication: bool) -> tuple[tuple[str, ...], str | 
 
 def _manage(args: argparse.Namespace) -> int:
     _refuse_unsupported(args)
-    overcommit, create_retry = _cluster_options(args)
+    overcommit, create_retry = cli_args.cluster_options(args)
     url = _discovery_arg(args)
     hosts = args.host or [os.environ.get("SWARM_HOST") or ":2375"]
     if len(hosts) > 1:
         raise ConfigurationError(f"-H was given {len(hosts)} times: swarmha serves one listen address")
     listen = parse_listen(hosts[0], "-H")
     advertise = _advertise(args.advertise) if args.advertise else None
-    ttl = _ttl(args.replication_ttl, "--replication-ttl")
+    ttl = cli_args.ttl(args.replication_ttl, "--replication-ttl")
     if args.strategy not in STRATEGIES:
         raise ConfigurationError(f"--strategy {args.strategy!r} is unknown: expected one of {', '.join(STRATEGIES)}")
     tls = TLSConfig(args.tls or args.tlsverify, args.tlsverify, args.tlscacert, args.tlscert, args.tlskey)
@@ -282,13 +123,13 @@ def _manage(args: argparse.Namespace) -> int:
             "HOST:PORT or SWARM_ADVERTISE)"
         )
     min_flag = "--engine-refresh-min-interval" if args.engine_refresh_min_interval else "--engine-refresh"
-    refresh_min = _positive(
+    refresh_min = cli_args.positive(
         args.engine_refresh_min_interval or args.engine_refresh,
         min_flag,
         "min refresh interval should be a positive number",
     )
     refresh_max = (
-        go_duration(args.engine_refresh_max_interval, "--engine-refresh-max-interval")
+        cli_args.go_duration(args.engine_refresh_max_interval, "--engine-refresh-max-interval")
         if args.engine_refresh_max_interval
         else refresh_min
     )
@@ -297,9 +138,9 @@ def _manage(args: argparse.Namespace) -> int:
             f"max refresh interval cannot be less than min refresh interval ({args.engine_refresh_max_interval} < "
             f"{format_duration(refresh_min)})"
         )
-    retry = _count(args.engine_failure_retry, "--engine-failure-retry")
+    retry = cli_args.count(args.engine_failure_retry, "--engine-failure-retry")
     if retry is None:
-        retry = _count(args.engine_refresh_retry, "--engine-refresh-retry")
+        retry = cli_args.count(args.engine_refresh_retry, "--engine-refresh-retry")
     if retry is not None and retry <= 0:
         raise ConfigurationError(
             f"invalid failure retry count: --engine-failure-retry {retry} should be a positive number"
@@ -317,10 +158,10 @@ def _manage(args: argparse.Namespace) -> int:
         tls=tls,
         refresh=refresh_min,
         refresh_max=refresh_max,
-        heartbeat=_heartbeat(args.heartbeat),
+        heartbeat=cli_args.heartbeat(args.heartbeat),
         failure_retry=retry or 1,
-        primary_wait=_positive(args.primary_wait, "--primary-wait") if args.primary_wait else None,
-        drain_timeout=_nonnegative(args.shutdown_timeout, "--shutdown-timeout"),
+        primary_wait=cli_args.positive(args.primary_wait, "--primary-wait") if args.primary_wait else None,
+        drain_timeout=cli_args.nonnegative(args.shutdown_timeout, "--shutdown-timeout"),
         overcommit=overcommit,
         create_retry=create_retry,
         metrics=parse_listen(args.metrics, "--metrics") if args.metrics else None,
@@ -354,13 +195,13 @@ def _join(args: argparse.Namespace) -> int:
     if not args.advertise:
         raise ConfigurationError("missing mandatory --advertise flag: join needs --advertise ENGINE_HOST:PORT")
     addr = _advertise(args.advertise)
-    delay = _nonnegative(args.delay, "--delay")
-    heartbeat = _heartbeat(args.heartbeat)
-    if go_duration(args.ttl, "--ttl") <= heartbeat:
+    delay = cli_args.nonnegative(args.delay, "--delay")
+    heartbeat = cli_args.heartbeat(args.heartbeat)
+    if cli_args.go_duration(args.ttl, "--ttl") <= heartbeat:
         raise ConfigurationError(
             f"--ttl must be strictly superior to the heartbeat value (--ttl {args.ttl}, --heartbeat {args.heartbeat})"
         )
-    ttl = _ttl(args.ttl, "--ttl")
+    ttl = cli_args.ttl(args.ttl, "--ttl")
     if is_host_list(url) or url.startswith("file://"):
         raise ConfigurationError(f"join registers in a discovery store; {url!r} is a fixed engine list")
     discovery = swarmha.connect(url)
@@ -395,7 +236,7 @@ def _bounded(timeout: float, what: str, fn: Callable[[], T]) -> T:
 def _list(args: argparse.Namespace) -> int:
     _refuse_unsupported(args)
     url = _discovery_arg(args)
-    timeout = _positive(args.timeout, "--timeout")
+    timeout = cli_args.positive(args.timeout, "--timeout")
     if is_host_list(url):
         for node in host_list(url):
             print(node)
@@ -418,7 +259,7 @@ def _list(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     _refuse_unsupported(args)
     url = _discovery_arg(args)
-    timeout = _positive(args.timeout, "--timeout")
+    timeout = cli_args.positive(args.timeout, "--timeout")
 
     def read() -> tuple[Leader | None, int]:
         with swarmha.connect(url) as discovery:
@@ -438,9 +279,9 @@ def _status(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------------------------
 
 
-def _global_flags(defaults: bool) -> _Parser:
+def _global_flags(defaults: bool) -> cli_args.Parser:
     """Swarm's global flags; on the commands too (``SUPPRESS``), so they work before or after the command."""
-    g = _Parser(add_help=False)
+    g = cli_args.Parser(add_help=False)
     default = None if defaults else argparse.SUPPRESS
     g.add_argument(
         "-l",
@@ -466,13 +307,13 @@ def _global_flags(defaults: bool) -> _Parser:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = cli_args.Parser(
         prog="swarmha",
         description="Docker Swarm classic style HA cluster manager (swarm manage --replication) on swarmha.",
         parents=[_global_flags(True)],
     )
     p.add_argument("-v", "--version", action="version", version=f"swarmha version {swarmha.__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=cli_args.Parser)
     common = _global_flags(False)
 
     disc_help = (
@@ -627,60 +468,11 @@ _COMMANDS = {"m": "manage", "j": "join", "l": "list", "h": "help"}
 _NAMES = ("manage", "join", "list", "status", "demo", "help")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with Swarm's way of saying a bad command line: one line and where the help is, exit status 2."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: {message}\nSee '{self.prog} --help'.\n")
-
-
-def _value_flags(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
-    """(every option string, those that take a value) of ``parser`` and its commands."""
-    names: set[str] = set()
-    valued: set[str] = set()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                n, v = _value_flags(sub)
-                names |= n
-                valued |= v
-            continue
-        names.update(action.option_strings)
-        if action.nargs != 0:
-            valued.update(action.option_strings)
-    return names, valued
-
-
-def go_style(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
-    """The command line as Go's ``flag`` package (Swarm's) reads it, in argparse's terms: ``-cluster-opt X`` is
-    ``--cluster-opt X`` and a flag's value is the next word even when it starts with a dash (``--replication-ttl
-    -5s``); the words after ``--`` are left alone."""
-    names, valued = _value_flags(parser)
-    out: list[str] = []
-    words = list(argv)
-    i = 0
-    while i < len(words):
-        word = words[i]
-        i += 1
-        if word == "--":
-            out += words[i - 1 :]
-            break
-        if word.startswith("-") and not word.startswith("--") and len(word) > 2:
-            name = word.partition("=")[0]
-            if "-" + name in names:
-                word = "-" + word
-        out.append(word)
-        if word in valued and i < len(words) and words[i].startswith("-") and words[i] != "--":
-            out[-1] = f"{word}={words[i]}"
-            i += 1
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``swarmha`` console script; returns the exit status."""
     parser = _parser()
     words = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(go_style(words, parser))
+    args = parser.parse_args(cli_args.go_style(words, parser))
     try:
         code: int = args.func(args)
     except ConfigurationError as e:

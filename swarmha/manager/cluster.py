@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import datetime
 import logging
-import os
 import secrets
 import ssl
 import time
@@ -32,6 +31,7 @@ import attrs
 
 from swarmha import Discovery
 from swarmha.errors import DiscoveryError
+from swarmha.manager.engine import AnsweredBadly, Engine, account, describe_error, engine_order, split_addr
 from swarmha.manager.scheduler import FILTERS, STRATEGIES, SWARM_ID, Container, Image, Node, Request, Scheduler
 from swarmha.manager.scheduler import SchedulingError as NoEngine
 from swarmha.manager.scheduler.records import Inspected, from_inspect, from_list, from_request, reschedulable
@@ -44,138 +44,6 @@ log = logging.getLogger("swarmha.manager.cluster")
 NODES_KEY = "docker/swarm/nodes"
 #: Longest a placed container stays pending without placed()/unplace() (see Cluster._expire_pending).
 _PENDING_MAX = 600.0
-
-
-@attrs.define
-class Engine:
-    """What the manager knows of one engine; replaced field by field on each refresh."""
-
-    addr: str
-    upstream: Upstream
-    name: str = ""
-    id: str = ""
-    healthy: bool = False
-    error: str = ""
-    info: dict[str, Any] = attrs.field(factory=dict)
-    api_version: str = ""
-    min_api_version: str = ""
-    containers: int = 0
-    running: int = 0
-    paused: int = 0
-    stopped: int = 0
-    reserved_cpus: float = 0.0
-    reserved_memory: int = 0
-    updated_at: datetime.datetime | None = None
-    #: The containers on the engine at its last refresh (and those created through this manager since).
-    records: list[Container] = attrs.field(factory=list)
-    images: list[Image] = attrs.field(factory=list)
-    #: The engine's own ``/containers/json?all=1`` items at its last refresh (shown as "Host Down" while it is
-    #: not healthy).
-    listed: list[dict[str, Any]] = attrs.field(factory=list)
-
-    @property
-    def status(self) -> str:
-        """Swarm classic's node status: ``Pending`` until the first refresh answered, then ``Healthy`` or
-        ``Unhealthy`` (with :attr:`error`)."""
-        if self.healthy:
-            return "Healthy"
-        return "Unhealthy" if self.error else "Pending"
-
-    @property
-    def url(self) -> str:
-        scheme = "https" if self.upstream.ssl is not None else "http"
-        return f"{scheme}://{self.addr}"
-
-    @property
-    def ncpu(self) -> int:
-        return int(self.info.get("NCPU") or 0)
-
-    @property
-    def memory(self) -> int:
-        return int(self.info.get("MemTotal") or 0)
-
-    @property
-    def labels(self) -> dict[str, str]:
-        """Swarm's node labels: the built-in ones from ``/info``, then the engine's ``--label k=v`` (a label
-        cannot override a built-in one; a ``node`` label is shown but ``constraint:node`` means the node itself)."""
-        out = {
-            key: str(self.info[field])
-            for key, field in _BUILTIN_LABELS.items()
-            if self.info.get(field) not in (None, "")
-        }
-        for label in self.info.get("Labels") or []:
-            k, _, v = str(label).partition("=")
-            if k not in out:
-                out[k] = v
-        return out
-
-    @property
-    def ip(self) -> str:
-        return self.upstream.host
-
-    def node(self) -> dict[str, Any]:
-        """Swarm classic's ``Node`` object, carried by container inspect and list answers."""
-        return {
-            "ID": self.id,
-            "IP": self.ip,
-            "Addr": self.addr,
-            "Name": self.name,
-            "Cpus": self.ncpu,
-            "Memory": self.memory,
-            "Labels": self.labels,
-        }
-
-
-_BUILTIN_LABELS = {
-    "storagedriver": "Driver",
-    "kernelversion": "KernelVersion",
-    "operatingsystem": "OperatingSystem",
-    "ostype": "OSType",
-    "architecture": "Architecture",
-}
-
-
-def _account(e: Engine) -> None:
-    """The engine's counts and reservations from its records."""
-    e.containers = len(e.records)
-    e.running = sum(1 for c in e.records if c.state == "running")
-    e.paused = sum(1 for c in e.records if c.state == "paused")
-    e.stopped = e.containers - e.running - e.paused
-    e.reserved_cpus = sum(c.cpus for c in e.records)
-    e.reserved_memory = sum(c.memory for c in e.records)
-
-
-def describe_error(addr: str, err: BaseException) -> str:
-    """An engine failure as an operator reads it: the address and the OS error under the client's wrapper.
-
-    ``cannot reach 10.0.0.5:2375: [Errno 111] Connection refused`` rather than the wrapper's words; an HTTP
-    error answer keeps its status (``10.0.0.5:2375 answered 500 to /info``).
-    """
-    if isinstance(err, _AnsweredBadly):
-        return f"{addr} {err}"
-    seen: set[int] = set()
-    cause: BaseException | None = err
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, OSError) and cause.errno is not None:
-            return f"cannot reach {addr}: [Errno {cause.errno}] {os.strerror(cause.errno)}"
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(err, UpstreamBroken) and "no answer within" in str(err):
-        return f"{addr} did not answer within the timeout"
-    return f"{addr}: {err or type(err).__name__}"
-
-
-class _AnsweredBadly(ValueError):
-    """An engine answered a refresh request with an error status (the message says which)."""
-
-
-def _split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _engine_order(e: Engine) -> str:
-    return e.name or e.addr
 
 
 class Cluster:
@@ -236,7 +104,7 @@ class Cluster:
     def engines(self) -> list[Engine]:
         engines = list(self._engines.values())
         if len(engines) > 1:  # asked on every request: one engine (the usual test and demo setup) needs no sort
-            engines.sort(key=_engine_order)
+            engines.sort(key=engine_order)
         return engines
 
     def healthy(self) -> list[Engine]:
@@ -296,7 +164,7 @@ class Cluster:
             for addr in addrs:
                 if addr not in self._engines:
                     try:
-                        host, port = _split_addr(addr)
+                        host, port = split_addr(addr)
                     except ValueError:
                         log.warning("ignoring the malformed engine address %r", addr)
                         continue
@@ -358,7 +226,7 @@ class Cluster:
             Image(str(i.get("Id", "")), tuple(str(t) for t in i.get("RepoTags") or [] if t != "<none>:<none>"))
             for i in images
         ]
-        _account(e)
+        account(e)
         e.updated_at = datetime.datetime.now(datetime.UTC)
         present = {c.id for c in records}
         for cid in [cid for cid, addr in self._owner.items() if addr == e.addr and cid not in present]:
@@ -403,6 +271,25 @@ class Cluster:
                 return other
         return None
 
+    def named(self, name: str) -> str | None:
+        """The id of the container called ``name`` on any engine (as the last refreshes and this manager's
+        creates and renames know them); None when no container has that name."""
+        wanted = "/" + name.lstrip("/")
+        for e in self._engines.values():
+            for c in e.records:
+                if wanted in c.names:
+                    return c.id
+        return None
+
+    def renamed(self, ident: str, name: str) -> None:
+        """Container ``ident`` was renamed ``name`` through this manager: its record says so before a refresh."""
+        for e in self._engines.values():
+            c = Node(e.id, e.name, e.addr, containers=e.records).container(ident)
+            if c is not None:
+                new = attrs.evolve(c, names=("/" + name.lstrip("/"),))
+                e.records = [new if x is c else x for x in e.records]
+                return
+
     def owner_down(self, ident: str) -> Engine | None:
         """The engine, not healthy now, that had container ``ident`` (id, unique id prefix, name, Swarm id) at
         its last refresh; None when no such engine is known to have had it."""
@@ -427,7 +314,7 @@ class Cluster:
         if r.status == 404:
             return None
         if r.status != 200:
-            raise _AnsweredBadly(f"answered {r.status} to /containers/{cid[:12]}/json")
+            raise AnsweredBadly(f"answered {r.status} to /containers/{cid[:12]}/json")
         body = r.json()
         return Inspected(from_inspect(body), body if reschedulable(body.get("Config") or {}) else None)
 
@@ -457,7 +344,7 @@ class Cluster:
     async def _get(self, e: Engine, path: str) -> Response:
         r = await self.call(e, "GET", path)
         if r.status != 200:
-            raise _AnsweredBadly(f"answered {r.status} to {path.partition('?')[0]}")
+            raise AnsweredBadly(f"answered {r.status} to {path.partition('?')[0]}")
         return r
 
     # -- finding what lives where ----------------------------------------------------------------------
@@ -504,7 +391,7 @@ class Cluster:
                 self._fresh.pop(gone.id, None)
                 self._owner.pop(gone.id, None)
                 self._inspected.pop(gone.id, None)
-                _account(e)
+                account(e)
                 return
 
     async def locate(self, kind: str, ident: str) -> Engine | None:
@@ -612,7 +499,7 @@ class Cluster:
             self._inspected[cid] = Inspected(known.record if known else record, full)
         self._fresh[cid] = (e.addr, record, time.monotonic())
         e.records = [c for c in e.records if c.id != cid] + [record]
-        _account(e)
+        account(e)
 
     def started(self, ident: str) -> None:
         """Container ``ident`` was started through this manager: it counts as running before a refresh says so
@@ -625,7 +512,7 @@ class Cluster:
                 if c.id in self._fresh:
                     addr, _old, at = self._fresh[c.id]
                     self._fresh[c.id] = (addr, running, at)
-                _account(e)
+                account(e)
                 return
 
     def unplace(self, config: Mapping[str, Any]) -> None:

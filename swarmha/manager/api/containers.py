@@ -34,6 +34,8 @@ log = logging.getLogger("swarmha.manager")
 #: How long a create may take on its engine: dockerd answers it only once the image, volume driver and logging
 #: driver said yes or no (a driver plugin may take many seconds to refuse), and the Docker CLI waits for it.
 CREATE_TIMEOUT = 300.0
+#: The label that marks a swarm-mode task's container (``ps --filter is-task=true|false``).
+TASK_LABEL = "com.docker.swarm.task"
 #: Largest engine answer kept as the last one-engine list (``Containers._last``).
 _LAST_MAX = 1 << 20
 _NAMES_KEY = b'"Names":['
@@ -106,9 +108,11 @@ class Containers(Base):
         engines = None
         limit = 0
         filtered = False
+        is_task: list[str] = []  # Swarm's own filter (the engines do not know it): applied here
         if "filters=" in query or "limit=" in query or "last=" in query:
             filters = self.filters(ex)
-            filtered = bool(filters)
+            is_task = filters.pop("is-task", [])
+            filtered = bool(filters) or bool(is_task)
             engines = self.pinned_engines(filters, "network")
             with contextlib.suppress(ValueError):
                 limit = int(ex.arg("limit") or ex.arg("last") or 0)  # -n N / -l (last=1 in old clients)
@@ -119,7 +123,7 @@ class Containers(Base):
         # engines' to apply)
         down = [] if filtered else self._host_down(ex, {e.addr for e, _ in raws})
         # one engine: its own bytes, names renamed in place (no re-encoding), when that is exact
-        if len(raws) == 1 and not down:
+        if len(raws) == 1 and not down and not is_task:
             e, raw = raws[0]
             last = self._last
             if last is not None and last[0] is e and last[1] == e.name and last[2] == raw:
@@ -142,7 +146,9 @@ class Containers(Base):
                 if "Node" not in item:
                     item["Node"] = node
         out += down
-        if len(lists) == 1 and not limit and not down:
+        if is_task:
+            out = [i for i in out if ("true" if TASK_LABEL in (i.get("Labels") or {}) else "false") in is_task]
+        if len(lists) == 1 and not limit and not down and not is_task:
             e, items, raw = lists[0]
             node_json = json.dumps(e.node(), separators=(",", ":")).encode()
             body = _rename_in_place(raw, items, e.name, node_json)
@@ -362,7 +368,18 @@ class Containers(Base):
                     info["Node"] = engine.node()
                     return await respond_json(ex, 200, info)
             return await self.respond(ex, r)
+        renamed = ex.arg("name") if action == "/rename" and ex.method == "POST" else None
+        if renamed:
+            holder = self.cluster.named(renamed)
+            if holder is not None:  # on another node the engine would not know it: the cluster's names are one
+                raise DockerError(
+                    409,
+                    f'Conflict. The container name "/{renamed.lstrip("/")}" is already in use by container '
+                    f'"{holder}". You have to remove (or rename) that container to be able to reuse that name.',
+                )
         status = await self.relay(ex, engine, target)
+        if renamed and 200 <= status < 300:
+            self.cluster.renamed(ident, renamed)
         if ex.method == "DELETE" and not action and 200 <= status < 300:
             self.cluster.forget(ident)
         elif ex.method == "POST" and action == "/start" and 200 <= status < 300:
