@@ -125,6 +125,25 @@ def test_save_and_load_go_through_the_cluster(cluster: Cluster, replica: Manager
     cli(replica, "rmi", ref)
 
 
+def test_images_filters_and_save_across_nodes_as_swarm_did(
+    cluster: Cluster, replica: ManagerProc, tmp_path: Path
+) -> None:
+    one, two = f"{_unique('only1')}:1", f"{_unique('only2')}:1"
+    cluster.engines[0].docker("tag", IMAGE, one)
+    cluster.engines[1].docker("tag", IMAGE, two)
+    try:
+        on1 = cli(replica, "images", "--filter", f"node={NAMES[0]}", "--format", "{{.Repository}}:{{.Tag}}")
+        assert one in on1.stdout.split() and two not in on1.stdout.split(), on1.stdout
+        missing = cli(replica, "images", "--filter", "before=no-such-image-here", check=False)
+        assert missing.returncode != 0, missing.stdout
+        apart = cli(replica, "save", "-o", str(tmp_path / "apart.tar"), one, two, check=False)
+        assert apart.returncode != 0
+        assert "Unable to find a healthy engine containing all images" in apart.stderr, apart.stderr
+    finally:
+        cluster.engines[0].docker("rmi", one)
+        cluster.engines[1].docker("rmi", two)
+
+
 # -- networks ----------------------------------------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from swarmha.manager.api._base import Base, Tee, engine_error_message, respond_json
-from swarmha.manager.api._docker import DockerError, json_object, replace_query, with_query
+from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
 from swarmha.manager.cluster import Engine, NoEngine
 from swarmha.manager.http import Exchange
 from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable, stream
@@ -35,8 +35,22 @@ class Images(Base):
     async def listing(self, ex: Exchange) -> None:
         filters = self.filters(ex)
         engines = self.engines_for(filters)
+        node = filters.pop("node", None)  # the manager's own filter: not sent to the engines
+        query = ex.query_string
+        if node:
+            query = replace_query(query, filters=encode_filters(filters) if filters else None)
         merged: dict[str, dict[str, Any]] = {}
-        for _e, items in await self.gather_json(with_query("/images/json", ex.query_string), engines):
+        answers = await self.gather("GET", with_query("/images/json", query), engines)
+        listed = [(e, r) for e, r in answers if r is not None and r.status == 200]
+        refused = [(e, r) for e, r in answers if r is not None and 400 <= r.status < 500]
+        if not listed and refused:  # before=/since= an image no engine has: the engines' own refusal
+            e, r = refused[0]
+            raise DockerError(r.status, engine_error_message(e, r))
+        for _e, r in listed:
+            try:
+                items = r.json()
+            except ValueError:
+                continue
             for item in items if isinstance(items, list) else []:
                 ident = str(item.get("Id", ""))
                 seen = merged.get(ident)
@@ -160,14 +174,19 @@ class Images(Base):
         await self._merged(ex, engines, target, body, headers, once=b'"stream":"Loaded image')
 
     async def get(self, ex: Exchange) -> None:
-        """``docker save a b``: from one engine that has the first image (it must have them all)."""
+        """``docker save a b``: from one healthy engine that has every image named, as Swarm chose it; 404
+        naming the image no engine has, else Swarm's "Unable to find a healthy engine containing all images"."""
         names = ex.query.get("names") or []
         if not names:
             raise DockerError(400, "swarmha: GET /images/get needs names")
-        have = await self.find("images", names[0])
-        if not have:
-            raise DockerError(404, f"No such image: {names[0]}")
-        await self.relay(ex, have[0])
+        holders = await asyncio.gather(*(self.find("images", n) for n in dict.fromkeys(names)))
+        for name, have in zip(dict.fromkeys(names), holders, strict=True):
+            if not have:
+                raise DockerError(404, f"No such image: {name}")
+        common = [e for e in holders[0] if all(any(x.addr == e.addr for x in h) for h in holders[1:])]
+        if not common:
+            raise DockerError(404, "Unable to find a healthy engine containing all images")
+        await self.relay(ex, common[0])
 
     async def build(self, ex: Exchange) -> None:
         """``docker build``, placed on one engine; ``--build-arg constraint:node==X`` (and other constraints)
