@@ -277,3 +277,12 @@ def test_ps_is_task_and_a_rename_to_a_name_taken_on_another_node(pair: tuple[Man
 
 def _unique(prefix: str) -> str:
     return f"{prefix}{time.monotonic_ns() % 10**9}"
+
+
+def test_events_until_a_moment_ago_ends_at_once_with_nothing(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    """As Swarm streamed them: ``--until`` alone is what happens from now until then, not the engines' replay
+    of their past events."""
+    _, replica = pair
+    cli(replica, "run", "--rm", "--network", "none", IMAGE, "true")  # the engines have past events
+    done = cli(replica, "events", "--until", str(int(time.time()) - 1), timeout=10)
+    assert done.stdout == ""
