@@ -72,6 +72,23 @@ def test_docker_pull_from_the_local_registry_lands_on_every_engine(
     assert bad.returncode != 0 and "no-such-repo" in bad.stderr + bad.stdout
 
 
+def test_after_a_pull_placement_knows_the_engines_images_at_once(cluster: Cluster, registry: Registry) -> None:
+    """Swarm's suite tags an image on one engine behind the manager's back, pulls through the manager "to force
+    the refresh images", and places by ``affinity:image==`` at once (here with refreshes a minute apart)."""
+    ref = _push(cluster, registry, _unique("sync"), keep=False)
+    replica = cluster.start_single("--engine-refresh", "60s")
+    local = f"{_unique('behind')}:1"
+    cluster.engines[1].docker("tag", IMAGE, local)
+    try:
+        assert cli(replica, "pull", ref, timeout=120).returncode == 0
+        cid = cli(replica, "create", "--network", "none", "-e", f"affinity:image=={local}", IMAGE, "true").stdout
+        assert cli(replica, "inspect", "-f", "{{.Node.Name}}", cid.strip()).stdout.strip() == NAMES[1]
+        cli(replica, "rm", cid.strip())
+    finally:
+        cluster.engines[1].docker("rmi", local)
+        replica.stop()
+
+
 def test_docker_run_of_an_image_only_the_registry_has_pulls_it_on_the_chosen_engine(
     cluster: Cluster, registry: Registry, replica: ManagerProc
 ) -> None:

@@ -46,6 +46,15 @@ NODES_KEY = "docker/swarm/nodes"
 _PENDING_MAX = 600.0
 
 
+def _images(items: Any) -> list[Image]:
+    """The scheduler's view of an engine's ``/images/json`` answer."""
+    return [
+        Image(str(i.get("Id", "")), tuple(str(t) for t in i.get("RepoTags") or [] if t != "<none>:<none>"))
+        for i in items
+        if isinstance(i, dict)
+    ]
+
+
 class Cluster:
     """Engines from ``discovery`` (under :data:`NODES_KEY`) or from ``static`` addresses."""
 
@@ -222,10 +231,7 @@ class Cluster:
         e.info, e.id, e.healthy, e.error = info, str(info.get("ID", "")), True, ""
         e.records = self._settle(e, records, asked)
         e.listed = [item for item in listed if isinstance(item, dict)]
-        e.images = [
-            Image(str(i.get("Id", "")), tuple(str(t) for t in i.get("RepoTags") or [] if t != "<none>:<none>"))
-            for i in images
-        ]
+        e.images = _images(images)
         account(e)
         e.updated_at = datetime.datetime.now(datetime.UTC)
         present = {c.id for c in records}
@@ -322,6 +328,19 @@ class Cluster:
         """The inspect answer kept for a container with a reschedule policy (None for any other)."""
         known = self._inspected.get(cid)
         return known.full if known is not None else None
+
+    async def reread_images(self, engines: Iterable[Engine] | None = None, timeout: float = 5.0) -> None:
+        """Re-read the images of ``engines`` (default: every healthy one) now: after a pull, load, import, tag,
+        build or rmi through this manager, placement (``affinity:image==``) sees them before the next refresh.
+        An engine that does not answer keeps its last list."""
+
+        async def one(e: Engine) -> None:
+            with contextlib.suppress(UpstreamUnreachable, UpstreamBroken, ValueError, TypeError):
+                r = await self.call(e, "GET", "/images/json", timeout=timeout)
+                if r.status == 200:
+                    e.images = _images(r.json())
+
+        await asyncio.gather(*(one(e) for e in (self.healthy() if engines is None else engines)))
 
     async def recount(self, timeout: float = 2.0) -> None:
         """Re-read every healthy engine's ``/info`` now, so ``docker info``'s container and image counts are the

@@ -147,6 +147,7 @@ class Images(Base):
                 await ex.send(_renamed(e, line))
             if body is not None:
                 await body.finish()
+            await self.cluster.reread_images(engines)  # placement sees what came in before the client goes on
             await ex.end()
         finally:
             for t in tasks:
@@ -205,6 +206,7 @@ class Images(Base):
         parts = urlsplit(ex.target)
         target = with_query(parts.path, replace_query(parts.query, buildargs=json.dumps(args) if raw else None))
         await self.relay(ex, engine, target)
+        await self.cluster.reread_images([engine])
 
     # -- one image -------------------------------------------------------------------------------------------
 
@@ -222,6 +224,7 @@ class Images(Base):
         body = await ex.body()
         answers = await self.gather(ex.method, ex.target, engines, body=body if body else None, timeout=120)
         good = [(e, r) for e, r in answers if r is not None and r.status == ok]
+        await self.cluster.reread_images(engines)
         if not good:
             first = answers[0][1]
             status = first.status if first is not None else 502
