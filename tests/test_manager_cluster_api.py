@@ -142,6 +142,23 @@ def test_save_and_load_go_through_the_cluster(cluster: Cluster, replica: Manager
     cli(replica, "rmi", ref)
 
 
+def test_a_soft_node_choice_without_the_image_goes_where_the_image_is(cluster: Cluster, replica: ManagerProc) -> None:
+    """Swarm's "retry with image affinity": node-2 is asked for softly, lacks the image (only node-1 has it, and
+    no registry does), so the container goes to node-1 — and the affinity is not kept in its labels."""
+    local = f"{_unique('soft')}:1"
+    cluster.engines[0].docker("tag", IMAGE, local)
+    try:
+        made = cli(replica, "create", "--network", "none", "-e", f"constraint:node==~{NAMES[1]}", local, "true",
+                   check=False)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        inspected = cli(replica, "inspect", made.stdout.strip()).stdout
+        assert json.loads(inspected)[0]["Node"]["Name"] == NAMES[0]
+        assert f"image=={local}" not in inspected
+        cli(replica, "rm", made.stdout.strip())
+    finally:
+        cluster.engines[0].docker("rmi", local)
+
+
 def test_images_filters_and_save_across_nodes_as_swarm_did(
     cluster: Cluster, replica: ManagerProc, tmp_path: Path
 ) -> None:

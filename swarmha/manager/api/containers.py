@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -34,6 +35,8 @@ log = logging.getLogger("swarmha.manager")
 #: How long a create may take on its engine: dockerd answers it only once the image, volume driver and logging
 #: driver said yes or no (a driver plugin may take many seconds to refuse), and the Docker CLI waits for it.
 CREATE_TIMEOUT = 300.0
+#: Swarm's label holding a container's constraints.
+CONSTRAINTS_LABEL = "com.docker.swarm.constraints"
 #: The label that marks a swarm-mode task's container (``ps --filter is-task=true|false``).
 TASK_LABEL = "com.docker.swarm.task"
 #: Largest engine answer kept as the last one-engine list (``Containers._last``).
@@ -91,6 +94,22 @@ def image_reference(image: str) -> tuple[str, str]:
     if sep and "/" not in tag:
         return repo, tag
     return image, "latest"
+
+
+class _ImageElsewhere(Exception):
+    """The chosen engine lacks the image; these engines (addresses) have it."""
+
+    def __init__(self, addrs: list[str]) -> None:
+        super().__init__(addrs)
+        self.addrs = addrs
+
+
+def _hard_node(config: Mapping[str, Any]) -> bool:
+    """Whether ``config`` has a hard ``node==`` constraint (as ``-e constraint:`` or Swarm's label)."""
+    wanted = [str(x)[len("constraint:") :] for x in config.get("Env") or [] if str(x).startswith("constraint:")]
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        wanted += [str(x) for x in json.loads((config.get("Labels") or {}).get(CONSTRAINTS_LABEL) or "[]")]
+    return any(w.replace(" ", "").startswith("node==") and not w.replace(" ", "").startswith("node==~") for w in wanted)
 
 
 class Containers(Base):
@@ -263,14 +282,22 @@ class Containers(Base):
 
     async def create(self, ex: Exchange) -> None:
         """Place the container and create it there. An engine that fails the create (unreachable, or a 5xx) is
-        left out and the create placed again, up to ``swarm.createretry`` times (Swarm's); then its error."""
+        left out and the create placed again, up to ``swarm.createretry`` times (Swarm's); then its error. An
+        engine that lacks the image while others have it (and no hard ``node==`` constraint chose it): placed
+        again among those, as Swarm retried "with image affinity" (the affinity is not kept); else the image is
+        pulled on the chosen engine."""
         config = json_object(await ex.body(), "container config")
         await self._pin(config)
+        hard_node = _hard_node(config)
         failed: list[str] = []
+        skip: list[str] = []  # once: the engines without the image, when others have it
         while True:
             try:
-                r, engine = await self._create_on_one(ex, config, failed)
+                r, engine = await self._create_on_one(ex, config, failed, skip, hard_node or bool(skip))
                 break
+            except _ImageElsewhere as elsewhere:
+                skip = [e.addr for e in self.cluster.engines if e.addr not in elsewhere.addrs]
+                log.info("Image %s is not on the chosen node, retrying with image affinity", config.get("Image"))
             except DockerError as e:
                 if len(failed) > self.cluster.create_retry or not failed or e.status < 500:
                     raise
@@ -280,12 +307,15 @@ class Containers(Base):
                 self.cluster.placed(engine, r.json()["Id"], config, name=ex.arg("name") or "")
         await self.respond(ex, r)
 
-    async def _create_on_one(self, ex: Exchange, config: dict[str, Any], failed: list[str]) -> tuple[Response, Engine]:
+    async def _create_on_one(
+        self, ex: Exchange, config: dict[str, Any], failed: list[str], skip: list[str], pull_only: bool
+    ) -> tuple[Response, Engine]:
         """One placement and create; an engine that fails it (502, 5xx) is added to ``failed`` and its error
-        raised as DockerError while retries remain (see :meth:`create`)."""
+        raised as DockerError while retries remain; :class:`_ImageElsewhere` when the engine lacks the image
+        other engines have (see :meth:`create`)."""
         try:
             # pending (ports, slot) until created or not
-            engine, env = self.cluster.place(config, reserve=True, exclude=failed)
+            engine, env = self.cluster.place(config, reserve=True, exclude=failed + skip)
         except NoEngine as e:
             raise DockerError(500, f"swarmha: {e}") from e
         config["Env"] = env
@@ -296,7 +326,12 @@ class Containers(Base):
             try:
                 r = await self.call(engine, "POST", target, body=body, headers=headers, timeout=CREATE_TIMEOUT)
                 if r.status == 404 and b"No such image" in r.body and config.get("Image"):
-                    await self._pull(ex, engine, str(config["Image"]))
+                    image = str(config["Image"])
+                    if not pull_only:
+                        have = [e.addr for e in await self.find("images", image) if e.addr != engine.addr]
+                        if have and not set(have) <= set(failed):
+                            raise _ImageElsewhere(have)
+                    await self._pull(ex, engine, image)
                     r = await self.call(engine, "POST", target, body=body, headers=headers, timeout=CREATE_TIMEOUT)
             except DockerError as e:
                 if e.status == 502:
