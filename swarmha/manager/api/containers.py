@@ -35,6 +35,7 @@ log = logging.getLogger("swarmha.manager")
 #: How long a create may take on its engine: dockerd answers it only once the image, volume driver and logging
 #: driver said yes or no (a driver plugin may take many seconds to refuse), and the Docker CLI waits for it.
 CREATE_TIMEOUT = 300.0
+_ALL = re.compile(r"(?:^|&)all=(?:1|true|True)(?:&|$)")
 #: Swarm's label holding a container's constraints.
 CONSTRAINTS_LABEL = "com.docker.swarm.constraints"
 #: The label that marks a swarm-mode task's container (``ps --filter is-task=true|false``).
@@ -140,7 +141,8 @@ class Containers(Base):
         raws = [(e, r.body) for e, r in answers if r is not None and r.status == 200]
         # the containers of engines that are down, as Swarm listed them (unfiltered lists only: a filter is the
         # engines' to apply)
-        down = [] if filtered else self._host_down(ex, {e.addr for e, _ in raws})
+        every = _ALL.search(ex.query_string) is not None
+        down = [] if filtered or not every else self._host_down({e.addr for e, _ in raws})
         # one engine: its own bytes, names renamed in place (no re-encoding), when that is exact
         if len(raws) == 1 and not down and not is_task:
             e, raw = raws[0]
@@ -181,11 +183,9 @@ class Containers(Base):
             out = out[:limit]
         await respond_json(ex, 200, out)
 
-    def _host_down(self, ex: Exchange, answered: set[str]) -> list[dict[str, Any]]:
+    def _host_down(self, answered: set[str]) -> list[dict[str, Any]]:
         """The containers of the engines that are not healthy (or did not answer), as their last refresh listed
-        them, with Swarm's status ``Host Down``; only when ``all`` was asked (``ps -a``), as in Swarm."""
-        if (ex.arg("all") or "").lower() not in ("1", "true"):
-            return []
+        them, with Swarm's status ``Host Down`` (asked for ``ps -a`` only, as in Swarm)."""
         out: list[dict[str, Any]] = []
         for e in self.cluster.engines:
             if e.addr in answered or not e.listed:
