@@ -110,15 +110,18 @@ def test_list_and_status_read_the_store(url: str) -> None:
 
 
 def test_docker_info_node_status_is_pending_until_the_first_answer() -> None:
-    """Swarm classic's node states: an engine the manager has not heard from yet is ``Pending`` (it showed as
-    "Unhealthy", which made a manager that had just started look broken); one that failed is ``Unhealthy``
-    with its error; one that answered is ``Healthy``."""
-    new, failed, fine = (Engine(f"127.0.0.1:{p}", Upstream("127.0.0.1", p), name=f"e{p}") for p in (1, 2, 3))
-    failed.error = "connection refused"
-    fine.healthy = True
-    pairs = [(k.strip(), v) for k, v in system_status("Primary", "127.0.0.1:4000", "spread", [new, failed, fine])]
-    assert [v for k, v in pairs if k == "└ Status"] == ["Pending", "Unhealthy", "Healthy"]
-    assert [v for k, v in pairs if k == "└ Error"] == ["(none)", "connection refused", "(none)"]
+    """Swarm classic's node states: an engine not validated yet is ``Pending`` (with its error when it could not
+    be reached: Swarm's state.bats waits for "Status: Pending" with the engine down); one that answered is
+    ``Healthy``; one validated before that fails now is ``Unhealthy`` with its error."""
+    new, unreached, fine, lost = (
+        Engine(f"127.0.0.1:{p}", Upstream("127.0.0.1", p), name=f"e{p}") for p in (1, 2, 3, 4)
+    )
+    unreached.error = lost.error = "connection refused"
+    fine.healthy = fine.validated = lost.validated = True
+    engines = [new, unreached, fine, lost]
+    pairs = [(k.strip(), v) for k, v in system_status("Primary", "127.0.0.1:4000", "spread", engines)]
+    assert [v for k, v in pairs if k == "└ Status"] == ["Pending", "Pending", "Healthy", "Unhealthy"]
+    assert [v for k, v in pairs if k == "└ Error"] == ["(none)", "connection refused", "(none)", "connection refused"]
 
 
 # -- roles, logs, forwarding ----------------------------------------------------------------------------------

@@ -228,7 +228,7 @@ class Cluster:
         if not e.healthy and e.error:
             log.info("engine %s is healthy again", e.addr)
         was = e.healthy
-        e.info, e.id, e.healthy, e.error = info, str(info.get("ID", "")), True, ""
+        e.info, e.id, e.healthy, e.error, e.validated = info, str(info.get("ID", "")), True, "", True
         e.records = self._settle(e, records, asked)
         e.listed = [item for item in listed if isinstance(item, dict)]
         e.images = _images(images)

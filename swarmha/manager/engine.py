@@ -46,13 +46,17 @@ class Engine:
     #: not healthy).
     listed: list[dict[str, Any]] = attrs.field(factory=list)
 
+    #: Whether the engine was ever validated (answered a whole refresh, with an engine ID no other engine has).
+    validated: bool = False
+
     @property
     def status(self) -> str:
-        """Swarm classic's node status: ``Pending`` until the first refresh answered, then ``Healthy`` or
-        ``Unhealthy`` (with :attr:`error`)."""
+        """Swarm classic's node status: ``Pending`` until the engine is validated (with :attr:`error` when its
+        validation failed: unreachable, or an ID another engine has), then ``Healthy``, or ``Unhealthy`` (with
+        :attr:`error`) while it fails."""
         if self.healthy:
             return "Healthy"
-        return "Unhealthy" if self.error else "Pending"
+        return "Unhealthy" if self.validated else "Pending"
 
     @property
     def url(self) -> str:
