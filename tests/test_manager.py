@@ -6,6 +6,7 @@ Managers are real ``swarmha manage`` processes on loopback over a sqlite file.
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import shutil
 import signal
@@ -13,6 +14,8 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,15 +110,18 @@ def test_list_and_status_read_the_store(url: str) -> None:
 
 
 def test_docker_info_node_status_is_pending_until_the_first_answer() -> None:
-    """Swarm classic's node states: an engine the manager has not heard from yet is ``Pending`` (it showed as
-    "Unhealthy", which made a manager that had just started look broken); one that failed is ``Unhealthy``
-    with its error; one that answered is ``Healthy``."""
-    new, failed, fine = (Engine(f"127.0.0.1:{p}", Upstream("127.0.0.1", p), name=f"e{p}") for p in (1, 2, 3))
-    failed.error = "connection refused"
-    fine.healthy = True
-    pairs = [(k.strip(), v) for k, v in system_status("Primary", "127.0.0.1:4000", "spread", [new, failed, fine])]
-    assert [v for k, v in pairs if k == "└ Status"] == ["Pending", "Unhealthy", "Healthy"]
-    assert [v for k, v in pairs if k == "└ Error"] == ["(none)", "connection refused", "(none)"]
+    """Swarm classic's node states: an engine not validated yet is ``Pending`` (with its error when it could not
+    be reached: Swarm's state.bats waits for "Status: Pending" with the engine down); one that answered is
+    ``Healthy``; one validated before that fails now is ``Unhealthy`` with its error."""
+    new, unreached, fine, lost = (
+        Engine(f"127.0.0.1:{p}", Upstream("127.0.0.1", p), name=f"e{p}") for p in (1, 2, 3, 4)
+    )
+    unreached.error = lost.error = "connection refused"
+    fine.healthy = fine.validated = lost.validated = True
+    engines = [new, unreached, fine, lost]
+    pairs = [(k.strip(), v) for k, v in system_status("Primary", "127.0.0.1:4000", "spread", engines)]
+    assert [v for k, v in pairs if k == "└ Status"] == ["Pending", "Pending", "Healthy", "Unhealthy"]
+    assert [v for k, v in pairs if k == "└ Error"] == ["(none)", "connection refused", "(none)", "connection refused"]
 
 
 # -- roles, logs, forwarding ----------------------------------------------------------------------------------
@@ -236,9 +242,22 @@ def test_a_doubled_slash_is_the_same_path_and_api_versions_are_bounded(managers:
 
 def test_unsupported_endpoint_answers_a_json_error_at_once(managers: list[ManagerProc]) -> None:
     _, replica = managers
-    code, body = replica.get("/v1.41/swarm/unlock")
+    code, body = replica.get("/v1.41/plugins")
     assert code == 501
     assert "not supported" in body["message"]
+
+
+def test_swarm_mode_endpoints_answer_as_an_engine_outside_swarm_mode(managers: list[ManagerProc]) -> None:
+    """docker-py (and its users' clean-up code) read dockerd's 503 as "no swarm to leave"."""
+    _, replica = managers
+    for path, message in (("/v1.41/swarm", "not a swarm manager"), ("/v1.41/nodes", "not a swarm manager")):
+        code, body = replica.get(path)
+        assert (code, message in body["message"]) == (503, True), body
+    req = urllib.request.Request(replica.url("/v1.41/swarm/leave?force=1"), method="POST", data=b"")
+    with pytest.raises(urllib.error.HTTPError) as leave:
+        urllib.request.urlopen(req, timeout=5)
+    assert leave.value.code == 503
+    assert json.loads(leave.value.read())["message"] == "This node is not part of a swarm"
 
 
 def test_no_primary_answers_503_after_the_wait(url: str, tmp_path: Path) -> None:

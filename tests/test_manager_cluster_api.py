@@ -72,6 +72,23 @@ def test_docker_pull_from_the_local_registry_lands_on_every_engine(
     assert bad.returncode != 0 and "no-such-repo" in bad.stderr + bad.stdout
 
 
+def test_after_a_pull_placement_knows_the_engines_images_at_once(cluster: Cluster, registry: Registry) -> None:
+    """Swarm's suite tags an image on one engine behind the manager's back, pulls through the manager "to force
+    the refresh images", and places by ``affinity:image==`` at once (here with refreshes a minute apart)."""
+    ref = _push(cluster, registry, _unique("sync"), keep=False)
+    replica = cluster.start_single("--engine-refresh", "60s")
+    local = f"{_unique('behind')}:1"
+    cluster.engines[1].docker("tag", IMAGE, local)
+    try:
+        assert cli(replica, "pull", ref, timeout=120).returncode == 0
+        cid = cli(replica, "create", "--network", "none", "-e", f"affinity:image=={local}", IMAGE, "true").stdout
+        assert cli(replica, "inspect", "-f", "{{.Node.Name}}", cid.strip()).stdout.strip() == NAMES[1]
+        cli(replica, "rm", cid.strip())
+    finally:
+        cluster.engines[1].docker("rmi", local)
+        replica.stop()
+
+
 def test_docker_run_of_an_image_only_the_registry_has_pulls_it_on_the_chosen_engine(
     cluster: Cluster, registry: Registry, replica: ManagerProc
 ) -> None:
@@ -120,8 +137,45 @@ def test_save_and_load_go_through_the_cluster(cluster: Cluster, replica: Manager
     cluster.engines[0].docker("rmi", ref)
     loaded = cli(replica, "load", "-i", str(archive), timeout=120)
     assert loaded.returncode == 0 and ref in loaded.stdout, loaded.stderr
+    assert loaded.stdout.count(f"Loaded image: {ref}") == 1, loaded.stdout  # once, as one engine says it
     assert all(_has_image(e, ref) for e in cluster.engines)  # docker load: on every engine
     cli(replica, "rmi", ref)
+
+
+def test_a_soft_node_choice_without_the_image_goes_where_the_image_is(cluster: Cluster, replica: ManagerProc) -> None:
+    """Swarm's "retry with image affinity": node-2 is asked for softly, lacks the image (only node-1 has it, and
+    no registry does), so the container goes to node-1 — and the affinity is not kept in its labels."""
+    local = f"{_unique('soft')}:1"
+    cluster.engines[0].docker("tag", IMAGE, local)
+    try:
+        made = cli(replica, "create", "--network", "none", "-e", f"constraint:node==~{NAMES[1]}", local, "true",
+                   check=False)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        inspected = cli(replica, "inspect", made.stdout.strip()).stdout
+        assert json.loads(inspected)[0]["Node"]["Name"] == NAMES[0]
+        assert f"image=={local}" not in inspected
+        cli(replica, "rm", made.stdout.strip())
+    finally:
+        cluster.engines[0].docker("rmi", local)
+
+
+def test_images_filters_and_save_across_nodes_as_swarm_did(
+    cluster: Cluster, replica: ManagerProc, tmp_path: Path
+) -> None:
+    one, two = f"{_unique('only1')}:1", f"{_unique('only2')}:1"
+    cluster.engines[0].docker("tag", IMAGE, one)
+    cluster.engines[1].docker("tag", IMAGE, two)
+    try:
+        on1 = cli(replica, "images", "--filter", f"node={NAMES[0]}", "--format", "{{.Repository}}:{{.Tag}}")
+        assert one in on1.stdout.split() and two not in on1.stdout.split(), on1.stdout
+        missing = cli(replica, "images", "--filter", "before=no-such-image-here", check=False)
+        assert missing.returncode != 0, missing.stdout
+        apart = cli(replica, "save", "-o", str(tmp_path / "apart.tar"), one, two, check=False)
+        assert apart.returncode != 0
+        assert "Unable to find a healthy engine containing all images" in apart.stderr, apart.stderr
+    finally:
+        cluster.engines[0].docker("rmi", one)
+        cluster.engines[1].docker("rmi", two)
 
 
 # -- networks ----------------------------------------------------------------------------------------------------
@@ -194,6 +248,21 @@ def test_a_network_name_on_several_nodes_is_refused_naming_each_not_acted_on_at_
     assert [_on(e, "network", net) for e in cluster.engines] == [False, False]
 
 
+def test_network_create_and_ls_refuse_what_swarm_and_dockerd_refuse(cluster: Cluster, replica: ManagerProc) -> None:
+    bad_filter = cli(replica, "network", "ls", "--filter", "type=foo", check=False)
+    assert bad_filter.returncode != 0 and "type" in bad_filter.stderr, bad_filter.stderr
+    no_node = cli(replica, "network", "create", "node-9/" + _unique("n"), check=False)
+    assert no_node.returncode != 0 and "node==node-9" in no_node.stderr, no_node.stderr
+    net = _unique("dup")
+    cli(replica, "network", "create", f"{NAMES[1]}/{net}")
+    try:
+        again = cli(replica, "network", "create", net, check=False)  # the CLI asks CheckDuplicate
+        assert again.returncode != 0 and f"network with name {net} already exists" in again.stderr, again.stderr
+        assert [_on(e, "network", net) for e in cluster.engines] == [False, True]
+    finally:
+        cli(replica, "network", "rm", f"{NAMES[1]}/{net}", check=False)
+
+
 # -- volumes -----------------------------------------------------------------------------------------------------
 
 
@@ -243,6 +312,28 @@ def test_a_volume_name_on_several_nodes_is_removed_on_each_as_swarm_did(cluster:
     assert [_on(e, "volume", vol) for e in cluster.engines] == [False, False]
     gone = cli(replica, "volume", "rm", vol, check=False)
     assert gone.returncode != 0 and "no such volume" in gone.stderr
+
+
+def test_a_volume_created_by_a_bare_name_is_created_on_every_node_as_swarm_did(
+    cluster: Cluster, replica: ManagerProc
+) -> None:
+    vol = _unique("everywhere")
+    assert cli(replica, "volume", "create", vol).stdout.strip() == vol
+    try:
+        assert [_on(e, "volume", vol) for e in cluster.engines] == [True, True]
+        listed = cli(replica, "volume", "ls", "--format", "{{.Name}}", "--filter", f"name={vol}").stdout.split()
+        assert sorted(listed) == [f"{n}/{vol}" for n in NAMES]
+    finally:
+        cli(replica, "volume", "rm", vol, check=False)
+    assert [_on(e, "volume", vol) for e in cluster.engines] == [False, False]
+    label = f'com.docker.swarm.whitelists=["node=={NAMES[1]}"]'
+    cli(replica, "volume", "create", "--label", label, vol)
+    try:
+        assert [_on(e, "volume", vol) for e in cluster.engines] == [False, True]  # where the whitelist lets it
+    finally:
+        cli(replica, "volume", "rm", vol, check=False)
+    no_node = cli(replica, "volume", "create", "node-9/" + vol, check=False)
+    assert no_node.returncode != 0 and "node==node-9" in no_node.stderr, no_node.stderr
 
 
 # -- containers and system ---------------------------------------------------------------------------------------

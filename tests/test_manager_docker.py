@@ -37,6 +37,7 @@ def test_docker_info_shows_role_primary_and_every_node(cluster: Cluster, pair: t
         assert f"Role: {role}" in out
         assert f"Primary: {primary.addr}" in out
         assert "Strategy: spread" in out
+        assert "Server Version: swarm/1.2.9+swarmha-" in out  # Swarm's form (scripts match swarm/), naming swarmha
         assert "Filters: health, port, containerslots, dependency, affinity, constraint, whitelist" in out
         assert "Nodes: 2" in out
         for e, name in zip(cluster.engines, NAMES, strict=True):
@@ -208,3 +209,83 @@ def _failover_during_a_stream(cluster: Cluster) -> None:
         cli(replica, "rm", "-f", cid, check=False)
         primary.stop()
         replica.stop()
+
+
+def test_a_container_is_named_by_its_swarm_id_too(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    """Every container carries ``com.docker.swarm.id``; inspect, logs and ps find it by that id, as in Swarm."""
+    _, replica = pair
+    cid = cli(replica, "run", "-d", "--network", "none", IMAGE, "echo", "by swarm id").stdout.strip()
+    try:
+        swarm_id = cli(replica, "inspect", "-f", '{{ index .Config.Labels "com.docker.swarm.id" }}', cid).stdout.strip()
+        assert len(swarm_id) == 64 and swarm_id != cid
+        assert cli(replica, "inspect", "-f", "{{ .Id }}", swarm_id).stdout.strip() == cid
+        wait_for(lambda: "by swarm id" in cli(replica, "logs", swarm_id).stdout, 10, "the logs by swarm id")
+        listed = cli(replica, "ps", "-aq", "--no-trunc", "--filter", f"label=com.docker.swarm.id={swarm_id}")
+        assert listed.stdout.split() == [cid]
+    finally:
+        cli(replica, "rm", "-f", cid, check=False)
+
+
+def test_a_percent_encoded_name_in_a_path_is_decoded(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    _, replica = pair
+    created = cli(replica, "network", "create", "probe 01", check=False)
+    assert created.returncode == 0, created.stderr
+    try:
+        code, found = replica.get("/v1.41/networks/probe%2001")
+        assert code == 200, found
+        assert found["Name"] == "probe 01"
+    finally:
+        cli(replica, "network", "rm", "probe 01", check=False)
+
+
+def test_a_container_started_a_moment_ago_is_known_to_placement(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    """``--link``, ``--volumes-from`` and ``--net container:`` name a container started just before, through
+    another manager even: placement finds it at once, not after the next refresh."""
+    primary, replica = pair
+    made: list[str] = []
+    try:
+        for i in range(3):
+            c1 = f"moment-{i}"
+            made.append(c1)
+            cli(primary, "run", "-d", "--name", c1, "--network", "none", IMAGE, "sleep", "60")
+            for extra in (["--link", f"{c1}:l0"], ["--volumes-from", c1], ["--net", f"container:{c1}"]):
+                r = cli(replica, "create", *extra, IMAGE, "true", check=False)
+                assert r.returncode == 0, (extra, r.stderr)
+                made.append(r.stdout.strip())
+    finally:
+        cli(replica, "rm", "-f", *made, check=False)
+
+
+def test_ps_is_task_and_a_rename_to_a_name_taken_on_another_node(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    """Swarm's ``ps --filter is-task`` (the engines do not know it) and cluster-wide names: a rename to a name
+    a container on the other node has is refused with dockerd's Conflict."""
+    _, replica = pair
+    task, plain = _unique("task"), _unique("plain")
+    cli(replica, "run", "-d", "--name", task, "-e", "constraint:node==node-1", "--label", "com.docker.swarm.task=",
+        "--network", "none", IMAGE, "sleep", "60")  # fmt: skip
+    cli(replica, "run", "-d", "--name", plain, "-e", "constraint:node==node-2", "--network", "none", IMAGE,
+        "sleep", "60")  # fmt: skip
+    try:
+        tasks = cli(replica, "ps", "--filter", "is-task=true", "--format", "{{.Names}}").stdout.split()
+        others = cli(replica, "ps", "--filter", "is-task=false", "--format", "{{.Names}}").stdout.split()
+        assert f"node-1/{task}" in tasks and f"node-2/{plain}" not in tasks
+        assert f"node-2/{plain}" in others and f"node-1/{task}" not in others
+        taken = cli(replica, "rename", task, plain, check=False)
+        assert taken.returncode != 0 and "Conflict" in taken.stderr, taken.stderr
+        cli(replica, "rename", task, task + "-x")
+        cli(replica, "rename", task + "-x", task)  # its old name is free again at once
+    finally:
+        cli(replica, "rm", "-f", task, plain, check=False)
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}{time.monotonic_ns() % 10**9}"
+
+
+def test_events_until_a_moment_ago_ends_at_once_with_nothing(pair: tuple[ManagerProc, ManagerProc]) -> None:
+    """As Swarm streamed them: ``--until`` alone is what happens from now until then, not the engines' replay
+    of their past events."""
+    _, replica = pair
+    cli(replica, "run", "--rm", "--network", "none", IMAGE, "true")  # the engines have past events
+    done = cli(replica, "events", "--until", str(int(time.time()) - 1), timeout=10)
+    assert done.stdout == ""

@@ -75,13 +75,11 @@ def test_global_flags_go_before_or_after_the_command(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "reason"),
     [
-        (["manage", "--experimental"], "--experimental is not supported: swarmha has no experimental features"),
-        (["--experimental", "manage"], "--experimental is not supported"),
         (["manage", "--api-enable-cors"], "CORS headers are not implemented"),
         (["manage", "--cors"], "CORS headers are not implemented"),
         (["manage", "-c", "mesos-experimental"], "the mesos driver is not implemented"),
-        (["manage", "--cluster-opt", "swarm.overcommit=0.05"], "no overcommit ratio"),
-        (["manage", "--cluster-opt", "swarm.createretry=2"], "not retried on another one"),
+        (["manage", "--cluster-opt", "swarm.overcommit=-1"], "swarm.overcommit should be larger than -1"),
+        (["manage", "--cluster-opt", "swarm.createretry=x"], "swarm.createretry='x' is not an integer"),
         (["manage", "--cluster-opt", "mesos.address=1.2.3.4"], "mesos cluster driver is not implemented"),
         (["manage", "--discovery-opt", "kv.cacertfile=/ca.pem"], "etcd:// only"),
         (["manage", "--discovery-opt", "kv.path=other/path"], "put the prefix in the URL path"),

@@ -7,7 +7,15 @@ the store refuses) exit with status 1. A manager or join agent stopped with SIGI
 Swarm classic's flags (its ``cli/flags.go``) are all accepted with Swarm's meaning, or refused with exit status 2
 and the reason swarmha cannot honour them (:data:`REFUSED`); none is silently ignored. Swarm's global flags
 (``-l/--log-level``, ``--debug``, ``--experimental``) go before or after the command. The commands answer to
-Swarm's one-letter names too (``m``, ``j``, ``l``).
+Swarm's one-letter names too (``m``, ``j``, ``l``, ``h``).
+
+The command line is read as Swarm's (Go's ``flag`` package) read it: a long flag may be written with one dash
+(``-cluster-opt swarm.createretry=1``, ``-experimental``), and a flag's value may start with a dash
+(``--replication-ttl -5s`` is the value ``-5s``, refused with Swarm's sentence, not a usage text). Durations are
+Go's: ``20s``, ``500ms``, ``1m30s``, ``0``; a bare number such as ``20`` is refused naming the fix (``20s``), as
+Go's ``time.ParseDuration`` refused it, rather than guessed. Checks fail with Swarm's own sentences
+(``--heartbeat should be at least one second``, ``min refresh interval should be a positive number``, ...), so
+scripts matching them keep working.
 """
 
 from __future__ import annotations
@@ -20,12 +28,12 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
-from urllib.parse import parse_qsl, urlencode
 
 import swarmha
 from swarmha import Follower, Leader
-from swarmha._duration import format_duration, parse_duration
+from swarmha._duration import format_duration
 from swarmha.errors import ConfigurationError, DiscoveryError, SwarmHAError
+from swarmha.manager import cli_args
 from swarmha.manager import demo as _demo
 from swarmha.manager._config import parse_address, parse_filters, parse_listen
 from swarmha.manager.cluster import NODES_KEY, STRATEGIES
@@ -41,47 +49,11 @@ log = logging.getLogger("swarmha.manager")
 
 T = TypeVar("T")
 
-#: Accepted range of --replication-ttl / join --ttl, in seconds.
-TTL_RANGE = (0.5, 3600.0)
-
 
 #: Swarm flags swarmha does not honour, with the reason given when one is used.
 REFUSED = {
     "--api-enable-cors": "CORS headers are not implemented; put a reverse proxy in front to add them",
-    "--experimental": "swarmha has no experimental features (Swarm's flag only marked /info and /version "
-    "as experimental builds)",
 }
-
-#: Swarm's --cluster-opt keys, each refused with its reason.
-CLUSTER_OPTS = {
-    "swarm.overcommit": "placement reserves exactly the CPU and memory a container asks for, with no overcommit ratio",
-    "swarm.createretry": "a create that fails on the chosen engine is not retried on another one",
-}
-
-#: Swarm's --discovery-opt keys for TLS to the store, and the etcd URL option each one becomes.
-DISCOVERY_TLS_OPTS = {"kv.cacertfile": "ca", "kv.certfile": "cert", "kv.keyfile": "key"}
-
-
-def _ttl(text: str, what: str) -> float:
-    try:
-        seconds = parse_duration(text, what)
-    except ConfigurationError as e:
-        raise ConfigurationError(f"{e}; {what} should be a positive number") from None
-    lo, hi = TTL_RANGE
-    if not lo <= seconds <= hi:
-        raise ConfigurationError(
-            f"{what} {text!r} is out of range: it must be between {format_duration(lo)} and {format_duration(hi)}"
-        )
-    return seconds
-
-
-def _nonnegative(text: str, what: str) -> float:
-    if str(text).strip() in ("0", "0s", "0ms"):
-        return 0.0
-    try:
-        return parse_duration(text, what)
-    except ConfigurationError as e:
-        raise ConfigurationError(f"{e}; {what} should not be a negative number") from None
 
 
 def _advertise(text: str) -> str:
@@ -96,64 +68,19 @@ def _discovery_arg(args: argparse.Namespace) -> str:
     url: str | None = args.discovery or os.environ.get("SWARM_DISCOVERY")
     if not url:
         raise ConfigurationError("a discovery URL is required (argument or SWARM_DISCOVERY), e.g. sqlite:///tmp/s.db")
+    cli_args.check_scheme(url)
     if url.startswith("token://"):
         raise ConfigurationError(
             "token:// discovery (Docker Hub's hosted service) was shut down; use a store (etcd://, zk://, consul://, "
             "redis://, sqlite://), nodes://H:P,H:P or file:///PATH"
         )
-    return _with_discovery_opts(url, getattr(args, "discovery_opt", None) or [])
-
-
-def _with_discovery_opts(url: str, opts: list[str]) -> str:
-    """Swarm's ``--discovery-opt kv.cacertfile=...`` etc. as this URL's options (TLS to etcd), or refused."""
-    extra: list[tuple[str, str]] = []
-    for opt in opts:
-        key, sep, value = opt.partition("=")
-        if not sep or not value:
-            raise ConfigurationError(f"--discovery-opt {opt!r} is not KEY=VALUE")
-        if key in DISCOVERY_TLS_OPTS:
-            if not url.startswith("etcd://"):
-                raise ConfigurationError(
-                    f"--discovery-opt {key} is supported with etcd:// only (TLS to {url.partition(':')[0]} is not)"
-                )
-            extra.append((DISCOVERY_TLS_OPTS[key], value))
-        elif key == "kv.path":
-            if value.strip("/") != NODES_KEY:
-                raise ConfigurationError(
-                    f"--discovery-opt kv.path={value} is not supported: engines are read from <prefix>/{NODES_KEY}; "
-                    "put the prefix in the URL path (etcd://host:2379/PREFIX)"
-                )
-        else:
-            raise ConfigurationError(
-                f"--discovery-opt {key} is unknown: swarmha takes kv.cacertfile, kv.certfile, kv.keyfile, kv.path; "
-                "other store options go in the URL (?timeout=SECONDS)"
-            )
-    if not extra:
-        return url
-    base, _, query = url.partition("?")
-    return base + "?" + urlencode([*parse_qsl(query), *extra])
+    return cli_args.with_discovery_opts(url, getattr(args, "discovery_opt", None) or [])
 
 
 def _refuse_unsupported(args: argparse.Namespace) -> None:
     for flag, reason in REFUSED.items():
         if getattr(args, flag.lstrip("-").replace("-", "_"), False):
             raise ConfigurationError(f"{flag} is not supported: {reason}")
-
-
-def _cluster_options(args: argparse.Namespace) -> None:
-    if args.cluster_driver != "swarm":
-        raise ConfigurationError(
-            f"--cluster-driver {args.cluster_driver!r} is not supported: swarmha has only Swarm's own driver, 'swarm' "
-            "(the mesos driver is not implemented)"
-        )
-    for opt in args.cluster_opt or []:
-        key, sep, _ = opt.partition("=")
-        if not sep:
-            raise ConfigurationError(f"--cluster-opt {opt!r} is not KEY=VALUE")
-        reason = CLUSTER_OPTS.get(key)
-        if reason is None and key.startswith("mesos."):
-            reason = "the mesos cluster driver is not implemented"
-        raise ConfigurationError(f"--cluster-opt {key} is not supported: {reason or 'unknown cluster option'}")
 
 
 def _engine_source(url: str, replication: bool) -> tuple[tuple[str, ...], str | None]:
@@ -167,7 +94,7 @@ def _engine_source(url: str, replication: bool) -> tuple[tuple[str, ...], str | 
     if static:
         return host_list(url), None
     if url.startswith("file://"):
-        FileEngines(url)  # the file must be readable now
+        FileEngines(url)  # the path must name a file (which may not exist yet: it is waited for)
         return (), url
     return (), None
 
@@ -177,14 +104,14 @@ def _engine_source(url: str, replication: bool) -> tuple[tuple[str, ...], str | 
 
 def _manage(args: argparse.Namespace) -> int:
     _refuse_unsupported(args)
-    _cluster_options(args)
+    overcommit, create_retry = cli_args.cluster_options(args)
     url = _discovery_arg(args)
     hosts = args.host or [os.environ.get("SWARM_HOST") or ":2375"]
     if len(hosts) > 1:
         raise ConfigurationError(f"-H was given {len(hosts)} times: swarmha serves one listen address")
     listen = parse_listen(hosts[0], "-H")
     advertise = _advertise(args.advertise) if args.advertise else None
-    ttl = _ttl(args.replication_ttl, "--replication-ttl")
+    ttl = cli_args.ttl(args.replication_ttl, "--replication-ttl")
     if args.strategy not in STRATEGIES:
         raise ConfigurationError(f"--strategy {args.strategy!r} is unknown: expected one of {', '.join(STRATEGIES)}")
     tls = TLSConfig(args.tls or args.tlsverify, args.tlsverify, args.tlscacert, args.tlscert, args.tlskey)
@@ -195,11 +122,14 @@ def _manage(args: argparse.Namespace) -> int:
             "--advertise address must be provided when using --leader-election (--replication needs --advertise "
             "HOST:PORT or SWARM_ADVERTISE)"
         )
-    refresh_min = parse_duration(
-        args.engine_refresh_min_interval or args.engine_refresh, "--engine-refresh-min-interval"
+    min_flag = "--engine-refresh-min-interval" if args.engine_refresh_min_interval else "--engine-refresh"
+    refresh_min = cli_args.positive(
+        args.engine_refresh_min_interval or args.engine_refresh,
+        min_flag,
+        "min refresh interval should be a positive number",
     )
     refresh_max = (
-        parse_duration(args.engine_refresh_max_interval, "--engine-refresh-max-interval")
+        cli_args.go_duration(args.engine_refresh_max_interval, "--engine-refresh-max-interval")
         if args.engine_refresh_max_interval
         else refresh_min
     )
@@ -208,9 +138,13 @@ def _manage(args: argparse.Namespace) -> int:
             f"max refresh interval cannot be less than min refresh interval ({args.engine_refresh_max_interval} < "
             f"{format_duration(refresh_min)})"
         )
-    retry = args.engine_failure_retry if args.engine_failure_retry is not None else args.engine_refresh_retry
+    retry = cli_args.count(args.engine_failure_retry, "--engine-failure-retry")
+    if retry is None:
+        retry = cli_args.count(args.engine_refresh_retry, "--engine-refresh-retry")
     if retry is not None and retry <= 0:
-        raise ConfigurationError(f"--engine-failure-retry {retry} is invalid: it should be a positive number")
+        raise ConfigurationError(
+            f"invalid failure retry count: --engine-failure-retry {retry} should be a positive number"
+        )
     config = ManagerConfig(
         listen=listen,
         discovery_url=url,
@@ -224,10 +158,12 @@ def _manage(args: argparse.Namespace) -> int:
         tls=tls,
         refresh=refresh_min,
         refresh_max=refresh_max,
-        heartbeat=parse_duration(args.heartbeat, "--heartbeat"),
+        heartbeat=cli_args.heartbeat(args.heartbeat),
         failure_retry=retry or 1,
-        primary_wait=parse_duration(args.primary_wait, "--primary-wait") if args.primary_wait else None,
-        drain_timeout=parse_duration(args.shutdown_timeout, "--shutdown-timeout"),
+        primary_wait=cli_args.positive(args.primary_wait, "--primary-wait") if args.primary_wait else None,
+        drain_timeout=cli_args.nonnegative(args.shutdown_timeout, "--shutdown-timeout"),
+        overcommit=overcommit,
+        create_retry=create_retry,
         metrics=parse_listen(args.metrics, "--metrics") if args.metrics else None,
     )
     if config.metrics is not None:
@@ -259,16 +195,13 @@ def _join(args: argparse.Namespace) -> int:
     if not args.advertise:
         raise ConfigurationError("missing mandatory --advertise flag: join needs --advertise ENGINE_HOST:PORT")
     addr = _advertise(args.advertise)
-    delay = _nonnegative(args.delay, "--delay")
-    heartbeat = parse_duration(args.heartbeat, "--heartbeat")
-    if heartbeat < 1:
-        raise ConfigurationError(f"--heartbeat {args.heartbeat!r}: --heartbeat should be at least one second")
-    ttl = _ttl(args.ttl, "--ttl")
-    if ttl <= heartbeat:
+    delay = cli_args.nonnegative(args.delay, "--delay")
+    heartbeat = cli_args.heartbeat(args.heartbeat)
+    if cli_args.go_duration(args.ttl, "--ttl") <= heartbeat:
         raise ConfigurationError(
-            f"--ttl ({args.ttl}) must be longer than --heartbeat ({args.heartbeat}): "
-            "--ttl must be strictly superior to the heartbeat value"
+            f"--ttl must be strictly superior to the heartbeat value (--ttl {args.ttl}, --heartbeat {args.heartbeat})"
         )
+    ttl = cli_args.ttl(args.ttl, "--ttl")
     if is_host_list(url) or url.startswith("file://"):
         raise ConfigurationError(f"join registers in a discovery store; {url!r} is a fixed engine list")
     discovery = swarmha.connect(url)
@@ -303,7 +236,7 @@ def _bounded(timeout: float, what: str, fn: Callable[[], T]) -> T:
 def _list(args: argparse.Namespace) -> int:
     _refuse_unsupported(args)
     url = _discovery_arg(args)
-    timeout = parse_duration(args.timeout, "--timeout")
+    timeout = cli_args.positive(args.timeout, "--timeout")
     if is_host_list(url):
         for node in host_list(url):
             print(node)
@@ -326,7 +259,7 @@ def _list(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     _refuse_unsupported(args)
     url = _discovery_arg(args)
-    timeout = parse_duration(args.timeout, "--timeout")
+    timeout = cli_args.positive(args.timeout, "--timeout")
 
     def read() -> tuple[Leader | None, int]:
         with swarmha.connect(url) as discovery:
@@ -346,9 +279,9 @@ def _status(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------------------------
 
 
-def _global_flags(defaults: bool) -> argparse.ArgumentParser:
+def _global_flags(defaults: bool) -> cli_args.Parser:
     """Swarm's global flags; on the commands too (``SUPPRESS``), so they work before or after the command."""
-    g = argparse.ArgumentParser(add_help=False)
+    g = cli_args.Parser(add_help=False)
     default = None if defaults else argparse.SUPPRESS
     g.add_argument(
         "-l",
@@ -368,19 +301,19 @@ def _global_flags(defaults: bool) -> argparse.ArgumentParser:
         "--experimental",
         action="store_true",
         default=False if defaults else argparse.SUPPRESS,
-        help=f"refused: {REFUSED['--experimental']}",
+        help="accepted, as Swarm 1.2 accepted it: swarmha's features (rescheduling included) are always on",
     )
     return g
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli_args.Parser(
         prog="swarmha",
         description="Docker Swarm classic style HA cluster manager (swarm manage --replication) on swarmha.",
         parents=[_global_flags(True)],
     )
     p.add_argument("-v", "--version", action="version", version=f"swarmha version {swarmha.__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=cli_args.Parser)
     common = _global_flags(False)
 
     disc_help = (
@@ -433,15 +366,19 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--engine-refresh", default="5s", help="both refresh intervals at once (swarmha's; default 5s)")
     m.add_argument(
         "--engine-failure-retry",
-        type=int,
         help="consecutive failed refreshes before a healthy engine is marked unhealthy (default 1; Swarm's 3)",
     )
-    m.add_argument("--engine-refresh-retry", type=int, help="deprecated; replaced by --engine-failure-retry")
+    m.add_argument("--engine-refresh-retry", help="deprecated; replaced by --engine-failure-retry")
     m.add_argument(
         "--heartbeat", default="60s", help="longest time between two reads of the engine list from discovery (60s)"
     )
     m.add_argument("-c", "--cluster-driver", default="swarm", help="cluster driver: swarm (the only one)")
-    m.add_argument("--cluster-opt", action="append", help="cluster driver option KEY=VALUE (none is supported)")
+    m.add_argument(
+        "--cluster-opt",
+        action="append",
+        help="cluster driver option KEY=VALUE, repeatable: swarm.overcommit=RATIO (default 0: reserve no more than "
+        "an engine has; Swarm's 0.05), swarm.createretry=N (retry a failed create on another engine N times)",
+    )
     m.add_argument("--discovery-opt", action="append", help=opt_help)
     m.add_argument(
         "--refresh-on-node-filter",
@@ -509,18 +446,34 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("discovery", nargs="?", help=disc_help)
     st.set_defaults(func=_status)
 
+    h = sub.add_parser("help", aliases=["h"], help="show the help of swarmha or of one command")
+    h.add_argument("topic", nargs="?", metavar="COMMAND", help="the command to describe")
+
+    def show_help(args: argparse.Namespace) -> int:
+        name = _COMMANDS.get(args.topic, args.topic)
+        target = sub.choices.get(name) if name else p
+        if target is None:
+            raise ConfigurationError(f"no such command {args.topic!r}: expected one of {', '.join(_NAMES)}")
+        target.print_help()
+        return 0
+
+    h.set_defaults(func=show_help)
+
     d = sub.add_parser("demo", help="three managers on loopback: failover shown live", description=_demo.__doc__)
     _demo.add_arguments(d)
     d.set_defaults(func=_demo.run)
     return p
 
 
-_COMMANDS = {"m": "manage", "j": "join", "l": "list"}
+_COMMANDS = {"m": "manage", "j": "join", "l": "list", "h": "help"}
+_NAMES = ("manage", "join", "list", "status", "demo", "help")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``swarmha`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    words = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(cli_args.go_style(words, parser))
     try:
         code: int = args.func(args)
     except ConfigurationError as e:

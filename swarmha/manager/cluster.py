@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import datetime
 import logging
-import os
 import secrets
 import ssl
 import time
@@ -32,6 +31,7 @@ import attrs
 
 from swarmha import Discovery
 from swarmha.errors import DiscoveryError
+from swarmha.manager.engine import AnsweredBadly, Engine, account, describe_error, engine_order, split_addr
 from swarmha.manager.http import MAX_BODY
 from swarmha.manager.scheduler import FILTERS, STRATEGIES, SWARM_ID, Container, Image, Node, Request, Scheduler
 from swarmha.manager.scheduler import SchedulingError as NoEngine
@@ -55,102 +55,6 @@ NODES_KEY = "docker/swarm/nodes"
 _PENDING_MAX = 600.0
 
 
-@attrs.define
-class Engine:
-    """What the manager knows of one engine; replaced field by field on each refresh."""
-
-    addr: str
-    upstream: Upstream
-    name: str = ""
-    id: str = ""
-    healthy: bool = False
-    error: str = ""
-    info: dict[str, Any] = attrs.field(factory=dict)
-    api_version: str = ""
-    min_api_version: str = ""
-    containers: int = 0
-    running: int = 0
-    paused: int = 0
-    stopped: int = 0
-    reserved_cpus: float = 0.0
-    reserved_memory: int = 0
-    updated_at: datetime.datetime | None = None
-    #: The containers on the engine at its last refresh (and those created through this manager since).
-    records: list[Container] = attrs.field(factory=list)
-    images: list[Image] = attrs.field(factory=list)
-
-    @property
-    def status(self) -> str:
-        """Swarm classic's node status: ``Pending`` until the first refresh answered, then ``Healthy`` or
-        ``Unhealthy`` (with :attr:`error`)."""
-        if self.healthy:
-            return "Healthy"
-        return "Unhealthy" if self.error else "Pending"
-
-    @property
-    def url(self) -> str:
-        scheme = "https" if self.upstream.ssl is not None else "http"
-        return f"{scheme}://{self.addr}"
-
-    @property
-    def ncpu(self) -> int:
-        return int(self.info.get("NCPU") or 0)
-
-    @property
-    def memory(self) -> int:
-        return int(self.info.get("MemTotal") or 0)
-
-    @property
-    def labels(self) -> dict[str, str]:
-        """Swarm's node labels: the built-in ones from ``/info``, then the engine's ``--label k=v`` (a label
-        cannot override a built-in one; a ``node`` label is shown but ``constraint:node`` means the node itself)."""
-        out = {
-            key: str(self.info[field])
-            for key, field in _BUILTIN_LABELS.items()
-            if self.info.get(field) not in (None, "")
-        }
-        for label in self.info.get("Labels") or []:
-            k, _, v = str(label).partition("=")
-            if k not in out:
-                out[k] = v
-        return out
-
-    @property
-    def ip(self) -> str:
-        return self.upstream.host
-
-    def node(self) -> dict[str, Any]:
-        """Swarm classic's ``Node`` object, carried by container inspect and list answers."""
-        return {
-            "ID": self.id,
-            "IP": self.ip,
-            "Addr": self.addr,
-            "Name": self.name,
-            "Cpus": self.ncpu,
-            "Memory": self.memory,
-            "Labels": self.labels,
-        }
-
-
-_BUILTIN_LABELS = {
-    "storagedriver": "Driver",
-    "kernelversion": "KernelVersion",
-    "operatingsystem": "OperatingSystem",
-    "ostype": "OSType",
-    "architecture": "Architecture",
-}
-
-
-def _account(e: Engine) -> None:
-    """The engine's counts and reservations from its records."""
-    e.containers = len(e.records)
-    e.running = sum(1 for c in e.records if c.state == "running")
-    e.paused = sum(1 for c in e.records if c.state == "paused")
-    e.stopped = e.containers - e.running - e.paused
-    e.reserved_cpus = sum(c.cpus for c in e.records)
-    e.reserved_memory = sum(c.memory for c in e.records)
-
-
 def _list_limit(info: Mapping[str, Any]) -> int:
     """The most an engine whose ``/info`` is ``info`` may answer to ``/containers/json``: each entry holds at most
     what its create body held (:data:`~swarmha.manager.http.MAX_BODY`, the most the front accepts), plus
@@ -159,37 +63,13 @@ def _list_limit(info: Mapping[str, Any]) -> int:
     return RESPONSE_LIMIT + (n if isinstance(n, int) and n > 0 else 0) * MAX_BODY
 
 
-def describe_error(addr: str, err: BaseException) -> str:
-    """An engine failure as an operator reads it: the address and the OS error under the client's wrapper.
-
-    ``cannot reach 10.0.0.5:2375: [Errno 111] Connection refused`` rather than the wrapper's words; an HTTP
-    error answer keeps its status (``10.0.0.5:2375 answered 500 to /info``).
-    """
-    if isinstance(err, _AnsweredBadly):
-        return f"{addr} {err}"
-    seen: set[int] = set()
-    cause: BaseException | None = err
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, OSError) and cause.errno is not None:
-            return f"cannot reach {addr}: [Errno {cause.errno}] {os.strerror(cause.errno)}"
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(err, UpstreamBroken) and "no answer within" in str(err):
-        return f"{addr} did not answer within the timeout"
-    return f"{addr}: {err or type(err).__name__}"
-
-
-class _AnsweredBadly(ValueError):
-    """An engine answered a refresh request with an error status (the message says which)."""
-
-
-def _split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _engine_order(e: Engine) -> str:
-    return e.name or e.addr
+def _images(items: Any) -> list[Image]:
+    """The scheduler's view of an engine's ``/images/json`` answer."""
+    return [
+        Image(str(i.get("Id", "")), tuple(str(t) for t in i.get("RepoTags") or [] if t != "<none>:<none>"))
+        for i in items
+        if isinstance(i, dict)
+    ]
 
 
 class Cluster:
@@ -205,13 +85,20 @@ class Cluster:
         timeout: float = 5.0,
         failure_retry: int = 1,
         filters: Iterable[str] | None = None,
+        overcommit: float = 0.0,
+        create_retry: int = 0,
     ) -> None:
         """``static``: engine addresses, or a function giving them (called on every refresh, e.g. a file).
 
         ``failure_retry``: consecutive failed refreshes before a healthy engine is marked unhealthy (Swarm's
         ``--engine-failure-retry``); an engine that never answered is unhealthy at its first failure.
         ``filters``: the active placement filters by name (Swarm's default set when None).
+        ``overcommit``: placement counts an engine's CPUs and memory as this fraction more than it has (Swarm's
+        ``swarm.overcommit``; > -1). ``create_retry``: how many other engines a create the chosen one failed is
+        tried on (Swarm's ``swarm.createretry``).
         """
+        self.overcommit = overcommit
+        self.create_retry = max(0, create_retry)
         #: The filters (Swarm's default set when None) and strategy; ValueError names an unknown one.
         self.scheduler = Scheduler(strategy, filters)
         self.strategy = strategy
@@ -245,7 +132,7 @@ class Cluster:
     def engines(self) -> list[Engine]:
         engines = list(self._engines.values())
         if len(engines) > 1:  # asked on every request: one engine (the usual test and demo setup) needs no sort
-            engines.sort(key=_engine_order)
+            engines.sort(key=engine_order)
         return engines
 
     def healthy(self) -> list[Engine]:
@@ -307,7 +194,7 @@ class Cluster:
             for addr in addrs:
                 if addr not in self._engines:
                     try:
-                        host, port = _split_addr(addr)
+                        host, port = split_addr(addr)
                     except ValueError:
                         log.warning("ignoring the malformed engine address %r", addr)
                         continue
@@ -346,18 +233,15 @@ class Cluster:
                     known = self._inspected[cid] = inspected
                 records.append(from_list(item, known.record))
         except (UpstreamUnreachable, UpstreamBroken, ValueError, KeyError, TypeError) as err:
+            self.failed(e, err)
+            return
+        twin = self._same_id(e, str(info.get("ID", "")))
+        if twin is not None:
+            error = f"ID duplicated. {info.get('ID')} shared by this node {e.addr} and another node {twin.addr}"
+            if e.error != error:
+                log.error("ID duplicated. %s shared by %s and %s", info.get("ID"), twin.addr, e.addr)
             was = e.healthy
-            error = describe_error(e.addr, err)
-            failures = self._failures[e.addr] = self._failures.get(e.addr, 0) + 1
-            if e.healthy and failures < self.failure_retry:
-                log.debug(
-                    "engine %s failed (%d of %d before unhealthy): %s", e.addr, failures, self.failure_retry, error
-                )
-                return
-            if e.healthy or not e.error:
-                log.warning("engine %s is unhealthy: %s", e.addr, error)
-            e.healthy, e.error = False, error
-            e.updated_at = datetime.datetime.now(datetime.UTC)
+            e.healthy, e.error, e.info, e.id = False, error, info, ""
             if was:
                 self._notify(e, "engine_disconnect")
             return
@@ -365,13 +249,11 @@ class Cluster:
         if not e.healthy and e.error:
             log.info("engine %s is healthy again", e.addr)
         was = e.healthy
-        e.info, e.id, e.healthy, e.error = info, str(info.get("ID", "")), True, ""
+        e.info, e.id, e.healthy, e.error, e.validated = info, str(info.get("ID", "")), True, "", True
         e.records = self._settle(e, records, asked)
-        e.images = [
-            Image(str(i.get("Id", "")), tuple(str(t) for t in i.get("RepoTags") or [] if t != "<none>:<none>"))
-            for i in images
-        ]
-        _account(e)
+        e.listed = [item for item in listed if isinstance(item, dict)]
+        e.images = _images(images)
+        account(e)
         e.updated_at = datetime.datetime.now(datetime.UTC)
         present = {c.id for c in records}
         for cid in [cid for cid, addr in self._owner.items() if addr == e.addr and cid not in present]:
@@ -382,12 +264,84 @@ class Cluster:
                 e.name = str(info.get("Name") or e.addr)  # named before the event (refresh renames duplicates)
             self._notify(e, "engine_connect")
 
+    def failed(self, e: Engine, err: BaseException) -> None:
+        """Engine ``e`` failed a request (a refresh, or a client's request it could not be reached for): one more
+        consecutive failure; at ``failure_retry`` of them it is marked unhealthy (with the error). Until then its
+        :meth:`health` goes down, so placement prefers the engines that answer (Swarm's health indicator)."""
+        was = e.healthy
+        error = describe_error(e.addr, err)
+        failures = self._failures[e.addr] = self._failures.get(e.addr, 0) + 1
+        if e.healthy and failures < self.failure_retry:
+            log.debug("engine %s failed (%d of %d before unhealthy): %s", e.addr, failures, self.failure_retry, error)
+            return
+        if e.healthy or not e.error:
+            log.warning("engine %s is unhealthy: %s", e.addr, error)
+        e.healthy, e.error = False, error
+        e.updated_at = datetime.datetime.now(datetime.UTC)
+        if was:
+            self._notify(e, "engine_disconnect")
+
+    def health(self, e: Engine) -> int:
+        """Swarm's health indicator: 0 for an engine that is not healthy, else 100 less the share of
+        ``failure_retry`` its consecutive failures have used."""
+        if not e.healthy:
+            return 0
+        return max(0, 100 - self._failures.get(e.addr, 0) * 100 // self.failure_retry)
+
+    def _same_id(self, e: Engine, ident: str) -> Engine | None:
+        """Another engine, already validated, with the engine ID ``ident`` (a shared ``key.json``): Swarm keeps
+        the first one and refuses the second ("ID duplicated")."""
+        if not ident:
+            return None
+        for other in self._engines.values():
+            if other is not e and other.id == ident and other.healthy:
+                return other
+        return None
+
+    def named(self, name: str) -> str | None:
+        """The id of the container called ``name`` on any engine (as the last refreshes and this manager's
+        creates and renames know them); None when no container has that name."""
+        wanted = "/" + name.lstrip("/")
+        for e in self._engines.values():
+            for c in e.records:
+                if wanted in c.names:
+                    return c.id
+        return None
+
+    def renamed(self, ident: str, name: str) -> None:
+        """Container ``ident`` was renamed ``name`` through this manager: its record says so before a refresh."""
+        for e in self._engines.values():
+            c = Node(e.id, e.name, e.addr, containers=e.records).container(ident)
+            if c is not None:
+                new = attrs.evolve(c, names=("/" + name.lstrip("/"),))
+                e.records = [new if x is c else x for x in e.records]
+                return
+
+    def owner_down(self, ident: str) -> Engine | None:
+        """The engine, not healthy now, that had container ``ident`` (id, unique id prefix, name, Swarm id) at
+        its last refresh; None when no such engine is known to have had it."""
+        for e in self._engines.values():
+            if not e.healthy and Node(e.id, e.name, e.addr, containers=e.records).container(ident) is not None:
+                return e
+        return None
+
+    def by_swarm_id(self, ident: str) -> tuple[Engine, str] | None:
+        """(engine, container id) of the container whose ``com.docker.swarm.id`` label is ``ident`` (or its
+        first 12 characters), from what the refreshes and this manager's creates taught; None when unknown."""
+        if len(ident) < 12:
+            return None
+        for e in self._engines.values():
+            for c in e.records:
+                if c.swarm_id and c.id and (c.swarm_id == ident or c.swarm_id[:12] == ident):
+                    return e, c.id
+        return None
+
     async def _inspect(self, e: Engine, cid: str) -> Inspected | None:
         r = await self.call(e, "GET", f"/containers/{cid}/json")
         if r.status == 404:
             return None
         if r.status != 200:
-            raise _AnsweredBadly(f"answered {r.status} to /containers/{cid[:12]}/json")
+            raise AnsweredBadly(f"answered {r.status} to /containers/{cid[:12]}/json")
         body = r.json()
         return Inspected(from_inspect(body), body if reschedulable(body.get("Config") or {}) else None)
 
@@ -395,6 +349,19 @@ class Cluster:
         """The inspect answer kept for a container with a reschedule policy (None for any other)."""
         known = self._inspected.get(cid)
         return known.full if known is not None else None
+
+    async def reread_images(self, engines: Iterable[Engine] | None = None, timeout: float = 5.0) -> None:
+        """Re-read the images of ``engines`` (default: every healthy one) now: after a pull, load, import, tag,
+        build or rmi through this manager, placement (``affinity:image==``) sees them before the next refresh.
+        An engine that does not answer keeps its last list."""
+
+        async def one(e: Engine) -> None:
+            with contextlib.suppress(UpstreamUnreachable, UpstreamBroken, ValueError, TypeError):
+                r = await self.call(e, "GET", "/images/json", timeout=timeout)
+                if r.status == 200:
+                    e.images = _images(r.json())
+
+        await asyncio.gather(*(one(e) for e in (self.healthy() if engines is None else engines)))
 
     async def recount(self, timeout: float = 2.0) -> None:
         """Re-read every healthy engine's ``/info`` now, so ``docker info``'s container and image counts are the
@@ -419,7 +386,7 @@ class Cluster:
         timeout = self.timeout + limit / (32 << 20) - 2
         r = await request(self.pool, e.upstream, "GET", path, timeout=timeout, limit=limit)
         if r.status != 200:
-            raise _AnsweredBadly(f"answered {r.status} to {path.partition('?')[0]}")
+            raise AnsweredBadly(f"answered {r.status} to {path.partition('?')[0]}")
         return r
 
     # -- finding what lives where ----------------------------------------------------------------------
@@ -461,11 +428,12 @@ class Cluster:
             gone = node.container(ident)
             if gone is not None:
                 e.records = [c for c in e.records if c is not gone]
+                e.listed = [item for item in e.listed if item.get("Id") != gone.id]
                 self._gone[gone.id] = (e.addr, time.monotonic())
                 self._fresh.pop(gone.id, None)
                 self._owner.pop(gone.id, None)
                 self._inspected.pop(gone.id, None)
-                _account(e)
+                account(e)
                 return
 
     async def locate(self, kind: str, ident: str) -> Engine | None:
@@ -509,15 +477,18 @@ class Cluster:
                 addr=e.addr,
                 labels=e.labels,
                 healthy=e.healthy,
+                health=self.health(e),
                 containers=e.records + pending.get(e.addr, []),
                 images=e.images,
-                total_cpus=float(e.ncpu),
-                total_memory=e.memory,
+                total_cpus=e.ncpu * (1 + self.overcommit),
+                total_memory=int(e.memory * (1 + self.overcommit)),
             )
             for e in self.engines
         ]
 
-    def place(self, config: dict[str, Any], *, reserve: bool = False) -> tuple[Engine, list[str]]:
+    def place(
+        self, config: dict[str, Any], *, reserve: bool = False, exclude: Iterable[str] = ()
+    ) -> tuple[Engine, list[str]]:
         """Choose the engine for a new container (the scheduler's filters and strategy); returns it and the Env.
 
         ``config`` (a create body) is updated as Swarm did it: the ``constraint:``/``affinity:``/``whitelist:``/
@@ -525,7 +496,8 @@ class Cluster:
         ``com.docker.swarm.id`` label (kept if it has one: a rescheduled container), and ``Env`` is the rest —
         also returned. With ``reserve``, until :meth:`placed` or :meth:`unplace` is called for it, the container
         counts as pending on the chosen engine (its ports, slot and reservation are taken: parallel creates do not
-        collide); a caller that reserves must call one of them. Raises :class:`NoEngine` (Swarm's text).
+        collide); a caller that reserves must call one of them. Engines whose address is in ``exclude`` (those
+        that just failed this create) are left out. Raises :class:`NoEngine` (Swarm's text).
         """
         request = Request.from_config(config)
         request.validate()
@@ -534,13 +506,20 @@ class Cluster:
             labels[SWARM_ID] = secrets.token_hex(32)
         request = attrs.evolve(request, labels=labels)
         self._expire_pending()
-        ranked = self.scheduler.select(request, self.nodes())
+        skip = set(exclude)
+        ranked = self.scheduler.select(request, [n for n in self.nodes() if n.addr not in skip])
         engine = self._engines[ranked[0].addr]
         config["Labels"] = labels
         config["Env"] = list(request.env)
         if reserve:
             self._pending[labels[SWARM_ID]] = (engine.addr, from_request(request, config), time.monotonic())
         return engine, list(request.env)
+
+    def eligible(self, config: Mapping[str, Any]) -> list[Engine]:
+        """Every engine the scheduler's filters accept for ``config`` (its ``Env`` constraints, its
+        ``com.docker.swarm.whitelists`` label), best first; raises :class:`NoEngine` (Swarm's text) when none."""
+        request = Request.from_config(dict(config))
+        return [self._engines[n.addr] for n in self.scheduler.select(request, self.nodes())]
 
     def placed(self, e: Engine, cid: str, config: Mapping[str, Any], name: str = "") -> None:
         """Account a container just created on ``e`` with ``name`` (so the next placement sees it — its ports,
@@ -562,7 +541,7 @@ class Cluster:
             self._inspected[cid] = Inspected(known.record if known else record, full)
         self._fresh[cid] = (e.addr, record, time.monotonic())
         e.records = [c for c in e.records if c.id != cid] + [record]
-        _account(e)
+        account(e)
 
     def started(self, ident: str) -> None:
         """Container ``ident`` was started through this manager: it counts as running before a refresh says so
@@ -575,7 +554,7 @@ class Cluster:
                 if c.id in self._fresh:
                     addr, _old, at = self._fresh[c.id]
                     self._fresh[c.id] = (addr, running, at)
-                _account(e)
+                account(e)
                 return
 
     def unplace(self, config: Mapping[str, Any]) -> None:

@@ -4,7 +4,9 @@
   (``10.0.0.1:2375``, ``10.0.0.2:2375``, ``10.0.0.3:2375``); so is ``node-[01:03]:2375``.
 * A file holds one such entry a line; blank lines and lines starting with ``#`` are skipped. It is read again
   on every engine refresh, so a changed file is picked up without a restart. A file that cannot be read keeps
-  the last list it gave and is said once (one WARN, one INFO when it reads again).
+  the last list it gave and is said once (one WARN, one INFO when it reads again). A file that does not exist yet
+  at start is waited for (no engines until it appears), as Swarm did; one in a directory that does not exist
+  is refused.
 
 Every entry is checked (``HOST:PORT``); a bad one raises :class:`~swarmha.errors.ConfigurationError` at start, and
 is skipped with one WARN when it appears in a file later.
@@ -83,11 +85,17 @@ class FileEngines:
         if not path:
             raise ConfigurationError(f"discovery URL {url!r} names no file: expected file:///PATH")
         self.path = Path(path)
+        self._failing = ""
         try:
             self._last = _parse_lines(self.path.read_text(), str(self.path))
+        except FileNotFoundError:
+            if not self.path.parent.is_dir():
+                raise ConfigurationError(f"discovery file {self.path}: its directory does not exist") from None
+            self._last = []  # not there yet: waited for, as Swarm did
+            self._failing = "No such file or directory"
+            log.warning("the engine list %s does not exist yet; waiting for it", self.path)
         except OSError as e:
             raise ConfigurationError(f"discovery file {self.path}: {e.strerror or e}") from None
-        self._failing = ""
 
     def __call__(self) -> list[str]:
         """The current list; the last good one (and one WARN) while the file cannot be read or parsed."""

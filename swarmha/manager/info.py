@@ -10,6 +10,7 @@ import platform
 import socket
 from typing import Any
 
+import swarmha
 from swarmha.manager.cluster import FILTERS as _DEFAULT_FILTERS
 from swarmha.manager.cluster import Cluster, Engine
 
@@ -17,7 +18,10 @@ __all__ = ["FILTERS", "bytes_size", "cluster_info", "system_status"]
 
 #: The placement filters a manager applies by default (Swarm's set and order; ``--filter`` chooses others).
 FILTERS = ", ".join(_DEFAULT_FILTERS)
-SERVER_VERSION = "swarmha/0.1.0"
+#: The server version ``docker version`` and ``docker info`` show: Swarm classic's form (``swarm/X.Y.Z``, which
+#: clients and scripts recognise as a Swarm-classic manager) of the last Swarm release it stands in for, naming
+#: swarmha and its version as the build metadata.
+SERVER_VERSION = f"swarm/1.2.9+swarmha-{swarmha.__version__}"
 
 
 def bytes_size(n: float) -> str:

@@ -133,6 +133,10 @@ class ManagerConfig:
     drain_timeout: float = 30.0
     #: ``--metrics ADDR``: where Prometheus scrapes ``/metrics`` (None: no metrics listener).
     metrics: tuple[str, int] | None = None
+    #: ``--cluster-opt swarm.overcommit``: placement may reserve this fraction more CPU and memory than an engine has.
+    overcommit: float = 0.0
+    #: ``--cluster-opt swarm.createretry``: a create the chosen engine fails is tried on this many other engines.
+    create_retry: int = 0
 
     @property
     def hold(self) -> float:
@@ -161,6 +165,8 @@ class Manager:
             engine_ssl=self._client_ssl,
             failure_retry=config.failure_retry,
             filters=config.filters,
+            overcommit=config.overcommit,
+            create_retry=config.create_retry,
         )
         self.api = PrimaryAPI(self.cluster, self._info)
         #: Rescheduling on node failure (``com.docker.swarm.reschedule-policies``), acted on by the primary only.

@@ -38,11 +38,20 @@ def _env() -> dict[str, str]:
 class ManagerProc:
     """One ``swarmha manage`` process on 127.0.0.1:port; its log goes to ``log``."""
 
-    def __init__(self, url: str, log_dir: Path, *extra: str, port: int | None = None, replication: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        log_dir: Path,
+        *extra: str,
+        port: int | None = None,
+        replication: bool = True,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        """``prefix``: global flags before ``manage`` (``-l debug``)."""
         self.port = port or free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.log = log_dir / f"manager-{self.port}.log"
-        args = ["manage", "-H", self.addr]
+        args = [*prefix, "manage", "-H", self.addr]
         if replication:
             args += ["--replication", "--advertise", self.addr]
         args += ["--engine-refresh", "1s", *extra, url]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 from swarmha.manager.api._docker import DockerError, check_version, split_version
 from swarmha.manager.api.containers import Containers
@@ -56,14 +57,16 @@ _CONTAINER_ACTIONS = frozenset(
 )
 _IMAGE_ACTIONS = frozenset({"json", "history", "push", "tag", "get"})
 _NETWORK_ACTIONS = frozenset({"connect", "disconnect"})
-#: Swarm-mode and plugin endpoints: the engines of a Swarm-classic cluster are not a swarm-mode cluster.
+#: Swarm-mode endpoints: a Swarm-classic cluster is not in swarm mode, so they answer as an engine outside swarm
+#: mode does (503 and dockerd's sentence; docker-py and its users' clean-up code read that 503 as "no swarm").
+_NO_SWARM = frozenset({"swarm", "services", "tasks", "nodes", "secrets", "configs"})
+NOT_PART_OF_A_SWARM = "This node is not part of a swarm"
+NOT_A_MANAGER = (
+    'This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this node to swarm '
+    "and try again."
+)
+#: Endpoints the cluster does not serve, with why.
 _NOT_SERVED = {
-    "swarm": "swarm mode is not part of a Swarm-classic cluster",
-    "services": "swarm mode is not part of a Swarm-classic cluster",
-    "tasks": "swarm mode is not part of a Swarm-classic cluster",
-    "nodes": "swarm mode is not part of a Swarm-classic cluster (docker info lists the nodes)",
-    "secrets": "swarm mode is not part of a Swarm-classic cluster",
-    "configs": "swarm mode is not part of a Swarm-classic cluster",
     "plugins": "plugins are per engine: manage them on each engine",
     "session": "BuildKit sessions are not relayed: build with the classic builder (DOCKER_BUILDKIT=0)",
     "grpc": "BuildKit is not relayed: build with the classic builder (DOCKER_BUILDKIT=0)",
@@ -200,6 +203,10 @@ class PrimaryAPI:
         if route is not None:
             return route(ex)
         kind, _, rest = path[1:].partition("/")
+        if "%" in rest:
+            rest = unquote(rest)  # "probe%2001" names the network "probe 01"
+        if kind in _NO_SWARM:
+            return self._no_swarm(ex, method, path)
         if rest:
             if kind == "containers":
                 ident, action = _split(rest, _CONTAINER_ACTIONS)
@@ -219,6 +226,19 @@ class PrimaryAPI:
         why = _NOT_SERVED.get(kind)
         detail = f" ({why})" if why else ""
         return ex.error(501, f"swarmha: {method} {path} is not supported by the cluster manager{detail}")
+
+    def _no_swarm(self, ex: Exchange, method: str, path: str) -> Awaitable[None]:
+        """Swarm mode's endpoints, answered as an engine outside swarm mode answers them; joining or creating a
+        swarm is refused naming why (the engines of a Swarm-classic cluster are managed one by one)."""
+        if method == "POST" and path in ("/swarm/init", "/swarm/join"):
+            return ex.error(
+                501,
+                f"swarmha: {method} {path} is not supported by the cluster manager (swarm mode is not part of a "
+                "Swarm-classic cluster: run it on an engine)",
+            )
+        if path in ("/swarm/leave", "/swarm/unlockkey", "/swarm/unlock"):
+            return ex.error(503, NOT_PART_OF_A_SWARM)
+        return ex.error(503, NOT_A_MANAGER)
 
     async def _exec(self, ex: Exchange, ident: str) -> None:
         engine = await self.cluster.locate("exec", ident)

@@ -184,10 +184,16 @@ class Base:
         return status[0] if status else 0
 
     async def call(self, e: Engine, method: str, target: str, **kw: Any) -> Response:
-        """One request to ``e``; a failure is DockerError 502 naming the node."""
+        """One request to ``e``; a failure is DockerError 502 naming the node (Swarm's "Cannot connect to the
+        docker engine endpoint" when it cannot be reached, which counts as one of its failures)."""
         try:
             r = await self.cluster.call(e, method, target, **kw)
-        except (UpstreamUnreachable, UpstreamBroken) as err:
+        except UpstreamUnreachable as err:
+            self.cluster.failed(e, err)
+            raise DockerError(
+                502, f"Cannot connect to the docker engine endpoint: node {e.name} ({e.addr}): {err}"
+            ) from err
+        except UpstreamBroken as err:
             raise DockerError(502, f"swarmha: node {e.name} ({e.addr}) failed: {err}") from err
         if self.view is not None and method != "GET":
             self.view.touched(e, method, target, kw.get("body"), r.body if r.status == 201 else None)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -25,10 +27,20 @@ from swarmha.manager.api._docker import DockerError, encode_filters, json_object
 from swarmha.manager.api._schema import check_create
 from swarmha.manager.cluster import Engine, NoEngine
 from swarmha.manager.http import Exchange
-from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable, stream
+from swarmha.manager.upstream import Response, UpstreamBroken, UpstreamUnreachable, stream
 
 __all__ = ["Containers", "image_reference"]
 
+log = logging.getLogger("swarmha.manager")
+
+#: How long a create may take on its engine: dockerd answers it only once the image, volume driver and logging
+#: driver said yes or no (a driver plugin may take many seconds to refuse), and the Docker CLI waits for it.
+CREATE_TIMEOUT = 300.0
+_ALL = re.compile(r"(?:^|&)all=(?:1|true|True)(?:&|$)")
+#: Swarm's label holding a container's constraints.
+CONSTRAINTS_LABEL = "com.docker.swarm.constraints"
+#: The label that marks a swarm-mode task's container (``ps --filter is-task=true|false``).
+TASK_LABEL = "com.docker.swarm.task"
 #: Largest engine answer kept as the last one-engine list (``Containers._last``).
 _LAST_MAX = 1 << 20
 _NAMES_KEY = b'"Names":['
@@ -86,6 +98,22 @@ def image_reference(image: str) -> tuple[str, str]:
     return image, "latest"
 
 
+class _ImageElsewhere(Exception):
+    """The chosen engine lacks the image; these engines (addresses) have it."""
+
+    def __init__(self, addrs: list[str]) -> None:
+        super().__init__(addrs)
+        self.addrs = addrs
+
+
+def _hard_node(config: Mapping[str, Any]) -> bool:
+    """Whether ``config`` has a hard ``node==`` constraint (as ``-e constraint:`` or Swarm's label)."""
+    wanted = [str(x)[len("constraint:") :] for x in config.get("Env") or [] if str(x).startswith("constraint:")]
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        wanted += [str(x) for x in json.loads((config.get("Labels") or {}).get(CONSTRAINTS_LABEL) or "[]")]
+    return any(w.replace(" ", "").startswith("node==") and not w.replace(" ", "").startswith("node==~") for w in wanted)
+
+
 class Containers(Base):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -102,15 +130,24 @@ class Containers(Base):
         query = ex.query_string
         engines = None
         limit = 0
+        filtered = False
+        is_task: list[str] = []  # Swarm's own filter (the engines do not know it): applied here
         if "filters=" in query or "limit=" in query or "last=" in query:
             filters = self.filters(ex)
+            is_task = filters.pop("is-task", [])
+            filtered = bool(filters) or bool(is_task)
             engines = self.pinned_engines(filters, "network")
             with contextlib.suppress(ValueError):
                 limit = int(ex.arg("limit") or ex.arg("last") or 0)  # -n N / -l (last=1 in old clients)
             query = replace_query(query, filters=encode_filters(filters) if filters else None)
         answers = await self.gather("GET", with_query("/containers/json", query), engines)
         raws = [(e, r.body) for e, r in answers if r is not None and r.status == 200]
-        if len(raws) == 1:  # one engine: its own bytes, names renamed in place (no re-encoding), when that is exact
+        # the containers of engines that are down, as Swarm listed them (unfiltered lists only: a filter is the
+        # engines' to apply)
+        every = _ALL.search(ex.query_string) is not None
+        down = [] if filtered or not every else self._host_down({e.addr for e, _ in raws})
+        # one engine: its own bytes, names renamed in place (no re-encoding), when that is exact
+        if len(raws) == 1 and not down and not is_task:
             e, raw = raws[0]
             last = self._last
             if last is not None and last[0] is e and last[1] == e.name and last[2] == raw:
@@ -132,7 +169,10 @@ class Containers(Base):
                 out.append(item)
                 if "Node" not in item:
                     item["Node"] = node
-        if len(lists) == 1 and not limit:
+        out += down
+        if is_task:
+            out = [i for i in out if ("true" if TASK_LABEL in (i.get("Labels") or {}) else "false") in is_task]
+        if len(lists) == 1 and not limit and not down and not is_task:
             e, items, raw = lists[0]
             node_json = json.dumps(e.node(), separators=(",", ":")).encode()
             body = _rename_in_place(raw, items, e.name, node_json)
@@ -140,11 +180,25 @@ class Containers(Base):
                 if len(raw) <= _LAST_MAX:
                     self._last = (e, e.name, raw, body, [item["Id"] for item in items])
                 return await ex.respond(200, body, "application/json")
-        if len(lists) > 1:  # one engine's list is already newest first
+        if len(lists) > 1 or down:  # one engine's list is already newest first
             out.sort(key=lambda i: i.get("Created", 0), reverse=True)
         if limit > 0:
             out = out[:limit]
         await respond_json(ex, 200, out)
+
+    def _host_down(self, answered: set[str]) -> list[dict[str, Any]]:
+        """The containers of the engines that are not healthy (or did not answer), as their last refresh listed
+        them, with Swarm's status ``Host Down`` (asked for ``ps -a`` only, as in Swarm)."""
+        out: list[dict[str, Any]] = []
+        for e in self.cluster.engines:
+            if e.addr in answered or not e.listed:
+                continue
+            node = e.node()
+            for item in e.listed:
+                copy = dict(item, Status="Host Down", Node=node)
+                copy["Names"] = [f"/{e.name}{n}" for n in item.get("Names") or []]
+                out.append(copy)
+        return out
 
     # -- create --------------------------------------------------------------------------------------------
 
@@ -215,8 +269,11 @@ class Containers(Base):
         image = str(config.get("Image") or "")
         chosen = any(str(x).startswith("constraint:") for x in config.get("Env") or [])
         if image and not needs and not chosen and len(self.cluster.healthy()) > 1:
-            have = await self.find("images", image)
-            if len(have) == 1:  # only one node has it (built or committed there): run it there, not pull it
+            answers = await self.gather("GET", f"/images/{quote(image, safe='/:@')}/json")
+            have = [e for e, r in answers if r is not None and r.status == 200]
+            # only one node has it (built or committed there): run it there, not pull it -- when every engine
+            # said whether it has it (one that did not answer may have it too)
+            if len(have) == 1 and all(r is not None for _, r in answers):
                 needs.append((f"image {image}", have[0]))
         nodes = {e.addr: e for _, e in needs}
         if len(nodes) > 1:
@@ -227,29 +284,69 @@ class Containers(Base):
             config["Env"] = [*(config.get("Env") or []), f"constraint:node=={e.name}"]
 
     async def create(self, ex: Exchange) -> None:
+        """Place the container and create it there. An engine that fails the create (unreachable, or a 5xx) is
+        left out and the create placed again, up to ``swarm.createretry`` times (Swarm's); then its error. An
+        engine that lacks the image while others have it (and no hard ``node==`` constraint chose it): placed
+        again among those, as Swarm retried "with image affinity" (the affinity is not kept); else the image is
+        pulled on the chosen engine."""
         config = json_object(await ex.body(), "container config")
         check_create(config)
         await self._pin(config)
-        try:
-            engine, env = self.cluster.place(config, reserve=True)  # pending (ports, slot) until created or not
-        except NoEngine as e:
-            raise DockerError(500, f"swarmha: {e}") from e
-        config["Env"] = env
-        query = ex.query_string
-        target = with_query("/containers/create", query)
-        body = json.dumps(config).encode()
-        headers = [(b"content-type", b"application/json")]
-        try:
-            r = await self.call(engine, "POST", target, body=body, headers=headers)
-            if r.status == 404 and b"No such image" in r.body and config.get("Image"):
-                await self._pull(ex, engine, str(config["Image"]))
-                r = await self.call(engine, "POST", target, body=body, headers=headers)
-        finally:
-            self.cluster.unplace(config)
+        hard_node = _hard_node(config)
+        failed: list[str] = []
+        skip: list[str] = []  # once: the engines without the image, when others have it
+        while True:
+            try:
+                r, engine = await self._create_on_one(ex, config, failed, skip, hard_node or bool(skip))
+                break
+            except _ImageElsewhere as elsewhere:
+                skip = [e.addr for e in self.cluster.engines if e.addr not in elsewhere.addrs]
+                log.info("Image %s is not on the chosen node, retrying with image affinity", config.get("Image"))
+            except DockerError as e:
+                if len(failed) > self.cluster.create_retry or not failed or e.status < 500:
+                    raise
+                log.warning("Failed to create container: %s, retrying on another engine", e)
         if r.status == 201:
             with contextlib.suppress(ValueError, KeyError):
                 self.cluster.placed(engine, r.json()["Id"], config, name=ex.arg("name") or "")
         await self.respond(ex, r)
+
+    async def _create_on_one(
+        self, ex: Exchange, config: dict[str, Any], failed: list[str], skip: list[str], pull_only: bool
+    ) -> tuple[Response, Engine]:
+        """One placement and create; an engine that fails it (502, 5xx) is added to ``failed`` and its error
+        raised as DockerError while retries remain; :class:`_ImageElsewhere` when the engine lacks the image
+        other engines have (see :meth:`create`)."""
+        try:
+            # pending (ports, slot) until created or not
+            engine, env = self.cluster.place(config, reserve=True, exclude=failed + skip)
+        except NoEngine as e:
+            raise DockerError(500, f"swarmha: {e}") from e
+        config["Env"] = env
+        target = with_query("/containers/create", ex.query_string)
+        body = json.dumps(config).encode()
+        headers = [(b"content-type", b"application/json")]
+        try:
+            try:
+                r = await self.call(engine, "POST", target, body=body, headers=headers, timeout=CREATE_TIMEOUT)
+                if r.status == 404 and b"No such image" in r.body and config.get("Image"):
+                    image = str(config["Image"])
+                    if not pull_only:
+                        have = [e.addr for e in await self.find("images", image) if e.addr != engine.addr]
+                        if have and not set(have) <= set(failed):
+                            raise _ImageElsewhere(have)
+                    await self._pull(ex, engine, image)
+                    r = await self.call(engine, "POST", target, body=body, headers=headers, timeout=CREATE_TIMEOUT)
+            except DockerError as e:
+                if e.status == 502:
+                    failed.append(engine.addr)
+                raise
+        finally:
+            self.cluster.unplace(config)
+        if r.status >= 500 and len(failed) < self.cluster.create_retry:
+            failed.append(engine.addr)
+            raise DockerError(r.status, f"{engine.name}: {r.body.decode(errors='replace').strip()}")
+        return r, engine
 
     async def _pull(self, ex: Exchange, engine: Engine, image: str) -> None:
         """Pull ``image`` on ``engine`` (as Swarm did before creating there); DockerError when it fails."""
@@ -285,6 +382,13 @@ class Containers(Base):
         if engine is None:
             engine = await self.cluster.locate("containers", ident)
         if engine is None:
+            known = self.cluster.by_swarm_id(ident)  # Swarm's com.docker.swarm.id names the container too
+            if known is not None:
+                engine, real = known
+        if engine is None:
+            down = self.cluster.owner_down(ident)
+            if down is not None:
+                raise DockerError(500, f"Container {ident} running on unhealthy node {down.name}")
             raise DockerError(404, f"No such container: {ident}")
         return engine, real
 
@@ -306,7 +410,18 @@ class Containers(Base):
                     info["Node"] = engine.node()
                     return await respond_json(ex, 200, info)
             return await self.respond(ex, r)
+        renamed = ex.arg("name") if action == "/rename" and ex.method == "POST" else None
+        if renamed:
+            holder = self.cluster.named(renamed)
+            if holder is not None:  # on another node the engine would not know it: the cluster's names are one
+                raise DockerError(
+                    409,
+                    f'Conflict. The container name "/{renamed.lstrip("/")}" is already in use by container '
+                    f'"{holder}". You have to remove (or rename) that container to be able to reuse that name.',
+                )
         status = await self.relay(ex, engine, target)
+        if renamed and 200 <= status < 300:
+            self.cluster.renamed(ident, renamed)
         if ex.method == "DELETE" and not action and 200 <= status < 300:
             self.cluster.forget(ident)
         elif ex.method == "POST" and action == "/start" and 200 <= status < 300:

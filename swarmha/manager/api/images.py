@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from swarmha.manager.api._base import Base, Tee, engine_error_message, respond_json
-from swarmha.manager.api._docker import DockerError, json_object, replace_query, with_query
+from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
 from swarmha.manager.cluster import Engine, NoEngine
 from swarmha.manager.http import Exchange
 from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable, stream
@@ -35,8 +35,22 @@ class Images(Base):
     async def listing(self, ex: Exchange) -> None:
         filters = self.filters(ex)
         engines = self.engines_for(filters)
+        node = filters.pop("node", None)  # the manager's own filter: not sent to the engines
+        query = ex.query_string
+        if node:
+            query = replace_query(query, filters=encode_filters(filters) if filters else None)
         merged: dict[str, dict[str, Any]] = {}
-        for _e, items in await self.gather_json(with_query("/images/json", ex.query_string), engines):
+        answers = await self.gather("GET", with_query("/images/json", query), engines)
+        listed = [(e, r) for e, r in answers if r is not None and r.status == 200]
+        refused = [(e, r) for e, r in answers if r is not None and 400 <= r.status < 500]
+        if not listed and refused:  # before=/since= an image no engine has: the engines' own refusal
+            e, r = refused[0]
+            raise DockerError(r.status, engine_error_message(e, r))
+        for _e, r in listed:
+            try:
+                items = r.json()
+            except ValueError:
+                continue
             for item in items if isinstance(items, list) else []:
                 ident = str(item.get("Id", ""))
                 seen = merged.get(ident)
@@ -53,14 +67,23 @@ class Images(Base):
     # -- streams from every engine, merged ------------------------------------------------------------------
 
     async def _merged(
-        self, ex: Exchange, engines: list[Engine], target: str, body: Tee | None, headers: list[tuple[bytes, bytes]]
+        self,
+        ex: Exchange,
+        engines: list[Engine],
+        target: str,
+        body: Tee | None,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        once: bytes = b"",
     ) -> None:
         """``POST target`` on every engine at once; their JSON-lines answers merged into one 200 stream.
 
         Each message's ``id`` gets the node name in front (a message without one gets the node name); an engine
         that fails or refuses adds one error message naming it. When every engine refuses before streaming,
-        the first refusal is the answer (its status, the node named).
+        the first refusal is the answer (its status, the node named). A line holding ``once`` (``Loaded image``)
+        is sent once, as the first engine said it, however many engines say the same: clients count them.
         """
+        said: set[bytes] = set()
         if not engines:
             raise DockerError(500, "swarmha: no healthy node available in the cluster")
         lines: asyncio.Queue[tuple[Engine, bytes] | None] = asyncio.Queue(256)
@@ -115,9 +138,16 @@ class Images(Base):
                     live -= 1
                     continue
                 e, line = item
+                if once and once in line:
+                    if line in said:
+                        continue
+                    said.add(line)
+                    await ex.send(line + b"\r\n")
+                    continue
                 await ex.send(_renamed(e, line))
             if body is not None:
                 await body.finish()
+            await self.cluster.reread_images(engines)  # placement sees what came in before the client goes on
             await ex.end()
         finally:
             for t in tasks:
@@ -141,17 +171,23 @@ class Images(Base):
         engines = self.cluster.healthy()
         headers = [(b"content-type", ex.header("content-type", "application/x-tar").encode("latin-1"))]
         body = Tee(ex.body_chunks(), len(engines))
-        await self._merged(ex, engines, with_query("/images/load", ex.query_string), body, headers)
+        target = with_query("/images/load", ex.query_string)
+        await self._merged(ex, engines, target, body, headers, once=b'"stream":"Loaded image')
 
     async def get(self, ex: Exchange) -> None:
-        """``docker save a b``: from one engine that has the first image (it must have them all)."""
+        """``docker save a b``: from one healthy engine that has every image named, as Swarm chose it; 404
+        naming the image no engine has, else Swarm's "Unable to find a healthy engine containing all images"."""
         names = ex.query.get("names") or []
         if not names:
             raise DockerError(400, "swarmha: GET /images/get needs names")
-        have = await self.find("images", names[0])
-        if not have:
-            raise DockerError(404, f"No such image: {names[0]}")
-        await self.relay(ex, have[0])
+        holders = await asyncio.gather(*(self.find("images", n) for n in dict.fromkeys(names)))
+        for name, have in zip(dict.fromkeys(names), holders, strict=True):
+            if not have:
+                raise DockerError(404, f"No such image: {name}")
+        common = [e for e in holders[0] if all(any(x.addr == e.addr for x in h) for h in holders[1:])]
+        if not common:
+            raise DockerError(404, "Unable to find a healthy engine containing all images")
+        await self.relay(ex, common[0])
 
     async def build(self, ex: Exchange) -> None:
         """``docker build``, placed on one engine; ``--build-arg constraint:node==X`` (and other constraints)
@@ -170,6 +206,7 @@ class Images(Base):
         parts = urlsplit(ex.target)
         target = with_query(parts.path, replace_query(parts.query, buildargs=json.dumps(args) if raw else None))
         await self.relay(ex, engine, target)
+        await self.cluster.reread_images([engine])
 
     # -- one image -------------------------------------------------------------------------------------------
 
@@ -187,6 +224,7 @@ class Images(Base):
         body = await ex.body()
         answers = await self.gather(ex.method, ex.target, engines, body=body if body else None, timeout=120)
         good = [(e, r) for e, r in answers if r is not None and r.status == ok]
+        await self.cluster.reread_images(engines)
         if not good:
             first = answers[0][1]
             status = first.status if first is not None else 502

@@ -21,7 +21,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from swarmha.manager.api._base import Base, local_name, respond_json
+from swarmha.manager.api._base import Base, engine_error_message, local_name, respond_json
 from swarmha.manager.api._docker import DockerError, encode_filters, json_object, replace_query, with_query
 from swarmha.manager.cluster import Engine, NoEngine
 from swarmha.manager.http import Exchange
@@ -49,14 +49,38 @@ async def place_named(api: Base, labels: dict[str, Any]) -> Engine:
     return engine
 
 
+def unknown_node(api: Base, name: str) -> None:
+    """A ``node/name`` whose node is no engine's name: Swarm's scheduler error for ``constraint:node==node``
+    (DockerError 500), as Swarm refused it; a name without ``/`` passes."""
+    node, sep, _ = name.partition("/")
+    if sep and node:
+        try:
+            api.cluster.place({"Env": [f"constraint:node=={node}"]})
+        except NoEngine as e:
+            raise DockerError(500, f"swarmha: {e}") from e
+
+
 class Networks(Base):
     async def listing(self, ex: Exchange) -> None:
         filters = self.filters(ex)
+        for kind in filters.get("type", []):
+            if kind not in ("custom", "builtin"):  # Swarm's and dockerd's check, whatever the engines' version
+                raise DockerError(400, f"Invalid filter: 'type'='{kind}'")
         engines = self.pinned_engines(filters, "name")
         query = replace_query(ex.query_string, filters=encode_filters(filters) if filters else None)
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
-        for e, items in await self.gather_json(with_query("/networks", query), engines):
+        answers = await self.gather("GET", with_query("/networks", query), engines)
+        for e, r in answers:
+            if r is not None and r.status == 400:  # a filter the engines refuse (type=foo): dockerd's 400
+                raise DockerError(400, engine_error_message(e, r))
+        for e, r in answers:
+            if r is None or r.status != 200:
+                continue
+            try:
+                items = r.json()
+            except ValueError:
+                continue
             for item in items if isinstance(items, list) else []:
                 if item.get("Scope", "local") == "local":
                     item["Name"] = local_name(e, str(item.get("Name", "")))
@@ -76,6 +100,9 @@ class Networks(Base):
             raise DockerError(400, "swarmha: a network needs a Name")
         e, real = self.split_node(name)
         if e is None:
+            unknown_node(self, name)
+            if config.get("CheckDuplicate") and await self.find("networks", name):
+                raise DockerError(409, f"network with name {name} already exists")
             e = await place_named(self, config.get("Labels") or {})
         config["Name"] = real
         r = await self.call(e, "POST", "/networks/create", body=json.dumps(config).encode(),

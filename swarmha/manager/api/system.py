@@ -127,6 +127,10 @@ class System(Base):
         nodes = filters.pop("node", None)
         query = replace_query(ex.query_string, filters=encode_filters(filters) if filters else None)
         since, until = _timestamp(ex.arg("since")), _timestamp(ex.arg("until"))
+        if until is not None and since is None:
+            # --until alone: what happens from now until then, as Swarm streamed it; not the engines' own replay
+            # of their past events (dockerd reads --until without --since as "the buffered past up to until")
+            query = replace_query(query, since=f"{time.time():.9f}")
         types, actions = filters.get("type"), filters.get("event")
 
         def wanted(event: dict[str, Any]) -> bool:

@@ -94,6 +94,8 @@ class Node:
     images: list[Image] = attrs.field(factory=list)
     total_cpus: float = 0.0
     total_memory: int = 0
+    #: Swarm's health indicator: 100 when the last requests succeeded, lower after recent failures.
+    health: int = 100
 
     @property
     def used_cpus(self) -> float:

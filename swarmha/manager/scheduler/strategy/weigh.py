@@ -3,7 +3,8 @@
 For each node: its CPU score is ``(reserved CPUs + requested) * 100 / node CPUs`` when the request reserves CPUs
 (``-c``/``--cpu-shares`` counted as CPUs, plus ``--cpus``), else 100; its memory score likewise with ``-m``. A node
 whose score passes 100 on either (or smaller than the request) cannot take the container. The weight is
-``cpu + memory + health_factor * health`` (health 100 for a healthy node). No node left: ``no resources
+``cpu + memory + health_factor * health`` (health 100 for a healthy node whose last requests succeeded, less after
+recent failures: :attr:`Node.health`). No node left: ``no resources
 available to schedule container``.
 """
 
@@ -17,7 +18,6 @@ from swarmha.manager.scheduler.request import Request, SchedulingError
 __all__ = ["NO_RESOURCES", "weigh"]
 
 NO_RESOURCES = "no resources available to schedule container"
-_HEALTH = 100
 
 
 def _score(used: float, wanted: float, total: float) -> int:
@@ -35,7 +35,7 @@ def weigh(request: Request, nodes: list[Node], health_factor: int) -> list[tuple
         cpu = _score(n.used_cpus, request.cpus, n.total_cpus)
         memory = _score(n.used_memory, request.memory, n.total_memory)
         if cpu <= 100 and memory <= 100:
-            out.append((cpu + memory + health_factor * _HEALTH, n))
+            out.append((cpu + memory + health_factor * n.health, n))
     if not out:
         raise SchedulingError(NO_RESOURCES)
     return out
