@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from swarmha.manager.http import READ_SIZE, BadRequest, ClientGone, Exchange
 from swarmha.manager.upstream import (
@@ -52,7 +53,7 @@ from swarmha.manager.upstream import (
     request_head,
 )
 
-__all__ = ["forward", "splice"]
+__all__ = ["forward", "pump_while_connected", "splice"]
 
 
 def _request_headers(ex: Exchange, body: bytes | None, host: bytes) -> list[tuple[bytes, bytes]]:
@@ -216,22 +217,30 @@ async def _relay(
         await ex.complete(head.status, headers, data, head.reason)
         return keep
     await ex.start(head.status, headers, head.reason)
-    pump = asyncio.ensure_future(_pump(ex, reader, kind, length, up))
+    await pump_while_connected(ex, _pump(ex, reader, kind, length, up))
+    return keep
+
+
+async def pump_while_connected(ex: Exchange, pump: Coroutine[Any, Any, None]) -> None:
+    """Run ``pump`` (which sends a streamed response's body to ``ex``) until it ends or the client leaves.
+
+    Raises what ``pump`` raised, or :class:`ClientGone` when the client closed its connection first (``pump`` is
+    then cancelled and awaited, so nothing of it outlives the call)."""
+    task = asyncio.ensure_future(pump)
     gone = asyncio.ensure_future(ex.client_closed())
     try:
-        await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (pump, gone):
-            if not task.done():
-                task.cancel()
+        for t in (task, gone):
+            if not t.done():
+                t.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await gone
-    if not pump.done():
+    if not task.done():
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pump
+            await task
         raise ClientGone("client closed the connection during a streamed response")
-    pump.result()
-    return keep
+    task.result()
 
 
 async def _pump(ex: Exchange, reader: asyncio.StreamReader, kind: str, length: int, up: Upstream) -> None:

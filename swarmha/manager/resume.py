@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import calendar
 import collections
-import contextlib
 import hashlib
 import json
 import re
@@ -44,6 +43,7 @@ import time
 from typing import Any
 
 from swarmha.manager.api._docker import replace_query
+from swarmha.manager.forward import pump_while_connected
 from swarmha.manager.http import ClientGone, Exchange
 from swarmha.manager.upstream import BROKEN, HOP, Streamed, Upstream, UpstreamBroken, stream
 
@@ -358,21 +358,7 @@ async def _relay(ex: Exchange, r: Streamed, up: Upstream, cursor: Cursor, first:
         await ex.start(r.status, cursor.begin(r.status, r.headers))
     elif r.status != cursor.status or not chunked:
         raise ClientGone(f"{up} answered {r.status} to the resumed stream: giving it up")
-    pump = asyncio.ensure_future(_pump(ex, r.chunks(), cursor, up))
-    gone = asyncio.ensure_future(ex.client_closed())
-    try:
-        await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (pump, gone):
-            if not task.done():
-                task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await gone
-    if not pump.done():
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pump
-        raise ClientGone("client closed the connection during a streamed response")
-    pump.result()
+    await pump_while_connected(ex, _pump(ex, r.chunks(), cursor, up))
 
 
 async def _pump(ex: Exchange, chunks: Any, cursor: Cursor, up: Upstream) -> None:
