@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator, Callable
 from swarmha._context import AsyncStopsOnExit
 from swarmha.election._face import CandidateBase, FollowerBase, latest
 from swarmha.election._lease import Lease
-from swarmha.election._machinery import Event, Kind, Transitions
 from swarmha.election._values import Leader
+from swarmha.election._worker import Event, Kind, Transitions
 
 __all__ = ["Candidate", "Follower", "Lease"]
 

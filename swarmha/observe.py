@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from swarmha.election._machinery import Observation, observers
+from swarmha.election._worker import Observation, observers
 
 __all__ = ["Observation", "PrometheusObserver", "add_observer"]
 

@@ -1,6 +1,6 @@
 """What the sync and asyncio faces share, so both have the same members with the same meaning by construction.
 
-:class:`CandidateBase` and :class:`FollowerBase` hold the state machine (:mod:`swarmha.election._machinery`) and
+:class:`CandidateBase` and :class:`FollowerBase` hold the state machine (:mod:`swarmha.election._campaign`) and
 every member that does not wait: the read-only properties, ``start()``, ``stop_on_signals()`` and ``__repr__``.
 Each face (:mod:`swarmha.election._sync`, :mod:`swarmha.aio`) adds only the members whose shape differs between
 blocking and ``async`` code: the iterator, ``resign`` and ``stop``. Neither face reaches into the other.
@@ -20,9 +20,11 @@ from typing import Any, Self
 
 from swarmha.discovery import Discovery
 from swarmha.discovery._base import check_ttl
+from swarmha.election._campaign import Campaign
 from swarmha.election._lease import Lease
-from swarmha.election._machinery import Campaign, Event, Follow, Kind, Phase, _Worker
+from swarmha.election._phases import Phase
 from swarmha.election._values import Leader, Term
+from swarmha.election._worker import Event, Follow, Kind, _Worker
 from swarmha.errors import ConfigurationError
 
 __all__ = ["DEFAULT_SIGNALS", "CandidateBase", "FollowerBase", "latest"]
@@ -144,8 +146,9 @@ class CandidateBase(_Face):
 
     @property
     def lease(self) -> Lease | None:
-        """The shared :class:`~swarmha.Lease` this candidate campaigns with, or None (a session of its own)."""
-        return self._campaign.lease
+        """The shared :class:`~swarmha.Lease` this candidate campaigns with, or None (a private lease of its own)."""
+        lease = self._campaign.lease
+        return None if lease.private else lease
 
     @property
     def phase(self) -> Phase:

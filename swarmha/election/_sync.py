@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 
 from swarmha._context import StopsOnExit
 from swarmha.election._face import CandidateBase, FollowerBase, latest
-from swarmha.election._machinery import Event, Kind, Transitions
 from swarmha.election._values import Leader
+from swarmha.election._worker import Event, Kind, Transitions
 
 __all__ = ["Candidate", "Follower"]
 
