@@ -344,6 +344,7 @@ class Campaign(_Worker):
         # sets up its watch (a gRPC stream on etcd). 1 ms (cut short by stop/resign) is nothing against the
         # renewal period. One-off probe, etcd, two processes: elected -> run_for_election's True 0.26 -> 0.09 ms.
         yield Park(None, time.monotonic() + 0.001)
+        self.lease.keep(session)  # after the consumer's wake-up: its first renewal is ttl/3 away
 
     def _on_error(self, error: BaseException) -> None:
         lead = self._lead

@@ -141,15 +141,21 @@ class Lease(ClosesOnExit):
 
     def claimed(self, session: Session, sent: float) -> None:
         """A create with ``session`` won a key; the claim was sent at ``sent`` (a private lease's clock starts
-        there: its session was opened, or its ticket's clock restarted, for this claim)."""
+        there: its session was opened, or its ticket's clock restarted, for this claim). Call :meth:`keep` next."""
         if not self.private:
             return
         with self._lock:
-            if session is not self._session:
-                return
-            self._ticket = False
-            self._ok_sent = sent
-            self._keep(session)
+            if session is self._session:
+                self._ticket = False
+                self._ok_sent = sent
+
+    def keep(self, session: Session) -> None:
+        """A private lease starts renewing ``session`` (its term began); a shared one renews from its opening."""
+        if not self.private:
+            return
+        with self._lock:
+            if session is self._session and not self._closed:
+                self._keep(session)
 
     def unclaimed(self, session: Session) -> None:
         """A create with ``session`` did not win: a private lease keeps a ticket (still queued), closes the rest."""
@@ -175,9 +181,7 @@ class Lease(ClosesOnExit):
             self.discovery.delete(key, token)
             return
         with self._lock:
-            keeper = self._forget(session)
-        if keeper is not None:
-            keeper.interrupt()
+            self._forget(session)  # the keeper ends at its next renewal time: no wake-up on the handover's path
         self.discovery.release(key, token, session)
 
     # -- validity ------------------------------------------------------------------------------------------
