@@ -107,6 +107,7 @@ class Candidate(CandidateBase, AsyncStopsOnExit):
     ) -> AsyncIterator[bool]:
         try:
             while True:
+                transitions.resumed()
                 try:
                     event = await inbox.get(transitions.timeout())
                 except TimeoutError:
@@ -118,18 +119,31 @@ class Candidate(CandidateBase, AsyncStopsOnExit):
                 if event.kind is Kind.END:
                     return
         finally:
+            transitions.resumed()
             unsubscribe()
 
     async def resign(self) -> None:
         """Hand leadership over now and keep campaigning (see :meth:`swarmha.Candidate.resign`)."""
         self._campaign.resign()
 
+    async def transfer(self, to: str, timeout: float = 10.0) -> bool:
+        """Hand leadership to the waiting candidate ``to`` (see :meth:`swarmha.Candidate.transfer`)."""
+        handoff = self._campaign.transfer(to, timeout, back=threading.get_ident())
+        await asyncio.to_thread(handoff.done.wait, timeout + self.ttl)
+        return handoff.result
+
     async def stop(self, timeout: float | None = None) -> None:
         """Stop campaigning, release the key if held, wait (up to ``timeout``) for the thread. Idempotent.
 
         Runs on a worker thread of the loop's default executor, so the loop is not blocked meanwhile.
         """
-        await asyncio.to_thread(self._stop_now, timeout)
+        loop_thread = threading.get_ident()  # a consumer awaiting this in its loop counts as come back
+
+        def stop() -> None:
+            self._campaign.stop(timeout, back=loop_thread)
+            self._restore_signals()
+
+        await asyncio.to_thread(stop)
 
 
 class Follower(FollowerBase, AsyncStopsOnExit):

@@ -27,20 +27,36 @@ def test_every_pair_is_a_move_or_ignored(phase: Phase, signal: Signal) -> None:
     # ELECTED exactly on entering LEADING; LOST exactly on leaving it
     assert (Action.ELECTED in actions) == (after is Phase.LEADING and phase is not Phase.LEADING)
     assert (Action.LOST in actions) == (phase is Phase.LEADING and after is not Phase.LEADING)
-    # the key is released only for a term that ended first, and only on a graceful end
+    # the key is released only for a term that ended first (LOST in this move, or DRAINING: in the move that
+    # entered it), only on a graceful end, and is held only in LEADING and DRAINING
     if Action.RELEASE in actions:
-        assert actions.index(Action.LOST) < actions.index(Action.RELEASE)
-        assert signal in (Signal.RESIGN, Signal.STOP, Signal.END)
+        assert phase in (Phase.LEADING, Phase.DRAINING)
+        if phase is Phase.LEADING:
+            assert actions.index(Action.LOST) < actions.index(Action.RELEASE)
+        assert signal in (Signal.RESIGN, Signal.TRANSFER, Signal.STOP, Signal.END)
+    holds_key = (Phase.LEADING, Phase.DRAINING)
+    if phase in holds_key and after not in holds_key:
+        assert Action.RELEASE in actions or signal is Signal.DEMOTE, "a key left behind"
     # END is emitted exactly on entering STOPPED, as the last action
     assert (Action.ENDED in actions) == (after is Phase.STOPPED)
     if Action.ENDED in actions:
         assert actions[-1] is Action.ENDED
 
 
-def test_a_term_lost_to_the_store_is_never_released() -> None:
-    """DEMOTE ends the term without a release: the key is already gone, or the store could not be reached."""
+def test_a_term_lost_to_the_store_is_never_released_nor_drained() -> None:
+    """DEMOTE ends the term at once, without a release: the key is already gone, or the store could not be
+    reached; a drain in progress ends with it."""
     assert step(Phase.LEADING, Signal.DEMOTE) == (Phase.WAITING, (Action.LOST,))
-    assert all(step(p, Signal.DEMOTE) is None for p in Phase if p is not Phase.LEADING)
+    assert step(Phase.DRAINING, Signal.DEMOTE) == (Phase.WAITING, ())
+    assert all(step(p, Signal.DEMOTE) is None for p in Phase if p not in (Phase.LEADING, Phase.DRAINING))
+
+
+def test_a_drained_end_delivers_lost_first_and_releases_with_the_end_asked_for() -> None:
+    assert step(Phase.LEADING, Signal.DRAIN) == (Phase.DRAINING, (Action.LOST,))
+    for end in (Signal.STOP, Signal.RESIGN, Signal.TRANSFER):
+        leading, draining = step(Phase.LEADING, end), step(Phase.DRAINING, end)
+        assert leading is not None and draining is not None
+        assert leading[0] == draining[0] and leading[1] == (Action.LOST, *draining[1])
 
 
 def test_stopped_is_the_only_end_and_every_phase_reaches_it() -> None:

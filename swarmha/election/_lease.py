@@ -173,11 +173,13 @@ class Lease(ClosesOnExit):
             keeper.interrupt()
         session.close()
 
-    def release(self, key: str, token: int, session: Session) -> None:
+    def release(self, key: str, token: int, session: Session, *, keep: bool = False) -> None:
         """Hand over ``key`` (created with ``token`` through ``session``): a private lease removes it and ends
         the session (``Discovery.release``: one round trip where the store allows); a shared one deletes only
-        the key (compare-and-delete), the session carries others. Raises DiscoveryError as those do."""
-        if not self.private:
+        the key (compare-and-delete), the session carries others. ``keep``: a private lease keeps the session
+        too (and renews it), for keys still bound to it (a transfer's marker); :meth:`drop` ends it later.
+        Raises DiscoveryError as those do."""
+        if not self.private or keep:
             self.discovery.delete(key, token)
             return
         with self._lock:

@@ -6,15 +6,20 @@ machine does next (campaign for the key, lead it, release it, end). Something th
 carry out, in order::
 
     LATENT ─START─> WAITING ⇄ QUEUED ──WIN──> LEADING ──STOP──> STOPPING ──END──> STOPPED
-                       ^                         │
-                       └─ DEMOTE / RESIGN ───────┘
+                       ^                         │  │                 ^
+                       ├─ DEMOTE / RESIGN / ─────┘  DRAIN             │
+                       │  TRANSFER                  v                 │
+                       └──── RESIGN / TRANSFER ── DRAINING ── STOP ───┘
 
 WAITING and QUEUED differ only in whether the campaign holds a ticket in the key's queue
-(``Discovery.prepare``). A pair missing from the table is a signal the phase ignores (a DEMOTE of a campaign
+(``Discovery.prepare``). DRAINING is a graceful end with ``drain``: the term is over (LOST delivered) but the
+key stays until the consumer of the elections came back for its next value; then the end it was (STOP, RESIGN,
+TRANSFER) releases it. A pair missing from the table is a signal the phase ignores (a DEMOTE of a campaign
 that no longer leads, a RESIGN while waiting): :func:`step` answers None for it.
 
 Guarantees of the table (pinned by a test that walks it): ELECTED is emitted exactly on entering LEADING, LOST
-exactly on leaving it and always before the key is released; STOPPED is the only phase with no way out, and
+exactly on leaving it and always before the key is released (the key is held only in LEADING and DRAINING, and
+released only on leaving them gracefully); STOPPED is the only phase with no way out, and
 every phase reaches it on STOP (then END).
 """
 
@@ -32,6 +37,7 @@ class Phase(enum.Enum):
     WAITING = "waiting"  # campaigning or waiting for the key, with no ticket
     QUEUED = "queued"  # waiting with a ticket in the key's queue (Discovery.prepare)
     LEADING = "leading"
+    DRAINING = "draining"  # the term ended gracefully; the key goes once the consumer took the False
     STOPPING = "stopping"  # stop() was called; releasing
     STOPPED = "stopped"
 
@@ -45,6 +51,8 @@ class Signal(enum.Enum):
     WIN = "win"  # a create() won the key
     DEMOTE = "demote"  # the term was lost to the store (deadline, session expired, key taken)
     RESIGN = "resign"  # resign(): release the key, let a waiting candidate win first, campaign again
+    TRANSFER = "transfer"  # transfer(): release the key for the named candidate (marked), wait for it to win
+    DRAIN = "drain"  # a graceful end with drain: end the term now, release the key once the consumer is done
     STOP = "stop"  # stop(): release the key if held, end
     END = "end"  # the machine ran its last step
 
@@ -71,9 +79,17 @@ TABLE: dict[tuple[Phase, Signal], tuple[Phase, tuple[Action, ...]]] = {
     **{(phase, Signal.STOP): (Phase.STOPPING, ()) for phase in _WAITERS},
     (Phase.LEADING, Signal.DEMOTE): (Phase.WAITING, (Action.LOST,)),
     (Phase.LEADING, Signal.RESIGN): (Phase.WAITING, (Action.LOST, Action.RELEASE, Action.HOLDOFF)),
+    (Phase.LEADING, Signal.TRANSFER): (Phase.WAITING, (Action.LOST, Action.RELEASE, Action.HOLDOFF)),
     (Phase.LEADING, Signal.STOP): (Phase.STOPPING, (Action.LOST, Action.RELEASE)),
+    (Phase.LEADING, Signal.DRAIN): (Phase.DRAINING, (Action.LOST,)),
+    # draining: the term is over already; the key goes with the end that was asked for, or with the store
+    (Phase.DRAINING, Signal.DEMOTE): (Phase.WAITING, ()),
+    (Phase.DRAINING, Signal.RESIGN): (Phase.WAITING, (Action.RELEASE, Action.HOLDOFF)),
+    (Phase.DRAINING, Signal.TRANSFER): (Phase.WAITING, (Action.RELEASE, Action.HOLDOFF)),
+    (Phase.DRAINING, Signal.STOP): (Phase.STOPPING, (Action.RELEASE,)),
     **{(phase, Signal.END): (Phase.STOPPED, (Action.ENDED,)) for phase in (Phase.LATENT, *_WAITERS, Phase.STOPPING)},
     (Phase.LEADING, Signal.END): (Phase.STOPPED, (Action.LOST, Action.RELEASE, Action.ENDED)),
+    (Phase.DRAINING, Signal.END): (Phase.STOPPED, (Action.RELEASE, Action.ENDED)),
 }
 
 

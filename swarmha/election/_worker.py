@@ -190,6 +190,10 @@ class _Worker:
         """True when stop (or a subclass's request) wants the current wait to end. Caller holds the lock."""
         return self._stopping
 
+    def _more(self) -> bool:
+        """True while the machine has steps to run (until stop, unless a subclass has more to finish)."""
+        return not self._stopping
+
     def _interrupted_now(self) -> bool:
         with self._lock:
             return self._interrupted()
@@ -203,11 +207,11 @@ class _Worker:
 
     def _main(self) -> Steps:
         try:
-            while not self._stopping:
+            while self._more():
                 attempt = 0
                 while True:
                     try:
-                        if not self._stopping:
+                        if self._more():
                             yield from self._step()
                         break
                     except Exception as error:
@@ -274,13 +278,17 @@ class Follow(_Worker):
 
 
 class Terms(Protocol):
-    """What :class:`Transitions` reads of a campaign."""
+    """What :class:`Transitions` reads of a campaign, and tells it."""
 
     @property
     def term(self) -> Term | None: ...
 
     @property
     def deadline(self) -> float: ...
+
+    def attach(self, transitions: Transitions) -> None: ...
+
+    def came_back(self, consumer: Transitions | int) -> None: ...
 
 
 class Transitions:
@@ -293,10 +301,30 @@ class Transitions:
     def __init__(self, campaign: Terms) -> None:
         self._campaign = campaign
         self._term: Term | None = None
+        self._owes = False  # a False was handed out and the consumer has not come back for more yet
+        self.thread: int | None = None  # the thread that last asked for a value (the consumer's, or its loop's)
+        campaign.attach(self)
 
     @property
     def leading(self) -> bool:
         return self._term is not None
+
+    @property
+    def term(self) -> Term | None:
+        """The term this consumer was told it leads (its last True), or None."""
+        return self._term
+
+    def resumed(self) -> None:
+        """The consumer asks for its next value (or left the loop): a drained release may go ahead."""
+        self.thread = threading.get_ident()
+        if self._owes:
+            self._owes = False
+            self._campaign.came_back(self)
+
+    def _false(self) -> list[bool]:
+        self._term = None
+        self._owes = True
+        return [False]
 
     def timeout(self) -> float | None:
         """How long the consumer may block before it must call :meth:`on_timeout`."""
@@ -306,8 +334,7 @@ class Transitions:
 
     def on_timeout(self) -> list[bool]:
         if self._term is not None and self._campaign.term != self._term:
-            self._term = None
-            return [False]
+            return self._false()
         return []
 
     def on_event(self, event: Event) -> list[bool]:
@@ -316,6 +343,5 @@ class Transitions:
             return [True]
         ends_term = event.kind is Kind.END or (event.kind is Kind.LOST and event.term == self._term)
         if ends_term and self._term is not None:
-            self._term = None
-            return [False]
+            return self._false()
         return []
