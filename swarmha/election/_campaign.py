@@ -21,6 +21,12 @@ ELECTED (entering LEADING) and LOST (leaving it) and releases the key. The phase
 * Store errors never end the campaign: every step is retried with jittered exponential backoff. A term that
   ended while the store could not be reached leaves its key behind (*leftover*): it is deleted by token once
   the store answers, before the next claim.
+* Steering (:mod:`swarmha.election._control`): a claim that wins checks the transfer marker and the registry
+  before its term begins, and gives the key back if another is to have it. TRANSFER marks the key for the
+  target, then ends the term like RESIGN, and the old leader waits (no claim) until the target holds the key or
+  the transfer's deadline. With ``drain`` a graceful end goes by way of DRAINING: LOST at once, the release once
+  every consumer that was told True came back for its next value (:meth:`Campaign.came_back`) or ``drain``
+  seconds passed.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import attrs
 
 from swarmha.discovery import Discovery, Record, Session, Watch
 from swarmha.discovery._base import check_ttl
-from swarmha.election._control import Handoff, Steering
+from swarmha.election._control import Drain, Handoff, Steering
 from swarmha.election._engine import Park
 from swarmha.election._lease import Lease, Loss
 from swarmha.election._phases import Action, Phase, Signal, step
@@ -58,16 +64,6 @@ class _Lead:
     record: Record
     watch: Watch | None = None
     unwake: Callable[[], None] | None = None  # removes the lease's wake-up of this term
-
-
-@attrs.define(eq=False)
-class _Drain:
-    """A graceful end waiting for the consumers: the end it is, and until when it waits for whom."""
-
-    ending: Signal
-    reason: str
-    until: float
-    owing: set[Transitions]
 
 
 class Campaign(_Worker):
@@ -122,7 +118,7 @@ class Campaign(_Worker):
         self._steer = Steering(discovery, self.key, node, priority, registers=priority != 0 or self.preempt)
         self._presence: Lease | None = None  # a private lease's registration session (shared: the lease's)
         self._transfer: Handoff | None = None  # a transfer asked for and not decided yet
-        self._draining: _Drain | None = None  # while DRAINING: the end waiting for the consumers
+        self._draining: Drain | None = None  # while DRAINING: the end waiting for the consumers
         self._consumers: weakref.WeakSet[Transitions] = weakref.WeakSet()  # the iterators' transitions
         self._phase = Phase.LATENT
         self._lead: _Lead | None = None  # the term, while LEADING
@@ -244,7 +240,7 @@ class Campaign(_Worker):
             return self._fire(signal, reason)
         term = self._lead.term
         owing = {t for t in self._consumers if t.term == term and (back is None or t.thread != back)}
-        self._draining = _Drain(signal, reason, time.monotonic() + self.drain, owing)
+        self._draining = Drain(signal, reason, time.monotonic() + self.drain, owing)
         return self._fire(Signal.DRAIN, reason)
 
     # -- the one transition point ------------------------------------------------------------------------

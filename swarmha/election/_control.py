@@ -30,8 +30,21 @@ from collections.abc import Mapping
 import attrs
 
 from swarmha.discovery import Discovery, Record, Session
+from swarmha.election._phases import Signal
+from swarmha.election._worker import Transitions
 
-__all__ = ["Handoff", "Registrant", "Steering", "registry_prefix", "transfer_key"]
+__all__ = ["Drain", "Handoff", "Registrant", "Steering", "registry_prefix", "transfer_key"]
+
+
+@attrs.define(eq=False)
+class Drain:
+    """A graceful end waiting for the consumers (DRAINING): the end it is (a Signal), and until when it waits
+    for whom (the iterators' Transitions that were told True and have not come back)."""
+
+    ending: Signal
+    reason: str
+    until: float
+    owing: set[Transitions]
 
 
 @attrs.define(eq=False)
