@@ -231,3 +231,30 @@ def test_the_asyncio_face_transfers_too(discovery: swarmha.Discovery) -> None:
                 await a.transfer("b")
 
     asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_a_term_lost_to_an_outage_says_since_when_the_store_was_unreachable(store: StoreFixture) -> None:
+    if not store.can_stop:
+        pytest.skip("this store cannot be stopped")
+    d = swarmha.connect(store.url())
+    c = swarmha.Candidate(d, "svc/outage", node="n", ttl=SHORT_TTL)
+    reasons: list[str | None] = []
+    remove = add_observer(lambda o: reasons.append(o.reason) if o.kind == "lost" else None)
+    try:
+        elections = c.run_for_election()
+        assert next(elections) is True
+        store.stop()
+        assert next(elections) is False
+        reason = c.lost_reason
+        assert reason is not None
+        wait_for(lambda: reasons, 5.0, "the observers' lost event")
+        assert reasons == [reason]
+        assert "renew_deadline" in reason or "session" in reason, reason
+        if "renew_deadline" in reason:
+            assert "the store unreachable since" in reason, reason
+    finally:
+        remove()
+        store.start()
+        c.stop()
+        d.close()

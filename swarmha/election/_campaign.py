@@ -156,7 +156,11 @@ class Campaign(_Worker):
 
     @property
     def lost_reason(self) -> str | None:
-        """Why the last term ended ("stopped", "resigned", or what the store did), or None if none ended yet."""
+        """Why the last term ended ("stopped", "resigned", or what the store did), or None if none ended yet.
+        A term over by the clock whose machine has not noticed yet (a consumer told by its deadline) says why."""
+        lead = self._lead
+        if self._phase is Phase.LEADING and lead is not None and self.term is None:
+            return self.lease.loss(lead.session, self.renew_deadline).reason
         return self._lost_reason
 
     def stop(self, timeout: float | None = None, *, back: int | None = None) -> None:
