@@ -80,6 +80,11 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _task_id() -> int:
+    """Who consumes on the asyncio face: the current task (a drained end waits for a consumer, not a thread)."""
+    return id(asyncio.current_task())
+
+
 def _unsubscribed_when_dropped(iterator: AsyncIterator[object], unsubscribe: Callable[[], None]) -> None:
     """An iterator dropped before its first ``anext()`` never runs its ``finally``: unsubscribe on collection."""
     weakref.finalize(iterator, unsubscribe)
@@ -107,7 +112,7 @@ class Candidate(CandidateBase, AsyncStopsOnExit):
     ) -> AsyncIterator[bool]:
         try:
             while True:
-                transitions.resumed()
+                transitions.resumed(_task_id())
                 try:
                     event = await inbox.get(transitions.timeout())
                 except TimeoutError:
@@ -119,7 +124,7 @@ class Candidate(CandidateBase, AsyncStopsOnExit):
                 if event.kind is Kind.END:
                     return
         finally:
-            transitions.resumed()
+            transitions.resumed(_task_id())
             unsubscribe()
 
     async def resign(self) -> None:
@@ -128,7 +133,7 @@ class Candidate(CandidateBase, AsyncStopsOnExit):
 
     async def transfer(self, to: str, timeout: float = 10.0) -> bool:
         """Hand leadership to the waiting candidate ``to`` (see :meth:`swarmha.Candidate.transfer`)."""
-        handoff = self._campaign.transfer(to, timeout, back=threading.get_ident())
+        handoff = self._campaign.transfer(to, timeout, back=_task_id())
         await asyncio.to_thread(handoff.done.wait, timeout + self.ttl)
         return handoff.result
 
@@ -137,10 +142,10 @@ class Candidate(CandidateBase, AsyncStopsOnExit):
 
         Runs on a worker thread of the loop's default executor, so the loop is not blocked meanwhile.
         """
-        loop_thread = threading.get_ident()  # a consumer awaiting this in its loop counts as come back
+        me = _task_id()  # the consumer's own task awaiting this in its loop counts as come back
 
         def stop() -> None:
-            self._campaign.stop(timeout, back=loop_thread)
+            self._campaign.stop(timeout, back=me)
             self._restore_signals()
 
         await asyncio.to_thread(stop)

@@ -258,3 +258,52 @@ def test_a_term_lost_to_an_outage_says_since_when_the_store_was_unreachable(stor
         store.start()
         c.stop()
         d.close()
+
+
+def test_a_consumer_that_stops_inside_its_loop_does_not_wait_for_its_own_drain(discovery: swarmha.Discovery) -> None:
+    key = "svc/selfstop"
+    a = swarmha.Candidate(discovery, key, node="a", ttl=TTL, drain=30.0)
+    b = swarmha.Candidate(discovery, key, node="b", ttl=TTL)
+    try:
+        for elected in a.run_for_election():
+            if elected:
+                b.start()
+                started = time.monotonic()
+                a.stop()  # the consumer itself: it is done with the term, nothing to wait for
+                assert time.monotonic() - started < 10.0, "stop() waited for the drain timeout"
+        wait_for(lambda: b.is_leader, 10.0, "b to lead")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_the_asyncio_face_drains_too(discovery: swarmha.Discovery, terms: list[tuple[str, str, int, float]]) -> None:
+    key = "svc/aiodrain"
+    came_back: list[float] = []
+
+    async def main() -> None:
+        a = swarmha.aio.Candidate(discovery, key, node="a", ttl=TTL, drain=10.0)
+        b = swarmha.aio.Candidate(discovery, key, node="b", ttl=TTL)
+        led = asyncio.Event()
+
+        async def consume() -> None:
+            async for elected in a.run_for_election():
+                if elected:
+                    led.set()
+                else:
+                    await asyncio.sleep(0.3)  # the term's work winding down, on the loop
+                    came_back.append(time.monotonic())
+
+        consumer = asyncio.create_task(consume())
+        async with b:
+            await asyncio.wait_for(led.wait(), 10.0)
+            b.start()
+            await asyncio.sleep(0.2)
+            await a.stop()
+            await asyncio.wait_for(consumer, 10.0)
+            while not b.is_leader:
+                await asyncio.sleep(0.005)
+
+    asyncio.run(main())
+    (elected_at,) = [t for k, node, _, t in terms if k == key and node == "b"]
+    assert came_back and elected_at > came_back[0], "the successor began before the consumer came back"

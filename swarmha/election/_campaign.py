@@ -239,6 +239,10 @@ class Campaign(_Worker):
         if self._phase is Phase.DRAINING and drain is not None:
             if signal is Signal.STOP:
                 drain.ending, drain.reason = Signal.STOP, reason  # the pending end becomes a stop
+            if back is not None and drain.owing:
+                drain.owing = {t for t in drain.owing if t.thread != back}
+                if not drain.owing:
+                    self._interrupt()
             return True
         if self.drain is None or self._phase is not Phase.LEADING or self._lead is None:
             return self._fire(signal, reason)

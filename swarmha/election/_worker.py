@@ -302,7 +302,8 @@ class Transitions:
         self._campaign = campaign
         self._term: Term | None = None
         self._owes = False  # a False was handed out and the consumer has not come back for more yet
-        self.thread: int | None = None  # the thread that last asked for a value (the consumer's, or its loop's)
+        #: who last asked for a value: the consumer's thread (``threading.get_ident()``), or its asyncio task's id
+        self.thread: int | None = None
         campaign.attach(self)
 
     @property
@@ -314,9 +315,10 @@ class Transitions:
         """The term this consumer was told it leads (its last True), or None."""
         return self._term
 
-    def resumed(self) -> None:
-        """The consumer asks for its next value (or left the loop): a drained release may go ahead."""
-        self.thread = threading.get_ident()
+    def resumed(self, consumer: int | None = None) -> None:
+        """The consumer (``consumer``: its identity, default the calling thread's) asks for its next value, or
+        left the loop: a drained release may go ahead."""
+        self.thread = threading.get_ident() if consumer is None else consumer
         if self._owes:
             self._owes = False
             self._campaign.came_back(self)
