@@ -44,7 +44,7 @@ from swarmha.discovery import Discovery, Record, Session, Watch
 from swarmha.discovery._base import check_ttl
 from swarmha.election._control import Drain, Handoff, Steering
 from swarmha.election._engine import Park
-from swarmha.election._lease import Lease, Loss
+from swarmha.election._lease import Lease, Loss, check_renew_deadline
 from swarmha.election._phases import Action, Phase, Signal, step
 from swarmha.election._values import Term
 from swarmha.election._worker import MAX_BACKOFF, Event, Kind, Steps, Transitions, _Worker
@@ -91,13 +91,7 @@ class Campaign(_Worker):
                 raise ConfigurationError("the lease belongs to another Discovery than the candidate's")
             ttl = lease.ttl
         ttl = check_ttl(ttl)
-        deadline = 2.0 * ttl / 3.0 if renew_deadline is None else check_ttl(renew_deadline, "renew_deadline")
-        if deadline >= ttl:
-            raise ConfigurationError(f"renew_deadline ({deadline}) must be shorter than ttl ({ttl})")
-        if deadline <= ttl / 3.0:
-            raise ConfigurationError(
-                f"renew_deadline ({deadline}) must be longer than the renew period ttl/3 ({ttl / 3.0:.3f})"
-            )
+        deadline = check_renew_deadline(ttl, renew_deadline)
         if not isinstance(node, str) or not node:
             raise ConfigurationError(f"node must be a non-empty string, not {node!r}")
         if not isinstance(priority, int) or isinstance(priority, bool):

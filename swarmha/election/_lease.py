@@ -53,7 +53,20 @@ from swarmha.election._engine import Engine, Park, Task
 from swarmha.election._retry import backoff
 from swarmha.errors import ConfigurationError, DiscoveryError, SessionExpired
 
-__all__ = ["Lease", "Loss"]
+__all__ = ["Lease", "Loss", "check_renew_deadline"]
+
+
+def check_renew_deadline(ttl: float, renew_deadline: float | None) -> float:
+    """``renew_deadline`` (default ``2/3·ttl``) if it lies strictly between the renew period ``ttl/3`` and ``ttl``,
+    else :class:`~swarmha.errors.ConfigurationError` naming the bound it breaks."""
+    deadline = 2.0 * ttl / 3.0 if renew_deadline is None else check_ttl(renew_deadline, "renew_deadline")
+    if deadline >= ttl:
+        raise ConfigurationError(f"renew_deadline ({deadline}) must be shorter than ttl ({ttl})")
+    if deadline <= ttl / 3.0:
+        raise ConfigurationError(
+            f"renew_deadline ({deadline}) must be longer than the renew period ttl/3 ({ttl / 3.0:.3f})"
+        )
+    return deadline
 
 
 @attrs.frozen
