@@ -509,7 +509,6 @@ class Campaign(_Worker):
             # So that winning after the holder goes costs as little as the backend can make it (a read on
             # ZooKeeper, no handshake). Never raises; nothing when the backend has nothing to prepare.
             lease.prepare(self.key, self.node)
-            self._steer.look_for_peers(every=self.ttl)  # off the handover's path: the key is held now
         self._fire(Signal.QUEUE if lease.queued else Signal.UNQUEUE)
         watch = self._d.watch(self.key, record)
         seen_vacant = False

@@ -12,12 +12,12 @@ is not disturbed:
 * ``K.election/transfer``: while a leader hands the key to a named candidate, value ``"<node>"``, bound to the old
   leader's session (a dead leader's marker expires within ``ttl``) and deleted once the transfer is decided.
 
-A candidate that wins the key reads these before its term begins: if a transfer names another node, or a live
-registrant is preferred to it (higher priority; equal priority and earlier arrival), it gives the key back at
-once (no ELECTED, no term) and does not claim again for a short hold-off, so the preferred one wins within a
-handover or two. Deference is bounded: a registrant that does not claim (a dead one whose session has not expired
-yet) holds the key vacant for at most its ``ttl``, a transfer marker for at most the transfer's timeout (or
-``ttl`` after its leader died).
+A candidate that wins the key reads these (one list request) before its term begins: if a transfer names
+another node, or a live registrant is preferred to it (higher priority; equal priority and earlier arrival), it
+gives the key back at once (no ELECTED, no term) and does not claim again for a short hold-off, so the preferred
+one wins within a handover or two. Deference is bounded: a registrant that does not claim (a dead one whose
+session has not expired yet) holds the key vacant for at most its ``ttl``, a transfer marker for at most the
+transfer's timeout (or ``ttl`` after its leader died).
 """
 
 from __future__ import annotations
@@ -61,12 +61,16 @@ class Handoff:
     done: threading.Event = attrs.field(factory=threading.Event)
 
 
+def control_prefix(key: str) -> str:
+    return f"{key}.election"
+
+
 def registry_prefix(key: str) -> str:
-    return f"{key}.election/candidates"
+    return f"{control_prefix(key)}/candidates"
 
 
 def transfer_key(key: str) -> str:
-    return f"{key}.election/transfer"
+    return f"{control_prefix(key)}/transfer"
 
 
 def registration_key(key: str, node: str) -> str:
@@ -113,8 +117,6 @@ class Steering:
         self.registers = registers
         self.registration: Record | None = None
         self._session_id: str | None = None
-        self._peers_checked = 0.0  # when an unregistered candidate last looked whether anyone registered
-        self.peers = False  # someone registered (as last seen)
         self._first_seen: dict[str, float] = {}  # a leader with preempt: registration -> when it first saw it
 
     def forget_seen(self) -> None:
@@ -142,27 +144,19 @@ class Steering:
         """True if ``node`` has a live registration (it campaigns with a priority or preempt)."""
         return self._d.get(registration_key(self.key, node)) is not None
 
-    def look_for_peers(self, every: float) -> None:
-        """An unregistered candidate looks (at most once per ``every`` seconds, off the handover's path) whether
-        anyone registered, so that it knows to read the registry when it wins."""
-        if self.registers or time.monotonic() - self._peers_checked < every:
-            return
-        self._peers_checked = time.monotonic()
-        self.peers = bool(self._d.list(registry_prefix(self.key)))
-
     # -- deference ---------------------------------------------------------------------------------------
 
     def defer_to(self) -> str | None:
-        """After winning the key: the node this candidate must give it to, and why, or None to lead."""
-        marker = self._d.get(transfer_key(self.key))
+        """After winning the key: why this candidate must give it back, or None to lead. One request (a list of
+        ``K.election/``, empty unless someone steers), whoever the candidate is: a candidate with the default
+        priority counts as priority 0, arriving after every registrant."""
+        records = self._d.list(control_prefix(self.key))
+        marker = records.get(transfer_key(self.key))
         if marker is not None and marker.value != self.node:
             return f"a transfer to {marker.value} is under way"
         if marker is not None:
             return None  # the transfer names us: no preference overrides it
-        if not (self.registers or self.peers):
-            return None
-        others = [r for r in registrants(self._d.list(registry_prefix(self.key)), self.key) if r.node != self.node]
-        self.peers = bool(others) or self.registers
+        others = [r for r in registrants(records, self.key) if r.node != self.node]
         me = Registrant(self.node, self.priority, self.registration.token if self.registration else 1 << 62)
         best = max(others, key=lambda r: (r.priority, -r.arrival), default=None)
         if best is not None and best.preferred_to(me):
