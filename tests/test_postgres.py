@@ -150,6 +150,7 @@ def test_a_role_that_may_not_create_the_tables_is_told_the_sql_file_and_works_on
         server.psql(
             f"GRANT USAGE ON SCHEMA {schema} TO {role}; "
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}; "
+            f"GRANT USAGE ON SEQUENCE {schema}.swarmha_token TO {role}; "
             f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {schema} TO {role}",
             database=DATABASE,
         )

@@ -36,18 +36,16 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
-
-import attrs
 
 from swarmha.discovery import Discovery, Record, Session, Watch
 from swarmha.discovery._base import check_ttl
 from swarmha.election._control import Drain, Handoff, Steering
 from swarmha.election._engine import Park
-from swarmha.election._lease import Lease, Loss, check_renew_deadline
+from swarmha.election._lease import Held, Lease, Loss, check_renew_deadline
 from swarmha.election._phases import Action, Phase, Signal, step
+from swarmha.election._transfer import Transfers
 from swarmha.election._values import Term
-from swarmha.election._worker import MAX_BACKOFF, Event, Kind, Steps, Transitions, _Worker
+from swarmha.election._worker import MAX_BACKOFF, Event, Kind, Steps, Transitions
 from swarmha.errors import ConfigurationError, DiscoveryError, SessionExpired
 
 __all__ = ["Campaign"]
@@ -55,18 +53,7 @@ __all__ = ["Campaign"]
 log = logging.getLogger("swarmha.election")
 
 
-@attrs.define
-class _Lead:
-    """The term being led: what it won, through which session, and the watch on its key."""
-
-    term: Term
-    session: Session
-    record: Record
-    watch: Watch | None = None
-    unwake: Callable[[], None] | None = None  # removes the lease's wake-up of this term
-
-
-class Campaign(_Worker):
+class Campaign(Transfers):
     """The candidate state machine (see the module docstring)."""
 
     name = "swarmha-candidate"
@@ -115,7 +102,7 @@ class Campaign(_Worker):
         self._draining: Drain | None = None  # while DRAINING: the end waiting for the consumers
         self._consumers: weakref.WeakSet[Transitions] = weakref.WeakSet()  # the iterators' transitions
         self._phase = Phase.LATENT
-        self._lead: _Lead | None = None  # the term, while LEADING
+        self._lead: Held | None = None  # the term, while LEADING
         self._request: Signal | None = None  # RESIGN asked for, not taken yet (a stop is the worker's flag)
         self._holdoff_until = 0.0  # after a resign: no claim before this unless the key's queue names us
         self._leftover: tuple[Session, int] | None = None  # a key the store may still hold for a term that ended
@@ -182,28 +169,6 @@ class Campaign(_Worker):
                 return
             self._request = Signal.RESIGN
         self._interrupt()
-
-    def transfer(self, to: str, timeout: float, back: int | None = None) -> Handoff:
-        """Hand the key to the waiting candidate ``to``; returns the :class:`Handoff`, decided by the machine
-        (``done`` set, ``result`` True once ``to`` leads with a larger token) no later than ``timeout`` from now.
-
-        Raises ConfigurationError when this candidate does not lead, ``to`` is itself or not a node, or another
-        transfer is under way. ``back``: the consumer thread that waits for the outcome (see :meth:`stop`)."""
-        if not isinstance(to, str) or not to:
-            raise ConfigurationError(f"transfer() needs the node of a candidate, not {to!r}")
-        timeout = check_ttl(timeout, "timeout")
-        with self._lock:
-            lead = self._lead
-            if self.term is None or lead is None:
-                raise ConfigurationError(f"transfer() is for the leader: {self.node} does not lead {self.key!r}")
-            if to == self.node:
-                raise ConfigurationError(f"transfer() to {to!r}: that is this candidate")
-            if self._transfer is not None:
-                raise ConfigurationError(f"a transfer to {self._transfer.to} is under way")
-            handoff = self._transfer = Handoff(to, time.monotonic() + timeout, lead.term.token, back)
-            self._request = Signal.TRANSFER
-        self._interrupt()
-        return handoff
 
     # -- consumers (drain) -----------------------------------------------------------------------------------
 
@@ -285,7 +250,7 @@ class Campaign(_Worker):
         finally:
             self._lock.release()
 
-    def _hand_over(self, lead: _Lead, reason: str) -> None:
+    def _hand_over(self, lead: Held, reason: str) -> None:
         """Remove the key of a term already ended (LOST emitted) through its session, then close its watch.
 
         The delete is the first thing done: the log line and the watch's close come after it, off the path
@@ -350,7 +315,7 @@ class Campaign(_Worker):
                 if spent is not None:
                     spent.close()
 
-    def _lead_step(self, lead: _Lead) -> Steps:
+    def _lead_step(self, lead: Held) -> Steps:
         """The one leading loop: watch the key until the lease's deadline; end the term when either says so."""
         deadline = self.lease.valid_until(lead.session, self.renew_deadline)
         now = time.monotonic()
@@ -387,44 +352,7 @@ class Campaign(_Worker):
             else:
                 self._demote(lead, Loss(f"the key was taken by {current.value} (token {current.token})", stale=False))
 
-    def _begin_transfer(self) -> None:
-        """TRANSFER: mark the key for the target (bound to the term's session), then end the term gracefully."""
-        handoff, lead = self._transfer, self._lead
-        if handoff is None:
-            return
-        if lead is None or self._phase is not Phase.LEADING:
-            self._decide(handoff, False, "the term ended before the transfer began")
-            return
-        try:
-            handoff.session = lead.session
-            handoff.marker = self._steer.mark(handoff.to, lead.session)
-        except DiscoveryError as e:
-            self._decide(handoff, False, f"could not mark the key for the transfer: {e}")
-            raise
-        log.info("%s: %s transfers the key to %s", self.key, self.node, handoff.to)
-        with self._lock:
-            self._end_gracefully(Signal.TRANSFER, f"transferred to {handoff.to}", back=handoff.back)
-
-    def _decide(self, handoff: Handoff, result: bool, why: str) -> None:
-        """The transfer is over: remove its marker (and a private lease's session that carried it); tell the caller."""
-        with self._lock:
-            if self._transfer is handoff:
-                self._transfer = None
-                self._holdoff_until = 0.0
-        try:
-            if handoff.marker is not None:
-                with contextlib.suppress(DiscoveryError):  # it goes with the session in any case
-                    self._steer.unmark(handoff.marker)
-            if handoff.session is not None and self.lease.private and self._lead is None:
-                self.lease.drop(handoff.session)
-        finally:
-            handoff.result = result
-            handoff.done.set()
-        log.info(
-            "%s: transfer from %s to %s %s", self.key, self.node, handoff.to, "done" if result else f"failed: {why}"
-        )
-
-    def _drain_step(self, lead: _Lead) -> Steps:
+    def _drain_step(self, lead: Held) -> Steps:
         """DRAINING: wait for the consumers (or ``drain`` seconds), then the end asked for releases the key. A
         term whose lease ran out meanwhile is over in the store as well: nothing is left to release."""
         drain = self._draining
@@ -442,7 +370,7 @@ class Campaign(_Worker):
             self._draining = None
             self._fire(drain.ending, drain.reason)
 
-    def _demote(self, lead: _Lead, loss: Loss) -> None:
+    def _demote(self, lead: Held, loss: Loss) -> None:
         """End the term for ``loss``. A stale one (the store may still hold the key: it could not be reached)
         keeps the session and token to delete the key once the store answers; otherwise the key is gone and
         the session is dropped (a private one closed, freeing what it holds: an etcd lease, a queue entry)."""
@@ -451,7 +379,7 @@ class Campaign(_Worker):
         log.warning("%s: leadership lost by %s (token %d): %s", self.key, self.node, lead.term.token, loss.reason)
         self._settle(lead, loss)
 
-    def _settle(self, lead: _Lead, loss: Loss) -> None:
+    def _settle(self, lead: Held, loss: Loss) -> None:
         """After a term lost to the store: keep a stale key's session and token to delete it later, else drop."""
         if lead.watch is not None:
             lead.watch.close()
@@ -520,20 +448,6 @@ class Campaign(_Worker):
             else:
                 watch.close()
 
-    def _transfer_step(self, handoff: Handoff) -> Steps:
-        """The old leader while its transfer lasts: no claim; decided when ``to`` leads with a larger token
-        (True) or at the deadline (False: then this candidate campaigns again, the key open to all)."""
-        record = self._d.get(self.key)
-        now = time.monotonic()
-        if record is not None and record.value == handoff.to and record.token > handoff.from_token:
-            self._decide(handoff, True, "")
-            return
-        if now >= handoff.deadline or self._stopping:
-            self._decide(handoff, False, "the target did not take the key in time")
-            return
-        with self._d.watch(self.key, record) as watch:
-            yield from self._wait_on(watch, handoff.deadline - now)
-
     def _presence_session(self) -> Session:
         """The session registrations are bound to: a shared lease's, or a private lease's presence session."""
         if not self.lease.private:
@@ -558,7 +472,7 @@ class Campaign(_Worker):
             log.info("%s: %s gave the key back (token %d): %s", self.key, self.node, record.token, why)
             return
         self.lease.claimed(session, sent)
-        lead = _Lead(Term(self.key, self.node, record.token), session, record)
+        lead = Held(Term(self.key, self.node, record.token), session, record)
         with self._lock:
             late = time.monotonic() >= self.lease.valid_until(session, self.renew_deadline)
             if not late:

@@ -47,13 +47,26 @@ from collections.abc import Callable, Generator
 import attrs
 
 from swarmha._context import ClosesOnExit
-from swarmha.discovery import Discovery, Record, Session
+from swarmha.discovery import Discovery, Record, Session, Watch
 from swarmha.discovery._base import check_ttl
 from swarmha.election._engine import Engine, Park, Task
 from swarmha.election._retry import backoff
+from swarmha.election._values import Term
 from swarmha.errors import ConfigurationError, DiscoveryError, SessionExpired
 
-__all__ = ["Lease", "Loss", "check_renew_deadline"]
+__all__ = ["Held", "Lease", "Loss", "check_renew_deadline"]
+
+
+@attrs.define
+class Held:
+    """A term being led through a session of a lease: what it won, through which session, and the watch on its
+    key."""
+
+    term: Term
+    session: Session
+    record: Record
+    watch: Watch | None = None
+    unwake: Callable[[], None] | None = None  # removes the lease's wake-up of this term
 
 
 def check_renew_deadline(ttl: float, renew_deadline: float | None) -> float:

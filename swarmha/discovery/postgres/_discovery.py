@@ -96,8 +96,10 @@ class PostgresDiscovery(Discovery):
             raise InvalidDiscoveryURL(f"postgresql URL {str(url)!r}: listen must be auto, 0 or 1, not {listen!r}")
         self._listen = listen
         schema = url.params.get("schema", "public")
-        if not schema or len(schema.encode()) > 63:
-            raise InvalidDiscoveryURL(f"postgresql URL {str(url)!r}: schema must be a name of 1 to 63 bytes")
+        if not schema or len(schema.encode()) > 63 or "'" in schema:
+            raise InvalidDiscoveryURL(
+                f"postgresql URL {str(url)!r}: schema must be a name of 1 to 63 bytes without a single quote"
+            )
         prefix = url.params.get("prefix", "").strip("/")
         self._prefix = prefix + "/" if prefix else ""
         self._conninfo = _conn.make_conninfo(url)
@@ -211,7 +213,8 @@ class PostgresDiscovery(Discovery):
                 f"postgresql URL {str(self.url)!r}: the role {self.url.username or '(default)'} may not create "
                 f"swarmha's tables in schema {schema!r} ({_conn._first_line(e)}). Have them created once with "
                 f"the SQL file {str(SQL_FILE)!r} (psql -f swarmha-postgres.sql, as a role that may), then grant "
-                "this role SELECT, INSERT, UPDATE, DELETE on them and EXECUTE on their functions"
+                "this role SELECT, INSERT, UPDATE, DELETE on them, USAGE on the sequence swarmha_token and EXECUTE on "
+                "their functions"
             ) from None
         log.info("created swarmha's tables in schema %r", schema)
 

@@ -11,8 +11,10 @@ Two tables and five functions:
     One row per TTL session; ``expires_at`` is the *server's* ``clock_timestamp() + ttl`` at the last renewal.
 ``swarmha_keys (key, value, token, session)``
     One row per key ever written, never deleted: ``value IS NULL`` means absent, ``token`` is the last fencing
-    token the key was given (so the next one is larger, whatever happened in between). A row whose ``session``
-    is missing or expired by the server's clock is absent to every read.
+    token the key was given (so the next one is larger, whatever happened in between). A new token is the larger
+    of that plus one and the next value of the sequence ``swarmha_token``: store-wide, so tokens of different
+    keys tell which was written first (the election's registry orders candidates of equal priority by it). A
+    row whose ``session`` is missing or expired by the server's clock is absent to every read.
 ``swarmha_claim`` / ``swarmha_put``
     Create-if-absent and create-or-overwrite, as one call each (one round trip), with the row locks described
     in the package docstring. A claim may create its session too (a ticket, see ``PostgresDiscovery.prepare``).
@@ -34,7 +36,7 @@ from psycopg import sql
 
 __all__ = ["SCHEMA_VERSION", "SQL_FILE", "SessionExpiredState", "Statements", "render", "schema_sql"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: The DDL for ``schema=public``, shipped with the package for a DBA to run (see the package docstring).
 SQL_FILE = Path(__file__).with_name("swarmha-postgres.sql")
 #: The SQLSTATE the functions raise for a session that is gone or expired.
@@ -54,6 +56,8 @@ CREATE TABLE IF NOT EXISTS {{s}}.swarmha_keys (
     token bigint NOT NULL DEFAULT 0,
     session text
 )
+;;
+CREATE SEQUENCE IF NOT EXISTS {{s}}.swarmha_token
 ;;
 CREATE INDEX IF NOT EXISTS swarmha_keys_session ON {{s}}.swarmha_keys (session)
 ;;
@@ -100,7 +104,8 @@ BEGIN
         INSERT INTO {{s}}.swarmha_sessions (id, ttl, expires_at)
         VALUES (p_session, make_interval(secs => p_new_ttl), clock_timestamp() + make_interval(secs => p_new_ttl));
     END IF;
-    UPDATE {{s}}.swarmha_keys k SET value = p_value, session = p_session, token = k.token + 1
+    UPDATE {{s}}.swarmha_keys k SET value = p_value, session = p_session,
+        token = GREATEST(k.token + 1, nextval('{{s}}.swarmha_token'))
         WHERE k.key = p_key RETURNING k.token INTO n;
     PERFORM pg_notify(p_channel, CASE WHEN octet_length(p_key) < 7000 THEN 'C' || p_key ELSE '' END);
     RETURN QUERY SELECT true, p_value, n, p_session;
@@ -126,7 +131,7 @@ BEGIN
     live := r.value IS NOT NULL AND (r.session IS NULL OR EXISTS (
         SELECT 1 FROM {{s}}.swarmha_sessions s WHERE s.id = r.session AND s.expires_at > clock_timestamp()));
     UPDATE {{s}}.swarmha_keys k SET value = p_value, session = p_session,
-        token = CASE WHEN live THEN k.token ELSE k.token + 1 END
+        token = CASE WHEN live THEN k.token ELSE GREATEST(k.token + 1, nextval('{{s}}.swarmha_token')) END
         WHERE k.key = p_key RETURNING k.token INTO n;
     PERFORM pg_notify(p_channel, CASE WHEN octet_length(p_key) < 7000 THEN 'C' || p_key ELSE '' END);
     RETURN n;
@@ -175,7 +180,8 @@ def schema_sql(schema: str = "public") -> str:
         "-- swarmha's PostgreSQL schema (tables and functions), for a role that may not create them itself.\n"
         f"-- Run it once as a role that may: psql -d DBNAME -f swarmha-postgres.sql (schema {schema}; for\n"
         "-- another schema replace the schema name, and set schema=NAME in the discovery URL). Then grant the\n"
-        "-- application's role: SELECT, INSERT, UPDATE, DELETE on both tables and EXECUTE on the functions.\n"
+        "-- application's role: SELECT, INSERT, UPDATE, DELETE on both tables, USAGE on the sequence\n"
+        "-- swarmha_token and EXECUTE on the functions.\n"
         f"-- Schema version {SCHEMA_VERSION}.\n"
     )
     return header + "\n" + ";\n\n".join(parts) + ";\n"

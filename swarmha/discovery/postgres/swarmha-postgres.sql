@@ -1,8 +1,9 @@
 -- swarmha's PostgreSQL schema (tables and functions), for a role that may not create them itself.
 -- Run it once as a role that may: psql -d DBNAME -f swarmha-postgres.sql (schema public; for
 -- another schema replace the schema name, and set schema=NAME in the discovery URL). Then grant the
--- application's role: SELECT, INSERT, UPDATE, DELETE on both tables and EXECUTE on the functions.
--- Schema version 2.
+-- application's role: SELECT, INSERT, UPDATE, DELETE on both tables, USAGE on the sequence
+-- swarmha_token and EXECUTE on the functions.
+-- Schema version 3.
 
 CREATE TABLE IF NOT EXISTS "public".swarmha_sessions (
     id text PRIMARY KEY,
@@ -16,6 +17,8 @@ CREATE TABLE IF NOT EXISTS "public".swarmha_keys (
     token bigint NOT NULL DEFAULT 0,
     session text
 );
+
+CREATE SEQUENCE IF NOT EXISTS "public".swarmha_token;
 
 CREATE INDEX IF NOT EXISTS swarmha_keys_session ON "public".swarmha_keys (session);
 
@@ -62,7 +65,8 @@ BEGIN
         INSERT INTO "public".swarmha_sessions (id, ttl, expires_at)
         VALUES (p_session, make_interval(secs => p_new_ttl), clock_timestamp() + make_interval(secs => p_new_ttl));
     END IF;
-    UPDATE "public".swarmha_keys k SET value = p_value, session = p_session, token = k.token + 1
+    UPDATE "public".swarmha_keys k SET value = p_value, session = p_session,
+        token = GREATEST(k.token + 1, nextval('"public".swarmha_token'))
         WHERE k.key = p_key RETURNING k.token INTO n;
     PERFORM pg_notify(p_channel, CASE WHEN octet_length(p_key) < 7000 THEN 'C' || p_key ELSE '' END);
     RETURN QUERY SELECT true, p_value, n, p_session;
@@ -88,7 +92,7 @@ BEGIN
     live := r.value IS NOT NULL AND (r.session IS NULL OR EXISTS (
         SELECT 1 FROM "public".swarmha_sessions s WHERE s.id = r.session AND s.expires_at > clock_timestamp()));
     UPDATE "public".swarmha_keys k SET value = p_value, session = p_session,
-        token = CASE WHEN live THEN k.token ELSE k.token + 1 END
+        token = CASE WHEN live THEN k.token ELSE GREATEST(k.token + 1, nextval('"public".swarmha_token')) END
         WHERE k.key = p_key RETURNING k.token INTO n;
     PERFORM pg_notify(p_channel, CASE WHEN octet_length(p_key) < 7000 THEN 'C' || p_key ELSE '' END);
     RETURN n;
@@ -110,4 +114,4 @@ END
 $fn$;
 
 CREATE OR REPLACE FUNCTION "public".swarmha_schema_version() RETURNS integer
-LANGUAGE sql IMMUTABLE AS $fn$ SELECT 2 $fn$;
+LANGUAGE sql IMMUTABLE AS $fn$ SELECT 3 $fn$;
