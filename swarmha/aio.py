@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator, Callable
 from swarmha._context import AsyncStopsOnExit
 from swarmha.election._face import CandidateBase, FollowerBase, latest
 from swarmha.election._lease import Lease
-from swarmha.election._machinery import Event, Kind, Transitions
 from swarmha.election._values import Leader
+from swarmha.election._worker import Event, Kind, Transitions
 
 __all__ = ["Candidate", "Follower", "Lease"]
 
@@ -80,6 +80,11 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _task_id() -> int:
+    """Who consumes on the asyncio face: the current task (a drained end waits for a consumer, not a thread)."""
+    return id(asyncio.current_task())
+
+
 def _unsubscribed_when_dropped(iterator: AsyncIterator[object], unsubscribe: Callable[[], None]) -> None:
     """An iterator dropped before its first ``anext()`` never runs its ``finally``: unsubscribe on collection."""
     weakref.finalize(iterator, unsubscribe)
@@ -107,6 +112,7 @@ class Candidate(CandidateBase, AsyncStopsOnExit):
     ) -> AsyncIterator[bool]:
         try:
             while True:
+                transitions.resumed(_task_id())
                 try:
                     event = await inbox.get(transitions.timeout())
                 except TimeoutError:
@@ -118,18 +124,31 @@ class Candidate(CandidateBase, AsyncStopsOnExit):
                 if event.kind is Kind.END:
                     return
         finally:
+            transitions.resumed(_task_id())
             unsubscribe()
 
     async def resign(self) -> None:
         """Hand leadership over now and keep campaigning (see :meth:`swarmha.Candidate.resign`)."""
         self._campaign.resign()
 
+    async def transfer(self, to: str, timeout: float = 10.0) -> bool:
+        """Hand leadership to the waiting candidate ``to`` (see :meth:`swarmha.Candidate.transfer`)."""
+        handoff = self._campaign.transfer(to, timeout, back=_task_id())
+        await asyncio.to_thread(handoff.done.wait, timeout + self.ttl)
+        return handoff.result
+
     async def stop(self, timeout: float | None = None) -> None:
         """Stop campaigning, release the key if held, wait (up to ``timeout``) for the thread. Idempotent.
 
         Runs on a worker thread of the loop's default executor, so the loop is not blocked meanwhile.
         """
-        await asyncio.to_thread(self._stop_now, timeout)
+        me = _task_id()  # the consumer's own task awaiting this in its loop counts as come back
+
+        def stop() -> None:
+            self._campaign.stop(timeout, back=me)
+            self._restore_signals()
+
+        await asyncio.to_thread(stop)
 
 
 class Follower(FollowerBase, AsyncStopsOnExit):

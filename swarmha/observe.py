@@ -3,7 +3,8 @@
 ``add_observer(callback)`` registers a function that is called with an :class:`Observation` for each event of
 every candidate and follower, sync or asyncio, started before or after the call:
 
-* ``elected`` / ``lost`` (a candidate; ``term`` carries the fencing token),
+* ``elected`` / ``lost`` (a candidate; ``term`` carries the fencing token; a ``lost`` one's ``reason`` says why the
+  term ended, in words for a log: see ``Candidate.lost_reason``),
 * ``leader`` (a follower saw a new leader, ``leader``, or none: ``leader`` is None),
 * ``store_error`` (a store request failed and will be retried; ``error``),
 * ``end`` (the candidate or follower stopped).
@@ -23,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from swarmha.election._machinery import Observation, observers
+from swarmha.election._worker import Observation, observers
 
 __all__ = ["Observation", "PrometheusObserver", "add_observer"]
 

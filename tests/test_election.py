@@ -115,7 +115,7 @@ def test_a_stop_racing_another_threads_release_returns_only_after_the_key_went(d
     c = swarmha.Candidate(SlowRelease(), "k", node="n", ttl=30.0)
     elections = c.run_for_election()
     assert next(elections) is True
-    wait_for(lambda: c._campaign._watch is not None, 5.0, "the leader waiting between renewals")
+    wait_for(lambda: getattr(c._campaign._lead, "watch", None) is not None, 5.0, "the leader waiting on its key")
     first = threading.Thread(target=c.stop)
     first.start()
     assert releasing.wait(5.0)

@@ -13,7 +13,7 @@ from swarmha.errors import ConfigurationError
 from tests.support.helpers import wait_for
 
 #: Members that wait, and are therefore coroutines on the asyncio face.
-WAITING = {"resign", "stop"}
+WAITING = {"resign", "stop", "transfer"}
 ITERATORS = {"run_for_election", "follow_election"}
 
 

@@ -2,7 +2,7 @@
 :class:`Lease` (one TTL session shared by many candidates); :class:`Phase` names where a campaign is."""
 
 from swarmha.election._lease import Lease
-from swarmha.election._machinery import Phase
+from swarmha.election._phases import Phase
 from swarmha.election._sync import Candidate, Follower
 from swarmha.election._values import Leader, Term
 

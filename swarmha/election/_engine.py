@@ -1,6 +1,6 @@
 """One engine per Discovery: every candidate and follower of it runs on a timer thread and a few workers.
 
-A state machine (:mod:`swarmha.election._machinery`) is a generator that makes its (bounded) store calls inline
+A state machine (:mod:`swarmha.election._worker`) is a generator that makes its (bounded) store calls inline
 and *yields* a :class:`Park` whenever it would wait: for a watch to fire, for a time (a renewal, a backoff), or
 both. The engine resumes it with True when the watch fired (``Watch.wait(0)`` says the key changed), False on
 the deadline or :meth:`Task.interrupt`; an exception of the watch is thrown into the generator. So a process

@@ -1,6 +1,6 @@
 """What the sync and asyncio faces share, so both have the same members with the same meaning by construction.
 
-:class:`CandidateBase` and :class:`FollowerBase` hold the state machine (:mod:`swarmha.election._machinery`) and
+:class:`CandidateBase` and :class:`FollowerBase` hold the state machine (:mod:`swarmha.election._campaign`) and
 every member that does not wait: the read-only properties, ``start()``, ``stop_on_signals()`` and ``__repr__``.
 Each face (:mod:`swarmha.election._sync`, :mod:`swarmha.aio`) adds only the members whose shape differs between
 blocking and ``async`` code: the iterator, ``resign`` and ``stop``. Neither face reaches into the other.
@@ -20,9 +20,11 @@ from typing import Any, Self
 
 from swarmha.discovery import Discovery
 from swarmha.discovery._base import check_ttl
+from swarmha.election._campaign import Campaign
 from swarmha.election._lease import Lease
-from swarmha.election._machinery import Campaign, Event, Follow, Kind, Phase, _Worker
+from swarmha.election._phases import Phase
 from swarmha.election._values import Leader, Term
+from swarmha.election._worker import Event, Follow, Kind, _Worker
 from swarmha.errors import ConfigurationError
 
 __all__ = ["DEFAULT_SIGNALS", "CandidateBase", "FollowerBase", "latest"]
@@ -109,6 +111,14 @@ class CandidateBase(_Face):
     keepalive for all their keys; when that session is lost every term it carried ends at once); without it the
     candidate has a session of its own and fails independently.
 
+    ``priority``: when the key is free, the waiting candidate with the highest priority wins (ties: the one that
+    registered first); candidates that set a priority (or ``preempt``) register under ``KEY.election/``. With
+    ``preempt=True`` a leader hands over (as :meth:`transfer`) to a waiting candidate of strictly higher priority
+    that it has seen waiting for ``preempt_after`` seconds (default ``ttl``). ``drain`` (seconds): a graceful end
+    of a term (stop, resign, transfer, preemption, a signal) releases the key only once the consumer of
+    :meth:`run_for_election` took the False and came back for its next value or left its loop, or ``drain``
+    seconds passed; a term lost to the store still ends at once.
+
     ``ttl`` (seconds, > 0; default 10, or the lease's) is the session TTL; the leader renews every ``ttl/3``.
     ``renew_deadline`` defaults to ``2/3·ttl`` and must lie strictly between ``ttl/3`` and ``ttl``. Bad values raise
     :class:`~swarmha.errors.ConfigurationError` (a :class:`ValueError`) at once.
@@ -123,12 +133,27 @@ class CandidateBase(_Face):
         renew_deadline: float | None = None,
         *,
         lease: Lease | None = None,
+        priority: int = 0,
+        preempt: bool = False,
+        preempt_after: float | None = None,
+        drain: float | None = None,
     ) -> None:
         super().__init__()
         if lease is not None and ttl is not None and check_ttl(ttl) != lease.ttl:
             raise ConfigurationError(f"ttl ({ttl}) differs from the lease's ({lease.ttl}): give one or the other")
         ttl = ttl if ttl is not None else lease.ttl if lease is not None else DEFAULT_TTL
-        self._campaign = self._worker = Campaign(discovery, key, node, ttl, renew_deadline, lease=lease)
+        self._campaign = self._worker = Campaign(
+            discovery,
+            key,
+            node,
+            ttl,
+            renew_deadline,
+            lease=lease,
+            priority=priority,
+            preempt=preempt,
+            preempt_after=preempt_after,
+            drain=drain,
+        )
 
     @property
     def node(self) -> str:
@@ -144,8 +169,30 @@ class CandidateBase(_Face):
 
     @property
     def lease(self) -> Lease | None:
-        """The shared :class:`~swarmha.Lease` this candidate campaigns with, or None (a session of its own)."""
-        return self._campaign.lease
+        """The shared :class:`~swarmha.Lease` this candidate campaigns with, or None (a private lease of its own)."""
+        lease = self._campaign.lease
+        return None if lease.private else lease
+
+    @property
+    def priority(self) -> int:
+        return self._campaign.priority
+
+    @property
+    def preempt(self) -> bool:
+        return self._campaign.preempt
+
+    @property
+    def drain(self) -> float | None:
+        return self._campaign.drain
+
+    @property
+    def lost_reason(self) -> str | None:
+        """Why the last term ended, for a log: ``"stopped"``, ``"resigned"``, ``"transferred to NODE"``, or what
+        the store did (``"no renewal succeeded within renew_deadline=...s (the store unreachable since
+        HH:MM:SS)"``, ``"the session expired in the store"``, ``"the key was taken by NODE (token N)"``, ``"the
+        leader key was deleted"``). None before a term ended. The same text is on the observers' ``lost`` event
+        (:attr:`swarmha.observe.Observation.reason`)."""
+        return self._campaign.lost_reason
 
     @property
     def phase(self) -> Phase:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 
 from swarmha._context import StopsOnExit
 from swarmha.election._face import CandidateBase, FollowerBase, latest
-from swarmha.election._machinery import Event, Kind, Transitions
 from swarmha.election._values import Leader
+from swarmha.election._worker import Event, Kind, Transitions
 
 __all__ = ["Candidate", "Follower"]
 
@@ -49,6 +50,7 @@ class Candidate(CandidateBase, StopsOnExit):
     ) -> Iterator[bool]:
         try:
             while True:
+                transitions.resumed()
                 try:
                     event = events.get(timeout=transitions.timeout())
                 except queue.Empty:
@@ -58,6 +60,7 @@ class Candidate(CandidateBase, StopsOnExit):
                 if event.kind is Kind.END:
                     return
         finally:
+            transitions.resumed()
             unsubscribe()
 
     def resign(self) -> None:
@@ -67,6 +70,19 @@ class Candidate(CandidateBase, StopsOnExit):
         Does nothing when not leading. Returns at once; the iterator yields False when it took effect.
         """
         self._campaign.resign()
+
+    def transfer(self, to: str, timeout: float = 10.0) -> bool:
+        """Hand leadership to the waiting candidate whose node is ``to``; True once it leads (a larger token).
+
+        Only ``to`` may win the next term while the transfer lasts; the other candidates keep waiting. False if
+        ``to`` did not take the key within ``timeout`` (it is not campaigning, or died): then this candidate
+        campaigns again at once (it leads again with a new term unless another took the vacant key). This
+        candidate's iterator yields False when the term ends, as for :meth:`resign`. Raises
+        :class:`~swarmha.errors.ConfigurationError` when this candidate does not lead.
+        """
+        handoff = self._campaign.transfer(to, timeout, back=threading.get_ident())
+        handoff.done.wait(timeout + self.ttl)  # the machine decides by the deadline; a store call may add to it
+        return handoff.result
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop campaigning, release the key if held, and wait (up to ``timeout``) for the background thread.

@@ -18,7 +18,9 @@ bounded in count and time):
 * ``store_partition`` (only when asked for in ``kinds``) — every candidate's link to the store goes silent at once
   (networked backends);
 * ``member_loss`` — one member of a 3-member cluster is killed and restarted, if the fixture has
-  ``kill_member(i)``/``restart_member(i)``.
+  ``kill_member(i)``/``restart_member(i)``;
+* ``transfer`` (only with ``steer``, which also gives the workers priorities and preemption) — the leader is
+  told to transfer the key to the next worker, or (a third of the time) to a node that does not exist.
 
 Between faults the harness waits for a leader (bounded) so each fault's recovery can be measured. The
 observation logs are then merged and checked by :mod:`tests.support.fault.checker`.
@@ -155,12 +157,17 @@ def run_faults(
     progress: Callable[[str], None] | None = None,
     keys: int = 0,
     lease: bool = False,
+    steer: bool = False,
 ) -> Report:
     """Run ``faults`` faults against ``store`` and return the checker's report (see the module docstring).
 
     ``keys``: each worker also campaigns for that many more keys (``lease``: all on one shared Lease), so the
     faults land on processes holding many keys; the checked key is the same."""
-    held = (*(("--keys", str(keys)) if keys else ()), *(("--lease",) if lease else ()))
+    held = (
+        *(("--keys", str(keys)) if keys else ()),
+        *(("--lease",) if lease else ()),
+        *(("--steer", "--workers", str(workers)) if steer else ()),
+    )
     rng = random.Random(seed)
     url = store.url()
     networked = parse_url(url).scheme not in ("sqlite", "memory")
@@ -175,6 +182,8 @@ def run_faults(
         available.append("store_pause")
     if hasattr(store, "kill_member"):
         available.append("member_loss")
+    if steer:
+        available.append("transfer")
     default = tuple(k for k in available if k not in OPT_IN_KINDS)
     chosen = [k for k in (kinds or default) if k in available]
     assert chosen, f"no fault kind applies to this store (asked {kinds}, available {available})"
@@ -219,7 +228,7 @@ def run_faults(
             kind = rng.choice(chosen)
             victim = pool[rng.randrange(len(pool))]
             current = await_leader(ttl + 3.0, heal)
-            if kind in ("kill_leader", "pause_leader") or (kind in NETWORK_KINDS and rng.random() < 0.6):
+            if kind in ("kill_leader", "pause_leader", "transfer") or (kind in NETWORK_KINDS and rng.random() < 0.6):
                 victim = current or victim
             duration = rng.uniform(0.5, 2.0) * ttl
             inject = time.monotonic()
@@ -237,6 +246,10 @@ def run_faults(
                     while not any(w.started() for w in pool) and time.monotonic() < end:
                         time.sleep(0.01)
                     heal = time.monotonic()
+            elif kind == "transfer":
+                victim.signal(signal.SIGUSR1 if rng.random() < 2 / 3 else signal.SIGUSR2)
+                time.sleep(duration)  # the transfer (or, to an absent node, its timeout) plays out
+                heal = time.monotonic()
             elif kind == "pause_leader":
                 victim.signal(signal.SIGSTOP)
                 time.sleep(1.5 * ttl)

@@ -290,6 +290,7 @@ def soak(args: argparse.Namespace) -> tuple[Totals, float, LagMonitor]:
                     kinds=kinds,
                     keys=args.keys,
                     lease=args.lease,
+                    steer=args.steer,
                 )
             finally:
                 if store.can_stop:
@@ -544,6 +545,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=100.0, help="stop starting chunks after this long")
     p.add_argument("--keys", type=int, default=0, help="more keys each worker campaigns for (faults with many held)")
     p.add_argument("--lease", action="store_true", help="each worker's candidates share one swarmha.Lease")
+    p.add_argument(
+        "--steer",
+        action="store_true",
+        help="workers with priorities and preemption, and transfer faults mixed in (see fault/harness.py)",
+    )
     p.add_argument(
         "--default-etcd-timeouts",
         action="store_true",

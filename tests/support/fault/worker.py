@@ -12,11 +12,16 @@ just after the work agree. The checker (tests/support/fault/checker.py) merges e
 With ``--keys N`` the worker also campaigns for N more keys (``fault/held-0`` ...) on the same Discovery (and,
 with ``--lease``, through one shared :class:`swarmha.Lease`), so every fault lands on a process holding or
 waiting for many keys; the observed key is still ``fault/leader``.
+
+With ``--steer`` the observed candidate takes part in steering: ``c1`` has priority 1, every one preempts (after
+``ttl``), and the harness's ``transfer`` fault sends the leader SIGUSR1 (transfer to the next worker, ``c0`` ->
+``c1`` -> ``c2`` -> ``c0``) or SIGUSR2 (transfer to a node that does not exist: False after ``ttl/2``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +42,8 @@ def main() -> None:
     parser.add_argument("--work", type=float, default=0.002, help="seconds of 'leader work' per observation")
     parser.add_argument("--keys", type=int, default=0, help="more keys to campaign for beside the observed one")
     parser.add_argument("--lease", action="store_true", help="every candidate of the process on one shared Lease")
+    parser.add_argument("--steer", action="store_true", help="priorities, preemption and transfers (see above)")
+    parser.add_argument("--workers", type=int, default=3, help="how many workers the ring of transfers has")
     args = parser.parse_args()
 
     # swarmha's log on stderr (the harness keeps it next to the observation log), stamped with the same
@@ -55,7 +62,23 @@ def main() -> None:
     fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     discovery = swarmha.connect(args.url)
     lease = swarmha.Lease(discovery, args.ttl) if args.lease else None
-    candidate = swarmha.Candidate(discovery, "fault/leader", node=args.node, ttl=args.ttl, lease=lease).start()
+    steering = {"priority": int(args.node == "c1"), "preempt": True} if args.steer else {}
+    candidate = swarmha.Candidate(
+        discovery, "fault/leader", node=args.node, ttl=args.ttl, lease=lease, **steering
+    ).start()
+
+    def transfer(to: str, timeout: float) -> None:
+        with contextlib.suppress(swarmha.errors.ConfigurationError):  # not leading (any more): nothing to hand over
+            candidate.transfer(to, timeout)
+
+    def on_transfer(signum: int, frame: object) -> None:
+        following = f"c{(int(args.node[1:]) + 1) % args.workers}"
+        to, timeout = (following, args.ttl) if signum == signal.SIGUSR1 else ("absent", args.ttl / 2)
+        threading.Thread(target=transfer, args=(to, timeout), daemon=True).start()
+
+    if args.steer:
+        signal.signal(signal.SIGUSR1, on_transfer)
+        signal.signal(signal.SIGUSR2, on_transfer)
     held = [
         swarmha.Candidate(discovery, f"fault/held-{i}", node=args.node, ttl=args.ttl, lease=lease).start()
         for i in range(args.keys)
