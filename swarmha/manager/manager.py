@@ -41,13 +41,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -64,6 +62,7 @@ from swarmha.manager.hops import FORWARDED
 from swarmha.manager.http import ClientGone, Exchange, Server
 from swarmha.manager.info import cluster_info
 from swarmha.manager.leadership import SILENT, why_lost
+from swarmha.manager.loop import loop_factory
 from swarmha.manager.reschedule import Watchdog
 from swarmha.manager.store_state import StoreState
 from swarmha.manager.switchover import SHORT_DRAIN, Requests, ShortRequests
@@ -84,24 +83,6 @@ HEALTH_PATH = "/health"
 _LOCAL_PATHS = frozenset({"/_ping", "/info", HEALTH_PATH})
 #: Seconds a replica holds a request beyond the replication TTL while no primary answers (one election).
 HOLD_MARGIN = 2.0
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop ``swarmha manage`` runs on: uvloop's when it is installed, else asyncio's (None).
-
-    uvloop does the socket work of every transport in C (the manager's CPU per forwarded request was mostly
-    asyncio's selector and transport code, see docs/manager-design.md); everything the manager relies on is the
-    same on both (TCP_NODELAY on every TCP socket, ``write_eof`` half-close on plain TCP, TLS, signal
-    handlers, ``asyncio.timeout``), and the tests run the manager processes on uvloop and the in-process
-    front and pool tests on both. ``SWARMHA_LOOP=asyncio`` in the environment forces asyncio's loop.
-    """
-    if os.environ.get("SWARMHA_LOOP", "") == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 @attrs.frozen
