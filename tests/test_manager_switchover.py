@@ -66,7 +66,7 @@ def test_switchover_to_a_named_replica_under_docker_ps_and_logs_follow(managers:
     n = _numbers(logs.lines, r"line (\d+)")
     assert n == list(range(len(n))), "a log line lost, duplicated or reordered"
     assert primary.role() == "Replica" and r1.status().get("Primary") == r2.addr
-    handed = re.search(r"switchover to \S+ done in (\d+) ms", primary.logs())
+    handed = re.search(r"Cluster leadership transferred to \S+ in (\d+) ms", primary.logs())
     print(f"switchover --to: handed over in {handed.group(1) if handed else '?'} ms, command {took * 1000:.0f} ms "
           f"(process start included), {len(loops.results)} docker ps none failed, "
           f"slowest {loops.slowest():.2f}s; logs -f {len(n)} lines")  # fmt: skip
@@ -93,6 +93,8 @@ def test_switchover_picks_the_highest_priority_and_refuses_a_non_manager(manager
     assert f"{nobody} did not take over within 3s" in out.stderr
     assert f"Primary: {high.addr}" in out.stdout  # the primary before it leads again
     wait_for(lambda: high.role() == "Primary", 5, "the old primary leading again")
+    assert f"Cluster leadership transferred to {nobody}" not in high.logs()
+    assert f"switchover to {nobody} failed" in high.logs()
     print(f"switchover to a non-manager: refused after {took:.1f}s (process start included)")
 
 

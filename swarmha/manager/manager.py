@@ -319,10 +319,7 @@ class Manager:
                 continue
             if self._candidate.phase is Phase.DRAINING:  # a graceful end: the key goes once we come back for more
                 await self._short.finished(SHORT_DRAIN)
-            reason = self._candidate.lost_reason or ""
-            if reason.startswith("transferred to "):
-                log.info("Cluster leadership transferred to %s", reason.removeprefix("transferred to "))
-            else:
+            if not (self._candidate.lost_reason or "").startswith("transferred to "):  # switchover.py says it
                 await self._say_lost()
 
     async def _follow(self) -> None:

@@ -141,7 +141,7 @@ class Requests:
             log.warning("switchover to %s refused: %s", request.to, e)
             return
         if done:
-            log.info("switchover to %s done in %.0f ms", request.to, (time.monotonic() - began) * 1000)
+            log.info("Cluster leadership transferred to %s in %.0f ms", request.to, (time.monotonic() - began) * 1000)
         else:
             log.warning(
                 "switchover to %s failed: it did not take the lead within %gs (is it a manager campaigning with "
