@@ -289,7 +289,10 @@ def _switchover(args: argparse.Namespace) -> int:
 
     url = _discovery_arg(args)
     timeout = cli_args.positive(args.timeout, "--timeout")
-    to = _advertise(args.to) if args.to else None
+    to = None
+    if args.to:
+        host, port = parse_address(args.to, "--to")
+        to = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if is_host_list(url) or url.startswith("file://"):
         raise ConfigurationError(f"switchover needs the managers' discovery store; {url!r} is a fixed engine list")
     with swarmha.connect(url) as discovery:
