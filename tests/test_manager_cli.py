@@ -54,6 +54,10 @@ ENGINES = "192.168.56.202:4444"
         (["manage", "--replication", "--advertise", "127.0.0.1:4000", "etcd//host:2379/x"], "did you mean "
          "etcd://host:2379/x?"),
         (["manage", "zk:/h1:2181/x"], "did you mean zk://h1:2181/x?"),
+        (["manage", "--priority", "high", ENGINES], "--priority 'high' is not a whole number"),
+        (["switchover", "--to", "nohost", "consul://h/p"], "--to: 'nohost' is not HOST:PORT"),
+        (["switchover", "--timeout", "0s", "consul://h/p"], "--timeout should be a positive number"),
+        (["switchover", ENGINES], "switchover needs the managers' discovery store"),
         (["manage", f"file://{Path('/nonexistent-dir/engines')}"], "its directory does not exist"),
     ],
 )  # fmt: skip

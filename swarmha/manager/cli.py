@@ -1,4 +1,4 @@
-"""The ``swarmha`` command: ``manage``, ``join``, ``list``, ``status``, ``demo`` (Swarm classic's flags and env vars).
+"""The ``swarmha`` command: ``manage``, ``join``, ``list``, ``status``, ``switchover``, ``demo`` (Swarm's flags).
 
 Every argument is checked before anything starts: a bad address, URL, duration or TLS file exits with status 2
 and a one-line error naming it; nothing is bound, no session is opened. Runtime failures (the port is taken,
@@ -75,6 +75,13 @@ def _discovery_arg(args: argparse.Namespace) -> str:
             "redis://, sqlite://), nodes://H:P,H:P or file:///PATH"
         )
     return cli_args.with_discovery_opts(url, getattr(args, "discovery_opt", None) or [])
+
+
+def _priority(text: str) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise ConfigurationError(f"--priority {text!r} is not a whole number (e.g. 10; higher is preferred)") from None
 
 
 def _refuse_unsupported(args: argparse.Namespace) -> None:
@@ -165,6 +172,7 @@ def _manage(args: argparse.Namespace) -> int:
         overcommit=overcommit,
         create_retry=create_retry,
         metrics=parse_listen(args.metrics, "--metrics") if args.metrics else None,
+        priority=_priority(args.priority),
     )
     if config.metrics is not None:
         from swarmha.manager.metrics import check_installed
@@ -273,6 +281,27 @@ def _status(args: argparse.Namespace) -> int:
     print(f"Primary: {leader.node}")
     print(f"Term: {leader.token}")
     print(f"Nodes: {engines}")
+    return 0
+
+
+def _switchover(args: argparse.Namespace) -> int:
+    from swarmha.manager.switchover import switchover
+
+    url = _discovery_arg(args)
+    timeout = cli_args.positive(args.timeout, "--timeout")
+    to = None
+    if args.to:
+        host, port = parse_address(args.to, "--to")
+        to = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if is_host_list(url) or url.startswith("file://"):
+        raise ConfigurationError(f"switchover needs the managers' discovery store; {url!r} is a fixed engine list")
+    with swarmha.connect(url) as discovery:
+        outcome = switchover(discovery, LEADER_KEY, to, timeout, print)
+    print(f"Primary: {outcome.primary.node if outcome.primary is not None else ''}")
+    if not outcome.switched:
+        print(f"swarmha switchover: {outcome.message}", file=sys.stderr)
+        return 1
+    print(f"Switchover done: {outcome.message}")
     return 0
 
 
@@ -405,6 +434,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="serve Prometheus metrics on /metrics (and /health) at ADDR, e.g. :9323 (needs swarmha[metrics])",
     )
+    m.add_argument(
+        "--priority",
+        default="0",
+        help="preference to be the primary: switchover without --to picks the highest; a free key goes to the "
+        "highest waiting (default 0)",
+    )
     m.add_argument("discovery", nargs="?", help=disc_help)
     m.set_defaults(func=_manage)
 
@@ -446,6 +481,19 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("discovery", nargs="?", help=disc_help)
     st.set_defaults(func=_status)
 
+    so = sub.add_parser(
+        "switchover",
+        parents=[common],
+        help="move the primary to another manager now (an operator's command)",
+        description="Ask the primary to hand over to --to ADDR (default: the replica with the highest --priority); "
+        "print who leads after it. Exit 0 if the switch happened, 1 if not.",
+    )
+    so.add_argument("--to", metavar="ADDR", help="the manager (its --advertise address) to make primary")
+    so.add_argument("--timeout", default="10s", help="give up after this long (default 10s)")
+    so.add_argument("--discovery-opt", action="append", help=opt_help)
+    so.add_argument("discovery", nargs="?", help=disc_help)
+    so.set_defaults(func=_switchover)
+
     h = sub.add_parser("help", aliases=["h"], help="show the help of swarmha or of one command")
     h.add_argument("topic", nargs="?", metavar="COMMAND", help="the command to describe")
 
@@ -466,7 +514,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _COMMANDS = {"m": "manage", "j": "join", "l": "list", "h": "help"}
-_NAMES = ("manage", "join", "list", "status", "demo", "help")
+_NAMES = ("manage", "join", "list", "status", "switchover", "demo", "help")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,15 +58,19 @@ def system_status(
     engines: list[Engine],
     store: str | None = None,
     filters: str = FILTERS,
+    priority: int | None = None,
 ) -> list[list[str]]:
     """The ``SystemStatus`` pairs: Role, Primary, (Store), Strategy, Filters, Nodes, then one block per engine.
 
+    ``priority``: the answering manager's ``--priority`` (None, without replication: the line is left out).
     ``store``: the discovery store's state (``reachable`` or ``unreachable for ...``); None leaves the line out.
     ``filters``: the active placement filters (the ``Filters:`` line). ``Reserved CPUs: x / n`` and ``Reserved
     Memory: x / total`` sum what the engine's containers reserve (``-c``/``--cpu-shares`` counted as CPUs, as
     Swarm did, plus ``--cpus``; ``-m``), stopped ones included.
     """
     pairs = [["Role", role], ["Primary", primary]]
+    if priority is not None:
+        pairs.append(["Priority", str(priority)])
     if store is not None:
         pairs.append(["Store", store])
     pairs += [["Strategy", strategy], ["Filters", filters]]
@@ -77,7 +81,12 @@ def system_status(
 
 
 def cluster_info(
-    cluster: Cluster, role: str, primary: str, manager_id: str, store: str | None = None
+    cluster: Cluster,
+    role: str,
+    primary: str,
+    manager_id: str,
+    store: str | None = None,
+    priority: int | None = None,
 ) -> dict[str, Any]:
     """The ``/info`` body for the whole cluster as seen by this manager."""
     engines = cluster.engines
@@ -93,7 +102,7 @@ def cluster_info(
         "Driver": "",
         "DriverStatus": None,
         "SystemStatus": system_status(
-            role, primary, cluster.strategy, engines, store, filters=cluster.scheduler.filter_names
+            role, primary, cluster.strategy, engines, store, filters=cluster.scheduler.filter_names, priority=priority
         ),
         "Plugins": {"Volume": None, "Network": None, "Authorization": None, "Log": None},
         "MemoryLimit": True,

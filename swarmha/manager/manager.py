@@ -41,18 +41,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from swarmha import Discovery, Leader, aio
+from swarmha import Discovery, Leader, Phase, aio
 from swarmha.errors import DiscoveryError
 from swarmha.manager import hops, resume
 from swarmha.manager.api import PrimaryAPI, docker_path
@@ -64,8 +62,10 @@ from swarmha.manager.hops import FORWARDED
 from swarmha.manager.http import ClientGone, Exchange, Server
 from swarmha.manager.info import cluster_info
 from swarmha.manager.leadership import SILENT, why_lost
+from swarmha.manager.loop import loop_factory
 from swarmha.manager.reschedule import Watchdog
 from swarmha.manager.store_state import StoreState
+from swarmha.manager.switchover import SHORT_DRAIN, Requests, ShortRequests
 from swarmha.manager.tls import TLSConfig
 from swarmha.manager.upstream import Pool, Upstream, UpstreamBroken, UpstreamUnreachable
 
@@ -83,24 +83,6 @@ HEALTH_PATH = "/health"
 _LOCAL_PATHS = frozenset({"/_ping", "/info", HEALTH_PATH})
 #: Seconds a replica holds a request beyond the replication TTL while no primary answers (one election).
 HOLD_MARGIN = 2.0
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop ``swarmha manage`` runs on: uvloop's when it is installed, else asyncio's (None).
-
-    uvloop does the socket work of every transport in C (the manager's CPU per forwarded request was mostly
-    asyncio's selector and transport code, see docs/manager-design.md); everything the manager relies on is the
-    same on both (TCP_NODELAY on every TCP socket, ``write_eof`` half-close on plain TCP, TLS, signal
-    handlers, ``asyncio.timeout``), and the tests run the manager processes on uvloop and the in-process
-    front and pool tests on both. ``SWARMHA_LOOP=asyncio`` in the environment forces asyncio's loop.
-    """
-    if os.environ.get("SWARMHA_LOOP", "") == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 @attrs.frozen
@@ -137,6 +119,8 @@ class ManagerConfig:
     overcommit: float = 0.0
     #: ``--cluster-opt swarm.createretry``: a create the chosen engine fails is tried on this many other engines.
     create_retry: int = 0
+    #: ``--priority``: the preference of this manager to be primary (see :mod:`swarmha.manager.switchover`).
+    priority: int = 0
 
     @property
     def hold(self) -> float:
@@ -183,6 +167,7 @@ class Manager:
                 term=self.term_token,
                 engine_statuses=lambda: [e.status for e in self.cluster.engines],
                 store=self.store,
+                priority=config.priority,
             )
             self._metrics_server = Server(self._serve_metrics, error_body=error_body)
         # Without metrics the server calls _handle itself: no measuring frame around every request.
@@ -191,8 +176,13 @@ class Manager:
         self._follower: aio.Follower | None = None
         if config.replication:
             assert discovery is not None and config.advertise
-            self._candidate = aio.Candidate(discovery, LEADER_KEY, config.advertise, ttl=config.ttl)
+            self._candidate = aio.Candidate(
+                discovery, LEADER_KEY, config.advertise, ttl=config.ttl, priority=config.priority, drain=SHORT_DRAIN
+            )
             self._follower = aio.Follower(discovery, LEADER_KEY)
+        self._requests = Requests(discovery, self._candidate) if discovery and self._candidate else None
+        #: What a graceful end of this manager's term waits for (bounded by SHORT_DRAIN).
+        self._short = ShortRequests()
         self._leader: Leader | None = None
         #: Kept-alive connections to the primary; the upstream is chosen per request, never per connection.
         self._pool = Pool()
@@ -236,7 +226,8 @@ class Manager:
     def _info(self) -> dict[str, Any]:
         role = "primary" if self.is_primary else "replica"
         store = self.store.describe() if self.store is not None else None
-        return cluster_info(self.cluster, role.capitalize(), self.primary, self.id, store=store)
+        priority = self.config.priority if self._candidate is not None else None
+        return cluster_info(self.cluster, role.capitalize(), self.primary, self.id, store=store, priority=priority)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, details) for ``/health``: unhealthy while the store is unreachable or no primary is known."""
@@ -325,7 +316,10 @@ class Manager:
                 self.metrics.leadership_changed(elected)
             if elected:
                 log.info("Cluster leadership acquired")
-            else:
+                continue
+            if self._candidate.phase is Phase.DRAINING:  # a graceful end: the key goes once we come back for more
+                await self._short.finished(SHORT_DRAIN)
+            if not (self._candidate.lost_reason or "").startswith("transferred to "):  # switchover.py says it
                 await self._say_lost()
 
     async def _follow(self) -> None:
@@ -410,7 +404,8 @@ class Manager:
                 return await ex.json(200 if healthy else 503, details)
         forwarded = hops.take(ex)
         if self.is_primary:
-            return await self.api.handle(ex, version, path)
+            with self._short.serving(ex, path):
+                return await self.api.handle(ex, version, path)
         if (body := await self.api.local_answer(ex, version, path)) is not None:  # list, inspect: from the view
             return await ex.respond(200, body, "application/json")
         await self._forward(ex, version, path, hops.claim(forwarded, self._led))
@@ -508,6 +503,8 @@ class Manager:
             self._tasks.append(asyncio.ensure_future(self._follow()))
         if self._candidate is not None:
             self._tasks.append(asyncio.ensure_future(self._campaign()))
+        if self._requests is not None:
+            self._tasks.append(asyncio.ensure_future(self._requests.run()))
         return bound
 
     async def shutdown(self, force: asyncio.Event | None = None) -> None:
@@ -528,6 +525,8 @@ class Manager:
         await self._drain(force)
         if self._follower is not None:
             await self._follower.stop()
+        if self._requests is not None:
+            await self._requests.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

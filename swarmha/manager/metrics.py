@@ -157,9 +157,11 @@ class ManagerMetrics:
         term: Callable[[], int],
         engine_statuses: Callable[[], Iterable[str]],
         store: StoreState | None = None,
+        priority: int = 0,
     ) -> None:
         """What is read at scrape time: ``is_primary()``, ``term()`` (the fencing token as this manager sees it),
-        ``engine_statuses()`` (``Healthy`` / ``Unhealthy`` / ``Pending`` per engine), ``store`` (None: no store)."""
+        ``engine_statuses()`` (``Healthy`` / ``Unhealthy`` / ``Pending`` per engine), ``store`` (None: no store).
+        ``priority``: this manager's ``--priority`` (a gauge)."""
         import prometheus_client as prom
         from prometheus_client.core import GaugeMetricFamily
 
@@ -169,6 +171,7 @@ class ManagerMetrics:
         self._term = term
         self._engine_statuses = engine_statuses
         self._store = store
+        self._priority = priority
         reg = self.registry
         self.requests = prom.Counter("swarmha_requests", "requests served", ["route", "via", "code"], registry=reg)
         self.latency = prom.Histogram(
@@ -197,6 +200,7 @@ class ManagerMetrics:
         g = self._gauge
         yield g("swarmha_manager_primary", "1 while this manager is the primary", value=1 if self._is_primary() else 0)
         yield g("swarmha_manager_term", "fencing token of the primary's term", value=self._term())
+        yield g("swarmha_manager_priority", "this manager's --priority to be primary", value=self._priority)
         store = self._store
         if store is not None:
             yield g("swarmha_manager_store_reachable", "1 while the store answers", value=int(store.reachable))
