@@ -29,7 +29,7 @@ from swarmha.manager.forward import forward
 from swarmha.manager.upstream import Pool, Upstream
 from tests.support.docker_cluster import Cluster, cluster, pair
 from tests.support.docker_engines import IMAGE, DockerEngine, docker_engines, registry
-from tests.support.helpers import wait_for
+from tests.support.helpers import LONG_SECONDS, wait_for
 from tests.support.manager import ManagerProc
 from tests.support.net import free_port
 
@@ -237,21 +237,23 @@ def test_clients_writing_into_an_event_stream_leave_memory_bounded(pair: tuple[M
     sent = [0]
 
     def flood(m: ManagerProc) -> None:
+        until = time.monotonic() + LONG_SECONDS
         with connect(m) as s:
             s.sendall(b"GET /v1.41/events HTTP/1.1\r\nHost: x\r\n\r\n")
             junk = b"x" * 65536
-            for _ in range(1024):  # 64 MiB from each client, unless the time is up first
-                if stop.is_set():
-                    break
+            n = 0
+            # 64 MiB from each client (or, with LONG_SECONDS, for that long), unless the time is up first
+            while not stop.is_set() and (n < 1024 or time.monotonic() < until):
                 s.sendall(junk)
                 sent[0] += len(junk)
+                n += 1
 
     with bounded(primary, replica):
         threads = [threading.Thread(target=flood, args=(m,), daemon=True) for m in (primary, replica) * 2]
         for t in threads:
             t.start()
         for t in threads:
-            t.join(15)  # the load's bound, not a verdict: the memory bound is checked after
+            t.join(15 + LONG_SECONDS)  # the load's bound, not a verdict: the memory bound is checked after
         assert primary.get("/_ping", timeout=2)[0] == 200
         stop.set()
         for t in threads:

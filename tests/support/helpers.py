@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -15,6 +16,11 @@ from swarmha.discovery import Record, Session, Watch
 from swarmha.errors import InvalidDiscoveryURL
 
 T = TypeVar("T")
+
+#: How long the tests that hold a load or a stream for a while hold it, in seconds, when set
+#: (``SWARMHA_LONG_SECONDS=60 python3 -m pytest ...``, a soak's length); 0, the default, keeps each test's own
+#: short length, so the suite stays quick.
+LONG_SECONDS = float(os.environ.get("SWARMHA_LONG_SECONDS", "0") or 0)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str = "condition", poll: float = 0.002) -> float:
