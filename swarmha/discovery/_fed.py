@@ -112,6 +112,14 @@ class FedWatch(Watch):
     def closed(self) -> bool:
         return self._closed
 
+    def observe(self, record: Record | None) -> None:
+        """(The feeder) the key is now ``record`` (read after a change): fires if that differs from what was seen."""
+        with self._cond:
+            if not self._closed and record != self._seen:
+                self._seen = record
+                self._changed = True
+                self._kick()
+
     def fail(self, error: DiscoveryError) -> None:
         """(The feeder) the watch broke for good: every later :meth:`wait` raises ``error``."""
         with self._cond:

@@ -74,7 +74,7 @@ class ConsulWatch(FedWatch):
         # then. Without the read's index, assume the snapshot is newer (at worst a spurious wake-up).
         return record is not None and self._read_index is not None and record.token <= self._read_index
 
-    def observe(self, record: Record | None, index: int | None, generation: int) -> None:
+    def observe_at(self, record: Record | None, index: int | None, generation: int) -> None:
         """(The hub) snapshot number ``generation`` at ``index`` (None: compare whatever the index) has ``record``."""
         with self._cond:
             if self._closed or self._error is not None or generation <= self._generation:
@@ -122,7 +122,7 @@ class Hub:
                 self._thread.start()
             self._cond.notify_all()
         if snapshot is not None:
-            watch.observe(snapshot.get(watch.key), index, generation)
+            watch.observe_at(snapshot.get(watch.key), index, generation)
 
     def remove(self, watch: ConsulWatch) -> None:
         client = None
@@ -241,5 +241,5 @@ class Hub:
             generation = self._generation
             watches = [w for group in self._watches.values() for w in group]
         for watch in watches:
-            watch.observe(snapshot.get(watch.key), new_index if trusted else None, generation)
+            watch.observe_at(snapshot.get(watch.key), new_index if trusted else None, generation)
         return True

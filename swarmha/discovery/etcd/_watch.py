@@ -39,14 +39,6 @@ class EtcdWatch(FedWatch):
     def _unregister(self) -> None:
         self._stream.remove(self)
 
-    def observe(self, record: Record | None) -> None:
-        """(The stream's thread) the key is now ``record``."""
-        with self._cond:
-            if record != self._seen:
-                self._seen = record
-                self._changed = True
-                self._kick()
-
     def resync(self) -> None:
         """The revision to resume from was compacted away: read the key again and fire if it changed."""
         log.info("etcd watch on %r: revision %d compacted; re-reading", self.key, self.next_rev)

@@ -68,14 +68,6 @@ class PgWatch(FedWatch):
     def _unregister(self) -> None:
         self._feed.remove(self)
 
-    def observe(self, record: Record | None) -> None:
-        """(The feed) the key is now ``record``."""
-        with self._cond:
-            if record != self._seen:
-                self._seen = record
-                self._changed = True
-                self._kick()
-
 
 class Feed:
     """See the module docstring. ``connect()`` opens the thread's connection and tells whether to LISTEN;

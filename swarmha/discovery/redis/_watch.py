@@ -120,14 +120,6 @@ class RedisWatch(FedWatch):
             self._kick()
             return True
 
-    def observe(self, record: Record | None) -> None:
-        """The key is now ``record`` (read after the change): fires if that differs from the record seen."""
-        with self._cond:
-            if not self._closed and record != self._seen:
-                self._seen = record
-                self._changed = True
-                self._kick()
-
     def _check_holder(self) -> None:
         """The holder's session should have expired by now: ask the server (one answer shared per session)."""
         holder = self.holder
