@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.net import free_port
 from tests.support.stores import fresh_prefix
-from tests.support.stores.postgres import DATABASE, PASSWORD, USER, PostgresServer, _as_postgres
+from tests.support.stores.postgres import DATABASE, PASSWORD, USER, PostgresServer, PostgresStoreFixture, _as_postgres
 
 
 class PgBouncer:
@@ -74,32 +74,21 @@ class PgBouncer:
         return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{DATABASE}" + (f"?{query}" if query else "")
 
 
-class PgBouncerStoreFixture:
+class PgBouncerStoreFixture(PostgresStoreFixture):
+    """The PostgreSQL store reached through PgBouncer: stop, start, pause and resume act on the server behind it."""
+
     name = "pgbouncer"
-    can_stop = True
 
     def __init__(self) -> None:
-        self.server = PostgresServer()
+        super().__init__(PostgresServer())
         self.bouncer = PgBouncer(self.server)
 
     def url(self) -> str:
         return self.bouncer.url(prefix=fresh_prefix(self.name), timeout="2")
 
-    def stop(self) -> None:
-        self.server.stop()
-
-    def start(self) -> None:
-        self.server.start()
-
-    def pause(self) -> None:
-        self.server.pause()
-
-    def resume(self) -> None:
-        self.server.resume()
-
     def close(self) -> None:
         self.bouncer.stop()
-        self.server.close()
+        super().close()
 
 
 def open_store(tmp_path_factory: pytest.TempPathFactory) -> PgBouncerStoreFixture:
