@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 
 from swarmha.manager import http as front
-from swarmha.manager.cluster import Cluster as ManagerCluster
 from swarmha.manager.forward import forward
 from swarmha.manager.upstream import Pool, Upstream
 from tests.support.docker_cluster import Cluster, cluster, pair
@@ -445,44 +444,3 @@ def test_hop_by_hop_headers_named_in_connection_are_not_forwarded() -> None:
     assert got.get("x-kept") == "k"
     assert "x-secret" not in got
     assert "x-hop" in got["answer-head"].lower()  # an ordinary response header still goes through
-
-
-@pytest.mark.slow
-def test_an_engine_with_a_container_list_over_64_mib_stays_healthy() -> None:
-    """7 containers with 10 MB of labels each: a 70 MB list (over the old fixed 64 MiB limit) is read, the
-    engine stays Healthy and its containers are known."""
-    big = "x" * (10 << 20)
-    ids = [f"{i:064x}" for i in range(7)]
-    listing = json.dumps(
-        [
-            {"Id": c, "Names": [f"/c{i}"], "Image": "i", "State": "exited", "Labels": {"big": big}}
-            for i, c in enumerate(ids)
-        ]
-    ).encode()
-
-    async def engine(ex: front.Exchange) -> None:
-        if ex.path == "/info":
-            return await ex.json(200, {"ID": "FAKE", "Name": "fake", "Containers": len(ids), "NCPU": 1})
-        if ex.path == "/version":
-            return await ex.json(200, {"ApiVersion": "1.41", "MinAPIVersion": "1.12"})
-        if ex.path == "/containers/json":
-            return await ex.respond(200, listing, "application/json")
-        if ex.path == "/images/json":
-            return await ex.json(200, [])
-        cid = ex.path.split("/")[2]
-        await ex.json(200, {"Id": cid, "Name": "/c", "Config": {"Image": "i", "Labels": {}}, "HostConfig": {}})
-
-    async def main() -> tuple[str, int]:
-        server = front.Server(engine)
-        port = (await server.listen("127.0.0.1", 0))[0][1]
-        c = ManagerCluster(static=[f"127.0.0.1:{port}"])
-        try:
-            await c.refresh()
-            (e,) = c.engines
-            return e.status, len(e.records)
-        finally:
-            await c.close()
-            server.close()
-            await server.drain(1)
-
-    assert asyncio.run(main()) == ("Healthy", 7)

@@ -173,6 +173,7 @@ def _manage(args: argparse.Namespace) -> int:
         create_retry=create_retry,
         metrics=parse_listen(args.metrics, "--metrics") if args.metrics else None,
         priority=_priority(args.priority),
+        body_timeout=cli_args.positive(args.body_timeout, "--body-timeout"),
     )
     if config.metrics is not None:
         from swarmha.manager.metrics import check_installed
@@ -428,6 +429,12 @@ def _parser() -> argparse.ArgumentParser:
         "--shutdown-timeout",
         default="30s",
         help="after SIGTERM, how long open requests and streams (logs -f, events, attach) go on (default 30s)",
+    )
+    m.add_argument(
+        "--body-timeout",
+        default="60s",
+        help="how long a request body (an upload, a create) may send nothing before it is answered 408 and its "
+        "connections close (default 60s)",
     )
     m.add_argument(
         "--metrics",

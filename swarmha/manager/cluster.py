@@ -32,12 +32,11 @@ import attrs
 from swarmha import Discovery
 from swarmha.errors import DiscoveryError
 from swarmha.manager.engine import AnsweredBadly, Engine, account, describe_error, engine_order, split_addr
-from swarmha.manager.http import MAX_BODY
+from swarmha.manager.json_items import fetch_items
 from swarmha.manager.scheduler import FILTERS, STRATEGIES, SWARM_ID, Container, Image, Node, Request, Scheduler
 from swarmha.manager.scheduler import SchedulingError as NoEngine
 from swarmha.manager.scheduler.records import Inspected, from_inspect, from_list, from_request, reschedulable
 from swarmha.manager.upstream import (
-    RESPONSE_LIMIT,
     Pool,
     Response,
     Upstream,
@@ -53,14 +52,6 @@ log = logging.getLogger("swarmha.manager.cluster")
 NODES_KEY = "docker/swarm/nodes"
 #: Longest a placed container stays pending without placed()/unplace() (see Cluster._expire_pending).
 _PENDING_MAX = 600.0
-
-
-def _list_limit(info: Mapping[str, Any]) -> int:
-    """The most an engine whose ``/info`` is ``info`` may answer to ``/containers/json``: each entry holds at most
-    what its create body held (:data:`~swarmha.manager.http.MAX_BODY`, the most the front accepts), plus
-    :data:`~swarmha.manager.upstream.RESPONSE_LIMIT` for the rest (an engine with many small containers)."""
-    n = info.get("Containers")
-    return RESPONSE_LIMIT + (n if isinstance(n, int) and n > 0 else 0) * MAX_BODY
 
 
 def _images(items: Any) -> list[Image]:
@@ -219,7 +210,7 @@ class Cluster:
                 e.api_version = str(version.get("ApiVersion", ""))
                 e.min_api_version = str(version.get("MinAPIVersion", ""))
             asked = time.monotonic()
-            listed = (await self._get(e, "/containers/json?all=1", _list_limit(info))).json()
+            listed = await fetch_items(self.pool, e.upstream, "/containers/json?all=1", timeout=self.timeout)
             images = (await self._get(e, "/images/json")).json()
             records = []
             for item in listed:
@@ -381,10 +372,8 @@ class Cluster:
 
         await asyncio.gather(*(one(e) for e in self.healthy()))
 
-    async def _get(self, e: Engine, path: str, limit: int = RESPONSE_LIMIT) -> Response:
-        # a large answer gets a second per 32 MiB beyond the timeout
-        timeout = self.timeout + limit / (32 << 20) - 2
-        r = await request(self.pool, e.upstream, "GET", path, timeout=timeout, limit=limit)
+    async def _get(self, e: Engine, path: str) -> Response:
+        r = await self.call(e, "GET", path)
         if r.status != 200:
             raise AnsweredBadly(f"answered {r.status} to {path.partition('?')[0]}")
         return r

@@ -59,7 +59,7 @@ from swarmha.manager.cluster import Cluster
 from swarmha.manager.engine_list import FileEngines
 from swarmha.manager.forward import forward
 from swarmha.manager.hops import FORWARDED
-from swarmha.manager.http import ClientGone, Exchange, Server
+from swarmha.manager.http import BODY_TIMEOUT, ClientGone, Exchange, Server
 from swarmha.manager.info import cluster_info
 from swarmha.manager.leadership import SILENT, why_lost
 from swarmha.manager.loop import loop_factory
@@ -121,6 +121,8 @@ class ManagerConfig:
     create_retry: int = 0
     #: ``--priority``: the preference of this manager to be primary (see :mod:`swarmha.manager.switchover`).
     priority: int = 0
+    #: ``--body-timeout``: seconds a request body may send nothing before its exchange ends with 408.
+    body_timeout: float = BODY_TIMEOUT
 
     @property
     def hold(self) -> float:
@@ -171,7 +173,8 @@ class Manager:
             )
             self._metrics_server = Server(self._serve_metrics, error_body=error_body)
         # Without metrics the server calls _handle itself: no measuring frame around every request.
-        self.server = Server(self._measured if self.metrics is not None else self._handle, error_body=error_body)
+        handler = self._measured if self.metrics is not None else self._handle
+        self.server = Server(handler, error_body=error_body, body_timeout=config.body_timeout)
         self._candidate: aio.Candidate | None = None
         self._follower: aio.Follower | None = None
         if config.replication:

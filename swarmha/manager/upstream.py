@@ -30,7 +30,7 @@ import contextlib
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import attrs
@@ -297,7 +297,7 @@ def keeps_alive(head: Head, kind: str) -> bool:
 
 
 async def read_body(reader: asyncio.StreamReader, kind: str, length: int) -> AsyncIterator[bytes]:
-    """The response body as it arrives (chunked decoded)."""
+    """The response body as it arrives (chunked decoded), in pieces of at most READ_SIZE bytes."""
     if kind == "length":
         left = length
         while left:
@@ -314,7 +314,12 @@ async def read_body(reader: asyncio.StreamReader, kind: str, length: int) -> Asy
                 while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, dropped
                     pass
                 return
-            yield await reader.readexactly(size)
+            while size:  # a chunk may be the whole answer (dockerd writes a list in one): in pieces
+                data = await reader.read(min(size, READ_SIZE))
+                if not data:
+                    raise ConnectionError(f"connection closed with {size} chunk bytes missing")
+                size -= len(data)
+                yield data
             await reader.readexactly(2)
     elif kind == "close":
         while data := await reader.read(READ_SIZE):
@@ -367,12 +372,18 @@ async def request(
     headers: Iterable[tuple[bytes, bytes]] = (),
     timeout: float = 5.0,
     limit: int = RESPONSE_LIMIT,
+    sink: Callable[[bytes], object] | None = None,
 ) -> Response:
     """One request to ``up`` over a pooled connection, the whole answer read (the manager's own calls).
 
     ``timeout`` bounds the whole exchange (the connection is aborted when it passes). Raises
     :class:`UpstreamUnreachable` (nothing sent), :class:`UpstreamBroken` (also on a timeout or a body over
     ``limit``). A pooled connection found closed before it answered anything is replaced once.
+
+    With ``sink``, a 200 answer's body is not kept: each piece goes to ``sink`` as it arrives (a ValueError it
+    raises ends the exchange as :class:`UpstreamBroken`), the Response's body is empty, no ``limit`` applies,
+    and ``timeout`` bounds the wait for the head and then each wait for the next piece. Another status is read
+    whole as without it.
     """
     data = _client_request(method, target, up, body, headers)
     for attempt in (0, 1):
@@ -394,7 +405,13 @@ async def request(
                     continue
                 raise
             kind, length = framing(head, method)
-            if kind in ("length", "none") and length <= limit:  # the common case: one read, no generator
+            content = b""
+            if sink is not None and head.status == 200:  # streamed: the timer restarts with every piece
+                async for piece in read_body(link.reader, kind, length):
+                    sink(piece)
+                    timer.cancel()
+                    timer = link.loop.call_later(timeout, link.expire)
+            elif kind in ("length", "none") and length <= limit:  # the common case: one read, no generator
                 content = await link.reader.readexactly(length) if length else b""
             else:
                 chunks, size = [], 0

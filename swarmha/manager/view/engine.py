@@ -31,6 +31,7 @@ from urllib.parse import quote
 import attrs
 
 from swarmha.manager.cluster import Cluster, Engine
+from swarmha.manager.json_items import fetch_items
 from swarmha.manager.upstream import Response, UpstreamBroken, UpstreamUnreachable, stream
 from swarmha.manager.view.status import parse_time, status
 
@@ -253,8 +254,15 @@ class EngineView:
             raise _Failed(f"{self.engine.addr} answered {r.status} to {target.partition('?')[0]}")
         return r
 
+    async def _containers(self) -> list[Any]:
+        """The engine's whole container list, parsed as it arrives (no limit on its length)."""
+        try:
+            return await fetch_items(self.cluster.pool, self.engine.upstream, "/containers/json?all=1")
+        except (UpstreamUnreachable, UpstreamBroken, ValueError) as err:
+            raise _Failed(f"{self.engine.addr}: /containers/json: {err}") from err
+
     async def _full_read(self) -> None:
-        listed = (await self._get("/containers/json?all=1")).json()  # type: ignore[union-attr]
+        listed = await self._containers()
         sem = asyncio.Semaphore(_PARALLEL)
 
         async def inspect(item: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -320,7 +328,7 @@ class EngineView:
     async def _compare(self) -> None:
         """Fetch again every container whose list item differs from the view's (``Status`` aside: it is the
         clock's), the new ones, and drop the ones no longer listed."""
-        listed = (await self._get("/containers/json?all=1")).json()  # type: ignore[union-attr]
+        listed = await self._containers()
         present = {str(i.get("Id")) for i in listed}
         changed = []
         for item in listed:
