@@ -26,15 +26,27 @@ import pytest
 from swarmha.manager import http as front
 from swarmha.manager.forward import forward
 from swarmha.manager.upstream import Pool, Upstream
-from tests.support.docker_cluster import Cluster, cluster, pair
+from tests.support.docker_cluster import Cluster, cluster, healthy_count
 from tests.support.docker_engines import IMAGE, DockerEngine, docker_engines, registry
 from tests.support.helpers import LONG_SECONDS, wait_for
 from tests.support.manager import ManagerProc
 from tests.support.net import free_port
 
-__all__ = ["cluster", "docker_engines", "pair", "registry"]  # the fixtures, imported so pytest finds them
+__all__ = ["cluster", "docker_engines", "registry"]  # the fixtures, imported so pytest finds them
 
 pytestmark = pytest.mark.timeout(180)
+
+#: The managers' ``--body-timeout`` here (60 s by default): a stalled body is answered 408 after it.
+BODY_TIMEOUT = 2.0
+
+
+@pytest.fixture(scope="module")
+def pair(cluster: Cluster) -> tuple[ManagerProc, ManagerProc]:
+    """A primary and a replica, with a short body timeout (the stalled-body cases wait for it), and Swarm's default
+    of three failed refreshes before an engine is Unhealthy: dockerd cleaning up a few hundred aborted ``load``
+    uploads answers ``/info`` in up to 3 s (measured without a manager), and must not count as down meanwhile."""
+    return cluster.start_managers("--body-timeout", f"{BODY_TIMEOUT:g}s", "--engine-failure-retry", "3")
+
 
 #: How far a manager's open descriptors and resident memory may end above where they started: the descriptors
 #: of idle keep-alive connections its pools may keep (replica -> primary, primary -> engines) and some slack.
@@ -203,6 +215,70 @@ def test_abandoned_archive_uploads_do_not_wedge_the_container(
         assert call(replica, "DELETE", f"/v1.41/containers/{cid}?force=1")[0] == 204
 
 
+def stall_create(m: ManagerProc) -> socket.socket:
+    """A create declaring 1 MiB that sends 1,000 bytes of it (read by the manager), then neither sends nor closes."""
+    s = connect(m, timeout=BODY_TIMEOUT + 20)
+    s.sendall(b"POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n{" + b" " * 999)
+    return s
+
+
+def stall_load(m: ManagerProc) -> socket.socket:
+    """A chunked ``docker load`` (relayed to every engine as it comes) that stops inside a chunk and stalls."""
+    s = connect(m, timeout=BODY_TIMEOUT + 20)
+    head = b"POST /v1.41/images/load HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000\r\n"
+    s.sendall(head + b"\0" * 4096)
+    return s
+
+
+def connections_to(port: int) -> int:
+    """Established TCP connections on this host whose far end is ``port`` (clients of the engine there)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[2].rpartition(":")[2], 16) == port:
+                count += 1
+    return count
+
+
+@pytest.mark.slow
+def test_stalled_uploads_get_408_and_free_both_managers(
+    pair: tuple[ManagerProc, ManagerProc], docker_engines: list[DockerEngine]
+) -> None:
+    """100 clients of each kind stall mid-body through the replica, then 100 of each at the primary: every one is
+    answered 408 once the body timeout passes, the connections behind it close (the engines' included), the
+    descriptors and memory come back, and creates still work (the body budget was given back)."""
+    primary, replica = pair
+    ports = [int(e.addr.rpartition(":")[2]) for e in docker_engines]
+    engine_conns = sum(connections_to(p) for p in ports)
+    with bounded(primary, replica):
+        for m in (replica, primary):
+            began = time.monotonic()
+            clients = [stall_load(m) for _ in range(100)]
+            during, until = 0, time.monotonic() + BODY_TIMEOUT / 2  # the most connections to the engines seen
+            while during < engine_conns + 100 and time.monotonic() < until:
+                during = max(during, sum(connections_to(p) for p in ports))
+                time.sleep(0.05)
+            clients += [stall_create(m) for _ in range(100)]
+            answers = []
+            for s in clients:
+                with s:
+                    answers.append(read_all(s))
+            statuses = [status_of(a) if a else "closed" for a in answers]
+            print(f"{m.addr}: 200 stalled uploads answered {sorted(set(map(str, statuses)))} in "
+                  f"{time.monotonic() - began:.1f} s")  # fmt: skip
+            print(f"connections to the engines while they stalled: {engine_conns} -> {during}")
+            assert statuses == [408] * 200, [(i, st) for i, st in enumerate(statuses) if st != 408][:5]
+            assert "nothing for" in body_of(answers[0])["message"]
+            assert during > engine_conns + FD_SLACK, (engine_conns, during)  # the loads reached the engines
+        # each stalled load held a connection to every engine: all closed (a pool's idle ones may remain)
+        wait_for(lambda: sum(connections_to(p) for p in ports) <= engine_conns + FD_SLACK, 15, "engine conns closed")
+        print(f"connections to the engines: {engine_conns} -> {sum(connections_to(p) for p in ports)}")
+        for m in (replica, primary):  # dockerd may be seconds at cleaning up 200 aborted loads: wait for it
+            wait_for(lambda m=m: healthy_count(m) == len(ports), 30, f"{m.addr}'s engines healthy")  # type: ignore[misc]
+            create_works(m)
+
+
 def test_the_body_budget_is_given_back_when_a_client_leaves(pair: tuple[ManagerProc, ManagerProc]) -> None:
     primary, replica = pair
     for _ in range(6):  # 6 x 16 MiB > the 64 MiB budget: a reservation kept would refuse the creates
@@ -369,7 +445,7 @@ def test_a_clients_own_forwarding_header_is_not_trusted(pair: tuple[ManagerProc,
 
 
 def test_a_stalled_body_ends_with_408_and_closes_the_upstream_connection() -> None:
-    async def main() -> tuple[bytes, bool]:
+    async def main() -> tuple[bytes, bool, list[int]]:
         closed = asyncio.Event()
 
         async def backend(ex: front.Exchange) -> None:
@@ -398,15 +474,16 @@ def test_a_stalled_body_ends_with_408_and_closes_the_upstream_connection() -> No
         try:
             answer = await asyncio.to_thread(client)
             await asyncio.wait_for(closed.wait(), 5)
-            return answer, closed.is_set()
+            return answer, closed.is_set(), [edge.budget.used, back.budget.used]
         finally:
             for server in (edge, back):
                 server.close()
                 await server.drain(1)
 
-    answer, closed = asyncio.run(main())
+    answer, closed, held = asyncio.run(main())
     assert status_of(answer) == 408
     assert closed
+    assert held == [0, 0]  # the 1,000 bytes the backend had read are given back to its budget
 
 
 def test_hop_by_hop_headers_named_in_connection_are_not_forwarded() -> None:

@@ -71,8 +71,8 @@ def test_a_huge_list_served_slowly_is_read_whole_in_bounded_memory() -> None:
         if ex.path == "/containers/json":  # chunked, one container at a time, paced
             await ex.start(200, [(b"content-type", b"application/json")])
             for i, cid in enumerate(ids):
-                item = {"Id": cid, "Names": [f"/c{i}"], "Image": "i", "State": "exited"}
-                item["Labels"] = {"big": chr(ord("a") + i) * (ITEM_MB << 20)}
+                labels = {"big": chr(ord("a") + i) * (ITEM_MB << 20)}
+                item = {"Id": cid, "Names": [f"/c{i}"], "Image": "i", "State": "exited", "Labels": labels}
                 await ex.send((b"[" if i == 0 else b",") + json.dumps(item).encode())
                 await asyncio.sleep(GAP)
             await ex.send(b"]")
