@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarmha.manager.http import _exchange, parsers
+from tests.support.helpers import LONG_SECONDS
 
 pytestmark = pytest.mark.skipif(parsers.httptools is None, reason="httptools is not installed")
 
@@ -87,7 +88,8 @@ _ODD_LINES = [  # questionable, ambiguous or malformed
 ]
 
 
-@settings(max_examples=2000, deadline=None)
+# 400 heads per suite run; ten times that at a soak's length (SWARMHA_LONG_SECONDS set)
+@settings(max_examples=4000 if LONG_SECONDS else 400, deadline=None)
 @given(
     method=st.sampled_from(_METHODS),
     target=st.sampled_from(_TARGETS),
