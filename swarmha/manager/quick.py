@@ -17,6 +17,7 @@ Metrics (``--metrics``): each answer is counted as the ordinary path counts it (
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -55,16 +56,13 @@ class QuickAnswers:
         if head.method != b"GET" or self._stopping():
             return None
         began = time.monotonic() if self._metrics is not None else 0.0
-        target = head.target.decode("latin-1")
-        if "%" in target or "#" in target:
-            return None  # what the ordinary path decodes or cuts
-        path, _, query = target.partition("?")
-        version, path = split_version(path)
-        if not path.startswith("/containers/"):
+        route = _route(head.target)
+        if route is None:
             return None
         for name, _value in head.headers:
             if len(name) == _LEN and name.lower() == _FORWARDED:
                 return None  # another manager's request: the ordinary path reads its claim
+        version, path, query = route
         api = self._api
         try:
             api.check_version(version)
@@ -77,3 +75,16 @@ class QuickAnswers:
             via = "primary" if self._is_primary() else "replica"
             self._metrics.observe_request(path, via, 200, time.monotonic() - began)
         return _JSON, body
+
+
+@functools.lru_cache(maxsize=1024)
+def _route(target: bytes) -> tuple[str | None, str, str] | None:
+    """(API version, path without it, query) of a target the view may answer; None for any other."""
+    text = target.decode("latin-1")
+    if "%" in text or "#" in text:
+        return None  # what the ordinary path decodes or cuts
+    path, _, query = text.partition("?")
+    version, path = split_version(path)
+    if not path.startswith("/containers/"):
+        return None
+    return version, path, query

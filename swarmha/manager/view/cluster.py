@@ -85,11 +85,12 @@ class ClusterView:
             task.cancel()
         self._views.clear()
 
-    def _ensure(self, engines: list[Engine]) -> list[EngineView] | None:
+    def _ensure(self, engines: list[Engine], every: bool = False) -> list[EngineView] | None:
         """The synced views of ``engines`` (starting the missing ones), or None when one is not synced, when there
         is no engine, or when an engine of the cluster is not healthy (what to show of its containers is the
-        ordinary path's business): the request goes the ordinary way."""
-        if not engines or not all(e.healthy for e in self.cluster.engines):
+        ordinary path's business): the request goes the ordinary way. ``every``: ``engines`` is the cluster's
+        whole list (checked for health here, not asked for again)."""
+        if not engines or not all(e.healthy for e in (engines if every else self.cluster.engines)):
             return None
         out: list[EngineView] = []
         ready = True
@@ -194,7 +195,7 @@ class ClusterView:
             args = _list_args_of(query) if query else (True, 0)
             if args is None:
                 return None
-            views = self._ensure(self.cluster.healthy())
+            views = self._ensure(self.cluster.engines, every=True)  # all healthy, or None: the healthy ones
             if views is None:
                 return None
             for v in views:
