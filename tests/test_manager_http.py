@@ -325,3 +325,31 @@ def test_requests_pipelined_in_one_send_are_read_the_ordinary_way_in_order() -> 
     out = serve(exchange(payload))
     assert [r["path"] for r in _responses(out)] == [f"/{i}" for i in range(5)]
     assert _QUICK[0] in (None, 0)
+
+
+@pytest.mark.slow
+def test_quick_answers_keep_a_connection_from_the_idle_timeout_and_it_applies_after_them(
+    parser_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if parser_kind != "quick":
+        pytest.skip("the quick answers' own bookkeeping")
+    monkeypatch.setattr(front._conn, "IDLE_TIMEOUT", 0.6)
+    get = b"GET /a HTTP/1.1\r\n" + H + b"\r\n"
+
+    def client(port: int) -> tuple[int, float]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            answered = 0
+            began = time.monotonic()
+            while time.monotonic() - began < 2.0:  # busy for over three idle timeouts, answered at once each time
+                s.sendall(get)
+                if not s.recv(65536):
+                    return answered, 0.0
+                answered += 1
+                time.sleep(0.05)
+            idle = time.monotonic()
+            assert s.recv(65536) == b""  # then closed for idling (bounded by the socket's timeout)
+            return answered, time.monotonic() - idle
+
+    answered, closed_after = serve(client)
+    assert answered >= 10 and _QUICK[0] is not None and _QUICK[0] >= answered - 1
+    assert 0.3 < closed_after < 5.0
