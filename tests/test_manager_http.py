@@ -70,15 +70,18 @@ async def _handle(ex: Exchange) -> None:
     await ex.json(200, {"method": ex.method, "path": ex.path, "body": body.decode(), "x": ex.header("x-a")})
 
 
-def _quick(head: Head) -> tuple[bytes, bytes] | None:
-    """What :func:`_handle` answers to a plain GET (no query, not /stream or /switch), given at once."""
-    if head.method != b"GET" or head.target in (b"/stream", b"/switch") or b"?" in head.target or b"#" in head.target:
+def _quick(head: Head) -> tuple[bytes, bytes, bytes] | None:
+    """What :func:`_handle` answers to a plain GET or HEAD (no query, not /stream or /switch), given at once."""
+    method = head.method.decode()
+    if method not in ("GET", "HEAD") or head.target in (b"/stream", b"/switch") or b"?" in head.target:
+        return None
+    if b"#" in head.target:
         return None
     count = _QUICK[0]
     assert count is not None
     _QUICK[0] = count + 1
-    obj = {"method": "GET", "path": head.target.decode("latin-1"), "body": "", "x": header_value(head.headers, "x-a")}
-    return b"application/json", json.dumps(obj).encode() + b"\n"
+    obj = {"method": method, "path": head.target.decode("latin-1"), "body": "", "x": header_value(head.headers, "x-a")}
+    return b"application/json", json.dumps(obj).encode() + b"\n", b""
 
 
 def serve(client: Callable[[int], Any]) -> Any:
@@ -318,6 +321,34 @@ def test_keep_alive_requests_one_by_one_get_the_ordinary_paths_bytes(parser_kind
     assert b"connection: close" in answers[5].lower()
     # the plain GETs sent once the connection waits (the first may come before it does: read the ordinary way)
     assert quick in ((2, 3) if parser_kind == "quick" else (None,))
+
+
+def test_a_head_request_gets_the_ordinary_paths_head(parser_kind: str) -> None:
+    """A HEAD answered at once: the head h11 frames for it (its Content-Length, no body), then the next answer."""
+    head = b"HEAD /a HTTP/1.1\r\n" + H + b"\r\n"
+    get = b"GET /b HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+
+    def client(port: int) -> bytes:
+        out = b""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /x HTTP/1.1\r\n" + H + b"\r\n")  # the connection waits once this is answered
+            while not _responses_so_far(out):
+                out += s.recv(65536)
+            out = b""
+            s.sendall(head)
+            while not out.endswith(b"\r\n\r\n"):
+                out += s.recv(65536)
+            s.sendall(get)
+            while data := s.recv(65536):
+                out += data
+        return out
+
+    out = serve(client)
+    first, _, rest = out.partition(b"\r\n\r\n")
+    length = len(json.dumps({"method": "HEAD", "path": "/a", "body": "", "x": ""}).encode() + b"\n")
+    assert first == b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d" % length
+    assert rest.startswith(b"HTTP/1.1 200 OK") and _responses(rest)[0]["path"] == "/b"
+    assert _QUICK[0] in ((1, 2) if parser_kind == "quick" else (None,))  # the HEAD (and the GET /x, or not yet)
 
 
 def test_requests_pipelined_in_one_send_are_read_the_ordinary_way_in_order() -> None:

@@ -42,7 +42,7 @@ class Primary:
         #: The answers the server gave at once from the view (the manager's quick answers, see swarmha.manager.quick).
         self.quick: list[bytes] = []
 
-        def counted(head: Head) -> tuple[bytes, bytes] | None:
+        def counted(head: Head) -> tuple[bytes, bytes, bytes] | None:
             got = quick(head)
             if got is not None:
                 self.quick.append(head.target)

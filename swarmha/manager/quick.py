@@ -1,4 +1,4 @@
-"""List and inspect answered from the view straight from the HTTP protocol (the server's ``quick``).
+"""List, inspect and ``/_ping`` answered straight from the HTTP protocol (the server's ``quick``).
 
 ``docker ps`` and ``docker inspect`` are most of what clients ask a manager, and every manager (the primary and
 the replicas alike) answers them from its event-fed view (:mod:`swarmha.manager.view`). When that answer needs no
@@ -12,7 +12,11 @@ path, a version to refuse, …) is None: the request goes the ordinary way, whic
 forwards exactly as before. The freshness guarantee is the view's: a write through this manager marks the view
 before its answer reaches the client, so the client's next list is not answered here until it was fetched again.
 
-Metrics (``--metrics``): each answer is counted as the ordinary path counts it (route, primary or replica, 200).
+``GET``/``HEAD /[vX.Y/]_ping`` (the docker CLI's first request of every command), which every manager answers
+itself, is answered here too, with the same headers (:meth:`~swarmha.manager.api.PrimaryAPI.ping_headers`).
+
+Metrics (``--metrics``): each answer is counted as the ordinary path counts it (route; primary, replica or
+local; 200).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["QuickAnswers"]
 
 _JSON = b"application/json"
+_TEXT = b"text/plain; charset=utf-8"
 _FORWARDED = FORWARDED.encode()
 _LEN = len(_FORWARDED)
 
@@ -51,9 +56,11 @@ class QuickAnswers:
         self._is_primary = is_primary
         self._stopping = stopping
         self._metrics = metrics
+        self._ping: tuple[list[tuple[str, str]], bytes] = ([], b"")
 
-    def __call__(self, head: Head) -> tuple[bytes, bytes] | None:
-        if head.method != b"GET" or self._stopping():
+    def __call__(self, head: Head) -> tuple[bytes, bytes, bytes] | None:
+        method = head.method
+        if (method != b"GET" and method != b"HEAD") or self._stopping():
             return None
         began = time.monotonic() if self._metrics is not None else 0.0
         route = _route(head.target)
@@ -68,23 +75,37 @@ class QuickAnswers:
             api.check_version(version)
         except DockerError:
             return None  # refused the ordinary way, in dockerd's words
-        body = api.view.answer_now(path, query)
-        if body is None:
+        if path == "/_ping":
+            got = _TEXT, b"OK", self._ping_headers()
+            via = "local"
+        elif method == b"HEAD":
             return None
-        if self._metrics is not None:
+        else:
+            body = api.view.answer_now(path, query)
+            if body is None:
+                return None
+            got = _JSON, body, b""
             via = "primary" if self._is_primary() else "replica"
+        if self._metrics is not None:
             self._metrics.observe_request(path, via, 200, time.monotonic() - began)
-        return _JSON, body
+        return got
+
+    def _ping_headers(self) -> bytes:
+        """``/_ping``'s extra header lines (:meth:`PrimaryAPI.ping_headers`), rebuilt when they change."""
+        pairs = self._api.ping_headers()
+        if pairs != self._ping[0]:
+            self._ping = (pairs, b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in pairs))
+        return self._ping[1]
 
 
 @functools.lru_cache(maxsize=1024)
 def _route(target: bytes) -> tuple[str | None, str, str] | None:
-    """(API version, path without it, query) of a target the view may answer; None for any other."""
+    """(API version, path without it, query) of a target answered here; None for any other."""
     text = target.decode("latin-1")
     if "%" in text or "#" in text:
         return None  # what the ordinary path decodes or cuts
     path, _, query = text.partition("?")
     version, path = split_version(path)
-    if not path.startswith("/containers/"):
+    if not path.startswith("/containers/") and path != "/_ping":
         return None
     return version, path, query

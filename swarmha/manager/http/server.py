@@ -6,9 +6,10 @@ exchange, a task switch or a coroutine: when bytes arrive on a connection that i
 with nothing received and not parsed (:class:`~._wire.QuickGate`), nothing is waiting to be sent on it, and
 the bytes are exactly one whole request head of the common kind (:func:`~.parsers.quick_head`: what the
 ordinary path would read the same way and answer on a connection that stays open), ``quick(head)`` is asked;
-(content type, body) is written at once as the ``200`` answer with the very bytes
-:meth:`~._exchange.Exchange.respond` would send. None (or anything else about the request) and the bytes go to
-the connection as before, so every other request, and every verdict on a bad one, is the ordinary path's.
+(content type, body, extra header lines) is written at once as the ``200`` answer with the very bytes
+:meth:`~._exchange.Exchange.respond` would send (to a ``HEAD``: its head alone). None (or anything else about
+the request) and the bytes go to the connection as before, so every other request, and every verdict on a bad
+one, is the ordinary path's.
 Answers stay in request order (only a connection idle with nothing buffered is answered this way), and a client
 that does not read its answers is not answered this way once the kernel holds back an answer (the ordinary path
 waits for it to drain).
@@ -47,9 +48,10 @@ __all__ = ["Handler", "Quick", "Server"]
 log = logging.getLogger("swarmha.manager.http")
 
 Handler = Callable[[Exchange], Awaitable[None]]
-#: The application's answer to a request head without waiting (see the module docstring): (content type, body)
-#: of a ``200`` answer, or None for "serve it the ordinary way".
-Quick = Callable[[Head], "tuple[bytes, bytes] | None"]
+#: The application's answer to a request head without waiting (see the module docstring): (content type, body,
+#: extra header lines: ``name: value\r\n`` each, in h11's grammar, b"" for none) of a ``200`` answer, or None
+#: for "serve it the ordinary way".
+Quick = Callable[[Head], "tuple[bytes, bytes, bytes] | None"]
 
 
 class _QuickProtocol(asyncio.StreamReaderProtocol):
@@ -93,9 +95,11 @@ class _QuickProtocol(asyncio.StreamReaderProtocol):
             return False
         if got is None:
             return False
-        content_type, body = got
+        content_type, body, extra = got
+        head_only = head.method == b"HEAD"
         t.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: %b\r\ncontent-length: %d\r\n\r\n%b" % (content_type, len(body), body)
+            b"HTTP/1.1 200 OK\r\ncontent-type: %b\r\ncontent-length: %d\r\n%b\r\n%b"
+            % (content_type, len(body), extra, b"" if head_only else body)
         )
         self.gate.last = self._loop.time()
         return True
