@@ -1,6 +1,6 @@
 """swarmha's manager beside the real Docker Swarm classic: ``docker ps`` and ``docker inspect`` at 1, 3 and 10 engines.
 
-    python -m benchmarks.manager_classic [--quick] [--swarm PATH] [--out docs/benchmarks-manager.md]
+    python -m benchmarks.manager_classic [--quick] [--swarm PATH] [--sizes 1,3,10] [--out docs/benchmarks-manager.md]
 
 Needs Swarm classic's binary (``bash ../shared/swarm-classic/build.sh`` builds it to /tmp/swarm-classic/swarm;
 ``--swarm`` or ``SWARM_CLASSIC_BIN`` names another); without it the part is skipped with a message. Starts on
@@ -176,6 +176,11 @@ def report(results: dict[int, tuple[dict[tuple[str, str], list[float]], dict[tup
     return "\n".join(rows) + "\n\nGoals:\n\n" + "\n".join(goals) + "\n"
 
 
+def _counts(sizes: list[int]) -> str:
+    """``1, 3 and 10``."""
+    return " and ".join(filter(None, [", ".join(map(str, sizes[:-1])), str(sizes[-1])]))
+
+
 def _engine(i: int, tar: Path) -> tuple[DockerEngine, str]:
     e = start_engine(100 + i, hostname=f"node-{i + 1}")
     e.docker("import", str(tar), IMAGE)
@@ -196,7 +201,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one throughput run (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved throughput runs per target (default 3)")
     parser.add_argument("--out", default="docs/benchmarks-manager.md", help="the markdown whose section is replaced")
+    parser.add_argument(
+        "--sizes", default=",".join(map(str, SIZES)), help="engine counts, comma-separated (default 1,3,10)"
+    )
     args = parser.parse_args(argv)
+    try:
+        sizes = sorted({int(n) for n in args.sizes.split(",")})
+    except ValueError:
+        parser.error(f"--sizes: not a comma-separated list of engine counts: {args.sizes!r}")
+    if not sizes or sizes[0] < 1:
+        parser.error(f"--sizes: engine counts are 1 or more: {args.sizes!r}")
     if args.quick:
         args.rounds, args.block, args.seconds, args.repeats = 2, 30, 0.5, 1
     binary = swarm_binary(args.swarm)
@@ -215,9 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
     try:
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            engines = list(pool.map(lambda i: _engine(i, tar), range(max(SIZES))))
+            engines = list(pool.map(lambda i: _engine(i, tar), range(max(sizes))))
         etcd = Etcd(tmp)
-        for n in SIZES:
+        for n in sizes:
             print(f"{n} engine(s) ...", flush=True)
             results[n] = _one_size(binary, etcd, [e for e, _ in engines[:n]], engines[0][1], tmp, args)
     finally:
@@ -235,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Load before: `{load_before}`  \nLoad after: `{uptime()}`\n\n"
         f"{version} (built from source, ../shared/swarm-classic/build.sh) and swarmha {swarmha.__version__}, "
         "each as a primary and a replica (`manage --replication`, one etcd 3.4 for both), in front of the same "
-        "1, 3 and 10 dockerd (one idle container each). `list` is `GET /v1.24/containers/json`, `inspect` "
+        f"{_counts(sizes)} dockerd (one idle container each). `list` is `GET /v1.24/containers/json`, `inspect` "
         "`GET /v1.24/containers/ID/json` of node-1's container; `node-1` is that engine asked directly. "
         "Latency: one keep-alive connection, sequential; req/s: concurrency 8, keep-alive, median of the runs. "
         "Targets interleaved block by block.\n\n"

@@ -2,7 +2,9 @@
 malformed and smuggling-style framing, the rest served.
 
 In-process: :class:`swarmha.manager.http.Server` on loopback, raw sockets as clients; every test with each
-connection class (``http.H11Conn``, ``http.LlhttpConn``) on each event loop.
+connection class (``http.H11Conn``, ``http.LlhttpConn``, and llhttp with the server's quick answers: a ``quick``
+that answers every plain GET as the handler does, so each verdict and answer must stay the ordinary path's) on
+each event loop.
 ``tests/test_manager_parse.py`` checks that every head the llhttp path accepts is one that h11 accepts with
 the same meaning.
 """
@@ -20,12 +22,14 @@ from typing import Any
 import pytest
 
 from swarmha.manager import http as front
-from swarmha.manager.http import Exchange, Server
+from swarmha.manager.http import Exchange, Head, Server, header_value
 from swarmha.manager.manager import loop_factory
 
 pytestmark = pytest.mark.timeout(60)
 
 _LOOP: list[str] = ["asyncio"]
+#: The quick answers given so far by the server of the test (None: the server has no ``quick``).
+_QUICK: list[int | None] = [None]
 
 
 @pytest.fixture(autouse=True, params=["asyncio", *(["uvloop"] if loop_factory() is not None else [])])
@@ -34,12 +38,13 @@ def event_loop_kind(request: pytest.FixtureRequest) -> None:
     _LOOP[0] = request.param
 
 
-@pytest.fixture(autouse=True, params=[*(["llhttp"] if front.parsers.httptools is not None else []), "h11"])
+@pytest.fixture(autouse=True, params=[*(["llhttp", "quick"] if front.parsers.httptools is not None else []), "h11"])
 def parser_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test with llhttp reading request heads first (httptools installed: what the manager does) and with
-    h11 alone (without httptools)."""
-    parser = front.LlhttpConn if request.param == "llhttp" else front.H11Conn
+    """Every test with llhttp reading request heads first (httptools installed: what the manager does), the same
+    with quick answers (the manager's too), and with h11 alone (without httptools)."""
+    parser = front.H11Conn if request.param == "h11" else front.LlhttpConn
     monkeypatch.setattr(front.parsers, "DEFAULT", parser)
+    _QUICK[0] = 0 if request.param == "quick" else None
     return str(request.param)
 
 
@@ -65,11 +70,25 @@ async def _handle(ex: Exchange) -> None:
     await ex.json(200, {"method": ex.method, "path": ex.path, "body": body.decode(), "x": ex.header("x-a")})
 
 
+def _quick(head: Head) -> tuple[bytes, bytes, bytes] | None:
+    """What :func:`_handle` answers to a plain GET or HEAD (no query, not /stream or /switch), given at once."""
+    method = head.method.decode()
+    if method not in ("GET", "HEAD") or head.target in (b"/stream", b"/switch") or b"?" in head.target:
+        return None
+    if b"#" in head.target:
+        return None
+    count = _QUICK[0]
+    assert count is not None
+    _QUICK[0] = count + 1
+    obj = {"method": method, "path": head.target.decode("latin-1"), "body": "", "x": header_value(head.headers, "x-a")}
+    return b"application/json", json.dumps(obj).encode() + b"\n", b""
+
+
 def serve(client: Callable[[int], Any]) -> Any:
     """Run the front with the echo handler and ``client(port)`` in a thread; return what the client returns."""
 
     async def main() -> Any:
-        server = Server(_handle, error_body=_json_error)
+        server = Server(_handle, error_body=_json_error, quick=_quick if _QUICK[0] is not None else None)
         port = (await server.listen("127.0.0.1", 0))[0][1]
         try:
             return await asyncio.wait_for(asyncio.to_thread(client, port), 30)
@@ -247,3 +266,121 @@ def test_a_head_sent_in_small_pieces_is_served(size: int) -> None:
 
     got = _responses(serve(client))
     assert (got[0]["path"], got[0]["x"]) == ("/piece", "a" * size)
+
+
+def _one_by_one(requests: list[bytes]) -> Callable[[int], bytes]:
+    """Send each request once the answer to the one before arrived (a complete JSON answer); all the bytes read."""
+
+    def client(port: int) -> bytes:
+        out = b""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i, request in enumerate(requests):
+                s.sendall(request)
+                while len(_responses_so_far(out)) <= i:
+                    data = s.recv(65536)
+                    if not data:
+                        return out
+                    out += data
+        return out
+
+    return client
+
+
+def _responses_so_far(out: bytes) -> list[bytes]:
+    """The whole answers (with a Content-Length) at the start of ``out``."""
+    whole = []
+    while b"\r\n\r\n" in out:
+        head, _, rest = out.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-l")))
+        if len(rest) < length:
+            break
+        whole.append(head + b"\r\n\r\n" + rest[:length])
+        out = rest[length:]
+    return whole
+
+
+def test_keep_alive_requests_one_by_one_get_the_ordinary_paths_bytes(parser_kind: str) -> None:
+    """Quick answers (while the connection waits with nothing buffered) are byte for byte the exchange's, and the
+    connection goes on the ordinary way in between (a POST with a body, a query, Connection: close)."""
+    get = b"GET /a HTTP/1.1\r\n" + H + b"X-A: v\r\n\r\n"
+    requests = [
+        get,
+        get.replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\nConnection: keep-alive\r\n"),
+        b"POST /b HTTP/1.1\r\n" + H + b"Content-Length: 2\r\n\r\nxy",
+        b"GET /c?q=1 HTTP/1.1\r\n" + H + b"\r\n",
+        get,
+        b"GET /d HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n",
+    ]
+    out = serve(_one_by_one(requests))
+    quick = _QUICK[0]
+    answers = _responses_so_far(out)
+    assert [r["path"] for r in _responses(out)] == ["/a", "/a", "/b", "/c", "/a", "/d"]
+    assert answers[0] == answers[1] == answers[4]
+    assert answers[0].startswith(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ")
+    assert b"connection: close" in answers[5].lower()
+    # the plain GETs sent once the connection waits (the first may come before it does: read the ordinary way)
+    assert quick in ((2, 3) if parser_kind == "quick" else (None,))
+
+
+def test_a_head_request_gets_the_ordinary_paths_head(parser_kind: str) -> None:
+    """A HEAD answered at once: the head h11 frames for it (its Content-Length, no body), then the next answer."""
+    head = b"HEAD /a HTTP/1.1\r\n" + H + b"\r\n"
+    get = b"GET /b HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+
+    def client(port: int) -> bytes:
+        out = b""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /x HTTP/1.1\r\n" + H + b"\r\n")  # the connection waits once this is answered
+            while not _responses_so_far(out):
+                out += s.recv(65536)
+            out = b""
+            s.sendall(head)
+            while not out.endswith(b"\r\n\r\n"):
+                out += s.recv(65536)
+            s.sendall(get)
+            while data := s.recv(65536):
+                out += data
+        return out
+
+    out = serve(client)
+    first, _, rest = out.partition(b"\r\n\r\n")
+    length = len(json.dumps({"method": "HEAD", "path": "/a", "body": "", "x": ""}).encode() + b"\n")
+    assert first == b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d" % length
+    assert rest.startswith(b"HTTP/1.1 200 OK") and _responses(rest)[0]["path"] == "/b"
+    assert _QUICK[0] in ((1, 2) if parser_kind == "quick" else (None,))  # the HEAD (and the GET /x, or not yet)
+
+
+def test_requests_pipelined_in_one_send_are_read_the_ordinary_way_in_order() -> None:
+    payload = b"".join(b"GET /%d HTTP/1.1\r\n" % i + H + b"\r\n" for i in range(5))
+    out = serve(exchange(payload))
+    assert [r["path"] for r in _responses(out)] == [f"/{i}" for i in range(5)]
+    assert _QUICK[0] in (None, 0)
+
+
+@pytest.mark.slow
+def test_quick_answers_keep_a_connection_from_the_idle_timeout_and_it_applies_after_them(
+    parser_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if parser_kind != "quick":
+        pytest.skip("the quick answers' own bookkeeping")
+    monkeypatch.setattr(front._conn, "IDLE_TIMEOUT", 0.6)
+    get = b"GET /a HTTP/1.1\r\n" + H + b"\r\n"
+
+    def client(port: int) -> tuple[int, float]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            answered = 0
+            began = time.monotonic()
+            while time.monotonic() - began < 2.0:  # busy for over three idle timeouts, answered at once each time
+                s.sendall(get)
+                if not s.recv(65536):
+                    return answered, 0.0
+                answered += 1
+                time.sleep(0.05)
+            idle = time.monotonic()
+            assert s.recv(65536) == b""  # then closed for idling (bounded by the socket's timeout)
+            return answered, time.monotonic() - idle
+
+    answered, closed_after = serve(client)
+    assert answered >= 10 and _QUICK[0] is not None and _QUICK[0] >= answered - 1
+    assert 0.3 < closed_after < 5.0

@@ -20,7 +20,8 @@ import pytest
 from swarmha.manager.api import PrimaryAPI, docker_path
 from swarmha.manager.api._docker import error_body
 from swarmha.manager.cluster import Cluster
-from swarmha.manager.http import Exchange, Server
+from swarmha.manager.http import Exchange, Head, Server
+from swarmha.manager.quick import QuickAnswers
 from swarmha.manager.upstream import Pool, Response, Upstream, request
 from swarmha.manager.view import EngineView
 from tests.support.docker_engines import IMAGE, DockerEngine, docker_engines, registry
@@ -37,7 +38,17 @@ class Primary:
     def __init__(self, addrs: list[str]) -> None:
         self.cluster = Cluster(static=addrs)
         self.api = PrimaryAPI(self.cluster, dict)
-        self.server = Server(self._handle, error_body=error_body)
+        quick = QuickAnswers(self.api, lambda: True, lambda: False)
+        #: The answers the server gave at once from the view (the manager's quick answers, see swarmha.manager.quick).
+        self.quick: list[bytes] = []
+
+        def counted(head: Head) -> tuple[bytes, bytes, bytes] | None:
+            got = quick(head)
+            if got is not None:
+                self.quick.append(head.target)
+            return got
+
+        self.server = Server(self._handle, error_body=error_body, quick=counted)
         self.pool = Pool()
         self.up: Upstream | None = None
 
@@ -142,10 +153,14 @@ def test_create_start_rm_through_the_manager_are_seen_by_the_very_next_list_and_
                 assert item["State"] == "running" and item["Status"].startswith("Up ")
                 over_http = (await p.get(f"/containers/{cid[:12]}/json")).json()
                 assert over_http["State"]["Running"] is True and over_http["Node"] == running["Node"]
+                assert cid in _ids((await p.get("/v1.41/containers/json")).json())  # over HTTP as well
+                assert (await p.get("/v1.41/containers/json")).json() == await p.listed()
             finally:
                 r = await p.send("DELETE", f"/containers/{cid}?force=1")
             assert r.status == 204, r.body
+            assert cid not in _ids((await p.get("/v1.41/containers/json?all=1")).json())  # the very next list
             assert cid not in _ids(await p.listed(all="1"))
+            assert p.quick, "the server answered no list or inspect at once from the view"
             assert await p.inspected(cid) is None  # unknown to the view: the engines are asked, and say 404
             assert (await p.get(f"/containers/{cid}/json")).status == 404
 

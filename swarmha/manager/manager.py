@@ -63,6 +63,7 @@ from swarmha.manager.http import BODY_TIMEOUT, ClientGone, Exchange, Server
 from swarmha.manager.info import cluster_info
 from swarmha.manager.leadership import SILENT, why_lost
 from swarmha.manager.loop import loop_factory
+from swarmha.manager.quick import QuickAnswers
 from swarmha.manager.reschedule import Watchdog
 from swarmha.manager.store_state import StoreState
 from swarmha.manager.switchover import SHORT_DRAIN, Requests, ShortRequests
@@ -173,8 +174,9 @@ class Manager:
             )
             self._metrics_server = Server(self._serve_metrics, error_body=error_body)
         # Without metrics the server calls _handle itself: no measuring frame around every request.
+        quick = QuickAnswers(self.api, lambda: self.is_primary, lambda: self._stopping.is_set(), self.metrics)
         handler = self._measured if self.metrics is not None else self._handle
-        self.server = Server(handler, error_body=error_body, body_timeout=config.body_timeout)
+        self.server = Server(handler, error_body=error_body, body_timeout=config.body_timeout, quick=quick)
         self._candidate: aio.Candidate | None = None
         self._follower: aio.Follower | None = None
         if config.replication:

@@ -43,14 +43,16 @@ Guarantees:
   send (h11 costs ~50 µs per response on the development machine); the next request on that connection is
   read from the bytes received after the last one. A response to a request that llhttp parsed and that the
   fast path does not frame is framed by a fresh h11 state given an equivalent body-less request.
+* A server given ``quick`` may answer a request of the common kind straight from the protocol, with the same
+  bytes as the ordinary path, while its connection waits with nothing buffered (see :mod:`.server`).
 * :meth:`Server.close` stops accepting at once; :meth:`Server.drain` waits (bounded) for in-flight exchanges,
   then cancels what is left. Idle keep-alive connections are closed at once on close.
 
 Layout (imports go down this list only): :mod:`._wire` (limits, errors, the parsed head, the body budget),
 :mod:`.tls` (TLS with half-close), :mod:`._conn` (one connection), :mod:`.parsers` (the connection class per
 parser: h11 alone, or llhttp first; a server picks one once), :mod:`._exchange` (one request and its answer),
-:mod:`.server` (accept, serve, drain). Nothing here knows the application's API: it reads its own meaning into
-:attr:`Exchange.path` (the path as sent) and passes its certificates as an :class:`ssl.SSLContext`.
+:mod:`.server` (accept, serve, drain; the quick answers). Nothing here knows the application's API: it reads its
+own meaning into :attr:`Exchange.path` (the path as sent) and passes its certificates as an :class:`ssl.SSLContext`.
 """
 
 from __future__ import annotations
@@ -69,11 +71,12 @@ from swarmha.manager.http._wire import (
     BodyRefused,
     ClientGone,
     ErrorBody,
+    Head,
     header_value,
     plain_error,
 )
 from swarmha.manager.http.parsers import DEFAULT, H11Conn, LlhttpConn
-from swarmha.manager.http.server import Handler, Server
+from swarmha.manager.http.server import Handler, Quick, Server
 
 __all__ = [
     "BODY_BUDGET",
@@ -92,7 +95,9 @@ __all__ = [
     "Exchange",
     "H11Conn",
     "Handler",
+    "Head",
     "LlhttpConn",
+    "Quick",
     "Server",
     "header_value",
     "plain_error",

@@ -24,6 +24,7 @@ from swarmha.manager.http._wire import (
     ClientGone,
     ErrorBody,
     Head,
+    QuickGate,
     plain_error,
 )
 
@@ -77,6 +78,9 @@ class Conn:
         self._waiting = False  # waiting for the next request (the idle timer may close the connection)
         #: The connection was closed for staying idle too long between requests.
         self.idle_expired = False
+        #: The protocol's gate when it may answer requests itself while this connection waits (see
+        #: :mod:`swarmha.manager.http.server`); None: every request is read here.
+        self.gate: QuickGate | None = None
 
     async def _read(self) -> int:
         """Read once: into :attr:`buf`, or fed to h11 while it parses (b"" at the end of the stream); the bytes
@@ -126,10 +130,15 @@ class Conn:
         if self._idle_timer is None:
             self._idle_timer = loop.call_at(self._idle_until, self._idle_check)
         self._waiting = True
+        gate = self.gate
+        if gate is not None and not self.buf and self.h11 is None:
+            gate.armed = True  # nothing received is waiting here: the protocol may answer the next request
         try:
             await self._read()
         finally:
             self._waiting = False
+            if gate is not None:
+                gate.armed = False
         return not self.idle_expired
 
     def _idle_check(self) -> None:
@@ -137,6 +146,8 @@ class Conn:
         if not self._waiting:
             return  # inside an exchange: the next wait for a request arms a new timer
         loop = self._loop
+        if self.gate is not None:  # requests answered by the protocol meanwhile are activity too
+            self._idle_until = max(self._idle_until, self.gate.last + IDLE_TIMEOUT)
         if loop.time() < self._idle_until:
             self._idle_timer = loop.call_at(self._idle_until, self._idle_check)
             return

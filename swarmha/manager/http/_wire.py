@@ -24,6 +24,7 @@ __all__ = [
     "ClientGone",
     "ErrorBody",
     "Head",
+    "QuickGate",
     "header_value",
     "plain_error",
 ]
@@ -100,6 +101,19 @@ class BodyBudget:
 
     def give(self, n: int) -> None:
         self.used -= n
+
+
+class QuickGate:
+    """Between a connection and the protocol under it: whether the next bytes may be answered at once (the
+    connection waits for a request with nothing buffered), and when the last such answer went out."""
+
+    __slots__ = ("armed", "last")
+
+    def __init__(self) -> None:
+        #: Set by the connection while it waits for the next request with nothing received and not parsed.
+        self.armed = False
+        #: The loop time of the last answer given at once (0.0: none): activity for the idle timeout.
+        self.last = 0.0
 
 
 class Head:

@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - the extra swarmha[fast] is not install
 from swarmha.manager.http._conn import Conn
 from swarmha.manager.http._wire import HEAD_TIMEOUT, MAX_HEAD, TOKEN, BadRequest, Head
 
-__all__ = ["DEFAULT", "H11Conn", "LlhttpConn"]
+__all__ = ["DEFAULT", "H11Conn", "LlhttpConn", "quick_head"]
 
 #: A request head still incomplete once this many bytes arrived is read by h11 (incrementally) instead.
 FAST_HEAD_MAX = 8 * 1024
@@ -83,6 +83,51 @@ def _parse_fast(head: bytes) -> tuple[Head, int] | None:
     if hosts > 1 or (hosts == 0 and version == b"1.1"):
         return None
     return Head(line.group(1), line.group(2), version, headers), length
+
+
+#: Verdicts of :func:`quick_head` on heads of at most :data:`_SEEN_SIZE` bytes, by their bytes (clients send the same
+#: few heads again and again); at most :data:`_SEEN_MAX` of them (then it starts anew): under ~1 MB.
+_SEEN: dict[bytes, Head | None] = {}
+_SEEN_SIZE = 1024
+_SEEN_MAX = 1024
+
+
+def quick_head(data: bytes) -> Head | None:
+    """``data`` as one whole request that a quick answer may take (see :mod:`swarmha.manager.http.server`), or None.
+
+    Only exactly one complete head of at most :data:`FAST_HEAD_MAX` bytes that :func:`_parse_fast` takes (so h11
+    would take it the same), HTTP/1.1 without a body and without ``Connection: close`` (the connection stays
+    open after the answer, as :class:`~swarmha.manager.http.Exchange` decides), no DEL in a header value (which
+    the exchange refuses), and an origin-form target (``/...``). Anything else is read the ordinary way.
+
+    The verdict depends on the bytes alone, so the same bytes get the same :class:`Head` object (remembered,
+    bounded): the caller must not change it.
+    """
+    head = _SEEN.get(data, _SEEN)
+    if head is not _SEEN:
+        return head  # type: ignore[return-value]
+    head = _quick_head(data)
+    if len(data) <= _SEEN_SIZE:
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[data] = head
+    return head
+
+
+def _quick_head(data: bytes) -> Head | None:
+    end = len(data) - 4
+    if end > FAST_HEAD_MAX or data.find(b"\r\n\r\n") != end:
+        return None
+    parsed = _parse_fast(data)
+    if parsed is None:
+        return None
+    head, length = parsed
+    if length or head.http_version != b"1.1" or head.target[:1] != b"/":
+        return None
+    for name, value in head.headers:
+        if b"\x7f" in value or (name.lower() == b"connection" and b"close" in value.lower()):
+            return None
+    return head
 
 
 _LISTED_LENGTH = re.compile(rb"\ncontent-length:[^\n]*,", re.IGNORECASE)

@@ -1,4 +1,19 @@
-"""The listening side: accept connections, serve their exchanges one by one, close and drain."""
+"""The listening side: accept connections, serve their exchanges one by one, close and drain.
+
+Quick answers. A server given ``quick`` (and reading heads with llhttp: :class:`~.parsers.LlhttpConn`, plain
+TCP) lets the application answer some requests straight from the protocol's ``data_received``, without an
+exchange, a task switch or a coroutine: when bytes arrive on a connection that is waiting for its next request
+with nothing received and not parsed (:class:`~._wire.QuickGate`), nothing is waiting to be sent on it, and
+the bytes are exactly one whole request head of the common kind (:func:`~.parsers.quick_head`: what the
+ordinary path would read the same way and answer on a connection that stays open), ``quick(head)`` is asked;
+(content type, body, extra header lines) is written at once as the ``200`` answer with the very bytes
+:meth:`~._exchange.Exchange.respond` would send (to a ``HEAD``: its head alone). None (or anything else about
+the request) and the bytes go to the connection as before, so every other request, and every verdict on a bad
+one, is the ordinary path's.
+Answers stay in request order (only a connection idle with nothing buffered is answered this way), and a client
+that does not read its answers is not answered this way once the kernel holds back an answer (the ordinary path
+waits for it to drain).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +23,7 @@ import http
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import swarmha.manager.http.parsers as parsers
 from swarmha.manager.http._conn import Conn
@@ -21,15 +37,72 @@ from swarmha.manager.http._wire import (
     BodyRefused,
     ClientGone,
     ErrorBody,
+    Head,
+    QuickGate,
     plain_error,
 )
 from swarmha.manager.http.tls import HalfCloseTLS
 
-__all__ = ["Handler", "Server"]
+__all__ = ["Handler", "Quick", "Server"]
 
 log = logging.getLogger("swarmha.manager.http")
 
 Handler = Callable[[Exchange], Awaitable[None]]
+#: The application's answer to a request head without waiting (see the module docstring): (content type, body,
+#: extra header lines: ``name: value\r\n`` each, in h11's grammar, b"" for none) of a ``200`` answer, or None
+#: for "serve it the ordinary way".
+Quick = Callable[[Head], "tuple[bytes, bytes, bytes] | None"]
+
+
+class _QuickProtocol(asyncio.StreamReaderProtocol):
+    """A plain TCP connection's protocol that lets the server's ``quick`` answer while its connection waits."""
+
+    def __init__(self, server: Server, quick: Quick) -> None:
+        super().__init__(asyncio.StreamReader(limit=READ_SIZE), server._accept)
+        self.gate = QuickGate()
+        self._server = server
+        self._quick = quick
+        self._loop = asyncio.get_running_loop()
+        self._tcp: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._tcp = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._tcp = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        gate = self.gate
+        if gate.armed:
+            if self._answer(data):
+                return
+            gate.armed = False  # the connection reads from here on, until it waits with nothing buffered again
+        super().data_received(data)
+
+    def _answer(self, data: bytes) -> bool:
+        t = self._tcp
+        if t is None or t.is_closing() or t.get_write_buffer_size() or self._server._closing:
+            return False
+        head = parsers.quick_head(data)
+        if head is None:
+            return False
+        try:
+            got = self._quick(head)
+        except Exception:  # the ordinary path serves it (and answers 500 if it fails there too)
+            log.exception("the quick answer to %s failed", head.target[:200])
+            return False
+        if got is None:
+            return False
+        content_type, body, extra = got
+        head_only = head.method == b"HEAD"
+        t.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: %b\r\ncontent-length: %d\r\n%b\r\n%b"
+            % (content_type, len(body), extra, b"" if head_only else body)
+        )
+        self.gate.last = self._loop.time()
+        return True
 
 
 class Server:
@@ -42,10 +115,13 @@ class Server:
         parser: type[parsers.H11Conn] | None = None,
         error_body: ErrorBody = plain_error,
         body_timeout: float = BODY_TIMEOUT,
+        quick: Quick | None = None,
     ) -> None:
         """``error_body`` shapes every error answer (the server's own 400/500 and :meth:`Exchange.error`);
-        ``body_timeout``: seconds a request body may make no progress before its exchange ends with 408."""
+        ``body_timeout``: seconds a request body may make no progress before its exchange ends with 408;
+        ``quick``: answers given without an exchange (see the module docstring; plain TCP with llhttp only)."""
         self._handler = handler
+        self._quick = quick
         self._error_body = error_body
         self._body_timeout = body_timeout
         #: The connection class, which reads request heads (:data:`parsers.DEFAULT` unless given).
@@ -63,7 +139,12 @@ class Server:
         TLS is :class:`~swarmha.manager.http.tls.HalfCloseTLS`, not asyncio's SSL transport: a client's close_notify
         must end only its own direction of a hijacked connection (a client sends one when its input ends).
         """
-        if ssl_context is None:
+        quick = self._quick
+        if ssl_context is None and quick is not None and issubclass(self.parser, parsers.LlhttpConn):
+            server = await asyncio.get_running_loop().create_server(
+                lambda: _QuickProtocol(self, quick), host or None, port, reuse_address=True
+            )
+        elif ssl_context is None:
             server = await asyncio.start_server(self._accept, host or None, port, reuse_address=True, limit=READ_SIZE)
         else:
 
@@ -102,6 +183,9 @@ class Server:
         task = asyncio.current_task()
         assert task is not None
         conn = self.parser(reader, writer, self.budget, self._error_body, self._body_timeout)
+        protocol = writer.transport.get_protocol()
+        if isinstance(protocol, _QuickProtocol):
+            conn.gate = protocol.gate
         try:
             await self._serve(conn, task)
         except (asyncio.CancelledError, ClientGone):

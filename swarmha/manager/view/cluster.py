@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import time
@@ -84,11 +85,12 @@ class ClusterView:
             task.cancel()
         self._views.clear()
 
-    def _ensure(self, engines: list[Engine]) -> list[EngineView] | None:
+    def _ensure(self, engines: list[Engine], every: bool = False) -> list[EngineView] | None:
         """The synced views of ``engines`` (starting the missing ones), or None when one is not synced, when there
         is no engine, or when an engine of the cluster is not healthy (what to show of its containers is the
-        ordinary path's business): the request goes the ordinary way."""
-        if not engines or not all(e.healthy for e in self.cluster.engines):
+        ordinary path's business): the request goes the ordinary way. ``every``: ``engines`` is the cluster's
+        whole list (checked for health here, not asked for again)."""
+        if not engines or not all(e.healthy for e in (engines if every else self.cluster.engines)):
             return None
         out: list[EngineView] = []
         ready = True
@@ -184,20 +186,40 @@ class ClusterView:
         ident = path[len("/containers/") : -len("/json")] if path.endswith("/json") else ""
         return await self.inspect(ident, ex.query_string) if ident else None
 
+    def answer_now(self, path: str, query: str) -> bytes | None:
+        """:meth:`answer` for ``GET path?query`` (``path`` without the version, ``query`` as sent) when it needs
+        no wait: every view concerned synced and clean (nothing marked is waiting to be fetched again), so the
+        answer is the same bytes :meth:`answer` would give now. None: not a list or inspect the view answers, or
+        a wait (or the engines) would be needed: serve the request the ordinary way."""
+        if path == "/containers/json":
+            args = _list_args_of(query) if query else (True, 0)
+            if args is None:
+                return None
+            views = self._ensure(self.cluster.engines, every=True)  # all healthy, or None: the healthy ones
+            if views is None:
+                return None
+            for v in views:
+                if not v.clean():
+                    return None
+            return self._list_body(views, *args)
+        if query or not path.startswith("/containers/") or not path.endswith("/json"):
+            return None
+        ident = path[len("/containers/") : -len("/json")]
+        if not ident:
+            return None
+        ident, views = self._inspect_views(ident)
+        if views is None:
+            return None
+        for v in views:
+            if not v.clean():
+                return None
+        return self._inspect_body(views, ident)
+
     async def listing(self, query: dict[str, list[str]]) -> bytes | None:
         """The ``GET /containers/json`` answer body for ``query`` (parsed), or None: ask the engines."""
-        running_only, limit = True, 0
-        if query:
-            if any(k not in _LIST_ARGS for k in query):
-                return None
-            arg = {k: v[-1] for k, v in query.items()}
-            if _true(arg.get("size", "")):
-                return None
-            try:
-                limit = int(arg.get("limit") or arg.get("last") or 0)
-            except ValueError:
-                return None  # the engines' own refusal
-            running_only = not _true(arg.get("all", "")) and limit <= 0
+        args = _list_args(query) if query else (True, 0)
+        if args is None:
+            return None
         views = self._ensure(self.cluster.healthy())
         if views is None:
             return None
@@ -206,6 +228,11 @@ class ClusterView:
                 if not await self._settled(views):
                     return None
                 break
+        return self._list_body(views, *args)
+
+    def _list_body(self, views: list[EngineView], running_only: bool, limit: int) -> bytes:
+        """The list answer of synced, settled ``views``: rebuilt only when a view, an engine's name or ``Node``
+        changed, or a ``Status`` text is due to change (:attr:`_last`)."""
         key = (running_only, limit, *[(v, v.version, v.engine.name, self._node(v.engine)) for v in views])
         now = time.time()
         last = self._last
@@ -243,15 +270,24 @@ class ClusterView:
         ambiguous ``ident``, a view not synced)."""
         if query:
             return None
+        ident, views = self._inspect_views(ident)
+        if views is None or not await self._settled(views):
+            return None
+        return self._inspect_body(views, ident)
+
+    def _inspect_views(self, ident: str) -> tuple[str, list[EngineView] | None]:
+        """(the container's name or id on its engine, the synced views it may be on) for ``ident`` (``node/name``
+        pins one engine); None for the views when one is not synced."""
         engines = self.cluster.healthy()
         node_name, sep, rest = ident.partition("/")
         if sep and rest:
             pinned = self.cluster.engine_named(node_name)
             if pinned is not None:
                 engines, ident = [e for e in engines if e is pinned], rest
-        views = self._ensure(engines)
-        if views is None or not await self._settled(views):
-            return None
+        return ident, self._ensure(engines)
+
+    def _inspect_body(self, views: list[EngineView], ident: str) -> bytes | None:
+        """The inspect answer of ``ident`` from settled ``views``; None when none or several hold it."""
         found = [(v.engine, entry) for v in views if (entry := v.resolve(ident)) is not None]
         if len(found) != 1:
             return None
@@ -263,6 +299,26 @@ class ClusterView:
         body = json.dumps({**entry.inspect, "Node": e.node()}).encode() + b"\n"
         entry.inspect_cache = (node, body)
         return body
+
+
+def _list_args(query: dict[str, list[str]]) -> tuple[bool, int] | None:
+    """(running only, limit) of a list's parsed query; None for a query the view does not answer."""
+    if any(k not in _LIST_ARGS for k in query):
+        return None
+    arg = {k: v[-1] for k, v in query.items()}
+    if _true(arg.get("size", "")):
+        return None
+    try:
+        limit = int(arg.get("limit") or arg.get("last") or 0)
+    except ValueError:
+        return None  # the engines' own refusal
+    return not _true(arg.get("all", "")) and limit <= 0, limit
+
+
+@functools.lru_cache(maxsize=256)
+def _list_args_of(query: str) -> tuple[bool, int] | None:
+    """:func:`_list_args` of a query as sent (the same few strings mostly: cached, bounded)."""
+    return _list_args(parse_qs(query, keep_blank_values=True))
 
 
 def _item(entry: Entry, e: Engine, node: bytes, status: str) -> bytes:

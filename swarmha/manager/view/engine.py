@@ -40,6 +40,7 @@ __all__ = ["CONTAINERS", "IMAGES", "NETWORKS", "VOLUMES", "EngineView", "Entry"]
 log = logging.getLogger("swarmha.manager.view")
 
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]+")
 _EVENT_FILTER = quote(json.dumps({"type": ["container", "image", "network", "volume"]}), safe="")
 #: Objects fetched at once by a full read or the worker.
 _PARALLEL = 8
@@ -128,7 +129,7 @@ class EngineView:
         cid = self._names.get(ident if ident.startswith("/") else "/" + ident)
         if cid is not None:
             return self.containers.get(cid)
-        if ident and all(c in "0123456789abcdef" for c in ident):
+        if ident and len(ident) < 64 and _HEX.fullmatch(ident):  # a full id not found is no other's prefix
             found = [e for cid, e in self.containers.items() if cid.startswith(ident)]
             if len(found) == 1:
                 return found[0]
