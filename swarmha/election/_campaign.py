@@ -39,7 +39,7 @@ import weakref
 
 from swarmha.discovery import Discovery, Record, Session, Watch
 from swarmha.discovery._base import check_ttl
-from swarmha.election._control import Drain, Handoff, Steering
+from swarmha.election._control import Drain, Handoff, Steering, control_prefix
 from swarmha.election._engine import Park
 from swarmha.election._lease import Held, Lease, Loss, check_renew_deadline
 from swarmha.election._phases import Action, Phase, Signal, step
@@ -342,7 +342,7 @@ class Campaign(Transfers):
             lead.watch = self._d.watch(self.key, lead.record)
         fired = yield from self._wait_on(lead.watch, until - now)
         if fired and self._lead is lead:
-            current = self._d.get(self.key)
+            current = yield from self._await(self._d.get_async(self.key))
             if current is not None and current.token == lead.term.token:
                 return
             if self.lease.valid_until(lead.session, 0.0) == 0.0:  # the session went, and the key with it
@@ -393,7 +393,7 @@ class Campaign(Transfers):
         lease = self.lease
         if self._leftover is not None:
             session, token = self._leftover
-            self._d.delete(self.key, token)
+            yield from self._await(self._d.delete_async(self.key, token))
             lease.drop(session)
             self._leftover = None
         handoff = self._transfer
@@ -403,7 +403,7 @@ class Campaign(Transfers):
         if self._steer.registers and time.monotonic() >= self._holdoff_until:
             self._steer.register(self._presence_session())
         while True:
-            record = None if vacant else self._d.get(self.key)
+            record = None if vacant else (yield from self._await(self._d.get_async(self.key)))
             vacant = False
             if lease.holds(record) or (record is None and (time.monotonic() >= self._holdoff_until or lease.queued)):
                 # ``holds``: the ticket's queue entry became the holder (the holders before it left): claim it. A
@@ -414,7 +414,7 @@ class Campaign(Transfers):
                 lease.prepare(self.key, self.node)
                 session = lease.session()
                 try:
-                    created = self._d.create(self.key, self.node, session)
+                    created = yield from self._await(self._d.create_async(self.key, self.node, session))
                 except SessionExpired:
                     lease.drop(session, gone=True)  # a shared lease's next session() opens a new one
                     raise
@@ -427,7 +427,7 @@ class Campaign(Transfers):
                     yield from self._become_leader(created, session, sent if clock is None else min(sent, clock))
                     return
                 lease.unclaimed(session)  # a ticket stays queued behind the new holder: it keeps its place
-                record = self._d.get(self.key)
+                record = yield from self._await(self._d.get_async(self.key))
                 if lease.holds(record):
                     vacant = True  # the holder left between create() and get(): claim at once
                     continue
@@ -460,7 +460,8 @@ class Campaign(Transfers):
         """Enter LEADING with the term ``record`` won, counted from ``sent`` (unless already past its deadline),
         unless a transfer names another candidate or a preferred one waits: then give the key back at once."""
         try:
-            why = self._steer.defer_to()
+            steering = yield from self._await(self._d.list_async(control_prefix(self.key)))
+            why = self._steer.defer_to(steering)
         except BaseException:
             self._leftover = (session, record.token)
             raise

@@ -309,7 +309,7 @@ class Lease(ClosesOnExit):
             self._keeping(session),
             lambda: self._closed or self._session is not session,
         )
-        self._keeper.start()
+        self._keeper.start(urgent=True)
 
     def _keeping(self, session: Session) -> Generator[Park, bool, None]:
         """Renew ``session`` every ttl/3 (a failed renewal again after a short backoff) until it is lost, dropped
