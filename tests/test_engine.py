@@ -13,7 +13,7 @@ import pytest
 
 import swarmha
 from swarmha.discovery.memory import MemoryDiscovery
-from swarmha.election._engine import Engine, Park, Steps, Task
+from swarmha.election._engine import WINDOW, Engine, Park, Steps, Task
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable
 
 TIMEOUT = 5.0
@@ -22,16 +22,18 @@ TIMEOUT = 5.0
 class Machine:
     """A generator on an engine that parks on what the test hands it and reports what it was resumed with."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine: Engine | None = None) -> None:
         self.parks: queue.SimpleQueue[Park] = queue.SimpleQueue()
         self.seen: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.stop = False
-        self.task = Task(Engine(), "test", self._steps(), lambda: self.stop)
+        self.task = Task(engine or Engine(), "test", self._steps(), lambda: self.stop)
 
     def _steps(self) -> Steps:
         while True:
-            park = self.parks.get(timeout=TIMEOUT)
-            if park.watch is None and park.until is None and park.future is None:
+            while self.parks.empty():  # parked (no worker held) until the test hands it the next park
+                yield Park(None, time.monotonic() + 0.005)
+            park = self.parks.get_nowait()
+            if park.watch is None and park.until is None and park.request is None:
                 return
             try:
                 value = yield park
@@ -53,7 +55,7 @@ class Machine:
 
 def test_a_future_answered_later_resumes_the_machine_with_its_result() -> None:
     future: Future[str] = Future()
-    m = Machine().park(Park(future=future))
+    m = Machine().park(Park(request=lambda: future))
     m.task.start()
     time.sleep(0.05)  # parked: no worker waits for the answer
     assert m.seen.empty()
@@ -64,7 +66,7 @@ def test_a_future_answered_later_resumes_the_machine_with_its_result() -> None:
 
 def test_a_future_that_failed_throws_its_error_into_the_machine() -> None:
     future: Future[str] = Future()
-    m = Machine().park(Park(future=future))
+    m = Machine().park(Park(request=lambda: future))
     m.task.start()
     future.set_exception(DiscoveryError("the store said no"))
     error = m.next()
@@ -75,7 +77,7 @@ def test_a_future_that_failed_throws_its_error_into_the_machine() -> None:
 def test_a_future_done_already_resumes_the_machine_at_once() -> None:
     future: Future[int] = Future()
     future.set_result(7)
-    m = Machine().park(Park(future=future))
+    m = Machine().park(Park(request=lambda: future))
     m.task.start()
     assert m.next() == 7
     m.end()
@@ -83,7 +85,7 @@ def test_a_future_done_already_resumes_the_machine_at_once() -> None:
 
 def test_an_interrupt_does_not_cut_a_wait_for_a_future_short_and_the_next_park_sees_it() -> None:
     future: Future[str] = Future()
-    m = Machine().park(Park(future=future))
+    m = Machine().park(Park(request=lambda: future))
     m.task.start()
     time.sleep(0.05)
     m.stop = True
@@ -99,13 +101,45 @@ def test_an_interrupt_does_not_cut_a_wait_for_a_future_short_and_the_next_park_s
 
 def test_a_future_without_an_answer_by_its_deadline_throws_unavailable() -> None:
     future: Future[str] = Future()
-    m = Machine().park(Park(future=future, until=time.monotonic() + 0.1))
+    m = Machine().park(Park(request=lambda: future, until=time.monotonic() + 0.1))
     m.task.start()
     assert isinstance(m.next(), DiscoveryUnavailable)
     future.set_result("too late")  # ignored: the machine moved on
     m.park(Park(None, time.monotonic() + 0.01))
     assert m.next() is False
     m.end()
+
+
+def test_a_request_beyond_the_window_is_sent_once_one_in_flight_answered() -> None:
+    engine = Engine()
+    futures: list[Future[int]] = [Future() for _ in range(WINDOW + 1)]
+    sent: list[int] = []
+
+    def request(i: int) -> Future[int]:
+        sent.append(i)
+        return futures[i]
+
+    machines = [Machine(engine).park(Park(request=lambda i=i: request(i))) for i in range(WINDOW + 1)]
+    for m in machines:
+        m.task.start()
+    deadline = time.monotonic() + TIMEOUT
+    while len(sent) < WINDOW and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert len(sent) == WINDOW  # the last one waits for room
+    first = sent[0]
+    futures[first].set_result(first)
+    assert machines[first].next() == first
+    waiting = next(i for i in range(WINDOW + 1) if i not in sent[:WINDOW])
+    while waiting not in sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert waiting in sent
+    for i in range(WINDOW + 1):
+        if i != first:
+            futures[i].set_result(i)
+            assert machines[i].next() == i
+    for m in machines:
+        m.end()
 
 
 @pytest.fixture

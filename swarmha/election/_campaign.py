@@ -32,6 +32,7 @@ ELECTED (entering LEADING) and LOST (leaving it) and releases the key. The phase
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -342,7 +343,7 @@ class Campaign(Transfers):
             lead.watch = self._d.watch(self.key, lead.record)
         fired = yield from self._wait_on(lead.watch, until - now)
         if fired and self._lead is lead:
-            current = yield from self._await(self._d.get_async(self.key))
+            current = yield from self._await(lambda: self._d.get_async(self.key))
             if current is not None and current.token == lead.term.token:
                 return
             if self.lease.valid_until(lead.session, 0.0) == 0.0:  # the session went, and the key with it
@@ -393,7 +394,7 @@ class Campaign(Transfers):
         lease = self.lease
         if self._leftover is not None:
             session, token = self._leftover
-            yield from self._await(self._d.delete_async(self.key, token))
+            yield from self._await(lambda: self._d.delete_async(self.key, token))
             lease.drop(session)
             self._leftover = None
         handoff = self._transfer
@@ -403,7 +404,7 @@ class Campaign(Transfers):
         if self._steer.registers and time.monotonic() >= self._holdoff_until:
             self._steer.register(self._presence_session())
         while True:
-            record = None if vacant else (yield from self._await(self._d.get_async(self.key)))
+            record = None if vacant else (yield from self._await(lambda: self._d.get_async(self.key)))
             vacant = False
             if lease.holds(record) or (record is None and (time.monotonic() >= self._holdoff_until or lease.queued)):
                 # ``holds``: the ticket's queue entry became the holder (the holders before it left): claim it. A
@@ -414,7 +415,8 @@ class Campaign(Transfers):
                 lease.prepare(self.key, self.node)
                 session = lease.session()
                 try:
-                    created = yield from self._await(self._d.create_async(self.key, self.node, session))
+                    claim = functools.partial(self._d.create_async, self.key, self.node, session)
+                    created = yield from self._await(claim)
                 except SessionExpired:
                     lease.drop(session, gone=True)  # a shared lease's next session() opens a new one
                     raise
@@ -427,7 +429,7 @@ class Campaign(Transfers):
                     yield from self._become_leader(created, session, sent if clock is None else min(sent, clock))
                     return
                 lease.unclaimed(session)  # a ticket stays queued behind the new holder: it keeps its place
-                record = yield from self._await(self._d.get_async(self.key))
+                record = yield from self._await(lambda: self._d.get_async(self.key))
                 if lease.holds(record):
                     vacant = True  # the holder left between create() and get(): claim at once
                     continue
@@ -460,7 +462,7 @@ class Campaign(Transfers):
         """Enter LEADING with the term ``record`` won, counted from ``sent`` (unless already past its deadline),
         unless a transfer names another candidate or a preferred one waits: then give the key back at once."""
         try:
-            steering = yield from self._await(self._d.list_async(control_prefix(self.key)))
+            steering = yield from self._await(lambda: self._d.list_async(control_prefix(self.key)))
             why = self._steer.defer_to(steering)
         except BaseException:
             self._leftover = (session, record.token)

@@ -206,10 +206,10 @@ class _Worker:
         until = None if timeout is None else time.monotonic() + timeout
         return (yield Park(watch, until))
 
-    def _await(self, future: Future[_T]) -> Generator[Park, _T, _T]:
-        """The answer of ``future`` (a ``Discovery.*_async`` request), or its error raised here, without blocking
-        a worker while the request is in flight (see :mod:`swarmha.election._engine`)."""
-        return (yield Park(future=future))
+    def _await(self, request: Callable[[], Future[_T]]) -> Generator[Park, _T, _T]:
+        """The answer of ``request()`` (a ``Discovery.*_async`` call, sent when the engine's window has room), or
+        its error raised here, without blocking a worker while it is in flight (:mod:`swarmha.election._engine`)."""
+        return (yield Park(request=request))
 
     def _main(self) -> Steps:
         try:
@@ -268,7 +268,7 @@ class Follow(_Worker):
         return events + super()._current_events()
 
     def _step(self) -> Steps:
-        record = yield from self._await(self._d.get_async(self.key))
+        record = yield from self._await(lambda: self._d.get_async(self.key))
         leader = None if record is None else Leader(record.value, record.token)
         with self._lock:
             changed = not self._seen or leader != self._leader

@@ -1,0 +1,125 @@
+"""Pipelined requests on ZooKeeper: a multi-request operation written as a generator, driven by kazoo's callbacks.
+
+A Discovery operation on ZooKeeper is several requests in a row (a key's ``get`` reads its queue, then the
+holder's entry). :func:`drive` runs such an operation without blocking any thread: the generator yields a
+:class:`Request` (a connection, what it is for, and a function sending it with one of kazoo's ``*_async``
+calls); the request goes out at once, and kazoo's completion callback resumes the generator with the answer, or
+throws the translated error into it (:meth:`~._connection.Connection.translate`: the same errors
+:meth:`~._connection.Connection.op` raises; ``NoNodeError`` and the other answers as they are). The generator's
+return value completes the future :func:`drive` returned.
+
+So thousands of operations of one process are in flight together on its one connection (kazoo writes them in
+order on its connection thread), where blocking calls would queue behind the election engine's four workers.
+
+Guarantees and failure modes: the future completes within the Discovery's ``timeout`` (a timer fails it with
+:class:`~swarmha.errors.DiscoveryUnavailable` otherwise; a reply arriving later is ignored). A request on a
+connection that is not connected fails at once with ``DiscoveryUnavailable`` (the blocking call would wait up to
+``timeout`` for it to come back: callers of the pipelined form retry with backoff instead). The generator runs
+on the calling thread up to its first request, then on kazoo's callback thread: between requests it must only
+do bookkeeping (no blocking call).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import attrs
+
+from swarmha.discovery.zookeeper._connection import Checkable, Connection
+from swarmha.discovery.zookeeper._timer import Timer
+from swarmha.errors import DiscoveryError, DiscoveryUnavailable
+
+__all__ = ["Operation", "Request", "drive"]
+
+_T = TypeVar("_T")
+
+
+@attrs.frozen
+class Request:
+    """One request of an operation: ``send(client)`` returns kazoo's async result, on ``conn``, for ``session``."""
+
+    conn: Connection
+    what: str
+    send: Callable[[Any], Any]
+    session: Checkable | None = None
+
+
+#: An operation: yields Requests, is sent their answers, returns its result.
+Operation = Generator[Request, Any, _T]
+
+
+def drive(operation: Operation[_T], timer: Timer, timeout: float) -> Future[_T]:
+    """Run ``operation`` (see the module docstring); its result or error as a future, within ``timeout``."""
+    result: Future[_T] = Future()
+    lock = threading.Lock()
+
+    def finish(value: Any = None, error: BaseException | None = None) -> bool:
+        with lock:
+            if result.done():
+                return False
+            if error is None:
+                result.set_result(value)
+            else:
+                result.set_exception(error)
+            return True
+
+    def expire() -> None:
+        if finish(error=DiscoveryUnavailable(f"ZooKeeper: no answer within {timeout:g}s")):
+            operation.close()
+
+    call = timer.call_at(time.monotonic() + timeout, expire)
+
+    def step(value: Any = None, error: BaseException | None = None) -> None:
+        while True:
+            if result.done():
+                return
+            try:
+                request = operation.send(value) if error is None else operation.throw(error)
+            except StopIteration as stop:
+                call.cancel()
+                finish(stop.value)
+                return
+            except Exception as e:
+                call.cancel()
+                finish(error=e)
+                return
+            value, error = None, None
+            try:
+                sent = request.conn.send(request.what, request.send, request.session)
+            except DiscoveryError as e:
+                error = e
+                continue
+            sent.rawlink(lambda answer, r=request: answered(r, answer))
+            return
+
+    def answered(request: Request, answer: Any) -> None:
+        try:
+            value = answer.get_nowait()
+        except Exception as e:
+            step(error=request.conn.translate(request.what, e, request.session))
+            return
+        step(value)
+
+    step()
+    return result
+
+
+def block(operation: Operation[_T]) -> _T:
+    """Run ``operation`` on this thread, each request with :meth:`~._connection.Connection.op` (waits for the
+    connection, bounded by the timeout): the blocking form of the same code :func:`drive` pipelines."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            request = operation.send(value) if error is None else operation.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        value, error = None, None
+        try:
+            value = request.conn.op(request.what, request.send, request.session)
+        except Exception as e:
+            error = e
