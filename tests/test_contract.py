@@ -484,3 +484,18 @@ def test_the_non_blocking_forms_answer_as_the_blocking_ones(discovery: swarmha.D
     finally:
         s1.close()
         s2.close()
+
+
+def test_a_claim_answers_with_the_created_record_and_listing_or_with_the_holder(discovery: swarmha.Discovery) -> None:
+    s1 = discovery.session(LONG_TTL)
+    s2 = discovery.session(LONG_TTL)
+    try:
+        marker = discovery.put(f"{KEY}.election/transfer", "b", s1)
+        won = discovery.claim_async(KEY, "a", s1, f"{KEY}.election").result(10)
+        assert won.created is not None and won.created.value == "a" and won.holder is None
+        assert won.listed == {f"{KEY}.election/transfer": marker}
+        lost = discovery.claim_async(KEY, "b", s2, f"{KEY}.election").result(10)
+        assert lost.created is None and lost.holder == won.created and lost.listed is None
+    finally:
+        s1.close()
+        s2.close()

@@ -46,7 +46,7 @@ from swarmha._context import ClosesOnExit
 from swarmha.discovery._url import DiscoveryURL
 from swarmha.errors import ConfigurationError
 
-__all__ = ["Discovery", "Record", "Session", "Watch", "check_key", "check_ttl", "done"]
+__all__ = ["Claim", "Discovery", "Record", "Session", "Watch", "check_key", "check_ttl", "done"]
 
 _T = TypeVar("_T")
 
@@ -68,6 +68,16 @@ class Record:
     value: str
     token: int
     session: str | None = None
+
+
+@attrs.frozen
+class Claim:
+    """What :meth:`Discovery.claim_async` found: the Record it ``created`` (it won), else the ``holder`` it saw
+    (None: the key was vacant again when read); ``listed``: the keys under the prefix asked for, read after a win."""
+
+    created: Record | None
+    holder: Record | None = None
+    listed: Mapping[str, Record] | None = None
 
 
 class Session(abc.ABC):
@@ -257,6 +267,19 @@ class Discovery(ClosesOnExit, abc.ABC):
     def list_async(self, prefix: str) -> Future[Mapping[str, Record]]:
         """:meth:`list` as a future."""
         return done(self.list, prefix)
+
+    def claim_async(self, key: str, value: str, session: Session, listing: str | None = None) -> Future[Claim]:
+        """A candidate's claim in as few round trips as the store allows: :meth:`create`; if it won and
+        ``listing`` is given, :meth:`list` of ``listing`` (read after the create); if it lost, :meth:`get` of the
+        holder. The guarantees are those of the calls it stands for. The default makes those calls in turn;
+        etcd makes all of it one transaction."""
+        return done(self._claim, key, value, session, listing)
+
+    def _claim(self, key: str, value: str, session: Session, listing: str | None) -> Claim:
+        created = self.create(key, value, session)
+        if created is None:
+            return Claim(None, self.get(key))
+        return Claim(created, None, None if listing is None else self.list(listing))
 
 
 def check_key(key: str) -> str:

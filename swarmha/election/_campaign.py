@@ -37,6 +37,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 
 from swarmha.discovery import Discovery, Record, Session, Watch
 from swarmha.discovery._base import check_ttl
@@ -323,7 +324,7 @@ class Campaign(Transfers):
         if now >= deadline:
             self._demote(lead, self.lease.loss(lead.session, self.renew_deadline))
             return
-        until = deadline
+        until: float | None = None  # the lease wakes the leader at its deadline if it was not renewed in time
         if self.preempt and self._transfer is None:
             to = self._steer.preferred_waiter(self.preempt_after)
             if to is not None:
@@ -341,7 +342,7 @@ class Campaign(Transfers):
             until = min(deadline, now + max(0.05, self.preempt_after / 4.0))
         if lead.watch is None:
             lead.watch = self._d.watch(self.key, lead.record)
-        fired = yield from self._wait_on(lead.watch, until - now)
+        fired = yield from self._wait_on(lead.watch, None if until is None else until - now)
         if fired and self._lead is lead:
             current = yield from self._await(lambda: self._d.get_async(self.key))
             if current is not None and current.token == lead.term.token:
@@ -404,9 +405,13 @@ class Campaign(Transfers):
         if self._steer.registers and time.monotonic() >= self._holdoff_until:
             self._steer.register(self._presence_session())
         while True:
-            record = None if vacant else (yield from self._await(lambda: self._d.get_async(self.key)))
+            may_claim = time.monotonic() >= self._holdoff_until or lease.queued
+            # A shared lease claims without reading first: a lost claim answers with the holder (on etcd the
+            # claim is one transaction: one request per candidate instead of a read, a create and a read).
+            direct = may_claim and (vacant or not lease.private)
+            record = None if direct or vacant else (yield from self._await(lambda: self._d.get_async(self.key)))
             vacant = False
-            if lease.holds(record) or (record is None and (time.monotonic() >= self._holdoff_until or lease.queued)):
+            if direct or lease.holds(record) or (record is None and may_claim):
                 # ``holds``: the ticket's queue entry became the holder (the holders before it left): claim it. A
                 # ticket was queued behind another holder, so a resign's holdoff has done its job already.
                 sent = time.monotonic()
@@ -415,21 +420,24 @@ class Campaign(Transfers):
                 lease.prepare(self.key, self.node)
                 session = lease.session()
                 try:
-                    claim = functools.partial(self._d.create_async, self.key, self.node, session)
-                    created = yield from self._await(claim)
+                    request = functools.partial(
+                        self._d.claim_async, self.key, self.node, session, control_prefix(self.key)
+                    )
+                    claim = yield from self._await(request)
                 except SessionExpired:
                     lease.drop(session, gone=True)  # a shared lease's next session() opens a new one
                     raise
                 except BaseException:
                     lease.drop(session)
                     raise
-                if created is not None:
+                if claim.created is not None:
                     # a ticket whose lease was granted ahead (etcd) started its ttl clock before ``sent``
                     clock = session.clock
-                    yield from self._become_leader(created, session, sent if clock is None else min(sent, clock))
+                    at = sent if clock is None else min(sent, clock)
+                    yield from self._become_leader(claim.created, session, at, claim.listed)
                     return
                 lease.unclaimed(session)  # a ticket stays queued behind the new holder: it keeps its place
-                record = yield from self._await(lambda: self._d.get_async(self.key))
+                record = claim.holder
                 if lease.holds(record):
                     vacant = True  # the holder left between create() and get(): claim at once
                     continue
@@ -458,11 +466,15 @@ class Campaign(Transfers):
             self._presence = Lease(self._d, self.ttl)
         return self._presence.session()
 
-    def _become_leader(self, record: Record, session: Session, sent: float) -> Steps:
+    def _become_leader(
+        self, record: Record, session: Session, sent: float, steering: Mapping[str, Record] | None
+    ) -> Steps:
         """Enter LEADING with the term ``record`` won, counted from ``sent`` (unless already past its deadline),
-        unless a transfer names another candidate or a preferred one waits: then give the key back at once."""
+        unless a transfer names another candidate or a preferred one waits (``steering``: the control keys read
+        with the claim, None: read them now): then give the key back at once."""
         try:
-            steering = yield from self._await(lambda: self._d.list_async(control_prefix(self.key)))
+            if steering is None:
+                steering = yield from self._await(lambda: self._d.list_async(control_prefix(self.key)))
             why = self._steer.defer_to(steering)
         except BaseException:
             self._leftover = (session, record.token)
@@ -488,7 +500,7 @@ class Campaign(Transfers):
             log.warning("%s: claim by %s answered after the renew deadline: not leading", self.key, self.node)
             self._leftover = (session, record.token)
             return
-        lead.unwake = self.lease.wake_on_loss(self._interrupt)
+        lead.unwake = self.lease.wake_on_loss(self._interrupt, self.renew_deadline)
         self._steer.forget_seen()
         log.info("%s: leadership acquired by %s (token %d)", self.key, self.node, record.token)
         # Let the consumer just woken by the event take the GIL first: otherwise it waits while this worker

@@ -67,7 +67,7 @@ IDLE = 2.0
 #: Store requests of one engine in flight at most; more wait (in order) for one to answer. Unbounded, 30,000
 #: requests sent at once by 10,000 campaigns x 3 processes on 2 cores waited for their answers beyond the
 #: request timeout (every one failed with DEADLINE_EXCEEDED, and was retried all together again).
-WINDOW = 128
+WINDOW = 32
 
 
 @attrs.frozen

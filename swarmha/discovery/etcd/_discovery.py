@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 
 from pyetcd import etcdrpc
 
-from swarmha.discovery._base import Discovery, Record, Session, Watch, check_key, check_ttl, done
+from swarmha.discovery._base import Claim, Discovery, Record, Session, Watch, check_key, check_ttl, done
 from swarmha.discovery._url import DiscoveryURL
 from swarmha.discovery.etcd._client import Client, log, prefix_end, to_record
 from swarmha.discovery.etcd._session import EtcdSession
@@ -107,14 +107,39 @@ class EtcdDiscovery(Discovery):
             lambda response: self._created(k, value, session, lease, response),
         )
 
-    def _create_request(self, key: str, value: str, session: Session) -> tuple[bytes, Any, int]:
+    def claim_async(self, key: str, value: str, session: Session, listing: str | None = None) -> Future[Claim]:
+        """The claim as one transaction: put if absent, and in the same round trip the range of ``listing`` after
+        the put (won), or the holder (lost). One request per candidate where the default makes two."""
+        try:
+            k, request, lease = self._create_request(key, value, session, listing)
+        except Exception as e:
+            return done(_raise, e)
+
+        def answer(response: Any) -> Claim:
+            created = self._created(k, value, session, lease, response)
+            if not response.succeeded:  # lost (or won by our own earlier attempt: no listing then)
+                kvs = response.responses[0].response_range.kvs
+                return Claim(created, None if created is not None or not kvs else to_record(kvs[0]))
+            listed = self._listed(response.responses[1].response_range) if listing is not None else None
+            return Claim(created, None, listed)
+
+        return self._client.call_async(
+            "create", lambda ep, t, md: ep.kv.Txn.future(request, timeout=t, metadata=md), answer
+        )
+
+    def _create_request(
+        self, key: str, value: str, session: Session, listing: str | None = None
+    ) -> tuple[bytes, Any, int]:
         k = self._k(key)
         own = self._open(session)
         own.fresh_for_claim()
         lease = own.lease_id
+        success = [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=value.encode(), lease=lease))]
+        if listing is not None:
+            success.append(etcdrpc.RequestOp(request_range=self._list_request(listing)))
         request = etcdrpc.TxnRequest(
             compare=[etcdrpc.Compare(key=k, target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL)],
-            success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=value.encode(), lease=lease))],
+            success=success,
             failure=[etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=k))],
         )
         return k, request, lease

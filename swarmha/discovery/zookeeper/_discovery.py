@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 from kazoo.security import make_digest_acl
 
-from swarmha.discovery._base import Discovery, Record, Session, Watch, check_key, check_ttl, done
+from swarmha.discovery._base import Claim, Discovery, Record, Session, Watch, check_key, check_ttl, done
 from swarmha.discovery._url import DiscoveryURL
 from swarmha.discovery.zookeeper._async import Operation, Request, block, drive
 from swarmha.discovery.zookeeper._core import SHARED_SESSION_TIMEOUT, Core
@@ -142,6 +142,27 @@ class ZooKeeperDiscovery(Discovery):
         except ConfigurationError as e:
             return done(_raise, e)
         return drive(self._create_steps(path, value, s), self._core.timer, self.timeout)
+
+    def claim_async(self, key: str, value: str, session: Session, listing: str | None = None) -> Future[Claim]:
+        """The claim pipelined (:mod:`._async`): a plain session first reads the key (a held key costs no entry
+        created and withdrawn again), then creates it if vacant; a ticket creates at once (its entry is queued).
+        After a win, ``listing`` is listed; after a loss, the holder read."""
+        try:
+            path, s = self._path(key), self._session(session)
+            top = None if listing is None else self._path(listing)
+        except ConfigurationError as e:
+            return done(_raise, e)
+        return drive(self._claim_steps(path, value, s, top), self._core.timer, self.timeout)
+
+    def _claim_steps(self, path: str, value: str, s: ZkSession, top: str | None) -> Operation[Claim]:
+        if not s.ticket:
+            holder = yield from self._get_steps(path)
+            if holder is not None and holder.session != s.id:
+                return Claim(None, holder)
+        created = yield from self._create_steps(path, value, s)
+        if created is None:
+            return Claim(None, (yield from self._get_steps(path)))
+        return Claim(created, None, None if top is None else (yield from self._list_steps(top)))
 
     def _create_steps(self, path: str, value: str, s: ZkSession) -> Operation[Record | None]:
         sent = time.monotonic()
