@@ -268,10 +268,13 @@ class Discovery(ClosesOnExit, abc.ABC):
         """:meth:`list` as a future."""
         return done(self.list, prefix)
 
-    def claim_async(self, key: str, value: str, session: Session, listing: str | None = None) -> Future[Claim]:
+    def claim_async(
+        self, key: str, value: str, session: Session, listing: str | None = None, *, vacant: bool = False
+    ) -> Future[Claim]:
         """A candidate's claim in as few round trips as the store allows: :meth:`create`; if it won and
         ``listing`` is given, :meth:`list` of ``listing`` (read after the create); if it lost, :meth:`get` of the
-        holder. The guarantees are those of the calls it stands for. The default makes those calls in turn;
+        holder. ``vacant``: the caller just saw the key deleted (a backend that reads before it creates may skip
+        the read). The guarantees are those of the calls it stands for. The default makes those calls in turn;
         etcd makes all of it one transaction."""
         return done(self._claim, key, value, session, listing)
 

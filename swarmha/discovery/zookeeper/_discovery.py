@@ -16,7 +16,7 @@ from kazoo.security import make_digest_acl
 
 from swarmha.discovery._base import Claim, Discovery, Record, Session, Watch, check_key, check_ttl, done
 from swarmha.discovery._url import DiscoveryURL
-from swarmha.discovery.zookeeper._async import Operation, Request, block, drive
+from swarmha.discovery.zookeeper._async import Operation, Request, block
 from swarmha.discovery.zookeeper._core import SHARED_SESSION_TIMEOUT, Core
 from swarmha.discovery.zookeeper._entry import QUEUE_MARK, Entry, record
 from swarmha.discovery.zookeeper._queue import Queues
@@ -141,21 +141,23 @@ class ZooKeeperDiscovery(Discovery):
             path, s = self._path(key), self._session(session)
         except ConfigurationError as e:
             return done(_raise, e)
-        return drive(self._create_steps(path, value, s), self._core.timer, self.timeout)
+        return self._core.pipeline.run(self._create_steps(path, value, s))
 
-    def claim_async(self, key: str, value: str, session: Session, listing: str | None = None) -> Future[Claim]:
-        """The claim pipelined (:mod:`._async`): a plain session first reads the key (a held key costs no entry
-        created and withdrawn again), then creates it if vacant; a ticket creates at once (its entry is queued).
-        After a win, ``listing`` is listed; after a loss, the holder read."""
+    def claim_async(
+        self, key: str, value: str, session: Session, listing: str | None = None, *, vacant: bool = False
+    ) -> Future[Claim]:
+        """The claim pipelined (:mod:`._async`): a plain session first reads the key unless ``vacant`` (a held
+        key costs no entry created and withdrawn again), then creates it if vacant; a ticket creates at once (its
+        entry is queued). After a win, ``listing`` is listed; after a loss, the holder read."""
         try:
             path, s = self._path(key), self._session(session)
             top = None if listing is None else self._path(listing)
         except ConfigurationError as e:
             return done(_raise, e)
-        return drive(self._claim_steps(path, value, s, top), self._core.timer, self.timeout)
+        return self._core.pipeline.run(self._claim_steps(path, value, s, top, vacant))
 
-    def _claim_steps(self, path: str, value: str, s: ZkSession, top: str | None) -> Operation[Claim]:
-        if not s.ticket:
+    def _claim_steps(self, path: str, value: str, s: ZkSession, top: str | None, vacant: bool) -> Operation[Claim]:
+        if not s.ticket and not vacant:
             holder = yield from self._get_steps(path)
             if holder is not None and holder.session != s.id:
                 return Claim(None, holder)
@@ -262,7 +264,7 @@ class ZooKeeperDiscovery(Discovery):
             return done(_raise, e)
         if not self._core.shared.connected.is_set():  # the blocking form waits for it to come back
             return super().get_async(key)
-        return drive(self._get_steps(path), self._core.timer, self.timeout)
+        return self._core.pipeline.run(self._get_steps(path))
 
     def _get_steps(self, path: str) -> Operation[Record | None]:
         kind = yield from self._queues.kind_steps(path)
@@ -392,7 +394,7 @@ class ZooKeeperDiscovery(Discovery):
             return done(_raise, e)
         if not self._core.shared.connected.is_set():  # the blocking form waits for it to come back
             return super().list_async(prefix)
-        return drive(self._list_steps(top), self._core.timer, self.timeout)
+        return self._core.pipeline.run(self._list_steps(top))
 
     def _list_steps(self, top: str) -> Operation[Mapping[str, Record]]:
         shared = self._core.shared

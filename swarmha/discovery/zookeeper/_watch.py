@@ -19,7 +19,7 @@ from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType
 
 from swarmha.discovery._base import Record, Watch
-from swarmha.discovery.zookeeper._async import Operation, Request, block, drive
+from swarmha.discovery.zookeeper._async import Operation, Request, block
 from swarmha.discovery.zookeeper._connection import Connection
 from swarmha.discovery.zookeeper._core import Core
 from swarmha.discovery.zookeeper._entry import QUEUE_MARK, RACE_LIMIT, queue_order, record
@@ -157,7 +157,7 @@ class ZkWatch(Watch):
             if self._notify is not None:
                 self._notify()
 
-        drive(self._arm_steps(), self._core.timer, self._core.timeout).add_done_callback(armed)
+        self._core.pipeline.run(self._arm_steps()).add_done_callback(armed)
 
     def _via(self) -> ZkSession | None:
         """A live, connected Session of this Discovery with an entry in the queue ``path``, if any.
