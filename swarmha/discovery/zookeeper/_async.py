@@ -21,10 +21,11 @@ do bookkeeping (no blocking call).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Generator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, TypeVar
 
 import attrs
@@ -59,12 +60,13 @@ def drive(operation: Operation[_T], timer: Timer, timeout: float) -> Future[_T]:
 
     def finish(value: Any = None, error: BaseException | None = None) -> bool:
         with lock:
-            if result.done():
+            try:
+                if error is None:
+                    result.set_result(value)
+                else:
+                    result.set_exception(error)
+            except InvalidStateError:  # done already: timed out, or failed by Pipeline.close
                 return False
-            if error is None:
-                result.set_result(value)
-            else:
-                result.set_exception(error)
             return True
 
     def expire() -> None:
@@ -139,6 +141,8 @@ class Pipeline:
         self._timeout = timeout
         self._lock = threading.Lock()
         self._busy = 0  # operations running now, inline or pipelined
+        self._pending: set[Future[Any]] = set()  # pipelined and not answered
+        self._closed = False
 
     def run(self, operation: Operation[_T]) -> Future[_T]:
         with self._lock:
@@ -146,6 +150,10 @@ class Pipeline:
             self._busy += 1
         if not alone:
             future = drive(operation, self._timer, self._timeout)
+            with self._lock:
+                if self._closed:
+                    _fail(future)
+                self._pending.add(future)
             future.add_done_callback(self._done)
             return future
         result: Future[_T] = Future()
@@ -157,6 +165,21 @@ class Pipeline:
             self._done(result)
         return result
 
-    def _done(self, _: Future[Any]) -> None:
+    def _done(self, future: Future[Any]) -> None:
         with self._lock:
             self._busy -= 1
+            self._pending.discard(future)
+
+    def close(self) -> None:
+        """Fail every pipelined operation still waiting (the Discovery closes: their answers may never come, and
+        the timer that bounds them stops), and every later one. Idempotent."""
+        with self._lock:
+            self._closed = True
+            pending = list(self._pending)
+        for future in pending:
+            _fail(future)
+
+
+def _fail(future: Future[Any]) -> None:
+    with contextlib.suppress(InvalidStateError):
+        future.set_exception(DiscoveryError("the ZooKeeper discovery was closed"))

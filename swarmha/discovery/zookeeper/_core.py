@@ -108,6 +108,7 @@ class Core:
         """Stop the timer and every connection (their ZooKeeper sessions end: every key held through them goes)."""
         with self.lock:
             conns = list(self._conns.values())
+        self.pipeline.close()
         self.timer.stop()
         for conn in conns:
             conn.stop()
