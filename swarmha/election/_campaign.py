@@ -414,7 +414,7 @@ class Campaign(Transfers):
             # claim is one transaction: one request per candidate instead of a read, a create and a read).
             direct = may_claim and (vacant or not lease.private)
             record = None if direct or vacant else (yield from self._await(lambda: self._d.get_async(self.key)))
-            seen_vacant, vacant = vacant, False
+            was_vacant, vacant = vacant, False
             if direct or lease.holds(record) or (record is None and may_claim):
                 # ``holds``: the ticket's queue entry became the holder (the holders before it left): claim it. A
                 # ticket was queued behind another holder, so a resign's holdoff has done its job already.
@@ -425,7 +425,7 @@ class Campaign(Transfers):
                 session = lease.session()
                 try:
                     request = functools.partial(
-                        self._d.claim_async, self.key, self.node, session, control_prefix(self.key), vacant=seen_vacant
+                        self._d.claim_async, self.key, self.node, session, control_prefix(self.key), vacant=was_vacant
                     )
                     claim = yield from self._await(request)
                 except SessionExpired:
