@@ -458,3 +458,44 @@ def test_a_lease_rejects_a_different_ttl_or_discovery(discovery: swarmha.Discove
     finally:
         other.close()
         lease.close()
+
+
+def test_the_non_blocking_forms_answer_as_the_blocking_ones(discovery: swarmha.Discovery) -> None:
+    """``*_async`` (the election engine's request path) give the blocking call's answer or error as a future."""
+    s1 = discovery.session(LONG_TTL)
+    s2 = discovery.session(LONG_TTL)
+    try:
+        assert discovery.get_async(KEY).result(10) is None
+        first = discovery.create_async(KEY, "a", s1).result(10)
+        assert first is not None and first.value == "a" and first.session == s1.id
+        assert discovery.create_async(KEY, "b", s2).result(10) is None
+        assert discovery.get_async(KEY).result(10) == first
+        assert discovery.list_async("svc").result(10) == {KEY: first}
+        assert not discovery.delete_async(KEY, first.token + 1).result(10)
+        assert discovery.delete_async(KEY, first.token).result(10)
+        assert discovery.get(KEY) is None
+        second = discovery.create_async(KEY, "b", s2).result(10)
+        assert second is not None and second.token > first.token
+        discovery.release_async(KEY, second.token, s2).result(10)
+        assert discovery.get(KEY) is None
+        s1.close()
+        with pytest.raises(SessionExpired):
+            discovery.create_async(KEY, "a", s1).result(10)
+    finally:
+        s1.close()
+        s2.close()
+
+
+def test_a_claim_answers_with_the_created_record_and_listing_or_with_the_holder(discovery: swarmha.Discovery) -> None:
+    s1 = discovery.session(LONG_TTL)
+    s2 = discovery.session(LONG_TTL)
+    try:
+        marker = discovery.put(f"{KEY}.election/transfer", "b", s1)
+        won = discovery.claim_async(KEY, "a", s1, f"{KEY}.election").result(10)
+        assert won.created is not None and won.created.value == "a" and won.holder is None
+        assert won.listed == {f"{KEY}.election/transfer": marker}
+        lost = discovery.claim_async(KEY, "b", s2, f"{KEY}.election").result(10)
+        assert lost.created is None and lost.holder == won.created and lost.listed is None
+    finally:
+        s1.close()
+        s2.close()

@@ -40,6 +40,37 @@ def test_a_hung_store_ends_the_term_at_the_renew_deadline(discovery: MemoryDisco
         c.stop()
 
 
+def test_a_leader_whose_lease_stops_renewing_is_demoted_on_the_engine_at_its_deadline(
+    discovery: MemoryDiscovery,
+) -> None:
+    """A leader has no timer of its own: the lease's alarm wakes it when no renewal came in time, also while the
+    keeper is stuck in a hung store call (the machine, not only the consumer, ends the term: LOST is emitted)."""
+    from swarmha.observe import Observation, add_observer
+
+    lost = threading.Event()
+
+    def seen(o: Observation) -> None:
+        if o.kind == "lost" and o.key == "k":
+            lost.set()
+
+    remove = add_observer(seen)
+    lease = swarmha.Lease(discovery, ttl=1.5)
+    c = swarmha.Candidate(discovery, "k", node="n", lease=lease)
+    events = Collector(c.run_for_election())
+    try:
+        assert events.next() is True
+        time.sleep(0.2)  # the leader parks on its watch (a stall while it sets the watch up would hold its step)
+        discovery.store.stall()
+        stalled_at = time.monotonic()
+        assert lost.wait(3.0)
+        assert time.monotonic() - stalled_at <= c.renew_deadline + 0.5
+    finally:
+        remove()
+        discovery.store.resume()
+        c.stop()
+        lease.close()
+
+
 def test_a_renewal_that_succeeds_after_the_deadline_does_not_revive_the_term(discovery: MemoryDiscovery) -> None:
     c = swarmha.Candidate(discovery, "k", node="n", ttl=3.0)
     events = Collector(c.run_for_election())

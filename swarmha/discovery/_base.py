@@ -21,6 +21,15 @@ Guarantees every backend gives:
 Failure modes: any operation may raise :class:`~swarmha.errors.DiscoveryUnavailable` (store down or slow:
 every call has a bounded time) or another :class:`~swarmha.errors.DiscoveryError`. None of them leave a
 half-done write behind that the caller could not see with :meth:`Discovery.get`.
+
+Non-blocking forms: :meth:`Discovery.get_async`, :meth:`~Discovery.create_async`, :meth:`~Discovery.delete_async`,
+:meth:`~Discovery.release_async` and :meth:`~Discovery.list_async` send the same request and return a
+:class:`concurrent.futures.Future` of its answer (or of the error the blocking form raises), so that one thread
+can have many requests in flight on the Discovery's connection (the election engine does: see
+:mod:`swarmha.election._engine`). Their defaults run the blocking call inline and return a future that is done
+already, so a backend that overrides nothing behaves exactly as its blocking calls do; etcd and ZooKeeper
+override them with pipelined requests. The future completes within the store's request timeout, as the blocking
+call returns; its done-callbacks may run on a thread of the backend's client (they must not block).
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 import attrs
 
@@ -35,7 +46,19 @@ from swarmha._context import ClosesOnExit
 from swarmha.discovery._url import DiscoveryURL
 from swarmha.errors import ConfigurationError
 
-__all__ = ["Discovery", "Record", "Session", "Watch", "check_key", "check_ttl"]
+__all__ = ["Claim", "Discovery", "Record", "Session", "Watch", "check_key", "check_ttl", "done"]
+
+_T = TypeVar("_T")
+
+
+def done(call: Callable[..., _T], *args: Any) -> Future[_T]:
+    """``call(*args)`` run now, as a future that is done already (its result, or the exception it raised)."""
+    future: Future[_T] = Future()
+    try:
+        future.set_result(call(*args))
+    except Exception as e:
+        future.set_exception(e)
+    return future
 
 
 @attrs.frozen
@@ -45,6 +68,16 @@ class Record:
     value: str
     token: int
     session: str | None = None
+
+
+@attrs.frozen
+class Claim:
+    """What :meth:`Discovery.claim_async` found: the Record it ``created`` (it won), else the ``holder`` it saw
+    (None: the key was vacant again when read); ``listed``: the keys under the prefix asked for, read after a win."""
+
+    created: Record | None
+    holder: Record | None = None
+    listed: Mapping[str, Record] | None = None
 
 
 class Session(abc.ABC):
@@ -212,6 +245,44 @@ class Discovery(ClosesOnExit, abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Close the connection and every watch; idempotent."""
+
+    # -- non-blocking forms (see the module docstring); the defaults run the blocking call inline -----------
+
+    def get_async(self, key: str) -> Future[Record | None]:
+        """:meth:`get` as a future."""
+        return done(self.get, key)
+
+    def create_async(self, key: str, value: str, session: Session) -> Future[Record | None]:
+        """:meth:`create` as a future."""
+        return done(self.create, key, value, session)
+
+    def delete_async(self, key: str, token: int) -> Future[bool]:
+        """:meth:`delete` as a future."""
+        return done(self.delete, key, token)
+
+    def release_async(self, key: str, token: int, session: Session) -> Future[None]:
+        """:meth:`release` as a future (``session`` is closed when the future is done, in every case)."""
+        return done(self.release, key, token, session)
+
+    def list_async(self, prefix: str) -> Future[Mapping[str, Record]]:
+        """:meth:`list` as a future."""
+        return done(self.list, prefix)
+
+    def claim_async(
+        self, key: str, value: str, session: Session, listing: str | None = None, *, vacant: bool = False
+    ) -> Future[Claim]:
+        """A candidate's claim in as few round trips as the store allows: :meth:`create`; if it won and
+        ``listing`` is given, :meth:`list` of ``listing`` (read after the create); if it lost, :meth:`get` of the
+        holder. ``vacant``: the caller just saw the key deleted (a backend that reads before it creates may skip
+        the read). The guarantees are those of the calls it stands for. The default makes those calls in turn;
+        etcd makes all of it one transaction."""
+        return done(self._claim, key, value, session, listing)
+
+    def _claim(self, key: str, value: str, session: Session, listing: str | None) -> Claim:
+        created = self.create(key, value, session)
+        if created is None:
+            return Claim(None, self.get(key))
+        return Claim(created, None, None if listing is None else self.list(listing))
 
 
 def check_key(key: str) -> str:

@@ -5,16 +5,20 @@ private one of its own) and moves through the :class:`~swarmha.election._phases.
 phase is a :class:`~swarmha.election._phases.Signal` applied by :meth:`Campaign._fire`, the one place that emits
 ELECTED (entering LEADING) and LOST (leaving it) and releases the key. The phase decides the next step:
 
-* WAITING / QUEUED: read the key; if it is vacant, claim it (``Discovery.create``); else watch it and look again
-  when it changes. No periodic request. A private lease first asks the backend for a ticket
+* WAITING / QUEUED: read the key; if it is vacant, claim it (``Discovery.claim_async``: the create, and in the
+  same round trip where the store allows, the holder when it lost or the steering keys when it won); else watch
+  it and look again when it changes. A shared lease claims without reading first (on etcd a claim is one
+  transaction: one request per candidate). No periodic request. Every request is made through the engine
+  (``_await``), pipelined where the backend can. A private lease first asks the backend for a ticket
   (``Discovery.prepare``): ZooKeeper queues a session for the key, so the claim after the holder left costs no
   request; etcd grants the ticket's lease ahead, so the claim is one write. A ticket is kept across waits until
   a claim wins with it (QUEUED is waiting with one), and withdrawn when the candidate stops. A term won with a
   ticket whose ttl clock started before the claim (``Session.clock``) counts from that clock.
-* LEADING: watch the key until the lease's deadline (:meth:`Lease.valid_until`: its last successful renewal,
-  *sent* time, plus ``renew_deadline``). The lease renews itself; the leader sends nothing. The term ends
-  (DEMOTE) when the deadline passes, the session is lost (the lease wakes the leader), or the key changed under
-  it. Once the deadline has passed the term is over: a late renewal does not revive it.
+* LEADING: watch the key; the lease's deadline (:meth:`Lease.valid_until`: its last successful renewal, *sent*
+  time, plus ``renew_deadline``) is checked on every read of the term and on every step. The lease renews
+  itself; the leader sends nothing and has no timer: the lease wakes it when the session is lost or a deadline
+  passes without a renewal (:meth:`Lease.wake_on_loss`). The term ends (DEMOTE) then, or when the key changed
+  under it. Once the deadline has passed the term is over: a late renewal does not revive it.
 * RESIGN / STOP while leading: the term ends (LOST) and only then the key goes, through the term's own session
   (:meth:`Lease.release`: compare-and-delete, or the end of a private session), never a successor's key; so a
   waiting candidate wins within one watch round trip instead of after the TTL. Both run on the engine.
@@ -32,14 +36,16 @@ ELECTED (entering LEADING) and LOST (leaving it) and releases the key. The phase
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 
 from swarmha.discovery import Discovery, Record, Session, Watch
 from swarmha.discovery._base import check_ttl
-from swarmha.election._control import Drain, Handoff, Steering
+from swarmha.election._control import Drain, Handoff, Steering, control_prefix
 from swarmha.election._engine import Park
 from swarmha.election._lease import Held, Lease, Loss, check_renew_deadline
 from swarmha.election._phases import Action, Phase, Signal, step
@@ -322,7 +328,7 @@ class Campaign(Transfers):
         if now >= deadline:
             self._demote(lead, self.lease.loss(lead.session, self.renew_deadline))
             return
-        until = deadline
+        until: float | None = None  # the lease wakes the leader at its deadline if it was not renewed in time
         if self.preempt and self._transfer is None:
             to = self._steer.preferred_waiter(self.preempt_after)
             if to is not None:
@@ -340,9 +346,9 @@ class Campaign(Transfers):
             until = min(deadline, now + max(0.05, self.preempt_after / 4.0))
         if lead.watch is None:
             lead.watch = self._d.watch(self.key, lead.record)
-        fired = yield from self._wait_on(lead.watch, until - now)
+        fired = yield from self._wait_on(lead.watch, None if until is None else until - now)
         if fired and self._lead is lead:
-            current = self._d.get(self.key)
+            current = yield from self._await(lambda: self._d.get_async(self.key))
             if current is not None and current.token == lead.term.token:
                 return
             if self.lease.valid_until(lead.session, 0.0) == 0.0:  # the session went, and the key with it
@@ -393,7 +399,7 @@ class Campaign(Transfers):
         lease = self.lease
         if self._leftover is not None:
             session, token = self._leftover
-            self._d.delete(self.key, token)
+            yield from self._await(lambda: self._d.delete_async(self.key, token))
             lease.drop(session)
             self._leftover = None
         handoff = self._transfer
@@ -403,9 +409,13 @@ class Campaign(Transfers):
         if self._steer.registers and time.monotonic() >= self._holdoff_until:
             self._steer.register(self._presence_session())
         while True:
-            record = None if vacant else self._d.get(self.key)
-            vacant = False
-            if lease.holds(record) or (record is None and (time.monotonic() >= self._holdoff_until or lease.queued)):
+            may_claim = time.monotonic() >= self._holdoff_until or lease.queued
+            # A shared lease claims without reading first: a lost claim answers with the holder (on etcd the
+            # claim is one transaction: one request per candidate instead of a read, a create and a read).
+            direct = may_claim and (vacant or not lease.private)
+            record = None if direct or vacant else (yield from self._await(lambda: self._d.get_async(self.key)))
+            was_vacant, vacant = vacant, False
+            if direct or lease.holds(record) or (record is None and may_claim):
                 # ``holds``: the ticket's queue entry became the holder (the holders before it left): claim it. A
                 # ticket was queued behind another holder, so a resign's holdoff has done its job already.
                 sent = time.monotonic()
@@ -414,20 +424,24 @@ class Campaign(Transfers):
                 lease.prepare(self.key, self.node)
                 session = lease.session()
                 try:
-                    created = self._d.create(self.key, self.node, session)
+                    request = functools.partial(
+                        self._d.claim_async, self.key, self.node, session, control_prefix(self.key), vacant=was_vacant
+                    )
+                    claim = yield from self._await(request)
                 except SessionExpired:
                     lease.drop(session, gone=True)  # a shared lease's next session() opens a new one
                     raise
                 except BaseException:
                     lease.drop(session)
                     raise
-                if created is not None:
+                if claim.created is not None:
                     # a ticket whose lease was granted ahead (etcd) started its ttl clock before ``sent``
                     clock = session.clock
-                    yield from self._become_leader(created, session, sent if clock is None else min(sent, clock))
+                    at = sent if clock is None else min(sent, clock)
+                    yield from self._become_leader(claim.created, session, at, claim.listed)
                     return
                 lease.unclaimed(session)  # a ticket stays queued behind the new holder: it keeps its place
-                record = self._d.get(self.key)
+                record = claim.holder
                 if lease.holds(record):
                     vacant = True  # the holder left between create() and get(): claim at once
                     continue
@@ -456,11 +470,16 @@ class Campaign(Transfers):
             self._presence = Lease(self._d, self.ttl)
         return self._presence.session()
 
-    def _become_leader(self, record: Record, session: Session, sent: float) -> Steps:
+    def _become_leader(
+        self, record: Record, session: Session, sent: float, steering: Mapping[str, Record] | None
+    ) -> Steps:
         """Enter LEADING with the term ``record`` won, counted from ``sent`` (unless already past its deadline),
-        unless a transfer names another candidate or a preferred one waits: then give the key back at once."""
+        unless a transfer names another candidate or a preferred one waits (``steering``: the control keys read
+        with the claim, None: read them now): then give the key back at once."""
         try:
-            why = self._steer.defer_to()
+            if steering is None:
+                steering = yield from self._await(lambda: self._d.list_async(control_prefix(self.key)))
+            why = self._steer.defer_to(steering)
         except BaseException:
             self._leftover = (session, record.token)
             raise
@@ -485,7 +504,7 @@ class Campaign(Transfers):
             log.warning("%s: claim by %s answered after the renew deadline: not leading", self.key, self.node)
             self._leftover = (session, record.token)
             return
-        lead.unwake = self.lease.wake_on_loss(self._interrupt)
+        lead.unwake = self.lease.wake_on_loss(self._interrupt, self.renew_deadline)
         self._steer.forget_seen()
         log.info("%s: leadership acquired by %s (token %d)", self.key, self.node, record.token)
         # Let the consumer just woken by the event take the GIL first: otherwise it waits while this worker

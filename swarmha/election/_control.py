@@ -33,7 +33,7 @@ from swarmha.discovery import Discovery, Record, Session
 from swarmha.election._phases import Signal
 from swarmha.election._worker import Transitions
 
-__all__ = ["Drain", "Handoff", "Registrant", "Steering", "registry_prefix", "transfer_key"]
+__all__ = ["Drain", "Handoff", "Registrant", "Steering", "control_prefix", "registry_prefix", "transfer_key"]
 
 
 @attrs.define(eq=False)
@@ -146,11 +146,11 @@ class Steering:
 
     # -- deference ---------------------------------------------------------------------------------------
 
-    def defer_to(self) -> str | None:
-        """After winning the key: why this candidate must give it back, or None to lead. One request (a list of
-        ``K.election/``, empty unless someone steers), whoever the candidate is: a candidate with the default
-        priority counts as priority 0, arriving after every registrant."""
-        records = self._d.list(control_prefix(self.key))
+    def defer_to(self, records: Mapping[str, Record]) -> str | None:
+        """After winning the key: why this candidate must give it back, or None to lead. ``records``: the list
+        of ``K.election/`` (one request, made by the caller without blocking a worker; empty unless someone
+        steers), whoever the candidate is: a candidate with the default priority counts as priority 0, arriving
+        after every registrant."""
         marker = records.get(transfer_key(self.key))
         if marker is not None and marker.value != self.node:
             return f"a transfer to {marker.value} is under way"

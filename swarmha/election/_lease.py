@@ -114,7 +114,8 @@ class Lease(ClosesOnExit):
         self._lost: tuple[Session, Loss] | None = None  # the last session lost, and why
         self._closed = False
         self._keeper: Task | None = None
-        self._wakers: set[Callable[[], None]] = set()
+        self._wakers: dict[Callable[[], None], float] = {}  # wake-up -> the renew_deadline of its term
+        self._alarm_at = 0.0  # when the alarm (see _arm_alarm) is set for
 
     @classmethod
     def private_for(cls, discovery: Discovery, ttl: float, renew_deadline: float) -> Lease:
@@ -234,16 +235,46 @@ class Lease(ClosesOnExit):
             why += f" (the store unreachable since {_clock(failing)})"
         return Loss(why, stale=True)
 
-    def wake_on_loss(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback()`` (any thread, must not block) when the current session is lost; returns the remover."""
+    def wake_on_loss(self, callback: Callable[[], None], renew_deadline: float) -> Callable[[], None]:
+        """Call ``callback()`` (any thread, must not block) when the current session is lost, or when no renewal
+        succeeded within ``renew_deadline`` (the term's deadline passed); returns the remover.
+
+        So a leader waits on its key's watch alone, and is woken at its deadline only when the lease did not
+        renew in time: one timer per lease and renewal, where a timer per leader woke 10,000 leaders of one
+        process every renewal period (5,000 wake-ups a second that did nothing)."""
         with self._lock:
-            self._wakers.add(callback)
+            self._wakers[callback] = renew_deadline
+            self._arm_alarm()
 
         def remove() -> None:
             with self._lock:
-                self._wakers.discard(callback)
+                self._wakers.pop(callback, None)
 
         return remove
+
+    def _arm_alarm(self) -> None:
+        """Set the alarm for the earliest deadline of the terms on the lease, if not set for it already (caller
+        holds the lock). It runs on the engine's timer thread: a renewal stuck in a hung store does not hold
+        it up."""
+        if not self._wakers or self._session is None:
+            return
+        at = self._ok_sent + min(self._wakers.values())
+        if at == self._alarm_at:
+            return
+        self._alarm_at = at
+        Engine.of(self.discovery).call_at(at, self._alarm)
+
+    def _alarm(self) -> None:
+        with self._lock:
+            if not self._wakers or self._session is None:
+                return
+            at = self._ok_sent + min(self._wakers.values())
+            if time.monotonic() < at:  # renewed since: the alarm is set for the new deadline (once)
+                self._arm_alarm()
+                return
+            wakers = list(self._wakers)
+        for callback in wakers:
+            callback()
 
     def _forget(self, session: Session) -> Task | None:
         """``session`` is no longer the current one (caller holds the lock); returns the keeper to interrupt."""
@@ -297,6 +328,7 @@ class Lease(ClosesOnExit):
             else:
                 self._ok_sent = max(self._ok_sent, sent)
                 self._failing_since = None
+                self._arm_alarm()
         if late:
             self._wake()
             raise SessionExpired(f"the renewal of {session.id} came after the renew deadline")
@@ -309,7 +341,7 @@ class Lease(ClosesOnExit):
             self._keeping(session),
             lambda: self._closed or self._session is not session,
         )
-        self._keeper.start()
+        self._keeper.start(urgent=True)
 
     def _keeping(self, session: Session) -> Generator[Park, bool, None]:
         """Renew ``session`` every ttl/3 (a failed renewal again after a short backoff) until it is lost, dropped

@@ -113,7 +113,7 @@ class Transfers(_Worker):
     def _transfer_step(self, handoff: Handoff) -> Steps:
         """The old leader while its transfer lasts: no claim; decided when ``to`` leads with a larger token
         (True) or at the deadline (False: then this candidate campaigns again, the key open to all)."""
-        record = self._d.get(self.key)
+        record = yield from self._await(lambda: self._d.get_async(self.key))
         now = time.monotonic()
         if record is not None and record.value == handoff.to and record.token > handoff.from_token:
             self._decide(handoff, True, "")

@@ -18,13 +18,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator
-from typing import Protocol
+from concurrent.futures import Future
+from typing import Protocol, TypeVar
 
 import attrs
 
 from swarmha.discovery import Discovery, Watch
 from swarmha.discovery._base import check_key
-from swarmha.election._engine import Engine, Park, Task
+from swarmha.election._engine import Engine, Park, Steps, Task
 from swarmha.election._retry import backoff
 from swarmha.election._values import Leader, Term
 from swarmha.errors import DiscoveryError
@@ -36,7 +37,7 @@ log = logging.getLogger("swarmha.election")
 #: Longest pause between retries of a failing store; keeps recovery after an outage well under a second.
 MAX_BACKOFF = 1.0
 
-Steps = Generator[Park, bool, None]
+_T = TypeVar("_T")
 
 
 class Kind(enum.Enum):
@@ -205,6 +206,11 @@ class _Worker:
         until = None if timeout is None else time.monotonic() + timeout
         return (yield Park(watch, until))
 
+    def _await(self, request: Callable[[], Future[_T]]) -> Generator[Park, _T, _T]:
+        """The answer of ``request()`` (a ``Discovery.*_async`` call, sent when the engine's window has room), or
+        its error raised here, without blocking a worker while it is in flight (:mod:`swarmha.election._engine`)."""
+        return (yield Park(request=request))
+
     def _main(self) -> Steps:
         try:
             while self._more():
@@ -262,7 +268,7 @@ class Follow(_Worker):
         return events + super()._current_events()
 
     def _step(self) -> Steps:
-        record = self._d.get(self.key)
+        record = yield from self._await(lambda: self._d.get_async(self.key))
         leader = None if record is None else Leader(record.value, record.token)
         with self._lock:
             changed = not self._seen or leader != self._leader

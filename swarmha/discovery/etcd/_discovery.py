@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any, NoReturn
 
 from pyetcd import etcdrpc
 
-from swarmha.discovery._base import Discovery, Record, Session, Watch, check_key, check_ttl
+from swarmha.discovery._base import Claim, Discovery, Record, Session, Watch, check_key, check_ttl, done
 from swarmha.discovery._url import DiscoveryURL
 from swarmha.discovery.etcd._client import Client, log, prefix_end, to_record
 from swarmha.discovery.etcd._session import EtcdSession
@@ -89,16 +91,62 @@ class EtcdDiscovery(Discovery):
         """Put ``key`` with the session's lease if its create_revision is 0; token = revision of that put.
 
         With an old ticket (see :meth:`prepare`) a new lease is granted first."""
+        k, request, lease = self._create_request(key, value, session)
+        response = self._client.call("create", lambda ep, t, md: ep.kv.Txn(request, timeout=t, metadata=md))
+        return self._created(k, value, session, lease, response)
+
+    def create_async(self, key: str, value: str, session: Session) -> Future[Record | None]:
+        """:meth:`create` pipelined on the channel (an old ticket's new lease is granted inline first)."""
+        try:
+            k, request, lease = self._create_request(key, value, session)
+        except Exception as e:
+            return done(_raise, e)
+        return self._client.call_async(
+            "create",
+            lambda ep, t, md: ep.kv.Txn.future(request, timeout=t, metadata=md),
+            lambda response: self._created(k, value, session, lease, response),
+        )
+
+    def claim_async(
+        self, key: str, value: str, session: Session, listing: str | None = None, *, vacant: bool = False
+    ) -> Future[Claim]:
+        """The claim as one transaction: put if absent, and in the same round trip the range of ``listing`` after
+        the put (won), or the holder (lost). One request per candidate where the default makes two."""
+        try:
+            k, request, lease = self._create_request(key, value, session, listing)
+        except Exception as e:
+            return done(_raise, e)
+
+        def answer(response: Any) -> Claim:
+            created = self._created(k, value, session, lease, response)
+            if not response.succeeded:  # lost (or won by our own earlier attempt: no listing then)
+                kvs = response.responses[0].response_range.kvs
+                return Claim(created, None if created is not None or not kvs else to_record(kvs[0]))
+            listed = self._listed(response.responses[1].response_range) if listing is not None else None
+            return Claim(created, None, listed)
+
+        return self._client.call_async(
+            "create", lambda ep, t, md: ep.kv.Txn.future(request, timeout=t, metadata=md), answer
+        )
+
+    def _create_request(
+        self, key: str, value: str, session: Session, listing: str | None = None
+    ) -> tuple[bytes, Any, int]:
         k = self._k(key)
         own = self._open(session)
         own.fresh_for_claim()
         lease = own.lease_id
+        success = [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=value.encode(), lease=lease))]
+        if listing is not None:
+            success.append(etcdrpc.RequestOp(request_range=self._list_request(listing)))
         request = etcdrpc.TxnRequest(
             compare=[etcdrpc.Compare(key=k, target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL)],
-            success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=value.encode(), lease=lease))],
+            success=success,
             failure=[etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=k))],
         )
-        response = self._client.call("create", lambda ep, t, md: ep.kv.Txn(request, timeout=t, metadata=md))
+        return k, request, lease
+
+    def _created(self, k: bytes, value: str, session: Session, lease: int, response: Any) -> Record | None:
         revision = int(response.header.revision)
         if response.succeeded:
             record = Record(value, revision, session.id)
@@ -130,12 +178,41 @@ class EtcdDiscovery(Discovery):
         """The key's Record (token = its create_revision), read linearizably."""
         return self._client.read(self._k(key))[0]
 
+    def get_async(self, key: str) -> Future[Record | None]:
+        """:meth:`get` pipelined on the channel."""
+        try:
+            k = self._k(key)
+        except Exception as e:
+            return done(_raise, e)
+        return _first(self._client.read_async(k))
+
     def delete(self, key: str, token: int) -> bool:
         """Delete ``key`` in one transaction iff its create_revision equals ``token``."""
         k = self._k(key)
         if token <= 0:
             return False
-        request = etcdrpc.TxnRequest(
+        request = self._delete_request(k, token)
+        response = self._client.call("delete", lambda ep, t, md: ep.kv.Txn(request, timeout=t, metadata=md))
+        return self._deleted(k, response)
+
+    def delete_async(self, key: str, token: int) -> Future[bool]:
+        """:meth:`delete` pipelined on the channel."""
+        try:
+            k = self._k(key)
+        except Exception as e:
+            return done(_raise, e)
+        if token <= 0:
+            return done(bool, False)
+        request = self._delete_request(k, token)
+        return self._client.call_async(
+            "delete",
+            lambda ep, t, md: ep.kv.Txn.future(request, timeout=t, metadata=md),
+            lambda response: self._deleted(k, response),
+        )
+
+    @staticmethod
+    def _delete_request(k: bytes, token: int) -> Any:
+        return etcdrpc.TxnRequest(
             compare=[
                 etcdrpc.Compare(
                     key=k, target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL, create_revision=token
@@ -143,7 +220,8 @@ class EtcdDiscovery(Discovery):
             ],
             success=[etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=k))],
         )
-        response = self._client.call("delete", lambda ep, t, md: ep.kv.Txn(request, timeout=t, metadata=md))
+
+    def _deleted(self, k: bytes, response: Any) -> bool:
         deleted = bool(response.succeeded) and response.responses[0].response_delete_range.deleted > 0
         if deleted:
             self._client.remember(k, None, int(response.header.revision))
@@ -164,9 +242,25 @@ class EtcdDiscovery(Discovery):
             own.revoke()
 
     def list(self, prefix: str) -> Mapping[str, Record]:
-        p = self._k(prefix) + b"/"
-        request = etcdrpc.RangeRequest(key=p, range_end=prefix_end(p))
+        request = self._list_request(prefix)
         response = self._client.call("list", lambda ep, t, md: ep.kv.Range(request, timeout=t, metadata=md))
+        return self._listed(response)
+
+    def list_async(self, prefix: str) -> Future[Mapping[str, Record]]:
+        """:meth:`list` pipelined on the channel."""
+        try:
+            request = self._list_request(prefix)
+        except Exception as e:
+            return done(_raise, e)
+        return self._client.call_async(
+            "list", lambda ep, t, md: ep.kv.Range.future(request, timeout=t, metadata=md), self._listed
+        )
+
+    def _list_request(self, prefix: str) -> Any:
+        p = self._k(prefix) + b"/"
+        return etcdrpc.RangeRequest(key=p, range_end=prefix_end(p))
+
+    def _listed(self, response: Any) -> Mapping[str, Record]:
         skip = len(self._prefix.encode())
         return {kv.key[skip:].decode(): to_record(kv) for kv in response.kvs}
 
@@ -189,3 +283,22 @@ class EtcdDiscovery(Discovery):
         self._client.stop()
         self._stream.close()
         self._client.close()
+
+
+def _raise(error: Exception) -> NoReturn:
+    raise error
+
+
+def _first(future: Future[tuple[Record | None, int]]) -> Future[Record | None]:
+    """The record of a ``read_async`` (the revision dropped)."""
+    result: Future[Record | None] = Future()
+
+    def copy(f: Future[tuple[Record | None, int]]) -> None:
+        error = f.exception()
+        if error is None:
+            result.set_result(f.result()[0])
+        else:
+            result.set_exception(error)
+
+    future.add_done_callback(copy)
+    return result

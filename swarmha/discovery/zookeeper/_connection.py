@@ -236,14 +236,39 @@ class Connection:
             return fn(self.client).get(timeout=max(0.01, deadline - time.monotonic()))
         except ANSWERS:
             raise
-        except SessionExpiredError:
+        except Exception as e:
+            raise self.translate(what, e, session) from None
+
+    def send(self, what: str, fn: Callable[[Any], Any], session: Checkable | None = None) -> Any:
+        """``fn(client)``: send the request now and return kazoo's async result, without waiting (see
+        :mod:`._async`). Raises DiscoveryError (closed), or SessionExpired / DiscoveryUnavailable as ``session``'s
+        check does; without a session, DiscoveryUnavailable at once when not connected (no wait)."""
+        owner = self._owner
+        if owner.closed:
+            raise DiscoveryError(f"ZooKeeper discovery {owner.url} is closed")
+        if session is not None:
+            session.check()
+        elif not self.connected.is_set():
+            raise DiscoveryUnavailable(f"ZooKeeper {what} on {owner.url}: not connected")
+        try:
+            return fn(self.client)
+        except Exception as e:
+            raise self.translate(what, e, session) from None
+
+    def translate(self, what: str, error: BaseException, session: Checkable | None = None) -> BaseException:
+        """The error :meth:`op` raises for kazoo's ``error`` (an answer such as NoNodeError as it is)."""
+        owner = self._owner
+        if isinstance(error, (*ANSWERS, DiscoveryError)):
+            return error
+        if isinstance(error, SessionExpiredError):
             if session is not None:
-                raise SessionExpired(f"ZooKeeper session {session.id} expired") from None
-            raise DiscoveryUnavailable(f"ZooKeeper {what} on {owner.url}: the session expired") from None
-        except _UNAVAILABLE as e:
-            raise DiscoveryUnavailable(f"ZooKeeper {what} on {owner.url} failed: {type(e).__name__} {e}") from None
-        except KazooException as e:
-            raise DiscoveryError(f"ZooKeeper {what} on {owner.url} failed: {type(e).__name__} {e}") from None
+                return SessionExpired(f"ZooKeeper session {session.id} expired")
+            return DiscoveryUnavailable(f"ZooKeeper {what} on {owner.url}: the session expired")
+        if isinstance(error, _UNAVAILABLE):
+            return DiscoveryUnavailable(f"ZooKeeper {what} on {owner.url} failed: {type(error).__name__} {error}")
+        if isinstance(error, KazooException):
+            return DiscoveryError(f"ZooKeeper {what} on {owner.url} failed: {type(error).__name__} {error}")
+        return error
 
     def confirm(self, sent: float, session: Checkable) -> None:
         """Return once a round trip on this connection that was sent no earlier than ``sent`` succeeded.

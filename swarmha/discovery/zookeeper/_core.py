@@ -7,7 +7,8 @@ is only the Discovery contract. It holds:
 * the read connection (``shared``: reads and watches, no ephemerals) and one connection per session ``ttl``
   (:meth:`Core.connection`), made on first use; :meth:`Core.stop` stops them all;
 * ``lock``, the one lock of the Discovery's bookkeeping (held only around dict updates, never over a request);
-* ``timer``, the one thread of timed callbacks (session deadlines, ticket turn checks);
+* ``timer``, the one thread of timed callbacks (session deadlines, ticket turn checks, pipelined operations'
+  timeouts); ``pipeline``, which runs the pipelined operations (:mod:`._async`);
 * ``hub``, one kazoo watcher per (connection, znode) fanned out to every subscriber;
 * the read cache: the last Record read of a path with its ``mzxid`` (an entry's data never changes, so a holder's
   Record is read once), bounded to :data:`CACHE_LIMIT` paths.
@@ -18,6 +19,7 @@ raises what :meth:`~._connection.Connection.op` raises.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
@@ -26,6 +28,7 @@ from kazoo.exceptions import NoNodeError
 
 from swarmha.discovery._base import Record
 from swarmha.discovery._url import DiscoveryURL
+from swarmha.discovery.zookeeper._async import Operation, Pipeline, Request, block
 from swarmha.discovery.zookeeper._connection import Checkable, Connection
 from swarmha.discovery.zookeeper._entry import record
 from swarmha.discovery.zookeeper._hub import Hub
@@ -41,8 +44,9 @@ log = logging.getLogger("swarmha.discovery.zookeeper")
 #: wait for a handshake the server never answers is bounded by ``timeout`` on every connection
 #: (:func:`~._connection.handshake_hosts`).
 SHARED_SESSION_TIMEOUT = 10.0
-#: Paths the read cache (and the set of known queues) holds at most.
-CACHE_LIMIT = 4096
+#: Paths the read cache (and the set of known queues) holds at most: above the keys one process campaigns for
+#: (with 4,096 and 10,000 keys, every read of a key asked whether it is a queue again and re-read its holder).
+CACHE_LIMIT = 65536
 
 
 class Core:
@@ -68,6 +72,7 @@ class Core:
         self._reads: dict[str, tuple[Record, int]] = {}  # path -> (record, mzxid) of the last read
         self._conns: dict[float, Connection] = {}  # ttl -> the connection whose ZooKeeper session backs Sessions
         self.timer = Timer("swarmha-zk-timer")
+        self.pipeline = Pipeline(self.timer, timeout)  # runs the pipelined forms (see _async)
         self.hub = Hub()
         self.shared = self._connect(min(SHARED_SESSION_TIMEOUT, timeout), "shared")
 
@@ -103,6 +108,7 @@ class Core:
         """Stop the timer and every connection (their ZooKeeper sessions end: every key held through them goes)."""
         with self.lock:
             conns = list(self._conns.values())
+        self.pipeline.close()
         self.timer.stop()
         for conn in conns:
             conn.stop()
@@ -136,11 +142,21 @@ class Core:
 
     def read(self, path: str, conn: Connection | None = None, session: Checkable | None = None) -> Record | None:
         """Read ``path`` (through ``conn``, else the read connection) and cache it; None if it does not exist."""
+        return block(self.read_steps(path, conn, session))
+
+    def read_steps(
+        self, path: str, conn: Connection | None = None, session: Checkable | None = None
+    ) -> Operation[Record | None]:
+        """:meth:`read` as an operation (:mod:`._async`)."""
         try:
-            data, stat = (conn or self.shared).op("get", lambda c: c.get_async(path), session=session)
+            data, stat = yield Request(conn or self.shared, "get", functools.partial(_get, path=path), session)
         except NoNodeError:
             self.remember(path, None)
             return None
         found = record(data, stat, path)
         self.remember(path, found, int(stat.mzxid))
         return found
+
+
+def _get(client: Any, path: str) -> Any:
+    return client.get_async(path)

@@ -8,13 +8,15 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, NoReturn
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 from kazoo.security import make_digest_acl
 
-from swarmha.discovery._base import Discovery, Record, Session, Watch, check_key, check_ttl
+from swarmha.discovery._base import Claim, Discovery, Record, Session, Watch, check_key, check_ttl, done
 from swarmha.discovery._url import DiscoveryURL
+from swarmha.discovery.zookeeper._async import Operation, Request, block
 from swarmha.discovery.zookeeper._core import SHARED_SESSION_TIMEOUT, Core
 from swarmha.discovery.zookeeper._entry import QUEUE_MARK, Entry, record
 from swarmha.discovery.zookeeper._queue import Queues
@@ -131,23 +133,55 @@ class ZooKeeperDiscovery(Discovery):
         delete), a ticket's stays queued. A ticket already queued costs one read, or none when its watch saw the
         only entry ahead of it go.
         """
-        path = self._path(key)
-        s = self._session(session)
+        return block(self._create_steps(self._path(key), value, self._session(session)))
+
+    def create_async(self, key: str, value: str, session: Session) -> Future[Record | None]:
+        """:meth:`create` pipelined on the session's connection (:mod:`._async`)."""
+        try:
+            path, s = self._path(key), self._session(session)
+        except ConfigurationError as e:
+            return done(_raise, e)
+        return self._core.pipeline.run(self._create_steps(path, value, s))
+
+    def claim_async(
+        self, key: str, value: str, session: Session, listing: str | None = None, *, vacant: bool = False
+    ) -> Future[Claim]:
+        """The claim pipelined (:mod:`._async`): a plain session first reads the key unless ``vacant`` (a held
+        key costs no entry created and withdrawn again), then creates it if vacant; a ticket creates at once (its
+        entry is queued). After a win, ``listing`` is listed; after a loss, the holder read."""
+        try:
+            path, s = self._path(key), self._session(session)
+            top = None if listing is None else self._path(listing)
+        except ConfigurationError as e:
+            return done(_raise, e)
+        return self._core.pipeline.run(self._claim_steps(path, value, s, top, vacant))
+
+    def _claim_steps(self, path: str, value: str, s: ZkSession, top: str | None, vacant: bool) -> Operation[Claim]:
+        if not s.ticket and not vacant:
+            holder = yield from self._get_steps(path)
+            if holder is not None and holder.session != s.id:
+                return Claim(None, holder)
+        created = yield from self._create_steps(path, value, s)
+        if created is None:
+            return Claim(None, (yield from self._get_steps(path)))
+        return Claim(created, None, None if top is None else (yield from self._list_steps(top)))
+
+    def _create_steps(self, path: str, value: str, s: ZkSession) -> Operation[Record | None]:
         sent = time.monotonic()
         s.check()
         with s.lock:
             entry = s.entries.get(path)
         if entry is not None and entry.record.value != value:
-            self._queues.withdraw(s, entry)
+            yield from self._queues.withdraw_steps(s, entry)
             entry = None
         fresh = entry is None
         if entry is None:
-            entry = self._queues.enqueue(path, value, s)
+            entry = yield from self._queues.enqueue_steps(path, value, s)
             if entry is None:
                 return None
             self._owners.note_entry(s, entry)
         if fresh or entry.claimed or not entry.first:  # only a waiting ticket's turn may skip the read
-            names = self._queues.entries(path, s.conn, s) or []
+            names = (yield from self._queues.entries_steps(path, s.conn, s)) or []
             with s.lock:
                 entry.saw(names)
             if entry.name not in names:  # deleted (delete(key, token) of a holder claimed earlier): gone for good
@@ -156,8 +190,8 @@ class ZooKeeperDiscovery(Discovery):
                         del s.entries[path]
                 return None
             if names[0] != entry.name:
-                if fresh and not s.ticket:
-                    self._queues.withdraw(s, entry)  # a plain session leaves nothing behind when it did not win
+                if fresh and not s.ticket:  # a plain session leaves nothing behind when it did not win
+                    yield from self._queues.withdraw_steps(s, entry)
                 return None
         s.claim(entry, sent)
         self._core.remember(entry.path, entry.record, entry.mzxid)
@@ -220,11 +254,26 @@ class ZooKeeperDiscovery(Discovery):
     def get(self, key: str) -> Record | None:
         """The key's Record: the holder's entry of its queue (token = the entry's czxid), or a plain znode, as the
         member the read connection talks to has it."""
-        path = self._path(key)
-        kind = self._queues.kind(path)
+        return block(self._get_steps(self._path(key)))
+
+    def get_async(self, key: str) -> Future[Record | None]:
+        """:meth:`get` pipelined on the read connection (:mod:`._async`)."""
+        try:
+            path = self._path(key)
+        except ConfigurationError as e:
+            return done(_raise, e)
+        if not self._core.shared.connected.is_set():  # the blocking form waits for it to come back
+            return super().get_async(key)
+        return self._core.pipeline.run(self._get_steps(path))
+
+    def _get_steps(self, path: str) -> Operation[Record | None]:
+        kind = yield from self._queues.kind_steps(path)
         if kind is None:
             return None
-        return self._queues.holder(path) if kind == "queue" else self._read(path)
+        if kind == "queue":
+            return (yield from self._queues.holder_steps(path))
+        found = yield from self._core.read_steps(path)
+        return None if found is None else self._owners.owned_record(path, found)
 
     def delete(self, key: str, token: int) -> bool:
         """Delete ``key`` if its token equals ``token``.
@@ -335,7 +384,20 @@ class ZooKeeperDiscovery(Discovery):
 
     def list(self, prefix: str) -> Mapping[str, Record]:
         """Every key below ``prefix/``: znodes with data, ephemeral or leaves, and election keys with a holder."""
-        top = self._path(prefix)
+        return block(self._list_steps(self._path(prefix)))
+
+    def list_async(self, prefix: str) -> Future[Mapping[str, Record]]:
+        """:meth:`list` pipelined on the read connection (:mod:`._async`)."""
+        try:
+            top = self._path(prefix)
+        except ConfigurationError as e:
+            return done(_raise, e)
+        if not self._core.shared.connected.is_set():  # the blocking form waits for it to come back
+            return super().list_async(prefix)
+        return self._core.pipeline.run(self._list_steps(top))
+
+    def _list_steps(self, top: str) -> Operation[Mapping[str, Record]]:
+        shared = self._core.shared
         skip = len(self._root) + 1
         found: dict[str, Record] = {}
         pending = [top]
@@ -343,19 +405,19 @@ class ZooKeeperDiscovery(Discovery):
         while pending and visited < _MAX_LIST_NODES:
             parent = pending.pop()
             try:
-                children = self._core.shared.op("list", functools.partial(_children, path=parent))
+                children = yield Request(shared, "list", functools.partial(_children, path=parent))
             except NoNodeError:
                 continue
             for child in children:
                 path = f"{parent}/{child}"
                 visited += 1
                 try:
-                    data, stat = self._core.shared.op("list", functools.partial(_get, path=path))
+                    data, stat = yield Request(shared, "list", functools.partial(_get, path=path))
                 except NoNodeError:
                     continue
                 if data == QUEUE_MARK:
                     self._queues.remember(path)
-                    holder = self._queues.holder(path)
+                    holder = yield from self._queues.holder_steps(path)
                     if holder is not None:
                         found[path[skip:]] = holder
                     continue
@@ -383,6 +445,10 @@ class ZooKeeperDiscovery(Discovery):
         for watch in watches:
             watch.close()
         self._core.stop()
+
+
+def _raise(error: Exception) -> NoReturn:
+    raise error
 
 
 def _exists(client: Any, path: str, watch: Any = None) -> Any:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from swarmha.discovery._base import Record
+from swarmha.discovery.zookeeper._async import Operation, Request, block
 from swarmha.discovery.zookeeper._connection import Connection
 from swarmha.discovery.zookeeper._core import CACHE_LIMIT, Core, log
 from swarmha.discovery.zookeeper._entry import ENTRY, QUEUE_MARK, RACE_LIMIT, Entry, queue_order, record
@@ -46,10 +47,14 @@ class Queues:
 
     def kind(self, path: str) -> str | None:
         """``"queue"``, ``"plain"``, or None (absent)."""
+        return block(self.kind_steps(path))
+
+    def kind_steps(self, path: str) -> Operation[str | None]:
+        """:meth:`kind` as an operation (:mod:`._async`)."""
         if self.known(path):
             return "queue"
         try:
-            data, _ = self._core.shared.op("get", lambda c: c.get_async(path))
+            data, _ = yield Request(self._core.shared, "get", functools.partial(_get, path=path))
         except NoNodeError:
             return None
         if data != QUEUE_MARK:
@@ -59,8 +64,15 @@ class Queues:
 
     def entries(self, path: str, conn: Connection | None = None, session: ZkSession | None = None) -> list[str] | None:
         """The entry names of the queue ``path``, holder first; None if ``path`` does not exist."""
+        return block(self.entries_steps(path, conn, session))
+
+    def entries_steps(
+        self, path: str, conn: Connection | None = None, session: ZkSession | None = None
+    ) -> Operation[list[str] | None]:
+        """:meth:`entries` as an operation (:mod:`._async`)."""
         try:
-            children = (conn or self._core.shared).op("read", lambda c: c.get_children_async(path), session=session)
+            read = functools.partial(_children, path=path)
+            children = yield Request(conn or self._core.shared, "read", read, session)
         except NoNodeError:
             self.forget(path)
             return None
@@ -68,37 +80,43 @@ class Queues:
 
     def holder(self, path: str) -> Record | None:
         """The Record of the queue's holder (its first entry), or None when the queue is empty or absent."""
+        return block(self.holder_steps(path))
+
+    def holder_steps(self, path: str) -> Operation[Record | None]:
+        """:meth:`holder` as an operation (:mod:`._async`)."""
         for _ in range(RACE_LIMIT):
-            names = self.entries(path)
+            names = yield from self.entries_steps(path)
             if not names:
                 return None
             head = f"{path}/{names[0]}"
             known = self._core.cached_entry(head)
             if known is not None:  # an entry's data never changes
                 return known
-            found = self._core.read(head)
+            found = yield from self._core.read_steps(head)
             if found is not None:
                 return found
         raise DiscoveryUnavailable(f"ZooKeeper queue {path} changed under {RACE_LIMIT} reads in a row")
 
     def enqueue(self, path: str, value: str, session: ZkSession) -> Entry | None:
         """Add an entry of ``session`` to the queue ``path`` (made if absent); None if ``path`` is a plain key."""
+        return block(self.enqueue_steps(path, value, session))
+
+    def enqueue_steps(self, path: str, value: str, session: ZkSession) -> Operation[Entry | None]:
+        """:meth:`enqueue` as an operation (:mod:`._async`)."""
         data = value.encode()
         conn = session.conn
         for _ in range(RACE_LIMIT):
             if not self.known(path):
                 try:
-                    conn.op("create", lambda c: c.create_async(path, QUEUE_MARK, makepath=True), session=session)
+                    yield Request(conn, "create", functools.partial(_create_queue, path=path), session)
                 except NodeExistsError:
-                    if self.kind(path) != "queue":
+                    if (yield from self.kind_steps(path)) != "queue":
                         return None  # a plain key (put, or a key made by an older swarmha) holds it
                 self.remember(path)
             prefix = f"{path}/{ENTRY}{session.id}-"
             try:
-                created, stat = conn.op(
-                    "create",
-                    functools.partial(_create_entry, path=prefix, data=data),
-                    session=session,
+                created, stat = yield Request(
+                    conn, "create", functools.partial(_create_entry, path=prefix, data=data), session
                 )
             except NoNodeError:  # the queue znode was removed (by hand) since: make it again
                 self.forget(path)
@@ -122,8 +140,12 @@ class Queues:
         key for as long as the connection's ZooKeeper session lives (the fault soak found that: no leader for
         40 s after a withdraw hit ConnectionLoss).
         """
+        block(self.withdraw_steps(session, entry))
+
+    def withdraw_steps(self, session: ZkSession, entry: Entry) -> Operation[None]:
+        """:meth:`withdraw` as an operation (:mod:`._async`)."""
         try:
-            session.conn.op("withdraw", lambda c: c.delete_async(entry.path), session=session)
+            yield Request(session.conn, "withdraw", functools.partial(_delete, path=entry.path), session)
         except NoNodeError:
             pass
         except DiscoveryError:
@@ -169,3 +191,19 @@ def _exists(client: Any, path: str, watch: Any) -> Any:
 
 def _create_entry(client: Any, path: str, data: bytes) -> Any:
     return client.create_async(path, data, ephemeral=True, sequence=True, include_data=True)
+
+
+def _create_queue(client: Any, path: str) -> Any:
+    return client.create_async(path, QUEUE_MARK, makepath=True)
+
+
+def _get(client: Any, path: str) -> Any:
+    return client.get_async(path)
+
+
+def _children(client: Any, path: str) -> Any:
+    return client.get_children_async(path)
+
+
+def _delete(client: Any, path: str) -> Any:
+    return client.delete_async(path)

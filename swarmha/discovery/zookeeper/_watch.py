@@ -12,12 +12,14 @@ import functools
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType
 
 from swarmha.discovery._base import Record, Watch
+from swarmha.discovery.zookeeper._async import Operation, Request, block
 from swarmha.discovery.zookeeper._connection import Connection
 from swarmha.discovery.zookeeper._core import Core
 from swarmha.discovery.zookeeper._entry import QUEUE_MARK, RACE_LIMIT, queue_order, record
@@ -50,6 +52,10 @@ class ZkWatch(Watch):
         self.subscription: tuple[Connection, str] | None = None
         self.via: ZkSession | None = None  # the Session with an entry in the queue the watch went through
         self._notify: Callable[[], None] | None = None
+        self._fires = 0  # events seen so far: an arm that saw one while in flight leaves the watch unarmed
+        self._arming = False  # a pipelined arm is in flight (see wait)
+        self._changed = False  # a pipelined arm found the key changed: the next wait returns True
+        self._error: BaseException | None = None  # a pipelined arm failed: the next wait raises it
 
     def notify(self, callback: Callable[[], None]) -> bool:
         self._notify = callback
@@ -63,16 +69,26 @@ class ZkWatch(Watch):
         with self._cond:
             self._deleted = deleted or (self._fired and self._deleted)  # a later wake-up does not hide a deletion
             self._fired = True
+            self._fires += 1
             self._cond.notify_all()
         if self._notify is not None:
             self._notify()
 
     def wait(self, timeout: float | None = None) -> bool:
+        """As :meth:`Watch.wait`. With a notifier and ``timeout=0`` (the election engine polling), arming does not
+        block: the arm's requests are pipelined (:mod:`._async`) and the notifier is called when they answered;
+        the next ``wait(0)`` then says whether the key changed (or raises the arm's error)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._cond:
                 if self._closed:
                     return False
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                if self._changed:
+                    self._changed = False
+                    return True
                 if self._fired:
                     self._fired = False
                     self._armed = False
@@ -83,8 +99,17 @@ class ZkWatch(Watch):
                         self.known_absent = True
                         return True
                 armed = self._armed
+                pipelined = not armed and timeout == 0 and self._notify is not None
+                start = pipelined and not self._arming
+                if start:
+                    self._arming = True
+                fires = self._fires
+            if pipelined:
+                if start:
+                    self._arm_pipelined(fires)
+                return False
             if not armed:
-                current = self._arm()
+                current = block(self._arm_steps())
                 with self._cond:
                     self._armed = True
                     if current != self._seen:
@@ -106,6 +131,34 @@ class ZkWatch(Watch):
         if self._notify is not None:
             self._notify()
 
+    def _arm_pipelined(self, fires: int) -> None:
+        """Arm without blocking; the answer is looked at by the next wait (the notifier is called for it)."""
+
+        def armed(future: Future[Record | None]) -> None:
+            with self._cond:
+                self._arming = False
+                closed = self._closed
+            if closed:  # closed while the arm was in flight: drop what it subscribed
+                sub, self.subscription = self.subscription, None
+                if sub is not None:
+                    self._core.hub.unsubscribe(sub[0], sub[1], self.fire)
+                return
+            with self._cond:
+                error = future.exception()
+                if error is not None:
+                    self._error = error
+                else:
+                    current = future.result()
+                    self._armed = self._fires == fires  # an event since the arm began: arm again
+                    if current != self._seen:
+                        self._seen = current
+                        self.known_absent = current is None
+                        self._changed = True
+            if self._notify is not None:
+                self._notify()
+
+        self._core.pipeline.run(self._arm_steps()).add_done_callback(armed)
+
     def _via(self) -> ZkSession | None:
         """A live, connected Session of this Discovery with an entry in the queue ``path``, if any.
 
@@ -121,7 +174,7 @@ class ZkWatch(Watch):
                 usable.append((entry.claimed, s.id, s))  # a waiting ticket first
         return min(usable, key=lambda u: (u[0], u[1]))[2] if usable else None
 
-    def _arm(self) -> Record | None:
+    def _arm_steps(self) -> Operation[Record | None]:
         """Set a watcher for the next change of key ``path`` and return the key's state at that moment.
 
         A queue: an exists-watch on the holder's entry, or (empty) a child watch on the queue. A plain key: a
@@ -141,16 +194,16 @@ class ZkWatch(Watch):
             return self._core.hub.subscribe(conn, target, self.fire)
 
         for _ in range(RACE_LIMIT):
-            kind = self._queues.kind(path)
+            kind = yield from self._queues.kind_steps(path)
             if kind is None:
                 callback = subscribe(path)
-                if conn.op("watch", functools.partial(_exists, path=path, watch=callback), session=via) is None:
+                if (yield Request(conn, "watch", functools.partial(_exists, path=path, watch=callback), via)) is None:
                     return None
                 continue  # created meanwhile
             if kind == "plain":
                 callback = subscribe(path)
                 try:
-                    data, stat = conn.op("watch", functools.partial(_get, path=path, watch=callback), session=via)
+                    data, stat = yield Request(conn, "watch", functools.partial(_get, path=path, watch=callback), via)
                 except NoNodeError:
                     continue
                 if data == QUEUE_MARK:
@@ -160,7 +213,7 @@ class ZkWatch(Watch):
                 )
                 self._core.remember(path, found, int(stat.mzxid))
                 return found
-            names = self._queues.entries(path, conn, via)
+            names = yield from self._queues.entries_steps(path, conn, via)
             if names is None:
                 continue
             if via is not None:
@@ -171,7 +224,8 @@ class ZkWatch(Watch):
             if not names:
                 callback = subscribe(path)
                 try:
-                    children = conn.op("watch", functools.partial(_children, path=path, watch=callback), session=via)
+                    read = functools.partial(_children, path=path, watch=callback)
+                    children = yield Request(conn, "watch", read, via)
                 except NoNodeError:
                     continue
                 if not queue_order(children):
@@ -179,10 +233,12 @@ class ZkWatch(Watch):
                 continue  # an entry arrived meanwhile
             head = f"{path}/{names[0]}"
             callback = subscribe(head)
-            stat = conn.op("watch", functools.partial(_exists, path=head, watch=callback), session=via)
+            stat = yield Request(conn, "watch", functools.partial(_exists, path=head, watch=callback), via)
             if stat is None:
                 continue  # the holder left meanwhile
-            held = self._core.cached(head, int(stat.czxid), int(stat.mzxid)) or self._core.read(head, conn, via)
+            held = self._core.cached(head, int(stat.czxid), int(stat.mzxid))
+            if held is None:
+                held = yield from self._core.read_steps(head, conn, via)
             if held is not None:
                 return held
         raise DiscoveryUnavailable(f"ZooKeeper key {path} changed under {RACE_LIMIT} watch attempts in a row")
