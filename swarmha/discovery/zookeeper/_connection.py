@@ -39,6 +39,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KeeperState
 from kazoo.retry import KazooRetry
 
+from swarmha.discovery.zookeeper._handler import NamedThreadingHandler
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable, SessionExpired
 
 __all__ = ["ANSWERS", "Connection", "Settings"]
@@ -149,6 +150,7 @@ class Connection:
             auth_data=owner.auth_data,
             default_acl=owner.acl,
             logger=_KAZOO_LOG,
+            handler=NamedThreadingHandler(f"swarmha-zk[{what}]"),
         )
         self.client.add_listener(self._listen)
 
