@@ -6,6 +6,7 @@ name (never another entry), list a queue holder first, find the holder, and chec
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 from swarmha.discovery._base import Record
 from swarmha.discovery.zookeeper._connection import Connection
 from swarmha.discovery.zookeeper._core import CACHE_LIMIT, Core, log
-from swarmha.discovery.zookeeper._entry import ENTRY, QUEUE_MARK, RACE_LIMIT, Entry, queue_order, record
+from swarmha.discovery.zookeeper._entry import QUEUE_MARK, RACE_LIMIT, Entry, queue_order, record
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable
 
 if TYPE_CHECKING:
@@ -93,7 +94,9 @@ class Queues:
                     if self.kind(path) != "queue":
                         return None  # a plain key (put, or a key made by an older swarmha) holds it
                 self.remember(path)
-            prefix = f"{path}/{ENTRY}{session.id}-"
+            if path in session.unsure:
+                self._sweep(path, session)
+            prefix = f"{path}/{session.entry_prefix}"
             try:
                 created, stat = conn.op(
                     "create",
@@ -103,6 +106,9 @@ class Queues:
             except NoNodeError:  # the queue znode was removed (by hand) since: make it again
                 self.forget(path)
                 continue
+            except DiscoveryUnavailable:
+                session.maybe_enqueued(path)  # the entry may exist: it must never hold the key untracked
+                raise
             entry = Entry(path, created, record(data, stat, created), int(stat.mzxid))
             with session.lock:
                 alive = session.alive
@@ -113,6 +119,18 @@ class Queues:
                 return None
             return entry
         raise DiscoveryUnavailable(f"ZooKeeper queue {path} vanished under {RACE_LIMIT} creates in a row")
+
+    def _sweep(self, path: str, session: ZkSession) -> None:
+        """Delete the entries of ``session`` in the queue ``path`` that a create whose answer was lost may have
+        made (it has no tracked entry there: :meth:`enqueue` is called only then). The read and the deletes go on
+        the session's connection, ahead of the create that follows, so they never see that create's entry."""
+        names = self.entries(path, session.conn, session) or []
+        for name in names:
+            if name.startswith(session.entry_prefix):
+                with contextlib.suppress(NoNodeError):  # gone already
+                    session.conn.op("sweep", functools.partial(_delete, path=f"{path}/{name}"), session=session)
+        with session.lock:
+            session.unsure.discard(path)
 
     def withdraw(self, session: ZkSession, entry: Entry) -> None:
         """Delete ``entry`` (by its unique name: never another entry), then forget it.
@@ -169,3 +187,7 @@ def _exists(client: Any, path: str, watch: Any) -> Any:
 
 def _create_entry(client: Any, path: str, data: bytes) -> Any:
     return client.create_async(path, data, ephemeral=True, sequence=True, include_data=True)
+
+
+def _delete(client: Any, path: str) -> Any:
+    return client.delete_async(path)
