@@ -83,7 +83,11 @@ class Queues:
         raise DiscoveryUnavailable(f"ZooKeeper queue {path} changed under {RACE_LIMIT} reads in a row")
 
     def enqueue(self, path: str, value: str, session: ZkSession) -> Entry | None:
-        """Add an entry of ``session`` to the queue ``path`` (made if absent); None if ``path`` is a plain key."""
+        """Add an entry of ``session`` to the queue ``path`` (made if absent); None if ``path`` is a plain key.
+
+        Raises what :meth:`Connection.op` raises. A create that got no answer may have made the entry: the session
+        notes it (:meth:`ZkSession.maybe_enqueued`), and such entries are swept before it queues there again.
+        """
         data = value.encode()
         conn = session.conn
         for _ in range(RACE_LIMIT):

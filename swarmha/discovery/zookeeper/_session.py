@@ -14,6 +14,10 @@ Guarantees and failure modes:
   Session's ephemerals by name; if the connection is down then, the deletes are sent when it is back
   (:meth:`~._connection.Connection.delete_later`); if instead the ZooKeeper session expires meanwhile, the
   server removed them already. A keepalive is one round trip, shared by every Session renewed at that moment.
+* An entry create whose answer was lost (ConnectionLoss, timeout) may still have made the entry; nothing would
+  track it, and once first it would hold the key, unclaimed and never expiring, for as long as the connection's
+  ZooKeeper session lives. Such a queue is noted (:meth:`ZkSession.maybe_enqueued`) and the session's entries in
+  it are deleted by name prefix when the session ends, or before the session queues there again.
 * The ZooKeeper session of the connection is what the server expires when the *process* dies or is cut off:
   then every Session on it ends at once, with all the keys they hold (one lease per ttl per process, as etcd's
   ``concurrency.Session``). A Session whose connection's ZooKeeper session was replaced is expired.
