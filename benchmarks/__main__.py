@@ -15,8 +15,10 @@
 
 * ``consul-client``: the Consul backend's own HTTP client against py-consul on the Consul API double
   (``benchmarks/consul_client.py``; prints its table).
+* ``runtime-threads``: what SQLite's change feed thread and ZooKeeper's timer thread buy (handover, wake-ups, idle
+  CPU; ``benchmarks/runtime_threads.py``; prints its tables).
 
-``manager-ab``, ``outage-recovery`` and ``consul-client`` take only their own options
+``manager-ab``, ``outage-recovery``, ``consul-client`` and ``runtime-threads`` take only their own options
 (``python -m benchmarks manager-ab --help``), not --quick/--out.
 
 ``--quick`` is the CI smoke mode (each part under a minute, figures mean little); without it, the full runs.
@@ -34,7 +36,7 @@ from pathlib import Path
 
 PARTS = ["election", "core", "manager"]
 #: Parts run only by name (not by ``all``), with their own options only.
-EXTRA = ["manager-ab", "outage-recovery", "scale", "consul-client"]
+EXTRA = ["manager-ab", "outage-recovery", "scale", "consul-client", "runtime-threads"]
 #: Parts of EXTRA that also take the common --quick / --out (passed on as they are).
 EXTRA_COMMON = {"scale"}
 

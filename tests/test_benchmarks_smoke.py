@@ -42,7 +42,9 @@ def test_quick_election_benchmark_exits_0_and_writes_the_table(tmp_path: Path) -
         assert (tmp_path / "img" / "election-handover.png").exists()
 
 
-@pytest.mark.parametrize("part", ["election", "core", "manager", "manager-ab", "outage-recovery", "consul-client"])
+@pytest.mark.parametrize(
+    "part", ["election", "core", "manager", "manager-ab", "outage-recovery", "consul-client", "runtime-threads"]
+)
 def test_every_benchmark_part_runs_from_python_m_benchmarks(part: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", part, "--help"],

@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kazoo.exceptions import ConnectionLoss
 
 import swarmha
 from swarmha.discovery import Record, Session
+from swarmha.discovery.zookeeper import _queue
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
 from tests.support import cluster_scenarios
 from tests.support.fault.proxy import FaultProxy
@@ -96,6 +98,45 @@ def test_an_entry_whose_withdraw_failed_is_deleted_once_the_connection_answers(
         wait_for(lambda: d.get("svc/leader") is None, 5.0, "the key free: no entry of the loser left in its queue")
         again = d.create("svc/leader", "n2", loser)
         assert again is not None and again.value == "n2" and again.token > first.token
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("then", ["the ticket is closed", "the same session queues again"])
+def test_an_entry_whose_create_answer_was_lost_never_holds_the_key(
+    single: Cluster, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """An entry create the server applied but whose answer was lost (the connection dropped: ConnectionLoss) made
+    an entry nothing tracks. Once the entries ahead of it left it held the key, unclaimed and never expiring, for
+    as long as its connection's ZooKeeper session lived: the fault soak saw 15 s without a leader after a server
+    restart right after an election. The entry must go when its session ends, or when that session queues again."""
+    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}")
+    try:
+        holder = d.session(30)
+        first = d.create("svc/leader", "n1", holder)
+        assert first is not None
+        create_entry = _queue._create_entry
+
+        def applied_but_answer_lost(client: Any, path: str, data: bytes) -> Any:
+            create_entry(client, path, data).get(timeout=5)
+            raise ConnectionLoss()
+
+        if then == "the ticket is closed":
+            monkeypatch.setattr(_queue, "_create_entry", applied_but_answer_lost)
+            assert d.prepare("svc/leader", "n2", 30) is None  # failed: the ticket was closed again
+            monkeypatch.setattr(_queue, "_create_entry", create_entry)
+        else:
+            waiter = d.session(30)
+            monkeypatch.setattr(_queue, "_create_entry", applied_but_answer_lost)
+            with pytest.raises(DiscoveryUnavailable):
+                d.create("svc/leader", "n2", waiter)
+            monkeypatch.setattr(_queue, "_create_entry", create_entry)
+            assert d.create("svc/leader", "n2", waiter) is None  # queued behind n1, not behind its lost entry
+        holder.close()
+        wait_for(lambda: d.get("svc/leader") is None, 5.0, "the key free once its holder left")
+        third = d.session(30)
+        won = d.create("svc/leader", "n3", third)
+        assert won is not None and won.value == "n3"
     finally:
         d.close()
 

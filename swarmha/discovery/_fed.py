@@ -15,13 +15,14 @@ import abc
 import threading
 from collections.abc import Callable
 
+from swarmha._backoff import Backoff
 from swarmha.discovery._base import Record, Watch
 from swarmha.errors import DiscoveryError
 
-__all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "FedWatch", "Outage"]
+__all__ = ["BACKOFF", "FedWatch", "Outage"]
 
 #: Pause between a feeding thread's tries after a break: 50 ms, doubling to 500 ms.
-BACKOFF_MIN, BACKOFF_MAX = 0.05, 0.5
+BACKOFF = Backoff(first=0.05, cap=0.5)
 
 
 class Outage:
@@ -35,11 +36,11 @@ class Outage:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.since: float | None = None  # when the failures began; None while it works
-        self.backoff = BACKOFF_MIN
+        self.attempt = 1  # of the next pause
 
     def ok(self, broke_at: float | None = None) -> None:
         """A try worked. ``broke_at``: it worked, then broke at that moment (the clock runs from there)."""
-        self.since, self.backoff = broke_at, BACKOFF_MIN
+        self.since, self.attempt = broke_at, 1
 
     def failed(self, now: float) -> bool:
         """Count a failed try at ``now``; True once the failures have lasted ``timeout`` (the clock starts over)."""
@@ -51,10 +52,10 @@ class Outage:
         return False
 
     def pause(self, cond: threading.Condition, closed: Callable[[], bool]) -> None:
-        """Wait the backoff on ``cond`` (taken here) unless ``closed()``, then double it up to the cap."""
+        """Wait the backoff (:data:`BACKOFF`) on ``cond`` (taken here) unless ``closed()``; the next is longer."""
         with cond:
-            cond.wait_for(closed, self.backoff)
-        self.backoff = min(BACKOFF_MAX, self.backoff * 2)
+            cond.wait_for(closed, BACKOFF.delay(self.attempt))
+        self.attempt += 1
 
 
 class FedWatch(Watch):

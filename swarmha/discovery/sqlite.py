@@ -18,6 +18,12 @@ Several processes on one host elect a leader through one file. What makes that s
   inotify, e.g. the per-user instance limit reached, that poll alone notices changes).
   A watch also wakes by itself at the expiry of the session that holds its key, so a crash is noticed at
   the expiry, not a poll later. No fixed sleep decides failover time. With no watch open, no thread runs.
+* Why the change feed keeps a thread of its own (``swarmha-sqlite-feed``) instead of running on a shared timer:
+  another process's commit reaches this one only through the file, and only a thread blocked in ``select`` on
+  inotify hears it at once; a timer could only poll ``kv_version``. Measured (``python -m benchmarks
+  runtime-threads --rounds 30 --idle 5 --parts sqlite``, 2026-12-07, 2 cores shared with other jobs, load ~70),
+  handover between two Discoveries on one file, p50: 2.5 ms with the thread on inotify, 8.4 ms polling every
+  5 ms, 17.6 ms polling every 50 ms; CPU of the idle process (a leader and a follower): 0.10 %, 1.37 %, 0.38 %.
 
 Paths: ``sqlite:///var/lib/x.db`` is absolute, ``sqlite://x.db`` relative to the working directory.
 The directory must exist; the file is created on first use. ``timeout`` (default 5 s) bounds how long one
@@ -41,8 +47,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
-
+from swarmha._backoff import Backoff
 from swarmha.discovery._base import Discovery, Record, Session, Watch, check_key, check_ttl
 from swarmha.discovery._url import DiscoveryURL
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
@@ -188,6 +193,10 @@ class _SqliteWatch(Watch):
         self._feed.closed()
 
 
+#: Pause before opening a busy file again (another process is switching it to WAL): 1 to 20 ms, at random.
+OPEN_BACKOFF = Backoff(first=0.001, cap=0.02, jitter=0.019, factor=1.0)
+
+
 def _is_busy(error: BaseException) -> bool:
     """True for SQLite's "database is locked" / "database is busy" (SQLITE_BUSY, SQLITE_LOCKED)."""
     return isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error))
@@ -232,16 +241,16 @@ class SqliteDiscovery(Discovery):
         too, and SQLite fails the second at once ("database is locked") instead of waiting, to avoid a
         deadlock. That connection is closed and the open tried again after a short jittered sleep.
         """
-        retrying = Retrying(
-            retry=retry_if_exception(_is_busy),
-            stop=stop_after_delay(self._timeout),
-            wait=wait_random(0.001, 0.02),
-            reraise=True,
-        )
-        try:
-            return retrying(self._open_wal)
-        except sqlite3.Error as e:
-            raise DiscoveryUnavailable(f"cannot open sqlite file {self.path!r}: {e}") from e
+        deadline = time.monotonic() + self._timeout
+        attempt = 0
+        while True:
+            try:
+                return self._open_wal()
+            except sqlite3.Error as e:
+                attempt += 1
+                if not _is_busy(e) or time.monotonic() >= deadline:
+                    raise DiscoveryUnavailable(f"cannot open sqlite file {self.path!r}: {e}") from e
+            time.sleep(OPEN_BACKOFF.delay(attempt))
 
     def _open_wal(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)

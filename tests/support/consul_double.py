@@ -346,6 +346,10 @@ class ConsulDouble:
                 self._conns.discard(conn)
 
 
+#: The name of the double's thread serving one client connection.
+CONNECTION_THREAD = "consul-double-conn"
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -360,6 +364,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
+        threading.current_thread().name = CONNECTION_THREAD  # the double's, not the client's (thread counts)
         super().setup()
         # Go (and so Consul) sets TCP_NODELAY on every connection; without it small answers wait for delayed ACKs.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -35,6 +35,10 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str = "condi
         time.sleep(poll)
 
 
+#: The name of a :class:`Collector`'s thread (the test's own, not the library's).
+COLLECTOR_THREAD = "test-collector"
+
+
 class Collector(Generic[T]):
     """Consume an iterator on a thread; hand its items out with :meth:`next` (bounded waits)."""
 
@@ -50,7 +54,7 @@ class Collector(Generic[T]):
                 self._items.put(None)
                 self.done.set()
 
-        self._thread = threading.Thread(target=run, name="test-collector", daemon=True)
+        self._thread = threading.Thread(target=run, name=COLLECTOR_THREAD, daemon=True)
         self._thread.start()
 
     def next(self, timeout: float = 5.0) -> T:

@@ -39,6 +39,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KeeperState
 from kazoo.retry import KazooRetry
 
+from swarmha.discovery.zookeeper._handler import NamedThreadingHandler
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable, SessionExpired
 
 __all__ = ["ANSWERS", "Connection", "Settings"]
@@ -137,6 +138,7 @@ class Connection:
         self._revived = False  # the client was started again: its watchers are gone even if the session is not
         self._listeners: list[Callable[[bool], None]] = []  # called with replaced=True/False on (re)connect
         self._pending: dict[str, tuple[int | None, int]] = {}  # path -> (version or None, generation) to delete
+        self._sweeps: dict[tuple[str, str], int] = {}  # (queue path, entry name prefix) -> generation, to sweep
         self._confirm: tuple[float, Any] | None = None  # (sent, async result) of the shared round trip
         self.client = KazooClient(
             hosts=handshake_hosts(owner.hosts, session_timeout, owner.timeout),
@@ -149,6 +151,7 @@ class Connection:
             auth_data=owner.auth_data,
             default_acl=owner.acl,
             logger=_KAZOO_LOG,
+            handler=NamedThreadingHandler(f"swarmha-zk[{what}]"),
         )
         self.client.add_listener(self._listen)
 
@@ -304,6 +307,37 @@ class Connection:
         if self.connected.is_set():
             self._flush()
 
+    def sweep_later(self, parent: str, prefix: str) -> None:
+        """Delete every child of ``parent`` whose name starts with ``prefix``, now if connected, else once the
+        connection is back: the queue entries of a Session that ended while a create of it may have been applied
+        unanswered (see :meth:`~._queue.Queues.enqueue`). Never waits, never raises; given up when the ZooKeeper
+        session is replaced meanwhile (its expiry removed our ephemerals already)."""
+        with self._lock:
+            self._sweeps[(parent, prefix)] = self.generation
+        if self.connected.is_set():
+            self._flush()
+
+    def _sweep(self, parent: str, prefix: str, generation: int) -> None:
+        def listed(result: Any) -> None:  # on kazoo's thread: no blocking request
+            try:
+                children = result.get_nowait()
+            except _UNAVAILABLE:
+                if not self._stopping:
+                    with self._lock:
+                        self._sweeps.setdefault((parent, prefix), generation)
+                return
+            except Exception:  # the queue is gone: nothing of ours is left in it
+                return
+            for child in children:
+                if child.startswith(prefix):
+                    self.delete_later(f"{parent}/{child}")
+
+        try:
+            self.client.get_children_async(parent).rawlink(listed)
+        except Exception:  # not connected after all: again on reconnect
+            with self._lock:
+                self._sweeps.setdefault((parent, prefix), generation)
+
     def delete_all(self, paths: list[str], timeout: float | None) -> None:
         """Delete ``paths`` (by name) and wait up to ``timeout`` for the answers (None: send them and return);
         what the server could not be told (connection down) is deleted once it is back, as with
@@ -392,6 +426,10 @@ class Connection:
     def _flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
+            sweeps, self._sweeps = self._sweeps, {}
+        for (parent, prefix), generation in sweeps.items():
+            if generation == self.generation:  # else that session expired: its ephemerals are gone
+                self._sweep(parent, prefix, generation)
         for path, (version, generation) in pending.items():
             if generation != self.generation:
                 continue  # that session expired: its ephemerals are gone

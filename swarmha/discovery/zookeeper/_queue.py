@@ -6,6 +6,7 @@ name (never another entry), list a queue holder first, find the holder, and chec
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from swarmha.discovery._base import Record
 from swarmha.discovery.zookeeper._async import Operation, Request, block
 from swarmha.discovery.zookeeper._connection import Connection
 from swarmha.discovery.zookeeper._core import CACHE_LIMIT, Core, log
-from swarmha.discovery.zookeeper._entry import ENTRY, QUEUE_MARK, RACE_LIMIT, Entry, queue_order, record
+from swarmha.discovery.zookeeper._entry import QUEUE_MARK, RACE_LIMIT, Entry, queue_order, record
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable
 
 if TYPE_CHECKING:
@@ -98,7 +99,11 @@ class Queues:
         raise DiscoveryUnavailable(f"ZooKeeper queue {path} changed under {RACE_LIMIT} reads in a row")
 
     def enqueue(self, path: str, value: str, session: ZkSession) -> Entry | None:
-        """Add an entry of ``session`` to the queue ``path`` (made if absent); None if ``path`` is a plain key."""
+        """Add an entry of ``session`` to the queue ``path`` (made if absent); None if ``path`` is a plain key.
+
+        Raises what :meth:`Connection.op` raises. A create that got no answer may have made the entry: the session
+        notes it (:meth:`ZkSession.maybe_enqueued`), and such entries are swept before it queues there again.
+        """
         return block(self.enqueue_steps(path, value, session))
 
     def enqueue_steps(self, path: str, value: str, session: ZkSession) -> Operation[Entry | None]:
@@ -113,7 +118,9 @@ class Queues:
                     if (yield from self.kind_steps(path)) != "queue":
                         return None  # a plain key (put, or a key made by an older swarmha) holds it
                 self.remember(path)
-            prefix = f"{path}/{ENTRY}{session.id}-"
+            if path in session.unsure:
+                yield from self._sweep_steps(path, session)
+            prefix = f"{path}/{session.entry_prefix}"
             try:
                 created, stat = yield Request(
                     conn, "create", functools.partial(_create_entry, path=prefix, data=data), session
@@ -121,6 +128,9 @@ class Queues:
             except NoNodeError:  # the queue znode was removed (by hand) since: make it again
                 self.forget(path)
                 continue
+            except DiscoveryUnavailable:
+                session.maybe_enqueued(path)  # the entry may exist: it must never hold the key untracked
+                raise
             entry = Entry(path, created, record(data, stat, created), int(stat.mzxid))
             with session.lock:
                 alive = session.alive
@@ -131,6 +141,18 @@ class Queues:
                 return None
             return entry
         raise DiscoveryUnavailable(f"ZooKeeper queue {path} vanished under {RACE_LIMIT} creates in a row")
+
+    def _sweep_steps(self, path: str, session: ZkSession) -> Operation[None]:
+        """Delete the entries of ``session`` in the queue ``path`` that a create whose answer was lost may have
+        made (it has no tracked entry there: :meth:`enqueue` is called only then). The read and the deletes go on
+        the session's connection, ahead of the create that follows, so they never see that create's entry."""
+        names = (yield from self.entries_steps(path, session.conn, session)) or []
+        for name in names:
+            if name.startswith(session.entry_prefix):
+                with contextlib.suppress(NoNodeError):  # gone already
+                    yield Request(session.conn, "sweep", functools.partial(_delete, path=f"{path}/{name}"), session)
+        with session.lock:
+            session.unsure.discard(path)
 
     def withdraw(self, session: ZkSession, entry: Entry) -> None:
         """Delete ``entry`` (by its unique name: never another entry), then forget it.

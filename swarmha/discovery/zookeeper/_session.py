@@ -14,6 +14,10 @@ Guarantees and failure modes:
   Session's ephemerals by name; if the connection is down then, the deletes are sent when it is back
   (:meth:`~._connection.Connection.delete_later`); if instead the ZooKeeper session expires meanwhile, the
   server removed them already. A keepalive is one round trip, shared by every Session renewed at that moment.
+* An entry create whose answer was lost (ConnectionLoss, timeout) may still have made the entry; nothing would
+  track it, and once first it would hold the key, unclaimed and never expiring, for as long as the connection's
+  ZooKeeper session lives. Such a queue is noted (:meth:`ZkSession.maybe_enqueued`) and the session's entries in
+  it are deleted by name prefix when the session ends, or before the session queues there again.
 * The ZooKeeper session of the connection is what the server expires when the *process* dies or is cut off:
   then every Session on it ends at once, with all the keys they hold (one lease per ttl per process, as etcd's
   ``concurrency.Session``). A Session whose connection's ZooKeeper session was replaced is expired.
@@ -38,7 +42,7 @@ from kazoo.protocol.states import EventType
 from swarmha.discovery._base import Record, Session
 from swarmha.discovery.zookeeper._connection import Connection
 from swarmha.discovery.zookeeper._core import Core
-from swarmha.discovery.zookeeper._entry import Entry
+from swarmha.discovery.zookeeper._entry import ENTRY, Entry
 from swarmha.discovery.zookeeper._timer import Call
 from swarmha.errors import DiscoveryUnavailable, SessionExpired
 
@@ -84,6 +88,8 @@ class ZkSession(Session):
         self.id = f"{self.sid:x}.{next(_numbers)}"
         self.entries: dict[str, Entry] = {}  # queue (key) path -> this session's entry there
         self.plain: dict[str, int] = {}  # plain ephemeral key path -> czxid, put with this session
+        #: Queue paths where an entry create of this session may have been applied although its answer was lost.
+        self.unsure: set[str] = set()
         self.lock = threading.Lock()
         self._closed = False
         self._expired = False
@@ -132,14 +138,34 @@ class ZkSession(Session):
         with self.lock:
             entries = list(self.entries.values())
             plain = dict(self.plain)
+            unsure = set(self.unsure)
             self.entries.clear()
             self.plain.clear()
+            self.unsure.clear()
             if self._turn is not None:
                 self._turn.cancel()
         timeout = self._core.timeout if wait else None
         self.conn.delete_all([entry.path for entry in entries], timeout)
+        for parent in unsure:  # an entry nothing tracks would hold the key once first, for as long as conn lives
+            self.conn.sweep_later(parent, self.entry_prefix)
         self._owners.delete_plain(self, plain, timeout)
         self._owners.disown(self, entries)
+
+    @property
+    def entry_prefix(self) -> str:
+        """The name every queue entry of this session starts with (``lead-<id>-``)."""
+        return f"{ENTRY}{self.id}-"
+
+    def maybe_enqueued(self, parent: str) -> None:
+        """An entry create in the queue ``parent`` got no answer (the connection dropped, or the request timed
+        out): the server may have made the entry. Swept when this session ends, or before it queues there again
+        (:meth:`~._queue.Queues.enqueue`); at once (once connected) if it has ended already."""
+        with self.lock:
+            ended = self._closed or self._expired
+            if not ended:
+                self.unsure.add(parent)
+        if ended:
+            self.conn.sweep_later(parent, self.entry_prefix)
 
     # -- tickets ---------------------------------------------------------------------------------------------
 

@@ -272,7 +272,7 @@ def soak(args: argparse.Namespace) -> tuple[Totals, float, LagMonitor]:
     store = open_store(args.backend, base / "store", fast_etcd=not args.default_etcd_timeouts)
     _say(f"{args.backend}: store up at {store.url()} (workdir {base})")
     try:
-        index = 0
+        index = args.first_chunk
         while totals.faults < args.faults and time.monotonic() < end:
             n = min(args.chunk, args.faults - totals.faults)
             seed = chunk_seed(args.seed, index)
@@ -402,7 +402,7 @@ def section(args: argparse.Namespace, totals: Totals, wall: float, monitor: LagM
             else ""
         ),
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; wall time {wall / 60.0:.1f} min; "
-        f"{totals.chunks} chunks of ≤ {args.chunk} faults (seeds `{chunk_seed(args.seed, 0)}`…)",
+        f"{totals.chunks} chunks of ≤ {args.chunk} faults (seeds `{chunk_seed(args.seed, args.first_chunk)}`…)",
         f"- faults injected: **{totals.faults}** ({kinds})",
         f"- observations {totals.observations}, terms {totals.terms}",
         f"- overlapping terms: **{len(totals.overlaps)}**; token regressions: **{len(totals.regressions)}**; "
@@ -532,6 +532,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", required=True, choices=BACKENDS)
     p.add_argument("--faults", type=int, default=1000, help="faults to inject in total (default 1000)")
     p.add_argument("--seed", type=int, default=1, help="main seed; chunk i runs with seed*10000+i")
+    p.add_argument(
+        "--first-chunk",
+        type=int,
+        default=0,
+        help="index of the first chunk (default 0): --seed S --first-chunk I --faults 50 replays chunk I of seed S",
+    )
     p.add_argument("--ttl", type=float, default=1.0, help="candidate ttl in seconds (default 1.0)")
     p.add_argument("--chunk", type=int, default=50, help="faults per chunk (fresh workers and logs; default 50)")
     p.add_argument("--out", type=Path, default=None, help="markdown file whose backend section to write")
@@ -556,8 +562,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run etcd with its default 1 s election timeout (minimum lease 2 s) instead of 500 ms (minimum 1 s)",
     )
     args = p.parse_args(argv)
-    if args.faults < 1 or args.chunk < 1 or args.ttl <= 0 or args.keys < 0:
-        p.error("--faults and --chunk must be >= 1, --ttl > 0 and --keys >= 0")
+    if args.faults < 1 or args.chunk < 1 or args.ttl <= 0 or args.keys < 0 or args.first_chunk < 0:
+        p.error("--faults and --chunk must be >= 1, --ttl > 0, --keys and --first-chunk >= 0")
     return args
 
 
