@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 import attrs
 
+from swarmha._backoff import Backoff
 from swarmha.manager.cluster import Cluster, Engine
 from swarmha.manager.json_items import fetch_items
 from swarmha.manager.upstream import Response, UpstreamBroken, UpstreamUnreachable, stream
@@ -44,7 +45,9 @@ _HEX = re.compile(r"[0-9a-f]+")
 _EVENT_FILTER = quote(json.dumps({"type": ["container", "image", "network", "volume"]}), safe="")
 #: Objects fetched at once by a full read or the worker.
 _PARALLEL = 8
-_BACKOFF_MIN, _BACKOFF_MAX = 0.2, 5.0
+#: Waits between the attempts to follow an engine again: 0.2 s doubling to 5 s, from the first again once a
+#: full read succeeded.
+_BACKOFF = Backoff(0.2, 5.0)
 #: Keys for the whole image, network and volume lists (a container's key is ("c", its id or name)).
 IMAGES, NETWORKS, VOLUMES = ("images",), ("networks",), ("volumes",)
 #: The key for "compare the engine's container list with the view; fetch again what differs" (a change somewhere
@@ -189,7 +192,7 @@ class EngineView:
 
     async def run(self) -> None:
         """Follow the engine until cancelled: stream, full read, events; again after each failure."""
-        backoff = _BACKOFF_MIN
+        attempt = 1
         while True:
             try:
                 await self._follow()
@@ -198,10 +201,10 @@ class EngineView:
             except Exception as e:  # the stream or a fetch failed: read everything again once it is back
                 log.debug("the view of engine %s broke: %s", self.engine.addr, e or type(e).__name__)
             await self._unsync()
-            await asyncio.sleep(backoff)
-            backoff = min(_BACKOFF_MAX, backoff * 2)
+            await asyncio.sleep(_BACKOFF.delay(attempt))
+            attempt += 1
             if self.full_reads and self.synced:
-                backoff = _BACKOFF_MIN
+                attempt = 1
 
     async def _unsync(self) -> None:
         self.synced = False
