@@ -7,10 +7,11 @@ with jitter (``first`` to ``first + jitter``). It is a value (frozen, comparable
 the attempt count lives with the caller's loop. This module imports nothing of swarmha, so the discovery and the
 election layers both use it.
 
-The users and their policies: the manager's engine views reconnecting (0.2 s doubling to 5 s, :mod:`swarmha.manager.view.engine`); the election's steps and lease renewals (20 ms doubling, 50 ms jitter, capped at
+The users and their policies: the election's steps and lease renewals (20 ms doubling, 50 ms jitter, capped at
 ``min(1 s, ttl/6)``, :mod:`swarmha.election._retry`); the threads that feed many watches after a break (50 ms
 doubling to 500 ms, no jitter, :class:`swarmha.discovery._fed.Outage`); SQLite's open of a file another process is
-switching to WAL (1-20 ms, :mod:`swarmha.discovery.sqlite`).
+switching to WAL (1-20 ms, :mod:`swarmha.discovery.sqlite`); the manager's engine views reconnecting (0.2 s
+doubling to 5 s, :mod:`swarmha.manager.view.engine`).
 
 Why not tenacity's ``wait_exponential_jitter``: it takes a ``RetryCallState`` (one had to be faked to ask it for a
 number) and its formula is this one line; the retry loops here interleave their waits with other work (a
