@@ -35,7 +35,14 @@ from swarmha.manager.engine import AnsweredBadly, Engine, account, describe_erro
 from swarmha.manager.http import MAX_BODY
 from swarmha.manager.scheduler import FILTERS, STRATEGIES, SWARM_ID, Container, Image, Node, Request, Scheduler
 from swarmha.manager.scheduler import SchedulingError as NoEngine
-from swarmha.manager.scheduler.records import Inspected, from_inspect, from_list, from_request, reschedulable
+from swarmha.manager.scheduler.records import (
+    Inspected,
+    from_engine,
+    from_inspect,
+    from_list,
+    from_request,
+    reschedulable,
+)
 from swarmha.manager.upstream import (
     RESPONSE_LIMIT,
     Pool,
@@ -342,7 +349,7 @@ class Cluster:
             return None
         if r.status != 200:
             raise AnsweredBadly(f"answered {r.status} to /containers/{cid[:12]}/json")
-        body = r.json()
+        body = from_engine(r.json(), e.ncpu)  # CpuShares in CPUs, as a create body has them
         return Inspected(from_inspect(body), body if reschedulable(body.get("Config") or {}) else None)
 
     def inspected(self, cid: str) -> dict[str, Any] | None:

@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 from swarmha.manager.cluster import Cluster, Engine, NoEngine
 from swarmha.manager.scheduler import SWARM_ID, Container
-from swarmha.manager.scheduler.records import ON_NODE_FAILURE, reschedulable
+from swarmha.manager.scheduler.records import ON_NODE_FAILURE, reschedulable, to_engine
 from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable
 
 _JSON = [(b"content-type", b"application/json")]
@@ -111,7 +111,11 @@ class Watchdog:
             return False
         try:
             r = await self.cluster.call(
-                engine, "POST", f"/containers/create?name={quote(name)}", body=json.dumps(body).encode(), headers=_JSON
+                engine,
+                "POST",
+                f"/containers/create?name={quote(name)}",
+                body=json.dumps(to_engine(body, engine.ncpu)).encode(),
+                headers=_JSON,
             )
         except _FAILED as e:
             self._fail(c, f"node {engine.name} failed: {e}")

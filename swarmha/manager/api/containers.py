@@ -27,6 +27,7 @@ from swarmha.manager.api._docker import DockerError, encode_filters, json_object
 from swarmha.manager.api._schema import check_create
 from swarmha.manager.cluster import Engine, NoEngine
 from swarmha.manager.http import Exchange
+from swarmha.manager.scheduler.records import to_engine
 from swarmha.manager.upstream import Response, UpstreamBroken, UpstreamUnreachable, stream
 
 __all__ = ["Containers", "image_reference"]
@@ -324,7 +325,7 @@ class Containers(Base):
             raise DockerError(500, f"swarmha: {e}") from e
         config["Env"] = env
         target = with_query("/containers/create", ex.query_string)
-        body = json.dumps(config).encode()
+        body = json.dumps(to_engine(config, engine.ncpu)).encode()
         headers = [(b"content-type", b"application/json")]
         try:
             try:
