@@ -563,6 +563,9 @@ def test_reschedule_on_node_failure_moves_labelled_containers_only_and_leaves_no
         on_3 = {c.name: c.id for c in s.direct[2].containers.list(all=True)}
         return s.status()["node-3"]["Status"] == "Healthy" and "mover" not in on_3 and "mover-env" not in on_3
 
+    wait_for(lambda: s.status(s.primary)["node-3"]["Status"] == "Healthy", 30, "node-3 back", poll=0.05)
+    listed = s.docker("ps", "-aq", "--no-trunc", via=s.primary).stdout.split()  # removed before it read Healthy
+    assert ids["mover"] not in listed and ids["mover-env"] not in listed and ids["stayer"] in listed
     wait_for(back_without_duplicates, 30, "node-3 back, its stale copies removed", poll=0.2)
     assert s.direct[2].containers.get(ids["stayer"]).name == "stayer"  # the unlabelled one is still there
     for name in ("mover", "mover-env"):

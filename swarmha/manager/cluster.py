@@ -23,7 +23,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -132,6 +132,10 @@ class Cluster:
         #: Called with (engine, "engine_connect" | "engine_disconnect") when an engine's health changes (the
         #: ``/events`` streams turn them into Swarm's events).
         self.listeners: list[Callable[[Engine, str], None]] = []
+        #: Awaited with (engine, its containers) when an engine that was unhealthy answers a whole refresh, before
+        #: it is marked healthy; returns the containers it still has (the primary's rescheduling watchdog removes
+        #: the stale copies of moved containers there).
+        self.returning: Callable[[Engine, list[Container]], Awaitable[list[Container]]] | None = None
         #: Called by :meth:`close` (what follows the engines stops with the cluster).
         self.closers: list[Callable[[], None]] = []
 
@@ -252,6 +256,10 @@ class Cluster:
             if was:
                 self._notify(e, "engine_disconnect")
             return
+        if e.validated and not e.healthy and self.returning is not None:
+            records = await self.returning(e, records)
+            kept = {c.id for c in records}
+            listed = [item for item in listed if not isinstance(item, dict) or item.get("Id") in kept]
         self._failures.pop(e.addr, None)
         if not e.healthy and e.error:
             log.info("engine %s is healthy again", e.addr)
