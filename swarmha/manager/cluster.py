@@ -266,7 +266,9 @@ class Cluster:
         was = e.healthy
         e.info, e.id, e.healthy, e.error, e.validated = info, str(info.get("ID", "")), True, "", True
         e.records = self._settle(e, records, asked)
-        e.listed = [item for item in listed if isinstance(item, dict)]
+        items = [item for item in listed if isinstance(item, dict)]
+        fresh = {c.id for c in e.records} - {item.get("Id") for item in items}  # created since the list was asked
+        e.listed = items + [item for item in e.listed if item.get("Id") in fresh]
         e.images = _images(images)
         account(e)
         e.updated_at = datetime.datetime.now(datetime.UTC)
@@ -411,6 +413,15 @@ class Cluster:
             if name in (e.name, e.addr):
                 return e
         return None
+
+    async def list_new(self, e: Engine, cid: str) -> None:
+        """Add container ``cid``, just created on ``e`` through this manager, to ``e.listed`` as the engine lists it
+        (what ``ps -a`` shows of it, "Host Down", should ``e`` fail before its next refresh); best effort."""
+        query = quote(f'{{"id":["{cid}"]}}')
+        with contextlib.suppress(UpstreamUnreachable, UpstreamBroken, AnsweredBadly, ValueError, AttributeError):
+            got = (await self._get(e, f"/containers/json?all=1&filters={query}")).json()
+            mine = [item for item in got if isinstance(item, dict) and item.get("Id") == cid]
+            e.listed = [item for item in e.listed if item.get("Id") != cid] + mine
 
     def remember(self, ident: str, e: Engine) -> None:
         self._owner[ident] = e.addr

@@ -309,7 +309,9 @@ class Containers(Base):
                 log.warning("Failed to create container: %s, retrying on another engine", e)
         if r.status == 201:
             with contextlib.suppress(ValueError, KeyError):
-                self.cluster.placed(engine, r.json()["Id"], config, name=ex.arg("name") or "")
+                cid = str(r.json()["Id"])
+                self.cluster.placed(engine, cid, config, name=ex.arg("name") or "")
+                await self.cluster.list_new(engine, cid)
         await self.respond(ex, r)
 
     async def _create_on_one(
