@@ -70,6 +70,17 @@ def _list_limit(info: Mapping[str, Any]) -> int:
     return RESPONSE_LIMIT + (n if isinstance(n, int) and n > 0 else 0) * MAX_BODY
 
 
+def _list_item(c: Container, config: Mapping[str, Any]) -> dict[str, Any]:
+    """A container just created through this manager as the engine's list would show it (until a refresh does)."""
+    cmd = config.get("Cmd")
+    return {
+        "Id": c.id, "Names": list(c.names), "Image": c.image, "ImageID": "",
+        "Command": " ".join(str(x) for x in cmd) if isinstance(cmd, list) else str(cmd or ""),
+        "Created": int(time.time()), "Ports": [], "Labels": dict(c.labels), "State": "created", "Status": "Created",
+        "HostConfig": {"NetworkMode": c.network_mode or "default"}, "NetworkSettings": {"Networks": {}}, "Mounts": [],
+    }  # fmt: skip
+
+
 def _images(items: Any) -> list[Image]:
     """The scheduler's view of an engine's ``/images/json`` answer."""
     return [
@@ -414,15 +425,6 @@ class Cluster:
                 return e
         return None
 
-    async def list_new(self, e: Engine, cid: str) -> None:
-        """Add container ``cid``, just created on ``e`` through this manager, to ``e.listed`` as the engine lists it
-        (what ``ps -a`` shows of it, "Host Down", should ``e`` fail before its next refresh); best effort."""
-        query = quote(f'{{"id":["{cid}"]}}')
-        with contextlib.suppress(UpstreamUnreachable, UpstreamBroken, AnsweredBadly, ValueError, AttributeError):
-            got = (await self._get(e, f"/containers/json?all=1&filters={query}")).json()
-            mine = [item for item in got if isinstance(item, dict) and item.get("Id") == cid]
-            e.listed = [item for item in e.listed if item.get("Id") != cid] + mine
-
     def remember(self, ident: str, e: Engine) -> None:
         self._owner[ident] = e.addr
 
@@ -567,6 +569,8 @@ class Cluster:
             self._inspected[cid] = Inspected(known.record if known else record, full)
         self._fresh[cid] = (e.addr, record, time.monotonic())
         e.records = [c for c in e.records if c.id != cid] + [record]
+        # what ``ps -a`` shows of it ("Host Down") should ``e`` fail before a refresh lists it
+        e.listed = [item for item in e.listed if item.get("Id") != cid] + [_list_item(record, config)]
         account(e)
 
     def started(self, ident: str) -> None:

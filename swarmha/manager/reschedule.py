@@ -132,7 +132,6 @@ class Watchdog:
             return False
         new_id = str(r.json()["Id"])
         self.cluster.placed(engine, new_id, body, name=name)
-        await self.cluster.list_new(engine, new_id)
         self.cluster.forget(c.id)  # gone from the dead node's list: not shown twice, not counted there
         self._failed.discard(c.id)
         log.info("Rescheduled container %s from %s to %s as %s", c.id, old.name, engine.name, new_id)

@@ -311,7 +311,6 @@ class Containers(Base):
             with contextlib.suppress(ValueError, KeyError):
                 cid = str(r.json()["Id"])
                 self.cluster.placed(engine, cid, config, name=ex.arg("name") or "")
-                await self.cluster.list_new(engine, cid)
         await self.respond(ex, r)
 
     async def _create_on_one(
