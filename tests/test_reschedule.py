@@ -2,7 +2,8 @@
 
 Two engines come back at once, each holding a copy of one rescheduled container, and a removal's answer may be
 lost after the engine did remove it (UpstreamBroken): whatever order the engines are looked at in, exactly one
-copy is left, and it is the running one when only one runs.
+copy is left, and it is the running one when only one runs. One engine coming back while the other stayed: its
+stale copy is removed before the cluster marks it healthy (:meth:`Watchdog.returning`).
 """
 
 from __future__ import annotations
@@ -77,3 +78,19 @@ def test_two_engines_back_at_once_keep_exactly_one_copy_the_running_one_if_any(
     assert len(cluster.alive) == 1, cluster.alive
     if states.count("running") == 1:  # a stopped copy yields to the running one
         assert cluster.alive == {("original", "moved")[states.index("running")]}
+
+
+def test_an_engine_coming_back_loses_its_stale_copy_before_it_is_healthy_again_on_the_primary_only() -> None:
+    cluster = Engines("")
+    back = cluster.engines[0]
+    back.healthy = False
+    other = Container("other", labels={**POLICY, SWARM_ID: "swarm-2"})  # no copy elsewhere: kept
+    assert asyncio.run(Watchdog(cluster, acts=lambda: False).returning(back, [*back.records, other])) == [
+        *back.records,
+        other,
+    ]
+    assert cluster.alive == {"original", "moved"}
+    wd = Watchdog(cluster)  # type: ignore[arg-type]
+    assert cluster.returning == wd.returning  # type: ignore[attr-defined]
+    assert asyncio.run(wd.returning(back, [*back.records, other])) == [other]
+    assert cluster.alive == {"moved"}

@@ -14,6 +14,7 @@ from swarmha.manager.scheduler import Container, Image, Node, Request, Scheduler
 from swarmha.manager.scheduler.filter import FILTERS, new
 from swarmha.manager.scheduler.filter.expr import Expr, ExprError, parse_exprs
 from swarmha.manager.scheduler.node import Binding
+from swarmha.manager.scheduler.records import from_engine, to_engine
 
 GIB = 1 << 30
 
@@ -81,6 +82,18 @@ def test_scheduling_env_moves_into_the_labels_compose_writes() -> None:
 def test_reservations_count_cpu_shares_as_cpus_and_nano_cpus() -> None:
     r = req(HostConfig={"CpuShares": 1, "NanoCpus": 500_000_000, "Memory": 64 << 20})
     assert (r.cpus, r.memory) == (1.5, 64 << 20)
+
+
+def test_cpu_shares_go_to_an_engine_as_shares_of_1024_per_cpu_and_come_back_as_cpus() -> None:
+    config = {"Image": "x", "HostConfig": {"CpuShares": 1, "Memory": 5}}
+    assert to_engine(config, 2)["HostConfig"] == {"CpuShares": 512, "Memory": 5}  # runc refuses 1 (< 2)
+    assert to_engine(config, 3)["HostConfig"]["CpuShares"] == 342  # ceil, as Swarm
+    assert config["HostConfig"]["CpuShares"] == 1  # a copy
+    assert from_engine({"HostConfig": {"CpuShares": 342}}, 3)["HostConfig"]["CpuShares"] == 1
+    assert from_engine({"HostConfig": {"CpuShares": 1024}}, 4)["HostConfig"]["CpuShares"] == 4  # docker run -c 1024
+    for body in ({"HostConfig": {"CpuShares": 0}}, {"HostConfig": {}}, {}):  # nothing reserved, or NCPU unknown
+        assert to_engine(body, 2) == body == from_engine(body, 2)
+    assert to_engine(config, 0) == config
 
 
 # -- filters ----------------------------------------------------------------------------------------------------

@@ -445,6 +445,15 @@ def test_reservations_show_in_docker_info_after_every_create_and_remove(s: Sched
     wait_for(lambda: reserved("node-2") == (f"0.5 / {n}", "64 MiB"), 10, "node-2: 0.5 CPU, 64 MiB", poll=0.1)
     b = s.create("-c", "1", "-m", "1g", "-e", "constraint:node==node-2", "--net", "none")  # -c counts as CPUs
     wait_for(lambda: reserved("node-2") == (f"1.5 / {n}", "1.062 GiB"), 10, "node-2: 1.5 CPUs", poll=0.1)
+    # the engine gets shares of 1024 per CPU (runc refuses 1 share: it starts), as Swarm sent them
+    assert s.direct[1].containers.get(b).attrs["HostConfig"]["CpuShares"] == -(-1024 // n)
+    assert s.docker("start", b).returncode == 0
+    # and shares set on the engine itself count as CPUs: 1024 shares reserve every CPU
+    direct = s.direct[1].containers.create(IMAGE, "true", cpu_shares=1024, network_mode="none")
+    s.created.append(direct.id)
+    wait_for(lambda: reserved("node-2")[0] == f"{n + 1.5:g} / {n}", 15, "node-2: n + 1.5 CPUs", poll=0.1)
+    direct.remove(force=True)
+    wait_for(lambda: reserved("node-2")[0] == f"1.5 / {n}", 15, "node-2: 1.5 CPUs again", poll=0.1)
     err = s.refused("--cpus", f"{n - 1}", "-e", "constraint:node==node-2")  # 1.5 + n - 1 > n
     assert "no resources available to schedule container" in err
     assert s.docker("rm", "-f", a).returncode == 0
@@ -554,6 +563,9 @@ def test_reschedule_on_node_failure_moves_labelled_containers_only_and_leaves_no
         on_3 = {c.name: c.id for c in s.direct[2].containers.list(all=True)}
         return s.status()["node-3"]["Status"] == "Healthy" and "mover" not in on_3 and "mover-env" not in on_3
 
+    wait_for(lambda: s.status(s.primary)["node-3"]["Status"] == "Healthy", 30, "node-3 back", poll=0.05)
+    listed = s.docker("ps", "-aq", "--no-trunc", via=s.primary).stdout.split()  # removed before it read Healthy
+    assert ids["mover"] not in listed and ids["mover-env"] not in listed and ids["stayer"] in listed
     wait_for(back_without_duplicates, 30, "node-3 back, its stale copies removed", poll=0.2)
     assert s.direct[2].containers.get(ids["stayer"]).name == "stayer"  # the unlabelled one is still there
     for name in ("mover", "mover-env"):

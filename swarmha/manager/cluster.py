@@ -23,7 +23,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -35,7 +35,14 @@ from swarmha.manager.engine import AnsweredBadly, Engine, account, describe_erro
 from swarmha.manager.json_items import fetch_items
 from swarmha.manager.scheduler import FILTERS, STRATEGIES, SWARM_ID, Container, Image, Node, Request, Scheduler
 from swarmha.manager.scheduler import SchedulingError as NoEngine
-from swarmha.manager.scheduler.records import Inspected, from_inspect, from_list, from_request, reschedulable
+from swarmha.manager.scheduler.records import (
+    Inspected,
+    from_engine,
+    from_inspect,
+    from_list,
+    from_request,
+    reschedulable,
+)
 from swarmha.manager.upstream import (
     Pool,
     Response,
@@ -52,6 +59,17 @@ log = logging.getLogger("swarmha.manager.cluster")
 NODES_KEY = "docker/swarm/nodes"
 #: Longest a placed container stays pending without placed()/unplace() (see Cluster._expire_pending).
 _PENDING_MAX = 600.0
+
+
+def _list_item(c: Container, config: Mapping[str, Any]) -> dict[str, Any]:
+    """A container just created through this manager as the engine's list would show it (until a refresh does)."""
+    cmd = config.get("Cmd")
+    return {
+        "Id": c.id, "Names": list(c.names), "Image": c.image, "ImageID": "",
+        "Command": " ".join(str(x) for x in cmd) if isinstance(cmd, list) else str(cmd or ""),
+        "Created": int(time.time()), "Ports": [], "Labels": dict(c.labels), "State": "created", "Status": "Created",
+        "HostConfig": {"NetworkMode": c.network_mode or "default"}, "NetworkSettings": {"Networks": {}}, "Mounts": [],
+    }  # fmt: skip
 
 
 def _images(items: Any) -> list[Image]:
@@ -116,6 +134,10 @@ class Cluster:
         #: Called with (engine, "engine_connect" | "engine_disconnect") when an engine's health changes (the
         #: ``/events`` streams turn them into Swarm's events).
         self.listeners: list[Callable[[Engine, str], None]] = []
+        #: Awaited with (engine, its containers) when an engine that was unhealthy answers a whole refresh, before
+        #: it is marked healthy; returns the containers it still has (the primary's rescheduling watchdog removes
+        #: the stale copies of moved containers there).
+        self.returning: Callable[[Engine, list[Container]], Awaitable[list[Container]]] | None = None
         #: Called by :meth:`close` (what follows the engines stops with the cluster).
         self.closers: list[Callable[[], None]] = []
 
@@ -236,13 +258,19 @@ class Cluster:
             if was:
                 self._notify(e, "engine_disconnect")
             return
+        if e.validated and not e.healthy and self.returning is not None:
+            records = await self.returning(e, records)
+            kept = {c.id for c in records}
+            listed = [item for item in listed if not isinstance(item, dict) or item.get("Id") in kept]
         self._failures.pop(e.addr, None)
         if not e.healthy and e.error:
             log.info("engine %s is healthy again", e.addr)
         was = e.healthy
         e.info, e.id, e.healthy, e.error, e.validated = info, str(info.get("ID", "")), True, "", True
         e.records = self._settle(e, records, asked)
-        e.listed = [item for item in listed if isinstance(item, dict)]
+        items = [item for item in listed if isinstance(item, dict)]
+        fresh = {c.id for c in e.records} - {item.get("Id") for item in items}  # created since the list was asked
+        e.listed = items + [item for item in e.listed if item.get("Id") in fresh]
         e.images = _images(images)
         account(e)
         e.updated_at = datetime.datetime.now(datetime.UTC)
@@ -333,7 +361,7 @@ class Cluster:
             return None
         if r.status != 200:
             raise AnsweredBadly(f"answered {r.status} to /containers/{cid[:12]}/json")
-        body = r.json()
+        body = from_engine(r.json(), e.ncpu)  # CpuShares in CPUs, as a create body has them
         return Inspected(from_inspect(body), body if reschedulable(body.get("Config") or {}) else None)
 
     def inspected(self, cid: str) -> dict[str, Any] | None:
@@ -530,6 +558,8 @@ class Cluster:
             self._inspected[cid] = Inspected(known.record if known else record, full)
         self._fresh[cid] = (e.addr, record, time.monotonic())
         e.records = [c for c in e.records if c.id != cid] + [record]
+        # what ``ps -a`` shows of it ("Host Down") should ``e`` fail before a refresh lists it
+        e.listed = [item for item in e.listed if item.get("Id") != cid] + [_list_item(record, config)]
         account(e)
 
     def started(self, ident: str) -> None:

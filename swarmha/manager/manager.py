@@ -157,7 +157,7 @@ class Manager:
         )
         self.api = PrimaryAPI(self.cluster, self._info)
         #: Rescheduling on node failure (``com.docker.swarm.reschedule-policies``), acted on by the primary only.
-        self.watchdog = Watchdog(self.cluster)
+        self.watchdog = Watchdog(self.cluster, acts=lambda: self.is_primary)
         #: Whether the discovery store answers (None: a static engine list, no store).
         self.store = StoreState(str(discovery.url)) if discovery is not None else None
         self.metrics: ManagerMetrics | None = None

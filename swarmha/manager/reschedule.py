@@ -19,12 +19,13 @@ engines went down, only the primary acts. What it guarantees and how:
   after it died, plus the engine request timeout when it does not refuse connections but hangs), then one
   create (and start) on the new engine.
 * **No duplicate.** When the old engine answers again, every container there with the policy whose swarm id is
-  now on another healthy engine (the stale copy) is removed with ``force``, as Swarm did. Of two engines back
-  at once, each holding a copy, a stopped copy yields to a running one, and otherwise neither removes its copy
-  on the other's account until the other is done (a removal whose answer was lost after the engine did it
-  would otherwise leave the container nowhere): exactly one copy stays (tests/test_reschedule.py). Every manager notes
-  engines coming back, so a primary elected after the move removes the stale copy too. If the old engine comes
-  back before the move was done, nothing moves.
+  now on another healthy engine (the stale copy) is removed with ``force``, as Swarm did — before the engine is
+  marked healthy again (:meth:`Watchdog.returning`), so no listing shows the stale copy once it reads Healthy.
+  Of two engines back at once, each holding a copy, a stopped copy yields to a running one, and otherwise
+  neither removes its copy on the other's account until the other is done (a removal whose answer was lost
+  after the engine did it would otherwise leave the container nowhere): exactly one copy stays
+  (tests/test_reschedule.py). Every manager notes engines coming back, so a primary elected after the move
+  removes the stale copy too. If the old engine comes back before the move was done, nothing moves.
 * **Failure modes.** No engine can take it (constraints, ports, resources): logged, retried after each refresh.
   A manager started while the engine was away does not know it came back: it leaves a stale copy
   (``docker rm`` it; both copies carry the same swarm id).
@@ -34,12 +35,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 from swarmha.manager.cluster import Cluster, Engine, NoEngine
 from swarmha.manager.scheduler import SWARM_ID, Container
-from swarmha.manager.scheduler.records import ON_NODE_FAILURE, reschedulable
+from swarmha.manager.scheduler.records import ON_NODE_FAILURE, reschedulable, to_engine
 from swarmha.manager.upstream import UpstreamBroken, UpstreamUnreachable
 
 _JSON = [(b"content-type", b"application/json")]
@@ -57,8 +59,11 @@ def _has_policy(c: Container) -> bool:
 class Watchdog:
     """Reschedules the containers of engines that fail (see the module docstring)."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, acts: Callable[[], bool] = lambda: True) -> None:
+        """``acts``: whether this manager acts now (the primary); :meth:`returning` becomes the cluster's hook."""
         self.cluster = cluster
+        self._acts = acts
+        cluster.returning = self.returning
         self._healthy: dict[str, bool] = {}  # engine addr -> healthy at the last check
         self._lost: dict[str, dict[str, Container]] = {}  # dead engine addr -> its containers still to move
         self._returned: set[str] = set()  # engine addrs back from unhealthy: their stale copies to remove
@@ -111,7 +116,11 @@ class Watchdog:
             return False
         try:
             r = await self.cluster.call(
-                engine, "POST", f"/containers/create?name={quote(name)}", body=json.dumps(body).encode(), headers=_JSON
+                engine,
+                "POST",
+                f"/containers/create?name={quote(name)}",
+                body=json.dumps(to_engine(body, engine.ncpu)).encode(),
+                headers=_JSON,
             )
         except _FAILED as e:
             self._fail(c, f"node {engine.name} failed: {e}")
@@ -188,20 +197,42 @@ class Watchdog:
                 if c.state == "running" and elsewhere[c.swarm_id][2]:
                     continue  # both running and both back: the engine looked at first keeps its copy
                 other, new_id, _ = elsewhere[c.swarm_id]
-                try:
-                    r = await self.cluster.call(e, "DELETE", f"/containers/{c.id}?force=1")
-                except _FAILED as err:
-                    log.warning("cannot remove the stale copy %s on %s yet: %s", c.id[:12], e.name, err)
+                if not await self._remove_copy(e, c, other, new_id):
                     done = False
-                    continue
-                if r.status not in (204, 404):
-                    why = r.body.decode(errors="replace").strip()
-                    log.warning("cannot remove the stale copy %s on %s: %s", c.id[:12], e.name, why)
-                    done = False
-                    continue
-                log.info(
-                    "container %s was rescheduled on node %s as %s: removed its stale copy", c.id, other.name, new_id
-                )
-                self.cluster.forget(c.id)
             if done:
                 self._returned.discard(addr)
+
+    async def returning(self, e: Engine, records: list[Container]) -> list[Container]:
+        """Engine ``e``, unhealthy until now, answered a whole refresh and is about to be marked healthy: remove
+        there (the primary only) the stale copies of the containers moved to an engine that stayed healthy, so
+        that no listing shows them once ``e`` is back; returns the records to keep. A copy whose twin is on
+        another engine that came back is left to :meth:`check` (the rules of the module docstring)."""
+        if not self._acts():
+            return records
+        stayed: dict[str, tuple[Engine, str]] = {}  # swarm id -> (engine, id) of the copy that stays
+        for o in self.cluster.engines:
+            if o.healthy and o.addr != e.addr and o.addr not in self._returned:
+                for c in o.records:
+                    if c.swarm_id:
+                        stayed.setdefault(c.swarm_id, (o, c.id))
+        keep = []
+        for c in records:
+            twin = stayed.get(c.swarm_id) if c.swarm_id and _has_policy(c) else None
+            if twin is None or not await self._remove_copy(e, c, *twin):
+                keep.append(c)
+        return keep
+
+    async def _remove_copy(self, e: Engine, c: Container, other: Engine, new_id: str) -> bool:
+        """Remove ``c``, the stale copy on ``e`` of container ``new_id`` on ``other``; whether it is gone."""
+        try:
+            r = await self.cluster.call(e, "DELETE", f"/containers/{c.id}?force=1")
+        except _FAILED as err:
+            log.warning("cannot remove the stale copy %s on %s yet: %s", c.id[:12], e.name, err)
+            return False
+        if r.status not in (204, 404):
+            why = r.body.decode(errors="replace").strip()
+            log.warning("cannot remove the stale copy %s on %s: %s", c.id[:12], e.name, why)
+            return False
+        log.info("container %s was rescheduled on node %s as %s: removed its stale copy", c.id, other.name, new_id)
+        self.cluster.forget(c.id)
+        return True

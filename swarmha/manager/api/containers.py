@@ -27,6 +27,7 @@ from swarmha.manager.api._docker import DockerError, encode_filters, json_object
 from swarmha.manager.api._schema import check_create
 from swarmha.manager.cluster import Engine, NoEngine
 from swarmha.manager.http import Exchange
+from swarmha.manager.scheduler.records import to_engine
 from swarmha.manager.upstream import Response, UpstreamBroken, UpstreamUnreachable, stream
 
 __all__ = ["Containers", "image_reference"]
@@ -308,7 +309,8 @@ class Containers(Base):
                 log.warning("Failed to create container: %s, retrying on another engine", e)
         if r.status == 201:
             with contextlib.suppress(ValueError, KeyError):
-                self.cluster.placed(engine, r.json()["Id"], config, name=ex.arg("name") or "")
+                cid = str(r.json()["Id"])
+                self.cluster.placed(engine, cid, config, name=ex.arg("name") or "")
         await self.respond(ex, r)
 
     async def _create_on_one(
@@ -324,7 +326,7 @@ class Containers(Base):
             raise DockerError(500, f"swarmha: {e}") from e
         config["Env"] = env
         target = with_query("/containers/create", ex.query_string)
-        body = json.dumps(config).encode()
+        body = json.dumps(to_engine(config, engine.ncpu)).encode()
         headers = [(b"content-type", b"application/json")]
         try:
             try:

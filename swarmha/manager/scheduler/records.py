@@ -4,11 +4,17 @@ A container is seen three ways: its create body (:func:`from_request`, when this
 (:func:`from_inspect`, once per container: what it holds does not change) and the engine's list
 (:func:`from_list`, every refresh: names, state, published ports, labels). :class:`Inspected` keeps what an
 inspect taught, and for a container with the ``on-node-failure`` policy the whole answer, to create it again.
+
+``CpuShares`` means CPUs to the manager (Swarm's ``-c``/``--cpu-shares``: the CPUs a container reserves) and
+shares of 1024 per CPU to an engine; :func:`to_engine` and :func:`from_engine` convert as Swarm's
+``cluster/engine.go`` did (``ceil(cpus * 1024 / NCPU)`` going in, ``shares * NCPU // 1024`` coming back), so
+``--cpu-shares 1`` on a 2-CPU engine runs with 512 shares (runc refuses fewer than 2) and reserves 1 CPU.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +23,16 @@ import attrs
 from swarmha.manager.scheduler.node import Binding, Container, bindings, port_key
 from swarmha.manager.scheduler.request import Request, cpus_of
 
-__all__ = ["ON_NODE_FAILURE", "Inspected", "from_inspect", "from_list", "from_request", "reschedulable"]
+__all__ = [
+    "ON_NODE_FAILURE",
+    "Inspected",
+    "from_engine",
+    "from_inspect",
+    "from_list",
+    "from_request",
+    "reschedulable",
+    "to_engine",
+]
 
 ON_NODE_FAILURE = "on-node-failure"
 _POLICIES = "com.docker.swarm.reschedule-policies"
@@ -30,6 +45,31 @@ class Inspected:
 
     record: Container
     full: dict[str, Any] | None
+
+
+def _with_shares(body: Mapping[str, Any], convert: Any) -> dict[str, Any]:
+    out = dict(body)
+    hc = out.get("HostConfig")
+    if isinstance(hc, dict) and isinstance(hc.get("CpuShares"), int) and hc["CpuShares"] > 0:
+        out["HostConfig"] = {**hc, "CpuShares": convert(hc["CpuShares"])}
+    return out
+
+
+def to_engine(config: Mapping[str, Any], ncpu: int) -> dict[str, Any]:
+    """A create body (``CpuShares`` in CPUs) as the engine with ``ncpu`` CPUs is to get it (``CpuShares`` in
+    shares: ``ceil(cpus * 1024 / ncpu)``); a shallow copy, ``config`` is not changed. Unchanged when ``ncpu``
+    is not known (0) or the body reserves no CPU."""
+    if ncpu <= 0:
+        return dict(config)
+    return _with_shares(config, lambda cpus: math.ceil(cpus * 1024 / ncpu))
+
+
+def from_engine(body: Mapping[str, Any], ncpu: int) -> dict[str, Any]:
+    """An engine's inspect answer with ``HostConfig.CpuShares`` in CPUs (``shares * ncpu // 1024``, Swarm's
+    integer division); a shallow copy. Unchanged when ``ncpu`` is not known (0)."""
+    if ncpu <= 0:
+        return dict(body)
+    return _with_shares(body, lambda shares: shares * ncpu // 1024)
 
 
 def from_request(request: Request, config: Mapping[str, Any], cid: str = "") -> Container:
