@@ -34,7 +34,7 @@ from pyetcd import etcdrpc
 
 from swarmha.discovery._base import Claim
 from swarmha.discovery.etcd._client import Client
-from swarmha.errors import DiscoveryUnavailable
+from swarmha.errors import DiscoveryError, DiscoveryUnavailable
 
 __all__ = ["BATCH", "Batcher"]
 
@@ -92,10 +92,13 @@ class Batcher:
         error = future.exception()
         if error is None:
             response = future.result()
+            if len(response.responses) != len(batch):  # not etcd's answer to this request: no claim decided
+                error = DiscoveryError(f"etcd answered {len(response.responses)} claims of {len(batch)}")
+        if error is None:
             for p, op in zip(batch, response.responses, strict=True):
-                nested = op.response_txn
-                nested.header.CopyFrom(response.header)
                 try:
+                    nested = op.response_txn
+                    nested.header.CopyFrom(response.header)
                     p.result.set_result(p.answer(nested))
                 except Exception as e:
                     p.result.set_exception(e)
