@@ -40,6 +40,7 @@ longer carries a term, in words a log can show.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -115,6 +116,8 @@ class Lease(ClosesOnExit):
         self._closed = False
         self._keeper: Task | None = None
         self._wakers: dict[Callable[[], None], float] = {}  # wake-up -> the renew_deadline of its term
+        # how many wakers have each renew_deadline (usually one value): the earliest without a pass over 10,000
+        self._deadlines: collections.Counter[float] = collections.Counter()
         self._alarm_at = 0.0  # when the alarm (see _arm_alarm) is set for
 
     @classmethod
@@ -243,14 +246,25 @@ class Lease(ClosesOnExit):
         renew in time: one timer per lease and renewal, where a timer per leader woke 10,000 leaders of one
         process every renewal period (5,000 wake-ups a second that did nothing)."""
         with self._lock:
+            old = self._wakers.get(callback)
+            if old is not None:
+                self._drop_deadline(old)
             self._wakers[callback] = renew_deadline
+            self._deadlines[renew_deadline] += 1
             self._arm_alarm()
 
         def remove() -> None:
             with self._lock:
-                self._wakers.pop(callback, None)
+                deadline = self._wakers.pop(callback, None)
+                if deadline is not None:
+                    self._drop_deadline(deadline)
 
         return remove
+
+    def _drop_deadline(self, deadline: float) -> None:
+        self._deadlines[deadline] -= 1
+        if self._deadlines[deadline] <= 0:
+            del self._deadlines[deadline]
 
     def _arm_alarm(self) -> None:
         """Set the alarm for the earliest deadline of the terms on the lease, if not set for it already (caller
@@ -258,7 +272,7 @@ class Lease(ClosesOnExit):
         it up."""
         if not self._wakers or self._session is None:
             return
-        at = self._ok_sent + min(self._wakers.values())
+        at = self._ok_sent + min(self._deadlines)
         if at == self._alarm_at:
             return
         self._alarm_at = at
@@ -268,7 +282,7 @@ class Lease(ClosesOnExit):
         with self._lock:
             if not self._wakers or self._session is None:
                 return
-            at = self._ok_sent + min(self._wakers.values())
+            at = self._ok_sent + min(self._deadlines)
             if time.monotonic() < at:  # renewed since: the alarm is set for the new deadline (once)
                 self._arm_alarm()
                 return

@@ -10,6 +10,7 @@ from pyetcd import etcdrpc
 
 from swarmha.discovery._base import Claim, Discovery, Record, Session, Watch, check_key, check_ttl, done
 from swarmha.discovery._url import DiscoveryURL
+from swarmha.discovery.etcd._batch import Batcher
 from swarmha.discovery.etcd._client import Client, log, prefix_end, to_record
 from swarmha.discovery.etcd._session import EtcdSession
 from swarmha.discovery.etcd._watch import EtcdWatch, WatchStream
@@ -39,6 +40,7 @@ class EtcdDiscovery(Discovery):
             raise InvalidDiscoveryURL(f"etcd URL {str(url)!r}: prepare must be 0 or 1, not {prepare!r}")
         self._prepare = prepare == "1"
         self._stream = WatchStream(self._client)
+        self._claims = Batcher(self._client)
 
     def _k(self, key: str) -> bytes:
         return (self._prefix + check_key(key)).encode()
@@ -111,7 +113,8 @@ class EtcdDiscovery(Discovery):
         self, key: str, value: str, session: Session, listing: str | None = None, *, vacant: bool = False
     ) -> Future[Claim]:
         """The claim as one transaction: put if absent, and in the same round trip the range of ``listing`` after
-        the put (won), or the holder (lost). One request per candidate where the default makes two."""
+        the put (won), or the holder (lost). One request per candidate where the default makes two; claims made
+        while another is in flight go out together as one request (see :mod:`._batch`)."""
         try:
             k, request, lease = self._create_request(key, value, session, listing)
         except Exception as e:
@@ -125,9 +128,7 @@ class EtcdDiscovery(Discovery):
             listed = self._listed(response.responses[1].response_range) if listing is not None else None
             return Claim(created, None, listed)
 
-        return self._client.call_async(
-            "create", lambda ep, t, md: ep.kv.Txn.future(request, timeout=t, metadata=md), answer
-        )
+        return self._claims.claim(k, request, answer)
 
     def _create_request(
         self, key: str, value: str, session: Session, listing: str | None = None
