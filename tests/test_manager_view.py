@@ -318,3 +318,70 @@ def test_the_view_steps_aside_while_an_engine_is_unhealthy(docker_engines: list[
             await p.close()
 
     asyncio.run(main())
+
+
+def test_image_network_and_volume_lists_are_answered_from_the_view_and_follow_writes_and_events(
+    docker_engines: list[DockerEngine],
+) -> None:
+    engine = docker_engines[0]
+
+    async def main() -> None:
+        async with primary([e.addr for e in docker_engines]) as p:
+            asked: list[str] = []
+            call = p.cluster.call
+
+            async def counted(e: Any, method: str, target: str, **kw: Any) -> Response:
+                asked.append(f"{method} {target}")
+                return await call(e, method, target, **kw)
+
+            p.cluster.call = counted  # type: ignore[method-assign]
+
+            async def names(target: str, field: str) -> set[str]:
+                r = await p.get(target)
+                assert r.status == 200, r.body
+                items = r.json()["Volumes"] if target.startswith("/volumes") else r.json()
+                out = set()
+                for item in items or []:
+                    value = item.get(field)
+                    out.update(value if isinstance(value, list) else [str(value)])
+                return out
+
+            async def without_view(target: str, field: str) -> set[str]:
+                parts = (p.api.images, p.api.networks, p.api.volumes)
+                for part in parts:
+                    part.view = None
+                try:
+                    return await names(target, field)
+                finally:
+                    for part in parts:
+                        part.view = p.api.view
+
+            # the view's answers are the engines' own, merged alike
+            for target, field in (("/networks", "Name"), ("/volumes", "Name"), ("/images/json", "RepoTags")):
+                await until(lambda t=target: p.api.view.lists(p.cluster.healthy(), t), f"{target} from the view")
+                asked.clear()
+                from_view = await names(target, field)
+                assert not [a for a in asked if a.startswith(f"GET {target}")], asked  # no engine was asked
+                assert from_view == await without_view(target, field)
+                assert [a for a in asked if a.startswith(f"GET {target}")], "without the view, the engines were asked"
+
+            # a write through the manager: the very next list has it
+            net = f"viewnet{uuid.uuid4().hex[:8]}"
+            r = await p.send("POST", "/networks/create", {"Name": net, "CheckDuplicate": True})
+            assert r.status == 201, r.body
+            assert any(n.endswith(net) for n in await names("/networks", "Name"))
+            # changes made on an engine itself: seen once their events arrived
+            vol, tag = f"viewvol{uuid.uuid4().hex[:8]}", f"viewtag{uuid.uuid4().hex[:8]}:1"
+            await asyncio.to_thread(engine.docker, "volume", "create", vol)
+            await asyncio.to_thread(engine.docker, "tag", IMAGE, tag)
+
+            async def seen() -> bool:
+                return any(n.endswith(vol) for n in await names("/volumes", "Name")) and any(
+                    t.endswith(tag) for t in await names("/images/json", "RepoTags")
+                )
+
+            await until(seen, "the engine's volume and tag events applied")
+            views = [p.api.view.view(e) for e in p.cluster.healthy()]
+            assert all(v is not None and v.full_reads == 1 for v in views)  # events did it, not a new full read
+
+    asyncio.run(main())

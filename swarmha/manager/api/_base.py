@@ -85,6 +85,8 @@ class Base:
     ) -> list[tuple[Engine, Response | None]]:
         """Every engine's (default: every healthy one's) answer to one request; None for one that failed."""
         chosen = list(self.cluster.healthy() if engines is None else engines)
+        if method == "GET" and self.view is not None and (kept := await self.view.lists(chosen, target)) is not None:
+            return list(kept)  # the whole image, network or volume lists, from the engines' views
         hs = list(headers)
 
         async def one(e: Engine) -> tuple[Engine, Response | None]:

@@ -9,6 +9,9 @@ else to the primary). What is answered from it:
   inspected state at answer time as dockerd does. Any other query (``filters``, ``size=1``, ``before``...) goes
   to the engines as before, so their semantics stay the engines' own.
 * ``GET /containers/{id}/json`` without a query: the engine's inspect answer with ``Node``.
+* ``GET /images/json``, ``GET /networks`` and ``GET /volumes`` without a query, as each engine would answer them
+  (:meth:`ClusterView.lists`): the API merges them as it merges the engines' own answers (names ``node/name``,
+  one line per image...). With a query (``all``, ``filters``...) the engines are asked.
 
 Guarantee: an answer is built only when every healthy engine's view is synced and settled (see
 :mod:`~swarmha.manager.view.engine`): every event the view received and every mutating call the manager relayed
@@ -37,6 +40,7 @@ from urllib.parse import parse_qs, unquote
 
 from swarmha.manager.cluster import Cluster, Engine
 from swarmha.manager.http import Exchange
+from swarmha.manager.upstream import Response
 from swarmha.manager.view.engine import CONTAINERS, IMAGES, NETWORKS, VOLUMES, EngineView, Entry
 
 __all__ = ["SETTLE_TIMEOUT", "ClusterView"]
@@ -47,6 +51,9 @@ _VERSION = re.compile(r"^/v[0-9]+(\.[0-9]+)?(?=/)")
 #: The list arguments the view answers (docker-py sends ``trunc_cmd``, which dockerd ignores).
 _LIST_ARGS = frozenset({"all", "limit", "last", "size", "trunc_cmd"})
 _FALSE = frozenset({"", "0", "no", "false", "none"})
+#: The whole-list answers a view keeps, by the request target that asks for them.
+_LIST_TARGETS = {"/images/json": IMAGES, "/networks": NETWORKS, "/volumes": VOLUMES}
+_JSON = [(b"Content-Type", b"application/json")]
 
 
 def _true(value: str) -> bool:
@@ -229,6 +236,21 @@ class ClusterView:
                     return None
                 break
         return self._list_body(views, *args)
+
+    async def lists(self, engines: list[Engine], target: str) -> list[tuple[Engine, Response]] | None:
+        """``GET target`` (``/images/json``, ``/networks`` or ``/volumes``, without a query) as each of ``engines``
+        would answer it, from its view; None when ``target`` is another one or a view is not synced and settled
+        (the caller asks the engines, as without a view). Same guarantee as the container answers."""
+        key = _LIST_TARGETS.get(target)
+        views = None if key is None else self._ensure(engines)
+        if key is None or views is None or not await self._settled(views):
+            return None
+        out = []
+        for e, v in zip(engines, views, strict=True):
+            if key not in v.lists or not v.clean():
+                return None
+            out.append((e, Response(200, _JSON, json.dumps(v.lists[key], separators=(",", ":")).encode())))
+        return out
 
     def _list_body(self, views: list[EngineView], running_only: bool, limit: int) -> bytes:
         """The list answer of synced, settled ``views``: rebuilt only when a view, an engine's name or ``Node``
