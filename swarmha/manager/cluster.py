@@ -190,8 +190,9 @@ class Cluster:
         records: Mapping[str, Any] = await asyncio.to_thread(self._discovery.list, NODES_KEY)
         return sorted({(r.value or k.rpartition("/")[2]) for k, r in records.items()})
 
-    async def refresh(self) -> None:
-        """Re-read the engine list and the state of every engine (failures mark engines unhealthy)."""
+    async def refresh(self, every: bool = True) -> None:
+        """Re-read the engine list and the state of every engine (failures mark engines unhealthy); ``every=False``:
+        only of the engines never validated (new, or Pending), as between two engine refreshes (Swarm's)."""
         async with self._refreshing:
             try:
                 addrs = await self.addresses()
@@ -212,7 +213,8 @@ class Cluster:
                         log.warning("ignoring the malformed engine address %r", addr)
                         continue
                     self._engines[addr] = Engine(addr, Upstream(host, port, self._ssl), name=addr)
-            await asyncio.gather(*(self._refresh_engine(e) for e in list(self._engines.values())))
+            chosen = [e for e in self._engines.values() if every or not e.validated]
+            await asyncio.gather(*(self._refresh_engine(e) for e in chosen))
             self._name_engines()
 
     def _name_engines(self) -> None:

@@ -101,8 +101,8 @@ class ManagerConfig:
     static_engines: tuple[str, ...] = ()
     tls: TLSConfig = attrs.field(factory=TLSConfig)
     #: Seconds between engine refreshes: each round waits a random time in [refresh, refresh_max] (Swarm's
-    #: ``--engine-refresh-min-interval`` / ``-max-interval``), and at most ``heartbeat`` (``--heartbeat``, the
-    #: longest time between two reads of the engine list).
+    #: ``--engine-refresh-min-interval`` / ``-max-interval``); the engine list is read again at least every
+    #: ``heartbeat`` (``--heartbeat``) in between, and only new or Pending engines are read then, as in Swarm.
     refresh: float = 5.0
     refresh_max: float | None = None
     heartbeat: float = 60.0
@@ -340,20 +340,20 @@ class Manager:
             self._set_leader(leader)
 
     async def _refresh_loop(self) -> None:
+        due = 0.0  # every engine's state is read each refresh interval; the engine list each --heartbeat too
         while True:
             try:
-                await self.cluster.refresh()
+                if every := time.monotonic() >= due:
+                    lo = self.config.refresh
+                    due = time.monotonic() + random.uniform(lo, max(lo, self.config.refresh_max or lo))
+                await self.cluster.refresh(every)
                 await self.watchdog.check(act=self.is_primary)
             except Exception:
                 log.exception("refreshing the engines failed")
+            wait = min(self.config.heartbeat, max(0.0, due - time.monotonic()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._refresh_interval())
+                await asyncio.wait_for(self._stopping.wait(), wait)
                 return
-
-    def _refresh_interval(self) -> float:
-        lo = self.config.refresh
-        hi = max(lo, self.config.refresh_max if self.config.refresh_max is not None else lo)
-        return min(random.uniform(lo, hi), self.config.heartbeat)
 
     # -- requests ----------------------------------------------------------------------------------------
 
