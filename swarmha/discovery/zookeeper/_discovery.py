@@ -7,9 +7,9 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 from kazoo.security import make_digest_acl
@@ -32,6 +32,7 @@ DEFAULT_PORT = 2181
 DEFAULT_TIMEOUT = 5.0
 _OPTIONS = {"timeout", "prepare"}
 _MAX_LIST_NODES = 100_000
+_T = TypeVar("_T")
 
 
 class ZooKeeperDiscovery(Discovery):
@@ -258,13 +259,20 @@ class ZooKeeperDiscovery(Discovery):
 
     def get_async(self, key: str) -> Future[Record | None]:
         """:meth:`get` pipelined on the read connection (:mod:`._async`)."""
+        return self._read_async(key, self._get_steps, lambda: super(ZooKeeperDiscovery, self).get_async(key))
+
+    def _read_async(
+        self, key: str, steps: Callable[[str], Operation[_T]], blocking: Callable[[], Future[_T]]
+    ) -> Future[_T]:
+        """The read operation ``steps`` of ``key``'s path pipelined on the read connection; while that connection is
+        down, ``blocking()`` (the blocking form, which waits for it to come back). A bad key: a failed future."""
         try:
             path = self._path(key)
         except ConfigurationError as e:
             return done(_raise, e)
-        if not self._core.shared.connected.is_set():  # the blocking form waits for it to come back
-            return super().get_async(key)
-        return self._core.pipeline.run(self._get_steps(path))
+        if not self._core.shared.connected.is_set():
+            return blocking()
+        return self._core.pipeline.run(steps(path))
 
     def _get_steps(self, path: str) -> Operation[Record | None]:
         kind = yield from self._queues.kind_steps(path)
@@ -388,13 +396,7 @@ class ZooKeeperDiscovery(Discovery):
 
     def list_async(self, prefix: str) -> Future[Mapping[str, Record]]:
         """:meth:`list` pipelined on the read connection (:mod:`._async`)."""
-        try:
-            top = self._path(prefix)
-        except ConfigurationError as e:
-            return done(_raise, e)
-        if not self._core.shared.connected.is_set():  # the blocking form waits for it to come back
-            return super().list_async(prefix)
-        return self._core.pipeline.run(self._list_steps(top))
+        return self._read_async(prefix, self._list_steps, lambda: super(ZooKeeperDiscovery, self).list_async(prefix))
 
     def _list_steps(self, top: str) -> Operation[Mapping[str, Record]]:
         shared = self._core.shared
