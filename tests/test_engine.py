@@ -50,7 +50,7 @@ class Machine:
 
     def end(self) -> None:
         self.parks.put(Park())
-        assert self.task.done.wait(TIMEOUT)
+        assert self.task.wait_finished(TIMEOUT)
 
 
 def test_a_future_answered_later_resumes_the_machine_with_its_result() -> None:

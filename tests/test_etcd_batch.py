@@ -1,6 +1,7 @@
-"""etcd claims batched into one request (swarmha.discovery.etcd._batch): the single-claim path is the plain
-transaction; claims queued while one is in flight go out as one outer transaction of nested ones; errors reach
-every claim. The first tests drive a Batcher with a fake client; the last ones run against a real etcd 3.4."""
+"""etcd claims batched into few requests (swarmha.discovery.etcd._batch): the single-claim path is the plain
+transaction; claims queued while the requests allowed are in flight go out as one outer transaction of nested
+ones; errors reach every claim. The first tests drive a Batcher with a fake client; the last ones run against a
+real etcd 3.4."""
 
 from __future__ import annotations
 
@@ -60,9 +61,9 @@ def won(response: Any) -> Claim:
     return Claim(Record("v", int(response.header.revision), "7"), None)
 
 
-def batcher() -> tuple[Batcher, FakeClient]:
+def batcher(in_flight: int = 1) -> tuple[Batcher, FakeClient]:
     client = FakeClient()
-    return Batcher(client), client  # type: ignore[arg-type]
+    return Batcher(client, in_flight), client  # type: ignore[arg-type]
 
 
 def test_a_lone_claim_is_sent_at_once_as_the_plain_transaction() -> None:
@@ -96,6 +97,25 @@ def test_claims_queued_behind_one_in_flight_go_out_as_one_nested_transaction_eac
     assert queued[1].result(0).created is None
     assert queued[3].result(0).created.token == 9  # type: ignore[union-attr]
     assert not queued[2].done() and client.pending[2][0] == claim_request(b"a")  # alone: the only one left
+
+
+def test_claims_go_out_alone_until_the_requests_allowed_are_in_flight_then_queue_for_the_first_answer() -> None:
+    b, client = batcher(in_flight=2)
+    b.claim(b"a", claim_request(b"a"), won)
+    b.claim(b"b", claim_request(b"b"), won)
+    assert [p[0] for p in client.pending] == [claim_request(b"a"), claim_request(b"b")]  # two alone, at once
+    queued = [b.claim(k, claim_request(k), won) for k in (b"c", b"d")]
+    assert len(client.pending) == 2  # both slots taken: these wait
+    client.answer(1, etcdrpc.TxnResponse(succeeded=True, header=etcdrpc.ResponseHeader(revision=3)))
+    outer = client.pending[2][0]  # the slot freed by "b" sends both queued claims as one
+    assert [op.request_txn for op in outer.success] == [claim_request(b"c"), claim_request(b"d")]
+    nested = [etcdrpc.ResponseOp(response_txn=etcdrpc.TxnResponse(succeeded=True)) for _ in range(2)]
+    client.answer(2, etcdrpc.TxnResponse(succeeded=True, header=etcdrpc.ResponseHeader(revision=4), responses=nested))
+    assert [f.result(0).created.token for f in queued] == [4, 4]  # type: ignore[union-attr]
+    client.answer(0, etcdrpc.TxnResponse(succeeded=True))
+    b.claim(b"e", claim_request(b"e"), won)  # idle again: sent at once, plain
+    b.claim(b"f", claim_request(b"f"), won)
+    assert [p[0] for p in client.pending[3:]] == [claim_request(b"e"), claim_request(b"f")]
 
 
 def test_a_batch_holds_at_most_BATCH_claims() -> None:

@@ -164,6 +164,9 @@ class Discovery(ClosesOnExit, abc.ABC):
     """A connection to one discovery store under one key prefix. Safe to share between threads."""
 
     url: DiscoveryURL
+    #: How many ``*_async`` requests of this Discovery's elections may be in flight at once (more wait, in
+    #: order). A backend that folds concurrent requests into few (etcd's batched claims) can take more.
+    request_window: int = 32
 
     def check_ttl(self, ttl: float) -> None:
         """Raise :class:`~swarmha.errors.ConfigurationError` if this store cannot grant sessions of ``ttl``.

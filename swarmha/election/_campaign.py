@@ -106,7 +106,8 @@ class Campaign(Transfers):
         self._presence: Lease | None = None  # a private lease's registration session (shared: the lease's)
         self._transfer: Handoff | None = None  # a transfer asked for and not decided yet
         self._draining: Drain | None = None  # while DRAINING: the end waiting for the consumers
-        self._consumers: weakref.WeakSet[Transitions] = weakref.WeakSet()  # the iterators' transitions
+        # the iterators' transitions; made by the first iterator (a WeakSet is 7 objects the collector walks)
+        self._consumers: weakref.WeakSet[Transitions] | None = None
         self._phase = Phase.LATENT
         self._lead: Held | None = None  # the term, while LEADING
         self._request: Signal | None = None  # RESIGN asked for, not taken yet (a stop is the worker's flag)
@@ -181,6 +182,8 @@ class Campaign(Transfers):
     def attach(self, transitions: Transitions) -> None:
         """An iterator of this campaign's elections began: a drained end waits for it too."""
         with self._lock:
+            if self._consumers is None:
+                self._consumers = weakref.WeakSet()
             self._consumers.add(transitions)
 
     def came_back(self, consumer: Transitions | int) -> None:
@@ -212,7 +215,7 @@ class Campaign(Transfers):
         if self.drain is None or self._phase is not Phase.LEADING or self._lead is None:
             return self._fire(signal, reason)
         term = self._lead.term
-        owing = {t for t in self._consumers if t.term == term and (back is None or t.thread != back)}
+        owing = {t for t in (self._consumers or ()) if t.term == term and (back is None or t.thread != back)}
         self._draining = Drain(signal, reason, time.monotonic() + self.drain, owing)
         return self._fire(Signal.DRAIN, reason)
 

@@ -1,13 +1,13 @@
 """One engine per Discovery: every candidate and follower of it runs on a timer thread and a few workers.
 
-A state machine (:mod:`swarmha.election._worker`) is a generator that *yields* a :class:`Park` whenever it would
-wait: for a watch to fire, for a time (a renewal, a backoff), both, or for the answer of a store request
-(``request``: a call that sends it and returns its future). The engine resumes it with True when the watch fired
-(``Watch.wait(0)`` says the key changed), False on the deadline or :meth:`Task.interrupt`; an exception of the
-watch is thrown into the generator. A request is sent by the engine once fewer than :data:`WINDOW` of its
-requests are in flight, and its answer resumes the generator with the future's result, or throws the future's
-exception into it, from the future's done-callback (a :class:`~swarmha.errors.DiscoveryUnavailable` if it has not
-answered by ``until``).
+A state machine (:mod:`swarmha.election._worker`) is a generator that *yields* a :class:`Park` whenever it would wait:
+for a watch to fire, for a time (a renewal, a backoff), both, or for the answer of a store request (``request``: a
+call that sends it and returns its future). The engine resumes it with True when the watch fired (``Watch.wait(0)``
+says the key changed), False on the deadline or :meth:`Task.interrupt`; an exception of the watch is thrown into the
+generator. A request is sent by the engine once fewer than the Discovery's ``request_window`` (:data:`WINDOW` unless
+the backend says otherwise) of its requests are in flight, and its answer resumes the generator with the future's
+result, or throws the future's exception into it, from the future's done-callback (a
+:class:`~swarmha.errors.DiscoveryUnavailable` if it has not answered by ``until``).
 
 Why futures: a store request made inline blocks the worker that runs it, so a process had at most
 :data:`WORKERS` requests in flight (10,000 keys x 3 processes took 22-28 s to elect, ~400 claims a second, where
@@ -66,11 +66,12 @@ log = logging.getLogger("swarmha.election")
 WORKERS = 4
 #: Seconds an idle worker or timer thread lingers before it ends.
 IDLE = 2.0
-#: Store requests of one engine in flight at most; more wait (in order) for one to answer. Unbounded, 30,000
-#: requests sent at once by 10,000 campaigns x 3 processes on 2 cores waited for their answers beyond the
-#: request timeout (every one failed with DEADLINE_EXCEEDED, and was retried all together again); 128 still let
-#: claims time out on a busy machine; with 32 a process sends as fast as its Python side can (measured: etcd,
-#: 2,000 claims, one process: 1,310/s with 8, 1,560/s with 32, 2,070/s with 128 in flight).
+#: Store requests of one engine in flight at most, by default (``Discovery.request_window``); more wait (in order) for
+#: one to answer. Unbounded, 30,000 requests sent at once by 10,000 campaigns x 3 processes on 2 cores waited for
+#: their answers beyond the request timeout (every one failed with DEADLINE_EXCEEDED, and was retried all together
+#: again); 128 still let claims time out on a busy machine; with 32 a process sends as fast as its Python side can
+#: (measured: etcd, 2,000 claims, one process: 1,310/s with 8, 1,560/s with 32, 2,070/s with 128 in flight). etcd
+#: batches its claims and takes more (``EtcdDiscovery.request_window``).
 WINDOW = 32
 
 
@@ -130,7 +131,10 @@ class Task:
         self._steps = steps
         self._interrupted = interrupted
         self.lock = threading.Lock()
-        self.done = threading.Event()
+        self.finished = False  # the generator returned (or raised)
+        # Made by the first wait_finished() that must block: a task's end is rarely waited for, and at 10,000
+        # tasks a process an Event's 6 objects each made every full garbage collection slower.
+        self._finished_event: threading.Event | None = None
         self.thread: threading.Thread | None = None  # the thread running the generator now
         self._parked: Park | None = None
         self._last = Park()
@@ -228,10 +232,25 @@ class Task:
         finally:
             self.thread = None
 
+    def wait_finished(self, timeout: float | None = None) -> bool:
+        """Wait (up to ``timeout``) for the generator to end; True if it has."""
+        with self.lock:
+            if self.finished:
+                return True
+            if self._finished_event is None:
+                self._finished_event = threading.Event()
+            event = self._finished_event
+        return event.wait(timeout)
+
     def _end(self) -> None:
-        if not self.done.is_set():
-            self.done.set()
-            self._engine.ended(self)
+        with self.lock:
+            if self.finished:
+                return
+            self.finished = True
+            event = self._finished_event
+        if event is not None:
+            event.set()
+        self._engine.ended(self)
 
     def _park(self, park: Park) -> Resume:
         """Park on ``park``; or the value to resume with at once (fired, deadline passed, interrupted, error)."""
@@ -322,10 +341,11 @@ class Engine:
         with cls._engines_lock:
             engine = cls._engines.get(discovery)
             if engine is None:
-                engine = cls._engines[discovery] = cls()
+                engine = cls._engines[discovery] = cls(discovery.request_window)
             return engine
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = WINDOW) -> None:
+        self._window = window
         self._mutex = threading.Lock()
         self._lock = threading.Condition(self._mutex)
         self._ready: deque[tuple[Task, Resume]] = deque()
@@ -361,7 +381,7 @@ class Engine:
             if task.granted:  # resumed with SEND: the slot of an answered request passed to it
                 task.granted = False
                 return True
-            if self._in_flight < WINDOW:
+            if self._in_flight < self._window:
                 self._in_flight += 1
                 return True
             self._senders.append(task)

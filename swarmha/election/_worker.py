@@ -129,12 +129,12 @@ class _Worker:
                 self._close_out()
         self._interrupt()
         if task is not None and task.thread is not threading.current_thread():
-            task.done.wait(timeout)
+            task.wait_finished(timeout)
 
     @property
     def running(self) -> bool:
         with self._lock:
-            return self._task is not None and not self._task.done.is_set()
+            return self._task is not None and not self._task.finished
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Deliver every later event to ``callback`` (on an engine thread); returns the unsubscriber."""

@@ -76,7 +76,7 @@ class ConsulWatch(FedWatch):
 
     def observe_at(self, record: Record | None, index: int | None, generation: int) -> None:
         """(The hub) snapshot number ``generation`` at ``index`` (None: compare whatever the index) has ``record``."""
-        with self._cond:
+        with self._lock:
             if self._closed or self._error is not None or generation <= self._generation:
                 return
             self._generation = generation

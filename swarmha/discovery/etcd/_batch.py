@@ -1,12 +1,12 @@
-"""Claims batched into one etcd request: the claims that wait while one is in flight go out together.
+"""Claims batched into few etcd requests: the claims that wait while others are in flight go out together.
 
-A claim is one transaction per key (compare ``create_revision == 0`` → put with the lease [+ range of a listing],
-else range of the key). Sent one by one, each costs a gRPC call, and on a small machine creating the call from
-Python (~0.6 ms of CPU) was half of a process's CPU while 10,000 keys were being claimed. :class:`Batcher` sends
-a claim at once when no claim request is in flight (the single-claim path is exactly the plain transaction, with
-no added wait); claims made while one is in flight are queued, and when it answers everything queued goes out as
-one outer transaction (no compare) whose success ops are the claims' own transactions, nested (etcd >= 3.3).
-Each nested response answers its own claim as the plain transaction's response would (with the outer header:
+A claim is one transaction per key (compare ``create_revision == 0`` → put with the lease [+ range of a listing], else
+range of the key). Sent one by one, each costs a gRPC call, and on a small machine creating the call from Python (~0.6
+ms of CPU) was half of a process's CPU while 10,000 keys were being claimed. :class:`Batcher` sends a claim at once
+when fewer than :data:`IN_FLIGHT` claim requests are in flight (the single-claim path is exactly the plain
+transaction, with no added wait); claims made while that many are in flight are queued, and when one answers what is
+queued goes out as one outer transaction (no compare) whose success ops are the claims' own transactions, nested (etcd
+>= 3.3). Each nested response answers its own claim as the plain transaction's response would (with the outer header:
 every put of one transaction has the same revision, which is each claim's token for its own key).
 
 Limits of etcd respected: a transaction may hold at most ``--max-txn-ops`` ops (128 by default), counted per
@@ -36,10 +36,13 @@ from swarmha.discovery._base import Claim
 from swarmha.discovery.etcd._client import Client
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable
 
-__all__ = ["BATCH", "Batcher"]
+__all__ = ["BATCH", "IN_FLIGHT", "Batcher"]
 
 #: Claims in one batch at most (etcd's default ``--max-txn-ops`` of 128 allows 126 two-op claims).
 BATCH = 64
+#: Claim requests in flight at once; more claims queue for the next batch. Each batch waits for the server's
+#: disk (a commit); several in flight share its commits (etcd writes concurrent proposals in one fsync).
+IN_FLIGHT = 4
 
 
 @attrs.define
@@ -51,22 +54,24 @@ class _Pending:
 
 
 class Batcher:
-    """See the module docstring: one claim request in flight at a time; the claims queued meanwhile go out as one."""
+    """See the module docstring: up to :data:`IN_FLIGHT` claim requests in flight; the claims queued meanwhile go
+    out as one."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, in_flight: int = IN_FLIGHT) -> None:
         self._client = client
+        self._in_flight = in_flight
         self._lock = threading.Lock()
-        self._busy = False  # a claim request is in flight
+        self._busy = 0  # claim requests in flight
         self._queue: deque[_Pending] = deque()
 
     def claim(self, key: bytes, request: Any, answer: Callable[[Any], Claim]) -> Future[Claim]:
-        """Send the claim ``request`` for ``key`` now (nothing in flight) or with the next batch."""
+        """Send the claim ``request`` for ``key`` now (room in flight) or with the next batch."""
         pending = _Pending(key, request, answer, Future())
         with self._lock:
-            if self._busy:
+            if self._busy >= self._in_flight:
                 self._queue.append(pending)
                 return pending.result
-            self._busy = True
+            self._busy += 1
         self._send([pending])
         return pending.result
 
@@ -125,7 +130,7 @@ class Batcher:
         """The claim request in flight answered: send what queued meanwhile (one batch), or become idle."""
         with self._lock:
             if not self._queue:
-                self._busy = False
+                self._busy -= 1
                 return
             batch: list[_Pending] = []
             keys: set[bytes] = set()

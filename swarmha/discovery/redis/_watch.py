@@ -87,7 +87,7 @@ class RedisWatch(FedWatch):
 
     def hint(self) -> None:
         """The key may have changed (or the watch was blind for a while): wake the caller to read it."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
             self._seen = _MAYBE
@@ -97,7 +97,7 @@ class RedisWatch(FedWatch):
     def gone(self, session: str | None = None) -> bool:
         """The key was deleted (``session``: that session ended). Fires if the record seen was there (and held by
         ``session``); False if the watch cannot tell (it saw the key change without reading it)."""
-        with self._cond:
+        with self._lock:
             seen = self._seen
             if self._closed or seen is None:
                 return True
@@ -110,7 +110,7 @@ class RedisWatch(FedWatch):
 
     def written(self) -> bool:
         """The key was written. Fires if the watch saw it absent; False if a read must tell (it saw a record)."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return True
             if self._seen is not None:
