@@ -9,7 +9,9 @@ campaign for the same N keys (ttl 6 s) on one server started for the run (ZooKee
 
 * **elect**: from the moment the three are told to go (each has built its clients) until every key has a
   leader; then every key must have exactly one (the three processes' sets of led keys are disjoint and cover N);
-* **idle req/s per process**: server-side request counter over a quiet window with every key held
+* **settled**: from then until a whole second in which the store saw fewer than 5 requests per process (the
+  standbys' watches are still being set up after the last key is led), at most 60 s;
+* **idle req/s per process**: server-side request counter over the 6 s after that, with every key held
   (``benchmarks/stores.py`` says what each server counts; ZooKeeper counts its heartbeat pings too), / 3;
 * **threads, fds, store connections, RSS** per process (the largest of the three), from ``/proc``;
 * **handover p50/p95 per key**: the process leading most keys gives all of them up gracefully (swarmha
@@ -45,6 +47,8 @@ BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
 TTL = 6.0
 PROCESSES = 3
 IDLE_WINDOW = 6.0
+#: Requests a second per process below which the store is taken as quiet, and how long to wait for that at most.
+QUIET, SETTLE_MAX = 5.0, 60.0
 SYSTEMS = ["swarmha", "swarmha-lease", "kazoo-election", "kazoo-lock", "etcd-lock"]
 PEERS = {"kazoo-election": "zk", "kazoo-lock": "zk", "etcd-lock": "etcd"}
 
@@ -320,7 +324,7 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
         led = [set(p.ask("leading")) for p in procs]
         union = set().union(*led)
         result["exactly_one"] = len(union) == n and sum(len(s) for s in led) == n
-        time.sleep(1.0)
+        result["settled_s"] = _settle(stores, backend)
         before = stores.requests(backend)
         time.sleep(IDLE_WINDOW)
         after = stores.requests(backend)
@@ -352,6 +356,21 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
             p.close()
 
 
+def _settle(stores: Any, backend: str) -> float:
+    """Seconds from "every key led" until the store sees fewer than :data:`QUIET` requests a second per process
+    over a whole second (the standbys' watches still being set up, say); at most :data:`SETTLE_MAX`. 1.0 at the
+    least (the first window)."""
+    began = time.monotonic()
+    while time.monotonic() - began < SETTLE_MAX:
+        before = stores.requests(backend)
+        time.sleep(1.0)
+        after = stores.requests(backend)
+        total = sum(after.get(k, 0.0) - before.get(k, 0.0) for k in after if k != "connections")
+        if total / PROCESSES < QUIET:
+            break
+    return time.monotonic() - began
+
+
 def _store_port(stores: Any, backend: str) -> int:
     if backend == "consul":  # the Consul API double, in this process
         return int(stores.consul.port) if stores.consul is not None else 0
@@ -371,20 +390,22 @@ def report(results: list[dict[str, Any]], command: str) -> str:
         f"Command: `{command}` — {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "ttl 6 s; every figure measured in that one run, all systems on the same servers (ZooKeeper with its "
-        "default `maxClientCnxns=60`). Per process: the largest of the three. idle req/s: server-side requests "
-        "over 6 s with every key held, per process (ZooKeeper counts heartbeat pings; n/m: not measured, the "
+        "default `maxClientCnxns=60`). Per process: the largest of the three. settled: from every key led until a "
+        "second with fewer than 5 store requests per process (watches still being set up). idle req/s: server-side "
+        "requests over the 6 s after that, with every key held, per process "
+        "(ZooKeeper counts heartbeat pings; n/m: not measured, the "
         "sqlite counter sees only the harness's own connections). handover: per key, from "
         "its release to another process leading it, while the releasing process gives up all its keys.",
         "",
-        "| backend | system | keys | every key led (s) | exactly one | idle req/s | threads | fds | store conns "
-        "| RSS MB | handover p50 / p95 (ms) |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| backend | system | keys | every key led (s) | settled (s) | exactly one | idle req/s | threads | fds "
+        "| store conns | RSS MB | handover p50 / p95 (ms) |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         if "error" in r and "elect_s" not in r:
             lines.append(
                 f"| {r['backend']} | {r['system']} | {r['keys']} | **failed**: {r['error']} "
-                f"({r.get('led', '?')} led) | | | | | | | |"
+                f"({r.get('led', '?')} led) | | | | | | | | |"
             )
             continue
         hand = f"{r['handover_p50_ms']:.1f} / {r['handover_p95_ms']:.1f}"
@@ -393,7 +414,7 @@ def report(results: list[dict[str, Any]], command: str) -> str:
         if "handover_error" in r:
             hand += " (incomplete)"
         lines.append(
-            f"| {r['backend']} | {r['system']} | {r['keys']} | {r['elect_s']:.2f} | "
+            f"| {r['backend']} | {r['system']} | {r['keys']} | {r['elect_s']:.2f} | {r['settled_s']:.0f} | "
             f"{'yes' if r['exactly_one'] else '**NO**'} | {idle} | {r['threads']} | "
             f"{r['fds']} | {r['conns']} | {r['rss_kb'] / 1024:.0f} | {hand} |"
         )
