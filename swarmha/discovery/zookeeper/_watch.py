@@ -44,7 +44,11 @@ class ZkWatch(Watch):
         self._owners = owners
         self.path = path
         self._seen = seen
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        # Made by the first wait() that blocks: a watch the election's engine follows is polled and notified,
+        # never waited on, and at 10,000 watches a process a condition's 7 objects each slowed every full garbage
+        # collection.
+        self._waiters: threading.Condition | None = None
         self._fired = False
         self._deleted = False  # the last event that fired was a deletion
         self._armed = False
@@ -66,11 +70,12 @@ class ZkWatch(Watch):
         if via is not None and event is not None:
             via.predecessor_gone(event)  # before the waiter wakes: a create may then claim without a read
         deleted = getattr(event, "type", None) == EventType.DELETED
-        with self._cond:
+        with self._lock:
             self._deleted = deleted or (self._fired and self._deleted)  # a later wake-up does not hide a deletion
             self._fired = True
             self._fires += 1
-            self._cond.notify_all()
+            if self._waiters is not None:
+                self._waiters.notify_all()
         if self._notify is not None:
             self._notify()
 
@@ -80,7 +85,7 @@ class ZkWatch(Watch):
         the next ``wait(0)`` then says whether the key changed (or raises the arm's error)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self._cond:
+            with self._lock:
                 if self._closed:
                     return False
                 if self._error is not None:
@@ -110,21 +115,24 @@ class ZkWatch(Watch):
                 return False
             if not armed:
                 current = block(self._arm_steps())
-                with self._cond:
+                with self._lock:
                     self._armed = True
                     if current != self._seen:
                         self._seen = current
                         self.known_absent = current is None
                         return True
-            with self._cond:
+            with self._lock:
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if not self._cond.wait_for(lambda: self._closed or self._fired, remaining):
+                if self._waiters is None:
+                    self._waiters = threading.Condition(self._lock)
+                if not self._waiters.wait_for(lambda: self._closed or self._fired, remaining):
                     return False
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            if self._waiters is not None:
+                self._waiters.notify_all()
         sub, self.subscription = self.subscription, None
         if sub is not None:
             self._core.hub.unsubscribe(sub[0], sub[1], self.fire)
@@ -135,7 +143,7 @@ class ZkWatch(Watch):
         """Arm without blocking; the answer is looked at by the next wait (the notifier is called for it)."""
 
         def armed(future: Future[Record | None]) -> None:
-            with self._cond:
+            with self._lock:
                 self._arming = False
                 closed = self._closed
             if closed:  # closed while the arm was in flight: drop what it subscribed
@@ -143,7 +151,7 @@ class ZkWatch(Watch):
                 if sub is not None:
                     self._core.hub.unsubscribe(sub[0], sub[1], self.fire)
                 return
-            with self._cond:
+            with self._lock:
                 error = future.exception()
                 if error is not None:
                     self._error = error
