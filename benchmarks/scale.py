@@ -13,6 +13,8 @@ campaign for the same N keys (ttl 6 s) on one server started for the run (ZooKee
   standbys' watches are still being set up after the last key is led), at most 60 s;
 * **idle req/s per process**: server-side request counter over the 6 s after that, with every key held
   (``benchmarks/stores.py`` says what each server counts; ZooKeeper counts its heartbeat pings too), / 3;
+* **garbage collection**: seconds each process spent in the collector from "go" to every key led (all
+  generations, and full collections apart), the most of the three (in ``benchmarks-scale.json`` beside ``--out`` only);
 * **threads, fds, store connections, RSS** per process (the largest of the three), from ``/proc``;
 * **handover p50/p95 per key**: the process leading most keys gives all of them up gracefully (swarmha
   ``stop()``, kazoo ``Lock.release()`` / the ``Election`` function returning, etcd ``Lock.release()``); for each
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -54,6 +57,24 @@ PEERS = {"kazoo-election": "zk", "kazoo-lock": "zk", "etcd-lock": "etcd"}
 
 
 # -- the worker process ----------------------------------------------------------------------------------
+
+
+class _GcClock:
+    """Time this process spends in the garbage collector, by generation (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self._began = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.seconds[generation] += time.perf_counter() - self._began
+        self.count[generation] += 1
 
 
 def _proc_stats(port: int) -> dict[str, int]:
@@ -224,6 +245,7 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     keys = [f"k{i:05d}" for i in range(args.keys)]
+    clock = _GcClock()
     worker = _Worker(args.system, args.url, keys, args.node)
 
     def reply(value: Any) -> None:
@@ -244,6 +266,8 @@ def worker_main(argv: list[str]) -> None:
                 reply(sorted(worker.leading))
         elif command == "stats":
             reply(_proc_stats(args.port))
+        elif command == "gc":
+            reply({"full_s": clock.seconds[2], "full_n": clock.count[2], "all_s": sum(clock.seconds)})
         elif command == "release":
             reply(worker.release())
         elif command == "elected":
@@ -306,6 +330,7 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
     try:
         for p in procs:
             assert p.read() == "ready"
+        gc_before = [p.ask("gc") for p in procs]
         began = time.monotonic()
         for p in procs:
             p.ask("go")
@@ -321,6 +346,11 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
                 return result
             time.sleep(0.02)
         result["elect_s"] = time.monotonic() - began
+        gc_after = [p.ask("gc") for p in procs]
+        # in the garbage collector from "go" to every key led, the most of the three processes
+        result["gc_full_s"] = max(a["full_s"] - b["full_s"] for a, b in zip(gc_after, gc_before, strict=True))
+        result["gc_full_n"] = max(a["full_n"] - b["full_n"] for a, b in zip(gc_after, gc_before, strict=True))
+        result["gc_all_s"] = max(a["all_s"] - b["all_s"] for a, b in zip(gc_after, gc_before, strict=True))
         led = [set(p.ask("leading")) for p in procs]
         union = set().union(*led)
         result["exactly_one"] = len(union) == n and sum(len(s) for s in led) == n
