@@ -9,8 +9,9 @@ campaign for the same N keys (ttl 6 s) on one server started for the run (ZooKee
 
 * **elect**: from the moment the three are told to go (each has built its clients) until every key has a
   leader; then every key must have exactly one (the three processes' sets of led keys are disjoint and cover N);
-* **settled**: from then until a whole second in which the store saw fewer than 5 requests per process (the
-  standbys' watches are still being set up after the last key is led), at most 60 s;
+* **settled**: from then until the store's request rate settles, the first whole second with fewer than 5
+  requests per process or no more than 20 % below the second before (the standbys' watches are still being set
+  up after the last key is led), at most 60 s;
 * **idle req/s per process**: server-side request counter over the 6 s after that, with every key held
   (``benchmarks/stores.py`` says what each server counts; ZooKeeper counts its heartbeat pings too), / 3;
 * **garbage collection**: seconds each process spent in the collector from "go" to every key led (all
@@ -387,17 +388,20 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
 
 
 def _settle(stores: Any, backend: str) -> float:
-    """Seconds from "every key led" until the store sees fewer than :data:`QUIET` requests a second per process
-    over a whole second (the standbys' watches still being set up, say); at most :data:`SETTLE_MAX`. 1.0 at the
-    least (the first window)."""
+    """Seconds from "every key led" until the store's request rate has settled (the standbys' watches are still
+    being set up for a while after the last key is led): the first whole second with fewer than :data:`QUIET`
+    requests per process, or no more than 20 % below the second before it (a steady rate: a keepalive per leader,
+    a peer's refreshes); at most :data:`SETTLE_MAX`; 1.0 at the least (the first window)."""
     began = time.monotonic()
+    previous: float | None = None
     while time.monotonic() - began < SETTLE_MAX:
         before = stores.requests(backend)
         time.sleep(1.0)
         after = stores.requests(backend)
-        total = sum(after.get(k, 0.0) - before.get(k, 0.0) for k in after if k != "connections")
-        if total / PROCESSES < QUIET:
+        rate = sum(after.get(k, 0.0) - before.get(k, 0.0) for k in after if k != "connections") / PROCESSES
+        if rate < QUIET or (previous is not None and rate >= 0.8 * previous):
             break
+        previous = rate
     return time.monotonic() - began
 
 
@@ -420,8 +424,8 @@ def report(results: list[dict[str, Any]], command: str) -> str:
         f"Command: `{command}` — {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "ttl 6 s; every figure measured in that one run, all systems on the same servers (ZooKeeper with its "
-        "default `maxClientCnxns=60`). Per process: the largest of the three. settled: from every key led until a "
-        "second with fewer than 5 store requests per process (watches still being set up). idle req/s: server-side "
+        "default `maxClientCnxns=60`). Per process: the largest of the three. settled: from every key led until the "
+        "store's request rate settles (watches still being set up). idle req/s: server-side "
         "requests over the 6 s after that, with every key held, per process "
         "(ZooKeeper counts heartbeat pings; n/m: not measured, the "
         "sqlite counter sees only the harness's own connections). handover: per key, from "
