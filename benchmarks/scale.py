@@ -9,9 +9,8 @@ campaign for the same N keys (ttl 6 s) on one server started for the run (ZooKee
 
 * **elect**: from the moment the three are told to go (each has built its clients) until every key has a
   leader; then every key must have exactly one (the three processes' sets of led keys are disjoint and cover N);
-* **settled**: from then until the store's request rate settles, the first whole second with fewer than 5
-  requests per process or no more than 20 % below the second before (the standbys' watches are still being set
-  up after the last key is led), at most 60 s;
+* **settled** (``swarmha-lease`` only): from then until the first whole second with fewer than 5 store requests
+  per process (the standbys' watches are still being set up after the last key is led), at most 60 s;
 * **idle req/s per process**: server-side request counter over the 6 s after that, with every key held
   (``benchmarks/stores.py`` says what each server counts; ZooKeeper counts its heartbeat pings too), / 3;
 * **garbage collection**: seconds each process spent in the collector from "go" to every key led (all
@@ -355,7 +354,10 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
         led = [set(p.ask("leading")) for p in procs]
         union = set().union(*led)
         result["exactly_one"] = len(union) == n and sum(len(s) for s in led) == n
-        result["settled_s"] = _settle(stores, backend)
+        if system == "swarmha-lease":
+            result["settled_s"] = _settle(stores, backend)
+        else:
+            time.sleep(1.0)
         before = stores.requests(backend)
         time.sleep(IDLE_WINDOW)
         after = stores.requests(backend)
@@ -388,20 +390,17 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
 
 
 def _settle(stores: Any, backend: str) -> float:
-    """Seconds from "every key led" until the store's request rate has settled (the standbys' watches are still
-    being set up for a while after the last key is led): the first whole second with fewer than :data:`QUIET`
-    requests per process, or no more than 20 % below the second before it (a steady rate: a keepalive per leader,
-    a peer's refreshes); at most :data:`SETTLE_MAX`; 1.0 at the least (the first window)."""
+    """Seconds from "every key led" until the first whole second with fewer than :data:`QUIET` store requests
+    per process (the standbys' watches are still being set up for a while after the last key is led); at most
+    :data:`SETTLE_MAX`, 1.0 at the least. Only for ``swarmha-lease``: with a session per key (swarmha, the peers)
+    the keepalives never go quiet."""
     began = time.monotonic()
-    previous: float | None = None
     while time.monotonic() - began < SETTLE_MAX:
         before = stores.requests(backend)
         time.sleep(1.0)
         after = stores.requests(backend)
-        rate = sum(after.get(k, 0.0) - before.get(k, 0.0) for k in after if k != "connections") / PROCESSES
-        if rate < QUIET or (previous is not None and rate >= 0.8 * previous):
+        if sum(after.get(k, 0.0) - before.get(k, 0.0) for k in after if k != "connections") / PROCESSES < QUIET:
             break
-        previous = rate
     return time.monotonic() - began
 
 
@@ -424,9 +423,9 @@ def report(results: list[dict[str, Any]], command: str) -> str:
         f"Command: `{command}` — {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "ttl 6 s; every figure measured in that one run, all systems on the same servers (ZooKeeper with its "
-        "default `maxClientCnxns=60`). Per process: the largest of the three. settled: from every key led until the "
-        "store's request rate settles (watches still being set up). idle req/s: server-side "
-        "requests over the 6 s after that, with every key held, per process "
+        "default `maxClientCnxns=60`). Per process: the largest of the three. settled (one Lease per process "
+        "only): from every key led until a second with fewer than 5 store requests per process (watches still "
+        "being set up). idle req/s: server-side requests over the 6 s after that, with every key held, per process "
         "(ZooKeeper counts heartbeat pings; n/m: not measured, the "
         "sqlite counter sees only the harness's own connections). handover: per key, from "
         "its release to another process leading it, while the releasing process gives up all its keys.",
@@ -445,10 +444,11 @@ def report(results: list[dict[str, Any]], command: str) -> str:
         hand = f"{r['handover_p50_ms']:.1f} / {r['handover_p95_ms']:.1f}"
         # the sqlite counter sees this process's connections only, not the workers'
         idle = "n/m" if r["backend"] == "sqlite" else f"{r['idle_rps_per_process']:.1f}"
+        settled = f"{r['settled_s']:.0f}" if "settled_s" in r else "n/m"
         if "handover_error" in r:
             hand += " (incomplete)"
         lines.append(
-            f"| {r['backend']} | {r['system']} | {r['keys']} | {r['elect_s']:.2f} | {r['settled_s']:.0f} | "
+            f"| {r['backend']} | {r['system']} | {r['keys']} | {r['elect_s']:.2f} | {settled} | "
             f"{'yes' if r['exactly_one'] else '**NO**'} | {idle} | {r['threads']} | "
             f"{r['fds']} | {r['conns']} | {r['rss_kb'] / 1024:.0f} | {hand} |"
         )
