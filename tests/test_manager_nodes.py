@@ -51,10 +51,18 @@ def test_an_engine_sharing_another_engines_id_is_refused_and_said(
             c.discovery.put(f"docker/swarm/nodes/{p.address}", p.address, c.session)
         m = ManagerProc(c.url, tmp_path, replication=False)
         c.managers.append(m)
+
+        def errors_now() -> list[str]:
+            return [v for k, v in _info(m) if k == "└ Error" and v != "(none)"]
+
         wait_for(lambda: healthy_count(m) == 2, 20, "node-1 and one copy of node-2 healthy")
+        # the second copy is read on its own (new engines every heartbeat): on a busy machine it may still be
+        # unread, without its error, when the first copy is already healthy
+        wait_for(lambda: len(errors_now()) >= 1, 20, "the second copy of node-2 refused with an error", poll=0.05)
         pairs = _info(m)
         errors = [v for k, v in pairs if k == "└ Error" and v != "(none)"]
         assert len(errors) == 1, pairs
+        assert healthy_count(m) == 2  # still: the refused copy took nothing from the first
         assert re.fullmatch(
             rf"ID duplicated\. \S+ shared by this node ({first.address}|{second.address}) and another node "
             rf"({first.address}|{second.address})",
