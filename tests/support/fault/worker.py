@@ -6,8 +6,9 @@ flight)::
     {"n": "c1", "a": <monotonic before>, "ta": <token before or null>,
                 "b": <monotonic after>,  "tb": <token after or null>}
 
-Leader work counts as done in [a, b] only if ``ta == tb`` and both are set: the token read just before and
-just after the work agree. The checker (tests/support/fault/checker.py) merges every worker's log.
+Leader work counts as done in [a, b] only if ``ta == tb`` and both are set: the token read just before ``a`` and just
+after ``b`` agree (so the term was valid over all of [a, b]). The checker (tests/support/fault/checker.py) merges
+every worker's log.
 
 With ``--keys N`` the worker also campaigns for N more keys (``fault/held-0`` ...) on the same Discovery (and,
 with ``--lease``, through one shared :class:`swarmha.Lease`), so every fault lands on a process holding or
@@ -85,12 +86,15 @@ def main() -> None:
     ]
     try:
         while not stopping.is_set():
-            a = time.monotonic()
+            # [a, b] lies between the two token reads: a pause (SIGSTOP) between a read and its clock read must
+            # not stretch the interval past the moment the term was seen valid (b read after the second token
+            # once made a leader paused right after that read look as if it had worked through the pause).
             before = candidate.term
+            a = time.monotonic()
             if before is not None:
                 time.sleep(args.work)  # the leader's work: it must not overlap another leader's
-            after = candidate.term
             b = time.monotonic()
+            after = candidate.term
             line = {
                 "n": args.node,
                 "a": a,
