@@ -348,9 +348,8 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
         result["elect_s"] = time.monotonic() - began
         gc_after = [p.ask("gc") for p in procs]
         # in the garbage collector from "go" to every key led, the most of the three processes
-        result["gc_full_s"] = max(a["full_s"] - b["full_s"] for a, b in zip(gc_after, gc_before, strict=True))
-        result["gc_full_n"] = max(a["full_n"] - b["full_n"] for a, b in zip(gc_after, gc_before, strict=True))
-        result["gc_all_s"] = max(a["all_s"] - b["all_s"] for a, b in zip(gc_after, gc_before, strict=True))
+        for name in ("full_s", "full_n", "all_s"):
+            result[f"gc_{name}"] = max(a[name] - b[name] for a, b in zip(gc_after, gc_before, strict=True))
         led = [set(p.ask("leading")) for p in procs]
         union = set().union(*led)
         result["exactly_one"] = len(union) == n and sum(len(s) for s in led) == n
@@ -358,11 +357,7 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
             result["settled_s"] = _settle(stores, backend)
         else:
             time.sleep(1.0)
-        before = stores.requests(backend)
-        time.sleep(IDLE_WINDOW)
-        after = stores.requests(backend)
-        total = sum(after.get(k, 0.0) - before.get(k, 0.0) for k in after if k != "connections")
-        result["idle_rps_per_process"] = total / IDLE_WINDOW / PROCESSES
+        result["idle_rps_per_process"] = _requests_over(stores, backend, IDLE_WINDOW) / IDLE_WINDOW / PROCESSES
         stats = [p.ask("stats") for p in procs]
         for name in ("threads", "fds", "conns", "rss_kb"):
             result[name] = max(s[name] for s in stats)
@@ -396,12 +391,17 @@ def _settle(stores: Any, backend: str) -> float:
     the keepalives never go quiet."""
     began = time.monotonic()
     while time.monotonic() - began < SETTLE_MAX:
-        before = stores.requests(backend)
-        time.sleep(1.0)
-        after = stores.requests(backend)
-        if sum(after.get(k, 0.0) - before.get(k, 0.0) for k in after if k != "connections") / PROCESSES < QUIET:
+        if _requests_over(stores, backend, 1.0) / PROCESSES < QUIET:
             break
     return time.monotonic() - began
+
+
+def _requests_over(stores: Any, backend: str, seconds: float) -> float:
+    """Requests the store counted over the next ``seconds`` (its connection count aside)."""
+    before = stores.requests(backend)
+    time.sleep(seconds)
+    after = stores.requests(backend)
+    return sum(after.get(k, 0.0) - before.get(k, 0.0) for k in after if k != "connections")
 
 
 def _store_port(stores: Any, backend: str) -> int:

@@ -41,6 +41,11 @@ def _info(m: ManagerProc) -> list[tuple[str, str]]:
     return [(str(k).strip(), str(v)) for k, v in info["SystemStatus"]]
 
 
+def _errors(pairs: list[tuple[str, str]]) -> list[str]:
+    """The engines' errors in ``docker info``'s pairs (an engine without one shows "(none)")."""
+    return [v for k, v in pairs if k == "└ Error" and v != "(none)"]
+
+
 def test_an_engine_sharing_another_engines_id_is_refused_and_said(
     docker_engines: list[DockerEngine], tmp_path: Path
 ) -> None:
@@ -51,16 +56,12 @@ def test_an_engine_sharing_another_engines_id_is_refused_and_said(
             c.discovery.put(f"docker/swarm/nodes/{p.address}", p.address, c.session)
         m = ManagerProc(c.url, tmp_path, replication=False)
         c.managers.append(m)
-
-        def errors_now() -> list[str]:
-            return [v for k, v in _info(m) if k == "└ Error" and v != "(none)"]
-
         wait_for(lambda: healthy_count(m) == 2, 20, "node-1 and one copy of node-2 healthy")
         # the second copy is read on its own (new engines every heartbeat): on a busy machine it may still be
         # unread, without its error, when the first copy is already healthy
-        wait_for(lambda: len(errors_now()) >= 1, 20, "the second copy of node-2 refused with an error", poll=0.05)
+        wait_for(lambda: len(_errors(_info(m))) >= 1, 20, "the second copy of node-2 refused with an error", poll=0.05)
         pairs = _info(m)
-        errors = [v for k, v in pairs if k == "└ Error" and v != "(none)"]
+        errors = _errors(pairs)
         assert len(errors) == 1, pairs
         assert healthy_count(m) == 2  # still: the refused copy took nothing from the first
         assert re.fullmatch(

@@ -65,14 +65,14 @@ def test_two_engines_back_at_once_keep_exactly_one_copy_the_running_one_if_any(
     wd = Watchdog(cluster)  # type: ignore[arg-type]
 
     async def rounds() -> None:
-        await wd.check(act=True)  # both seen healthy
+        await wd.check()  # both seen healthy
         for e in cluster.engines:
             e.healthy = False
-        await wd.check(act=True)  # both down (not moved: no configuration known here)
+        await wd.check()  # both down (not moved: no configuration known here)
         for e in cluster.engines:
             e.healthy = True
         for _ in range(3):
-            await wd.check(act=True)  # both back: stale copies removed
+            await wd.check()  # both back: stale copies removed
 
     asyncio.run(rounds())
     assert len(cluster.alive) == 1, cluster.alive

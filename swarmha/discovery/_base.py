@@ -165,7 +165,8 @@ class Discovery(ClosesOnExit, abc.ABC):
 
     url: DiscoveryURL
     #: How many ``*_async`` requests of this Discovery's elections may be in flight at once (more wait, in
-    #: order). A backend that folds concurrent requests into few (etcd's batched claims) can take more.
+    #: order; why 32: ``swarmha.election._engine.WINDOW``). A backend that folds concurrent requests into few
+    #: (etcd's batched claims) can take more.
     request_window: int = 32
 
     def check_ttl(self, ttl: float) -> None:

@@ -72,7 +72,7 @@ IDLE = 2.0
 #: again); 128 still let claims time out on a busy machine; with 32 a process sends as fast as its Python side can
 #: (measured: etcd, 2,000 claims, one process: 1,310/s with 8, 1,560/s with 32, 2,070/s with 128 in flight). etcd
 #: batches its claims and takes more (``EtcdDiscovery.request_window``).
-WINDOW = 32
+WINDOW = Discovery.request_window
 
 
 @attrs.frozen

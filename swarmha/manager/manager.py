@@ -347,7 +347,7 @@ class Manager:
                     lo = self.config.refresh
                     due = time.monotonic() + random.uniform(lo, max(lo, self.config.refresh_max or lo))
                 await self.cluster.refresh(every)
-                await self.watchdog.check(act=self.is_primary)
+                await self.watchdog.check()
             except Exception:
                 log.exception("refreshing the engines failed")
             wait = min(self.config.heartbeat, max(0.0, due - time.monotonic()))

@@ -69,9 +69,9 @@ class Watchdog:
         self._returned: set[str] = set()  # engine addrs back from unhealthy: their stale copies to remove
         self._failed: set[str] = set()  # old ids whose move failed once (logged once, retried quietly)
 
-    async def check(self, act: bool) -> None:
-        """Note which engines went down or came back since the last call; with ``act`` (the primary), move the
-        containers of the dead ones and remove stale copies on those that came back."""
+    async def check(self) -> None:
+        """Note which engines went down or came back since the last call; if this manager acts (the primary),
+        move the containers of the dead ones and remove stale copies on those that came back."""
         for e in self.cluster.engines:
             was = self._healthy.get(e.addr)
             self._healthy[e.addr] = e.healthy
@@ -84,7 +84,7 @@ class Watchdog:
                 self._lost.pop(e.addr, None)  # back before its containers moved: they stay where they are
                 if was is False:
                     self._returned.add(e.addr)
-        if not act:
+        if not self._acts():
             return
         for addr, lost in list(self._lost.items()):
             for c in list(lost.values()):

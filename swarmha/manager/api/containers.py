@@ -309,8 +309,7 @@ class Containers(Base):
                 log.warning("Failed to create container: %s, retrying on another engine", e)
         if r.status == 201:
             with contextlib.suppress(ValueError, KeyError):
-                cid = str(r.json()["Id"])
-                self.cluster.placed(engine, cid, config, name=ex.arg("name") or "")
+                self.cluster.placed(engine, str(r.json()["Id"]), config, name=ex.arg("name") or "")
         await self.respond(ex, r)
 
     async def _create_on_one(
