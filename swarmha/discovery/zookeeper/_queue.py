@@ -2,6 +2,18 @@
 
 :class:`Queues` makes and reads them for a Discovery: enqueue an entry for a Session, withdraw it by its unique
 name (never another entry), list a queue holder first, find the holder, and check a waiting ticket's turn.
+
+Known heads: each listing notes the entry heading its queue. Entries are numbered in creation order, so an entry
+that heads its queue heads it for as long as it exists: finding the holder, or arming a watch on it, then takes
+one request on that entry (``get``, ``exists``) instead of a listing and that request. A head gone since (the
+request answers NoNode, or a znode of another ``czxid``) is forgotten and the queue listed again.
+
+Creates go out as kazoo's ``Create``/``Create2`` requests through the client's request queue (``_call``, the one
+kazoo's ``create_async`` ends in), without ``create_async``'s wrapping: it makes two async results, three closures
+decorated with ``functools.wraps`` and a second hop through the completion thread per create, for its makepath
+retry, which a queue needs only when the prefix's znodes are missing (then kazoo's call makes them). The
+private ``_call`` is kazoo's own path for every request (2.x); a client with a chroot is refused rather than
+sent unprefixed paths.
 """
 
 from __future__ import annotations
@@ -11,6 +23,8 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.protocol.serialization import Create, Create2
+from kazoo.security import OPEN_ACL_UNSAFE
 
 from swarmha.discovery._base import Record
 from swarmha.discovery.zookeeper._async import Operation, Request, block
@@ -18,6 +32,9 @@ from swarmha.discovery.zookeeper._connection import Connection
 from swarmha.discovery.zookeeper._core import CACHE_LIMIT, Core, log
 from swarmha.discovery.zookeeper._entry import QUEUE_MARK, RACE_LIMIT, Entry, queue_order, record
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable
+
+#: Create flags: ephemeral (1) and sequential (2).
+_EPHEMERAL_SEQUENTIAL = 3
 
 if TYPE_CHECKING:
     from swarmha.discovery.zookeeper._session import ZkSession
@@ -31,6 +48,7 @@ class Queues:
     def __init__(self, core: Core) -> None:
         self._core = core
         self._known: set[str] = set()  # znodes known to be queues (a queue znode is never removed by us)
+        self._heads: dict[str, str] = {}  # queue path -> the entry (path) the last listing saw heading it
 
     def known(self, path: str) -> bool:
         with self._core.lock:
@@ -45,6 +63,26 @@ class Queues:
     def forget(self, path: str) -> None:
         with self._core.lock:
             self._known.discard(path)
+
+    def head(self, path: str) -> str | None:
+        """The entry the last listing of the queue ``path`` saw heading it (it still does if it exists), if any."""
+        with self._core.lock:
+            return self._heads.get(path)
+
+    def forget_head(self, path: str, head: str) -> None:
+        """``head`` no longer heads the queue ``path`` (it is gone)."""
+        with self._core.lock:
+            if self._heads.get(path) == head:
+                del self._heads[path]
+
+    def _saw(self, path: str, names: list[str]) -> None:
+        with self._core.lock:
+            if not names:
+                self._heads.pop(path, None)
+                return
+            if path not in self._heads and len(self._heads) >= CACHE_LIMIT:
+                self._heads.pop(next(iter(self._heads)))
+            self._heads[path] = f"{path}/{names[0]}"
 
     def kind(self, path: str) -> str | None:
         """``"queue"``, ``"plain"``, or None (absent)."""
@@ -76,8 +114,11 @@ class Queues:
             children = yield Request(conn or self._core.shared, "read", read, session)
         except NoNodeError:
             self.forget(path)
+            self._saw(path, [])
             return None
-        return queue_order(children)
+        names = queue_order(children)
+        self._saw(path, names)
+        return names
 
     def holder(self, path: str) -> Record | None:
         """The Record of the queue's holder (its first entry), or None when the queue is empty or absent."""
@@ -86,6 +127,13 @@ class Queues:
     def holder_steps(self, path: str) -> Operation[Record | None]:
         """:meth:`holder` as an operation (:mod:`._async`)."""
         for _ in range(RACE_LIMIT):
+            head = self.head(path)
+            if head is not None:  # one read, no listing: it still holds the key if it exists
+                known = self._core.cached_entry(head)
+                found = yield from self._core.read_steps(head)
+                if found is not None and (known is None or known.token == found.token):
+                    return found
+                self.forget_head(path, head)
             names = yield from self.entries_steps(path)
             if not names:
                 return None
@@ -113,7 +161,10 @@ class Queues:
         for _ in range(RACE_LIMIT):
             if not self.known(path):
                 try:
-                    yield Request(conn, "create", functools.partial(_create_queue, path=path), session)
+                    try:
+                        yield Request(conn, "create", functools.partial(_create_queue, path=path), session)
+                    except NoNodeError:  # the prefix's znodes are missing: make them too
+                        yield Request(conn, "create", functools.partial(_create_queue_and_parents, path=path), session)
                 except NodeExistsError:
                     if (yield from self.kind_steps(path)) != "queue":
                         return None  # a plain key (put, or a key made by an older swarmha) holds it
@@ -212,11 +263,25 @@ def _exists(client: Any, path: str, watch: Any) -> Any:
 
 
 def _create_entry(client: Any, path: str, data: bytes) -> Any:
-    return client.create_async(path, data, ephemeral=True, sequence=True, include_data=True)
+    return _create(client, Create2(path, data, client.default_acl or OPEN_ACL_UNSAFE, _EPHEMERAL_SEQUENTIAL))
 
 
 def _create_queue(client: Any, path: str) -> Any:
+    return _create(client, Create(path, QUEUE_MARK, client.default_acl or OPEN_ACL_UNSAFE, 0))
+
+
+def _create_queue_and_parents(client: Any, path: str) -> Any:
     return client.create_async(path, QUEUE_MARK, makepath=True)
+
+
+def _create(client: Any, request: Any) -> Any:
+    """Send a create request as kazoo's ``create_async`` does, without its retry-and-makepath wrapping (two async
+    results, three decorated closures and a second completion hop per create; see the module docstring)."""
+    if client.chroot:  # never ours (the prefix is in each path); kazoo's own call would prefix the chroot
+        raise DiscoveryError("ZooKeeper client with a chroot: not supported")
+    result = client.handler.async_result()
+    client._call(request, result)
+    return result
 
 
 def _get(client: Any, path: str) -> Any:

@@ -123,6 +123,8 @@ class ZkWatch(Watch):
                         return True
             with self._lock:
                 remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:  # a poll: no condition for it (see __init__)
+                    return False
                 if self._waiters is None:
                     self._waiters = threading.Condition(self._lock)
                 if not self._waiters.wait_for(lambda: self._closed or self._fired, remaining):
@@ -221,6 +223,22 @@ class ZkWatch(Watch):
                 )
                 self._core.remember(path, found, int(stat.mzxid))
                 return found
+            head = self._queues.head(path)
+            if head is not None and not _waits_in(via, path):
+                # No listing: the head seen last still heads the queue if it exists (a waiting ticket of ours
+                # lists instead, to learn its own place).
+                callback = subscribe(head)
+                stat = yield Request(conn, "watch", functools.partial(_exists, path=head, watch=callback), via)
+                if stat is not None:
+                    held = self._core.cached_entry(head)
+                    if held is None:
+                        held = yield from self._core.read_steps(head, conn, via)
+                    elif held.token != int(stat.czxid):
+                        held = None  # another znode of that name: list the queue
+                    if held is not None:
+                        return held
+                self._queues.forget_head(path, head)
+                continue
             names = yield from self._queues.entries_steps(path, conn, via)
             if names is None:
                 continue
@@ -250,6 +268,15 @@ class ZkWatch(Watch):
             if held is not None:
                 return held
         raise DiscoveryUnavailable(f"ZooKeeper key {path} changed under {RACE_LIMIT} watch attempts in a row")
+
+
+def _waits_in(via: ZkSession | None, path: str) -> bool:
+    """``via`` has an unclaimed entry (a waiting ticket) in the queue ``path``."""
+    if via is None:
+        return False
+    with via.lock:
+        entry = via.entries.get(path)
+    return entry is not None and not entry.claimed
 
 
 def _exists(client: Any, path: str, watch: Any = None) -> Any:
