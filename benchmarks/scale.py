@@ -25,6 +25,9 @@ Systems: ``swarmha`` (a session per candidate), ``swarmha-lease`` (one :class:`s
 ``kazoo-election`` / ``kazoo-lock`` (one KazooClient per process, N recipes, a thread each: kazoo's recipes
 block), ``etcd-lock`` (pyetcd, one client per process, N locks each with its own lease, a thread each; one
 refresher thread per process keeps the held locks' leases alive). Peers run up to ``--peer-max`` keys (1000).
+Before/after: ``--base DIR`` (another checkout, e.g. ``git worktree add --detach /tmp/swarmha-base COMMIT``)
+runs every ``swarmha-lease`` row with that checkout's workers too, right before this one's, ``--repeat R`` times
+(base, new, base, new, ...), on the same servers: rows labelled ``(base)``.
 Writes the table between ``<!-- scale:begin -->`` and ``<!-- scale:end -->`` in ``docs/benchmarks.md``.
 """
 
@@ -283,11 +286,14 @@ def worker_main(argv: list[str]) -> None:
 
 
 class _Proc:
-    def __init__(self, system: str, url: str, keys: int, node: str, port: int) -> None:
+    """One worker process, run from ``tree`` (this checkout, or ``--base``'s: its swarmha and its worker)."""
+
+    def __init__(self, system: str, url: str, keys: int, node: str, port: int, tree: Path = ROOT) -> None:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.scale", "worker", "--system", system, "--url", url,
              "--keys", str(keys), "--node", node, "--port", str(port)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tree, env=env,
         )  # fmt: skip
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in: IO[str] = self.proc.stdin
@@ -321,12 +327,14 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float) -> dict[str, Any]:
+def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float, tree: Path = ROOT) -> dict[str, Any]:
+    """One measurement; with ``tree`` another checkout, its row names the system ``SYSTEM (base)``."""
     prefix = f"scale-{system}-{n}-{time.monotonic_ns()}"
     url = stores.url(backend, prefix)
     port = _store_port(stores, backend)
-    result: dict[str, Any] = {"backend": backend, "system": system, "keys": n}
-    procs = [_Proc(system, url, n, f"p{i}", port) for i in range(PROCESSES)]
+    label = system if tree == ROOT else f"{system} (base)"
+    result: dict[str, Any] = {"backend": backend, "system": label, "keys": n}
+    procs = [_Proc(system, url, n, f"p{i}", port, tree) for i in range(PROCESSES)]
     try:
         for p in procs:
             assert p.read() == "ready"
@@ -384,6 +392,16 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
             p.close()
 
 
+def _measure(stores: Any, backend: str, system: str, n: int, timeout: float, tree: Path) -> dict[str, Any]:
+    try:
+        r = run_one(stores, backend, system, n, timeout, tree)
+    except Exception as e:
+        label = system if tree == ROOT else f"{system} (base)"
+        r = {"backend": backend, "system": label, "keys": n, "error": f"{type(e).__name__}: {e}"}
+    print(f"  {json.dumps(r)}", flush=True)
+    return r
+
+
 def _settle(stores: Any, backend: str) -> float:
     """Seconds from "every key led" until the first whole second with fewer than :data:`QUIET` store requests
     per process (the standbys' watches are still being set up for a while after the last key is led); at most
@@ -415,13 +433,13 @@ def _store_port(stores: Any, backend: str) -> int:
     return 0 if cluster is None else int(cluster.members[0].client_port)
 
 
-def report(results: list[dict[str, Any]], command: str) -> str:
+def report(results: list[dict[str, Any]], command: str, versions: str = "") -> str:
     lines = [
         BEGIN,
         "## Scale: N keys x 3 processes",
         "",
         f"Command: `{command}` — {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}{versions}.",
         "ttl 6 s; every figure measured in that one run, all systems on the same servers (ZooKeeper with its "
         "default `maxClientCnxns=60`). Per process: the largest of the three. settled (one Lease per process "
         "only): from every key led until a second with fewer than 5 store requests per process (watches still "
@@ -456,6 +474,17 @@ def report(results: list[dict[str, Any]], command: str) -> str:
     return "\n".join(lines)
 
 
+def _commit(tree: Path) -> str:
+    """The short commit of a checkout (``+`` when it has uncommitted changes), or ``?``."""
+    try:
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True)  # fmt: skip
+    except OSError:
+        return "?"
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "") if head.returncode == 0 else "?"
+
+
 def write_report(section: str, path: Path) -> None:
     text = path.read_text() if path.exists() else ""
     if BEGIN in text and END in text:
@@ -481,7 +510,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-max", type=int, default=1000, help="largest N for the peers and per-session swarmha")
     parser.add_argument("--sqlite-max", type=int, default=1000, help="largest N on sqlite")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="another checkout (git worktree add --detach DIR COMMIT): each swarmha-lease run is also made with "
+        "its workers, right before this checkout's, rows labelled '(base)'",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each row (with --base: base, new, base, ...)")
     args = parser.parse_args(argv)
+    if args.base is not None and not (args.base / "benchmarks" / "scale.py").is_file():
+        parser.error(f"--base {args.base}: not a swarmha checkout (no benchmarks/scale.py)")
     keys = [1, 10] if args.quick else [int(k) for k in args.keys.split(",")]
     backends = ["sqlite", "etcd"] if args.quick else args.backends.split(",")
     systems = ["swarmha-lease"] if args.quick else args.systems.split(",")
@@ -499,15 +537,14 @@ def main(argv: list[str] | None = None) -> None:
                     ):
                         continue
                     timeout = max(30.0, n / 50.0)
-                    print(f"scale: {backend} {system} N={n} ...", flush=True)
-                    try:
-                        r = run_one(stores, backend, system, n, timeout)
-                    except Exception as e:
-                        r = {"backend": backend, "system": system, "keys": n, "error": f"{type(e).__name__}: {e}"}
-                    print(f"  {json.dumps(r)}", flush=True)
-                    results.append(r)
+                    trees = [ROOT] if args.base is None or system != "swarmha-lease" else [args.base, ROOT]
+                    for _ in range(args.repeat):
+                        for tree in trees:
+                            print(f"scale: {backend} {system} N={n} ({tree}) ...", flush=True)
+                            results.append(_measure(stores, backend, system, n, timeout, tree))
     command = "python -m benchmarks scale " + " ".join(argv)
-    section = report(results, command.strip())
+    versions = f"; base {_commit(args.base)}, new {_commit(ROOT)}" if args.base is not None else ""
+    section = report(results, command.strip(), versions)
     print(section)
     if not args.quick:
         write_report(section, Path(args.out))
