@@ -54,7 +54,9 @@ class _WorkQueue(queue.SimpleQueue):  # type: ignore[type-arg]
 
 class LightResult(AsyncResult):  # type: ignore[misc]  # kazoo has no type hints
     """kazoo's ``IAsyncResult`` without a Condition of its own (see the module docstring). Thread-safe: every
-    result of one handler shares the handler's lock, held only to read or set a result's state."""
+    result of one handler shares the handler's lock, held only to read or set a result's state (never while a
+    callback runs). A callback linked after the answer runs once, at once; kazoo's also runs every callback
+    linked before it a second time (each result here gets one callback)."""
 
     __slots__ = ("_callbacks", "_exception", "_handler", "_lock", "_waiters", "value")
 
