@@ -21,8 +21,10 @@ its own ``threading.Condition`` (a lock, a deque and three bound methods). Nothi
 pipelined operations (:mod:`._async`) are resumed by a callback. Here a result takes one lock shared by the
 handler, and makes a Condition on it only for a caller that blocks in ``get`` or ``wait``: same methods, same
 answers, callbacks still run on the completion thread. Work queues: ``queue.SimpleQueue`` (C) instead of
-``queue.Queue`` (a Condition round per put and get); kazoo only puts and gets. Measured with ``python -m
-benchmarks scale --keys 10000 --backends zk --systems swarmha-lease`` (see docs/benchmarks.md).
+``queue.Queue`` (a Condition round per put and get); kazoo only puts and gets. With :mod:`._queue`'s known heads
+and creates, 10,000 keys x 3 processes were led in 13.6-16.0 s against 18.4-19.9 s, and the worst process spent
+3.8-4.6 s in the garbage collector against 6.3 s (``python -m benchmarks scale --keys 10000 --backends zk
+--systems swarmha-lease --base DIR``, docs/benchmarks.md).
 """
 
 from __future__ import annotations

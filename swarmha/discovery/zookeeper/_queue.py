@@ -6,7 +6,8 @@ name (never another entry), list a queue holder first, find the holder, and chec
 Known heads: each listing notes the entry heading its queue. Entries are numbered in creation order, so an entry
 that heads its queue heads it for as long as it exists: finding the holder, or arming a watch on it, then takes
 one request on that entry (``get``, ``exists``) instead of a listing and that request. A head gone since (the
-request answers NoNode, or a znode of another ``czxid``) is forgotten and the queue listed again.
+request answers NoNode, or a znode of another ``czxid``) is forgotten and the queue listed again. Requests per key
+of three processes electing 2,000 keys: 19 -> 15 to elect, 12 -> 10 to hand over.
 
 Creates go out as kazoo's ``Create``/``Create2`` requests through the client's request queue (``_call``, the one
 kazoo's ``create_async`` ends in), without ``create_async``'s wrapping: it makes two async results, three closures
