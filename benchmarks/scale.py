@@ -332,8 +332,7 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
     prefix = f"scale-{system}-{n}-{time.monotonic_ns()}"
     url = stores.url(backend, prefix)
     port = _store_port(stores, backend)
-    label = system if tree == ROOT else f"{system} (base)"
-    result: dict[str, Any] = {"backend": backend, "system": label, "keys": n}
+    result: dict[str, Any] = {"backend": backend, "system": _label(system, tree), "keys": n}
     procs = [_Proc(system, url, n, f"p{i}", port, tree) for i in range(PROCESSES)]
     try:
         for p in procs:
@@ -392,12 +391,16 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
             p.close()
 
 
+def _label(system: str, tree: Path) -> str:
+    """A row's system: ``SYSTEM (base)`` for the workers of ``--base``'s checkout."""
+    return system if tree == ROOT else f"{system} (base)"
+
+
 def _measure(stores: Any, backend: str, system: str, n: int, timeout: float, tree: Path) -> dict[str, Any]:
     try:
         r = run_one(stores, backend, system, n, timeout, tree)
     except Exception as e:
-        label = system if tree == ROOT else f"{system} (base)"
-        r = {"backend": backend, "system": label, "keys": n, "error": f"{type(e).__name__}: {e}"}
+        r = {"backend": backend, "system": _label(system, tree), "keys": n, "error": f"{type(e).__name__}: {e}"}
     print(f"  {json.dumps(r)}", flush=True)
     return r
 

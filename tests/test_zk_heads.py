@@ -4,12 +4,14 @@ listing has seen which entry heads a queue, finding the holder and arming a watc
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import swarmha
+from swarmha.discovery import Record, Session
 from swarmha.discovery.zookeeper import _queue, _watch
 from tests.support.helpers import wait_for
 from tests.support.servers import Cluster, zk_cluster
@@ -44,14 +46,23 @@ def listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def test_the_holder_of_a_queue_listed_before_is_found_without_listing_it_again(
-    single: Cluster, listings: list[str]
-) -> None:
-    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}?prepare=0")
+@contextlib.contextmanager
+def held(cluster: Cluster) -> Iterator[tuple[swarmha.Discovery, Session, Record]]:
+    """A Discovery on ``cluster`` (no tickets) and a session holding ``svc/leader`` (value "n1") through it."""
+    d = swarmha.connect(f"zk://{cluster.hosts}/{fresh_prefix('zk')}?prepare=0")
     try:
         holder = d.session(30)
         first = d.create("svc/leader", "n1", holder)
         assert first is not None
+        yield d, holder, first
+    finally:
+        d.close()
+
+
+def test_the_holder_of_a_queue_listed_before_is_found_without_listing_it_again(
+    single: Cluster, listings: list[str]
+) -> None:
+    with held(single) as (d, holder, first):
         listings.clear()
         assert d.get("svc/leader") == first
         assert d.get("svc/leader") == first
@@ -64,18 +75,13 @@ def test_the_holder_of_a_queue_listed_before_is_found_without_listing_it_again(
         listings.clear()
         assert d.get("svc/leader") == second  # the new head (the create's listing saw it), not the old one
         assert listings == []
-    finally:
-        d.close()
 
 
 def test_a_watch_on_a_known_head_arms_without_a_listing_and_fires_when_it_goes(
     single: Cluster, listings: list[str]
 ) -> None:
-    d = swarmha.connect(f"zk://{single.hosts}/{fresh_prefix('zk')}?prepare=0")
-    try:
-        holder = d.session(30)
-        first = d.create("svc/leader", "n1", holder)
-        assert first is not None and d.get("svc/leader") == first
+    with held(single) as (d, holder, first):
+        assert d.get("svc/leader") == first
         listings.clear()
         with d.watch("svc/leader", first) as watch:
             assert watch.wait(0.05) is False  # armed on the holder's entry
@@ -83,8 +89,6 @@ def test_a_watch_on_a_known_head_arms_without_a_listing_and_fires_when_it_goes(
             d.release("svc/leader", first.token, holder)
             assert watch.wait(5.0) is True
         assert d.get("svc/leader") is None
-    finally:
-        d.close()
 
 
 def test_a_head_that_left_while_nobody_looked_is_not_taken_for_the_holder(single: Cluster, listings: list[str]) -> None:
