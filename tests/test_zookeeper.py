@@ -17,7 +17,7 @@ from kazoo.exceptions import ConnectionLoss
 
 import swarmha
 from swarmha.discovery import Record, Session
-from swarmha.discovery.zookeeper import _queue
+from swarmha.discovery.zookeeper import _discovery, _queue
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable, InvalidDiscoveryURL, SessionExpired
 from tests.support import cluster_scenarios
 from tests.support.fault.proxy import FaultProxy
@@ -195,6 +195,36 @@ def test_a_ticket_waits_in_the_queue_without_a_ttl_clock_and_wins_with_a_read(si
         with d.watch("k", second) as watch:  # claimed: not renewed, the guard closes it ttl after the create
             assert watch.wait(3.0) is True
         assert d.get("k") is None
+
+
+def test_the_steering_keys_after_a_win_are_listed_on_the_connection_that_made_the_ticket_first(
+    single: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ZooKeeper orders what one connection sees, not what two see: the deletion event that made the ticket first
+    # came on its session's connection, so a transfer written before the holder left shows on that connection.
+    with held_with_ticket(single, "k", "b", 5.0) as (d, holder, first, ticket):
+        assert d.create("k", "b", ticket) is None
+        conns = d._core  # type: ignore[attr-defined]
+        shared, own = conns.shared.client, ticket.conn.client  # type: ignore[attr-defined]
+        assert shared is not own
+        listed: list[tuple[Any, str]] = []
+        children = _discovery._children
+
+        def spy(client: Any, path: str, **kwargs: Any) -> Any:
+            listed.append((client, path))
+            return children(client, path, **kwargs)
+
+        monkeypatch.setattr(_discovery, "_children", spy)
+        d.put("k.election/transfer", "b")  # persistent: the release closes the holder's session
+        with d.watch("k", first) as watch:
+            assert watch.wait(0.05) is False
+            d.release("k", first.token, holder)
+            assert watch.wait(5.0) is True and watch.known_absent
+        claim = d.claim_async("k", "b", ticket, "k.election", vacant=True).result(5.0)
+        assert claim.created is not None and claim.created.session == ticket.id
+        assert claim.listed is not None and set(claim.listed) == {"k.election/transfer"}
+        steering = [client for client, path in listed if path.endswith("/k.election")]
+        assert steering == [own], "listed once, on the ticket's own connection"
 
 
 def test_an_unclaimed_ticket_that_comes_first_expires_within_its_ttl(single: Cluster) -> None:

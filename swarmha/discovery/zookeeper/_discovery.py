@@ -17,6 +17,7 @@ from kazoo.security import make_digest_acl
 from swarmha.discovery._base import Claim, Discovery, Record, Session, Watch, check_key, check_ttl, done
 from swarmha.discovery._url import DiscoveryURL
 from swarmha.discovery.zookeeper._async import Operation, Request, block
+from swarmha.discovery.zookeeper._connection import Connection
 from swarmha.discovery.zookeeper._core import SHARED_SESSION_TIMEOUT, Core
 from swarmha.discovery.zookeeper._entry import QUEUE_MARK, Entry, record
 from swarmha.discovery.zookeeper._queue import Queues
@@ -149,7 +150,12 @@ class ZooKeeperDiscovery(Discovery):
     ) -> Future[Claim]:
         """The claim pipelined (:mod:`._async`): a plain session first reads the key unless ``vacant`` (a held
         key costs no entry created and withdrawn again), then creates it if vacant; a ticket creates at once (its
-        entry is queued). After a win, ``listing`` is listed; after a loss, the holder read."""
+        entry is queued). After a win, ``listing`` is listed; after a loss, the holder read.
+
+        The listing after a win goes on the session's connection, the one whose listings and watch events made the
+        entry first: ZooKeeper orders what one connection sees, not what two see, so the read connection (maybe
+        on a member that is behind) could miss a key written just before the previous holder left, such as a
+        transfer naming another candidate."""
         try:
             path, s = self._path(key), self._session(session)
             top = None if listing is None else self._path(listing)
@@ -165,7 +171,7 @@ class ZooKeeperDiscovery(Discovery):
         created = yield from self._create_steps(path, value, s)
         if created is None:
             return Claim(None, (yield from self._get_steps(path)))
-        return Claim(created, None, None if top is None else (yield from self._list_steps(top)))
+        return Claim(created, None, None if top is None else (yield from self._list_steps(top, s.conn)))
 
     def _create_steps(self, path: str, value: str, s: ZkSession) -> Operation[Record | None]:
         sent = time.monotonic()
@@ -398,8 +404,10 @@ class ZooKeeperDiscovery(Discovery):
         """:meth:`list` pipelined on the read connection (:mod:`._async`)."""
         return self._read_async(prefix, self._list_steps, lambda: super(ZooKeeperDiscovery, self).list_async(prefix))
 
-    def _list_steps(self, top: str) -> Operation[Mapping[str, Record]]:
-        shared = self._core.shared
+    def _list_steps(self, top: str, conn: Connection | None = None) -> Operation[Mapping[str, Record]]:
+        """The listing of ``top`` on ``conn`` (default: the read connection). A queue found below it has its
+        holder read on the read connection."""
+        via = conn or self._core.shared
         skip = len(self._root) + 1
         found: dict[str, Record] = {}
         pending = [top]
@@ -407,14 +415,14 @@ class ZooKeeperDiscovery(Discovery):
         while pending and visited < _MAX_LIST_NODES:
             parent = pending.pop()
             try:
-                children = yield Request(shared, "list", functools.partial(_children, path=parent))
+                children = yield Request(via, "list", functools.partial(_children, path=parent))
             except NoNodeError:
                 continue
             for child in children:
                 path = f"{parent}/{child}"
                 visited += 1
                 try:
-                    data, stat = yield Request(shared, "list", functools.partial(_get, path=path))
+                    data, stat = yield Request(via, "list", functools.partial(_get, path=path))
                 except NoNodeError:
                     continue
                 if data == QUEUE_MARK:
