@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 import swarmha
 from swarmha.discovery import Record
 from tests.support.fault.checker import Fault, Observation, check
-from tests.support.fault.harness import run_faults
+from tests.support.fault.harness import run_faults, store_back
 from tests.support.fault.proxy import FaultProxy
 from tests.support.helpers import wait_for
 from tests.support.stores import BACKENDS, StoreFixture
@@ -89,6 +90,38 @@ def test_checker_reports_a_missing_leader_even_when_the_next_fault_came_late() -
     # a fault injected within ttl + 1 s of the heal, before anyone led, is measured instead
     faults = [Fault("kill_leader", "x", 1.2, 1.2), Fault("cut", "y", 2.0, 5.1)]
     assert check(history, faults, ttl=1.0).slow_recoveries == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [b for b in ("etcd", "zk") if b in BACKENDS])
+def test_a_paused_store_heals_when_it_commits_a_write_again(backend: str, stores: dict[str, StoreFixture]) -> None:
+    store: Any = stores[backend]
+    assert store.await_commits(10.0) is not None  # serving: a write commits at once
+    store.pause()
+    try:
+        assert store.await_commits(1.2) is None  # every member stopped: nothing commits
+    finally:
+        store.resume()
+    ended = time.monotonic()
+    back = store_back(store, ended)
+    assert ended <= back < ended + 10.0
+
+
+def test_a_store_that_cannot_tell_heals_when_its_fault_ends() -> None:
+    class Unknown:
+        pass
+
+    class Late:
+        def await_commits(self, limit: float) -> float | None:
+            return 7.5
+
+    class Never:
+        def await_commits(self, limit: float) -> float | None:
+            return None
+
+    assert store_back(Unknown(), 5.0) == 5.0
+    assert store_back(Late(), 5.0) == 7.5
+    assert store_back(Never(), 5.0) == 5.0  # the slow recovery is then the candidates' to answer for
 
 
 @pytest.mark.slow

@@ -13,11 +13,19 @@ and ``start()`` brings the member back on the same ports with the same data. Tun
 default 100 ms heartbeat / 1 s election timeout; ZooKeeper runs with ``tickTime=200`` and
 ``minSessionTimeout=400`` so sessions as short as the tests' TTLs are granted (the defaults would round a 1 s
 session up to 2 x tickTime = 4 s).
+
+A member that answers ``ready()`` may still commit nothing: a ZooKeeper 3.8 ensemble stopped (SIGSTOP) as a whole
+has reported a leader and two followers and committed no new session for 7-33 s after SIGCONT, with or without
+swarmha's clients (plain kazoo clients holding 1.5 s sessions are enough). :meth:`Cluster.await_commits` is how
+the fault harness tells when a store-wide fault is over for the clients: a write committed again.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import itertools
+import json
 import os
 import shutil
 import signal
@@ -64,6 +72,10 @@ class _Member:
 
     def ready(self) -> bool:
         """True when the member serves client requests (one quick probe, never blocks long)."""
+        raise NotImplementedError
+
+    def commits(self, timeout: float) -> bool:
+        """True when one write sent through this member is committed within ``timeout`` s (never raises)."""
         raise NotImplementedError
 
     def spawn(self) -> None:
@@ -153,6 +165,17 @@ class EtcdMember(_Member):
         except OSError:
             return False
 
+    def commits(self, timeout: float) -> bool:
+        """A put through the v3 JSON gateway (raft commits it on the cluster's leader)."""
+        key = base64.b64encode(b"swarmha-commit-probe").decode()
+        body = json.dumps({"key": key, "value": ""}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.client_port}/v3/kv/put", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                return b'"header"' in r.read()
+        except OSError:
+            return False
+
 
 class ZkMember(_Member):
     kind = "zookeeper"
@@ -209,6 +232,25 @@ class ZkMember(_Member):
             return False
         return b"Mode: " in b"".join(chunks)
 
+    def commits(self, timeout: float) -> bool:
+        """A new session through this member: ZooKeeper commits every session it creates through the quorum."""
+        from kazoo.client import KazooClient
+        from kazoo.retry import KazooRetry
+
+        client = KazooClient(
+            hosts=self.address,
+            timeout=max(timeout, 0.4),  # the servers' minSessionTimeout; one host: the handshake may take all of it
+            connection_retry=KazooRetry(max_tries=-1, delay=0.02, max_delay=0.1),
+        )
+        try:
+            client.start(timeout=timeout)
+            return True
+        except Exception:
+            return False
+        finally:
+            client.stop()
+            client.close()
+
 
 class Cluster:
     """A running set of members (1 or 3) of one kind; ``hosts`` is the ``h:p,h:p`` part of a URL."""
@@ -243,6 +285,22 @@ class Cluster:
     def resume(self, index: int | None = None) -> None:
         """SIGCONT what :meth:`pause` stopped."""
         self._signal(signal.SIGCONT, index)
+
+    def await_commits(self, limit: float = 60.0, attempt: float = 0.5) -> float | None:
+        """When the cluster commits writes again (after a pause or a restart): the ``time.monotonic()`` at which
+        the first write that was committed had been sent, trying the members in turn, ``attempt`` s each; None if
+        none was within ``limit`` s. The answer is within one ``attempt`` of when the cluster could commit again
+        (a write sent during a stall and lost is tried again only after ``attempt``)."""
+        end = time.monotonic() + limit
+        for member in itertools.cycle(self.members):
+            sent = time.monotonic()
+            if sent >= end:
+                return None
+            if member.running and member.commits(min(attempt, end - sent)):
+                return sent
+            if not any(m.running for m in self.members):
+                return None
+        return None
 
     def _signal(self, sig: int, index: int | None) -> None:
         for i, m in enumerate(self.members):

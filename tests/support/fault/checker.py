@@ -25,10 +25,14 @@ __all__ = ["Fault", "Report", "check", "load"]
 
 @attrs.frozen
 class Fault:
+    """One fault: injected at ``inject``, healed at ``heal``; for a whole-store fault, ``store_lag`` is how long
+    after the fault ended the store committed a write again (``heal`` counts from then)."""
+
     kind: str
     target: str
     inject: float
     heal: float
+    store_lag: float = 0.0
 
 
 @attrs.frozen

@@ -15,6 +15,7 @@ bounded in count and time):
   the sqlite file locked), if the store fixture supports ``stop()``/``start()``;
 * ``store_pause`` — every process of the store is stopped (SIGSTOP) for a while, then continued, if the
   fixture has ``pause()``/``resume()``: connections stay open but nothing answers;
+* both heal when the store commits a write again, where the fixture can tell (:func:`store_back`);
 * ``store_partition`` (only when asked for in ``kinds``) — every candidate's link to the store goes silent at once
   (networked backends);
 * ``member_loss`` — one member of a 3-member cluster is killed and restarted, if the fixture has
@@ -50,6 +51,19 @@ NETWORK_KINDS = ("cut", "blackhole", "delay", "lossy")
 #: cuts every candidate off at once (a soak asks for it, so older soaks' default mix stays the same).
 OPT_IN_KINDS = ("lossy", "store_partition")
 _PROXY_MODE = {"cut": "drop", "blackhole": "blackhole", "delay": "delay", "lossy": "lossy"}
+
+
+def store_back(store: Any, ended: float) -> float:
+    """When a whole-store fault that ``ended`` (the store restarted or continued) is over for the candidates.
+
+    A store that can tell (``await_commits``: the 3-member etcd and ZooKeeper fixtures) is asked when it commits a
+    write again, so a recovery counts the candidates' time, not the store's own: a ZooKeeper 3.8 ensemble paused as
+    a whole has committed no new session for 7-33 s after SIGCONT (tests/support/servers.py). Other stores, and
+    one that does not commit within 60 s, heal when the fault ended. The soak reports each store's lag.
+    """
+    await_commits = getattr(store, "await_commits", None)
+    back = None if await_commits is None else await_commits(60.0)
+    return ended if back is None else max(ended, back)
 
 
 class Worker:
@@ -231,6 +245,7 @@ def run_faults(
             if kind in ("kill_leader", "pause_leader", "transfer") or (kind in NETWORK_KINDS and rng.random() < 0.6):
                 victim = current or victim
             duration = rng.uniform(0.5, 2.0) * ttl
+            store_lag = 0.0
             inject = time.monotonic()
             if kind in ("kill_leader", "kill_any"):
                 victim.signal(signal.SIGKILL)
@@ -266,12 +281,16 @@ def run_faults(
                 store.stop()
                 time.sleep(duration)
                 store.start()
-                heal = time.monotonic()
+                ended = time.monotonic()
+                heal = store_back(store, ended)
+                store_lag = heal - ended
             elif kind == "store_pause":
                 store.pause()
                 time.sleep(duration)
                 store.resume()
-                heal = time.monotonic()
+                ended = time.monotonic()
+                heal = store_back(store, ended)
+                store_lag = heal - ended
             elif kind == "store_partition":
                 for w in pool:
                     for p in w.proxies:
@@ -287,9 +306,10 @@ def run_faults(
                 time.sleep(duration)
                 store.restart_member(member)
                 heal = time.monotonic()
-            injected.append(Fault(kind, victim.node, inject, heal))
+            injected.append(Fault(kind, victim.node, inject, heal, round(store_lag, 3)))
             if progress is not None:
-                progress(f"fault {n + 1}/{faults}: {kind} on {victim.node} ({heal - inject:.2f}s)")
+                lag = f", the store committing again {store_lag:.2f}s after" if store_lag > 0.05 else ""
+                progress(f"fault {n + 1}/{faults}: {kind} on {victim.node} ({heal - inject:.2f}s{lag})")
             time.sleep(rng.uniform(0.05, 0.3))
         await_leader(ttl + 3.0, heal)
         time.sleep(0.2)

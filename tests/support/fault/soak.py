@@ -209,6 +209,7 @@ class Totals:
     longest_gap: float = 0.0
     by_kind_recovery: dict[str, list[float]] = attrs.field(factory=dict)
     starts_waited: list[float] = attrs.field(factory=list)  # kills that left no candidate running: wait for one
+    store_lags: list[float] = attrs.field(factory=list)  # whole-store faults: the store's own return (store_lag)
     longest_gap_what: str = ""
     chunks: int = 0
     failed_chunks: list[dict[str, Any]] = attrs.field(factory=list)
@@ -227,6 +228,7 @@ class Totals:
         self.starts_waited += [
             f.heal - f.inject for f in report.injected if f.kind.startswith("kill") and f.heal - f.inject > 0.05
         ]
+        self.store_lags += [f.store_lag for f in report.injected if f.kind in ("store_outage", "store_pause")]
         if report.longest_gap > self.longest_gap:
             self.longest_gap = report.longest_gap
             lo, hi = report.longest_gap_at, report.longest_gap_at + report.longest_gap
@@ -423,6 +425,13 @@ def section(args: argparse.Namespace, totals: Totals, wall: float, monitor: LagM
             f"- kills that left no candidate process running (the others still starting after earlier kills): "
             f"{len(w)}; the harness waited for a Python process start: p50 {_fmt(percentile(w, 50))} s, "
             f"max {_fmt(max(w))} s (an idle machine starts one in ~0.45 s)"
+        )
+    if totals.store_lags:
+        g = totals.store_lags
+        lines.append(
+            f"- whole-store faults ({len(g)}): recoveries count from when the store committed a write again, "
+            f"p50 {_fmt(percentile(g, 50))} s, max {_fmt(max(g))} s after the fault ended "
+            f"({sum(1 for x in g if x > 1.0)} over 1 s; where the fixture can tell, see tests/support/fault/harness.py)"
         )
     lines += ["", "| fault kind | injected | recovery p50 | p90 | p99 | max |", "|---|---|---|---|---|---|"]
     for kind, n in sorted(totals.by_kind.items()):

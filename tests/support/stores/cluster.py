@@ -30,6 +30,10 @@ class ClusterStore:
     def resume(self) -> None:
         self.cluster.resume()
 
+    def await_commits(self, limit: float = 60.0) -> float | None:
+        """See :meth:`tests.support.servers.Cluster.await_commits`."""
+        return self.cluster.await_commits(limit)
+
     def close(self) -> None:
         self.cluster.close()
 
