@@ -15,7 +15,7 @@ bounded in count and time):
   the sqlite file locked), if the store fixture supports ``stop()``/``start()``;
 * ``store_pause`` — every process of the store is stopped (SIGSTOP) for a while, then continued, if the
   fixture has ``pause()``/``resume()``: connections stay open but nothing answers;
-* both heal when the store commits a write again, where the fixture can tell (:func:`store_back`);
+* both heal when the store serves writes again, where the fixture can tell (:func:`store_back`);
 * ``store_partition`` (only when asked for in ``kinds``) — every candidate's link to the store goes silent at once
   (networked backends);
 * ``member_loss`` — one member of a 3-member cluster is killed and restarted, if the fixture has
@@ -56,10 +56,11 @@ _PROXY_MODE = {"cut": "drop", "blackhole": "blackhole", "delay": "delay", "lossy
 def store_back(store: Any, ended: float) -> float:
     """When a whole-store fault that ``ended`` (the store restarted or continued) is over for the candidates.
 
-    A store that can tell (``await_commits``: the 3-member etcd and ZooKeeper fixtures) is asked when it commits a
-    write again, so a recovery counts the candidates' time, not the store's own: a ZooKeeper 3.8 ensemble paused as
-    a whole has committed no new session for 7-33 s after SIGCONT (tests/support/servers.py). Other stores, and
-    one that does not commit within 60 s, heal when the fault ended. The soak reports each store's lag.
+    A store that can tell (``await_commits``: the etcd and ZooKeeper fixtures) is asked when it serves writes again
+    (one committed, and another a second later), so a recovery counts the candidates' time, not the store's own: a
+    ZooKeeper 3.8 ensemble paused as a whole has committed no new session for 7-33 s after SIGCONT, and once one
+    within milliseconds of SIGCONT and then none for over a minute (tests/support/servers.py). Other stores, and one
+    that does not serve within 60 s, heal when the fault ended. The soak reports each store's lag.
     """
     await_commits = getattr(store, "await_commits", None)
     back = None if await_commits is None else await_commits(60.0)
