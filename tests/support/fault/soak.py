@@ -246,6 +246,15 @@ class Totals:
                 self.by_kind_recovery.setdefault(f.kind, []).append(starts[i] - f.heal)
 
 
+def keep_store_logs(store: Any, into: Path) -> None:
+    """Copy the logs of ``store``'s members (a tests.support.servers Cluster) into ``into``; others have none."""
+    cluster = getattr(store, "cluster", None)
+    for member in getattr(cluster, "members", ()):
+        into.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            shutil.copy(member.workdir / "server.log", into / f"{member.name}.log")
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -325,6 +334,8 @@ def soak(args: argparse.Namespace) -> tuple[Totals, float, LagMonitor]:
                 _say(f"  !! {text}")
             index += 1
     finally:
+        if args.keep_store_logs:
+            keep_store_logs(store, base / "store-logs")
         store.close()
         monitor.stop()
     return totals, time.monotonic() - started, monitor
@@ -555,6 +566,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--section",
         default=None,
         help="name of the report section to write (default: the backend's name), e.g. for a replay of one chunk",
+    )
+    p.add_argument(
+        "--keep-store-logs",
+        action="store_true",
+        help="copy each etcd/ZooKeeper member's log to WORKDIR/store-logs before the store is removed (ZooKeeper "
+        "logs only with an slf4j binding on $SWARMHA_ZK_JAR; see docs/reliability.md)",
     )
     p.add_argument("--kinds", default=None, help="comma-separated fault kinds (default: all the store supports)")
     p.add_argument("--max-minutes", type=float, default=100.0, help="stop starting chunks after this long")
