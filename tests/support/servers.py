@@ -15,7 +15,8 @@ default 100 ms heartbeat / 1 s election timeout; ZooKeeper runs with ``tickTime=
 session up to 2 x tickTime = 4 s).
 
 A member that answers ``ready()`` may still commit nothing: a ZooKeeper 3.8 ensemble stopped (SIGSTOP) as a whole
-has reported a leader and two followers and committed no new session for 7-33 s after SIGCONT, with or without
+has reported a leader and two followers and committed no new session for seconds to over a minute after
+SIGCONT, with or without
 swarmha's clients (plain kazoo clients holding 1.5 s sessions are enough). :meth:`Cluster.await_commits` is how
 the fault harness tells when a store-wide fault is over for the clients: writes committed again.
 """

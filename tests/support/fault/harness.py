@@ -58,10 +58,10 @@ def store_back(store: Any, ended: float) -> float:
 
     A store that can tell (``await_commits``: the etcd and ZooKeeper fixtures) is asked when it serves writes again
     (one committed, and another a second later), so a recovery counts the candidates' time, not the store's own: a
-    ZooKeeper 3.8 ensemble paused as a whole has committed no new session for 7-33 s after SIGCONT, and once one
-    within milliseconds of SIGCONT and then none for over a minute (tests/support/servers.py). Other stores, and one
-    that does not serve within 60 s, heal when the fault ended. The soak reports each store's lag.
-    """
+    ZooKeeper 3.8 ensemble paused as a whole has committed no new session for seconds to over a minute after
+    SIGCONT, and once one within milliseconds of SIGCONT and then none for over a minute (docs/reliability.md).
+    Other stores, and one that does not serve within 60 s, heal when the fault ended. The soak reports each store's
+    lag."""
     await_commits = getattr(store, "await_commits", None)
     back = None if await_commits is None else await_commits(60.0)
     return ended if back is None else max(ended, back)
