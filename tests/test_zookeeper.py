@@ -204,8 +204,8 @@ def test_the_steering_keys_after_a_win_are_listed_on_the_connection_that_made_th
     # came on its session's connection, so a transfer written before the holder left shows on that connection.
     with held_with_ticket(single, "k", "b", 5.0) as (d, holder, first, ticket):
         assert d.create("k", "b", ticket) is None
-        conns = d._core  # type: ignore[attr-defined]
-        shared, own = conns.shared.client, ticket.conn.client  # type: ignore[attr-defined]
+        core = d._core  # type: ignore[attr-defined]
+        shared, own = core.shared.client, ticket.conn.client  # type: ignore[attr-defined]
         assert shared is not own
         listed: list[tuple[Any, str]] = []
         children = _discovery._children

@@ -255,7 +255,7 @@ class ZkMember(_Member):
         except OSError:
             return False
         _, _, granted, session = struct.unpack("!iiiq", answer[:20])
-        return granted > 0 and session != 0
+        return bool(granted > 0 and session != 0)
 
 
 class Cluster:

@@ -51,6 +51,8 @@ NETWORK_KINDS = ("cut", "blackhole", "delay", "lossy")
 #: cuts every candidate off at once (a soak asks for it, so older soaks' default mix stays the same).
 OPT_IN_KINDS = ("lossy", "store_partition")
 _PROXY_MODE = {"cut": "drop", "blackhole": "blackhole", "delay": "delay", "lossy": "lossy"}
+#: Faults of the whole store: each heals when the store serves writes again (:func:`store_back`).
+STORE_KINDS = ("store_outage", "store_pause")
 
 
 def store_back(store: Any, ended: float) -> float:
@@ -246,7 +248,6 @@ def run_faults(
             if kind in ("kill_leader", "pause_leader", "transfer") or (kind in NETWORK_KINDS and rng.random() < 0.6):
                 victim = current or victim
             duration = rng.uniform(0.5, 2.0) * ttl
-            store_lag = 0.0
             inject = time.monotonic()
             if kind in ("kill_leader", "kill_any"):
                 victim.signal(signal.SIGKILL)
@@ -282,16 +283,12 @@ def run_faults(
                 store.stop()
                 time.sleep(duration)
                 store.start()
-                ended = time.monotonic()
-                heal = store_back(store, ended)
-                store_lag = heal - ended
+                heal = time.monotonic()
             elif kind == "store_pause":
                 store.pause()
                 time.sleep(duration)
                 store.resume()
-                ended = time.monotonic()
-                heal = store_back(store, ended)
-                store_lag = heal - ended
+                heal = time.monotonic()
             elif kind == "store_partition":
                 for w in pool:
                     for p in w.proxies:
@@ -307,6 +304,10 @@ def run_faults(
                 time.sleep(duration)
                 store.restart_member(member)
                 heal = time.monotonic()
+            store_lag = 0.0
+            if kind in STORE_KINDS:  # over when the store serves again, not when its processes are back
+                ended, heal = heal, store_back(store, heal)
+                store_lag = heal - ended
             injected.append(Fault(kind, victim.node, inject, heal, round(store_lag, 3)))
             if progress is not None:
                 lag = f", the store committing again {store_lag:.2f}s after" if store_lag > 0.05 else ""

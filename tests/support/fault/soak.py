@@ -52,7 +52,7 @@ from typing import Any
 import attrs
 
 from tests.support.fault.checker import Report, load
-from tests.support.fault.harness import run_faults
+from tests.support.fault.harness import STORE_KINDS, run_faults
 from tests.support.servers import ETCD, Cluster, etcd_cluster, zk_cluster
 from tests.support.stores.cluster import ClusterStore, MemberClusterStore
 
@@ -228,7 +228,7 @@ class Totals:
         self.starts_waited += [
             f.heal - f.inject for f in report.injected if f.kind.startswith("kill") and f.heal - f.inject > 0.05
         ]
-        self.store_lags += [f.store_lag for f in report.injected if f.kind in ("store_outage", "store_pause")]
+        self.store_lags += [f.store_lag for f in report.injected if f.kind in STORE_KINDS]
         if report.longest_gap > self.longest_gap:
             self.longest_gap = report.longest_gap
             lo, hi = report.longest_gap_at, report.longest_gap_at + report.longest_gap
