@@ -213,7 +213,7 @@ def test_a_term_claimed_with_a_ticket_granted_ahead_counts_from_the_tickets_cloc
     tickets: list[Session] = []
 
     class AheadOfTime(WaitSpy):
-        def prepare(self, key: str, value: str, ttl: float) -> Session | None:
+        def prepare(self, key: str, value: str, ttl: float, *, listing: str | None = None) -> Session | None:
             ticket = self.inner.session(ttl)
             ticket.clock = time.monotonic() - head_start
             tickets.append(ticket)

@@ -73,6 +73,30 @@ def test_a_transfer_reaches_the_named_waiter_and_no_one_else(
             x.stop()
 
 
+def test_the_first_transfer_of_a_key_passes_over_the_waiter_ahead_of_the_target(
+    discovery: swarmha.Discovery, terms: list[tuple[str, str, int, float]]
+) -> None:
+    # The key was never steered, so the transfer creates its steering prefix. The waiter next in line (b) watched
+    # that prefix while nothing was there (ZooKeeper: its claim skips the listing then); it must still see the
+    # marker written before the leader left, and let c win.
+    key = "svc/first-transfer"
+    a, b, c = (swarmha.Candidate(discovery, key, node=n, ttl=TTL) for n in ("a", "b", "c"))
+    waiting = (swarmha.Phase.WAITING, swarmha.Phase.QUEUED)
+    try:
+        a.start()
+        wait_for(lambda: a.is_leader, 10.0, "a to lead")
+        for waiter in (b, c):  # b first: it is next in line where the store queues waiters
+            waiter.start()
+            wait_for(lambda: waiter.phase in waiting, 5.0, f"{waiter.node} to wait")  # noqa: B023
+            time.sleep(0.2)  # let it queue and watch (a transfer must not rely on a waiter being slow)
+        assert a.transfer("c", timeout=10.0) is True
+        wait_for(lambda: c.is_leader, 5.0, "c's term")
+        assert [node for k, node, _, _ in terms if k == key] == ["a", "c"], "b led during the transfer"
+    finally:
+        for x in (a, b, c):
+            x.stop()
+
+
 def test_a_transfer_to_an_absent_node_fails_and_the_key_is_led_again(
     discovery: swarmha.Discovery, terms: list[tuple[str, str, int, float]]
 ) -> None:

@@ -159,16 +159,17 @@ def test_a_session_not_renewed_within_ttl_expires_and_its_key_goes(single: Clust
 
 @contextlib.contextmanager
 def held_with_ticket(
-    cluster: Cluster, key: str, value: str, ttl: float
+    cluster: Cluster, key: str, value: str, ttl: float, listing: str | None = None
 ) -> Iterator[tuple[swarmha.Discovery, Session, Record, Session]]:
-    """A Discovery on ``cluster``, a holder of ``key`` (value "a", ttl 30 s) and a ticket queued behind it."""
+    """A Discovery on ``cluster``, a holder of ``key`` (value "a", ttl 30 s) and a ticket queued behind it (told
+    the ``listing`` of its claim)."""
     d = swarmha.connect(f"zk://{cluster.hosts}/{fresh_prefix('zk')}")
     holder = d.session(30.0)
     ticket = None
     try:
         first = d.create(key, "a", holder)
         assert first is not None
-        ticket = d.prepare(key, value, ttl)
+        ticket = d.prepare(key, value, ttl, listing=listing)
         assert ticket is not None
         yield d, holder, first, ticket
     finally:
@@ -225,6 +226,51 @@ def test_the_steering_keys_after_a_win_are_listed_on_the_connection_that_made_th
         assert claim.listed is not None and set(claim.listed) == {"k.election/transfer"}
         steering = [client for client, path in listed if path.endswith("/k.election")]
         assert steering == [own], "listed once, on the ticket's own connection"
+
+
+def steering_listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of every ``K.election`` listing from now on (a spy on the Discovery's children requests)."""
+    listed: list[str] = []
+    children = _discovery._children
+
+    def spy(client: Any, path: str, **kwargs: Any) -> Any:
+        if path.endswith(".election"):
+            listed.append(path)
+        return children(client, path, **kwargs)
+
+    monkeypatch.setattr(_discovery, "_children", spy)
+    return listed
+
+
+def ticket_entry(ticket: Session, key: str) -> Any:
+    """The ticket's entry in the queue of ``key``."""
+    entries = ticket.entries  # type: ignore[attr-defined]
+    return next(e for path, e in entries.items() if path.endswith(f"/{key}"))
+
+
+@pytest.mark.parametrize("steered", [False, True], ids=["nothing-steered", "transfer-written-before-release"])
+def test_a_ticket_next_in_line_lists_the_steering_keys_only_when_its_watch_saw_them_change(
+    single: Cluster, monkeypatch: pytest.MonkeyPatch, steered: bool
+) -> None:
+    # The ticket watches k.election while it waits: if that znode stayed absent up to the deletion event that
+    # made the ticket first, the claim lists nothing; a transfer written before the holder left (it creates
+    # k.election) comes as an event before that deletion, and the claim lists as it always did.
+    with held_with_ticket(single, "k", "b", 5.0, listing="k.election") as (d, holder, first, ticket):
+        entry = ticket_entry(ticket, "k")
+        wait_for(lambda: entry.steer_state == "quiet", 5.0, "the ticket's steering watch to be set")
+        listed = steering_listings(monkeypatch)
+        if steered:
+            d.put("k.election/transfer", "c")  # persistent: the release closes the holder's session
+        d.release("k", first.token, holder)
+        wait_for(lambda: entry.first, 5.0, "the deletion event to make the ticket first")
+        claim = d.claim_async("k", "b", ticket, "k.election", vacant=True).result(5.0)
+        assert claim.created is not None and claim.created.session == ticket.id
+        if steered:
+            assert claim.listed is not None and set(claim.listed) == {"k.election/transfer"}
+            assert len(listed) == 1, "the claim lists what its watch saw change"
+        else:
+            assert claim.listed == {}
+            assert listed == [], "nothing changed under k.election: no listing"
 
 
 def test_an_unclaimed_ticket_that_comes_first_expires_within_its_ttl(single: Cluster) -> None:

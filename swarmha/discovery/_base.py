@@ -181,7 +181,7 @@ class Discovery(ClosesOnExit, abc.ABC):
     def session(self, ttl: float) -> Session:
         """Create a new session (lease) with the given TTL in seconds."""
 
-    def prepare(self, key: str, value: str, ttl: float) -> Session | None:
+    def prepare(self, key: str, value: str, ttl: float, *, listing: str | None = None) -> Session | None:
         """Get ready to :meth:`create` ``key`` once its holder leaves: return a *ticket*, or None.
 
         A candidate calls this before it campaigns and passes the ticket (a :class:`Session` of ``ttl``) to
@@ -200,6 +200,10 @@ class Discovery(ClosesOnExit, abc.ABC):
         backend expires the ticket, so a stuck owner never blocks the key for longer. Closing the ticket
         withdraws it. Returns None when the backend has nothing to prepare (the default) or preparing failed:
         never raises, and blocks at most about two request timeouts of the store.
+
+        ``listing``: the prefix a :meth:`claim_async` with this ticket will list after a win. A backend may watch
+        it while the ticket waits, so that the listing after the win needs no request when nothing changed there
+        (ZooKeeper); the listing's answer is then the prefix as it was when the ticket's turn came.
         """
         return None
 

@@ -424,7 +424,7 @@ class Campaign(Transfers):
                 sent = time.monotonic()
                 # A backend with key queues (ZooKeeper) queues a ticket now: if another candidate wins this
                 # round, the ticket simply stays queued behind it (no withdraw, no new session to wait with).
-                lease.prepare(self.key, self.node)
+                lease.prepare(self.key, self.node, control_prefix(self.key))
                 session = lease.session()
                 try:
                     request = functools.partial(
@@ -453,7 +453,7 @@ class Campaign(Transfers):
         if record is not None:
             # So that winning after the holder goes costs as little as the backend can make it (a read on
             # ZooKeeper, no handshake). Never raises; nothing when the backend has nothing to prepare.
-            lease.prepare(self.key, self.node)
+            lease.prepare(self.key, self.node, control_prefix(self.key))
         self._fire(Signal.QUEUE if lease.queued else Signal.UNQUEUE)
         watch = self._d.watch(self.key, record)
         seen_vacant = False

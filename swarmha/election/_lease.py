@@ -155,11 +155,12 @@ class Lease(ClosesOnExit):
                     self._keep(self._session)
             return self._session
 
-    def prepare(self, key: str, value: str) -> None:
-        """A private lease with no session takes a ticket for ``key`` (``Discovery.prepare``); else nothing."""
+    def prepare(self, key: str, value: str, listing: str | None = None) -> None:
+        """A private lease with no session takes a ticket for ``key`` (``Discovery.prepare``, told the ``listing``
+        its claim lists after a win); else nothing."""
         if not self.private or self._session is not None:
             return
-        ticket = self.discovery.prepare(key, value, self.ttl)
+        ticket = self.discovery.prepare(key, value, self.ttl, listing=listing)
         if ticket is not None:
             with self._lock:
                 self._session, self._ticket = ticket, True

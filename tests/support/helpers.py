@@ -97,8 +97,8 @@ class WaitSpy(swarmha.Discovery):
     def session(self, ttl: float) -> Session:
         return self.inner.session(ttl)
 
-    def prepare(self, key: str, value: str, ttl: float) -> Session | None:
-        return self.inner.prepare(key, value, ttl)
+    def prepare(self, key: str, value: str, ttl: float, *, listing: str | None = None) -> Session | None:
+        return self.inner.prepare(key, value, ttl, listing=listing)
 
     def create(self, key: str, value: str, session: Session) -> Record | None:
         return self.inner.create(key, value, session)

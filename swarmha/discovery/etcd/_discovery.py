@@ -75,7 +75,7 @@ class EtcdDiscovery(Discovery):
         """A new lease of ``ceil(ttl)`` seconds (see the module docstring for the server's minimum)."""
         return EtcdSession(self._client, check_ttl(ttl))
 
-    def prepare(self, key: str, value: str, ttl: float) -> Session | None:
+    def prepare(self, key: str, value: str, ttl: float, *, listing: str | None = None) -> Session | None:
         """A ticket: a lease granted now, while the candidate waits, so that the claim after the holder left
         is one write (the transaction) instead of two (grant, then transaction), as long as the wait was short.
 

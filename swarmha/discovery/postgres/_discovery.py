@@ -260,7 +260,7 @@ class PostgresDiscovery(Discovery):
     def session(self, ttl: float) -> Session:
         return _PgSession(self, check_ttl(ttl))
 
-    def prepare(self, key: str, value: str, ttl: float) -> Session | None:
+    def prepare(self, key: str, value: str, ttl: float, *, listing: str | None = None) -> Session | None:
         """A ticket that costs nothing until used: its session row is created by the claim that uses it, in the
         same transaction, and only if the claim succeeds. So a candidate that waited claims in one round trip
         instead of two (a session, then the claim), and its ttl clock starts at the claim (``clock`` is None).

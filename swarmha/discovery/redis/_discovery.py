@@ -162,7 +162,7 @@ class RedisDiscovery(Discovery):
         """A new session: ``SET <ns>session/<id> PX ttl``."""
         return RedisSession(self, check_ttl(ttl))
 
-    def prepare(self, key: str, value: str, ttl: float) -> Session | None:
+    def prepare(self, key: str, value: str, ttl: float, *, listing: str | None = None) -> Session | None:
         """A ticket: a session stored only by the ``create`` that claims with it (one round trip instead of two)."""
         return RedisSession(self, check_ttl(ttl), ticket=True)
 

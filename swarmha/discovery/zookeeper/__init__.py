@@ -21,13 +21,17 @@ of keys with one ttl. The modules, one concern each:
   process dies or is cut off longer than ``ttl``, the connection's ZooKeeper session expires and every key held
   through it goes at once); :class:`~._session.Owners` records which Session owns which entry and plain key.
 * :mod:`._queue`: election keys as queues of entries, tickets waiting in them.
+* :mod:`._steering`: a ticket next in line watches the prefix its claim lists after a win (no read when it
+  stayed empty).
+* :mod:`._async` and :mod:`._handler`: pipelined multi-request operations; kazoo's handler with named threads
+  and lighter results.
 * :mod:`._hub`: one kazoo watcher per znode fanned out to every subscriber.
 * :mod:`._watch`: a watch on one key, armed through the hub and re-armed after session loss.
 * :mod:`._timer`: one thread per Discovery for every session deadline and ticket turn check.
 * :mod:`._discovery`: the Discovery contract over those, and nothing else.
 
-Imports point one way: ``_discovery`` → ``_watch`` → ``_queue`` → ``_session`` → ``_core`` → ``_connection``,
-``_hub``, ``_timer``, ``_entry``.
+Imports point one way: ``_discovery`` → ``_watch`` → ``_queue`` → ``_session``, ``_steering`` → ``_core`` →
+``_async``, ``_connection``, ``_hub``, ``_timer``, ``_entry``.
 
 How the contract maps to ZooKeeper, briefly: ``create`` adds an entry ``lead-<session>-<sequence>`` to the key's
 queue and holds the key when it is first; the token is the entry's ``czxid``. ``delete(key, token)`` of an

@@ -97,17 +97,20 @@ class ZooKeeperDiscovery(Discovery):
         ttl = check_ttl(ttl)
         return self._new_session(ttl)
 
-    def prepare(self, key: str, value: str, ttl: float) -> Session | None:
+    def prepare(self, key: str, value: str, ttl: float, *, listing: str | None = None) -> Session | None:
         """A ticket: a Session of ``ttl`` queued for ``key`` now (see :meth:`Discovery.prepare`).
 
         Its cost while it waits: one entry znode in the key's queue and one exists-watch on its predecessor (no
-        periodic request; the connection is shared). ``?prepare=0`` in the URL turns it off.
+        periodic request; the connection is shared); next in line, one exists-watch on ``listing``'s znode, so
+        that a claim after the predecessor left lists nothing when that znode stayed absent (:mod:`._steering`).
+        ``?prepare=0`` in the URL turns it off.
         """
         if not self._prepare or self._core.closed:
             return None
         try:
             ttl = check_ttl(ttl)
             path = self._path(key)
+            steer = None if listing is None else self._path(listing)
         except ConfigurationError:
             return None
         ticket: ZkSession | None = None
@@ -118,6 +121,8 @@ class ZooKeeperDiscovery(Discovery):
                 ticket.close()
                 return None
             self._owners.note_entry(ticket, entry)
+            with ticket.lock:
+                entry.steer = steer
             self._queues.check_turn(ticket)
             return ticket
         except Exception as e:  # never raises: the campaign opens a session itself
@@ -150,7 +155,8 @@ class ZooKeeperDiscovery(Discovery):
     ) -> Future[Claim]:
         """The claim pipelined (:mod:`._async`): a plain session first reads the key unless ``vacant`` (a held
         key costs no entry created and withdrawn again), then creates it if vacant; a ticket creates at once (its
-        entry is queued). After a win, ``listing`` is listed; after a loss, the holder read.
+        entry is queued). After a win, ``listing`` is listed (no request for a ticket whose steering watch saw
+        nothing there up to its turn: :mod:`._steering`); after a loss, the holder read.
 
         The listing after a win goes on the session's connection, the one whose listings and watch events made the
         entry first: ZooKeeper orders what one connection sees, not what two see, so the read connection (maybe
@@ -171,7 +177,11 @@ class ZooKeeperDiscovery(Discovery):
         created = yield from self._create_steps(path, value, s)
         if created is None:
             return Claim(None, (yield from self._get_steps(path)))
-        return Claim(created, None, None if top is None else (yield from self._list_steps(top, s.conn)))
+        if top is None:
+            return Claim(created, None, None)
+        if s.steering_clear(path, top):  # a ticket's watch saw nothing under top up to its turn (see _steering)
+            return Claim(created, None, {})
+        return Claim(created, None, (yield from self._list_steps(top, s.conn)))
 
     def _create_steps(self, path: str, value: str, s: ZkSession) -> Operation[Record | None]:
         sent = time.monotonic()

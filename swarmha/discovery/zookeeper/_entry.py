@@ -15,7 +15,7 @@ import attrs
 
 from swarmha.discovery._base import Record
 
-__all__ = ["ENTRY", "QUEUE_MARK", "RACE_LIMIT", "Entry", "queue_order", "record"]
+__all__ = ["ARMING", "ENTRY", "OFF", "QUEUE_MARK", "QUIET", "RACE_LIMIT", "STALE", "Entry", "queue_order", "record"]
 
 #: Data of a key's queue znode. Not valid UTF-8, so no put() value can equal it.
 QUEUE_MARK = b"\xffswarmha-election-queue"
@@ -23,6 +23,8 @@ QUEUE_MARK = b"\xffswarmha-election-queue"
 ENTRY = "lead-"
 #: Bound of the read-again loops when a queue changes between two reads.
 RACE_LIMIT = 10
+#: States of an entry's steering watch (:attr:`Entry.steer_state`).
+OFF, ARMING, QUIET, STALE = "off", "arming", "quiet", "stale"
 
 
 def record(data: bytes, stat: Any, path: str = "") -> Record:
@@ -54,6 +56,13 @@ class Entry:
     ahead: int = -1
     #: The only entry ahead was seen deleted (through the owning connection): this one holds the key now.
     first: bool = False
+    #: A ticket's steering watch (see :mod:`._steering`): the znode of the prefix its claim lists after a win,
+    #: the watch's state (:data:`OFF`, :data:`ARMING`, :data:`QUIET`: armed and the znode absent, :data:`STALE`:
+    #: it exists, changed, or the watch failed), and whether it was QUIET when the entry became ``first`` by its
+    #: predecessor's deletion event (then the claim lists nothing: the prefix was empty at that moment).
+    steer: str | None = None
+    steer_state: str = "off"
+    steer_clear: bool = False
 
     @property
     def name(self) -> str:

@@ -32,6 +32,7 @@ from swarmha.discovery.zookeeper._async import Operation, Request, block
 from swarmha.discovery.zookeeper._connection import Connection
 from swarmha.discovery.zookeeper._core import CACHE_LIMIT, Core, log
 from swarmha.discovery.zookeeper._entry import QUEUE_MARK, RACE_LIMIT, Entry, queue_order, record
+from swarmha.discovery.zookeeper._steering import arm
 from swarmha.errors import DiscoveryError, DiscoveryUnavailable
 
 #: Create flags: ephemeral (1) and sequential (2).
@@ -228,7 +229,8 @@ class Queues:
         session.forget(entry)  # only now: a close meanwhile still deletes it
 
     def check_turn(self, session: ZkSession) -> None:
-        """For a ticket's unclaimed entries: start its clock if one holds the key, else watch its predecessor.
+        """For a ticket's unclaimed entries: start its clock if one holds the key, else watch its predecessor (and,
+        next in line, the prefix its claim will list: :mod:`._steering`).
 
         Runs on the Discovery's timer thread (and once in ``prepare``). Never raises: on a store error it tries
         again after the turn-check grace (the session's own state then decides its fate, as for any session).
@@ -249,6 +251,8 @@ class Queues:
                         break
                     before = entry.predecessor
                     assert before is not None  # not first: saw() noted the entry right before it
+                    if entry.ahead == 1:  # next in line: its claim may skip the listing (see _steering)
+                        arm(self._core, session, entry)
                     callback = self._core.hub.subscribe(session.conn, before, session.predecessor_gone)
                     exists = functools.partial(_exists, path=before, watch=callback)
                     if session.conn.op("watch", exists, session=session):

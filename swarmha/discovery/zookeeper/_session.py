@@ -42,7 +42,7 @@ from kazoo.protocol.states import EventType
 from swarmha.discovery._base import Record, Session
 from swarmha.discovery.zookeeper._connection import Connection
 from swarmha.discovery.zookeeper._core import Core
-from swarmha.discovery.zookeeper._entry import ENTRY, Entry
+from swarmha.discovery.zookeeper._entry import ENTRY, OFF, QUIET, STALE, Entry
 from swarmha.discovery.zookeeper._timer import Call
 from swarmha.errors import DiscoveryUnavailable, SessionExpired
 
@@ -137,6 +137,7 @@ class ZkSession(Session):
         """
         with self.lock:
             entries = list(self.entries.values())
+            self._unsteer(entries)
             plain = dict(self.plain)
             unsure = set(self.unsure)
             self.entries.clear()
@@ -173,7 +174,8 @@ class ZkSession(Session):
         """Watch callback (kazoo's event thread: must not block): an entry may lead now; check soon.
 
         If the event is the deletion of the only entry that was ahead of one of ours, that entry holds the key
-        now (``first``): a create then claims it without a read, as soon as it runs.
+        now (``first``): a create then claims it without a read, as soon as it runs; and if its steering watch was
+        QUIET here, its claim lists nothing (:mod:`._steering`).
         """
         deleted = getattr(event, "type", None) == EventType.DELETED
         path = getattr(event, "path", None)
@@ -181,6 +183,7 @@ class ZkSession(Session):
             for entry in self.entries.values():
                 if deleted and not entry.claimed and entry.ahead == 1 and entry.predecessor == path:
                     entry.first = True
+                    entry.steer_clear = entry.steer_state == QUIET
             if not self.ticket or self._closed or self._expired:
                 return
             now = time.monotonic()
@@ -191,6 +194,32 @@ class ZkSession(Session):
             if self._turn is not None:
                 self._turn.cancel()
             self._turn = self._core.timer.call_at(when, self._check_turn)
+
+    def steering_changed(self, event: Any = None) -> None:
+        """Watch callback of the steering prefixes of this session's entries (kazoo's event thread): an event
+        on one (or a session event, or a wake-up without one) makes its entry STALE (:mod:`._steering`)."""
+        path = getattr(event, "path", None)
+        with self.lock:
+            for entry in self.entries.values():
+                if entry.steer_state != OFF and (path is None or entry.steer == path):
+                    entry.steer_state = STALE
+
+    def steering_clear(self, path: str, top: str) -> bool:
+        """True once if this session's entry in the queue ``path`` became first while its steering watch on
+        ``top`` was QUIET (:mod:`._steering`): the claim that follows need not list ``top``."""
+        with self.lock:
+            entry = self.entries.get(path)
+            if entry is None:
+                return False
+            clear, entry.steer_clear = entry.steer_clear and entry.steer == top, False
+            return clear
+
+    def _unsteer(self, entries: list[Entry]) -> None:
+        """Drop the steering watches of ``entries`` (they were claimed or leave); caller holds the lock."""
+        for entry in entries:
+            if entry.steer is not None and entry.steer_state != OFF:
+                self._core.hub.unsubscribe(self.conn, entry.steer, self.steering_changed)
+            entry.steer_state = STALE
 
     def _check_turn(self) -> None:
         with self.lock:
@@ -212,6 +241,7 @@ class ZkSession(Session):
         with self.lock:
             if self.entries.get(entry.parent) is entry:
                 del self.entries[entry.parent]
+            self._unsteer([entry])
         if not gone:
             self.conn.delete_later(entry.path)
 
@@ -225,6 +255,7 @@ class ZkSession(Session):
             else:
                 self._deadline = max(self._deadline, sent + self.ttl) if self._deadline != math.inf else sent + self.ttl
             entry.claimed = True
+            self._unsteer([entry])
         self._schedule()
 
     # -- the Session contract ----------------------------------------------------------------------------------
