@@ -273,6 +273,47 @@ def test_a_ticket_next_in_line_lists_the_steering_keys_only_when_its_watch_saw_t
             assert listed == [], "nothing changed under k.election: no listing"
 
 
+def test_a_dropped_connection_makes_the_steering_watch_stale(single: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The server forgets a connection's watches when it drops, and kazoo does not set them again: a transfer
+    # written after the reconnect fires nothing on the ticket's (lost) steering watch, so the claim must list.
+    host, port = single.hosts.split(":")
+    proxy = FaultProxy((host, int(port)))
+    prefix = fresh_prefix("zk")
+    d = swarmha.connect(f"zk://{proxy.address}/{prefix}")
+    writer = swarmha.connect(f"zk://{single.hosts}/{prefix}")
+    holder = writer.session(30.0)
+    ticket = None
+    try:
+        first = writer.create("k", "a", holder)
+        assert first is not None
+        ticket = d.prepare("k", "b", 5.0, listing="k.election")
+        assert ticket is not None
+        entry = ticket_entry(ticket, "k")
+        wait_for(lambda: entry.steer_state == "quiet", 5.0, "the ticket's steering watch to be set")
+        conn = ticket.conn  # type: ignore[attr-defined]
+        proxy.set_mode("drop")
+        wait_for(lambda: not conn.connected.is_set(), 5.0, "kazoo to notice")
+        proxy.set_mode("pass")
+        wait_for(conn.connected.is_set, 10.0, "the same session on a new connection")
+        hub = d._core.hub  # type: ignore[attr-defined]
+        predecessor = (id(conn), entry.predecessor)
+        wait_for(lambda: predecessor in hub._subs, 5.0, "the turn check to watch the predecessor again")
+        listed = steering_listings(monkeypatch)
+        writer.put("k.election/transfer", "c")
+        writer.release("k", first.token, holder)
+        wait_for(lambda: entry.first, 5.0, "the deletion event to make the ticket first")
+        claim = d.claim_async("k", "b", ticket, "k.election", vacant=True).result(5.0)
+        assert claim.created is not None
+        assert claim.listed is not None and set(claim.listed) == {"k.election/transfer"}
+        assert len(listed) == 1
+    finally:
+        if ticket is not None:
+            ticket.close()
+        holder.close()
+        writer.close()
+        d.close()
+
+
 def test_an_unclaimed_ticket_that_comes_first_expires_within_its_ttl(single: Cluster) -> None:
     with held_with_ticket(single, "k", "stuck", 1.0) as (d, holder, first, ticket):  # never claimed
         d.release("k", first.token, holder)

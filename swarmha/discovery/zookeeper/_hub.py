@@ -3,9 +3,9 @@
 ZooKeeper watches are one-shot and kazoo keeps a watcher function until its znode changes. :class:`Hub` hands
 kazoo the *same* function object for a znode until it fires (kazoo's tables are sets, so a thousand waiting
 candidates of one key cost one server-side watch), and delivers the event to every subscriber then; a closed
-watch just unsubscribes from the hub, so kazoo's private watcher tables are never edited. When the connection's
-ZooKeeper session is replaced, kazoo fires every watcher with a ``NONE`` event, so every subscriber re-arms on
-the new session.
+watch just unsubscribes from the hub, so kazoo's private watcher tables are never edited. When the connection
+drops (the server forgets a connection's watches, and kazoo does not set them again on the next one) or its
+ZooKeeper session is replaced, kazoo fires every watcher with a ``NONE`` event, so every subscriber re-arms.
 """
 
 from __future__ import annotations

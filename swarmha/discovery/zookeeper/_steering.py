@@ -9,8 +9,9 @@ zk --systems swarmha kazoo-lock``, 2 cores, ZooKeeper 3.8 on loopback). So a tic
 the entry's :attr:`~._entry.Entry.steer_state` is then
 
 * QUIET: the znode is absent (nobody ever steered the key: the usual case) and no event came since;
-* STALE: it exists, an event came (created, deleted, the session replaced), or the request failed: the claim
-  lists, as it always did.
+* STALE: it exists, an event came (created, deleted; or kazoo's ``NONE`` when the connection dropped: the server
+  forgets a connection's watches), or the request failed: the claim lists, as it always did. A STALE watch is
+  not set again for that entry.
 
 Why the claim may skip the listing: ZooKeeper delivers the events of one connection in the order of the changes,
 and kazoo runs them on one thread in that order. When the deletion event of the entry ahead runs

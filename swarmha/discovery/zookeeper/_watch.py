@@ -1,9 +1,9 @@
 """A watch on one key: :class:`ZkWatch` arms a kazoo watcher (through the core's :class:`~._hub.Hub`) and compares.
 
 ZooKeeper watches are one-shot. An event of any kind on a znode wakes all its subscribers, which re-arm and
-compare with what they saw: a spurious wake-up costs a read, never a missed change. When the connection's
-ZooKeeper session is replaced, kazoo fires every watcher with a ``NONE`` event, so every watch re-arms on the new
-session.
+compare with what they saw: a spurious wake-up costs a read, never a missed change. When the connection drops
+(the server forgets its watches; kazoo does not set them again) or its ZooKeeper session is replaced, kazoo fires
+every watcher with a ``NONE`` event, so every watch re-arms once connected.
 """
 
 from __future__ import annotations
