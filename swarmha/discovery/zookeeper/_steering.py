@@ -21,8 +21,8 @@ parent's creation has made the entry STALE by then. That callback notes whether 
 (``steer_clear``), and only a claim that found its entry first through that event (no read of the queue, whose
 answer comes on another kazoo thread) uses the note. The answer is the prefix as it was when the ticket's turn
 came: a key written after that is a race a listing a moment later could lose as well. A QUIET answer that
-arrives after the deletion event (its request was sent late) is still right: the znode was absent after the
-deletion, and a prefix's znode is never removed while a transfer is under way.
+arrives after the deletion event (its request was served after the deletion) is still right: the znode was
+absent after the deletion, and nothing removes a prefix's znode once made, so nothing was written there before.
 
 Cost: one ``exists`` per ticket that becomes next in line, pipelined (nothing waits for it), and one
 server-side watch per (connection, key) until the prefix's znode is created.
