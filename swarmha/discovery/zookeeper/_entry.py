@@ -61,7 +61,7 @@ class Entry:
     #: it exists, changed, or the watch failed), and whether it was QUIET when the entry became ``first`` by its
     #: predecessor's deletion event (then the claim lists nothing: the prefix was empty at that moment).
     steer: str | None = None
-    steer_state: str = "off"
+    steer_state: str = OFF
     steer_clear: bool = False
 
     @property
