@@ -198,6 +198,21 @@ def test_a_ticket_waits_in_the_queue_without_a_ttl_clock_and_wins_with_a_read(si
         assert d.get("k") is None
 
 
+def steering_listings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str]]:
+    """(kazoo client, path) of every ``K.election`` listing from now on (a spy on the Discovery's children
+    requests)."""
+    listed: list[tuple[Any, str]] = []
+    children = _discovery._children
+
+    def spy(client: Any, path: str, **kwargs: Any) -> Any:
+        if path.endswith(".election"):
+            listed.append((client, path))
+        return children(client, path, **kwargs)
+
+    monkeypatch.setattr(_discovery, "_children", spy)
+    return listed
+
+
 def test_the_steering_keys_after_a_win_are_listed_on_the_connection_that_made_the_ticket_first(
     single: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -208,14 +223,7 @@ def test_the_steering_keys_after_a_win_are_listed_on_the_connection_that_made_th
         core = d._core  # type: ignore[attr-defined]
         shared, own = core.shared.client, ticket.conn.client  # type: ignore[attr-defined]
         assert shared is not own
-        listed: list[tuple[Any, str]] = []
-        children = _discovery._children
-
-        def spy(client: Any, path: str, **kwargs: Any) -> Any:
-            listed.append((client, path))
-            return children(client, path, **kwargs)
-
-        monkeypatch.setattr(_discovery, "_children", spy)
+        listed = steering_listings(monkeypatch)
         d.put("k.election/transfer", "b")  # persistent: the release closes the holder's session
         with d.watch("k", first) as watch:
             assert watch.wait(0.05) is False
@@ -226,20 +234,6 @@ def test_the_steering_keys_after_a_win_are_listed_on_the_connection_that_made_th
         assert claim.listed is not None and set(claim.listed) == {"k.election/transfer"}
         steering = [client for client, path in listed if path.endswith("/k.election")]
         assert steering == [own], "listed once, on the ticket's own connection"
-
-
-def steering_listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The paths of every ``K.election`` listing from now on (a spy on the Discovery's children requests)."""
-    listed: list[str] = []
-    children = _discovery._children
-
-    def spy(client: Any, path: str, **kwargs: Any) -> Any:
-        if path.endswith(".election"):
-            listed.append(path)
-        return children(client, path, **kwargs)
-
-    monkeypatch.setattr(_discovery, "_children", spy)
-    return listed
 
 
 def ticket_entry(ticket: Session, key: str) -> Any:
