@@ -5,6 +5,7 @@ real etcd 3.4."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from types import SimpleNamespace
@@ -25,10 +26,20 @@ WAIT = 10.0
 
 
 class FakeClient:
-    """Records each request sent through ``call_async``; the test answers them (``pending``) in any order."""
+    """Records each request sent through ``call_async``; the test answers them (``pending``) in any order. A
+    blocking ``call`` runs ``during`` (what other threads do while it is in flight), then answers ``response``."""
 
     def __init__(self) -> None:
         self.pending: list[tuple[Any, Callable[[Any], Any], Future[Any]]] = []
+        self.called: list[Any] = []
+        self.during: Callable[[], None] = lambda: None
+        self.response: Any = None
+
+    def call(self, what: str, fn: Callable[..., Any]) -> Any:
+        txn = lambda request, timeout, metadata: self.called.append(request)  # noqa: E731
+        fn(SimpleNamespace(kv=SimpleNamespace(Txn=txn)), 1.0, None)
+        self.during()
+        return self.response
 
     def call_async(self, what: str, start: Callable[..., Any], answer: Callable[[Any], Any]) -> Future[Any]:
         sent: list[Any] = []
@@ -61,9 +72,9 @@ def won(response: Any) -> Claim:
     return Claim(Record("v", int(response.header.revision), "7"), None)
 
 
-def batcher(in_flight: int = 1) -> tuple[Batcher, FakeClient]:
+def batcher(in_flight: int = 1, *, inline: bool = False) -> tuple[Batcher, FakeClient]:
     client = FakeClient()
-    return Batcher(client, in_flight), client  # type: ignore[arg-type]
+    return Batcher(client, in_flight, inline=inline), client  # type: ignore[arg-type]
 
 
 def test_a_lone_claim_is_sent_at_once_as_the_plain_transaction() -> None:
@@ -77,6 +88,27 @@ def test_a_lone_claim_is_sent_at_once_as_the_plain_transaction() -> None:
     # idle again: the next lone claim goes out at once, plain
     b.claim(b"j", claim_request(b"j"), won)
     assert len(client.pending) == 2 and client.pending[1][0] == claim_request(b"j")
+
+
+def test_a_lone_claim_goes_inline_and_claims_made_meanwhile_go_out_as_usual() -> None:
+    b, client = batcher(in_flight=2, inline=True)
+    meanwhile: list[Future[Claim]] = []
+    client.during = lambda: meanwhile.extend(b.claim(k, claim_request(k), won) for k in (b"b", b"c", b"d"))
+    client.response = etcdrpc.TxnResponse(succeeded=True, header=etcdrpc.ResponseHeader(revision=5))
+    first = b.claim(b"a", claim_request(b"a"), won)
+    assert first.done() and first.result(0).created.token == 5  # type: ignore[union-attr]
+    assert client.called == [claim_request(b"a")]  # the plain transaction, on this thread
+    # while it was in flight: "b" went out alone (room for two), "c" and "d" queued, sent as one when "a" answered
+    assert client.pending[0][0] == claim_request(b"b")
+    assert [op.request_txn for op in client.pending[1][0].success] == [claim_request(b"c"), claim_request(b"d")]
+    assert not any(f.done() for f in meanwhile)
+    client.answer(0, etcdrpc.TxnResponse(succeeded=True, header=etcdrpc.ResponseHeader(revision=6)))
+    nested = [etcdrpc.ResponseOp(response_txn=etcdrpc.TxnResponse(succeeded=True)) for _ in range(2)]
+    client.answer(1, etcdrpc.TxnResponse(succeeded=True, header=etcdrpc.ResponseHeader(revision=7), responses=nested))
+    assert [f.result(0).created.token for f in meanwhile] == [6, 7, 7]  # type: ignore[union-attr]
+    client.during = lambda: None
+    assert b.claim(b"e", claim_request(b"e"), won).done()  # idle again: inline again
+    assert client.called[-1] == claim_request(b"e") and len(client.pending) == 2
 
 
 def test_claims_queued_behind_one_in_flight_go_out_as_one_nested_transaction_each_key_once() -> None:
@@ -170,12 +202,20 @@ def test_concurrent_claims_elect_one_winner_per_key_with_its_token(single: Clust
     try:
         sessions = [d.session(10), d.session(10)]
         keys = [f"k{i}" for i in range(2 * BATCH)]
-        # every key claimed by both sessions, with the steering listing: batches of up to BATCH nested claims
-        claims = {
-            (key, n): d.claim_async(key, f"node{n}", s, f"{key}-control")
-            for key in keys
-            for n, s in enumerate(sessions)
-        }
+        # every key claimed by both sessions, with the steering listing, from four threads as the engine's
+        # workers send them (one thread alone would wait for each lone claim inline): batches of nested claims
+        claims: dict[tuple[str, int], Future[Claim]] = {}
+
+        def send(part: int) -> None:
+            for key in keys[part::4]:
+                for n, s in enumerate(sessions):
+                    claims[key, n] = d.claim_async(key, f"node{n}", s, f"{key}-control")
+
+        threads = [threading.Thread(target=send, args=(part,)) for part in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
         results = {k: f.result(WAIT) for k, f in claims.items()}
         tokens = []
         for key in keys:
@@ -187,6 +227,18 @@ def test_concurrent_claims_elect_one_winner_per_key_with_its_token(single: Clust
             assert results[key, 1 - won[0]].holder == record
             tokens.append(record.token)
         assert len(set(tokens)) < len(tokens)  # some were written by one transaction: batched
+    finally:
+        d.close()
+
+
+def test_a_lone_claim_on_an_idle_discovery_is_answered_when_claim_async_returns(single: Cluster) -> None:
+    d = swarmha.connect(f"etcd://{single.hosts}/{fresh_prefix('etcd')}")
+    try:
+        session = d.session(10)
+        future = d.claim_async("k", "n", session, "k.election")
+        assert future.done(), "sent inline: no hop through gRPC's callback thread"
+        claim = future.result(0)
+        assert claim.created is not None and claim.listed == {} and d.get("k") == claim.created
     finally:
         d.close()
 

@@ -9,6 +9,13 @@ queued goes out as one outer transaction (no compare) whose success ops are the 
 >= 3.3). Each nested response answers its own claim as the plain transaction's response would (with the outer header:
 every put of one transaction has the same revision, which is each claim's token for its own key).
 
+A lone claim (none other in flight) goes *inline* when the Batcher is made with ``inline=True`` (the Discovery's
+is): the blocking call on the caller's thread (the election engine's worker), its answer in a future that is done
+when :meth:`Batcher.claim` returns. Sent as a gRPC future, the answer would reach the waiting campaign through
+gRPC's callback thread and then an engine worker: two thread hops on the path of every graceful handover, as
+ZooKeeper's lone operations avoid too (``zookeeper/_async.py``'s ``Pipeline``). While it is in flight, other
+claims go out (or queue) as above.
+
 Limits of etcd respected: a transaction may hold at most ``--max-txn-ops`` ops (128 by default), counted per
 level: the outer one has one op per claim, and each nested one may use what its parent left (etcd's
 ``checkTxnRequest``: a claim uses 2, so 126 claims would fit); a batch holds at most :data:`BATCH` claims. A
@@ -57,21 +64,32 @@ class Batcher:
     """See the module docstring: up to :data:`IN_FLIGHT` claim requests in flight; the claims queued meanwhile go
     out as one."""
 
-    def __init__(self, client: Client, in_flight: int = IN_FLIGHT) -> None:
+    def __init__(self, client: Client, in_flight: int = IN_FLIGHT, *, inline: bool = False) -> None:
         self._client = client
         self._in_flight = in_flight
+        self._inline = inline
         self._lock = threading.Lock()
         self._busy = 0  # claim requests in flight
         self._queue: deque[_Pending] = deque()
 
     def claim(self, key: bytes, request: Any, answer: Callable[[Any], Claim]) -> Future[Claim]:
-        """Send the claim ``request`` for ``key`` now (room in flight) or with the next batch."""
+        """Send the claim ``request`` for ``key`` now (room in flight; a lone one inline, see the module docstring)
+        or with the next batch."""
         pending = _Pending(key, request, answer, Future())
         with self._lock:
             if self._busy >= self._in_flight:
                 self._queue.append(pending)
                 return pending.result
+            alone = self._inline and self._busy == 0
             self._busy += 1
+        if alone:
+            try:
+                response = self._client.call("create", lambda ep, t, md: ep.kv.Txn(request, timeout=t, metadata=md))
+                pending.result.set_result(answer(response))
+            except Exception as e:
+                pending.result.set_exception(e)
+            self._next()
+            return pending.result
         self._send([pending])
         return pending.result
 

@@ -45,7 +45,7 @@ class EtcdDiscovery(Discovery):
             raise InvalidDiscoveryURL(f"etcd URL {str(url)!r}: prepare must be 0 or 1, not {prepare!r}")
         self._prepare = prepare == "1"
         self._stream = WatchStream(self._client)
-        self._claims = Batcher(self._client)
+        self._claims = Batcher(self._client, inline=True)
 
     def _k(self, key: str) -> bytes:
         return (self._prefix + check_key(key)).encode()
@@ -119,7 +119,8 @@ class EtcdDiscovery(Discovery):
     ) -> Future[Claim]:
         """The claim as one transaction: put if absent, and in the same round trip the range of ``listing`` after
         the put (won), or the holder (lost). One request per candidate where the default makes two; claims made
-        while another is in flight go out together as one request (see :mod:`._batch`)."""
+        while another is in flight go out together as one request; a lone one is sent inline, blocking the caller
+        for its round trip (see :mod:`._batch`)."""
         try:
             k, request, lease = self._create_request(key, value, session, listing)
         except Exception as e:
