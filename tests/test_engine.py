@@ -176,3 +176,48 @@ def test_a_backend_overriding_only_the_blocking_calls_is_used_through_them(disco
     d = Counting(discovery.url)
     assert d.get_async("x").result(0) is None
     assert calls == ["x"]
+
+
+def test_a_held_task_is_woken_by_nothing_until_resume_here_runs_it_on_the_calling_thread(
+    discovery: MemoryDiscovery,
+) -> None:
+    """hold() takes a parked task off its park: its watch firing, its deadline passing and an interrupt wake no
+    worker; resume_here() then resumes it with False on the caller's thread."""
+    watch = discovery.watch("k", None)
+    seen: queue.SimpleQueue[tuple[Any, threading.Thread]] = queue.SimpleQueue()
+    parked = threading.Event()
+
+    def steps() -> Steps:
+        parked.set()
+        value = yield Park(watch, time.monotonic() + 0.05)
+        seen.put((value, threading.current_thread()))
+
+    task = Task(Engine(), "held", steps(), lambda: False)
+    task.start()
+    assert parked.wait(TIMEOUT)
+    deadline = time.monotonic() + TIMEOUT
+    while not task.hold():  # on a worker until it has parked
+        assert time.monotonic() < deadline, "the task never parked"
+        time.sleep(0.001)
+    assert not task.hold()  # held once
+    discovery.put("k", "v")  # the watch fires
+    task.interrupt()
+    with pytest.raises(queue.Empty):  # not resumed on a worker, also past its deadline (0.05 s)
+        seen.get(timeout=0.4)
+    task.resume_here()
+    assert seen.get_nowait() == (False, threading.current_thread())
+    assert task.finished
+
+
+def test_hold_refuses_a_task_waiting_for_a_request() -> None:
+    future: Future[str] = Future()
+    m = Machine().park(Park(request=lambda: future))
+    m.task.start()
+    deadline = time.monotonic() + TIMEOUT
+    while m.task._parked is None:  # sent, waiting for the answer
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert not m.task.hold()
+    future.set_result("answer")
+    assert m.next() == "answer"
+    m.end()
