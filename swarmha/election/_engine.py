@@ -36,7 +36,8 @@ waits; for one that cannot (a third-party backend), the engine waits in ``Watch.
 ``swarmha-engine-wait`` thread of its own for as long as the wait lasts (the old, thread-per-waiter cost).
 
 Guarantees: a task's generator runs on one thread at a time, and a wake-up (watch, deadline, interrupt) that
-arrives while it runs is not lost: it is looked at before the task parks again.
+arrives while it runs is not lost: it is looked at before the task parks again. That thread is a worker, except
+after :meth:`Task.hold`: ``stop()`` then resumes the task on its own thread (:meth:`Task.resume_here`).
 """
 
 from __future__ import annotations
