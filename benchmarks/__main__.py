@@ -17,6 +17,8 @@
   (``benchmarks/consul_client.py``; prints its table).
 * ``runtime-threads``: what SQLite's change feed thread and ZooKeeper's timer thread buy (handover, wake-ups, idle
   CPU; ``benchmarks/runtime_threads.py``; prints its tables).
+* ``stages``: one graceful handover timed stage by stage inside the process (``benchmarks/stages.py``; prints its
+  table, or writes it into ``--out FILE``); takes ``--quick`` and ``--out FILE`` too.
 
 ``manager-ab``, ``outage-recovery``, ``consul-client`` and ``runtime-threads`` take only their own options
 (``python -m benchmarks manager-ab --help``), not --quick/--out.
@@ -36,9 +38,9 @@ from pathlib import Path
 
 PARTS = ["election", "core", "manager"]
 #: Parts run only by name (not by ``all``), with their own options only.
-EXTRA = ["manager-ab", "outage-recovery", "scale", "consul-client", "runtime-threads"]
+EXTRA = ["manager-ab", "outage-recovery", "scale", "consul-client", "runtime-threads", "stages"]
 #: Parts of EXTRA that also take the common --quick / --out (passed on as they are).
-EXTRA_COMMON = {"scale"}
+EXTRA_COMMON = {"scale", "stages"}
 
 
 def _runner(part: str) -> Callable[[list[str]], None]:

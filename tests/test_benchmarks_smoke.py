@@ -43,7 +43,8 @@ def test_quick_election_benchmark_exits_0_and_writes_the_table(tmp_path: Path) -
 
 
 @pytest.mark.parametrize(
-    "part", ["election", "core", "manager", "manager-ab", "outage-recovery", "consul-client", "runtime-threads"]
+    "part",
+    ["election", "core", "manager", "manager-ab", "outage-recovery", "consul-client", "runtime-threads", "stages"],
 )
 def test_every_benchmark_part_runs_from_python_m_benchmarks(part: str) -> None:
     proc = subprocess.run(
@@ -56,3 +57,27 @@ def test_every_benchmark_part_runs_from_python_m_benchmarks(part: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("usage: "), proc.stdout[:500]
+
+
+def test_the_stage_timing_of_a_handover_reaches_every_stage(tmp_path: Path) -> None:
+    """``stages --quick`` (memory): every stage of every round is timed, in the order a handover takes them."""
+    out = tmp_path / "doc.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "stages", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from benchmarks.stages import BEGIN, END, STAGES
+
+    doc = out.read_text()
+    assert BEGIN in doc and END in doc
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2].strip() for line in doc.splitlines() if line.startswith("| ")
+    }
+    p50 = [float(rows[stage].split(" / ")[0]) for stage in STAGES]  # "-" (a stage never reached) fails here
+    order = ["release sent", "release answered", "claim sent", "elected"]
+    assert [p50[STAGES.index(s)] for s in order] == sorted(p50[STAGES.index(s)] for s in order)
