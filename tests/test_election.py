@@ -16,6 +16,23 @@ from tests.support.helpers import Collector, WaitSpy, wait_for
 _names = itertools.count()
 
 
+class Forwarding(Watch):
+    """A watch that forwards wait, interrupt and close to ``inner`` (not notify: the engine then waits on a thread
+    of its own unless a spy forwards it); a spy overrides what it records."""
+
+    def __init__(self, inner: Watch) -> None:
+        self.inner = inner
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.inner.wait(timeout)
+
+    def interrupt(self) -> None:
+        self.inner.interrupt()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 @pytest.fixture
 def discovery() -> MemoryDiscovery:
     d = swarmha.connect(f"memory://election-{next(_names)}/p")
@@ -173,19 +190,13 @@ def test_stop_releases_on_the_callers_thread_after_the_term_ended(discovery: Mem
         def watch(self, key: str, seen: Record | None) -> Watch:
             inner = super().watch(key, seen)
 
-            class Recording(Watch):
+            class Recording(Forwarding):
                 def wait(self, timeout: float | None = None) -> bool:
                     if seen is not None and seen.value == "n":
                         waiting.set()
                     return inner.wait(timeout)
 
-                def interrupt(self) -> None:
-                    inner.interrupt()
-
-                def close(self) -> None:
-                    inner.close()
-
-            return Recording()
+            return Recording(inner)
 
         def release(self, key: str, token: int, session: Session) -> None:
             calls.append((threading.current_thread(), candidate[0].is_leader, discovery.get(key) is not None))
@@ -221,7 +232,7 @@ def test_stop_runs_a_parked_leaders_last_steps_on_its_own_thread_and_the_keys_de
         def watch(self, key: str, seen: Record | None) -> Watch:
             inner = super().watch(key, seen)
 
-            class Recording(Watch):
+            class Recording(Forwarding):
                 def notify(self, callback: object) -> bool:
                     def woken() -> None:
                         ran.append(("woken", threading.current_thread()))
@@ -231,16 +242,7 @@ def test_stop_runs_a_parked_leaders_last_steps_on_its_own_thread_and_the_keys_de
                     parked.set()
                     return ok
 
-                def wait(self, timeout: float | None = None) -> bool:
-                    return inner.wait(timeout)
-
-                def interrupt(self) -> None:
-                    inner.interrupt()
-
-                def close(self) -> None:
-                    inner.close()
-
-            return Recording()
+            return Recording(inner)
 
     remove = add_observer(seen)
     try:
