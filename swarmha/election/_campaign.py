@@ -282,8 +282,8 @@ class Campaign(Transfers):
         finally:
             if lead.watch is not None:
                 if self._stopping and self._spent is None:
-                    # stop(): the machine is parked on this watch, and closing it would wake it on a worker; stop()
-                    # runs its last steps on its own thread instead (Task.interrupt_here), which close it.
+                    # stop(): the machine, held off its park on this watch, would be kicked by the close; stop()
+                    # runs its last steps on its own thread instead (Task.resume_here), and _finish closes it.
                     self._spent = lead.watch
                 else:
                     lead.watch.close()
