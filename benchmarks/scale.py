@@ -15,6 +15,9 @@ campaign for the same N keys (ttl 6 s) on one server started for the run (ZooKee
   (``benchmarks/stores.py`` says what each server counts; ZooKeeper counts its heartbeat pings too), / 3;
 * **garbage collection**: seconds each process spent in the collector from "go" to every key led (all
   generations, and full collections apart), the most of the three (in ``benchmarks-scale.json`` beside ``--out`` only);
+* **elect CPU and requests** (``benchmarks-scale.json`` only): CPU seconds (user + system) each process spent from
+  "go" to every key led, the most of the three, and the store's request count over that time per key (all three
+  processes; what each server counts: ``benchmarks/stores.py``);
 * **threads, fds, store connections, RSS** per process (the largest of the three), from ``/proc``;
 * **handover p50/p95 per key**: the process leading most keys gives all of them up gracefully (swarmha
   ``stop()``, kazoo ``Lock.release()`` / the ``Election`` function returning, etcd ``Lock.release()``); for each
@@ -270,7 +273,15 @@ def worker_main(argv: list[str]) -> None:
         elif command == "stats":
             reply(_proc_stats(args.port))
         elif command == "gc":
-            reply({"full_s": clock.seconds[2], "full_n": clock.count[2], "all_s": sum(clock.seconds)})
+            times = os.times()
+            reply(
+                {
+                    "full_s": clock.seconds[2],
+                    "full_n": clock.count[2],
+                    "all_s": sum(clock.seconds),
+                    "cpu_s": times.user + times.system,
+                }
+            )
         elif command == "release":
             reply(worker.release())
         elif command == "elected":
@@ -338,6 +349,7 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
         for p in procs:
             assert p.read() == "ready"
         gc_before = [p.ask("gc") for p in procs]
+        requests_before = stores.requests(backend)
         began = time.monotonic()
         for p in procs:
             p.ask("go")
@@ -353,10 +365,17 @@ def run_one(stores: Any, backend: str, system: str, n: int, elect_timeout: float
                 return result
             time.sleep(0.02)
         result["elect_s"] = time.monotonic() - began
+        requests_after = stores.requests(backend)
         gc_after = [p.ask("gc") for p in procs]
         # in the garbage collector from "go" to every key led, the most of the three processes
         for name in ("full_s", "full_n", "all_s"):
             result[f"gc_{name}"] = max(a[name] - b[name] for a, b in zip(gc_after, gc_before, strict=True))
+        # CPU (user + system) from "go" to every key led, the most of the three (a --base checkout may not say)
+        if all("cpu_s" in g for g in gc_before + gc_after):
+            result["elect_cpu_s"] = max(a["cpu_s"] - b["cpu_s"] for a, b in zip(gc_after, gc_before, strict=True))
+        # the store's count (benchmarks/stores.py says what it counts; ZooKeeper: packets, pings included)
+        counted = [requests_after[k] - requests_before.get(k, 0.0) for k in requests_after if k != "connections"]
+        result["elect_requests_per_key"] = sum(counted) / n
         led = [set(p.ask("leading")) for p in procs]
         union = set().union(*led)
         result["exactly_one"] = len(union) == n and sum(len(s) for s in led) == n
