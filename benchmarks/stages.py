@@ -8,8 +8,8 @@ its own Discovery, the waiter settled 0.1-0.2 s, then the leader's ``stop()``. F
 
 * **release sent / answered**: the leader's ``Discovery.release`` called / returned (its store round trip);
 * **waiter woken**: the waiter's machine woken by its watch (the key's deletion reached it);
-* **claim sent / answered**: the waiter's ``Discovery.claim_async`` returned / its future done (the same moment
-  when the claim went inline);
+* **claim made / answered**: the waiter's ``Discovery.claim_async`` called / its future done (between them the
+  claim's round trip, whether it went inline or as a future);
 * **elected**: the waiter's consumer got its True from ``run_for_election()`` (the election benchmark's figure);
 * **stop() returned**: the leader's ``stop()`` came back (its machine's last steps included).
 
@@ -41,7 +41,7 @@ STAGES = [
     "release sent",
     "release answered",
     "waiter woken",
-    "claim sent",
+    "claim made",
     "claim answered",
     "elected",
     "stop() returned",
@@ -81,9 +81,10 @@ def _wrapped(cls: type, now: _Round) -> Iterator[None]:
                 now.mark("release answered")
 
     def wrapped_claim(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self is now.waiter:
+            now.mark("claim made")
         future = claim_async(self, *args, **kwargs)
         if self is now.waiter:
-            now.mark("claim sent")
             future.add_done_callback(lambda _: now.mark("claim answered"))
         return future
 

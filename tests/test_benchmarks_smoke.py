@@ -79,5 +79,5 @@ def test_the_stage_timing_of_a_handover_reaches_every_stage(tmp_path: Path) -> N
         line.split("|")[1].strip(): line.split("|")[2].strip() for line in doc.splitlines() if line.startswith("| ")
     }
     p50 = [float(rows[stage].split(" / ")[0]) for stage in STAGES]  # "-" (a stage never reached) fails here
-    order = ["release sent", "release answered", "claim sent", "elected"]
+    order = ["release sent", "release answered", "claim made", "claim answered", "elected"]
     assert [p50[STAGES.index(s)] for s in order] == sorted(p50[STAGES.index(s)] for s in order)
