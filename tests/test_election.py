@@ -16,23 +16,6 @@ from tests.support.helpers import Collector, WaitSpy, wait_for
 _names = itertools.count()
 
 
-class Forwarding(Watch):
-    """A watch that forwards wait, interrupt and close to ``inner`` (not notify: the engine then waits on a thread
-    of its own unless a spy forwards it); a spy overrides what it records."""
-
-    def __init__(self, inner: Watch) -> None:
-        self.inner = inner
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.inner.wait(timeout)
-
-    def interrupt(self) -> None:
-        self.inner.interrupt()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 @pytest.fixture
 def discovery() -> MemoryDiscovery:
     d = swarmha.connect(f"memory://election-{next(_names)}/p")
@@ -190,13 +173,19 @@ def test_stop_releases_on_the_callers_thread_after_the_term_ended(discovery: Mem
         def watch(self, key: str, seen: Record | None) -> Watch:
             inner = super().watch(key, seen)
 
-            class Recording(Forwarding):
+            class Recording(Watch):
                 def wait(self, timeout: float | None = None) -> bool:
                     if seen is not None and seen.value == "n":
                         waiting.set()
                     return inner.wait(timeout)
 
-            return Recording(inner)
+                def interrupt(self) -> None:
+                    inner.interrupt()
+
+                def close(self) -> None:
+                    inner.close()
+
+            return Recording()
 
         def release(self, key: str, token: int, session: Session) -> None:
             calls.append((threading.current_thread(), candidate[0].is_leader, discovery.get(key) is not None))
@@ -212,55 +201,6 @@ def test_stop_releases_on_the_callers_thread_after_the_term_ended(discovery: Mem
     assert events.next(5.0) is False
     events.join()
     assert discovery.get("k") is None
-
-
-def test_stop_runs_a_parked_leaders_last_steps_on_its_own_thread_and_the_keys_deletion_wakes_no_worker(
-    discovery: MemoryDiscovery,
-) -> None:
-    """stop() takes the machine off its park before the release: the leader's own watch sees the key go, and
-    nothing runs on a worker for it; the machine's last steps (its END) run on stop()'s thread right after."""
-    from swarmha.observe import Observation, add_observer
-
-    ran: list[tuple[str, threading.Thread]] = []
-    parked = threading.Event()
-
-    def seen(o: Observation) -> None:
-        if o.source == "candidate" and o.key == "k":
-            ran.append((o.kind, threading.current_thread()))
-
-    class Spy(WaitSpy):
-        def watch(self, key: str, seen: Record | None) -> Watch:
-            inner = super().watch(key, seen)
-
-            class Recording(Forwarding):
-                def notify(self, callback: object) -> bool:
-                    def woken() -> None:
-                        ran.append(("woken", threading.current_thread()))
-                        callback()  # type: ignore[operator]
-
-                    ok = inner.notify(woken)
-                    parked.set()
-                    return ok
-
-            return Recording(inner)
-
-    remove = add_observer(seen)
-    try:
-        c = swarmha.Candidate(Spy(discovery), "k", node="n", ttl=30.0)
-        events = Collector(c.run_for_election())
-        assert events.next(5.0) is True
-        assert parked.wait(5.0), "the leader never parked on its own key"
-        wait_for(lambda: not c._worker._task.thread, 5.0)  # type: ignore[attr-defined]
-        del ran[:]
-        c.stop()
-        me = threading.current_thread()
-        assert [kind for kind, _ in ran if kind in ("lost", "end")] == ["lost", "end"]
-        assert all(thread is me for _, thread in ran), ran
-        assert discovery.get("k") is None
-        assert events.next(5.0) is False
-        events.join()
-    finally:
-        remove()
 
 
 def test_a_term_claimed_with_a_ticket_granted_ahead_counts_from_the_tickets_clock(

@@ -113,9 +113,7 @@ class Campaign(Transfers):
         self._request: Signal | None = None  # RESIGN asked for, not taken yet (a stop is the worker's flag)
         self._holdoff_until = 0.0  # after a resign: no claim before this unless the key's queue names us
         self._leftover: tuple[Session, int] | None = None  # a key the store may still hold for a term that ended
-        # A watch to close once the machine has moved on: the one that saw the key vacant (after the claim it led
-        # to), or the term's own after stop() released the key (when the machine ends: see _hand_over).
-        self._spent: Watch | None = None
+        self._spent: Watch | None = None  # the watch that saw the key vacant: closed after the claim it led to
         self._lost_reason: str | None = None
 
     # -- what callers read ---------------------------------------------------------------------------
@@ -165,14 +163,11 @@ class Campaign(Transfers):
         With ``drain``, the key goes once the consumers came back; a consumer iterating on the calling thread
         (or on thread ``back``: an event loop's, whose stop runs on a worker) counts as come back: it is busy in
         this call, done with the term."""
-        held = self._hold(timeout)  # before the release: the key's deletion must not wake the machine on a worker
-        try:
-            with self._lock:
-                self._stopping = True
-                if self._task is not None:
-                    self._end_gracefully(Signal.STOP, "stopped", back=threading.get_ident() if back is None else back)
-        finally:
-            self._stop_held(held, timeout)
+        with self._lock:
+            self._stopping = True
+            if self._task is not None:
+                self._end_gracefully(Signal.STOP, "stopped", back=threading.get_ident() if back is None else back)
+        super().stop(timeout)
 
     def resign(self) -> None:
         """Give up the current term (if any) and let a waiting candidate win before campaigning again."""
@@ -281,12 +276,7 @@ class Campaign(Transfers):
             log.info("%s: leadership released by %s (token %d): %s", self.key, self.node, lead.term.token, reason)
         finally:
             if lead.watch is not None:
-                if self._stopping and self._spent is None:
-                    # stop(): the machine, held off its park on this watch, would be kicked by the close; stop()
-                    # runs its last steps on its own thread instead (Task.resume_here), and _finish closes it.
-                    self._spent = lead.watch
-                else:
-                    lead.watch.close()
+                lead.watch.close()
 
     def _started(self) -> None:
         self._fire(Signal.START)
@@ -535,10 +525,10 @@ class Campaign(Transfers):
     def _finish(self) -> None:
         """The end of the machine: release the key if held (the same path as a resign), withdraw a ticket,
         delete a leftover key (best effort)."""
-        self._fire(Signal.STOP, "stopped")
         if self._spent is not None:
             self._spent.close()
             self._spent = None
+        self._fire(Signal.STOP, "stopped")
         if self._transfer is not None:
             self._decide(self._transfer, False, "the candidate stopped")
         with contextlib.suppress(DiscoveryError):

@@ -36,8 +36,7 @@ waits; for one that cannot (a third-party backend), the engine waits in ``Watch.
 ``swarmha-engine-wait`` thread of its own for as long as the wait lasts (the old, thread-per-waiter cost).
 
 Guarantees: a task's generator runs on one thread at a time, and a wake-up (watch, deadline, interrupt) that
-arrives while it runs is not lost: it is looked at before the task parks again. That thread is a worker, except
-after :meth:`Task.hold`: ``stop()`` then resumes the task on its own thread (:meth:`Task.resume_here`).
+arrives while it runs is not lost: it is looked at before the task parks again.
 """
 
 from __future__ import annotations
@@ -142,7 +141,6 @@ class Task:
         self._kicked = False  # the watch fired (or may have) since the task last polled it
         self._generation = 0  # of the current park: a timer for an older park does nothing
         self._notified: Watch | None = None  # the watch our notifier is registered on
-        self._held: Park | None = None  # the park hold() took the task off, until resume_here()
         self.granted = False  # a slot of the engine's request window is ours (see Engine.sending)
 
     def start(self, *, urgent: bool = False) -> None:
@@ -164,39 +162,6 @@ class Task:
         self._engine.submit(self, False, urgent=True)
         if parked.watch is not None and self._notified is not parked.watch:
             parked.watch.interrupt()  # a waiter thread blocked in wait() (a watch without notify)
-
-    def hold(self) -> bool:
-        """Take the task off its park if it is parked on a watch or a time (not a request): nothing wakes it (watch,
-        deadline, interrupt) until :meth:`resume_here`, which the caller must then call. False: not parked so,
-        nothing done.
-
-        For ``stop()``: held before the release, the machine is not woken on a worker by its own key's deletion, and
-        its last steps run on the stopping thread right after the release, where waking a worker and waiting for it
-        took the GIL from the successor's claim in the same process (measured: etcd, one process, a handover timed
-        stage by stage: the old leader's machine ran on a worker 0.2 ms after the release's answer and ``stop()``
-        returned 0.5 ms after it, while the successor was making its claim)."""
-        with self.lock:
-            parked = self._parked
-            if parked is None or parked.request is not None or self._held is not None:
-                return False
-            self._parked = None
-            self._held = parked
-        return True
-
-    def resume_here(self) -> None:
-        """Resume a task taken by :meth:`hold` with False (as :meth:`interrupt` would), on the calling thread, until
-        it parks again or ends. Never raises: a failing step is logged and ends the task, as on a worker."""
-        with self.lock:
-            parked, self._held = self._held, None
-        if parked is None:
-            return
-        if parked.watch is not None and self._notified is not parked.watch:
-            parked.watch.interrupt()  # a waiter thread blocked in wait() (a watch without notify)
-        try:
-            self.run(False)
-        except Exception:  # as Engine._work does
-            log.exception("%s: the state machine failed", self.name)
-            self._end()
 
     def _on_watch(self) -> None:
         """The watch's notifier (any thread, must not block)."""

@@ -120,35 +120,16 @@ class _Worker:
         self._task.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Ask the machine to finish, wake it, and wait for it (idempotent, callable from any thread).
-
-        Without ``timeout``, a machine parked on a watch or a time runs its last steps on the calling thread (no
-        worker woken and waited for: :meth:`Task.hold`); with one, on a worker, waited for up to ``timeout``."""
-        self._stop_held(self._hold(timeout), timeout)
-
-    def _hold(self, timeout: float | None) -> bool:
-        """Without ``timeout``, take the parked machine off its park (:meth:`Task.hold`); :meth:`_stop_held` must
-        follow, whatever happens in between."""
-        with self._lock:
-            task = self._task
-        return timeout is None and task is not None and task.thread is not threading.current_thread() and task.hold()
-
-    def _stop_held(self, held: bool, timeout: float | None) -> None:
-        """:meth:`stop` once :meth:`_hold` said ``held``."""
+        """Ask the machine to finish, wake it, and wait for it (idempotent, callable from any thread)."""
         with self._lock:
             self._stopping = True
             task = self._task
             if task is None and not self._ended:
                 self._ended = True
                 self._close_out()
-        if task is None or task.thread is threading.current_thread():
-            self._interrupt()
-            return
-        if held:
-            task.resume_here()
-        else:
-            task.interrupt()
-        task.wait_finished(timeout)
+        self._interrupt()
+        if task is not None and task.thread is not threading.current_thread():
+            task.wait_finished(timeout)
 
     @property
     def running(self) -> bool:
