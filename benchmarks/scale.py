@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from benchmarks.support import splice
 from tests.support.net import established_to
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -507,16 +508,6 @@ def _commit(tree: Path) -> str:
     return head.stdout.strip() + ("+" if dirty.stdout.strip() else "") if head.returncode == 0 else "?"
 
 
-def write_report(section: str, path: Path) -> None:
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "worker":
@@ -569,7 +560,7 @@ def main(argv: list[str] | None = None) -> None:
     section = report(results, command.strip(), versions)
     print(section)
     if not args.quick:
-        write_report(section, Path(args.out))
+        splice(Path(args.out), BEGIN, END, section)
     json_path = Path(args.out).with_name("benchmarks-scale.json")
     if not args.quick:
         json_path.write_text(json.dumps(results, indent=1))

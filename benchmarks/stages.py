@@ -33,6 +33,7 @@ from typing import Any
 
 from benchmarks.contenders import SwarmhaContender
 from benchmarks.stores import Stores
+from benchmarks.support import splice
 
 BEGIN, END = "<!-- stages:begin -->", "<!-- stages:end -->"
 KEY = "bench/leader"
@@ -166,17 +167,6 @@ def table(by_backend: dict[str, list[dict[str, float]]], rounds: int) -> str:
     return "\n".join(lines)
 
 
-def write(path: Path, text: str) -> None:
-    """Replace the section between the markers in ``path`` (appended with them if absent)."""
-    doc = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(doc)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks stages", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", nargs="+", default=["etcd", "zk"], help="default: etcd zk")
@@ -192,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
             by_backend[backend] = measure(stores.url(backend, f"stages-{backend}"), rounds)
     text = table(by_backend, rounds)
     if args.out:
-        write(Path(args.out), text)
+        splice(Path(args.out), BEGIN, END, f"{BEGIN}\n{text}\n{END}")
     print(text)
 
 

@@ -3,6 +3,7 @@
 * :func:`wait` / :func:`reached`: the one wait-on-a-condition loop (``poll`` chosen per use: the handover probes
   poll every 0.2-0.5 ms, readiness probes every few ms).
 * :func:`uptime`: the load average line written beside every figure.
+* :func:`splice`: a report's section put in its place between two markers of a document.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["reached", "uptime", "wait"]
+__all__ = ["reached", "splice", "uptime", "wait"]
 
 
 def wait(predicate: Callable[[], object], timeout: float, what: str = "condition", poll: float = 0.001) -> float:
@@ -36,3 +38,15 @@ def reached(predicate: Callable[[], object], timeout: float, poll: float = 0.001
 def uptime() -> str:
     """The ``uptime`` line (load averages), written beside the figures."""
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def splice(path: Path, begin: str, end: str, section: str) -> None:
+    """Put ``section`` (which starts with the marker ``begin`` and ends with ``end``) in place of what stands from
+    ``begin`` to ``end`` in ``path``; appended when the markers are absent (``path`` made if missing)."""
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)

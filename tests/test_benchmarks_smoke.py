@@ -60,7 +60,7 @@ def test_every_benchmark_part_runs_from_python_m_benchmarks(part: str) -> None:
 
 
 def test_the_stage_timing_of_a_handover_reaches_every_stage(tmp_path: Path) -> None:
-    """``stages --quick`` (memory): every stage of every round is timed, in the order a handover takes them."""
+    """``stages --quick`` (memory): every stage gets figures, and their p50s come in the order a handover takes them."""
     out = tmp_path / "doc.md"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "stages", "--quick", "--out", str(out)],
