@@ -18,19 +18,26 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
-_QUICK = [sys.executable, "-m", "benchmarks", "election", "--quick"]
+_QUICK = ["election", "--quick"]
 
 
-def test_quick_election_benchmark_exits_0_and_writes_the_table(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        # swarmha and one peer on two real servers: the harness's every path (server start, swarmha, a peer,
-        # the report, the plots) at a fraction of the full quick run's time; the full run is the benchmark itself
-        [*_QUICK, "--backends", "etcd", "zk", "--systems", "swarmha", "kazoo-lock", "--out", str(tmp_path)],
+def _benchmarks(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks ARGS`` from this checkout, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=timeout,
+    )
+
+
+def test_quick_election_benchmark_exits_0_and_writes_the_table(tmp_path: Path) -> None:
+    # swarmha and one peer on two real servers: the harness's every path (server start, swarmha, a peer, the
+    # report, the plots) at a fraction of the full quick run's time; the full run is the benchmark itself
+    proc = _benchmarks(
+        *_QUICK, "--backends", "etcd", "zk", "--systems", "swarmha", "kazoo-lock", "--out", str(tmp_path), timeout=110
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (tmp_path / "benchmarks.md").read_text()
@@ -47,14 +54,7 @@ def test_quick_election_benchmark_exits_0_and_writes_the_table(tmp_path: Path) -
     ["election", "core", "manager", "manager-ab", "outage-recovery", "consul-client", "runtime-threads", "stages"],
 )
 def test_every_benchmark_part_runs_from_python_m_benchmarks(part: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", part, "--help"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _benchmarks(part, "--help", timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("usage: "), proc.stdout[:500]
 
@@ -62,14 +62,7 @@ def test_every_benchmark_part_runs_from_python_m_benchmarks(part: str) -> None:
 def test_the_stage_timing_of_a_handover_reaches_every_stage(tmp_path: Path) -> None:
     """``stages --quick`` (memory): every stage gets figures, and their p50s come in the order a handover takes them."""
     out = tmp_path / "doc.md"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "stages", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _benchmarks("stages", "--quick", "--out", str(out), timeout=60)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     from benchmarks.stages import BEGIN, END, STAGES
 
