@@ -4,7 +4,10 @@ waits."""
 
 from __future__ import annotations
 
+import gc
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -116,3 +119,21 @@ def test_a_lone_operation_runs_inline_and_one_beside_it_is_pipelined_until_the_c
     assert len(conn.sent) == 1 and not busy.second.done()  # pipelined: waiting for its answer
     pipeline.close()
     assert isinstance(busy.second.exception(0), DiscoveryError)
+
+
+def test_an_answered_operation_is_not_kept_alive_by_its_timeout(timer: Timer) -> None:
+    # The timeout's call stays in the timer's heap until its time; a cancelled call must drop the operation
+    # (its generator, frame and future), or every answered operation lives on for the whole timeout.
+    timer.call_at(time.monotonic() + 30.0, lambda: None)  # heads the heap: the timeout's call stays in it
+    conn = Conn()
+    operation = two_reads(conn)
+    alive = weakref.ref(operation)
+    future = drive(operation, timer, 60.0)
+    del operation
+    conn.sent[0].answer("one")
+    conn.sent[1].answer("two")
+    assert future.result(TIMEOUT) == ("one", "two")
+    del future
+    conn.sent.clear()  # answered results are dropped (kazoo's too)
+    gc.collect()
+    assert alive() is None

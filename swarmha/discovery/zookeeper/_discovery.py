@@ -155,8 +155,11 @@ class ZooKeeperDiscovery(Discovery):
     ) -> Future[Claim]:
         """The claim pipelined (:mod:`._async`): a plain session first reads the key unless ``vacant`` (a held
         key costs no entry created and withdrawn again), then creates it if vacant; a ticket creates at once (its
-        entry is queued). After a win, ``listing`` is listed (no request for a ticket whose steering watch saw
-        nothing there up to its turn: :mod:`._steering`); after a loss, the holder read.
+        entry is queued). A key not yet known here to be a queue is not read first: one transaction makes the
+        queue with the session's entry in it (a win in one request), and only if the key was there already is
+        its holder read (:meth:`Queues.create_with_entry_steps`). After a win, ``listing`` is listed (no request
+        for a ticket whose steering watch saw nothing there up to its turn: :mod:`._steering`); after a loss, the
+        holder read.
 
         The listing after a win goes on the session's connection, the one whose listings and watch events made the
         entry first: ZooKeeper orders what one connection sees, not what two see, so the read connection (maybe
@@ -170,11 +173,16 @@ class ZooKeeperDiscovery(Discovery):
         return self._core.pipeline.run(self._claim_steps(path, value, s, top, vacant))
 
     def _claim_steps(self, path: str, value: str, s: ZkSession, top: str | None, vacant: bool) -> Operation[Claim]:
+        created: Record | None = None
         if not s.ticket and not vacant:
-            holder = yield from self._get_steps(path)
+            if self._unseen(path, s):
+                created, holder = yield from self._first_claim_steps(path, value, s)
+            else:
+                holder = yield from self._get_steps(path)
             if holder is not None and holder.session != s.id:
                 return Claim(None, holder)
-        created = yield from self._create_steps(path, value, s)
+        if created is None:
+            created = yield from self._create_steps(path, value, s)
         if created is None:
             return Claim(None, (yield from self._get_steps(path)))
         if top is None:
@@ -182,6 +190,23 @@ class ZooKeeperDiscovery(Discovery):
         if s.steering_clear(path, top):  # a ticket's watch saw nothing under top up to its turn (see _steering)
             return Claim(created, None, {})
         return Claim(created, None, (yield from self._list_steps(top, s.conn)))
+
+    def _first_claim_steps(self, path: str, value: str, s: ZkSession) -> Operation[tuple[Record | None, Record | None]]:
+        """A plain session's claim of a key not known here to be a queue, without reading it first: (the
+        Record, None) when one transaction made the queue with the session's entry heading it
+        (:meth:`Queues.create_with_entry_steps`); else (None, the holder), the holder None when the key is vacant
+        or a prefix znode is missing (the usual create follows)."""
+        sent = time.monotonic()
+        s.check()
+        try:
+            entry = yield from self._queues.create_with_entry_steps(path, value, s)
+        except NoNodeError:  # the usual create makes the prefix's znodes
+            return None, None
+        if entry is not None:
+            self._owners.note_entry(s, entry)
+            return self._claimed(s, entry, sent), None
+        holder = yield from self._queues.listed_holder_steps(path, s)
+        return None, holder if holder is not None else (yield from self._get_steps(path))
 
     def _create_steps(self, path: str, value: str, s: ZkSession) -> Operation[Record | None]:
         sent = time.monotonic()
@@ -210,9 +235,21 @@ class ZooKeeperDiscovery(Discovery):
                 if fresh and not s.ticket:  # a plain session leaves nothing behind when it did not win
                     yield from self._queues.withdraw_steps(s, entry)
                 return None
+        return self._claimed(s, entry, sent)
+
+    def _claimed(self, s: ZkSession, entry: Entry, sent: float) -> Record:
+        """``entry`` heads its queue: ``s`` holds the key from ``sent`` on."""
         s.claim(entry, sent)
         self._core.remember(entry.path, entry.record, entry.mzxid)
         return entry.record
+
+    def _unseen(self, path: str, s: ZkSession) -> bool:
+        """``path`` is not known to be a queue and ``s`` has no entry there, tracked or unsure: a claim may then
+        make the queue and its entry in one transaction (:meth:`Queues.create_with_entry_steps`)."""
+        if self._queues.known(path):
+            return False
+        with s.lock:
+            return path not in s.entries and path not in s.unsure
 
     def put(self, key: str, value: str, session: Session | None = None) -> Record:
         """Create or overwrite ``key``: ephemeral of ``session`` if given, else persistent.

@@ -34,7 +34,15 @@ log = logging.getLogger("swarmha.discovery.zookeeper")
 NAP = 0.5
 
 
+def _nothing() -> None:
+    pass
+
+
 class Call:
+    """A timed call. A cancelled one stays in the heap until its time comes (or it reaches the top), so
+    ``cancel`` drops its callback at once: a pipelined operation's timeout (:mod:`._async`) would otherwise keep
+    the operation, its generator and its future alive for the whole timeout after it was answered."""
+
     __slots__ = ("callback", "cancelled", "when")
 
     def __init__(self, when: float, callback: Callable[[], None]) -> None:
@@ -44,6 +52,7 @@ class Call:
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.callback = _nothing
 
 
 class Timer:
