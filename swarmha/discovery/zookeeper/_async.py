@@ -55,39 +55,56 @@ Operation = Generator[Request, Any, _T]
 
 def drive(operation: Operation[_T], timer: Timer, timeout: float) -> Future[_T]:
     """Run ``operation`` (see the module docstring); its result or error as a future, within ``timeout``."""
-    result: Future[_T] = Future()
-    lock = threading.Lock()
+    return _Driven(operation, timer, timeout).result
 
-    def finish(value: Any = None, error: BaseException | None = None) -> bool:
-        with lock:
-            try:
-                if error is None:
-                    result.set_result(value)
-                else:
-                    result.set_exception(error)
-            except InvalidStateError:  # done already: timed out, or failed by Pipeline.close
-                return False
-            return True
 
-    def expire() -> None:
-        if finish(error=DiscoveryUnavailable(f"ZooKeeper: no answer within {timeout:g}s")):
-            operation.close()
+class _Driven:
+    """One pipelined operation in flight: :func:`drive`'s state, in one object.
 
-    call = timer.call_at(time.monotonic() + timeout, expire)
+    An object with slots and bound methods rather than closures: thousands are in flight at once, each lives a
+    round trip or more (long enough to outlive young garbage collections), and closures made four functions and
+    about eight cells per operation, each one more object for every full collection to walk.
+    """
 
-    def step(value: Any = None, error: BaseException | None = None) -> None:
+    __slots__ = ("_call", "_operation", "_request", "_timeout", "result")
+
+    def __init__(self, operation: Operation[Any], timer: Timer, timeout: float) -> None:
+        self.result: Future[Any] = Future()
+        self._operation = operation
+        self._timeout = timeout
+        self._request: Request | None = None  # the one in flight
+        self._call = timer.call_at(time.monotonic() + timeout, self._expire)
+        self._step(None, None)
+
+    def _finish(self, value: Any = None, error: BaseException | None = None) -> bool:
+        """Complete the future; False if it was done already (timed out, or failed by Pipeline.close)."""
+        try:
+            if error is None:
+                self.result.set_result(value)
+            else:
+                self.result.set_exception(error)
+        except InvalidStateError:
+            return False
+        return True
+
+    def _expire(self) -> None:
+        if self._finish(error=DiscoveryUnavailable(f"ZooKeeper: no answer within {self._timeout:g}s")):
+            self._operation.close()
+
+    def _step(self, value: Any, error: BaseException | None) -> None:
+        operation = self._operation
         while True:
-            if result.done():
+            if self.result.done():
                 return
             try:
                 request = operation.send(value) if error is None else operation.throw(error)
             except StopIteration as stop:
-                call.cancel()
-                finish(stop.value)
+                self._call.cancel()
+                self._finish(stop.value)
                 return
             except Exception as e:
-                call.cancel()
-                finish(error=e)
+                self._call.cancel()
+                self._finish(error=e)
                 return
             value, error = None, None
             try:
@@ -95,19 +112,19 @@ def drive(operation: Operation[_T], timer: Timer, timeout: float) -> Future[_T]:
             except DiscoveryError as e:
                 error = e
                 continue
-            sent.rawlink(lambda answer, r=request: answered(r, answer))
+            self._request = request
+            sent.rawlink(self._answered)
             return
 
-    def answered(request: Request, answer: Any) -> None:
+    def _answered(self, answer: Any) -> None:
+        request = self._request
+        assert request is not None  # set before the request's callback was linked
         try:
             value = answer.get_nowait()
         except Exception as e:
-            step(error=request.conn.translate(request.what, e, request.session))
+            self._step(None, request.conn.translate(request.what, e, request.session))
             return
-        step(value)
-
-    step()
-    return result
+        self._step(value, None)
 
 
 def block(operation: Operation[_T]) -> _T:
