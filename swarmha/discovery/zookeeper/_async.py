@@ -63,7 +63,10 @@ class _Driven:
 
     An object with slots and bound methods rather than closures: thousands are in flight at once, each lives a
     round trip or more (long enough to outlive young garbage collections), and closures made four functions and
-    about eight cells per operation, each one more object for every full collection to walk.
+    about eight cells per operation, each one more object for every full collection to walk. 10,000 keys x 3
+    processes (``python -m benchmarks scale --keys 10000 --backends zk --systems swarmha-lease --base DIR``, the
+    closures' build as base, two runs): every key led in 10.0 and 12.0 s against 11.3 and 13.6 s; the busiest
+    process's full collections 1.1 and 1.9 s against 2.1 and 3.3 s.
     """
 
     __slots__ = ("_call", "_operation", "_request", "_timeout", "result")
