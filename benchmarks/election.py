@@ -20,6 +20,11 @@ Parts (``--parts``, default all):
   100: store requests per second (server-side counters, see ``benchmarks/stores.py``) and CPU of this
   process and of the server over a window.
 
+``--base DIR`` (another checkout: ``git worktree add --detach DIR COMMIT``) puts that build's swarmha beside this
+one's in the handover parts, as ``swarmha-base``: its blocks take turns with every other system's, and every block
+of every system then runs in a new process of its own checkout (:func:`in_checkout`), so the two builds' ratios
+to the peers come from one run, under the same drift. The report is in :mod:`benchmarks.election_report`.
+
 Writes ``<out>/benchmarks.md`` (the tables between ``<!-- election:begin -->`` and ``<!-- election:end -->``;
 the rest of an existing file is kept), ``<out>/benchmarks-election.json`` (every sample) and PNG plots under
 ``<out>/img/``. ``--out`` may also name a ``.md`` file.
@@ -32,7 +37,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -45,8 +49,9 @@ from typing import Any
 
 import swarmha
 from benchmarks.contenders import SYSTEMS, TOOZ_INTERVAL, Contender, backend_of
+from benchmarks.election_report import BASE, load, machine, plots, report, write_report
 from benchmarks.stores import BACKENDS, Stores
-from benchmarks.support import reached
+from benchmarks.support import commit_of, reached
 from tests.support.procs import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,24 +72,12 @@ HANDOVER_TTL = 30.0
 #: Between processes the waiting contender settles this many times longer (its campaign starts in a new process).
 PROC_SETTLE = 3.0
 ROUND_TIMEOUT = 10.0
-BEGIN, END = "<!-- election:begin -->", "<!-- election:end -->"
 
 _prefixes = iter(range(10**9))
 
 
 def fresh(name: str) -> str:
     return f"b{os.getpid()}-{next(_prefixes)}-{name}"
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    s = sorted(samples)
-    if not s:
-        return {"n": 0}
-
-    def pick(q: float) -> float:
-        return s[min(len(s) - 1, round(q * (len(s) - 1)))]
-
-    return {"n": len(s), "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": s[-1]}
 
 
 def missing(system: str, ttl: float = 0.0) -> dict[str, Any] | None:
@@ -157,6 +150,26 @@ def interleaved(
                 results[name]["error"] = block["error"]
         done += n
     return results
+
+
+def in_checkout(tree: Path, part: str, system: str, url: str, rounds: int, settle: float) -> dict[str, Any]:
+    """``part`` (``handover`` or ``handover_procs``) of ``system``, run by the checkout ``tree`` (its swarmha and its
+    benchmark code: ``--base``'s, or this one) in a new process; the samples it printed."""
+    code = (
+        "import json, sys\n"
+        "from benchmarks import election\n"
+        "run = getattr(election, sys.argv[1])\n"
+        "print(json.dumps(run(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, part, system, url, str(rounds), str(settle)],
+        cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True,
+        timeout=60 + rounds * 4 * ROUND_TIMEOUT,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"{part} in {tree} exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def handover(system: str, url: str, rounds: int, settle: float) -> dict[str, Any]:
@@ -426,292 +439,6 @@ def idle(stores: Stores, backend: str, n: int, ttl: float, seconds: float, settl
     }
 
 
-def requests_per_second(backend: str, rates: dict[str, float]) -> float:
-    """The store requests of one idle window, per second (sqlite: transactions; zk: packets incl. pings)."""
-    if backend == "sqlite":
-        return rates.get("write txn", 0.0) + rates.get("read", 0.0)
-    return sum(rates.values())
-
-
-# -- the report -------------------------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
-
-
-def load() -> str:
-    return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-
-
-def _ms(x: float) -> str:
-    return f"{x * 1000:.1f}"
-
-
-def _rate(value: float) -> str:
-    """A per-participant rate to 3 decimals; a difference that rounds to zero shows as 0.000, not -0.000."""
-    return f"{round(value, 3) + 0.0:.3f}"
-
-
-def _row(name: str, p: dict[str, float], fmt: Callable[[float], str], extra: str = "") -> str:
-    if not p.get("n"):
-        return f"| {name} | 0 | - | - | - | - |{extra}"
-    cells = " | ".join(fmt(p[k]) for k in ("p50", "p90", "p99", "max"))
-    return f"| {name} | {int(p['n'])} | {cells} |{extra}"
-
-
-def _handover_table(ho: dict[str, Any], lines: list[str], goals: list[str], label: str) -> None:
-    """A handover table (with ratios to swarmha on the same server) and its goal rows, appended in place."""
-    lines += [
-        "| system | n | p50 | p90 | p99 | max | ratio swarmha/peer (p50) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, r in ho.items():
-        p = percentiles(r["samples"]) if "samples" in r else {}
-        ratio = ""
-        system, _, backend = name.partition(" @ ")
-        if system != "swarmha":
-            mine = percentiles(ho.get(f"swarmha @ {backend}", {}).get("samples", []))
-            if mine.get("n") and p.get("n"):
-                ratio = f" {mine['p50'] / p['p50']:.2f} |"
-        if r.get("missing") or r.get("error"):
-            lines.append(f"| {name} | - | {r.get('missing') or 'error: ' + r['error']} | | | | |")
-            continue
-        lines.append(_row(name, p, _ms, ratio or " |"))
-        if r["failures"]:
-            lines.append(f"| ↳ {r['failures']} rounds without a handover within {ROUND_TIMEOUT} s | | | | | | |")
-    lines.append("")
-    for backend in ("etcd", "zk"):
-        mine = percentiles(ho.get(f"swarmha @ {backend}", {}).get("samples", []))
-        if not mine.get("n"):
-            continue
-        verdict = "met" if mine["p50"] <= 0.020 else f"MISSED by {_ms(mine['p50'] - 0.020)} ms"
-        goals.append(f"| handover p50 ≤ 20 ms on {backend}{label} | {_ms(mine['p50'])} ms | {verdict} |")
-        peers = {k: percentiles(v["samples"]) for k, v in ho.items() if k.endswith(f"@ {backend}") and "samples" in v}
-        peers.pop(f"swarmha @ {backend}", None)
-        peers = {k: v for k, v in peers.items() if v.get("n")}
-        if peers:
-            best_name, best = min(peers.items(), key=lambda kv: kv[1]["p50"])
-            times = mine["p50"] / best["p50"]
-            goals.append(
-                f"| handover ≤ 1.0x the best peer on {backend}{label} ({best_name.split(' @ ')[0]}) | {times:.2f}x | "
-                f"{'met' if times <= 1.0 else f'MISSED by {(times - 1) * 100:.0f} %'} |"
-            )
-
-
-def report(results: dict[str, Any], command: str, out_dir: Path) -> str:
-    lines: list[str] = [
-        f"Command: `{command}`  ",
-        f"Machine: {results['machine']}; load average at start {results['load_start']}, "
-        f"at end {results['load_end']} (other engineers' test runs share the 2 cores)  ",
-        f"Date: {results['date']}; elapsed {results['elapsed']:.0f} s"
-        + ("; **--quick: smoke figures, too few rounds to mean much**" if results["quick"] else ""),
-        "",
-    ]
-    goals: list[str] = []
-    if "handover" in results:
-        lines += [
-            "### Graceful handover",
-            "",
-            f"Leader gives up → the contender that waited {results['settle']}-{2 * results['settle']:g} s (random) "
-            "knows it leads (ms); both contenders are threads of this process. "
-            "Same server, same run; ratio = swarmha p50 / peer p50 on that server.",
-            "",
-        ]
-        _handover_table(results["handover"], lines, goals, "")
-    if "handover_procs" in results:
-        settle = results["settle"] * PROC_SETTLE
-        lines += [
-            "### Graceful handover between processes",
-            "",
-            f"The same, but each contender is its own process (`python -m benchmarks.contenders`, as a deployment "
-            f"runs them); the leader's process notes the time right before it gives up, the waiting process (which "
-            f"waited {settle:g}-{2 * settle:g} s) when it knows it leads (both `CLOCK_MONOTONIC`), in ms.",
-            "",
-        ]
-        _handover_table(results["handover_procs"], lines, goals, ", processes")
-    if "crash" in results:
-        lines += [
-            "### Crash failover (SIGKILL of the leader process)",
-            "",
-            "SIGKILL at a random phase of the renewal period → the waiting process knows it leads "
-            "(seconds, and as a multiple of ttl).",
-            "",
-            "| system | ttl | n | p50 | p90 | p99 | max | max / ttl |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for name, r in results["crash"].items():
-            if r.get("missing") or r.get("error"):
-                lines.append(f"| {name} | - | - | {r.get('missing') or 'error: ' + r['error']} | | | | |")
-                continue
-            p = percentiles(r["samples"])
-            ttl = r["ttl"]
-            if p.get("n"):
-                cells = " | ".join(f"{p[k]:.3f} s ({p[k] / ttl:.2f}x)" for k in ("p50", "p90", "p99", "max"))
-                lines.append(f"| {name} | {ttl:g} s | {int(p['n'])} | {cells} | {p['max'] / ttl:.2f} |")
-                if name.startswith("swarmha"):
-                    over = p["max"] - ttl - 0.5
-                    verdict = "met" if over <= 0 else f"MISSED by {over:.3f} s"
-                    goals.append(
-                        f"| crash failover ≤ ttl + 0.5 s ({name.split(' @ ')[1]}) | max {p['max']:.3f} s "
-                        f"(ttl {ttl:g} s) | {verdict} |"
-                    )
-            if r["failures"]:
-                lines.append(f"| {name}: {r['failures']} rounds without a new leader within ttl + 10 s | | | | | | | |")
-        lines.append("")
-    if "elect" in results:
-        lines += [
-            "### Time to elect one leader among N candidates",
-            "",
-            "N swarmha candidates (threads of one process, each with its own Discovery and connection, all "
-            "started together on a vacant key) → the first one leads (ms). Exactly one led in every round.",
-            "",
-            "| backend | N | n | p50 | p90 | p99 | max |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, r in results["elect"].items():
-            backend, _, n = name.partition(" N=")
-            p = percentiles(r["samples"])
-            if r.get("error"):
-                lines.append(f"| {backend} | {n} | error: {r['error']} | | | | |")
-                continue
-            lines.append(_row(f"{backend} | {n}", p, _ms))
-        lines.append("")
-    if "idle" in results:
-        ttl = results["idle_ttl"]
-        lines += [
-            "### Idle cost",
-            "",
-            f"An idle leader (ttl {ttl:g} s, renewing every {ttl / 3:.1f} s) plus N followers and N waiting "
-            "candidates, each with its own Discovery (as separate processes would have), over a "
-            f"{results['idle_seconds']:g} s window. Requests are counted by the server (see below); CPU is the "
-            "share of one core used by this process (all 1 + 2N participants) and by the server process.",
-            "",
-            "| backend | N | store requests/s | per ttl | above N=0, per follower/candidate per s | breakdown (/s) | "
-            "client CPU | server CPU |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for backend, rows in results["idle"].items():
-            base = requests_per_second(backend, rows[0]["rates"]) if rows and rows[0]["n"] == 0 else None
-            for r in rows:
-                rps = requests_per_second(backend, r["rates"])
-                per = "-" if base is None or r["n"] == 0 else _rate((rps - base) / (2 * r["n"]))
-                shown = {k: v for k, v in r["rates"].items() if v > 0.0005}
-                breakdown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(shown.items(), key=lambda kv: -kv[1])[:5])
-                srv = "-" if r["server_cpu"] is None else f"{r['server_cpu'] * 100:.1f} %"
-                lines.append(
-                    f"| {backend} | {r['n']} | {rps:.2f} | {rps * ttl:.1f} | {per} | {breakdown} | "
-                    f"{r['cpu'] * 100:.1f} % | {srv} |"
-                )
-            if base is not None:
-                leader_only = base * ttl
-                if backend == "etcd":
-                    leader_only = rows[0]["rates"].get("LeaseKeepAlive", 0.0) * ttl
-                note = " (packets, heartbeat pings of its 2 connections included)" if backend == "zk" else ""
-                goals.append(
-                    f"| idle leader ≤ 3 store requests per ttl ({backend}) | {leader_only:.1f}{note} | "
-                    f"{'met' if leader_only <= 3.3 else 'MISSED'} |"
-                )
-            biggest = rows[-1] if rows else None
-            if base is not None and biggest is not None and biggest["n"]:
-                per = (requests_per_second(backend, biggest["rates"]) - base) / (2 * biggest["n"])
-                goals.append(
-                    f"| followers/waiting candidates: no periodic requests ({backend}, N={biggest['n']}) | "
-                    f"{_rate(per)} req/s each | {'met' if per < 0.01 else 'MISSED (see below)'} |"
-                )
-        lines.append("")
-    for error in results.get("errors", []):
-        lines.append(f"- measurement failed: {error}")
-    if goals:
-        lines = [
-            "### Targets, evaluated from the figures below",
-            "",
-            "| goal | measured | |",
-            "|---|---|---|",
-            *goals,
-            "",
-            *lines,
-        ]
-    for name in ("handover", "crash", "idle"):
-        if (out_dir / "img" / f"election-{name}.png").exists():
-            lines.append(f"![{name}](img/election-{name}.png)")
-    return "\n".join(lines) + "\n"
-
-
-def plots(results: dict[str, Any], img: Path) -> None:
-    if importlib.util.find_spec("matplotlib") is None:
-        print("matplotlib is not installed (pip install -e '.[bench]'): no plots", flush=True)
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    img.mkdir(parents=True, exist_ok=True)
-    for part, unit, scale in (("handover", "ms", 1000.0), ("crash", "x ttl", 0.0)):
-        if part not in results:
-            continue
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for name, r in results[part].items():
-            s = sorted(r["samples"])
-            if not s:
-                continue
-            xs = [x * scale for x in s] if scale else [x / r["ttl"] for x in s]
-            ys = [(i + 1) / len(s) for i in range(len(s))]
-            ax.step(xs, ys, where="post", label=name, linewidth=2.2 if name.startswith("swarmha") else 1.2)
-        if part == "handover":
-            ax.set_xscale("log")
-            ax.axvline(20, color="grey", linestyle=":", label="goal p50 ≤ 20 ms")
-            ax.set_title("Graceful handover: leader gives up → next leads (CDF)")
-        else:
-            ttl = next(iter(results["crash"].values()))["ttl"]
-            ax.axvline((ttl + 0.5) / ttl, color="grey", linestyle=":", label="goal ≤ ttl + 0.5 s")
-            ax.set_title(f"Crash failover: SIGKILL → next leads (CDF, ttl = {ttl:g} s)")
-        ax.set_xlabel(unit)
-        ax.set_ylabel("fraction of rounds")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        fig.savefig(img / f"election-{part}.png", dpi=90)
-        plt.close(fig)
-    if "idle" in results:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        for backend, rows in results["idle"].items():
-            ns = [max(r["n"], 0) for r in rows]
-            a1.plot(ns, [requests_per_second(backend, r["rates"]) for r in rows], marker="o", label=backend)
-            a2.plot(ns, [r["cpu"] * 100 for r in rows], marker="o", label=f"{backend} client")
-            if rows and rows[0]["server_cpu"] is not None:
-                a2.plot(
-                    ns, [r["server_cpu"] * 100 for r in rows], marker="x", linestyle="--", label=f"{backend} server"
-                )
-        a1.set_xscale("symlog", linthresh=1)
-        a2.set_xscale("symlog", linthresh=1)
-        a1.set_title("store requests/s (1 leader + N followers + N candidates)")
-        a2.set_title("CPU, % of one core")
-        for a in (a1, a2):
-            a.set_xlabel("N")
-            a.grid(True, alpha=0.3)
-            a.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(img / "election-idle.png", dpi=90)
-        plt.close(fig)
-
-
-def write_report(section: str, path: Path) -> None:
-    body = f"{BEGIN}\n{section}{END}\n"
-    if path.exists():
-        text = path.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            tail = rest.split(END, 1)[1].lstrip("\n")
-            path.write_text(head + body + tail)
-            return
-        path.write_text(text.rstrip("\n") + "\n\n" + body)
-        return
-    path.write_text("# Benchmarks\n\n## Election (library)\n\n" + body)
-
-
 # -- main -------------------------------------------------------------------------------------------------------
 
 
@@ -734,7 +461,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--systems", nargs="+", choices=["swarmha", *PEERS], default=["swarmha", *PEERS])
     parser.add_argument("--zk-query", default="", help="query string for swarmha's zk:// URLs, e.g. prepare=0")
     parser.add_argument("--out", default="docs", help="directory (or .md file) for the report (default docs)")
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="another checkout (git worktree add --detach DIR COMMIT): the handover parts also run its swarmha, as "
+        f"'{BASE}', every block of every system in a new process of its checkout",
+    )
     args = parser.parse_args(argv)
+    if args.base is not None and not (args.base / "benchmarks" / "election.py").is_file():
+        parser.error(f"--base {args.base}: not a swarmha checkout (no benchmarks/election.py)")
     command = "python -m benchmarks election " + " ".join(sys.argv[1:] if argv is None else argv)
     settle = SETTLE
     ns = [0, 1, 10, 100]
@@ -761,16 +496,27 @@ def main(argv: list[str] | None = None) -> None:
     need |= {backend_of(s) for s in args.systems if backend_of(s)} & set(BACKENDS)
     with Stores(sorted(need), args.zk_query) as stores:
         pairs = [(s, b) for s in args.systems for b in args.backends if backend_of(s) in ("", b)]
+        handover_pairs = pairs
+        if args.base is not None:
+            results["base"], results["new"] = commit_of(args.base), commit_of(ROOT)
+            handover_pairs = [p for s, b in pairs for p in ([(BASE, b)] if s == "swarmha" else []) + [(s, b)]]
+
+        def run(part: str, system: str, url: str, n: int, wait: float) -> dict[str, Any]:
+            if args.base is None:
+                return {"handover": handover, "handover_procs": handover_procs}[part](system, url, n, wait)
+            tree = args.base if system == BASE else ROOT
+            return in_checkout(tree, part, "swarmha" if system == BASE else system, url, n, wait)
+
         if "handover" in args.parts:
             results["handover"] = interleaved(
-                "handover", pairs, stores, lambda system, url, n: handover(system, url, n, settle), args.rounds
+                "handover", handover_pairs, stores, lambda s, url, n: run("handover", s, url, n, settle), args.rounds
             )
         if "handover-procs" in args.parts:
             results["handover_procs"] = interleaved(
                 "handover between processes",
-                [(s, b) for s, b in pairs if b != "memory"],
+                [(s, b) for s, b in handover_pairs if b != "memory"],
                 stores,
-                lambda system, url, n: handover_procs(system, url, n, settle * PROC_SETTLE),
+                lambda s, url, n: run("handover_procs", s, url, n, settle * PROC_SETTLE),
                 args.proc_rounds,
             )
         if "crash" in args.parts:
@@ -812,6 +558,7 @@ def main(argv: list[str] | None = None) -> None:
     results["elapsed"] = time.monotonic() - started
     results["load_end"] = load()
     results["tooz_interval"] = TOOZ_INTERVAL
+    results["proc_settle"], results["round_timeout"] = PROC_SETTLE, ROUND_TIMEOUT
     (out_dir / "benchmarks-election.json").write_text(json.dumps(results, indent=1))
     plots(results, out_dir / "img")
     section = report(results, command.strip(), out_dir)

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from benchmarks.support import splice
+from benchmarks.support import commit_of, splice
 from tests.support.net import established_to
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -497,17 +497,6 @@ def report(results: list[dict[str, Any]], command: str, versions: str = "") -> s
     return "\n".join(lines)
 
 
-def _commit(tree: Path) -> str:
-    """The short commit of a checkout (``+`` when it has uncommitted changes), or ``?``."""
-    try:
-        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True)  # fmt: skip
-    except OSError:
-        return "?"
-    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "") if head.returncode == 0 else "?"
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "worker":
@@ -556,7 +545,7 @@ def main(argv: list[str] | None = None) -> None:
                             print(f"scale: {backend} {system} N={n} ({tree}) ...", flush=True)
                             results.append(_measure(stores, backend, system, n, timeout, tree))
     command = "python -m benchmarks scale " + " ".join(argv)
-    versions = f"; base {_commit(args.base)}, new {_commit(ROOT)}" if args.base is not None else ""
+    versions = f"; base {commit_of(args.base)}, new {commit_of(ROOT)}" if args.base is not None else ""
     section = report(results, command.strip(), versions)
     print(section)
     if not args.quick:

@@ -4,6 +4,7 @@
   poll every 0.2-0.5 ms, readiness probes every few ms).
 * :func:`uptime`: the load average line written beside every figure.
 * :func:`splice`: a report's section put in its place between two markers of a document.
+* :func:`commit_of`: the commit of a checkout, for reports that compare builds (``--base``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["reached", "splice", "uptime", "wait"]
+__all__ = ["commit_of", "reached", "splice", "uptime", "wait"]
 
 
 def wait(predicate: Callable[[], object], timeout: float, what: str = "condition", poll: float = 0.001) -> float:
@@ -50,3 +51,14 @@ def splice(path: Path, begin: str, end: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def commit_of(tree: Path) -> str:
+    """The short commit of a checkout (``+`` when it has uncommitted changes), or ``?``."""
+    try:
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True)  # fmt: skip
+    except OSError:
+        return "?"
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "") if head.returncode == 0 else "?"

@@ -74,3 +74,18 @@ def test_the_stage_timing_of_a_handover_reaches_every_stage(tmp_path: Path) -> N
     p50 = [float(rows[stage].split(" / ")[0]) for stage in STAGES]  # "-" (a stage never reached) fails here
     order = ["release sent", "release answered", "claim made", "claim answered", "elected"]
     assert [p50[STAGES.index(s)] for s in order] == sorted(p50[STAGES.index(s)] for s in order)
+
+
+def test_the_election_handover_runs_the_build_before_side_by_side_with_base(tmp_path: Path) -> None:
+    """``election --base DIR``: the other checkout's swarmha gets rows of its own (here this very checkout, on the
+    memory backend), its blocks taking turns with this build's, each in a process of its checkout."""
+    proc = _benchmarks(
+        "election", "--parts", "handover", "--backends", "memory", "--systems", "swarmha", "--rounds", "12",
+        "--base", str(ROOT), "--out", str(tmp_path), timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    turns = [line.split(" (rounds")[0] for line in proc.stdout.splitlines() if line.startswith("handover: ")]
+    assert turns == ["handover: swarmha-base @ memory", "handover: swarmha @ memory"] * 2
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "| swarmha-base @ memory | 12 |" in report and "| swarmha @ memory | 12 |" in report
+    assert "`--base`: `swarmha-base` is the build" in report
