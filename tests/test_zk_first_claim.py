@@ -5,6 +5,7 @@ behind; a plain key or a missing parent goes the usual way."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,6 +53,19 @@ def kinds(sent: list[tuple[Any, str]], client: Any) -> list[str]:
     return [kind for c, kind in sent if c is client]
 
 
+@contextlib.contextmanager
+def two(single: Cluster) -> Iterator[tuple[str, swarmha.Discovery, swarmha.Discovery]]:
+    """A fresh prefix and two Discoveries on it (two processes, as it were), without tickets."""
+    prefix = fresh_prefix("zk")
+    first = swarmha.connect(f"zk://{single.hosts}/{prefix}?prepare=0")
+    second = swarmha.connect(f"zk://{single.hosts}/{prefix}?prepare=0")
+    try:
+        yield prefix, first, second
+    finally:
+        first.close()
+        second.close()
+
+
 def test_a_first_claim_makes_the_queue_and_its_entry_in_one_request_and_the_token_is_the_entry_czxid(
     single: Cluster, sent: list[tuple[Any, str]], raw: KazooClient
 ) -> None:
@@ -82,10 +96,7 @@ def test_a_first_claim_makes_the_queue_and_its_entry_in_one_request_and_the_toke
 def test_a_claimer_finding_the_key_held_reads_the_holder_listing_first_and_leaves_no_entry(
     single: Cluster, sent: list[tuple[Any, str]], raw: KazooClient
 ) -> None:
-    prefix = fresh_prefix("zk")
-    first = swarmha.connect(f"zk://{single.hosts}/{prefix}?prepare=0")
-    second = swarmha.connect(f"zk://{single.hosts}/{prefix}?prepare=0")
-    try:
+    with two(single) as (prefix, first, second):
         won = first.claim_async("svc/leader", "n1", first.session(10)).result(5.0).created
         assert won is not None
         session = second.session(10)
@@ -99,18 +110,12 @@ def test_a_claimer_finding_the_key_held_reads_the_holder_listing_first_and_leave
         sent.clear()
         assert second.claim_async("svc/leader", "n2", session).result(5.0).holder == won
         assert "Transaction" not in [kind for _, kind in sent], "a key known to be a queue is read first"
-    finally:
-        first.close()
-        second.close()
 
 
 def test_a_plain_key_and_a_missing_parent_go_the_usual_way(
     single: Cluster, sent: list[tuple[Any, str]], raw: KazooClient
 ) -> None:
-    prefix = fresh_prefix("zk")
-    d = swarmha.connect(f"zk://{single.hosts}/{prefix}?prepare=0")
-    other = swarmha.connect(f"zk://{single.hosts}/{prefix}?prepare=0")
-    try:
+    with two(single) as (prefix, d, other):
         plain = d.put("config", "v1")
         lost = other.claim_async("config", "n2", other.session(10)).result(5.0)
         assert lost.created is None and lost.holder == plain
@@ -122,6 +127,3 @@ def test_a_plain_key_and_a_missing_parent_go_the_usual_way(
         made = kinds(sent, session.conn.client)  # type: ignore[attr-defined]
         assert made[:2] == ["Transaction", "Create"], "a missing parent: straight to the usual create, no read"
         assert raw.get(f"/{prefix}/a/b/c")[0] == QUEUE_MARK
-    finally:
-        d.close()
-        other.close()

@@ -193,15 +193,7 @@ class Queues:
             except DiscoveryUnavailable:
                 session.maybe_enqueued(path)  # the entry may exist: it must never hold the key untracked
                 raise
-            entry = Entry(path, created, record(data, stat, created), int(stat.mzxid))
-            with session.lock:
-                alive = session.alive
-                if alive:
-                    session.entries[path] = entry
-            if not alive:  # closed or expired while the create was in flight: take the entry back
-                conn.delete_later(created)
-                return None
-            return entry
+            return _track(session, Entry(path, created, record(data, stat, created), int(stat.mzxid)))
         raise DiscoveryUnavailable(f"ZooKeeper queue {path} vanished under {RACE_LIMIT} creates in a row")
 
     def create_with_entry_steps(self, path: str, value: str, session: ZkSession) -> Operation[Entry | None]:
@@ -236,14 +228,7 @@ class Queues:
         self._saw(path, [name])
         entry = Entry(path, created, record(data, stat, created), int(stat.mzxid))
         entry.saw([name])
-        with session.lock:
-            alive = session.alive
-            if alive:
-                session.entries[path] = entry
-        if not alive:  # closed or expired while the transaction was in flight: take the entry back
-            conn.delete_later(created)
-            return None
-        return entry
+        return _track(session, entry)
 
     def listed_holder_steps(self, path: str, session: ZkSession) -> Operation[Record | None]:
         """The holder of the queue ``path`` found by listing it first, through the session's connection (which
@@ -324,6 +309,19 @@ class Queues:
                 if session.alive:
                     log.debug("ZooKeeper ticket %s: checking its turn failed (%s); again soon", session.id, e)
                     session.predecessor_gone()
+
+
+def _track(session: ZkSession, entry: Entry) -> Entry | None:
+    """``entry``, just made, as the session's in its queue; None (and the entry deleted) if the session was closed or
+    expired while the create was in flight."""
+    with session.lock:
+        alive = session.alive
+        if alive:
+            session.entries[entry.parent] = entry
+    if not alive:
+        session.conn.delete_later(entry.path)
+        return None
+    return entry
 
 
 def _exists(client: Any, path: str, watch: Any) -> Any:
