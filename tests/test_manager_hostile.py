@@ -273,7 +273,9 @@ def test_stalled_uploads_get_408_and_free_both_managers(
             print(f"connections to the engines while they stalled: {engine_conns} -> {during}")
             assert statuses == [408] * 200, [(i, st) for i, st in enumerate(statuses) if st != 408][:5]
             assert "nothing for" in body_of(answers[0])["message"]
-            assert during > engine_conns + FD_SLACK, (engine_conns, during)  # the loads reached the engines
+            # the loads reached the engines: connections rose well above where they were (a busy machine's primary
+            # had opened only 32 by the time the sampling window closed, in one full CI run; alone, 100 or more)
+            assert during > engine_conns + FD_SLACK // 2, (engine_conns, during)
         # each stalled load held a connection to every engine: all closed (a pool's idle ones may remain)
         wait_for(lambda: sum(connections_to(p) for p in ports) <= engine_conns + FD_SLACK, 15, "engine conns closed")
         print(f"connections to the engines: {engine_conns} -> {sum(connections_to(p) for p in ports)}")
